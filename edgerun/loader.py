@@ -1,0 +1,167 @@
+"""ONNX file, bytes or ModelProto -> edgerun.ir.Graph.
+
+Model files are untrusted: parsing errors become ModelLoadError, and external data is read only
+from regular files inside the model's own folder, within their declared bounds.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgerun.errors import ModelLoadError, UnsupportedOperatorError
+from edgerun.ir import Graph, Node, ValueInfo, readonly
+
+MIN_OPSET, MAX_OPSET = 7, 21
+_MAX_MODEL_BYTES = 2 * 1024**3
+
+
+def load_model(model, base_dir: str | os.PathLike | None = None) -> Graph:
+    """Load a path, bytes or onnx.ModelProto into a Graph."""
+    proto, base_dir = _read_proto(model, base_dir)
+    opset = _default_opset(proto)
+    _check_structure(proto)
+    return _to_graph(proto, opset, base_dir)
+
+
+def _read_proto(model, base_dir):
+    if isinstance(model, onnx.ModelProto):
+        return model, base_dir
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _parse(bytes(model), "<bytes>"), base_dir
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"model file {str(path)!r} does not exist or is not a regular file")
+        if path.stat().st_size > _MAX_MODEL_BYTES:
+            raise ModelLoadError(f"model file {str(path)!r} is larger than 2 GiB; keep weights in external data")
+        return _parse(path.read_bytes(), str(path)), path.resolve().parent
+    raise ModelLoadError(f"model must be a path, bytes or onnx.ModelProto, not {type(model).__name__}")
+
+
+def _parse(data: bytes, origin: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{origin}: the model is empty (0 bytes)")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelLoadError(f"{origin}: not a valid ONNX protobuf ({exc}); the file may be truncated or corrupt") from None
+    if not proto.HasField("graph") or len(proto.graph.node) == 0:
+        raise ModelLoadError(f"{origin}: the model has no graph or an empty graph; the file may be truncated or not ONNX")
+    return proto
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    versions = [op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ModelLoadError("the model declares no opset for the default ONNX domain")
+    opset = versions[0]
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ModelLoadError(f"the model uses ONNX opset {opset}; edgerun supports opsets {MIN_OPSET} to {MAX_OPSET}")
+    return opset
+
+
+def _check_structure(proto: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise ModelLoadError(f"the model is malformed: {first_line}") from None
+    except ValueError as exc:  # checker refuses > 2 GiB protos; external data is checked by us
+        if "2GB" not in str(exc):
+            raise ModelLoadError(f"the model is malformed: {exc}") from None
+
+
+def _to_graph(proto: onnx.ModelProto, opset: int, base_dir) -> Graph:
+    g = proto.graph
+    initializers = {t.name: _tensor_to_array(t, base_dir) for t in g.initializer}
+    nodes = [_to_node(n, i, opset) for i, n in enumerate(g.node)]
+    inputs = [_value_info(v) for v in g.input if v.name not in initializers]
+    outputs = [_value_info(v) for v in g.output]
+    return Graph(nodes=nodes, inputs=inputs, outputs=outputs, initializers=initializers,
+                 opset=opset, name=g.name or "graph")
+
+
+def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
+    tt = v.type.tensor_type
+    if not v.type.HasField("tensor_type"):
+        raise ModelLoadError(f"graph input/output {v.name!r} is not a tensor; only tensors are supported")
+    dtype = _np_dtype(tt.elem_type, v.name)
+    shape = None
+    if tt.HasField("shape"):
+        shape = tuple(_dim(d) for d in tt.shape.dim)
+    return ValueInfo(v.name, shape, dtype)
+
+
+def _dim(d):
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    if d.HasField("dim_param") and d.dim_param:
+        return d.dim_param
+    return None
+
+
+def _np_dtype(elem_type: int, what: str) -> np.dtype:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        raise ModelLoadError(f"{what!r}: unsupported element type {elem_type}") from None
+
+
+def _to_node(n: onnx.NodeProto, index: int, opset: int) -> Node:
+    name = n.name or f"{n.op_type}_{index}"
+    attrs = {a.name: _attribute_value(a, name, n.op_type, opset) for a in n.attribute}
+    return Node(op_type=n.op_type, inputs=list(n.input), outputs=list(n.output), attrs=attrs,
+                name=name, domain=n.domain)
+
+
+def _attribute_value(a: onnx.AttributeProto, node_name: str, op_type: str, opset: int):
+    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        raise UnsupportedOperatorError(node_name, op_type, "", opset, [])
+    if a.type == onnx.AttributeProto.TENSOR:
+        return readonly(numpy_helper.to_array(a.t))
+    if a.type == onnx.AttributeProto.TENSORS:
+        return [readonly(numpy_helper.to_array(t)) for t in a.tensors]
+    value = onnx.helper.get_attribute_value(a)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list):
+        return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _tensor_to_array(t: onnx.TensorProto, base_dir) -> np.ndarray:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return readonly(_external_tensor(t, base_dir))
+    try:
+        return readonly(numpy_helper.to_array(t))
+    except Exception as exc:
+        raise ModelLoadError(f"initializer {t.name!r} cannot be decoded: {exc}") from None
+
+
+def _external_tensor(t: onnx.TensorProto, base_dir) -> np.ndarray:
+    info = {e.key: e.value for e in t.external_data}
+    if base_dir is None:
+        raise ModelLoadError(f"initializer {t.name!r} uses external data, but the model was not loaded from a file")
+    root = Path(base_dir).resolve()
+    location = info.get("location", "")
+    target = (root / location).resolve()
+    if not location or root not in target.parents or not target.is_file():
+        raise ModelLoadError(f"initializer {t.name!r}: external data location {location!r} is not a file inside "
+                             f"the model's folder {str(root)!r}")
+    dtype = _np_dtype(t.data_type, t.name)
+    count = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+    offset = int(info.get("offset", 0))
+    length = int(info.get("length", count * dtype.itemsize))
+    file_size = target.stat().st_size
+    if offset < 0 or length != count * dtype.itemsize or offset + length > file_size:
+        raise ModelLoadError(f"initializer {t.name!r}: external data (offset {offset}, length {length}) does not "
+                             f"match its shape {list(t.dims)} or lies beyond the end of {location!r} ({file_size} bytes)")
+    with open(target, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(tuple(t.dims))
