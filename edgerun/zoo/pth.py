@@ -1,0 +1,324 @@
+"""Read a PyTorch ``.pth`` state dict without torch.
+
+Two layouts exist:
+
+* the zip layout (torch >= 1.6): ``<prefix>/data.pkl`` holds the pickled state dict and
+  ``<prefix>/data/<key>`` the raw bytes of each storage;
+* the legacy stream (torch < 1.6): five pickles one after another (magic number, protocol
+  version, system info, the state dict, the list of storage keys), then each storage as an
+  int64 element count followed by its raw bytes.
+
+Both pickles are read with a restricted unpickler: only the few globals a tensor state dict
+needs are resolved, to objects of this module; every other global is refused with a
+ModelLoadError naming it. Nothing from the file is ever executed.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zlib
+import zipfile
+from collections import OrderedDict
+from typing import NamedTuple
+
+import numpy as np
+
+from edgerun.errors import ModelLoadError
+
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL_VERSION = 1001
+
+# torch storage class name -> numpy dtype of one element (byte order applied later).
+STORAGE_DTYPES = {
+    "FloatStorage": np.dtype(np.float32),
+    "DoubleStorage": np.dtype(np.float64),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(np.uint16),  # widened to float32 on rebuild
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+}
+
+
+class StorageType(NamedTuple):
+    """What `torch.<Name>Storage` resolves to: a name and an element dtype (immutable)."""
+    name: str
+    dtype: np.dtype
+
+
+class _Storage:
+    """A storage named in the pickle; `data` (1-D array) is filled in once its bytes are read."""
+
+    def __init__(self, key, storage_type, numel, root=None, view_offset=0):
+        self.key = key
+        self.storage_type = storage_type
+        self.numel = numel
+        self.root = root
+        self.view_offset = view_offset
+        self.data = None
+
+    def elements(self):
+        if self.root is not None:
+            base = self.root.elements()
+            return base[self.view_offset:self.view_offset + self.numel]
+        if self.data is None:
+            raise ModelLoadError(f"storage {self.key!r} is referenced but its data was never stored")
+        return self.data
+
+
+class _PendingTensor:
+    """A tensor whose storage bytes may not have been read yet (legacy stream)."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage = storage
+        self.offset = offset
+        self.size = size
+        self.stride = stride
+
+
+def _check_int_tuple(value, what):
+    if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in value):
+        raise ModelLoadError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
+    return value
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    if not isinstance(storage, _Storage):
+        raise ModelLoadError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
+    if not isinstance(storage_offset, int) or storage_offset < 0:
+        raise ModelLoadError(f"tensor storage offset must be a non-negative int, got {storage_offset!r}")
+    size = _check_int_tuple(size, "size")
+    stride = _check_int_tuple(stride, "stride")
+    if len(size) != len(stride):
+        raise ModelLoadError(f"tensor size {size} and stride {stride} differ in length")
+    extent = 0 if 0 in size else storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if extent > storage.numel:
+        raise ModelLoadError(
+            f"tensor of size {size}, stride {stride}, offset {storage_offset} reaches element {extent} "
+            f"of storage {storage.key!r} which holds only {storage.numel}")
+    return _PendingTensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, *_ignored):
+    if not isinstance(data, _PendingTensor):
+        raise ModelLoadError(f"parameter rebuilt from {type(data).__name__}, expected a tensor")
+    return data
+
+
+def _materialize(tensor):
+    data = tensor.storage.elements()
+    if 0 in tensor.size:
+        out = np.zeros(tensor.size, dtype=data.dtype)
+    else:
+        view = np.lib.stride_tricks.as_strided(
+            data[tensor.offset:], shape=tensor.size,
+            strides=tuple(s * data.itemsize for s in tensor.stride), writeable=False)
+        out = np.array(view, dtype=data.dtype.newbyteorder("="), order="C")
+    if tensor.storage.storage_type.name == "BFloat16Storage":
+        out = (out.astype(np.uint32) << 16).view(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals of a tensor state dict; refuses everything else."""
+
+    def __init__(self, file, persistent_load):
+        super().__init__(file)
+        self._persistent_load = persistent_load
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if module == "torch" and name in STORAGE_DTYPES:
+            return StorageType(name, STORAGE_DTYPES[name])
+        raise ModelLoadError(f"refused global {module}.{name} in pickle: not part of a tensor state dict")
+
+    def persistent_load(self, pid):
+        return self._persistent_load(pid)
+
+
+def _no_persistent_ids(pid):
+    raise ModelLoadError(f"unexpected persistent id {pid!r} in a header pickle")
+
+
+def _unpickle(stream, persistent_load):
+    try:
+        return _RestrictedUnpickler(stream, persistent_load).load()
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a malformed pickle can raise almost anything
+        raise ModelLoadError(f"malformed pickle: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse_storage_id(pid, expected_length):
+    if not isinstance(pid, tuple) or len(pid) != expected_length or pid[0] != "storage":
+        raise ModelLoadError(f"unexpected persistent id {pid!r}: expected a ('storage', ...) tuple "
+                             f"of length {expected_length}")
+    storage_type, key, numel = pid[1], pid[2], pid[4]
+    if not isinstance(storage_type, StorageType):
+        raise ModelLoadError(f"persistent id {pid!r} does not name a storage type")
+    if not isinstance(key, str) or not key.isalnum():
+        raise ModelLoadError(f"storage key {key!r} is not a plain alphanumeric name")
+    if not isinstance(numel, int) or numel < 0:
+        raise ModelLoadError(f"storage {key!r} has an invalid element count {numel!r}")
+    return storage_type, key, numel
+
+
+def _require_state_dict(obj, source):
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{source}: top-level object is a {type(obj).__name__}, not a state dict")
+    result = OrderedDict()
+    for name, value in obj.items():
+        if not isinstance(name, str) or not isinstance(value, _PendingTensor):
+            raise ModelLoadError(f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor")
+        result[name] = _materialize(value)
+    return result
+
+
+# ---------------------------------------------------------------------------------- zip layout
+
+def _zip_prefix(names, source):
+    pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+        raise ModelLoadError(f"{source}: expected exactly one data.pkl in the archive, found {len(pickles)}")
+    return pickles[0][:-len("data.pkl")]
+
+
+def _zip_byteorder(archive, prefix, names):
+    record = prefix + "byteorder"
+    if record not in names:
+        return "<"
+    order = archive.read(record).decode("ascii", "replace").strip()
+    if order not in ("little", "big"):
+        raise ModelLoadError(f"unknown byteorder record {order!r}")
+    return "<" if order == "little" else ">"
+
+
+def _load_zip(archive, source):
+    names = set(archive.namelist())
+    prefix = _zip_prefix(names, source)
+    byteorder = _zip_byteorder(archive, prefix, names)
+    storages = {}
+
+    def persistent_load(pid):
+        storage_type, key, numel = _parse_storage_id(pid, 5)
+        if key in storages:
+            return storages[key]
+        member = f"{prefix}data/{key}"
+        if member not in names:
+            raise ModelLoadError(f"{source}: storage {key!r} is not in the archive (no member {member!r})")
+        dtype = storage_type.dtype.newbyteorder(byteorder)
+        raw = archive.read(member)
+        if len(raw) != numel * dtype.itemsize:
+            raise ModelLoadError(f"{source}: storage {key!r} holds {len(raw)} bytes, "
+                                 f"expected {numel} x {dtype.itemsize}")
+        storage = _Storage(key, storage_type, numel)
+        storage.data = np.frombuffer(raw, dtype=dtype)
+        storages[key] = storage
+        return storage
+
+    state = _unpickle(io.BytesIO(archive.read(prefix + "data.pkl")), persistent_load)
+    return _require_state_dict(state, source)
+
+
+# ------------------------------------------------------------------------------ legacy stream
+
+def _legacy_header(stream, source):
+    magic = _unpickle(stream, _no_persistent_ids)
+    if magic != LEGACY_MAGIC_NUMBER:
+        raise ModelLoadError(f"{source}: not a PyTorch file (bad magic number {magic!r})")
+    version = _unpickle(stream, _no_persistent_ids)
+    if version != LEGACY_PROTOCOL_VERSION:
+        raise ModelLoadError(f"{source}: unsupported legacy protocol version {version!r}")
+    sys_info = _unpickle(stream, _no_persistent_ids)
+    if not isinstance(sys_info, dict):
+        raise ModelLoadError(f"{source}: malformed system info record")
+    return "<" if sys_info.get("little_endian", True) else ">"
+
+
+def _read_legacy_storage(stream, storage, byteorder, source):
+    header = stream.read(8)
+    if len(header) != 8:
+        raise ModelLoadError(f"{source}: file truncated before storage {storage.key!r}")
+    (numel,) = struct.unpack(byteorder + "q", header)
+    if numel != storage.numel:
+        raise ModelLoadError(f"{source}: storage {storage.key!r} holds {numel} elements, "
+                             f"the pickle says {storage.numel}")
+    dtype = storage.storage_type.dtype.newbyteorder(byteorder)
+    raw = stream.read(numel * dtype.itemsize)
+    if len(raw) != numel * dtype.itemsize:
+        raise ModelLoadError(f"{source}: file truncated inside storage {storage.key!r}")
+    storage.data = np.frombuffer(raw, dtype=dtype)
+
+
+def _legacy_view(root, view_metadata, pid):
+    if not (isinstance(view_metadata, tuple) and len(view_metadata) == 3):
+        raise ModelLoadError(f"malformed storage view in persistent id {pid!r}")
+    view_key, offset, size = view_metadata
+    if not (isinstance(offset, int) and isinstance(size, int) and offset >= 0 and size >= 0
+            and offset + size <= root.numel):
+        raise ModelLoadError(f"storage view {view_key!r} [{offset}, {offset}+{size}) lies outside "
+                             f"storage {root.key!r} of {root.numel} elements")
+    return _Storage(str(view_key), root.storage_type, size, root=root, view_offset=offset)
+
+
+def _load_legacy(data, source):
+    stream = io.BytesIO(data)
+    byteorder = _legacy_header(stream, source)
+    roots, views = {}, {}
+
+    def persistent_load(pid):
+        storage_type, key, numel = _parse_storage_id(pid, 6)
+        root = roots.setdefault(key, _Storage(key, storage_type, numel))
+        if root.numel != numel or root.storage_type != storage_type:
+            raise ModelLoadError(f"{source}: storage {key!r} is declared twice with different types/sizes")
+        if pid[5] is None:
+            return root
+        view_key = pid[5][0] if isinstance(pid[5], tuple) and pid[5] else None
+        if view_key not in views:
+            views[view_key] = _legacy_view(root, pid[5], pid)
+        return views[view_key]
+
+    state = _unpickle(stream, persistent_load)
+    keys = _unpickle(stream, _no_persistent_ids)
+    if not isinstance(keys, list) or set(keys) != set(roots) or len(keys) != len(roots):
+        raise ModelLoadError(f"{source}: storage key list {keys!r} does not match the storages "
+                             f"the state dict uses")
+    for key in keys:
+        _read_legacy_storage(stream, roots[key], byteorder, source)
+    return _require_state_dict(state, source)
+
+
+# ---------------------------------------------------------------------------------- public API
+
+def load_state_dict(path_or_bytes) -> "OrderedDict[str, np.ndarray]":
+    """Read a .pth state dict into read-only, C-contiguous numpy arrays, keys in file order."""
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        data, source = bytes(path_or_bytes), "<bytes>"
+    else:
+        source = str(path_or_bytes)
+        try:
+            with open(path_or_bytes, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {source}: {exc}") from exc
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                return _load_zip(archive, source)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"{source}: truncated or corrupt zip archive: {exc}") from exc
+    if data[:2] == b"\x80\x02":
+        return _load_legacy(data, source)
+    raise ModelLoadError(f"{source}: not a PyTorch .pth file (neither a zip archive nor a legacy "
+                         f"pickle stream; the older tar format is not supported)")
