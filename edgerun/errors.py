@@ -32,6 +32,10 @@ class InvalidModelError(EdgerunError):
     """The graph is well-formed ONNX but inconsistent (bad attribute, shape mismatch, ...)."""
 
 
+class InvalidOptionError(EdgerunError):
+    """An option (budget, thread count, schedule override, ...) has a value edgerun cannot use."""
+
+
 class MemoryBudgetError(EdgerunError):
     """No schedule fits the requested memory budget."""
 

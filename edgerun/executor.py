@@ -1,0 +1,211 @@
+"""Turn an optimised, shape-inferred graph into a scheduled plan and run it inside one arena.
+
+The executor is the only place that knows both the graph and the scheduler: it describes every
+node as a scheduler Step (buffers read and written, scratch, block geometry), asks the scheduler
+for a plan, binds every activation and scratch buffer to a view of one preallocated arena, and
+runs the steps in order.
+"""
+from __future__ import annotations
+
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import scheduler
+from edgerun import kernels, ops
+from edgerun.errors import EdgerunError, InvalidModelError, MemoryBudgetError
+from edgerun.ir import Graph, Node
+from edgerun.kernels.numpy_steps import step_kernel
+from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
+
+ARENA_ALIGNMENT = 64
+
+
+@dataclass
+class ExecStep:
+    node: Node
+    kind: str                      # "block", "kernel" or "reference"
+    kernel: object = None
+    geometry: BlockGeometry | None = None
+    weights: object = None
+    schedule: BlockSchedule | None = None
+    scratch: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepProfile:
+    name: str
+    kind: str
+    seconds: float
+    extra_bytes: int               # tracemalloc peak above the arena during the step
+
+
+def block_geometry(node: Node, graph: Graph) -> BlockGeometry:
+    a = node.attrs
+    x_shape = graph.value_info[node.inputs[0]].shape
+    wd_shape = graph.value_info[node.inputs[3]].shape
+    wp_shape = graph.value_info[node.inputs[5]].shape
+    has_expand = bool(node.input(1))
+    return BlockGeometry(
+        in_channels=x_shape[1], in_height=x_shape[2], in_width=x_shape[3],
+        hidden_channels=wd_shape[0],
+        expand_kernel=a.get("expand_kernel", 1) if has_expand else 0,
+        expand_stride=a.get("expand_stride", 1) if has_expand else 1,
+        expand_pads=tuple(a.get("expand_pads", [0, 0, 0, 0])) if has_expand else (0, 0, 0, 0),
+        dw_kernel=a["dw_kernel"], dw_stride=a["dw_stride"], dw_pads=tuple(a["dw_pads"]),
+        out_channels=wp_shape[0], residual=bool(a.get("residual", 0)),
+    )
+
+
+def _nbytes(info) -> int:
+    return int(np.prod(info.shape, dtype=np.int64)) * np.dtype(info.dtype).itemsize
+
+
+def _node_macs(node: Node, graph: Graph) -> int:
+    out = graph.value_info[node.outputs[0]]
+    if node.op_type == "FusedConv":
+        w = graph.value_info[node.inputs[1]].shape
+        return int(np.prod(out.shape)) * int(np.prod(w[1:]))
+    return int(np.prod(out.shape)) if out.shape is not None else 0
+
+
+class CompiledModel:
+    """A graph with concrete shapes, its plan, its arena and the bound steps."""
+
+    def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
+                 fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None):
+        self.graph = graph
+        self.backend = backend
+        self.threads = threads
+        self.constants = dict(graph.initializers)
+        self.constants.update({n: i.value for n, i in graph.value_info.items()
+                               if i.value is not None and n not in self.constants})
+        self.feed_names = {v.name for v in graph.inputs}
+        self.activations = self._activation_buffers()
+        self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
+        self.problem = self._problem()
+        self.plan = self._schedule(budget, planner, fixed or {}, max_t, cost_model)
+        self.arena, self.views = self._bind_arena()
+
+    # ---- describing the graph to the scheduler
+    def _is_constant_node(self, node: Node) -> bool:
+        return all(o in self.constants or not o for o in node.outputs)
+
+    def _activation_buffers(self) -> dict[str, int]:
+        buffers = {}
+        for node in self.graph.nodes:
+            for name in node.outputs:
+                if name and name not in self.constants:
+                    buffers[name] = _nbytes(self.graph.value_info[name])
+        return buffers
+
+    def _exec_step(self, node: Node) -> ExecStep:
+        vi = self.graph.value_info
+        if node.op_type == "InvertedResidual" and node.domain == "edgerun":
+            geom = block_geometry(node, self.graph)
+            weights = kernels.BlockWeights.from_node_arrays(
+                node, [self.constants.get(i) if i else None for i in node.inputs])
+            return ExecStep(node, "block", geometry=geom, weights=weights)
+        in_dtypes = [vi[i].dtype if i else None for i in node.inputs]
+        out_dtypes = [vi[o].dtype for o in node.outputs if o]
+        kernel = step_kernel(node, in_dtypes, out_dtypes)
+        if kernel is not None and node.op_type == "FusedConv" and len(vi[node.inputs[0]].shape) != 4:
+            kernel = None
+        return ExecStep(node, "kernel" if kernel else "reference", kernel=kernel)
+
+    def _step_scratch(self, step: ExecStep) -> dict[str, int] | None:
+        if step.kind != "kernel":
+            return None
+        vi = self.graph.value_info
+        return step.kernel.scratch_bytes(step.node, [vi[i].shape if i else None for i in step.node.inputs],
+                                         [vi[o].shape for o in step.node.outputs if o])
+
+    def _problem(self) -> scheduler.Problem:
+        sched_steps = []
+        for step in self.steps:
+            node = step.node
+            sched_steps.append(scheduler.Step(
+                name=node.name, kind=node.op_type,
+                reads=[i for i in node.inputs if i in self.activations],
+                writes=[o for o in node.outputs if o in self.activations],
+                macs=_node_macs(node, self.graph), scratch=self._step_scratch(step), block=step.geometry))
+        outputs = [o for o in self.graph.output_names() if o in self.activations]
+        return scheduler.Problem(buffers=dict(self.activations), steps=sched_steps, outputs=outputs,
+                                 backend=self.backend)
+
+    def _schedule(self, budget, planner, fixed, max_t, cost_model) -> scheduler.Plan:
+        try:
+            return scheduler.schedule(self.problem, budget=budget, alignment=ARENA_ALIGNMENT, planner=planner,
+                                      fixed=fixed, max_t=max_t, cost_model=cost_model)
+        except scheduler.BudgetInfeasible as exc:
+            raise MemoryBudgetError(
+                f"no schedule fits the memory budget of {budget} bytes: the smallest peak edgerun can reach for "
+                f"this model and input shape is {exc.minimum_bytes} bytes, set by step {exc.limiting_step!r}",
+                minimum_bytes=exc.minimum_bytes, limiting_step=exc.limiting_step) from None
+
+    # ---- binding buffers to the arena
+    def _bind_arena(self):
+        raw = np.empty(self.plan.peak_bytes + ARENA_ALIGNMENT, dtype=np.uint8)
+        start = (-raw.ctypes.data) % ARENA_ALIGNMENT
+        arena = raw[start:start + self.plan.peak_bytes]
+        views = {}
+        for name in self.activations:
+            info = self.graph.value_info[name]
+            offset = self.plan.offsets[name]
+            views[name] = arena[offset:offset + self.activations[name]].view(info.dtype).reshape(info.shape)
+        for step in self.steps:
+            step_plan = self.plan.step(step.node.name)
+            sizes = self._scratch_sizes(step, step_plan)
+            step.scratch = {key: arena[step_plan.scratch_offsets[key]:step_plan.scratch_offsets[key] + size]
+                            .view(np.float32) for key, size in sizes.items()}
+        self._raw = raw
+        return arena, views
+
+    def _scratch_sizes(self, step: ExecStep, step_plan) -> dict[str, int]:
+        if step.kind == "block":
+            step.schedule = BlockSchedule(step_plan.t, step_plan.band_rows)
+            return block_scratch(step.geometry, step.schedule, self.backend)
+        return self._step_scratch(step) or {}
+
+    # ---- running
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str], profile: bool = False):
+        env = dict(self.constants)
+        env.update(self.views)
+        env.update(feeds)
+        profiles = []
+        for step in self.steps:
+            if profile:
+                profiles.append(self._run_profiled(step, env))
+            else:
+                self._run_step(step, env)
+        return [np.array(env[name], copy=True) for name in output_names], profiles
+
+    def _run_profiled(self, step: ExecStep, env) -> StepProfile:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        t0 = time.perf_counter()
+        self._run_step(step, env)
+        seconds = time.perf_counter() - t0
+        return StepProfile(step.node.name, step.node.op_type, seconds, tracemalloc.get_traced_memory()[1] - base)
+
+    def _run_step(self, step: ExecStep, env) -> None:
+        node = step.node
+        args = [env[i] if i else None for i in node.inputs]
+        outs = [env[o] for o in node.outputs if o]
+        try:
+            if step.kind == "block":
+                for n in range(args[0].shape[0]):
+                    kernels.run_block(args[0][n], outs[0][n], step.weights, step.geometry, step.schedule,
+                                      step.scratch, backend=self.backend)
+            elif step.kind == "kernel":
+                step.kernel.run(node, args, outs, step.scratch)
+            else:
+                results = ops.lookup(node, self.graph.opset).compute(node, args, self.graph.opset)
+                for out, result in zip(outs, results):
+                    np.copyto(out, np.asarray(result).reshape(out.shape), casting="unsafe")
+        except EdgerunError:
+            raise
+        except Exception as exc:
+            raise InvalidModelError(f"{node.describe()} failed while running: {exc}") from None
