@@ -1,0 +1,230 @@
+"""Pooling (Average/Max/GlobalAverage) and ReduceMean."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from edgerun.errors import InvalidModelError
+from edgerun.ir import TensorInfo
+from edgerun.ops import register
+from edgerun.ops.conv import resolve_conv_pads
+from edgerun.ops.elementwise import invalid, require_inputs
+
+
+def _int_list(node, name, default, length):
+    value = list(node.attrs.get(name, default))
+    if len(value) != length or not all(isinstance(v, int) for v in value):
+        raise invalid(node, f"attribute {name!r}={value!r} must be {length} integers")
+    return value
+
+
+def _pool_params(node, rank, opset):
+    kernel = node.attrs.get("kernel_shape")
+    if kernel is None:
+        raise invalid(node, "attribute 'kernel_shape' is required")
+    kernel = _int_list(node, "kernel_shape", kernel, rank)
+    strides = _int_list(node, "strides", [1] * rank, rank)
+    dilations = _int_list(node, "dilations", [1] * rank, rank)
+    if node.op_type == "AveragePool" and opset < 19 and "dilations" in node.attrs:
+        raise invalid(node, "attribute 'dilations' needs AveragePool opset >= 19")
+    if min(kernel + strides + dilations) < 1:
+        raise invalid(node, f"kernel_shape {kernel}, strides {strides}, dilations {dilations} must be >= 1")
+    return kernel, strides, dilations
+
+
+def _pool_output_size(size, k, s, d, begin, end, ceil_mode, auto_pad):
+    span = (k - 1) * d + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return -(-size // s)
+    if auto_pad == "VALID":
+        return (size - span) // s + 1
+    room = size + begin + end - span
+    if not ceil_mode:
+        return room // s + 1
+    out = -(-room // s) + 1
+    # A last window that would start inside the end padding is dropped.
+    if (out - 1) * s >= size + begin:
+        out -= 1
+    return out
+
+
+def _pool_geometry(node, spatial, opset):
+    """(kernel, strides, dilations, pads, output spatial shape)."""
+    rank = len(spatial)
+    kernel, strides, dilations = _pool_params(node, rank, opset)
+    try:
+        pads = resolve_conv_pads(node.attrs, spatial, kernel, strides, dilations)
+    except InvalidModelError as error:
+        raise invalid(node, str(error)) from None
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    ceil_mode = node.attrs.get("ceil_mode", 0)
+    for i in range(rank):
+        if max(pads[i], pads[i + rank]) >= (kernel[i] - 1) * dilations[i] + 1 and auto_pad == "NOTSET":
+            raise invalid(node, f"pads {pads} must be smaller than the kernel {kernel}")
+    out = [_pool_output_size(spatial[i], kernel[i], strides[i], dilations[i], pads[i], pads[i + rank],
+                             ceil_mode, auto_pad) for i in range(rank)]
+    if any(o <= 0 for o in out):
+        raise invalid(node, f"output spatial shape {out} is empty (input {tuple(spatial)}, kernel {kernel})")
+    return kernel, strides, dilations, pads, out
+
+
+def _check_pool_rank(node, shape):
+    if shape is not None and len(shape) < 3:
+        raise invalid(node, f"input X must have rank >= 3 (N, C, spatial...), got shape {shape}")
+
+
+def _pool_infer(node, inputs, opset):
+    require_inputs(node, inputs, 1)
+    _reject_indices(node)
+    x = inputs[0]
+    _check_pool_rank(node, x.shape)
+    if x.shape is None:
+        return [TensorInfo(None, np.dtype(x.dtype))]
+    spatial = x.shape[2:]
+    if not all(isinstance(d, int) for d in spatial):
+        _pool_params(node, len(spatial), opset)
+        return [TensorInfo(tuple(x.shape[:2]) + (None,) * len(spatial), np.dtype(x.dtype))]
+    out = _pool_geometry(node, spatial, opset)[-1]
+    return [TensorInfo(tuple(x.shape[:2]) + tuple(out), np.dtype(x.dtype))]
+
+
+def _reject_indices(node):
+    if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+        raise invalid(node, "the second output 'Indices' of MaxPool is not supported")
+
+
+def _padded(x, pads, out, kernel, strides, dilations, fill):
+    rank = len(out)
+    widths = [(0, 0), (0, 0)]
+    for i in range(rank):
+        needed = (out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        widths.append((pads[i], max(pads[i + rank], needed - x.shape[2 + i] - pads[i])))
+    return np.pad(x, widths, constant_values=fill)
+
+
+def _windows(xp, kernel, strides, dilations, out):
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        yield xp[(slice(None), slice(None)) + tuple(
+            slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offsets, dilations, strides, out))]
+
+
+def _axis_counts(size, k, s, d, begin, low, high, out):
+    """For each output position, how many window taps fall inside [low, high) of the unpadded axis."""
+    starts = np.arange(out) * s - begin
+    taps = starts[:, None] + np.arange(k)[None, :] * d
+    return np.sum((taps >= low) & (taps < high), axis=1)
+
+
+def _average_divisor(x_spatial, kernel, strides, dilations, pads, out, include_pad):
+    rank = len(out)
+    divisor = np.ones((), dtype=np.float64)
+    for i in range(rank):
+        low, high = (-pads[i], x_spatial[i] + pads[i + rank]) if include_pad else (0, x_spatial[i])
+        counts = _axis_counts(x_spatial[i], kernel[i], strides[i], dilations[i], pads[i], low, high, out[i])
+        divisor = np.multiply.outer(divisor, counts)
+    return divisor
+
+
+def _average_pool_compute(node, inputs, opset):
+    require_inputs(node, inputs, 1)
+    x = np.asarray(inputs[0])
+    _check_pool_rank(node, x.shape)
+    kernel, strides, dilations, pads, out = _pool_geometry(node, x.shape[2:], opset)
+    xp = _padded(x, pads, out, kernel, strides, dilations, 0)
+    total = np.zeros(x.shape[:2] + tuple(out), dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    for window in _windows(xp, kernel, strides, dilations, out):
+        total += window
+    include_pad = bool(node.attrs.get("count_include_pad", 0))
+    divisor = _average_divisor(x.shape[2:], kernel, strides, dilations, pads, out, include_pad)
+    return [(total / np.maximum(divisor, 1)).astype(x.dtype)]
+
+
+def _lowest(dtype):
+    return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
+
+
+def _max_pool_compute(node, inputs, opset):
+    require_inputs(node, inputs, 1)
+    _reject_indices(node)
+    x = np.asarray(inputs[0])
+    _check_pool_rank(node, x.shape)
+    kernel, strides, dilations, pads, out = _pool_geometry(node, x.shape[2:], opset)
+    xp = _padded(x, pads, out, kernel, strides, dilations, _lowest(x.dtype))
+    result = None
+    for window in _windows(xp, kernel, strides, dilations, out):
+        result = window.copy() if result is None else np.maximum(result, window)
+    return [result]
+
+
+def _global_average_infer(node, inputs, opset):
+    require_inputs(node, inputs, 1)
+    x = inputs[0]
+    _check_pool_rank(node, x.shape)
+    shape = None if x.shape is None else tuple(x.shape[:2]) + (1,) * (len(x.shape) - 2)
+    return [TensorInfo(shape, np.dtype(x.dtype))]
+
+
+def _global_average_compute(node, inputs, opset):
+    require_inputs(node, inputs, 1)
+    x = np.asarray(inputs[0])
+    _check_pool_rank(node, x.shape)
+    return [np.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64).astype(x.dtype)]
+
+
+# ---- ReduceMean ----
+
+def _reduce_axes(node, axes_input, rank, opset):
+    """Normalised axes to reduce, () for a no-op, or None when they are not known yet."""
+    if opset >= 18:
+        if axes_input is False:
+            return None
+        axes = [] if axes_input is None else [int(a) for a in np.asarray(axes_input).reshape(-1)]
+    else:
+        axes = list(node.attrs.get("axes", []))
+    if not axes:
+        return () if node.attrs.get("noop_with_empty_axes", 0) else tuple(range(rank))
+    normalised = []
+    for axis in axes:
+        if not -rank <= axis < rank:
+            raise invalid(node, f"axis {axis} out of range for input rank {rank}")
+        normalised.append(axis % rank)
+    if len(set(normalised)) != len(normalised):
+        raise invalid(node, f"axes {axes} repeat an axis")
+    return tuple(sorted(normalised))
+
+
+def _reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _reduce_mean_infer(node, inputs, opset):
+    require_inputs(node, inputs, 1)
+    x = inputs[0]
+    if x.shape is None:
+        return [TensorInfo(None, np.dtype(x.dtype))]
+    axes_info = inputs[1] if len(inputs) > 1 else None
+    axes_input = None if axes_info is None else (False if axes_info.value is None else axes_info.value)
+    axes = _reduce_axes(node, axes_input, len(x.shape), opset)
+    if axes is None:
+        return [TensorInfo(None, np.dtype(x.dtype))]
+    return [TensorInfo(_reduced_shape(x.shape, axes, node.attrs.get("keepdims", 1)), np.dtype(x.dtype))]
+
+
+def _reduce_mean_compute(node, inputs, opset):
+    require_inputs(node, inputs, 1)
+    x = np.asarray(inputs[0])
+    axes = _reduce_axes(node, inputs[1] if len(inputs) > 1 else None, x.ndim, opset)
+    if axes == ():
+        return [x.copy()]
+    keepdims = bool(node.attrs.get("keepdims", 1))
+    return [np.mean(x, axis=axes, keepdims=keepdims, dtype=np.float64).astype(x.dtype)]
+
+
+register("AveragePool", _pool_infer, _average_pool_compute)
+register("MaxPool", _pool_infer, _max_pool_compute)
+register("GlobalAveragePool", _global_average_infer, _global_average_compute)
+register("ReduceMean", _reduce_mean_infer, _reduce_mean_compute)
