@@ -75,7 +75,8 @@ class CompiledModel:
     """A graph with concrete shapes, its plan, its arena and the bound steps."""
 
     def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
-                 fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None):
+                 fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None,
+                 plan: scheduler.Plan | None = None):
         self.graph = graph
         self.backend = backend
         self.threads = threads
@@ -86,7 +87,7 @@ class CompiledModel:
         self.activations = self._activation_buffers()
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
         self.problem = self._problem()
-        self.plan = self._schedule(budget, planner, fixed or {}, max_t, cost_model)
+        self.plan = plan if plan is not None else self._schedule(budget, planner, fixed or {}, max_t, cost_model)
         self.arena, self.views = self._bind_arena()
 
     # ---- describing the graph to the scheduler

@@ -10,7 +10,6 @@ import numpy as np
 from edgerun import kernels
 from edgerun.errors import InvalidInputError, InvalidOptionError
 from edgerun.executor import CompiledModel
-from edgerun.loader import load_model
 from edgerun.passes import optimize
 from edgerun.shape_inference import infer_shapes
 from edgerun.units import parse_bytes
@@ -47,6 +46,8 @@ class InferenceSession:
     def __init__(self, model, sess_options=None, providers=None, *, memory_budget=None, threads=None,
                  kernels_backend=None, planner: str = "greedy", schedule: dict | None = None,
                  optimize_graph: bool = True, max_t: int = 5):
+        from edgerun.loader import load_model  # imports onnx; compiled bundles run without it
+
         self._graph = load_model(model)
         self.memory_budget = parse_bytes(memory_budget)
         self.threads = _check_threads(threads)
