@@ -45,6 +45,10 @@ class BlockGeometry:
         object.__setattr__(self, "residual", bool(self.residual))
         if len(self.expand_pads) != 4 or len(self.dw_pads) != 4:
             raise ValueError("pads must be (top, left, bottom, right)")
+        if self.has_expansion and max(self.expand_pads) >= self.expand_kernel:
+            raise ValueError("expansion pads must be smaller than its kernel")
+        if max(self.dw_pads) >= self.dw_kernel:
+            raise ValueError("depthwise pads must be smaller than its kernel")
         if not self.has_expansion and self.hidden_channels != self.in_channels:
             raise ValueError("without expansion hidden_channels must equal in_channels")
         if self.out_height < 1 or self.out_width < 1:
