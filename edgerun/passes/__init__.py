@@ -1,0 +1,68 @@
+"""Graph passes and their driver.
+
+A pass is `run(graph) -> bool`: it edits the graph it is given in place and says whether it
+changed anything. `optimize` hands the passes a copy, so the caller's graph is never touched,
+and runs them in order until a whole round changes nothing (at most MAX_ROUNDS rounds).
+
+Passes run after shape inference (graph.value_info has static shapes, and values for
+constants). They keep value_info right themselves: fused nodes reuse the names of the values
+they replace, new initializers get their TensorInfo, and entries for vanished values are
+dropped at the end. Shape inference need not run again.
+
+Passes are switched off by name for A/B comparison, from code (`optimize(g, disabled={...})`)
+or from the environment (`EDGERUN_DISABLE_PASSES=name1,name2` or `all`); both sets add up.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+from edgerun.errors import EdgerunError
+from edgerun.ir import Graph
+from edgerun.passes import blocks, bnfold, constfold, declutter, fuse_activation
+from edgerun.passes.graph_edit import prune_unused
+from edgerun.shape_inference import topological_order
+
+PASSES: tuple[tuple[str, Callable[[Graph], bool]], ...] = (
+    ("declutter", declutter.run),
+    ("constfold", constfold.run),
+    ("bnfold", bnfold.run),
+    ("fuse_activation", fuse_activation.run),
+    ("fuse_blocks", blocks.fuse_blocks),
+    ("fuse_stem", blocks.fuse_stem),
+)
+PASS_NAMES = tuple(name for name, _ in PASSES)
+ENV_VAR = "EDGERUN_DISABLE_PASSES"
+MAX_ROUNDS = 10
+
+
+class UnknownPassError(EdgerunError, ValueError):
+    """A pass name given to switch passes off does not exist."""
+
+
+def disabled_passes(disabled: Iterable[str] | None = None) -> set[str]:
+    """Names switched off by `disabled` plus those in EDGERUN_DISABLE_PASSES; "all" means every pass."""
+    names = {n.strip() for n in os.environ.get(ENV_VAR, "").split(",") if n.strip()}
+    names.update(disabled or ())
+    if "all" in names:
+        return set(PASS_NAMES)
+    unknown = names - set(PASS_NAMES)
+    if unknown:
+        raise UnknownPassError(f"unknown pass name(s) {sorted(unknown)} (from {ENV_VAR} or disabled=); "
+                               f"passes are {', '.join(PASS_NAMES)} or 'all'")
+    return names
+
+
+def optimize(graph: Graph, disabled: Iterable[str] | None = None) -> Graph:
+    """An optimised copy of `graph`; the caller's graph and its arrays are left as they were."""
+    off = disabled_passes(disabled)
+    active = [(name, fn) for name, fn in PASSES if name not in off]
+    graph = graph.copy()
+    for _ in range(MAX_ROUNDS):
+        changed = [fn(graph) for _, fn in active]
+        if not any(changed):
+            break
+    if active:
+        prune_unused(graph)
+    graph.nodes = topological_order(graph)
+    return graph

@@ -1,0 +1,70 @@
+"""Replace nodes whose outputs are known before the run by initializers.
+
+A node folds when shape inference already knows the value of each output (Shape of a static
+tensor and the Gather/Cast/Concat/Unsqueeze chains behind it), or when all its inputs are
+constants, in which case its reference kernel computes the value here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgerun import ops
+from edgerun.errors import EdgerunError, InvalidModelError
+from edgerun.ir import Graph, Node, TensorInfo, readonly
+from edgerun.passes.graph_edit import constant_value, is_graph_output, remove_nodes
+
+MAX_FOLDED_ELEMENTS = 16 * 1024 * 1024
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+               "Bernoulli"}
+
+
+def run(graph: Graph) -> bool:
+    changed = False
+    for node in list(graph.nodes):
+        if not _may_fold(graph, node):
+            continue
+        values = _known_outputs(graph, node)
+        if values is None or any(v is not None and v.size > MAX_FOLDED_ELEMENTS for v in values):
+            continue
+        _replace_by_constants(graph, node, values)
+        changed = True
+    return changed
+
+
+def _may_fold(graph: Graph, node: Node) -> bool:
+    # A graph output stays produced by a node: callers and executors expect outputs to be computed.
+    return (node.op_type not in _NEVER_FOLD and bool(node.outputs)
+            and not any(is_graph_output(graph, o) for o in node.outputs))
+
+
+def _known_outputs(graph: Graph, node: Node) -> list[np.ndarray] | None:
+    inferred = [constant_value(graph, o) if o else None for o in node.outputs]
+    if all(v is not None for v, o in zip(inferred, node.outputs) if o):
+        return [np.asarray(v) if v is not None else None for v in inferred]
+    inputs = [constant_value(graph, i) if i else None for i in node.inputs]
+    if any(v is None for v, i in zip(inputs, node.inputs) if i):
+        return None
+    if sum(v.size for v in inputs if v is not None) > MAX_FOLDED_ELEMENTS:
+        return None
+    return _evaluate(graph, node, inputs)
+
+
+def _evaluate(graph: Graph, node: Node, inputs: list) -> list[np.ndarray]:
+    op = ops.lookup(node, graph.opset)
+    try:
+        results = op.compute(node, inputs, graph.opset)
+    except EdgerunError:
+        raise
+    except Exception as exc:
+        raise InvalidModelError(f"{node.describe()}: constant folding failed: {exc}") from None
+    return [np.asarray(r) for r in results]
+
+
+def _replace_by_constants(graph: Graph, node: Node, values: list) -> None:
+    for name, value in zip(node.outputs, values):
+        if not name or value is None:
+            continue
+        array = readonly(np.array(value))
+        graph.initializers[name] = array
+        graph.value_info[name] = TensorInfo(array.shape, array.dtype, array)
+    remove_nodes(graph, [node])

@@ -1,0 +1,110 @@
+"""Turn every Conv into an edgerun FusedConv and fold a following activation into it.
+
+Plain convs become FusedConv with activation "" so the executor sees one conv op; auto_pad is
+resolved into explicit pads here, which needs the input's static shape for SAME_* padding.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgerun.errors import InvalidModelError
+from edgerun.ir import Graph, Node
+from edgerun.ops.conv import resolve_conv_pads
+from edgerun.passes.graph_edit import constant_value, is_op, remove_nodes, sole_consumer, static_shape
+
+FUSED_DOMAIN = "edgerun"
+_FLOAT32 = np.finfo(np.float32)
+
+
+def run(graph: Graph) -> bool:
+    changed = False
+    for node in list(graph.nodes):
+        if is_op(node, "Conv") and _convert_conv(graph, node):
+            changed = True
+    for node in list(graph.nodes):
+        if _is_unactivated_fused_conv(node) and _absorb_activation(graph, node):
+            changed = True
+    return changed
+
+
+def _is_unactivated_fused_conv(node: Node) -> bool:
+    return is_op(node, "FusedConv", FUSED_DOMAIN) and node.attrs.get("activation", "") == ""
+
+
+def _ints(node: Node, name: str, default: int, length: int) -> list[int]:
+    value = node.attrs.get(name)
+    if value is None:
+        return [default] * length
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise InvalidModelError(f"{node.describe()}: attribute {name!r} must be {length} ints, got {value!r}")
+    return [int(v) for v in value]
+
+
+def _convert_conv(graph: Graph, conv: Node) -> bool:
+    weight_shape = static_shape(graph, conv.input(1))
+    if weight_shape is None or len(weight_shape) < 3:
+        return False
+    spatial = len(weight_shape) - 2
+    kernel = list(weight_shape[2:])
+    strides = _ints(conv, "strides", 1, spatial)
+    dilations = _ints(conv, "dilations", 1, spatial)
+    x_shape = static_shape(graph, conv.input(0))
+    if conv.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and x_shape is None:
+        return False
+    try:
+        pads = resolve_conv_pads(conv.attrs, None if x_shape is None else x_shape[2:], kernel, strides, dilations)
+    except InvalidModelError as exc:
+        raise InvalidModelError(f"{conv.describe()}: {exc}") from None
+    conv.op_type, conv.domain = "FusedConv", FUSED_DOMAIN
+    conv.attrs = {"kernel_shape": kernel, "strides": strides, "pads": [int(p) for p in pads],
+                  "dilations": dilations, "group": int(conv.attrs.get("group", 1)),
+                  "activation": "", "activation_params": []}
+    return True
+
+
+def _absorb_activation(graph: Graph, conv: Node) -> bool:
+    act = sole_consumer(graph, conv.outputs[0])
+    if act is None or act.input(0) != conv.outputs[0]:
+        return False
+    found = activation_of(graph, act)
+    if found is None:
+        return False
+    conv.attrs = dict(conv.attrs, activation=found[0], activation_params=found[1])
+    conv.outputs = [act.outputs[0]]
+    remove_nodes(graph, [act])
+    return True
+
+
+def activation_of(graph: Graph, node: Node) -> tuple[str, list[float]] | None:
+    """(kind, params) when `node` is an activation FusedConv can carry, else None."""
+    if is_op(node, "Relu"):
+        return "relu", []
+    if is_op(node, "HardSwish"):
+        return "hardswish", []
+    if is_op(node, "Sigmoid"):
+        return "sigmoid", []
+    if is_op(node, "HardSigmoid"):
+        return "hardsigmoid", [float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))]
+    if is_op(node, "LeakyRelu"):
+        return "leakyrelu", [float(node.attrs.get("alpha", 0.01))]
+    if is_op(node, "Clip"):
+        bounds = _clip_bounds(graph, node)
+        return None if bounds is None else ("clip", bounds)
+    return None
+
+
+def _clip_bounds(graph: Graph, clip: Node) -> list[float] | None:
+    """[min, max] of a Clip with constant bounds; an absent bound is float32's extreme."""
+    if graph.opset < 11:
+        return [float(clip.attrs.get("min", _FLOAT32.min)), float(clip.attrs.get("max", _FLOAT32.max))]
+    bounds = []
+    for index, default in ((1, _FLOAT32.min), (2, _FLOAT32.max)):
+        name = clip.input(index)
+        if not name:
+            bounds.append(float(default))
+            continue
+        value = constant_value(graph, name)
+        if value is None or value.size != 1:
+            return None
+        bounds.append(float(value.reshape(-1)[0]))
+    return bounds
