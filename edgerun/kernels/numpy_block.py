@@ -1,0 +1,202 @@
+"""The numpy oracle of the fused inverted-residual block, split into chunks and bands.
+
+Every intermediate lives in the scratch views `block_scratch(geom, sched, "numpy")` names;
+all work is numpy ufuncs / matmul with out= into those views, so no activation-sized
+temporary is ever allocated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.blocks import band_ranges, chunk_ranges, hidden_rows_for, input_rows_for
+
+# ufuncs on strided views otherwise allocate iterator buffers of 8192 elements per operand
+# (~100 KB per call, seen by tracemalloc); 64 elements costs little speed.
+UFUNC_BUFFER_ELEMENTS = 64
+
+
+def run_block(x, out, weights, geom, sched, scratch) -> None:
+    from edgerun.kernels import check_block_args
+
+    check_block_args(x, out, weights, geom, sched, scratch, "numpy")
+    previous = np.setbufsize(UFUNC_BUFFER_ELEMENTS)
+    try:
+        _run_bands_and_chunks(x, out, weights, geom, sched, scratch)
+    finally:
+        np.setbufsize(previous)
+
+
+def _run_bands_and_chunks(x, out, weights, geom, sched, scratch) -> None:
+    _initialise_output(x, out, weights, geom)
+    chunks = chunk_ranges(geom.hidden_channels, sched.t)
+    for o0, o1 in band_ranges(geom.out_height, sched.band_rows):
+        h0, h1 = hidden_rows_for(geom, o0, o1)
+        if geom.expand_kernel > 1:
+            _fill_im2col(x, geom, h0, h1, scratch["im2col"])
+        for c0, c1 in chunks:
+            hidden = _hidden_rows(x, weights, geom, scratch, c0, c1, h0, h1)
+            depthwise = _depthwise(hidden, weights, geom, scratch, c0, c1, o0, o1, h0)
+            _project_into(out, depthwise, weights, scratch, c0, c1, o0, o1)
+
+
+def _initialise_output(x, out, weights, geom) -> None:
+    np.copyto(out, weights.bp[:, None, None])
+    if geom.residual:
+        np.add(out, x, out=out)
+
+
+def _view(buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A reshaped view of the leading part of a flat scratch buffer."""
+    return buffer[: int(np.prod(shape))].reshape(shape)
+
+
+def _reshape_in_place(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    view = array.reshape(shape)
+    if not np.may_share_memory(view, array):
+        raise AssertionError(f"reshape to {shape} would copy")
+    return view
+
+
+def _valid_range(lo: int, hi: int, stride: int, offset: int, size: int) -> tuple[int, int]:
+    """Output indices o in [lo, hi) whose input index o*stride + offset lies in [0, size)."""
+    first = max(lo, -(offset // stride))
+    last = min(hi, (size - 1 - offset) // stride + 1)
+    return first, max(first, last)
+
+
+def _strided(start: int, count: int, stride: int) -> slice:
+    return slice(start, start + (count - 1) * stride + 1, stride)
+
+
+def _fill_im2col(x, geom, h0, h1, im2col) -> None:
+    """im2col rows (ci, ky, kx) x hidden pixels of rows [h0, h1), zeros where padding."""
+    k, stride = geom.expand_kernel, geom.expand_stride
+    pad_top, pad_left = geom.expand_pads[0], geom.expand_pads[1]
+    width = geom.hidden_width
+    cols = _view(im2col, (geom.in_channels, k, k, h1 - h0, width))
+    for ky in range(k):
+        r0, r1 = _valid_range(h0, h1, stride, ky - pad_top, geom.in_height)
+        for kx in range(k):
+            j0, j1 = _valid_range(0, width, stride, kx - pad_left, geom.in_width)
+            dest = cols[:, ky, kx]
+            if (r0, r1, j0, j1) != (h0, h1, 0, width):
+                dest.fill(0.0)
+            if r0 < r1 and j0 < j1:
+                source = x[:, _strided(r0 * stride + ky - pad_top, r1 - r0, stride),
+                           _strided(j0 * stride + kx - pad_left, j1 - j0, stride)]
+                np.copyto(dest[:, r0 - h0:r1 - h0, j0:j1], source)
+
+
+def _hidden_rows(x, weights, geom, scratch, c0, c1, h0, h1) -> np.ndarray:
+    """Hidden channels [c0, c1), rows [h0, h1) after expansion and its activation: (cc, nh, Wh)."""
+    if not geom.has_expansion:
+        return x[c0:c1, h0:h1, :]
+    count, rows, width = c1 - c0, h1 - h0, geom.hidden_width
+    expanded = _view(scratch["expanded"], (count, rows, width))
+    we_rows = weights.we.reshape(geom.hidden_channels, -1)[c0:c1]
+    if geom.expand_kernel > 1:
+        im2col = _view(scratch["im2col"], (we_rows.shape[1], rows * width))
+        np.matmul(we_rows, im2col, out=expanded.reshape(count, rows * width))
+    elif geom.expand_stride == 1 and not any(geom.expand_pads):
+        i0, i1 = input_rows_for(geom, h0, h1)
+        inputs = _reshape_in_place(x[:, i0:i1, :], (geom.in_channels, (i1 - i0) * width))
+        np.matmul(we_rows, inputs, out=expanded.reshape(count, rows * width))
+    else:
+        _pointwise_rows_padded(x, we_rows, geom, expanded, h0, h1)
+    np.add(expanded, weights.be[c0:c1, None, None], out=expanded)
+    apply_activation_inplace(expanded.reshape(-1), weights.expand_act, scratch["dw_tmp"])
+    return expanded
+
+
+def _pointwise_rows_padded(x, we_rows, geom, expanded, h0, h1) -> None:
+    """1x1 expansion with stride or padding, one hidden row at a time (zeros where padding)."""
+    stride, pad_top, pad_left = geom.expand_stride, geom.expand_pads[0], geom.expand_pads[1]
+    j0, j1 = _valid_range(0, geom.hidden_width, stride, -pad_left, geom.in_width)
+    for h in range(h0, h1):
+        row = expanded[:, h - h0, :]
+        source_row = h * stride - pad_top
+        if (j0, j1) != (0, geom.hidden_width) or not 0 <= source_row < geom.in_height:
+            row.fill(0.0)
+        if 0 <= source_row < geom.in_height and j0 < j1:
+            np.matmul(we_rows, x[:, source_row, _strided(j0 * stride - pad_left, j1 - j0, stride)],
+                      out=row[:, j0:j1])
+
+
+def _depthwise(hidden, weights, geom, scratch, c0, c1, o0, o1, h0) -> np.ndarray:
+    """Depthwise conv + bias + activation of output rows [o0, o1): (cc, nb, Wo) view."""
+    count, band, width = c1 - c0, o1 - o0, geom.out_width
+    k, stride = geom.dw_kernel, geom.dw_stride
+    pad_top, pad_left = geom.dw_pads[0], geom.dw_pads[1]
+    result = _view(scratch["depthwise"], (count, band, width))
+    product = _view(scratch["dw_tmp"], (count, band, width))
+    np.copyto(result, weights.bd[c0:c1, None, None])
+    for ky in range(k):
+        r0, r1 = _valid_range(o0, o1, stride, ky - pad_top, geom.hidden_height)
+        if r0 >= r1:
+            continue
+        rows = _strided(r0 * stride + ky - pad_top - h0, r1 - r0, stride)
+        for kx in range(k):
+            j0, j1 = _valid_range(0, width, stride, kx - pad_left, geom.hidden_width)
+            if j0 >= j1:
+                continue
+            cols = _strided(j0 * stride + kx - pad_left, j1 - j0, stride)
+            tap = weights.wd_taps[ky * k + kx, c0:c1, None, None]
+            dest = product[:, r0 - o0:r1 - o0, j0:j1]
+            np.multiply(hidden[:, rows, cols], tap, out=dest)
+            target = result[:, r0 - o0:r1 - o0, j0:j1]
+            np.add(target, dest, out=target)
+    apply_activation_inplace(result.reshape(-1), weights.dw_act, scratch["dw_tmp"])
+    return result
+
+
+def _project_into(out, depthwise, weights, scratch, c0, c1, o0, o1) -> None:
+    """out[:, o0:o1] += Wp[:, c0:c1] @ depthwise chunk."""
+    channels, pixels = out.shape[0], (o1 - o0) * out.shape[2]
+    partial = _view(scratch["proj_tmp"], (channels, pixels))
+    np.matmul(weights.wp[:, c0:c1], depthwise.reshape(c1 - c0, pixels), out=partial)
+    band = _reshape_in_place(out[:, o0:o1, :], (channels, pixels))
+    np.add(band, partial, out=band)
+
+
+def apply_activation_inplace(values: np.ndarray, activation, tmp: np.ndarray) -> None:
+    """Apply the activation to a flat contiguous array in place; `tmp` is flat scratch that
+    may be smaller than `values` (the work is cut into slices of its size)."""
+    kind, params = activation.kind, activation.params
+    if kind == "":
+        return
+    if kind == "relu":
+        np.maximum(values, 0.0, out=values)
+    elif kind == "clip":
+        np.maximum(values, np.float32(params[0]), out=values)
+        np.minimum(values, np.float32(params[1]), out=values)
+    elif kind == "hardsigmoid":
+        _hardsigmoid(values, params[0], params[1], values)
+    elif kind == "sigmoid":
+        np.negative(values, out=values)
+        np.exp(values, out=values)
+        np.add(values, 1.0, out=values)
+        np.reciprocal(values, out=values)
+    else:
+        step = tmp.shape[0]
+        for start in range(0, values.shape[0], step):
+            part = values[start:start + step]
+            _two_buffer_activation(kind, params, part, tmp[: part.shape[0]])
+
+
+def _hardsigmoid(values, alpha, beta, out) -> None:
+    np.multiply(values, np.float32(alpha), out=out)
+    np.add(out, np.float32(beta), out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+
+
+def _two_buffer_activation(kind, params, part, tmp) -> None:
+    if kind == "hardswish":
+        _hardsigmoid(part, 1.0 / 6.0, 0.5, tmp)
+        np.multiply(part, tmp, out=part)
+    elif kind == "leakyrelu":
+        # x + (alpha - 1) * min(x, 0)
+        np.minimum(part, 0.0, out=tmp)
+        np.multiply(tmp, np.float32(params[0] - 1.0), out=tmp)
+        np.add(part, tmp, out=part)
+    else:
+        raise AssertionError(f"unhandled activation {kind!r}")
