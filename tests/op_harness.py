@@ -59,6 +59,12 @@ def run_ort(model, inputs):
     return session.run(None, feeds)
 
 
+def run_onnx_reference(model, inputs):
+    """onnx's own Python reference evaluator: the oracle where onnxruntime departs from the spec."""
+    from onnx.reference import ReferenceEvaluator
+    return ReferenceEvaluator(model).run(None, {f"in{i}": a for i, a in enumerate(inputs) if a is not None})
+
+
 def tensor_infos(inputs, known_values):
     """TensorInfos for the inputs; `known_values(i, array)` says whose content infer may see."""
     infos = []
@@ -76,8 +82,8 @@ def integer_inputs_known(i, array):
 
 def assert_close(ours, theirs, label=""):
     ours, theirs = np.asarray(ours), np.asarray(theirs)
-    assert ours.shape == theirs.shape, f"{label}: shape {ours.shape} != onnxruntime {theirs.shape}"
-    assert ours.dtype == theirs.dtype, f"{label}: dtype {ours.dtype} != onnxruntime {theirs.dtype}"
+    assert ours.shape == theirs.shape, f"{label}: shape {ours.shape} != oracle {theirs.shape}"
+    assert ours.dtype == theirs.dtype, f"{label}: dtype {ours.dtype} != oracle {theirs.dtype}"
     if np.issubdtype(theirs.dtype, np.floating):
         assert np.array_equal(np.isnan(ours), np.isnan(theirs)), f"{label}: NaN positions differ"
         finite = ~np.isnan(theirs)
@@ -89,11 +95,13 @@ def assert_close(ours, theirs, label=""):
         assert np.array_equal(ours, theirs), f"{label}: values differ\n{ours}\n{theirs}"
 
 
-def check_op(op_type, inputs, attrs=None, opset=17, n_outputs=1, known_values=integer_inputs_known):
-    """Run one node on onnxruntime and edgerun; compare values, then infer()'s shapes and dtypes."""
+def check_op(op_type, inputs, attrs=None, opset=17, n_outputs=1, known_values=integer_inputs_known,
+             oracle=run_ort):
+    """Run one node on the oracle (onnxruntime by default) and edgerun; compare values, then infer()'s
+    shapes and dtypes."""
     attrs = attrs or {}
     model, onnx_node = one_node_model(op_type, inputs, attrs, opset, n_outputs)
-    expected = run_ort(model, inputs)
+    expected = oracle(model, inputs)
     node = edgerun_node(onnx_node)
     definition = op_def(op_type)
     got = definition.compute(node, list(inputs), opset)
