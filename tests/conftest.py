@@ -1,0 +1,23 @@
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+
+def run_ort(model, feeds):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def assert_close_to_ort(actual, expected, rel=1e-4):
+    """The project's parity rule: max|edgerun - ort| <= rel * max(1, max|ort|)."""
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    err = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+    assert err <= rel * scale, f"max abs error {err:.3g} exceeds {rel} * {scale:.3g}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
