@@ -1,0 +1,161 @@
+"""A linear cost model for block schedules and other steps.
+
+block seconds = dense_macs * s_pw + depthwise_macs * s_dw + calls * s_call
+  dense_macs: expansion (halo rows recomputed by overlapping bands included)
+              plus projection; calls: chunks * bands inner iterations.
+other step seconds = macs * s_other + s_call
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .blocks import BlockGeometry, BlockSchedule, block_calls, block_macs_split
+
+COEFFICIENTS = ("s_pw", "s_dw", "s_call")
+
+# Rough single-core figures: numpy matmul on small float32 matrices, numpy
+# depthwise as kd*kd strided multiply-adds (memory bound), ~15 numpy calls per
+# (chunk, band) iteration; the native kernel is a fused C loop.
+_DEFAULTS = {
+    "numpy": dict(s_pw=2.0e-10, s_dw=1.5e-9, s_call=3.0e-5, s_other=5.0e-10),
+    "native": dict(s_pw=3.0e-10, s_dw=6.0e-10, s_call=2.0e-6, s_other=5.0e-10),
+}
+
+
+@dataclass(frozen=True)
+class CostModel:
+    backend: str
+    s_pw: float
+    s_dw: float
+    s_call: float
+    s_other: float
+
+    @classmethod
+    def default(cls, backend: str = "numpy") -> "CostModel":
+        coefficients = _DEFAULTS.get(backend, _DEFAULTS["numpy"])
+        return cls(backend=backend, **coefficients)
+
+    @classmethod
+    def load(cls, path) -> "CostModel":
+        data = json.loads(Path(path).read_text())
+        return cls(
+            backend=str(data["backend"]),
+            **{k: float(data[k]) for k in ("s_pw", "s_dw", "s_call", "s_other")},
+        )
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    def block_features(self, geom: BlockGeometry, sched: BlockSchedule) -> tuple[int, int, int]:
+        return block_features(geom, sched)
+
+    def block_seconds(self, geom: BlockGeometry, sched: BlockSchedule) -> float:
+        dense, depthwise, calls = block_features(geom, sched)
+        return dense * self.s_pw + depthwise * self.s_dw + calls * self.s_call
+
+    def step_seconds(self, macs: int) -> float:
+        return macs * self.s_other + self.s_call
+
+    @classmethod
+    def calibrate(cls, measure_fn, cases=None, backend: str = "numpy", other_samples=None) -> "CostModel":
+        return calibrate(measure_fn, cases, backend, other_samples)
+
+
+def block_features(geom: BlockGeometry, sched: BlockSchedule) -> tuple[int, int, int]:
+    dense, depthwise = block_macs_split(geom, sched)
+    return dense, depthwise, block_calls(geom, sched)
+
+
+def default_calibration_cases() -> list[tuple[BlockGeometry, BlockSchedule]]:
+    """Small blocks whose dense/depthwise/call counts are far from collinear."""
+
+    def block(cin, size, hidden, cout, stride):
+        return BlockGeometry(cin, size, size, hidden, 1, 1, (0, 0, 0, 0), 3, stride, (1, 1, 1, 1), cout,
+                             residual=(stride == 1 and cin == cout))
+
+    narrow = block(8, 28, 48, 8, 1)  # depthwise-heavy
+    wide = block(64, 14, 128, 64, 1)  # matmul-heavy
+    strided = block(16, 28, 96, 24, 2)
+    return [
+        (narrow, BlockSchedule(1, 28)),
+        (narrow, BlockSchedule(4, 4)),
+        (narrow, BlockSchedule(6, 1)),
+        (wide, BlockSchedule(1, 14)),
+        (wide, BlockSchedule(2, 7)),
+        (wide, BlockSchedule(4, 2)),
+        (strided, BlockSchedule(1, 14)),
+        (strided, BlockSchedule(3, 2)),
+    ]
+
+
+def calibrate(
+    measure_fn: Callable[[BlockGeometry, BlockSchedule], float],
+    cases: Iterable[tuple[BlockGeometry, BlockSchedule]] | None = None,
+    backend: str = "numpy",
+    other_samples: Iterable[tuple[int, float]] | None = None,
+) -> CostModel:
+    """Fit s_pw, s_dw, s_call (non-negative least squares) to measured seconds.
+
+    `measure_fn(geom, sched)` runs one block under that schedule and returns
+    seconds (the caller owns the kernels and the clock).  `other_samples`,
+    optional (macs, seconds) pairs of non-block steps, fit s_other.
+    """
+    cases = list(cases) if cases is not None else default_calibration_cases()
+    rows = [list(block_features(g, s)) for g, s in cases]
+    seconds = [float(measure_fn(g, s)) for g, s in cases]
+    s_pw, s_dw, s_call = nonnegative_least_squares(rows, seconds)
+    model = replace(CostModel.default(backend), s_pw=s_pw, s_dw=s_dw, s_call=s_call)
+    samples = list(other_samples or [])
+    if samples:
+        (s_other,) = nonnegative_least_squares(
+            [[macs] for macs, _ in samples], [secs - s_call for _, secs in samples]
+        )
+        model = replace(model, s_other=s_other)
+    return model
+
+
+def nonnegative_least_squares(rows: list[list[float]], targets: list[float]) -> list[float]:
+    """min ||A x - b|| subject to x >= 0, by refitting without the most negative
+    coefficient until none is negative (fine for a handful of columns)."""
+    n = len(rows[0])
+    active = list(range(n))
+    while active:
+        solution = _least_squares([[r[j] for j in active] for r in rows], targets)
+        worst = min(range(len(active)), key=lambda k: solution[k])
+        if solution[worst] >= 0:
+            result = [0.0] * n
+            for k, j in enumerate(active):
+                result[j] = solution[k]
+            return result
+        del active[worst]
+    return [0.0] * n
+
+
+def _least_squares(rows: list[list[float]], targets: list[float]) -> list[float]:
+    """Normal equations on column-scaled features, solved by Gaussian elimination."""
+    n = len(rows[0])
+    scale = [max(abs(r[j]) for r in rows) or 1.0 for j in range(n)]
+    a = [[r[j] / scale[j] for j in range(n)] for r in rows]
+    gram = [[sum(row[i] * row[j] for row in a) for j in range(n)] for i in range(n)]
+    rhs = [sum(row[i] * y for row, y in zip(a, targets)) for i in range(n)]
+    solution = _solve(gram, rhs)
+    return [x / s for x, s in zip(solution, scale)]
+
+
+def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    n = len(rhs)
+    m = [row[:] + [b] for row, b in zip(matrix, rhs)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) < 1e-12:
+            raise ValueError("calibration cases do not determine the coefficients (collinear features)")
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(n):
+            if r != col:
+                factor = m[r][col] / m[col][col]
+                m[r] = [x - factor * y for x, y in zip(m[r], m[col])]
+    return [m[i][n] / m[i][i] for i in range(n)]
