@@ -1,0 +1,77 @@
+"""Parameter and multiply-add counts of a model, by walking its ONNX graph (as the papers count:
+learned weights and biases of Conv/Gemm and BN scale/shift; multiply-adds of Conv and Gemm)."""
+from __future__ import annotations
+
+import math
+
+import onnx
+from onnx import numpy_helper
+
+from edgerun.errors import InvalidModelError
+
+# op type -> positions of inputs that are learned parameters
+_LEARNED_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "BatchNormalization": (1, 2)}
+
+
+def count_parameters(model: onnx.ModelProto) -> int:
+    """Learned parameters: Conv/Gemm weights and biases, BatchNormalization scale and shift
+    (running statistics are buffers, not parameters)."""
+    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    counted = set()
+    for node in model.graph.node:
+        for position in _LEARNED_INPUTS.get(node.op_type, ()):
+            if position < len(node.input) and node.input[position] in sizes:
+                counted.add(node.input[position])
+    return sum(sizes[name] for name in counted)
+
+
+def _static_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_param"):
+            dims[0].dim_value = batch
+    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def _conv_macs(node, shapes, weights):
+    out = shapes.get(node.output[0])
+    if node.input[1] not in weights or not out or None in out:
+        raise InvalidModelError(f"node {node.name!r}: cannot count MACs without a constant weight "
+                                f"and a static output shape")
+    cout, cin_per_group, *kernel = weights[node.input[1]]
+    return math.prod(out) * cin_per_group * math.prod(kernel)
+
+
+def _gemm_macs(node, shapes, weights):
+    out = shapes.get(node.output[0])
+    a = shapes.get(node.input[0])
+    if not out or not a or None in out or None in a:
+        raise InvalidModelError(f"node {node.name!r}: cannot count MACs without static shapes")
+    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+    inner = a[0] if trans_a else a[1]
+    return math.prod(out) * inner
+
+
+def count_macs(model: onnx.ModelProto, batch: int = 1) -> int:
+    """Multiply-adds of all Conv and Gemm nodes for a batch of `batch` images."""
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    shapes = _static_shapes(model, batch)
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            total += _conv_macs(node, shapes, weights)
+        elif node.op_type == "Gemm":
+            total += _gemm_macs(node, shapes, weights)
+    return total
+
+
+def initializer_arrays(model: onnx.ModelProto):
+    """name -> numpy array of every initializer."""
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
