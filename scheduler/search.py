@@ -1,0 +1,302 @@
+"""Choose a schedule (t, band_rows) per block and lay out the arena.
+
+Without a budget every block takes its fastest candidate.  With a budget the
+search works per step: a block step may use for scratch whatever the budget
+leaves after the buffers alive at that step; it takes the fastest candidate
+whose scratch fits.  The real planner may fragment and overshoot; then the
+offending steps are tightened and the layout redone, a bounded number of
+times, falling back to the memory-minimal schedule, which is checked against
+the budget up front.  A returned plan never exceeds the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .blocks import BlockGeometry, BlockSchedule, band_ranges, chunk_ranges
+from .cost import CostModel
+from .errors import BudgetInfeasible, PlanOverlapError
+from .plan import Plan, StepPlan
+from .planner import MemoryPlanner, align_up, make_planner
+from .problem import Problem, Step
+
+
+@dataclass(frozen=True)
+class Candidate:
+    schedule: BlockSchedule
+    scratch_bytes: int  # aligned total of the block's scratch
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    max_t: int = 5
+    allowed_t: tuple[int, ...] = ()
+    band_choices: tuple[int, ...] | None = None
+    fixed: Mapping[str, BlockSchedule] | None = None
+
+
+def t_choices(hidden: int, max_t: int = 5, allowed_t: Iterable[int] = ()) -> list[int]:
+    """t in 1..max_t plus allowed larger t (up to `hidden`), one t per distinct chunk size."""
+    wanted = set(range(1, min(max_t, hidden) + 1))
+    wanted.update(t for t in allowed_t if 1 <= t <= hidden)
+    by_chunk: dict[int, int] = {}
+    for t in sorted(wanted):
+        by_chunk.setdefault(-(-hidden // t), t)
+    return sorted(by_chunk.values())
+
+
+def band_choices_for(out_height: int, band_choices: Iterable[int] | None = None) -> list[int]:
+    """All rows, plus powers of two below out_height (or the caller's choices, clipped)."""
+    if band_choices is None:
+        rows, choices = 1, {out_height}
+        while rows < out_height:
+            choices.add(rows)
+            rows *= 2
+        return sorted(choices)
+    return sorted({out_height} | {min(r, out_height) for r in band_choices if r >= 1})
+
+
+def block_candidates(step: Step, backend: str, alignment: int, cost: CostModel,
+                     space: SearchSpace) -> list[Candidate]:
+    geom = step.block
+    fixed = (space.fixed or {}).get(step.name)
+    if fixed is not None:
+        schedules = [_validated(geom, fixed, step.name)]
+    else:
+        schedules = [
+            BlockSchedule(t, rows)
+            for t in t_choices(geom.hidden_channels, space.max_t, space.allowed_t)
+            for rows in band_choices_for(geom.out_height, space.band_choices)
+        ]
+    return [
+        Candidate(s, aligned_total(step.scratch_for(s, backend), alignment), cost.block_seconds(geom, s))
+        for s in schedules
+    ]
+
+
+def _validated(geom: BlockGeometry, sched: BlockSchedule, step_name: str) -> BlockSchedule:
+    try:
+        chunk_ranges(geom.hidden_channels, sched.t)
+        band_ranges(geom.out_height, sched.band_rows)
+    except ValueError as exc:
+        raise ValueError(f"fixed schedule for step {step_name!r}: {exc}") from None
+    return sched
+
+
+def aligned_total(sizes: Mapping[str, int], alignment: int) -> int:
+    return sum(align_up(size, alignment) for size in sizes.values())
+
+
+def fastest(candidates: list[Candidate]) -> Candidate:
+    return min(candidates, key=lambda c: (c.seconds, c.scratch_bytes, c.schedule.t))
+
+
+def smallest(candidates: list[Candidate]) -> Candidate:
+    return min(candidates, key=lambda c: (c.scratch_bytes, c.seconds, c.schedule.t))
+
+
+def fastest_within(candidates: list[Candidate], limit: int) -> Candidate | None:
+    fitting = [c for c in candidates if c.scratch_bytes <= limit]
+    return fastest(fitting) if fitting else None
+
+
+class _Layout:
+    """One planner run over the problem's buffers plus each step's scratch."""
+
+    def __init__(self, problem: Problem, choices: Mapping[str, BlockSchedule], alignment: int, planner) -> None:
+        self.problem = problem
+        self.choices = dict(choices)
+        self.planner: MemoryPlanner = make_planner(planner, alignment)
+        self.buffer_index: dict[str, int] = {}
+        for name, size in problem.buffers.items():
+            first, last = problem.lifetime(name)
+            self.buffer_index[name] = self.planner.add_buffer(size, first, last, name)
+        self.scratch_index: list[dict[str, int]] = []
+        for i, step in enumerate(problem.steps):
+            sizes = step.scratch_for(self.choices.get(step.name), problem.backend)
+            self.scratch_index.append(
+                {n: self.planner.add_buffer(size, i, i, f"{step.name}:{n}") for n, size in sizes.items()}
+            )
+
+    def peak(self) -> int:
+        return self.planner.peak()
+
+    def _alive_indices(self, i: int) -> list[int]:
+        buffers = [self.buffer_index[n] for n in self.problem.alive_at(i)]
+        return buffers + list(self.scratch_index[i].values())
+
+    def live_bytes(self, i: int) -> int:
+        return sum(self.planner.aligned_size(k) for k in self._alive_indices(i))
+
+    def high_water(self, i: int) -> int:
+        """Highest arena byte in use at step i."""
+        p = self.planner
+        return max((p.offset(k) + p.aligned_size(k) for k in self._alive_indices(i)), default=0)
+
+    def limiting_step(self) -> str:
+        """The step that reaches the peak (the fullest one if several do)."""
+        peak = self.peak()
+        at_peak = [i for i in range(len(self.problem.steps)) if self.high_water(i) == peak]
+        best = max(at_peak, key=lambda i: (self.live_bytes(i), -i)) if at_peak else 0
+        return self.problem.steps[best].name if self.problem.steps else ""
+
+    def to_plan(self, cost: CostModel) -> Plan:
+        p = self.planner
+        steps = []
+        for i, step in enumerate(self.problem.steps):
+            sched = self.choices.get(step.name)
+            if step.is_block:
+                seconds = cost.block_seconds(step.block, sched)
+                t, rows = sched.t, sched.band_rows
+            else:
+                seconds = cost.step_seconds(step.macs)
+                t, rows = 1, 0
+            steps.append(StepPlan(
+                name=step.name, kind=step.kind, t=t, band_rows=rows, bytes=self.live_bytes(i),
+                scratch_offsets={n: p.offset(k) for n, k in self.scratch_index[i].items()},
+                estimated_seconds=seconds,
+            ))
+        return Plan(
+            peak_bytes=self.peak(),
+            offsets={n: p.offset(k) for n, k in self.buffer_index.items()},
+            steps=steps,
+            alignment=p.alignment,
+            estimated_seconds=sum(s.estimated_seconds for s in steps),
+            planner=p.name,
+        )
+
+
+def _candidates_by_step(problem: Problem, alignment: int, cost: CostModel,
+                        space: SearchSpace) -> dict[str, list[Candidate]]:
+    unknown = set(space.fixed or {}) - {s.name for s in problem.block_steps()}
+    if unknown:
+        raise ValueError(f"fixed schedules name steps that are not blocks: {sorted(unknown)}")
+    return {s.name: block_candidates(s, problem.backend, alignment, cost, space) for s in problem.block_steps()}
+
+
+def _space(max_t, allowed_t, band_choices, fixed) -> SearchSpace:
+    return SearchSpace(
+        max_t=max_t,
+        allowed_t=tuple(allowed_t or ()),
+        band_choices=None if band_choices is None else tuple(band_choices),
+        fixed=dict(fixed or {}),
+    )
+
+
+def schedule(problem: Problem, budget: int | None = None, alignment: int = 64, planner="greedy",
+             cost_model: CostModel | None = None, max_t: int = 5, allowed_t: Iterable[int] | None = None,
+             band_choices: Iterable[int] | None = None,
+             fixed: Mapping[str, BlockSchedule] | None = None) -> Plan:
+    """The fastest plan (by the cost model) whose planned peak fits `budget` bytes."""
+    cost = cost_model or CostModel.default(problem.backend)
+    candidates = _candidates_by_step(problem, alignment, cost, _space(max_t, allowed_t, band_choices, fixed))
+    fastest_choice = {name: fastest(c).schedule for name, c in candidates.items()}
+    layout = _Layout(problem, fastest_choice, alignment, planner)
+    if budget is None or layout.peak() <= budget:
+        return layout.to_plan(cost)
+
+    minimal = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
+    if minimal.peak() > budget:
+        raise BudgetInfeasible(minimal.peak(), minimal.limiting_step(), budget)
+    return _fit_budget(problem, candidates, budget, alignment, planner, cost, minimal)
+
+
+def _fit_budget(problem: Problem, candidates: dict[str, list[Candidate]], budget: int, alignment: int,
+                planner, cost: CostModel, minimal: _Layout) -> Plan:
+    index = {s.name: i for i, s in enumerate(problem.steps)}
+    first_limit = {
+        name: budget - (minimal.live_bytes(index[name]) - smallest(cands).scratch_bytes)
+        for name, cands in candidates.items()
+    }
+    limit = dict(first_limit)
+    max_rounds = sum(len(c) for c in candidates.values()) + 1
+    for _ in range(max_rounds):
+        chosen = _choose_within(candidates, limit)
+        layout = _Layout(problem, {n: c.schedule for n, c in chosen.items()}, alignment, planner)
+        if layout.peak() <= budget:
+            return _relax(problem, candidates, chosen, first_limit, budget, alignment, planner, layout).to_plan(cost)
+        if not _tighten(layout, chosen, candidates, limit, index, budget):
+            break
+    return minimal.to_plan(cost)
+
+
+def _choose_within(candidates: dict[str, list[Candidate]], limit: Mapping[str, int]) -> dict[str, Candidate]:
+    return {name: fastest_within(cands, limit[name]) or smallest(cands) for name, cands in candidates.items()}
+
+
+def _tighten(layout: _Layout, chosen: dict[str, Candidate], candidates, limit, index, budget: int) -> bool:
+    """Shrink the scratch limit of one block: the largest-scratch block at an
+    overshooting step, or, if those are all minimal (fragmentation caused
+    elsewhere), the largest-scratch block anywhere.  False if none can shrink."""
+    shrinkable = [n for n, c in chosen.items() if c.scratch_bytes > smallest(candidates[n]).scratch_bytes]
+    if not shrinkable:
+        return False
+    excess = {n: layout.high_water(index[n]) - budget for n in shrinkable}
+    offenders = [n for n in shrinkable if excess[n] > 0] or shrinkable
+    victim = max(offenders, key=lambda n: (chosen[n].scratch_bytes, -index[n]))
+    limit[victim] = chosen[victim].scratch_bytes - max(1, excess[victim])
+    return True
+
+
+def _relax(problem, candidates, chosen: dict[str, Candidate], first_limit, budget: int, alignment: int,
+           planner, layout: _Layout) -> _Layout:
+    """Give tightened blocks back their first choice, one at a time, where the layout still fits."""
+    best = _choose_within(candidates, first_limit)
+    for name in sorted(chosen, key=lambda n: chosen[n].seconds - best[n].seconds, reverse=True):
+        if best[name].seconds >= chosen[name].seconds:
+            continue
+        trial = dict(chosen, **{name: best[name]})
+        trial_layout = _Layout(problem, {n: c.schedule for n, c in trial.items()}, alignment, planner)
+        if trial_layout.peak() <= budget:
+            chosen, layout = trial, trial_layout
+    return layout
+
+
+def memory_minimal(problem: Problem, alignment: int = 64, planner="greedy", cost_model: CostModel | None = None,
+                   max_t: int = 5, allowed_t: Iterable[int] | None = None,
+                   band_choices: Iterable[int] | None = None,
+                   fixed: Mapping[str, BlockSchedule] | None = None) -> Plan:
+    """Every block at its smallest-scratch candidate (ties: fastest)."""
+    cost = cost_model or CostModel.default(problem.backend)
+    candidates = _candidates_by_step(problem, alignment, cost, _space(max_t, allowed_t, band_choices, fixed))
+    layout = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
+    return layout.to_plan(cost)
+
+
+def minimum_peak(problem: Problem, alignment: int = 64, planner="greedy", max_t: int = 5,
+                 allowed_t: Iterable[int] | None = None, band_choices: Iterable[int] | None = None,
+                 fixed: Mapping[str, BlockSchedule] | None = None) -> tuple[int, str]:
+    """(smallest reachable planned peak, the step that sets it)."""
+    cost = CostModel.default(problem.backend)
+    candidates = _candidates_by_step(problem, alignment, cost, _space(max_t, allowed_t, band_choices, fixed))
+    layout = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
+    return layout.peak(), layout.limiting_step()
+
+
+
+def verify_plan(problem: Problem, plan: Plan) -> None:
+    """Check a plan (e.g. one loaded from JSON) against a problem: every buffer
+    and scratch placed, aligned, inside the arena, no two sharing bytes at a
+    common step.  Raises PlanOverlapError or ValueError."""
+    for i, step in enumerate(problem.steps):
+        step_plan = plan.step(step.name)
+        regions = [(plan.offsets[n], problem.buffers[n], n) for n in problem.alive_at(i)]
+        scratch = step.scratch_for(step_plan.schedule if step.is_block else None, problem.backend)
+        if set(scratch) != set(step_plan.scratch_offsets):
+            raise ValueError(f"step {step.name!r}: plan scratch {sorted(step_plan.scratch_offsets)} "
+                             f"!= needed {sorted(scratch)}")
+        regions += [(step_plan.scratch_offsets[n], size, f"{step.name}:{n}") for n, size in scratch.items()]
+        _check_regions(regions, plan.alignment, plan.peak_bytes, step.name)
+
+
+def _check_regions(regions, alignment: int, peak: int, step_name: str) -> None:
+    spans = sorted((off, off + align_up(size, alignment), name) for off, size, name in regions if size)
+    for start, end, name in spans:
+        if start % alignment or start < 0 or end > peak:
+            raise ValueError(f"{name!r} at [{start}, {end}) is misaligned or outside the {peak}-byte arena")
+    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise PlanOverlapError(f"at step {step_name!r}: {n0!r} [{s0}, {e0}) overlaps {n1!r} [{s1}, {e1})",
+                                   n0, n1)
