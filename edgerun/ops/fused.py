@@ -118,6 +118,7 @@ def _fused_conv_compute(node, inputs, opset):
     b = inputs[2] if len(inputs) > 2 else None
     attrs = _fused_conv_attrs(node, x.shape, w.shape)
     _check_bias(node, None if b is None else np.shape(b), w.shape[0])
+    _check_activation(node)
     y = conv_nd(x, w, b, strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"],
                 group=attrs["group"])
     return [apply_activation(y, node.attrs.get("activation", ""), node.attrs.get("activation_params", []))]
