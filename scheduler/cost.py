@@ -15,14 +15,13 @@ from typing import Callable, Iterable
 
 from .blocks import BlockGeometry, BlockSchedule, block_calls, block_macs_split
 
-COEFFICIENTS = ("s_pw", "s_dw", "s_call")
-
-# Rough single-core figures: numpy matmul on small float32 matrices, numpy
-# depthwise as kd*kd strided multiply-adds (memory bound), ~15 numpy calls per
-# (chunk, band) iteration; the native kernel is a fused C loop.
+# numpy: measured on a 2-core x86 box (BLAS float32 matmul ~2.5e-11 s/MAC,
+# depthwise as 9 strided multiply-adds ~1.2e-9 s/MAC, ~25 numpy calls per
+# (chunk, band) iteration ~3e-5 s).  native: a fused C loop without BLAS,
+# guessed; run calibrate() on the target for real figures.
 _DEFAULTS = {
-    "numpy": dict(s_pw=2.0e-10, s_dw=1.5e-9, s_call=3.0e-5, s_other=5.0e-10),
-    "native": dict(s_pw=3.0e-10, s_dw=6.0e-10, s_call=2.0e-6, s_other=5.0e-10),
+    "numpy": dict(s_pw=2.5e-11, s_dw=1.2e-9, s_call=3.0e-5, s_other=1.0e-10),
+    "native": dict(s_pw=1.5e-10, s_dw=3.0e-10, s_call=1.0e-6, s_other=1.0e-10),
 }
 
 

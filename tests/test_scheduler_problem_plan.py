@@ -83,3 +83,16 @@ def test_describe_lists_every_step_and_the_peak():
     assert lines[2].split()[:5] == ["s0", "conv", "1", "-", "2,048"]
     assert lines[3].split()[:5] == ["s1", "block", "3", "4", "4,096"]
     assert "peak 4,096 bytes" in lines[-1] and "2.650 ms" in lines[-1]
+
+
+def test_scheduler_imports_neither_onnx_nor_edgerun():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scheduler, scheduler.search, scheduler.cost; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'edgerun', 'onnxruntime')); "
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
