@@ -133,4 +133,4 @@ def rng(seed=0):
 
 
 def randn(*shape, seed=0, dtype=np.float32):
-    return rng(seed).standard_normal(shape).astype(dtype)
+    return np.asarray(rng(seed).standard_normal(shape), dtype=dtype)
