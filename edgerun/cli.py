@@ -1,0 +1,612 @@
+"""The `edgerun` command line: run, profile, plan, and the table3/bench/compile/calibrate tools.
+
+Exit codes: 0 success, 1 internal error, 2 bad usage or input, 3 the model does not fit the budget.
+Errors are one line on stderr; EDGERUN_DEBUG=1 shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import inspect
+import io
+import json
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgerun.errors import EdgerunError, InvalidInputError, InvalidOptionError, MemoryBudgetError
+from edgerun.units import format_bytes, parse_bytes
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
+
+DEFAULT_MODEL = "mobilenet_v2_pretrained"
+# zoo name -> (function in edgerun.zoo, fixed keyword arguments)
+ZOO_MODELS = {
+    "mobilenet_v2": ("mobilenet_v2", {}),
+    "mobilenet_v2_pretrained": ("mobilenet_v2", {"pretrained": True}),
+    "mobilenet_v1": ("mobilenet_v1", {}),
+    "shufflenet_v1": ("shufflenet_v1", {}),
+    "mobilenet_v3_small_like": ("mobilenet_v3_small_like", {}),
+}
+# subcommand -> (module, function, what it does); written by other modules, imported on use.
+EXTERNAL_COMMANDS = {
+    "table3": ("edgerun.table3", "main", "reproduce Table 3 of the MobileNetV2 paper beside the true peaks"),
+    "bench": ("edgerun.bench", "main", "time edgerun against onnxruntime on the same input"),
+    "compile": ("edgerun.bundle", "compile_main", "compile a model and its plan into a bundle"),
+    "calibrate": ("edgerun.calibrate", "main", "fit the scheduler's cost model on this machine"),
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGENET_CLASSES = 1000
+
+
+class UsageError(InvalidOptionError):
+    """A command-line option has a value the command cannot use."""
+
+
+# ================================================================ model names
+def zoo_names() -> list[str]:
+    return sorted(ZOO_MODELS)
+
+
+def _parse_zoo_value(text: str):
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _parse_zoo_spec(spec: str) -> tuple[str, dict]:
+    """'mobilenet_v2:width=0.35,resolution=96' -> ('mobilenet_v2', {'width': 0.35, 'resolution': 96})."""
+    name, _, options = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"MODEL {spec!r}: zoo options are written name:key=value,key=value")
+        kwargs[key.strip()] = _parse_zoo_value(value.strip())
+    return name, kwargs
+
+
+def _zoo_function(function_name: str):
+    try:
+        zoo = importlib.import_module("edgerun.zoo")
+    except ImportError as exc:
+        raise UsageError(f"the model zoo is not available ({exc})") from None
+    candidate = getattr(zoo, function_name, None)
+    if callable(candidate) and not inspect.ismodule(candidate):
+        return candidate
+    try:   # the function may live in a module of the same name that the package does not re-export
+        module = importlib.import_module(f"edgerun.zoo.{function_name}")
+    except ImportError:
+        module = None
+    candidate = getattr(module, function_name, None)
+    if callable(candidate):
+        return candidate
+    raise UsageError(f"zoo model {function_name!r} is not available in this installation")
+
+
+def _call_zoo(spec: str, name: str, kwargs: dict):
+    function_name, fixed = ZOO_MODELS[name]
+    function = _zoo_function(function_name)
+    arguments = dict(fixed, **kwargs)
+    parameters = inspect.signature(function).parameters
+    if "batch" in parameters and "batch" not in arguments:
+        arguments["batch"] = 1
+    unknown = sorted(set(arguments) - set(parameters))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        raise UsageError(f"MODEL {spec!r}: {name} takes no option(s) {unknown}; "
+                         f"its options are {sorted(p for p in parameters if p != 'batch')}")
+    try:
+        return function(**arguments)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"MODEL {spec!r}: {exc}") from None
+
+
+def resolve_model(spec: str | None):
+    """(model for InferenceSession, display name) from a file path or a zoo name.
+
+    Zoo names: see ZOO_MODELS; options may follow a colon: 'mobilenet_v2:width=0.35,resolution=96'.
+    A path that exists wins over a zoo name."""
+    spec = DEFAULT_MODEL if spec is None else spec
+    if Path(spec).is_file():
+        return str(spec), Path(spec).name
+    name, kwargs = _parse_zoo_spec(spec)
+    if name in ZOO_MODELS:
+        return _call_zoo(spec, name, kwargs), spec
+    if Path(spec).exists():
+        raise UsageError(f"MODEL {spec!r} is a directory, not an .onnx file")
+    raise UsageError(f"MODEL {spec!r}: no such file, and not a zoo model (zoo models: {', '.join(zoo_names())})")
+
+
+# ================================================================ sessions
+def open_session(args):
+    """An InferenceSession for args.model with --budget / --threads / --kernels, compiled for batch 1
+    when the model's batch dimension is symbolic."""
+    from edgerun.session import InferenceSession
+    budget = parse_bytes(args.budget, option="--budget")
+    model, label = resolve_model(args.model)
+    sess = InferenceSession(model, memory_budget=budget, threads=getattr(args, "threads", None),
+                            kernels_backend=getattr(args, "kernels", None))
+    if getattr(sess, "_last", None) is None:
+        sess.prepare(batch_one_shapes(sess))
+    return sess, label, budget
+
+
+def batch_one_shapes(sess) -> dict[str, tuple]:
+    """Input shapes with a symbolic first (batch) dimension set to 1; other symbolic dims are an error."""
+    shapes = {}
+    for arg in sess.get_inputs():
+        if arg.shape is None:
+            raise InvalidInputError(f"input {arg.name!r} has no known shape: give data with --input FILE.npy")
+        shape = [1 if axis == 0 and not _is_static(d) else d for axis, d in enumerate(arg.shape)]
+        if not all(_is_static(d) for d in shape):
+            raise InvalidInputError(f"input {arg.name!r} has dynamic dimensions {arg.shape} beyond the batch: "
+                                    f"give data with --input FILE.npy to fix them")
+        shapes[arg.name] = tuple(shape)
+    return shapes
+
+
+def _is_static(dim) -> bool:
+    return isinstance(dim, int) and dim > 0
+
+
+def graph_name(sess) -> str:
+    graph = getattr(sess, "graph", None)
+    return getattr(graph, "name", "") or ""
+
+
+# ================================================================ input data
+def _numpy_dtype(onnx_type: str):
+    names = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+    return np.dtype(names.get(onnx_type, np.float32))
+
+
+def _image_input(sess):
+    """The single (1, 3, S, S) float input of an image classifier, else None."""
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        return None
+    arg = inputs[0]
+    shape = batch_one_shapes(sess)[arg.name]
+    if len(shape) == 4 and shape[0] == 1 and shape[1] == 3 and shape[2] == shape[3] \
+            and _numpy_dtype(arg.type) == np.float32:
+        return arg.name, shape[2]
+    return None
+
+
+def _imagenet_tensor(photo: np.ndarray, size: int) -> np.ndarray:
+    from edgerun.zoo.images import preprocess_imagenet
+    return preprocess_imagenet(photo, resize=round(size * 256 / 224), crop=size)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InvalidInputError(f"--input {path}: reading image files needs Pillow (pip install pillow); "
+                                f"or give the preprocessed tensor as .npy/.npz") from None
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"--input {path}: not a readable image ({exc})") from None
+
+
+def _load_arrays(path: Path) -> dict | np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidInputError(f"--input {path}: cannot read it as {path.suffix} ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
+
+
+def _arrays_by_input(path: Path, loaded, names: list[str]) -> dict:
+    if isinstance(loaded, np.ndarray):
+        if len(names) != 1:
+            raise InvalidInputError(f"--input {path}: the model has inputs {names}; give an .npz holding "
+                                    f"one array per input name")
+        return {names[0]: loaded}
+    if len(names) == 1 and len(loaded) == 1:
+        return {names[0]: next(iter(loaded.values()))}
+    missing = sorted(set(names) - set(loaded))
+    if missing:
+        raise InvalidInputError(f"--input {path}: no array for input(s) {missing} (the file holds {sorted(loaded)})")
+    return {name: loaded[name] for name in names}
+
+
+def _check_against_model(path: Path, feeds: dict, sess) -> dict:
+    for arg in sess.get_inputs():
+        array = feeds[arg.name]
+        want = _numpy_dtype(arg.type)
+        if array.dtype != want:
+            raise InvalidInputError(f"--input {path}: input {arg.name!r} must be {want.name}, "
+                                    f"the file holds {array.dtype.name}")
+        expected = arg.shape or []
+        mismatch = len(expected) != array.ndim or any(
+            _is_static(d) and d != got for d, got in zip(expected, array.shape))
+        if mismatch:
+            raise InvalidInputError(f"--input {path}: input {arg.name!r} expects shape {list(expected)}, "
+                                    f"the file holds {list(array.shape)}")
+    return feeds
+
+
+def feeds_from_file(sess, path_text: str) -> dict:
+    path = Path(path_text)
+    if not path.is_file():
+        raise InvalidInputError(f"--input {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        names = [a.name for a in sess.get_inputs()]
+        return _check_against_model(path, _arrays_by_input(path, _load_arrays(path), names), sess)
+    if suffix in IMAGE_SUFFIXES:
+        image_input = _image_input(sess)
+        if image_input is None:
+            raise InvalidInputError(f"--input {path}: an image can only feed a model with one (N, 3, S, S) float "
+                                    f"input; give this model's inputs as .npy/.npz")
+        name, size = image_input
+        return {name: _imagenet_tensor(_read_image(path), size)}
+    raise InvalidInputError(f"--input {path}: unknown file type {suffix!r}; give .npy, .npz or an image "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+
+
+def default_feeds(sess) -> tuple[dict, str]:
+    """The bundled sample photo for image models, else seeded random data; and what was used."""
+    image_input = _image_input(sess)
+    if image_input is not None:
+        from edgerun.zoo.images import sample_image
+        name, size = image_input
+        return {name: _imagenet_tensor(sample_image(), size)}, f"bundled sample photo (chelsea), {size}x{size}"
+    rng = np.random.default_rng(0)
+    shapes = batch_one_shapes(sess)
+    feeds = {a.name: rng.standard_normal(shapes[a.name]).astype(_numpy_dtype(a.type)) for a in sess.get_inputs()}
+    return feeds, "random normal data (seed 0)"
+
+
+def feeds_for(sess, input_path: str | None) -> tuple[dict, str]:
+    if input_path is None:
+        return default_feeds(sess)
+    return feeds_from_file(sess, input_path), input_path
+
+
+# ================================================================ output summaries
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    looks_normalised = x.min() >= 0 and np.allclose(x.sum(axis=-1), 1.0, atol=1e-3)
+    if looks_normalised:
+        return x
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits_row: np.ndarray, k: int, labels: list[str] | None) -> list[dict]:
+    probs = _probabilities(logits_row)
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"class": int(i), "label": labels[i] if labels else str(i), "probability": float(probs[i])}
+            for i in order]
+
+
+def _imagenet_labels():
+    try:
+        from edgerun.zoo.images import imagenet_labels
+        return imagenet_labels()
+    except (ImportError, RuntimeError, OSError):
+        return None
+
+
+def _is_classifier_output(array: np.ndarray) -> bool:
+    return array.ndim >= 1 and array.shape[-1] == IMAGENET_CLASSES and np.issubdtype(array.dtype, np.floating)
+
+
+def describe_output(name: str, array: np.ndarray, k: int) -> list[str]:
+    if _is_classifier_output(array):
+        labels = _imagenet_labels()
+        rows = array.reshape(-1, IMAGENET_CLASSES)
+        lines = [f"output {name!r} {list(array.shape)}: top-{k} (softmax probabilities)"]
+        for item, row in enumerate(rows):
+            if len(rows) > 1:
+                lines.append(f"  item {item}:")
+            for rank, entry in enumerate(top_k(row, k, labels), 1):
+                lines.append(f"  {rank}. {entry['probability']:7.4f}  {entry['label']}  (class {entry['class']})")
+        return lines
+    if array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        return [f"output {name!r} {list(array.shape)} {array.dtype}"]
+    return [f"output {name!r} {list(array.shape)} {array.dtype}: min {array.min():.6g} max {array.max():.6g} "
+            f"mean {array.mean():.6g}"]
+
+
+def _budget_text(budget: int | None) -> str:
+    return "none (fastest schedule)" if budget is None else f"{budget:,} B ({format_bytes(budget)})"
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n:,} B ({format_bytes(n)})"
+
+
+# ================================================================ run
+def command_run(args) -> int:
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, got {args.top}")
+    sess, label, budget = open_session(args)
+    feeds, source = feeds_for(sess, args.input)
+    outputs = sess.run(None, feeds, profile=True)
+    print(f"model: {label}")
+    print(f"input: {source}")
+    for arg, array in zip(sess.get_outputs(), outputs):
+        print("\n".join(describe_output(arg.name, array, min(args.top, IMAGENET_CLASSES))))
+    stats = sess.last_run
+    print(f"planned peak:  {_bytes_text(stats.planned_peak_bytes)}")
+    print(f"measured peak: {_bytes_text(stats.measured_peak_bytes)}")
+    print(f"budget:        {_budget_text(budget)}")
+    print(f"kernels:       {sess.backend}")
+    return EXIT_OK
+
+
+# ================================================================ profile
+PROFILE_COLUMNS = ["index", "name", "op", "inputs", "outputs", "t", "band_rows", "planned_bytes",
+                   "measured_bytes", "escaped_bytes", "seconds", "estimated_seconds", "macs", "params"]
+
+
+def _shape_text(shapes) -> str:
+    return " ".join("x".join(str(d) for d in s) if s is not None else "?" for s in shapes)
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PROFILE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(dict(row, inputs=_shape_text(row["inputs"]), outputs=_shape_text(row["outputs"])))
+    return buffer.getvalue()
+
+
+def _split_text(row) -> tuple[str, str]:
+    return (str(row["t"]), str(row["band_rows"])) if row["is_block"] else ("-", "-")
+
+
+def _profile_table(rows: list[dict]) -> str:
+    header = (f"{'#':>3} {'step':<28} {'op':<17} {'in':<13} {'out':<13} {'t':>2} {'band':>4} "
+              f"{'planned B':>11} {'measured B':>11} {'ms':>8} {'MAdds':>11} {'params':>9}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        t, band = _split_text(row)
+        lines.append(f"{row['index']:>3} {row['name'][:28]:<28} {row['op'][:17]:<17} "
+                     f"{_shape_text(row['inputs'][:1])[:13]:<13} {_shape_text(row['outputs'][:1])[:13]:<13} "
+                     f"{t:>2} {band:>4} {row['planned_bytes']:>11,} {row['measured_bytes']:>11,} "
+                     f"{row['seconds'] * 1e3:>8.3f} {row['macs']:>11,} {row['params']:>9,}")
+    lines.append("-" * len(header))
+    return "\n".join(lines)
+
+
+def _totals_lines(totals: dict, budget, backend: str, runs: int) -> list[str]:
+    return [
+        f"planned peak:   {_bytes_text(totals['planned_peak_bytes'])}  "
+        f"(largest step {totals['max_step_planned_bytes']:,} B)",
+        f"measured peak:  {_bytes_text(totals['measured_peak_bytes'])}  (escaped {totals['escaped_bytes']:,} B)",
+        f"weights:        {_bytes_text(totals['weights_bytes'])}, {totals['params']:,} parameters",
+        f"multiply-adds:  {totals['macs']:,}",
+        f"time:           {totals['seconds'] * 1e3:.3f} ms (median of {runs} run(s) per step, summed; "
+        f"estimated {totals['estimated_seconds'] * 1e3:.3f} ms)",
+        f"process RSS:    {_bytes_text(totals['process_rss_bytes'])}",
+        f"budget:         {_budget_text(budget)}",
+        f"kernels:        {backend}",
+    ]
+
+
+def command_profile(args) -> int:
+    from edgerun import profiler
+    from edgerun.progress import progress
+    if args.runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    if args.plot:
+        profiler.require_matplotlib()
+    sess, label, budget = open_session(args)
+    feeds, source = default_feeds(sess)
+    report = profiler.profile_report(sess, feeds, args.runs,
+                                     iterate=lambda r: progress(r, label="profiling runs"))
+    header = {"model": label, "input": source, "budget_bytes": budget, "kernels": sess.backend, "runs": args.runs}
+    _print_profile(args.format, header, report)
+    if args.plot:
+        _write_plot(args.plot, sess, label, budget, report)
+    return EXIT_OK
+
+
+def _print_profile(fmt: str, header: dict, report: dict) -> None:
+    if fmt == "json":
+        print(json.dumps(dict(header, **report), indent=2))
+    elif fmt == "csv":
+        sys.stdout.write(_csv_text(report["rows"]))
+        print(_totals_summary(report["totals"]), file=sys.stderr)
+    else:
+        print(f"model: {header['model']}   input: {header['input']}")
+        print(_profile_table(report["rows"]))
+        print("\n".join(_totals_lines(report["totals"], header["budget_bytes"], header["kernels"], header["runs"])))
+
+
+def _totals_summary(totals: dict) -> str:
+    return (f"edgerun: planned peak {totals['planned_peak_bytes']:,} B, measured peak "
+            f"{totals['measured_peak_bytes']:,} B, weights {totals['weights_bytes']:,} B, "
+            f"process RSS {totals['process_rss_bytes']:,} B")
+
+
+def _write_plot(path: str, sess, label: str, budget, report: dict) -> None:
+    from edgerun import profiler
+    input_shape = next(iter(batch_one_shapes(sess).values()), None)
+    reference = profiler.table3_reference(graph_name(sess), input_shape)
+    profiler.plot_memory(report, path, title=f"{label}: activation memory per step", budget=budget,
+                         reference=reference)
+    note = f"; reference line: {reference['label']} (paper counts 16-bit values, edgerun float32)" \
+        if reference else ""
+    print(f"plot written to {path}{note}", file=sys.stderr)
+
+
+# ================================================================ plan
+def _plan_table(report: dict) -> str:
+    header = f"{'#':>3} {'step':<30} {'op':<18} {'t':>2} {'band':>4} {'live bytes':>12} {'est ms':>9}"
+    lines = [header, "-" * len(header)]
+    for row in report["rows"]:
+        t, band = _split_text(row)
+        lines.append(f"{row['index']:>3} {row['name'][:30]:<30} {row['op'][:18]:<18} {t:>2} {band:>4} "
+                     f"{row['planned_bytes']:>12,} {row['estimated_seconds'] * 1e3:>9.3f}")
+    lines.append("-" * len(header))
+    return "\n".join(lines)
+
+
+def command_plan(args) -> int:
+    from edgerun import profiler
+    sess, label, budget = open_session(args)
+    report = profiler.plan_report(sess)
+    if args.json:
+        print(json.dumps(dict({"model": label, "budget_bytes": budget, "kernels": sess.backend}, **report),
+                         indent=2))
+        return EXIT_OK
+    print(f"model: {label}")
+    print(_plan_table(report))
+    print(f"planned peak: {_bytes_text(report['planned_peak_bytes'])}   "
+          f"estimated {report['estimated_seconds'] * 1e3:.3f} ms")
+    print(f"budget:       {_budget_text(budget)}")
+    print(f"kernels:      {sess.backend}")
+    return EXIT_OK
+
+
+# ================================================================ other tools
+def run_external(name: str, argv: list[str]) -> int:
+    module_name, function_name, _ = EXTERNAL_COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"edgerun: the '{name}' command is not available in this installation ({module_name} is missing)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    function = getattr(module, function_name, None)
+    if function is None:
+        print(f"edgerun: the '{name}' command is not available ({module_name}.{function_name} is missing)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    result = function(argv)
+    return EXIT_OK if result is None else int(result)
+
+
+# ================================================================ argument parsing
+def _positive_int(option: str):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be a positive integer, got {text!r}")
+        return value
+    return convert
+
+
+def _add_budget(parser, help_text="activation memory budget, e.g. 1200000, 512KiB, 1.5MB (default: "
+                                  "no limit, fastest schedule)"):
+    parser.add_argument("--budget", metavar="SIZE", help=help_text)
+
+
+def _model_help() -> str:
+    return f"an .onnx file or a zoo model ({', '.join(zoo_names())}); zoo options as name:width=0.35,resolution=96"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgerun", description="Memory-aware ONNX inference for edge devices.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="classify a photo / run a model, with planned and measured peaks")
+    run.add_argument("model", nargs="?", metavar="MODEL", help=_model_help() + f" (default: {DEFAULT_MODEL})")
+    run.add_argument("--input", metavar="FILE", help="an image (.jpg/.png, needs Pillow) or .npy/.npz "
+                                                     "(default: the bundled sample photo)")
+    _add_budget(run)
+    run.add_argument("--top", type=_positive_int("--top"), default=5, metavar="K", help="classes to show (5)")
+    run.add_argument("--threads", type=_positive_int("--threads"), metavar="N", help="native kernel threads")
+    run.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend (default: native if built)")
+    run.set_defaults(handler=command_run)
+
+    profile = commands.add_parser("profile", help="per-step memory and time profile")
+    profile.add_argument("model", metavar="MODEL", help=_model_help())
+    _add_budget(profile)
+    profile.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    profile.add_argument("--runs", type=_positive_int("--runs"), default=1, metavar="N",
+                         help="profiled runs; times are medians (1)")
+    profile.add_argument("--plot", metavar="FILE.png", help="draw memory over execution steps (needs matplotlib)")
+    profile.add_argument("--threads", type=_positive_int("--threads"), metavar="N", help="native kernel threads")
+    profile.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend")
+    profile.set_defaults(handler=command_profile)
+
+    plan = commands.add_parser("plan", help="the schedule for a budget: per-block t, bands, live bytes, peak")
+    plan.add_argument("model", metavar="MODEL", help=_model_help())
+    _add_budget(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend the plan is for")
+    plan.set_defaults(handler=command_plan)
+
+    for name, (_, _, description) in EXTERNAL_COMMANDS.items():
+        commands.add_parser(name, help=description, add_help=False)
+    return parser
+
+
+# ================================================================ entry point
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"edgerun: warning: {message}", file=sys.stderr)
+
+
+def _exit_code_for(error: EdgerunError) -> int:
+    return EXIT_BUDGET if isinstance(error, MemoryBudgetError) else EXIT_USAGE
+
+
+def _error_message(error: EdgerunError) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, MemoryBudgetError) and error.minimum_bytes:
+        text += f" (minimum {format_bytes(error.minimum_bytes)}: try --budget {error.minimum_bytes})"
+    return text
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in EXTERNAL_COMMANDS:
+        return run_external(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("EDGERUN_DEBUG") == "1"
+    previous = warnings.showwarning
+    if not debug:
+        warnings.showwarning = _show_warning
+    try:
+        return _dispatch(argv)
+    except EdgerunError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"edgerun: error: {_error_message(error)}", file=sys.stderr)
+        return _exit_code_for(error)
+    except KeyboardInterrupt:
+        print("edgerun: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as error:  # a bug: keep it to one line unless debugging
+        if debug:
+            traceback.print_exc()
+        print(f"edgerun: internal error: {type(error).__name__}: {error} (set EDGERUN_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        warnings.showwarning = previous

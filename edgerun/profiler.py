@@ -1,0 +1,269 @@
+"""Per-step memory and time profile of a session: plain dicts, testable without the CLI.
+
+A row per executed step, in execution order:
+  index, name, op, inputs / outputs (activation shapes), t, band_rows (1 / 0 for non-block steps),
+  planned_bytes   bytes alive at the step in the plan, its scratch included (StepPlan.bytes),
+  escaped_bytes   the largest tracemalloc peak seen outside the arena during the step over all runs,
+  measured_bytes  planned_bytes + escaped_bytes,
+  seconds         median over the runs, estimated_seconds (the scheduler's cost model),
+  macs            multiply-adds executed (for blocks under the chosen split, halo recomputation included),
+  params          elements of the step's constant inputs (weights and biases).
+
+Totals: planned peak (= arena size = Plan.peak_bytes), the largest step's planned bytes (never more than
+the planned peak: buffers of one step never overlap in the arena, but gaps may make the arena larger),
+measured peak (= planned peak + the largest escape seen in any run or step), weights bytes, process RSS.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+
+import numpy as np
+
+from edgerun.errors import EdgerunError, InvalidInputError
+
+# Table 3 of the MobileNetV2 paper: the largest tensor that must be materialised, 16-bit activations,
+# for the canonical 224x224 width-1.0 models. (channels, height, width) of that tensor.
+TABLE3_LARGEST_TENSOR = {
+    "mobilenet_v2": (16, 112, 112),    # "400K"
+    "mobilenet_v1": (64, 112, 112),    # "1600K"
+    "shufflenet_v1": (400, 28, 28),    # "600K"
+}
+TABLE3_PAPER_LABEL = {"mobilenet_v2": "400K", "mobilenet_v1": "1600K", "shufflenet_v1": "600K"}
+PAPER_ACTIVATION_BYTES = 2     # the paper counts 16-bit activations
+EDGERUN_ACTIVATION_BYTES = 4   # edgerun runs float32 activations
+
+
+class PlotUnavailableError(EdgerunError):
+    """matplotlib (the optional extra "plot") is not installed."""
+
+
+# ---------------------------------------------------------------- the compiled model behind a session
+def compiled_model(sess):
+    """The executor's CompiledModel of the session's most recent input shape."""
+    compiled = getattr(sess, "_last", None)
+    if compiled is None:
+        raise InvalidInputError("the session has no compiled plan yet: run it once or call prepare(input_shapes)")
+    return compiled
+
+
+def _shape(graph, name):
+    info = graph.value_info.get(name)
+    return list(info.shape) if info is not None and info.shape is not None else None
+
+
+def _constant_inputs(node, constants) -> list[str]:
+    return [name for name in node.inputs if name and name in constants]
+
+
+def _activation_inputs(node, constants) -> list[str]:
+    return [name for name in node.inputs if name and name not in constants]
+
+
+def node_macs(node, graph, fallback: int) -> int:
+    """Multiply-adds of a non-block step: convolutions and matrix products counted from their
+    weight shapes; other ops keep the executor's count (one per output element)."""
+    out = _shape(graph, node.outputs[0])
+    if out is None:
+        return fallback
+    out_elements = int(np.prod(out, dtype=np.int64))
+    if node.op_type in ("Conv", "FusedConv") and len(node.inputs) > 1:
+        weight = _shape(graph, node.inputs[1])
+        return out_elements * int(np.prod(weight[1:], dtype=np.int64)) if weight else fallback
+    if node.op_type in ("Gemm", "MatMul") and len(node.inputs) > 1:
+        a = _shape(graph, node.inputs[0])
+        if not a:
+            return fallback
+        transposed = node.op_type == "Gemm" and node.attrs.get("transA", 0)
+        inner = a[-2] if transposed and len(a) >= 2 else a[-1]
+        return out_elements * int(inner)
+    return fallback
+
+
+def _block_macs(exec_step, step_plan, batch: int) -> int:
+    from scheduler.blocks import BlockSchedule, block_macs
+    return batch * block_macs(exec_step.geometry, BlockSchedule(step_plan.t, step_plan.band_rows))
+
+
+def _step_macs(exec_step, problem_step, step_plan, graph) -> int:
+    if exec_step.geometry is not None:
+        batch = _shape(graph, exec_step.node.inputs[0])[0]
+        return _block_macs(exec_step, step_plan, batch)
+    return node_macs(exec_step.node, graph, problem_step.macs)
+
+
+# ---------------------------------------------------------------- rows from the plan alone
+def plan_rows(sess) -> list[dict]:
+    """One row per step of the plan, before any run: shapes, split, planned bytes, macs, parameters."""
+    compiled = compiled_model(sess)
+    graph, constants = compiled.graph, compiled.constants
+    rows = []
+    for index, (exec_step, problem_step) in enumerate(zip(compiled.steps, compiled.problem.steps)):
+        node = exec_step.node
+        step_plan = compiled.plan.step(node.name)
+        rows.append({
+            "index": index,
+            "name": node.name,
+            "op": node.op_type,
+            "is_block": exec_step.geometry is not None,
+            "inputs": [_shape(graph, n) for n in _activation_inputs(node, constants)],
+            "outputs": [_shape(graph, n) for n in node.outputs if n],
+            "t": step_plan.t,
+            "band_rows": step_plan.band_rows,
+            "planned_bytes": step_plan.bytes,
+            "estimated_seconds": step_plan.estimated_seconds,
+            "macs": _step_macs(exec_step, problem_step, step_plan, graph),
+            "params": sum(int(np.asarray(constants[n]).size) for n in _constant_inputs(node, constants)),
+        })
+    return rows
+
+
+def weights_bytes(sess) -> int:
+    """Bytes of the distinct constant tensors the steps read (weights, biases, folded constants)."""
+    compiled = compiled_model(sess)
+    names = {n for step in compiled.steps for n in _constant_inputs(step.node, compiled.constants)}
+    return sum(int(np.asarray(compiled.constants[n]).nbytes) for n in names)
+
+
+# ---------------------------------------------------------------- adding measured runs
+def _step_profiles_by_name(run_stats) -> dict:
+    return {p.name: p for p in run_stats.steps}
+
+
+def add_measurements(rows: list[dict], runs: list) -> list[dict]:
+    """Rows with seconds (median over runs), escaped_bytes (max over runs) and measured_bytes."""
+    if not runs:
+        raise InvalidInputError("no profiled run to take measurements from")
+    by_run = [_step_profiles_by_name(r) for r in runs]
+    measured = []
+    for row in rows:
+        profiles = [p[row["name"]] for p in by_run if row["name"] in p]
+        if len(profiles) != len(runs):
+            raise InvalidInputError(f"step {row['name']!r} is missing from a profiled run")
+        escaped = max(max(p.extra_bytes for p in profiles), 0)
+        measured.append(dict(row, seconds=statistics.median(p.seconds for p in profiles),
+                             escaped_bytes=escaped, measured_bytes=row["planned_bytes"] + escaped))
+    return measured
+
+
+def process_rss_bytes() -> int:
+    import psutil
+    return int(psutil.Process().memory_info().rss)
+
+
+def totals(sess, rows: list[dict], runs: list) -> dict:
+    """Whole-model numbers for measured rows (see the module docstring for definitions)."""
+    planned_peak = compiled_model(sess).plan.peak_bytes
+    run_escape = max((r.escaped_bytes for r in runs), default=0)
+    step_escape = max((row["escaped_bytes"] for row in rows), default=0)
+    escaped = max(run_escape, step_escape, 0)
+    return {
+        "planned_peak_bytes": planned_peak,
+        "max_step_planned_bytes": max((row["planned_bytes"] for row in rows), default=0),
+        "escaped_bytes": escaped,
+        "measured_peak_bytes": planned_peak + escaped,
+        "weights_bytes": weights_bytes(sess),
+        "params": sum(row["params"] for row in rows),
+        "macs": sum(row["macs"] for row in rows),
+        "seconds": sum(row["seconds"] for row in rows),
+        "estimated_seconds": sum(row["estimated_seconds"] for row in rows),
+        "process_rss_bytes": process_rss_bytes(),
+    }
+
+
+def profile_runs(sess, feeds: dict, runs: int = 1, iterate=None) -> list:
+    """Run the session `runs` times with profiling on; the RunStats of each run.
+    `iterate` wraps the range of runs (e.g. edgerun.progress.progress)."""
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise InvalidInputError(f"runs must be a positive integer, got {runs!r}")
+    loop = range(runs) if iterate is None else iterate(range(runs))
+    stats = []
+    for _ in loop:
+        sess.run(None, feeds, profile=True)
+        stats.append(sess.last_run)
+    return stats
+
+
+def profile_report(sess, feeds: dict, runs: int = 1, iterate=None) -> dict:
+    """{"rows": [...], "totals": {...}} for `runs` profiled runs of `feeds`."""
+    stats = profile_runs(sess, feeds, runs, iterate)
+    rows = add_measurements(plan_rows(sess), stats)
+    return {"rows": rows, "totals": totals(sess, rows, stats)}
+
+
+def plan_report(sess) -> dict:
+    """The plan alone: rows without measurements and the planned peak."""
+    plan = compiled_model(sess).plan
+    return {"rows": plan_rows(sess), "planned_peak_bytes": plan.peak_bytes,
+            "estimated_seconds": plan.estimated_seconds, "planner": plan.planner, "alignment": plan.alignment}
+
+
+# ---------------------------------------------------------------- Table 3 reference level
+_WIDTH_AFTER_FAMILY = re.compile(r"^_(\d+(?:\.\d+)?)_")
+
+
+def table3_reference(model_name: str, input_shape) -> dict | None:
+    """The paper's Table 3 level for a canonical (width 1.0, 224x224) MobileNet-family model, converted to
+    edgerun's float32 activations; None for other models.
+
+    The paper counts 16-bit activations (MobileNetV2: 16 x 112 x 112 x 2 B = 401,408 B, "400K"); edgerun's
+    planned bytes are float32, so the level drawn is the same tensor at 4 bytes per value (802,816 B) to be
+    comparable with the planned and measured curves."""
+    if not input_shape or len(input_shape) != 4 or tuple(input_shape[2:]) != (224, 224):
+        return None
+    for family, (c, h, w) in TABLE3_LARGEST_TENSOR.items():
+        if not model_name.startswith(family):
+            continue
+        width = _WIDTH_AFTER_FAMILY.match(model_name[len(family):])
+        if width and float(width.group(1)) != 1.0:
+            return None
+        paper_bytes = c * h * w * PAPER_ACTIVATION_BYTES
+        return {
+            "family": family,
+            "paper_bytes_16bit": paper_bytes,
+            "bytes": c * h * w * EDGERUN_ACTIVATION_BYTES,
+            "label": f"Table 3 {family} {TABLE3_PAPER_LABEL[family]} @16-bit = "
+                     f"{c}x{h}x{w} x 4 B = {c * h * w * EDGERUN_ACTIVATION_BYTES:,} B @fp32",
+        }
+    return None
+
+
+# ---------------------------------------------------------------- plot
+def require_matplotlib():
+    """matplotlib.pyplot with the file-only Agg backend, or PlotUnavailableError."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailableError("--plot needs matplotlib: pip install 'edgerun[plot]'") from None
+    return plt
+
+
+def plot_memory(report: dict, path, title: str = "", budget: int | None = None,
+                reference: dict | None = None) -> None:
+    """Memory over execution steps: planned and measured live bytes, the budget and a reference level."""
+    plt = require_matplotlib()
+    rows = report["rows"]
+    steps = [row["index"] for row in rows]
+    figure, axes = plt.subplots(figsize=(10, 4.5))
+    axes.step(steps, [r["planned_bytes"] / 1024 for r in rows], where="mid", label="planned live bytes")
+    axes.step(steps, [r["measured_bytes"] / 1024 for r in rows], where="mid", linestyle="--",
+              label="measured (planned + escaped)")
+    axes.axhline(report["totals"]["planned_peak_bytes"] / 1024, color="grey", linewidth=0.8,
+                 label="planned peak (arena)")
+    if budget is not None:
+        axes.axhline(budget / 1024, color="red", label=f"budget {budget:,} B")
+    if reference is not None:
+        axes.axhline(reference["bytes"] / 1024, color="green", linestyle=":", label=reference["label"])
+    axes.set_xlabel("execution step")
+    axes.set_ylabel("KiB")
+    axes.set_title(title or "edgerun memory profile")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    try:
+        figure.savefig(path, format="png")
+    except OSError as exc:
+        raise InvalidInputError(f"--plot: cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(figure)
