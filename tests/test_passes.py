@@ -388,6 +388,17 @@ def test_identity_feeding_an_output_and_another_node():
     assert graph.nodes[0].outputs == [i] and graph.nodes[1].inputs == [i]
 
 
+def test_identity_output_whose_source_has_another_consumer():
+    b = ModelBuilder(seed=22)
+    y = b.conv("x", 3, 4, 3, act="relu")
+    i = b.node("Identity", [y])
+    z = b.node("Sigmoid", [y])
+    graph = optimised_and_checked(b.model({"x": (1, 3, 5, 5)}, {i: 4, z: 4}), {"x": (1, 3, 5, 5)})
+    assert op_types(graph) == ["FusedConv", "Sigmoid"]
+    assert graph.nodes[0].outputs == [i] and graph.nodes[1].inputs == [i]
+    assert y not in graph.value_info and graph.value_info[i].shape == (1, 4, 5, 5)
+
+
 # ---------------------------------------------------------------- constant folding
 
 def shape_chain_model():
@@ -491,3 +502,20 @@ def test_unknown_pass_name_is_an_edgerun_error(monkeypatch):
 def test_each_pass_off_alone_still_matches_onnxruntime(name):
     model, shapes = mobilenet_v2_head()
     optimised_and_checked(model, shapes, disabled={name})
+
+
+# ---------------------------------------------------------------- a whole network
+
+def test_zoo_mobilenet_v2_becomes_seventeen_blocks():
+    from edgerun.zoo.mobilenet_v2 import mobilenet_v2
+
+    model = mobilenet_v2(width=0.35, resolution=64)
+    shapes = {"input": (1, 3, 64, 64)}
+    graph = optimised_and_checked(model, shapes)
+    blocks = [n for n in graph.nodes if n.op_type == "InvertedResidual"]
+    assert len(blocks) == 17  # Table 2: 1 + 2 + 3 + 4 + 3 + 3 + 1
+    assert [b.attrs["expand_kernel"] for b in blocks] == [3] + [1] * 16
+    assert sum(b.attrs["residual"] for b in blocks) == 10
+    assert blocks[0].inputs[0] == "input"
+    assert op_types(graph).count("FusedConv") == 1  # the last 1x1 conv to 1280 channels
+    assert not any(n.op_type in ("Conv", "BatchNormalization", "Clip", "Dropout") for n in graph.nodes)
