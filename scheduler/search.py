@@ -4,9 +4,11 @@ Without a budget every block takes its fastest candidate.  With a budget the
 search works per step: a block step may use for scratch whatever the budget
 leaves after the buffers alive at that step; it takes the fastest candidate
 whose scratch fits.  The real planner may fragment and overshoot; then the
-offending steps are tightened and the layout redone, a bounded number of
-times, falling back to the memory-minimal schedule, which is checked against
-the budget up front.  A returned plan never exceeds the budget.
+offending steps are tightened one block at a time and the layout redone (a
+bounded number of rounds, falling back to the memory-minimal schedule, which
+is checked against the budget up front); tightened blocks then get their first
+choice back wherever the layout still fits.  A returned plan never exceeds
+the budget.
 """
 
 from __future__ import annotations
