@@ -326,6 +326,42 @@ def test_activation_with_two_consumers_of_the_conv_output_stays_apart():
     assert graph.nodes[0].attrs["activation"] == ""
 
 
+# ---------------------------------------------------------------- Pad into Conv
+
+def padded_depthwise_block(opset: int, pad_value: float = 0.0, axes: bool = False):
+    """Keras-style block: ZeroPadding2D (a Pad node) then a VALID stride-2 depthwise conv."""
+    b = ModelBuilder(seed=23, opset=opset)
+    h = b.conv("x", 4, 16, 1, act="relu6")
+    if opset < 11:
+        h = b.node("Pad", [h], pads=[0, 0, 0, 0, 0, 0, 1, 1], value=pad_value)
+    elif axes:
+        h = b.node("Pad", [h, b.const(np.array([0, 0, 1, 1], np.int64)), b.const(np.float32(pad_value)),
+                           b.const(np.array([2, -1], np.int64))])
+    else:
+        h = b.node("Pad", [h, b.const(np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64)),
+                           b.const(np.float32(pad_value))])
+    h = b.conv(h, 16, 16, 3, stride=2, group=16, act="relu6", pads=[0, 0, 0, 0])
+    y = b.conv(h, 16, 8, 1)
+    return b.model({"x": (1, 4, 8, 8)}, {y: 4}), {"x": (1, 4, 8, 8)}
+
+
+@pytest.mark.parametrize("opset,axes", [(10, False), (14, False), (18, True)])
+def test_zero_pad_folds_into_the_depthwise_conv_of_a_block(opset, axes):
+    model, shapes = padded_depthwise_block(opset, axes=axes)
+    graph = optimised_and_checked(model, shapes)
+    block = only_node(graph, "InvertedResidual")
+    assert len(graph.nodes) == 1 and block.attrs["dw_pads"] == [0, 0, 1, 1]
+
+
+def test_nonzero_pad_is_kept_and_pad_fusion_is_switchable():
+    model, shapes = padded_depthwise_block(14, pad_value=0.5)
+    assert "Pad" in op_types(optimised_and_checked(model, shapes))
+    model, shapes = padded_depthwise_block(14)
+    graph = optimised_and_checked(model, shapes, disabled={"fuse_pad"})
+    assert op_types(graph) == ["FusedConv", "Pad", "InvertedResidual"]  # a block without expansion
+    assert graph.nodes[2].attrs["expand_kernel"] == 0 and graph.nodes[2].attrs["dw_pads"] == [0, 0, 0, 0]
+
+
 # ---------------------------------------------------------------- BatchNormalization folding
 
 def test_batchnorm_folds_into_conv_with_new_arrays():

@@ -19,13 +19,14 @@ from typing import Callable, Iterable
 
 from edgerun.errors import EdgerunError
 from edgerun.ir import Graph
-from edgerun.passes import blocks, bnfold, constfold, declutter, fuse_activation
+from edgerun.passes import blocks, bnfold, constfold, declutter, fuse_activation, fuse_pad
 from edgerun.passes.graph_edit import prune_unused
 from edgerun.shape_inference import topological_order
 
 PASSES: tuple[tuple[str, Callable[[Graph], bool]], ...] = (
     ("declutter", declutter.run),
     ("constfold", constfold.run),
+    ("fuse_pad", fuse_pad.run),
     ("bnfold", bnfold.run),
     ("fuse_activation", fuse_activation.run),
     ("fuse_blocks", blocks.fuse_blocks),
