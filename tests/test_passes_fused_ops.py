@@ -3,7 +3,6 @@ equivalent chains of standard ONNX ops, plus their shape functions and error mes
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
