@@ -262,6 +262,15 @@ def test_expansion_with_a_second_consumer_leaves_an_expansion_less_block():
     assert block.attrs["expand_kernel"] == 0
 
 
+def test_depthwise_padded_as_wide_as_its_kernel_is_not_a_block():
+    b = ModelBuilder(seed=24)
+    h = b.conv("x", 4, 8, 1, act="relu6")
+    d = b.conv(h, 8, 8, 3, group=8, act="relu6", pads=[3, 1, 1, 1])
+    y = b.conv(d, 8, 4, 1)
+    graph = optimised_and_checked(b.model({"x": (1, 4, 6, 6)}, {y: 4}), {"x": (1, 4, 6, 6)})
+    assert op_types(graph) == ["FusedConv"] * 3
+
+
 def test_projection_with_activation_is_not_a_block():
     b = ModelBuilder(seed=8)
     d = b.conv("x", 8, 8, 3, group=8, act="relu")

@@ -36,13 +36,14 @@ def _has_constant_bias(graph: Graph, conv: Node) -> bool:
 
 
 def _square_plain_conv(graph: Graph, conv: Node | None) -> bool:
-    """A 2-D FusedConv with constant weights, one kernel size and stride for both axes, dilation 1."""
+    """A 2-D FusedConv with constant weights, one kernel size and stride for both axes, dilation 1,
+    and pads smaller than the kernel (the block's row arithmetic in scheduler.blocks needs that)."""
     if not _fused_conv(conv) or _weight(graph, conv) is None or not _has_constant_bias(graph, conv):
         return False
     a = conv.attrs
     kh, kw = a["kernel_shape"]
     sh, sw = a["strides"]
-    return kh == kw and sh == sw and list(a["dilations"]) == [1, 1]
+    return kh == kw and sh == sw and list(a["dilations"]) == [1, 1] and max(a["pads"]) < kh
 
 
 def _is_pointwise(graph: Graph, conv: Node | None) -> bool:
