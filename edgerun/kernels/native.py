@@ -1,0 +1,78 @@
+"""Python face of the C extension edgerun.kernels._native.
+
+All functions write into caller-given arrays (out= style) and allocate nothing of
+activation size; the C code checks dtype, contiguity, sizes and overlap again and
+releases the GIL while it computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgerun.errors import EdgerunError
+from edgerun.kernels import Activation, check_block_args
+
+
+def _module():
+    try:
+        from edgerun.kernels import _native
+    except ImportError as exc:
+        raise EdgerunError(f"the native kernels are not built ({exc})") from exc
+    return _native
+
+
+def _act(activation: Activation) -> tuple[int, float, float]:
+    return (activation.code, *activation.native_params())
+
+
+def _geometry_tuple(geom) -> tuple:
+    return (geom.in_channels, geom.in_height, geom.in_width, geom.hidden_channels, geom.expand_kernel,
+            geom.expand_stride, tuple(geom.expand_pads), geom.dw_kernel, geom.dw_stride,
+            tuple(geom.dw_pads), geom.out_channels, bool(geom.residual))
+
+
+def _call(function, *args):
+    try:
+        return function(*args)
+    except (TypeError, ValueError) as exc:
+        raise EdgerunError(f"native kernel {function.__name__}: {exc}") from exc
+
+
+def run_block(x, out, weights, geom, sched, scratch, threads: int = 1) -> None:
+    """The fused block for one image; `threads` pthreads share each (band, chunk) step."""
+    check_block_args(x, out, weights, geom, sched, scratch, "native")
+    if threads < 1:
+        raise EdgerunError(f"threads must be >= 1, got {threads}")
+    _call(_module().run_block, x, out, weights.we, weights.we_t, weights.be, weights.wd, weights.bd,
+          weights.wp_t, weights.bp, scratch.get("expanded"), scratch["depthwise"], _geometry_tuple(geom),
+          sched.t, sched.band_rows, _act(weights.expand_act), _act(weights.dw_act), int(threads))
+
+
+def pointwise_conv(x: np.ndarray, w_t: np.ndarray, bias, out: np.ndarray,
+                   activation: Activation = Activation()) -> None:
+    """1x1 convolution of one image: out (Cout, H, W) = act(w_t.T @ x (Cin, H, W) + bias).
+
+    w_t is the weight transposed, (Cin, Cout) C-contiguous (precompute it once)."""
+    cin, cout = w_t.shape
+    pixels = int(np.prod(x.shape[1:]))
+    if x.shape[0] != cin or out.shape[0] != cout or int(np.prod(out.shape[1:])) != pixels:
+        raise EdgerunError(f"pointwise_conv: x {x.shape}, w_t {w_t.shape}, out {out.shape} do not match")
+    _call(_module().pointwise_conv, x, w_t, bias, out, cin, cout, pixels, _act(activation))
+
+
+def depthwise_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray, stride: int,
+                   pads: tuple[int, int, int, int], activation: Activation = Activation()) -> None:
+    """Depthwise conv of one image: x (C, H, W), w (C, k, k), pads (top, left, bottom, right)."""
+    channels, height, width = x.shape
+    kernel = w.shape[-1]
+    _call(_module().depthwise_conv, x, w, bias, out, channels, height, width, kernel, stride,
+          tuple(int(p) for p in pads), _act(activation))
+
+
+def global_average_pool(x: np.ndarray, out: np.ndarray) -> None:
+    """out[c] = mean of x[c] over its pixels; x (C, ...), out (C,) or (C, 1, 1)."""
+    _call(_module().global_average_pool, x, out, x.shape[0], int(np.prod(x.shape[1:])))
+
+
+def build_info() -> dict:
+    """Instruction-set flags the extension was compiled with."""
+    return _module().build_info()

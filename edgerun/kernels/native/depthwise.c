@@ -1,0 +1,92 @@
+/* Depthwise convolution of one channel, output row by output row.
+ * Columns whose taps all fall inside the input run through a loop specialised for the
+ * kernel size and stride (3x3 / 5x5, stride 1 / 2); border columns and rows are handled
+ * explicitly by skipping the taps that fall into the padding. */
+#include "kernels.h"
+
+static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+static int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+#define DEFINE_INTERIOR(K, S)                                                                  \
+    static void interior_k##K##_s##S(float *restrict acc, const float *restrict row,          \
+                                     const float *restrict w, int j0, int j1, int offset)     \
+    {                                                                                          \
+        for (int j = j0; j < j1; j++) {                                                        \
+            const float *r = row + j * (S) + offset;                                           \
+            float s = acc[j];                                                                  \
+            for (int kx = 0; kx < (K); kx++) s += w[kx] * r[kx];                               \
+            acc[j] = s;                                                                        \
+        }                                                                                      \
+    }
+
+DEFINE_INTERIOR(3, 1)
+DEFINE_INTERIOR(3, 2)
+DEFINE_INTERIOR(5, 1)
+DEFINE_INTERIOR(5, 2)
+
+static void interior_generic(float *restrict acc, const float *restrict row, const float *restrict w,
+                             int j0, int j1, int offset, int k, int stride)
+{
+    for (int j = j0; j < j1; j++) {
+        const float *r = row + j * stride + offset;
+        float s = acc[j];
+        for (int kx = 0; kx < k; kx++) s += w[kx] * r[kx];
+        acc[j] = s;
+    }
+}
+
+static void interior(float *acc, const float *row, const float *w, int j0, int j1, int offset, int k,
+                     int stride)
+{
+    if (k == 3 && stride == 1) interior_k3_s1(acc, row, w, j0, j1, offset);
+    else if (k == 3 && stride == 2) interior_k3_s2(acc, row, w, j0, j1, offset);
+    else if (k == 5 && stride == 1) interior_k5_s1(acc, row, w, j0, j1, offset);
+    else if (k == 5 && stride == 2) interior_k5_s2(acc, row, w, j0, j1, offset);
+    else interior_generic(acc, row, w, j0, j1, offset, k, stride);
+}
+
+/* Border columns: only the taps that land inside [0, width). */
+static void border(float *acc, const float *row, const float *w, int j0, int j1, int offset, int k,
+                   int stride, int width)
+{
+    for (int j = j0; j < j1; j++) {
+        float s = acc[j];
+        for (int kx = 0; kx < k; kx++) {
+            int c = j * stride + offset + kx;
+            if (c >= 0 && c < width) s += w[kx] * row[c];
+        }
+        acc[j] = s;
+    }
+}
+
+void er_depthwise_rows(const float *src, int src_row0, int height, int width, const float *w, int k,
+                       int stride, const int pads[4], float bias, const er_act *act, float *dst,
+                       int o0, int o1, int out_width)
+{
+    int offset = -pads[1];
+    /* interior columns j: j*stride - pad_left >= 0 and j*stride - pad_left + k <= width */
+    int j_lo = clampi(er_ceil_div(pads[1], stride), 0, out_width);
+    int j_hi = clampi(floor_div(width - k + pads[1], stride) + 1, j_lo, out_width);
+    for (int o = o0; o < o1; o++) {
+        float *d = dst + (long)(o - o0) * out_width;
+        for (int j = 0; j < out_width; j++) d[j] = bias;
+        for (int ky = 0; ky < k; ky++) {
+            int r = o * stride - pads[0] + ky;
+            if (r < 0 || r >= height) continue;
+            const float *row = src + (long)(r - src_row0) * width;
+            const float *wr = w + ky * k;
+            border(d, row, wr, 0, j_lo, offset, k, stride, width);
+            interior(d, row, wr, j_lo, j_hi, offset, k, stride);
+            border(d, row, wr, j_hi, out_width, offset, k, stride, width);
+        }
+        er_apply_activation(d, out_width, act);
+    }
+}
+
+void er_depthwise_plane(const float *src, int height, int width, const float *w, int k, int stride,
+                        const int pads[4], float bias, const er_act *act, float *dst, int out_height,
+                        int out_width)
+{
+    er_depthwise_rows(src, 0, height, width, w, k, stride, pads, bias, act, dst, 0, out_height,
+                      out_width);
+}

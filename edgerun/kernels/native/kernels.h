@@ -1,0 +1,69 @@
+/* Native kernels of edgerun: plain C99 (GCC vector extensions when available).
+ * No function here allocates memory: every buffer comes from the caller (the arena). */
+#ifndef EDGERUN_KERNELS_H
+#define EDGERUN_KERNELS_H
+
+#include <stddef.h>
+
+enum er_activation { ER_ACT_NONE = 0, ER_ACT_RELU, ER_ACT_CLIP, ER_ACT_HARDSWISH,
+                     ER_ACT_HARDSIGMOID, ER_ACT_LEAKYRELU, ER_ACT_SIGMOID, ER_ACT_COUNT };
+
+typedef struct {
+    int kind;      /* enum er_activation */
+    float a, b;    /* clip: min, max; hardsigmoid: alpha, beta; leakyrelu: alpha */
+} er_act;
+
+typedef struct {
+    int in_channels, in_height, in_width;
+    int hidden_channels;
+    int expand_kernel, expand_stride;      /* expand_kernel 0: no expansion */
+    int expand_pads[4];                    /* top, left, bottom, right */
+    int dw_kernel, dw_stride;
+    int dw_pads[4];
+    int out_channels;
+    int residual;
+    /* derived by er_block_derive */
+    int hidden_height, hidden_width, out_height, out_width;
+} er_block_geom;
+
+typedef struct {
+    const float *we;     /* (E, Cin, ke, ke) or NULL */
+    const float *we_t;   /* (Cin*ke*ke, E) or NULL */
+    const float *be;     /* (E) or NULL */
+    const float *wd;     /* (E, kd, kd) */
+    const float *bd;     /* (E) */
+    const float *wp_t;   /* (E, Cout) */
+    const float *bp;     /* (Cout) */
+    er_act expand_act, dw_act;
+} er_block_weights;
+
+/* Fills the derived sizes; returns NULL when the geometry is valid, else a message. */
+const char *er_block_derive(er_block_geom *g);
+int er_block_hidden_rows(const er_block_geom *g, int band_rows);
+int er_ceil_div(int a, int b);
+
+/* Runs the block for one image. expanded: ceil(E/t) * hidden_rows(band_rows) * Wh floats
+ * (unused without expansion); depthwise: ceil(E/t) * band_rows * Wo floats per thread
+ * slice (see er_block_run). threads >= 1 splits each chunk's work across pthreads. */
+void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
+                  const float *x, float *out, float *expanded, float *depthwise, int threads);
+
+/* C[m*ldc + n] (+)= sum_k A[k*lda + m] * B[k*ldb + n]; without accumulate C starts from
+ * bias[m] (or 0 when bias is NULL); act is applied to the result. */
+void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, long ldb,
+                float *C, long ldc, int accumulate, const float *bias, const er_act *act);
+
+void er_apply_activation(float *p, long n, const er_act *act);
+
+/* Depthwise conv of one channel plane (H, W) -> (Ho, Wo), bias + activation. */
+void er_depthwise_plane(const float *src, int height, int width, const float *w, int k, int stride,
+                        const int pads[4], float bias, const er_act *act, float *dst, int out_height,
+                        int out_width);
+
+/* Depthwise output rows [o0, o1) of one channel. src holds hidden rows starting at src_row0,
+ * row stride = width; dst receives (o1 - o0) rows of out_width. */
+void er_depthwise_rows(const float *src, int src_row0, int height, int width, const float *w, int k,
+                       int stride, const int pads[4], float bias, const er_act *act, float *dst,
+                       int o0, int o1, int out_width);
+
+#endif

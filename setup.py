@@ -1,0 +1,109 @@
+"""Builds the optional C extension edgerun.kernels._native (metadata lives in pyproject.toml).
+
+If the extension cannot be compiled the install still succeeds and edgerun runs its numpy
+kernels (edgerun.kernels.backend() then says "numpy" and warns once).
+
+Environment:
+  EDGERUN_NO_NATIVE=1        skip the extension entirely
+  EDGERUN_MARCH_NATIVE=1     compile with -march=native (the binary then only runs on CPUs
+                             like the build machine)
+  EDGERUN_EXTRA_CFLAGS=...   extra compiler flags (e.g. sanitizers, see tools/sanitize.sh)
+  EDGERUN_EXTRA_LDFLAGS=...  extra linker flags
+By default the flags are portable; on x86-64 -mavx2 -mfma are added only when both the
+compiler accepts them and the build machine's CPU supports them.
+"""
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+NATIVE_DIR = os.path.join("edgerun", "kernels", "native")
+NATIVE_SOURCES = [os.path.join(NATIVE_DIR, name)
+                  for name in ("module.c", "block.c", "gemm.c", "depthwise.c", "activation.c")]
+PORTABLE_FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-pthread"]
+
+CPU_CHECK = r"""
+int main(void) {
+    __builtin_cpu_init();
+    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 0 : 1;
+}
+"""
+
+
+def _warn(message: str) -> None:
+    bar = "*" * 78
+    print(f"\n{bar}\nWARNING: {message}\nedgerun will install without its native kernels and run the "
+          f"(slower) numpy kernels.\n{bar}\n", file=sys.stderr)
+
+
+def _is_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _build_machine_has_avx2_fma(compiler) -> bool:
+    """Compile and run a tiny program asking the CPU; any failure means no."""
+    workdir = tempfile.mkdtemp(prefix="edgerun-cpucheck-")
+    try:
+        source = os.path.join(workdir, "cpucheck.c")
+        with open(source, "w") as handle:
+            handle.write(CPU_CHECK)
+        objects = compiler.compile([source], output_dir=workdir, extra_postargs=["-mavx2", "-mfma"])
+        program = os.path.join(workdir, "cpucheck")
+        compiler.link_executable(objects, program)
+        return subprocess.run([program], check=False, timeout=30).returncode == 0
+    except Exception:  # noqa: BLE001 - a failed probe only means "do not use AVX2"
+        return False
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def native_compile_flags(compiler) -> list[str]:
+    if getattr(compiler, "compiler_type", "") == "msvc":
+        return ["/O2"]
+    flags = list(PORTABLE_FLAGS)
+    if os.environ.get("EDGERUN_MARCH_NATIVE") == "1":
+        flags.append("-march=native")
+    elif _is_x86_64() and _build_machine_has_avx2_fma(compiler):
+        flags += ["-mavx2", "-mfma"]
+    return flags + os.environ.get("EDGERUN_EXTRA_CFLAGS", "").split()
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that turns a compile failure into a warning instead of a failed install."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - compiler missing, headers missing, ...
+            _warn(f"the native extension could not be built ({exc})")
+
+    def build_extension(self, ext):
+        ext.extra_compile_args = native_compile_flags(self.compiler)
+        ext.extra_link_args = ["-pthread"] + os.environ.get("EDGERUN_EXTRA_LDFLAGS", "").split()
+        print(f"edgerun: compiling {ext.name} with {' '.join(ext.extra_compile_args)}")
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"compiling {ext.name} failed ({exc})")
+
+    def copy_extensions_to_source(self):
+        # editable installs copy the built library next to the sources; skip what did not build
+        try:
+            super().copy_extensions_to_source()
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"the native extension was not built ({exc})")
+
+
+def extensions():
+    if os.environ.get("EDGERUN_NO_NATIVE") == "1":
+        return []
+    return [Extension("edgerun.kernels._native", sources=NATIVE_SOURCES, depends=[
+        os.path.join(NATIVE_DIR, "kernels.h")])]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,139 @@
+"""The native fused block against the numpy oracle and the unsplit reference; bad arguments."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from edgerun.errors import EdgerunError
+from edgerun.kernels import Activation, native, native_available
+from scheduler.blocks import BlockGeometry, BlockSchedule
+from test_kernels_block import (BlockCase, assert_close, block_cases, make_scratch, mobilenet_block_case,
+                                random_weights, reference_block, reference_conv, run_case)
+
+
+def test_native_extension_is_built():
+    # The native path is the product: only an explicit numpy-only run may lack it.
+    import os
+    if os.environ.get("EDGERUN_KERNELS") == "numpy":
+        pytest.skip("EDGERUN_KERNELS=numpy: numpy-only run requested")
+    assert native_available(), "edgerun.kernels._native did not build (pip install -e . with gcc)"
+
+
+@settings(max_examples=300, deadline=None)
+@given(block_cases())
+def test_native_block_matches_numpy_and_reference(case):
+    expected = reference_block(case)
+    native_out = run_case(case, "native")
+    assert_close(native_out, expected)
+    assert_close(native_out, run_case(case, "numpy"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(block_cases(max_channels=20, max_hidden=40, max_size=20))
+def test_native_block_with_threads_matches_reference(case):
+    assert_close(run_case(case, "native", threads=3), reference_block(case))
+
+
+@pytest.mark.parametrize("t, band_rows", [(1, 56), (3, 7), (6, 1), (144, 56)])
+def test_native_mobilenet_block_over_schedules(t, band_rows):
+    case = mobilenet_block_case(t, band_rows)
+    assert_close(run_case(case, "native"), reference_block(case))
+
+
+def test_native_fused_stem_block():
+    # MobileNetV2 stem 3x3/2 conv to 32 channels fused with the first (unexpanded-style) block
+    geom = BlockGeometry(3, 32, 30, 32, 3, 2, (0, 0, 1, 1), 3, 1, (1, 1, 1, 1), 16, False)
+    rng = np.random.default_rng(5)
+    case = BlockCase(geom, BlockSchedule(4, 5), random_weights(geom, rng),
+                     rng.standard_normal((3, 32, 30)).astype(np.float32))
+    assert_close(run_case(case, "native"), reference_block(case))
+
+
+def _native_args(case):
+    scratch = make_scratch(case.geom, case.sched, "native")
+    out = np.empty((case.geom.out_channels, case.geom.out_height, case.geom.out_width), np.float32)
+    return out, scratch
+
+
+def test_native_rejects_wrong_dtype_and_layout():
+    case = mobilenet_block_case()
+    out, scratch = _native_args(case)
+    with pytest.raises(EdgerunError, match="float32"):
+        native.run_block(case.x.astype(np.float64), out, case.weights, case.geom, case.sched, scratch)
+    with pytest.raises(EdgerunError, match="contiguous"):
+        native.run_block(np.asfortranarray(case.x), out, case.weights, case.geom, case.sched, scratch)
+    with pytest.raises(EdgerunError, match="depthwise"):
+        native.run_block(case.x, out, case.weights, case.geom, case.sched,
+                         dict(scratch, depthwise=scratch["depthwise"][:-1]))
+    with pytest.raises(EdgerunError, match="overlap"):
+        native.run_block(case.x, out, case.weights, case.geom, case.sched,
+                         dict(scratch, depthwise=out.reshape(-1)))
+
+
+def test_extension_itself_checks_sizes_and_types():
+    """The C entry point is also safe when called directly, past the Python checks."""
+    from edgerun.kernels import _native
+    case = mobilenet_block_case()
+    out, scratch = _native_args(case)
+    w = case.weights
+    geometry = native._geometry_tuple(case.geom)
+    act = (2, 0.0, 6.0)
+
+    def call(x=case.x, out=out, expanded=scratch["expanded"], depthwise=scratch["depthwise"], t=3, rows=7,
+             wd=w.wd, geometry=geometry):
+        _native.run_block(x, out, w.we, w.we_t, w.be, wd, w.bd, w.wp_t, w.bp, expanded, depthwise,
+                          geometry, t, rows, act, act, 1)
+
+    with pytest.raises(ValueError, match="expanded"):
+        call(expanded=scratch["expanded"][:100])
+    with pytest.raises(ValueError, match="wd"):
+        call(wd=w.wd[:10])
+    with pytest.raises(TypeError, match="float32"):
+        call(x=case.x.astype(np.float64))
+    with pytest.raises(TypeError, match="writable"):
+        readonly = out.copy()
+        readonly.flags.writeable = False
+        call(out=readonly)
+    with pytest.raises(ValueError, match="t must be"):
+        call(t=0)
+    with pytest.raises(ValueError, match="residual"):
+        call(geometry=geometry[:10] + (32, True))
+    with pytest.raises(ValueError, match="overlaps"):
+        call(depthwise=scratch["expanded"])
+    call()
+    assert_close(out, reference_block(case))
+
+
+def test_native_pointwise_conv_matches_matmul():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((19, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((13, 19)).astype(np.float32)
+    b = rng.standard_normal(13).astype(np.float32)
+    out = np.empty((13, 9, 7), np.float32)
+    native.pointwise_conv(x, np.ascontiguousarray(w.T), b, out, Activation("clip", (0.0, 6.0)))
+    expected = np.clip(np.einsum("oc,chw->ohw", w.astype(np.float64), x) + b[:, None, None], 0, 6)
+    assert_close(out, expected)
+    native.pointwise_conv(x, np.ascontiguousarray(w.T), None, out)
+    assert_close(out, np.einsum("oc,chw->ohw", w.astype(np.float64), x))
+
+
+@pytest.mark.parametrize("kernel, stride, pads", [(3, 1, (1, 1, 1, 1)), (3, 2, (0, 0, 1, 1)),
+                                                  (5, 2, (2, 1, 2, 3)), (5, 1, (0, 0, 0, 0)),
+                                                  (7, 3, (3, 2, 1, 0))])
+def test_native_depthwise_conv_matches_reference(kernel, stride, pads):
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = rng.standard_normal((6, 17, 12)).astype(np.float32)
+    w = rng.standard_normal((6, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    expected = reference_conv(x, w[:, None], b, stride, pads, groups_equal_channels=True)
+    out = np.empty(expected.shape, np.float32)
+    native.depthwise_conv(x, w, b, out, stride, pads, Activation("relu"))
+    assert_close(out, np.maximum(expected, 0))
+
+
+def test_native_global_average_pool():
+    x = np.random.default_rng(8).standard_normal((5, 7, 7)).astype(np.float32)
+    out = np.empty((5, 1, 1), np.float32)
+    native.global_average_pool(x, out)
+    np.testing.assert_allclose(out[:, 0, 0], x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-6, atol=1e-7)
+    with pytest.raises(EdgerunError, match="out"):
+        native.global_average_pool(x, np.empty(4, np.float32))
