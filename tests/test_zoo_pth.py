@@ -293,3 +293,26 @@ def test_top_level_must_be_a_mapping_of_tensors():
 def test_garbage_pickle_bytes_raise_model_load_error():
     with pytest.raises(ModelLoadError, match="malformed pickle"):
         load_state_dict(zip_pth(b"\x80\x02(((", {}))
+
+
+@pytest.mark.parametrize("state", [
+    b"}" + _str("offset") + _int(1 << 30) + b"s",                        # BUILD with a __dict__ update
+    b"N}" + _str("offset") + _int(1 << 30) + b"s\x86",                   # BUILD with slot state
+])
+def test_build_opcode_cannot_rewrite_a_tensor_after_its_bounds_check(state):
+    storages = {"0": np.zeros(4, dtype=np.float32)}
+    good = state_dict_pickle({"w": Tensor("0", 0, (4,), (1,))}, storages)
+    assert good.endswith(b"Ru.")
+    evil = good[:-2] + state + b"bu."  # BUILD applied to the rebuilt tensor
+    with pytest.raises(ModelLoadError):
+        load_state_dict(zip_pth(evil, storages))
+
+
+def test_build_opcode_cannot_rewrite_a_storage():
+    storages = {"0": np.zeros(4, dtype=np.float32)}
+    pid = _persistent_id("FloatStorage", "0", 4, legacy=False)
+    evil = (b"\x80\x02" + _ordered_dict() + b"(" + _str("w") + _global("torch._utils", "_rebuild_tensor_v2")
+            + b"(" + pid + b"N}" + _str("numel") + _int(1 << 30) + b"s\x86b"
+            + _int(0) + _tuple([_int(4)]) + _tuple([_int(1)]) + b"\x89" + _ordered_dict() + b"tRu.")
+    with pytest.raises(ModelLoadError, match="read-only"):
+        load_state_dict(zip_pth(evil, storages))

@@ -51,15 +51,24 @@ class StorageType(NamedTuple):
 
 
 class _Storage:
-    """A storage named in the pickle; `data` (1-D array) is filled in once its bytes are read."""
+    """A storage named in the pickle; its bytes are attached once read (`attach`).
+
+    Immutable to the pickle: no __dict__ and no attribute assignment, so a BUILD opcode in a
+    hostile file cannot rewrite its size or point it elsewhere."""
+    __slots__ = ("key", "storage_type", "numel", "root", "view_offset", "data")
 
     def __init__(self, key, storage_type, numel, root=None, view_offset=0):
-        self.key = key
-        self.storage_type = storage_type
-        self.numel = numel
-        self.root = root
-        self.view_offset = view_offset
-        self.data = None
+        for name, value in (("key", key), ("storage_type", storage_type), ("numel", numel),
+                            ("root", root), ("view_offset", view_offset), ("data", None)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"storage {self.key!r} is read-only")
+
+    def attach(self, data):
+        if self.root is not None or self.data is not None or data.size != self.numel:
+            raise ModelLoadError(f"storage {self.key!r}: data attached twice or of the wrong size")
+        object.__setattr__(self, "data", data)
 
     def elements(self):
         if self.root is not None:
@@ -70,14 +79,12 @@ class _Storage:
         return self.data
 
 
-class _PendingTensor:
-    """A tensor whose storage bytes may not have been read yet (legacy stream)."""
-
-    def __init__(self, storage, offset, size, stride):
-        self.storage = storage
-        self.offset = offset
-        self.size = size
-        self.stride = stride
+class _PendingTensor(NamedTuple):
+    """A tensor whose storage bytes may not have been read yet (legacy stream); immutable."""
+    storage: _Storage
+    offset: int
+    size: tuple
+    stride: tuple
 
 
 def _check_int_tuple(value, what):
@@ -85,6 +92,13 @@ def _check_int_tuple(value, what):
                                                for v in value):
         raise ModelLoadError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
     return value
+
+
+def _check_extent(offset, size, stride, numel, key):
+    extent = 0 if 0 in size else offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if extent > numel:
+        raise ModelLoadError(f"tensor of size {size}, stride {stride}, offset {offset} reaches element "
+                             f"{extent} of storage {key!r} which holds only {numel}")
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
@@ -96,11 +110,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     stride = _check_int_tuple(stride, "stride")
     if len(size) != len(stride):
         raise ModelLoadError(f"tensor size {size} and stride {stride} differ in length")
-    extent = 0 if 0 in size else storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
-    if extent > storage.numel:
-        raise ModelLoadError(
-            f"tensor of size {size}, stride {stride}, offset {storage_offset} reaches element {extent} "
-            f"of storage {storage.key!r} which holds only {storage.numel}")
+    _check_extent(storage_offset, size, stride, storage.numel, storage.key)
     return _PendingTensor(storage, storage_offset, size, stride)
 
 
@@ -112,6 +122,8 @@ def _rebuild_parameter(data, *_ignored):
 
 def _materialize(tensor):
     data = tensor.storage.elements()
+    # checked again against the bytes actually read: nothing in the file can move a view out of them
+    _check_extent(tensor.offset, tensor.size, tensor.stride, data.size, tensor.storage.key)
     if 0 in tensor.size:
         out = np.zeros(tensor.size, dtype=data.dtype)
     else:
@@ -223,7 +235,7 @@ def _load_zip(archive, source):
             raise ModelLoadError(f"{source}: storage {key!r} holds {len(raw)} bytes, "
                                  f"expected {numel} x {dtype.itemsize}")
         storage = _Storage(key, storage_type, numel)
-        storage.data = np.frombuffer(raw, dtype=dtype)
+        storage.attach(np.frombuffer(raw, dtype=dtype))
         storages[key] = storage
         return storage
 
@@ -258,7 +270,7 @@ def _read_legacy_storage(stream, storage, byteorder, source):
     raw = stream.read(numel * dtype.itemsize)
     if len(raw) != numel * dtype.itemsize:
         raise ModelLoadError(f"{source}: file truncated inside storage {storage.key!r}")
-    storage.data = np.frombuffer(raw, dtype=dtype)
+    storage.attach(np.frombuffer(raw, dtype=dtype))
 
 
 def _legacy_view(root, view_metadata, pid):
