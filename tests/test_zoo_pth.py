@@ -316,3 +316,10 @@ def test_build_opcode_cannot_rewrite_a_storage():
             + _int(0) + _tuple([_int(4)]) + _tuple([_int(1)]) + b"\x89" + _ordered_dict() + b"tRu.")
     with pytest.raises(ModelLoadError, match="read-only"):
         load_state_dict(zip_pth(evil, storages))
+
+
+def test_zero_stride_view_larger_than_its_storage_is_refused():
+    storages = {"0": np.zeros(2, dtype=np.float32)}
+    pickled = state_dict_pickle({"w": Tensor("0", 0, (1 << 30, 1 << 30), (0, 0))}, storages)
+    with pytest.raises(ModelLoadError, match="more than storage '0' holds"):
+        load_state_dict(zip_pth(pickled, storages))

@@ -99,6 +99,10 @@ def _check_extent(offset, size, stride, numel, key):
     if extent > numel:
         raise ModelLoadError(f"tensor of size {size}, stride {stride}, offset {offset} reaches element "
                              f"{extent} of storage {key!r} which holds only {numel}")
+    count = int(np.prod(size, dtype=object)) if size else 1
+    if count > max(numel, 1):
+        raise ModelLoadError(f"tensor of size {size} has {count} elements, more than storage {key!r} "
+                             f"holds ({numel}): overlapping views that large are not supported")
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
@@ -230,6 +234,10 @@ def _load_zip(archive, source):
         if member not in names:
             raise ModelLoadError(f"{source}: storage {key!r} is not in the archive (no member {member!r})")
         dtype = storage_type.dtype.newbyteorder(byteorder)
+        declared = archive.getinfo(member).file_size
+        if declared != numel * dtype.itemsize:
+            raise ModelLoadError(f"{source}: storage {key!r} holds {declared} bytes, "
+                                 f"expected {numel} x {dtype.itemsize}")
         raw = archive.read(member)
         if len(raw) != numel * dtype.itemsize:
             raise ModelLoadError(f"{source}: storage {key!r} holds {len(raw)} bytes, "
