@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgerun.errors import BundleError, EdgerunError, InvalidInputError, InvalidModelError, InvalidOptionError
+from edgerun.errors import (BundleError, EdgerunError, InvalidInputError, InvalidModelError, InvalidOptionError,
+                            MemoryBudgetError)
 from edgerun.ir import Graph, Node, TensorInfo, ValueInfo
 
 MAGIC = b"\x89EDGERUN"
@@ -46,6 +47,7 @@ _DTYPES = {name: np.dtype(code) for name, code in {
     "int32": "<i4", "uint32": "<u4", "int64": "<i8", "uint64": "<u8", "bool": "?"}.items()}
 _ATTR_TYPES = ("int", "float", "str", "ints", "floats", "strs", "tensor")
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+EXIT_USAGE, EXIT_BUDGET = 2, 3   # as edgerun.cli: bad usage or input / does not fit the budget
 
 
 def _align_up(size: int, alignment: int = TENSOR_ALIGNMENT) -> int:
@@ -67,6 +69,7 @@ class BundleInfo:
     arena_bytes: int
     memory_budget: int | None
     backend: str
+    plan: object                 # the scheduler.Plan stored in the bundle
 
 
 def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, **session_options) -> BundleInfo:
@@ -265,7 +268,7 @@ def _write_bundle(path: Path, header: dict, tensors: _TensorTable, session) -> B
             out.write(chunk)
     os.replace(temporary, path)
     return BundleInfo(str(path), weights_offset + tensors.section_bytes, len(header_bytes), tensors.section_bytes,
-                      session.plan.peak_bytes, session.memory_budget, session.backend)
+                      session.plan.peak_bytes, session.memory_budget, session.backend, session.plan)
 
 
 # =====================================================================================
@@ -559,6 +562,12 @@ def _plan_from_header(header: dict, max_arena_bytes: int):
     return plan
 
 
+def _executed_node_names(graph: Graph) -> list[str]:
+    """Nodes the executor runs: those with an output that is not a known constant."""
+    constants = set(graph.initializers) | {n for n, info in graph.value_info.items() if info.value is not None}
+    return [n.name for n in graph.nodes if any(o and o not in constants for o in n.outputs)]
+
+
 def _check_plan_fits(problem, plan) -> None:
     """Every buffer and scratch range the executor binds lies inside the arena, the plan's steps are the
     graph's steps, and no two ranges alive at the same step overlap."""
@@ -602,7 +611,7 @@ class BundleSession:
     def __init__(self, raw: _RawBundle, *, threads=None, kernels_backend=None,
                  max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES):
         from edgerun import kernels
-        from edgerun.session import _check_backend, _check_threads
+        from edgerun.session import _check_threads
 
         header = raw.header
         self.file_bytes = raw.file_bytes
@@ -612,7 +621,7 @@ class BundleSession:
         _require(self.planned_backend in kernels.BACKENDS, f"header.backend: unknown backend {self.planned_backend!r}")
         self.memory_budget = header.get("memory_budget")
         self.threads = _check_threads(threads)
-        self.backend = kernels.backend() if kernels_backend is None else _check_backend(kernels_backend)
+        self.backend = kernels.backend() if kernels_backend is None else _checked_backend(kernels_backend)
         stored_plan = _plan_from_header(header, max_arena_bytes)
         self.replanned = self.backend != self.planned_backend
         if self.replanned:
@@ -635,6 +644,8 @@ class BundleSession:
     def _with_stored_plan(self, plan):
         from edgerun.executor import CompiledModel
 
+        _require([s.name for s in plan.steps] == _executed_node_names(self.graph),
+                 "plan steps do not match the graph's nodes")
         try:
             compiled = CompiledModel(self.graph, budget=None, backend=self.backend, threads=self.threads, plan=plan)
         except EdgerunError as exc:
@@ -682,6 +693,17 @@ class BundleSession:
         names = _checked_output_names(self.graph.output_names(), output_names)
         outputs, _ = self._compiled.run(feeds, names)
         return outputs
+
+
+def _checked_backend(name) -> str:
+    from edgerun import kernels
+
+    if name not in kernels.BACKENDS:
+        raise InvalidOptionError(f"kernels_backend must be one of {kernels.BACKENDS}, got {name!r}")
+    if name == "native" and not kernels.native_available():
+        raise InvalidOptionError("kernels_backend='native' but the C extension edgerun.kernels._native "
+                                 "cannot be imported here")
+    return name
 
 
 def _node_arg(value: ValueInfo):
@@ -740,7 +762,7 @@ def compile_main(argv=None) -> int:
                               planner=args.planner, **options)
     except EdgerunError as exc:
         print(f"edgerun compile: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BUDGET if isinstance(exc, MemoryBudgetError) else EXIT_USAGE
     from edgerun.units import format_bytes
     budget = "none (fastest plan)" if info.memory_budget is None else f"{info.memory_budget:,} bytes"
     print(f"wrote {info.path}")
@@ -781,43 +803,8 @@ def _parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _resolve_model(spec: str):
-    """A file path, or a zoo model `name[:key=value,...]` built with batch 1."""
-    try:
-        from edgerun.cli import resolve_model
-    except ImportError:
-        resolve_model = None
-    if resolve_model is not None:
-        return resolve_model(spec)
-    if os.path.exists(spec):
-        return spec
-    return _zoo_model(spec)
+    """A file path, or a zoo model `name[:key=value,...]` (built for batch 1) via the CLI's resolver."""
+    from edgerun.cli import resolve_model
 
-
-def _zoo_model(spec: str):
-    import importlib
-
-    name, _, options = spec.partition(":")
-    builders = {"mobilenet_v2": "edgerun.zoo.mobilenet_v2", "mobilenet_v1": "edgerun.zoo.mobilenet_v1",
-                "shufflenet_v1": "edgerun.zoo.shufflenet"}
-    if name not in builders:
-        raise InvalidOptionError(f"model {spec!r} is neither a file nor a zoo model ({', '.join(builders)})")
-    kwargs = {"batch": 1}
-    for item in filter(None, options.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidOptionError(f"model {spec!r}: option {item!r} should be key=value")
-        kwargs[key.strip()] = _option_value(value.strip())
-    builder = getattr(importlib.import_module(builders[name]), name)
-    try:
-        return builder(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise InvalidOptionError(f"model {spec!r}: {exc}") from None
-
-
-def _option_value(text: str):
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
+    model, _display_name = resolve_model(spec)
+    return model
