@@ -337,6 +337,7 @@ def _bytes_text(n: int) -> str:
 
 # ================================================================ run
 def command_run(args) -> int:
+    from edgerun.profiler import measured_peak_bytes
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     sess, label, budget = open_session(args)
@@ -348,7 +349,7 @@ def command_run(args) -> int:
         print("\n".join(describe_output(arg.name, array, min(args.top, IMAGENET_CLASSES))))
     stats = sess.last_run
     print(f"planned peak:  {_bytes_text(stats.planned_peak_bytes)}")
-    print(f"measured peak: {_bytes_text(stats.measured_peak_bytes)}")
+    print(f"measured peak: {_bytes_text(measured_peak_bytes(stats))}")
     print(f"budget:        {_budget_text(budget)}")
     print(f"kernels:       {sess.backend}")
     return EXIT_OK

@@ -151,12 +151,23 @@ def process_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def run_escaped_bytes(run_stats) -> int:
+    """The largest escape from the arena in one profiled run: the run's own figure or any step's.
+    (A step's figure can be the larger one: per-step peaks are reset step by step.)"""
+    step_escape = max((p.extra_bytes for p in run_stats.steps), default=0)
+    return max(run_stats.escaped_bytes, step_escape, 0)
+
+
+def measured_peak_bytes(run_stats) -> int:
+    """Planned peak (the arena) plus the largest escape of one profiled run."""
+    return run_stats.planned_peak_bytes + run_escaped_bytes(run_stats)
+
+
 def totals(sess, rows: list[dict], runs: list) -> dict:
     """Whole-model numbers for measured rows (see the module docstring for definitions)."""
     planned_peak = compiled_model(sess).plan.peak_bytes
-    run_escape = max((r.escaped_bytes for r in runs), default=0)
     step_escape = max((row["escaped_bytes"] for row in rows), default=0)
-    escaped = max(run_escape, step_escape, 0)
+    escaped = max([step_escape, 0] + [r.escaped_bytes for r in runs])
     return {
         "planned_peak_bytes": planned_peak,
         "max_step_planned_bytes": max((row["planned_bytes"] for row in rows), default=0),

@@ -154,6 +154,12 @@ def test_measured_peak_takes_the_largest_escape_of_runs_and_steps(tiny_session):
     assert totals["measured_peak_bytes"] == tiny_session.plan.peak_bytes + 250
 
 
+def test_measured_peak_of_one_run_is_the_arena_plus_its_largest_escape():
+    assert profiler.measured_peak_bytes(_fake_run(10, [("a", 0.1, 40), ("b", 0.1, 25)])) == 1000 + 40
+    assert profiler.measured_peak_bytes(_fake_run(50, [("a", 0.1, 40)])) == 1000 + 50
+    assert profiler.measured_peak_bytes(_fake_run(0, [])) == 1000
+
+
 def test_profile_runs_rejects_a_bad_count(tiny_session):
     with pytest.raises(profiler.InvalidInputError, match="runs"):
         profiler.profile_runs(tiny_session, feeds_for(tiny_session), runs=0)
