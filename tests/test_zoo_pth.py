@@ -323,3 +323,11 @@ def test_zero_stride_view_larger_than_its_storage_is_refused():
     pickled = state_dict_pickle({"w": Tensor("0", 0, (1 << 30, 1 << 30), (0, 0))}, storages)
     with pytest.raises(ModelLoadError, match="more than storage '0' holds"):
         load_state_dict(zip_pth(pickled, storages))
+
+
+@pytest.mark.parametrize("keys", [[["0"]], ["0", "0"], ["1"], "0"])
+def test_legacy_storage_key_list_must_match_the_storages(keys):
+    storages = {"0": np.arange(3, dtype=np.float32)}
+    pickled = state_dict_pickle({"w": Tensor("0", 0, (3,), (1,))}, storages, legacy=True)
+    with pytest.raises(ModelLoadError, match="storage key list"):
+        load_state_dict(legacy_pth(pickled, storages, keys=keys))

@@ -311,7 +311,8 @@ def _load_legacy(data, source):
 
     state = _unpickle(stream, persistent_load)
     keys = _unpickle(stream, _no_persistent_ids)
-    if not isinstance(keys, list) or set(keys) != set(roots) or len(keys) != len(roots):
+    if (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+            or set(keys) != set(roots) or len(keys) != len(roots)):
         raise ModelLoadError(f"{source}: storage key list {keys!r} does not match the storages "
                              f"the state dict uses")
     for key in keys:
