@@ -106,8 +106,7 @@ class CompiledModel:
         vi = self.graph.value_info
         if node.op_type == "InvertedResidual" and node.domain == "edgerun":
             geom = block_geometry(node, self.graph)
-            weights = kernels.BlockWeights.from_node_arrays(
-                node, [self.constants.get(i) if i else None for i in node.inputs])
+            weights = kernels.BlockWeights.from_node(node, self.constants)
             return ExecStep(node, "block", geometry=geom, weights=weights)
         in_dtypes = [vi[i].dtype if i else None for i in node.inputs]
         out_dtypes = [vi[o].dtype for o in node.outputs if o]
@@ -199,7 +198,7 @@ class CompiledModel:
             if step.kind == "block":
                 for n in range(args[0].shape[0]):
                     kernels.run_block(args[0][n], outs[0][n], step.weights, step.geometry, step.schedule,
-                                      step.scratch, backend=self.backend)
+                                      step.scratch, backend=self.backend, threads=self.threads)
             elif step.kind == "kernel":
                 step.kernel.run(node, args, outs, step.scratch)
             else:

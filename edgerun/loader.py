@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgerun import ops
 from edgerun.errors import ModelLoadError, UnsupportedOperatorError
 from edgerun.ir import Graph, Node, ValueInfo, readonly
 
@@ -23,7 +24,8 @@ def load_model(model, base_dir: str | os.PathLike | None = None) -> Graph:
     """Load a path, bytes or onnx.ModelProto into a Graph."""
     proto, base_dir = _read_proto(model, base_dir)
     opset = _default_opset(proto)
-    _check_structure(proto)
+    _check_operators_supported(proto, opset)
+    _check_structure(proto, model if _uses_external_data(proto) else None)
     return _to_graph(proto, opset, base_dir)
 
 
@@ -65,9 +67,21 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return opset
 
 
-def _check_structure(proto: onnx.ModelProto) -> None:
+def _check_operators_supported(proto: onnx.ModelProto, opset: int) -> None:
+    for index, node in enumerate(proto.graph.node):
+        if not ops.is_supported(node.op_type, node.domain):
+            raise UnsupportedOperatorError(node.name or f"{node.op_type}_{index}", node.op_type, node.domain,
+                                           opset, ops.supported_ops())
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+def _check_structure(proto: onnx.ModelProto, path=None) -> None:
+    """onnx's checker; given the file's path when external data must be found beside it."""
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path) if isinstance(path, (str, os.PathLike)) else proto)
     except onnx.checker.ValidationError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelLoadError(f"the model is malformed: {first_line}") from None

@@ -195,7 +195,10 @@ def _check_threads(threads):
 def _check_backend(name):
     if name not in ("numpy", "native"):
         raise InvalidOptionError(f"kernels_backend must be 'numpy' or 'native', got {name!r}")
-    return kernels.backend(name)
+    if name == "native" and not kernels.native_available():
+        raise InvalidOptionError("kernels_backend='native' but the C extension is not built; reinstall "
+                                 "edgerun with a C compiler available, or use kernels_backend='numpy'")
+    return name
 
 
 def _schedule_overrides(schedule):

@@ -100,7 +100,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     path = model_dir / "m.onnx"
     path.write_bytes(model.SerializeToString())
-    with pytest.raises(ModelLoadError, match="not a file inside"):
+    with pytest.raises(ModelLoadError, match="outside|not a file inside"):
         InferenceSession(str(path))
 
 
