@@ -19,7 +19,7 @@ import os
 import struct
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ FORMAT_MINOR = 0
 # magic, major, minor, flags, header length, header sha256, 8 reserved bytes: 64 bytes.
 PREFIX = struct.Struct("<8sHHIQ32s8x")
 TENSOR_ALIGNMENT = 64
-MAX_HEADER_BYTES = 256 * 1024**2
+MAX_HEADER_BYTES = 64 * 1024**2
 DEFAULT_MAX_ARENA_BYTES = 4 * 1024**3
 _MAX_TENSOR_BYTES = 1 << 48
 _MAX_DIM = 1 << 40
@@ -69,7 +69,7 @@ class BundleInfo:
     arena_bytes: int
     memory_budget: int | None
     backend: str
-    plan: object                 # the scheduler.Plan stored in the bundle
+    plan: object = field(repr=False)   # the scheduler.Plan stored in the bundle
 
 
 def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, **session_options) -> BundleInfo:
