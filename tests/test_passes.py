@@ -492,6 +492,17 @@ def test_folding_is_bounded_in_size(monkeypatch):
 
 # ---------------------------------------------------------------- driver
 
+@pytest.mark.parametrize("build", [mobilenet_v2_head, shape_chain_model])
+def test_value_info_after_passes_equals_fresh_shape_inference(build):
+    model, shapes = build()
+    graph = optimize(prepared(model, shapes))
+    fresh = infer_shapes(graph, shapes)
+    assert set(fresh.value_info) == set(graph.value_info)
+    for name, info in fresh.value_info.items():
+        kept = graph.value_info[name]
+        assert (tuple(kept.shape), np.dtype(kept.dtype)) == (tuple(info.shape), np.dtype(info.dtype)), name
+
+
 def graph_fingerprint(graph):
     nodes = [(n.op_type, n.domain, n.name, tuple(n.inputs), tuple(n.outputs), repr(sorted(n.attrs.items())))
              for n in graph.nodes]
