@@ -189,6 +189,12 @@ def make_divisible(value, divisor=8, min_value=None):
     return rounded
 
 
+def check_width(width, low=0.1, high=2.0):
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not low <= width <= high:
+        raise ValueError(f"width must be a number in [{low}, {high}] (the papers use 0.25..1.4), got {width!r}")
+    return float(width)
+
+
 def check_resolution(resolution, smallest=32):
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < smallest:
         raise ValueError(f"resolution must be an int >= {smallest}, got {resolution!r}")

@@ -1,7 +1,8 @@
 """MobileNetV1 (Howard et al. 2017, Table 1): depthwise-separable conv-bn-relu layers."""
 from __future__ import annotations
 
-from edgerun.zoo.graph import GraphBuilder, RandomParameters, check_batch, check_resolution, make_divisible
+from edgerun.zoo.graph import (GraphBuilder, RandomParameters, check_batch, check_resolution, check_width,
+                               make_divisible)
 
 STEM_CHANNELS = 32
 # (pointwise output channels, depthwise stride) of the 13 depthwise-separable layers. The paper's
@@ -19,8 +20,7 @@ def _conv_bn_relu(g, x, prefix, cin, cout, kernel, stride=1, group=1):
 
 def mobilenet_v1(width=1.0, resolution=224, seed=0, batch="batch"):
     """MobileNetV1 with width multiplier `width` (channels rounded to multiples of 8), random weights."""
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or not 0.1 <= width <= 2.0:
-        raise ValueError(f"width must be a number in [0.1, 2.0], got {width!r}")
+    width = check_width(width)
     resolution = check_resolution(resolution)
     batch = check_batch(batch)
     g = GraphBuilder(RandomParameters(seed))
@@ -33,4 +33,4 @@ def mobilenet_v1(width=1.0, resolution=224, seed=0, batch="batch"):
         channels = cout
     x = g.global_pool_flatten(x, "pool")
     g.linear(x, "classifier", channels, 1000)
-    return g.model(f"mobilenet_v1_{float(width):g}_{resolution}_seed{seed}", 3, resolution, batch)
+    return g.model(f"mobilenet_v1_{width:g}_{resolution}_seed{seed}", 3, resolution, batch)

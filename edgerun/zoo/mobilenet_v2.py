@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgerun.errors import ModelLoadError
 from edgerun.zoo.graph import (GraphBuilder, RandomParameters, StateDictParameters, check_batch,
-                               check_resolution, make_divisible)
+                               check_resolution, check_width, make_divisible)
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 INVERTED_RESIDUAL_SETTINGS = [
@@ -54,12 +54,6 @@ def block_channels(width: float):
     return [(t, make_divisible(c * width), n, s) for t, c, n, s in INVERTED_RESIDUAL_SETTINGS]
 
 
-def _check_width(width):
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or not 0.1 <= width <= 2.0:
-        raise ValueError(f"width must be a number in [0.1, 2.0] (the paper uses 0.35..1.4), got {width!r}")
-    return float(width)
-
-
 def _conv_bn_act(g, x, prefix, cin, cout, kernel, stride=1, group=1, activation="relu6"):
     """torchvision's Conv2dNormActivation: `prefix.0` conv (no bias), `prefix.1` BN, ReLU6."""
     y = g.conv(x, f"{prefix}.0", cin, cout, kernel, stride, group)
@@ -85,7 +79,7 @@ def mobilenet_v2(width=1.0, resolution=224, pretrained=False, seed=0, batch="bat
     """MobileNetV2 with width multiplier `width` at `resolution` x `resolution` input.
 
     pretrained=True loads torchvision's IMAGENET1K_V1 weights (width 1.0 only)."""
-    width = _check_width(width)
+    width = check_width(width)
     resolution = check_resolution(resolution)
     batch = check_batch(batch)
     if pretrained:

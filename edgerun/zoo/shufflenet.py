@@ -40,7 +40,9 @@ def _maxpool(g, x, scope):
 
 def _shuffle_unit(g, x, prefix, cin, cout, stride, groups, first_group, size):
     """Figure 2 (b) (stride 1, Add) and (c) (stride 2, 3x3 avg pool + Concat); `size` is the
-    spatial size after the unit."""
+    spatial size after the unit. The shortcut's average pool counts the zero padding, as torch's
+    AvgPool2d does by default; the ReLU after the Concat only needs to act on the branch because
+    the pooled shortcut is already non-negative."""
     branch = cout - cin if stride == 2 else cout
     mid = cout // BOTTLENECK_RATIO
     y = _conv_bn(g, x, f"{prefix}.gconv1", cin, mid, 1, group=1 if first_group else groups)
@@ -52,7 +54,7 @@ def _shuffle_unit(g, x, prefix, cin, cout, stride, groups, first_group, size):
     if stride == 1:
         return g.relu(g.add(x, y, prefix), f"{prefix}.relu")
     shortcut = g.node("AveragePool", [x], f"{prefix}.shortcut", kernel_shape=[3, 3], strides=[2, 2],
-                      pads=[1, 1, 1, 1], count_include_pad=0)
+                      pads=[1, 1, 1, 1], count_include_pad=1)
     y = g.relu(y, f"{prefix}.relu")
     return g.node("Concat", [shortcut, y], prefix, axis=1)
 
