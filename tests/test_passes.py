@@ -227,6 +227,17 @@ def test_single_block_variants(act, stride, cout):
     assert block.attrs["expand_activation"] == block.attrs["dw_activation"] == {"relu6": "clip"}.get(act, act)
 
 
+def test_residual_add_with_the_block_input_second():
+    b = ModelBuilder(seed=25)
+    x = b.conv("x", 3, 8, 3, stride=2, act="relu")
+    h = b.conv(x, 8, 16, 1, act="relu6")
+    h = b.conv(h, 16, 16, 3, group=16, act="relu6")
+    y = b.node("Add", [b.conv(h, 16, 8, 1), x])
+    graph = optimised_and_checked(b.model({"x": (1, 3, 8, 8)}, {y: 4}), {"x": (1, 3, 8, 8)})
+    assert op_types(graph) == ["FusedConv", "InvertedResidual"]
+    assert graph.nodes[1].attrs["residual"] == 1 and graph.nodes[1].outputs == [y]
+
+
 def test_five_by_five_depthwise_without_bias_gets_zero_biases():
     b = ModelBuilder(seed=5)
     h = b.conv("x", 4, 16, 1, bias=False, bn=False, act="relu")
@@ -414,6 +425,15 @@ def test_dropout_with_an_unused_mask_output_and_training_mode_false():
     out, _mask = b.node("Dropout", [y, b.const(np.float32(0.3)), b.const(np.bool_(False))], n_outputs=2)
     graph = optimised_and_checked(b.model({"x": (1, 3, 5, 5)}, {out: 4}), {"x": (1, 3, 5, 5)})
     assert op_types(graph) == ["FusedConv"] and graph.nodes[0].outputs == [out]
+
+
+def test_chain_of_identities_into_an_output():
+    b = ModelBuilder(seed=26)
+    y = b.conv("x", 3, 4, 3, act="relu")
+    for _ in range(3):
+        y = b.node("Identity", [y])
+    graph = optimised_and_checked(b.model({"x": (1, 3, 5, 5)}, {y: 4}), {"x": (1, 3, 5, 5)})
+    assert op_types(graph) == ["FusedConv"] and graph.nodes[0].outputs == [y]
 
 
 def test_identity_between_graph_input_and_output_is_kept():
