@@ -306,3 +306,21 @@ def test_pretrained_weights_are_found_without_importing_their_package_or_torch()
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_channel_shuffle_interleaves_the_groups():
+    # Paper, Section 3.1: reshape to (g, n), transpose, flatten: with g=3 groups of n=2 channels
+    # [a0 a1 | b0 b1 | c0 c1] becomes [a0 b0 c0 a1 b1 c1].
+    from edgerun.zoo.graph import GraphBuilder, RandomParameters
+    from edgerun.zoo.shufflenet import _channel_shuffle
+    g = GraphBuilder(RandomParameters(0))
+    out = _channel_shuffle(g, "x", "shuffle", channels=6, groups=3, size=2)
+    graph = helper.make_graph(g.nodes, "shuffle",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, 2, 2])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["n", 6, 2, 2])],
+                              list(g.initializers.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.broadcast_to(np.arange(6, dtype=np.float32)[None, :, None, None], (2, 6, 2, 2)).copy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x})[0]
+    assert y[1, :, 1, 0].tolist() == [0, 2, 4, 1, 3, 5]
