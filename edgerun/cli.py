@@ -42,6 +42,7 @@ EXTERNAL_COMMANDS = {
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IMAGENET_CLASSES = 1000
+MAX_NAME_WIDTH = 48
 
 
 class UsageError(InvalidOptionError):
@@ -377,13 +378,18 @@ def _split_text(row) -> tuple[str, str]:
     return (str(row["t"]), str(row["band_rows"])) if row["is_block"] else ("-", "-")
 
 
+def _name_width(rows: list[dict]) -> int:
+    return min(max([len("step")] + [len(r["name"]) for r in rows]), MAX_NAME_WIDTH)
+
+
 def _profile_table(rows: list[dict]) -> str:
-    header = (f"{'#':>3} {'step':<28} {'op':<17} {'in':<13} {'out':<13} {'t':>2} {'band':>4} "
+    w = _name_width(rows)
+    header = (f"{'#':>3} {'step':<{w}} {'op':<17} {'in':<13} {'out':<13} {'t':>2} {'band':>4} "
               f"{'planned B':>11} {'measured B':>11} {'ms':>8} {'MAdds':>11} {'params':>9}")
     lines = [header, "-" * len(header)]
     for row in rows:
         t, band = _split_text(row)
-        lines.append(f"{row['index']:>3} {row['name'][:28]:<28} {row['op'][:17]:<17} "
+        lines.append(f"{row['index']:>3} {row['name'][:w]:<{w}} {row['op'][:17]:<17} "
                      f"{_shape_text(row['inputs'][:1])[:13]:<13} {_shape_text(row['outputs'][:1])[:13]:<13} "
                      f"{t:>2} {band:>4} {row['planned_bytes']:>11,} {row['measured_bytes']:>11,} "
                      f"{row['seconds'] * 1e3:>8.3f} {row['macs']:>11,} {row['params']:>9,}")
@@ -455,11 +461,12 @@ def _write_plot(path: str, sess, label: str, budget, report: dict) -> None:
 
 # ================================================================ plan
 def _plan_table(report: dict) -> str:
-    header = f"{'#':>3} {'step':<30} {'op':<18} {'t':>2} {'band':>4} {'live bytes':>12} {'est ms':>9}"
+    w = _name_width(report["rows"])
+    header = f"{'#':>3} {'step':<{w}} {'op':<18} {'t':>2} {'band':>4} {'live bytes':>12} {'est ms':>9}"
     lines = [header, "-" * len(header)]
     for row in report["rows"]:
         t, band = _split_text(row)
-        lines.append(f"{row['index']:>3} {row['name'][:30]:<30} {row['op'][:18]:<18} {t:>2} {band:>4} "
+        lines.append(f"{row['index']:>3} {row['name'][:w]:<{w}} {row['op'][:18]:<18} {t:>2} {band:>4} "
                      f"{row['planned_bytes']:>12,} {row['estimated_seconds'] * 1e3:>9.3f}")
     lines.append("-" * len(header))
     return "\n".join(lines)

@@ -267,6 +267,7 @@ def plot_memory(report: dict, path, title: str = "", budget: int | None = None,
         axes.axhline(budget / 1024, color="red", label=f"budget {budget:,} B")
     if reference is not None:
         axes.axhline(reference["bytes"] / 1024, color="green", linestyle=":", label=reference["label"])
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_xlabel("execution step")
     axes.set_ylabel("KiB")
     axes.set_title(title or "edgerun memory profile")

@@ -207,7 +207,7 @@ def test_plan_table_shows_the_split_of_each_block(files):
     result = edgerun("plan", files["block"])
     assert result.returncode == 0, result.stderr
     for s in plan.steps:
-        assert re.search(rf"{re.escape(s.name[:30])}\s+{s.kind[:18]}\s+{s.t}\s+{s.band_rows}\s+{s.bytes:,}",
+        assert re.search(rf"{re.escape(s.name)}\s+{s.kind[:18]}\s+{s.t}\s+{s.band_rows}\s+{s.bytes:,}",
                          result.stdout), s.name
     assert f"planned peak: {plan.peak_bytes:,} B" in result.stdout
 
