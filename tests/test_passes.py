@@ -15,11 +15,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgerun.errors import EdgerunError
 from edgerun.loader import load_model
-from edgerun.passes import ENV_VAR, PASS_NAMES, UnknownPassError, constfold, optimize
+from edgerun.passes import ENV_VAR, PASS_NAMES, UnknownPassError, constfold, disabled_passes, optimize
 from edgerun.reference import run_graph
 from edgerun.shape_inference import infer_shapes
 
 REL_TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def no_passes_disabled_from_outside(monkeypatch):
+    """Structure assertions assume every pass runs unless a test switches some off itself."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
 
 
 # ---------------------------------------------------------------- building models
@@ -562,6 +568,14 @@ def test_passes_are_switched_off_by_environment(monkeypatch):
     assert op_types(optimize(graph)) == op_types(graph)
     monkeypatch.setenv(ENV_VAR, "fuse_stem")
     assert op_types(optimize(graph, disabled={"bnfold"})).count("BatchNormalization") == 10
+
+
+def test_disabled_passes_accepts_a_comma_separated_string(monkeypatch):
+    assert disabled_passes("fuse_stem, bnfold") == {"fuse_stem", "bnfold"}
+    assert disabled_passes(["declutter"]) == {"declutter"}
+    assert disabled_passes("all") == set(PASS_NAMES)
+    monkeypatch.setenv(ENV_VAR, "constfold")
+    assert disabled_passes({"fuse_pad"}) == {"constfold", "fuse_pad"}
 
 
 def test_unknown_pass_name_is_an_edgerun_error(monkeypatch):

@@ -41,10 +41,15 @@ class UnknownPassError(EdgerunError, ValueError):
     """A pass name given to switch passes off does not exist."""
 
 
-def disabled_passes(disabled: Iterable[str] | None = None) -> set[str]:
-    """Names switched off by `disabled` plus those in EDGERUN_DISABLE_PASSES; "all" means every pass."""
-    names = {n.strip() for n in os.environ.get(ENV_VAR, "").split(",") if n.strip()}
-    names.update(disabled or ())
+def _split_names(text: str) -> set[str]:
+    return {n.strip() for n in text.split(",") if n.strip()}
+
+
+def disabled_passes(disabled: Iterable[str] | str | None = None) -> set[str]:
+    """Names switched off by `disabled` (names, or one comma-separated string) plus those in
+    EDGERUN_DISABLE_PASSES; "all" means every pass."""
+    names = _split_names(os.environ.get(ENV_VAR, ""))
+    names.update(_split_names(disabled) if isinstance(disabled, str) else (disabled or ()))
     if "all" in names:
         return set(PASS_NAMES)
     unknown = names - set(PASS_NAMES)
@@ -54,7 +59,7 @@ def disabled_passes(disabled: Iterable[str] | None = None) -> set[str]:
     return names
 
 
-def optimize(graph: Graph, disabled: Iterable[str] | None = None) -> Graph:
+def optimize(graph: Graph, disabled: Iterable[str] | str | None = None) -> Graph:
     """An optimised copy of `graph`; the caller's graph and its arrays are left as they were."""
     off = disabled_passes(disabled)
     active = [(name, fn) for name, fn in PASSES if name not in off]
