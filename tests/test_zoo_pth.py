@@ -4,7 +4,6 @@ import io
 import pickle
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import math
 from pathlib import Path
 
 from edgerun.errors import ModelLoadError

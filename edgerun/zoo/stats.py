@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import onnx
-from onnx import numpy_helper
 
 from edgerun.errors import InvalidModelError
 
@@ -71,7 +70,3 @@ def count_macs(model: onnx.ModelProto, batch: int = 1) -> int:
             total += _gemm_macs(node, shapes, weights)
     return total
 
-
-def initializer_arrays(model: onnx.ModelProto):
-    """name -> numpy array of every initializer."""
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
