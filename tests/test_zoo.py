@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerun.errors import InvalidInputError, ModelLoadError
+from edgerun.errors import InvalidInputError, InvalidModelError, ModelLoadError
 from edgerun.zoo import (count_macs, count_parameters, imagenet_labels, mobilenet_v1, mobilenet_v2,
                          mobilenet_v3_small_like, preprocess_imagenet, sample_image, shufflenet_v1)
 from edgerun.zoo.graph import make_divisible
@@ -324,3 +324,30 @@ def test_channel_shuffle_interleaves_the_groups():
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     y = session.run(None, {"x": x})[0]
     assert y[1, :, 1, 0].tolist() == [0, 2, 4, 1, 3, 5]
+
+
+def test_mobilenet_v2_macs_follow_the_papers_block_formula(models):
+    # Table 1: a block costs h*w*k*t*k (expansion) + (h/s)*(w/s)*t*k*9 (depthwise) + (h/s)*(w/s)*t*k*k'
+    # (projection); Table 2 gives the rows. Stem 3x3 s2 to 32, last 1x1 to 1280, FC 1280 -> 1000.
+    rows = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+            (6, 320, 1, 1)]
+    size, k = 112, 32
+    total = size * size * 3 * 9 * 32
+    for t, c, n, s in rows:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            out = size // stride
+            total += (size * size * k * t * k if t != 1 else 0) + out * out * t * k * (9 + c)
+            size, k = out, c
+    total += size * size * 320 * 1280 + 1280 * 1000
+    assert count_macs(models["v2_1.0_224"]) == total
+
+
+def test_mac_count_needs_constant_weights():
+    node = helper.make_node("Conv", ["input", "w"], ["logits"], kernel_shape=[1, 1], name="conv_with_input_weight")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 4, 4]),
+                                            helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2, 1, 1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(InvalidModelError, match="conv_with_input_weight"):
+        count_macs(model)
