@@ -1,0 +1,290 @@
+"""`edgerun bench`: time edgerun against onnxruntime in one process, on the same input.
+
+For each model: onnxruntime (CPUExecutionProvider, intra_op_num_threads = --threads), then edgerun
+with each kernel backend (numpy; native when the C extension loads), each with two plans: the
+fastest (no budget) and the memory-minimal one (budget = the smallest reachable peak, taken from
+the MemoryBudgetError a 1-byte budget raises). Every configuration is warmed up, then the runs are
+interleaved round-robin (run i of every configuration before run i+1 of any), so that a change in
+machine load touches all of them alike; the figure is the median of the runs. Speed is stated as
+ratios: to onnxruntime measured in the same run, and to edgerun's own fastest plan on the same
+backend. Beside each plan: its planned peak and the cost model's estimated time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_MODELS = ("mobilenet_v2_pretrained", "mobilenet_v1", "shufflenet_v1")
+DEFAULT_RUNS = 30
+DEFAULT_WARMUP = 3
+INPUT_SEED = 0
+BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                 "MKL_NUM_THREADS")
+
+
+@dataclass
+class Config:
+    """One thing that is timed: a callable that runs the model once on the bench input."""
+
+    name: str               # "onnxruntime", "edgerun numpy fastest", ...
+    backend: str            # "onnxruntime", "numpy" or "native"
+    plan: str               # "-", "fastest" or "memory-minimal"
+    run: object = field(repr=False)
+    planned_peak_bytes: int | None = None
+    estimated_seconds: float | None = None
+    budget_bytes: int | None = None
+    max_abs_diff: float | None = None   # against onnxruntime's output
+    seconds: list = field(default_factory=list)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+
+# ---------------------------------------------------------------- the machine
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def numpy_blas() -> str:
+    """Which BLAS numpy was built with (numpy.show_config), and the BLAS variables of the environment."""
+    name = "unknown"
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name = " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip()
+        if blas.get("openblas configuration"):
+            name += f" ({blas['openblas configuration']})"
+    except Exception:  # older numpy: show_config prints and returns None
+        pass
+    env = ", ".join(f"{var}={os.environ[var]}" for var in BLAS_ENV_VARS if var in os.environ)
+    return f"{name}; environment: {env or 'no BLAS variables set'}"
+
+
+def machine_description(threads: int) -> dict:
+    return {
+        "cpu": cpu_model(),
+        "cores_usable": usable_cores(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numpy_blas": numpy_blas(),
+    }
+
+
+# ---------------------------------------------------------------- building the configurations
+def model_bytes(model) -> bytes:
+    if isinstance(model, (str, os.PathLike)):
+        with open(model, "rb") as f:
+            return f.read()
+    return model.SerializeToString()
+
+
+def bench_input(sess) -> dict[str, np.ndarray]:
+    """One seeded standard-normal array per input, batch 1 (the same feed for every configuration)."""
+    from edgerun.cli import batch_one_shapes
+    rng = np.random.default_rng(INPUT_SEED)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in batch_one_shapes(sess).items()}
+
+
+def onnxruntime_config(data: bytes, threads: int) -> tuple[Config, object]:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    return Config("onnxruntime", "onnxruntime", "-", run=None), session
+
+
+def minimum_budget(model, backend: str, threads: int) -> int:
+    """The smallest planned peak edgerun can reach, from the error a 1-byte budget raises."""
+    from edgerun.cli import batch_one_shapes
+    from edgerun.errors import MemoryBudgetError
+    from edgerun.session import InferenceSession
+    try:
+        sess = InferenceSession(model, memory_budget=1, threads=threads, kernels_backend=backend)
+        sess.prepare(batch_one_shapes(sess))
+    except MemoryBudgetError as exc:
+        return exc.minimum_bytes
+    raise RuntimeError("a 1-byte memory budget was accepted: cannot find the minimum peak")
+
+
+def edgerun_config(model, backend: str, plan: str, threads: int, budget: int | None) -> tuple[Config, object]:
+    from edgerun.cli import batch_one_shapes
+    from edgerun.session import InferenceSession
+    sess = InferenceSession(model, memory_budget=budget, threads=threads, kernels_backend=backend)
+    compiled_plan = sess.prepare(batch_one_shapes(sess))
+    config = Config(f"edgerun {backend} {plan}", backend, plan, run=None,
+                    planned_peak_bytes=compiled_plan.peak_bytes,
+                    estimated_seconds=compiled_plan.estimated_seconds, budget_bytes=budget)
+    return config, sess
+
+
+def available_backends() -> list[str]:
+    from edgerun import kernels
+    return ["numpy", "native"] if kernels.native_available() else ["numpy"]
+
+
+def configurations(model, threads: int, backends: list[str]) -> tuple[list[Config], dict]:
+    """onnxruntime first, then edgerun per backend: fastest and memory-minimal. Each Config gets a
+    `run` closure over its own session and the shared feed; max_abs_diff is checked once here."""
+    ort_config, ort_session = onnxruntime_config(model_bytes(model), threads)
+    configs = []
+    feeds = None
+    for backend in backends:
+        fastest, fast_sess = edgerun_config(model, backend, "fastest", threads, None)
+        smallest = minimum_budget(model, backend, threads)
+        minimal, min_sess = edgerun_config(model, backend, "memory-minimal", threads, smallest)
+        if feeds is None:
+            feeds = bench_input(fast_sess)
+        for config, sess in ((fastest, fast_sess), (minimal, min_sess)):
+            config.run = _edgerun_runner(sess, feeds)
+            configs.append(config)
+    ort_config.run = _onnxruntime_runner(ort_session, feeds)
+    reference = ort_config.run()[0]
+    for config in configs:
+        config.max_abs_diff = float(np.max(np.abs(config.run()[0] - reference)))
+    return [ort_config] + configs, feeds
+
+
+def _edgerun_runner(sess, feeds):
+    return lambda: sess.run(None, feeds)
+
+
+def _onnxruntime_runner(session, feeds):
+    return lambda: session.run(None, feeds)
+
+
+# ---------------------------------------------------------------- timing
+def time_interleaved(configs: list[Config], runs: int, warmup: int, label: str = "") -> None:
+    """Warm each configuration up, then run them round-robin `runs` times, recording seconds."""
+    from edgerun.progress import progress
+    for config in configs:
+        for _ in range(warmup):
+            config.run()
+    for _ in progress(range(runs), total=runs, label=label):
+        for config in configs:
+            start = time.perf_counter()
+            config.run()
+            config.seconds.append(time.perf_counter() - start)
+
+
+def summary(model_label: str, configs: list[Config]) -> dict:
+    ort_median = configs[0].median_seconds
+    fastest_median = {c.backend: c.median_seconds for c in configs if c.plan == "fastest"}
+    rows = []
+    for config in configs:
+        median = config.median_seconds
+        rows.append({
+            "config": config.name,
+            "backend": config.backend,
+            "plan": config.plan,
+            "median_ms": median * 1e3,
+            "runs": len(config.seconds),
+            "vs_onnxruntime": median / ort_median,
+            "vs_own_fastest": median / fastest_median[config.backend] if config.backend in fastest_median else None,
+            "planned_peak_bytes": config.planned_peak_bytes,
+            "budget_bytes": config.budget_bytes,
+            "estimated_ms": None if config.estimated_seconds is None else config.estimated_seconds * 1e3,
+            "max_abs_diff_vs_onnxruntime": config.max_abs_diff,
+        })
+    return {"model": model_label, "results": rows}
+
+
+# ---------------------------------------------------------------- printing
+def format_machine(machine: dict) -> list[str]:
+    return [f"machine: {machine['cpu']}, {machine['cores_usable']} usable core(s) of {machine['cpu_count']}, "
+            f"load average {machine['load_average_1m']} at start; threads {machine['threads']}",
+            f"numpy {machine['numpy']} BLAS: {machine['numpy_blas']}"]
+
+
+def format_summary(result: dict) -> list[str]:
+    header = (f"{'configuration':<28} {'median ms':>10} {'x ORT':>7} {'x own fastest':>13} "
+              f"{'planned peak':>13} {'est ms':>8} {'max|diff|':>9}")
+    lines = [f"{result['model']}", header, "-" * len(header)]
+    for row in result["results"]:
+        own = "-" if row["vs_own_fastest"] is None else f"{row['vs_own_fastest']:.2f}"
+        peak = "-" if row["planned_peak_bytes"] is None else f"{row['planned_peak_bytes']:,}"
+        est = "-" if row["estimated_ms"] is None else f"{row['estimated_ms']:.1f}"
+        diff = "-" if row["max_abs_diff_vs_onnxruntime"] is None else f"{row['max_abs_diff_vs_onnxruntime']:.1e}"
+        lines.append(f"{row['config']:<28} {row['median_ms']:>10.2f} {row['vs_onnxruntime']:>7.2f} {own:>13} "
+                     f"{peak:>13} {est:>8} {diff:>9}")
+    return lines
+
+
+# ---------------------------------------------------------------- entry point
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="edgerun bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"zoo names or .onnx paths (default: {' '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--runs", type=_positive, default=DEFAULT_RUNS,
+                        help=f"timed runs per configuration, median reported (default {DEFAULT_RUNS}; "
+                             "fewer only for quick checks)")
+    parser.add_argument("--warmup", type=_positive, default=DEFAULT_WARMUP)
+    parser.add_argument("--threads", type=_positive, default=1,
+                        help="onnxruntime intra-op threads and edgerun native threads (default 1)")
+    parser.add_argument("--kernels", choices=("numpy", "native", "both"), default="both",
+                        help="edgerun backends to time (default both; native only when it loads)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    return parser.parse_args(argv)
+
+
+def bench_model(spec: str, args, backends: list[str]) -> dict:
+    from edgerun.cli import resolve_model
+    model, label = resolve_model(spec)
+    configs, _ = configurations(model, args.threads, backends)
+    time_interleaved(configs, args.runs, args.warmup, label=label)
+    return summary(label, configs)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    backends = available_backends() if args.kernels == "both" else [args.kernels]
+    machine = machine_description(args.threads)
+    if not args.json:
+        print("\n".join(format_machine(machine)))
+        if "native" not in backends and args.kernels == "both":
+            print("native kernels unavailable: numpy only")
+    results = []
+    for spec in args.models or DEFAULT_MODELS:
+        result = bench_model(spec, args, backends)
+        results.append(result)
+        if not args.json:
+            print()
+            print("\n".join(format_summary(result)))
+    machine["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        print(json.dumps({"machine": machine, "runs": args.runs, "models": results}, indent=2))
+    else:
+        print(f"\nload average {machine['load_average_1m_end']} at the end; medians of {args.runs} interleaved "
+              "runs after warm-up; ratios are to onnxruntime in this run and to the same backend's fastest plan")
+    return 0
