@@ -442,6 +442,14 @@ def test_chain_of_identities_into_an_output():
     assert op_types(graph) == ["FusedConv"] and graph.nodes[0].outputs == [y]
 
 
+def test_nodes_whose_results_nobody_uses_are_removed():
+    b = ModelBuilder(seed=27)
+    y = b.conv("x", 3, 4, 3, act="relu")
+    b.node("Sigmoid", [b.node("Tanh", [y])])  # a dead branch
+    graph = optimised_and_checked(b.model({"x": (1, 3, 5, 5)}, {y: 4}), {"x": (1, 3, 5, 5)})
+    assert op_types(graph) == ["FusedConv"]
+
+
 def test_identity_between_graph_input_and_output_is_kept():
     b = ModelBuilder(seed=17)
     y = b.node("Identity", ["x"])
