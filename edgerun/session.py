@@ -122,11 +122,16 @@ class InferenceSession:
 
     # ---- compilation per input shape
     def _static_input_shapes(self):
+        """Input shapes known before any run; a symbolic batch dimension is taken as 1 so that the plan
+        (and a budget that cannot be met) is known at construction. Other symbolic dims wait for run()."""
         shapes = {}
         for v in self._graph.inputs:
-            if v.shape is None or not all(isinstance(d, int) and d > 0 for d in v.shape):
+            if v.shape is None:
                 return None
-            shapes[v.name] = v.shape
+            dims = tuple(1 if axis == 0 and not isinstance(d, int) else d for axis, d in enumerate(v.shape))
+            if not all(isinstance(d, int) and d > 0 for d in dims):
+                return None
+            shapes[v.name] = dims
         return tuple(sorted(shapes.items()))
 
     def _compiled_for(self, key: tuple) -> CompiledModel:
