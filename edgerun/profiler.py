@@ -15,7 +15,6 @@ measured peak (= planned peak + the largest escape seen in any run or step), wei
 """
 from __future__ import annotations
 
-import re
 import statistics
 
 import numpy as np
@@ -210,12 +209,13 @@ def plan_report(sess) -> dict:
 
 
 # ---------------------------------------------------------------- Table 3 reference level
-_WIDTH_AFTER_FAMILY = re.compile(r"^_(\d+(?:\.\d+)?)_")
+# how the zoo names the canonical configuration of each family (graph name = family + tag + ...)
+TABLE3_CANONICAL_TAG = {"mobilenet_v2": "_1_224", "mobilenet_v1": "_1_224", "shufflenet_v1": "_g3_2x_224"}
 
 
 def table3_reference(model_name: str, input_shape) -> dict | None:
-    """The paper's Table 3 level for a canonical (width 1.0, 224x224) MobileNet-family model, converted to
-    edgerun's float32 activations; None for other models.
+    """The paper's Table 3 level for a canonical MobileNet-family model (width 1.0, ShuffleNet g=3 2x,
+    224x224 input, as the zoo names them), converted to edgerun's float32 activations; None otherwise.
 
     The paper counts 16-bit activations (MobileNetV2: 16 x 112 x 112 x 2 B = 401,408 B, "400K"); edgerun's
     planned bytes are float32, so the level drawn is the same tensor at 4 bytes per value (802,816 B) to be
@@ -223,11 +223,8 @@ def table3_reference(model_name: str, input_shape) -> dict | None:
     if not input_shape or len(input_shape) != 4 or tuple(input_shape[2:]) != (224, 224):
         return None
     for family, (c, h, w) in TABLE3_LARGEST_TENSOR.items():
-        if not model_name.startswith(family):
+        if not model_name.startswith(family + TABLE3_CANONICAL_TAG[family]):
             continue
-        width = _WIDTH_AFTER_FAMILY.match(model_name[len(family):])
-        if width and float(width.group(1)) != 1.0:
-            return None
         paper_bytes = c * h * w * PAPER_ACTIVATION_BYTES
         return {
             "family": family,

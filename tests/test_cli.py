@@ -230,6 +230,23 @@ def test_the_minimum_budget_itself_fits(files):
     assert json.loads(result.stdout)["planned_peak_bytes"] <= minimum
 
 
+# ---------------------------------------------------------------- model names
+def test_zoo_options_reach_the_builder_with_batch_one():
+    model, label = cli.resolve_model(SMALL_ZOO)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert (dims, label) == ([1, 3, 96, 96], SMALL_ZOO)
+
+
+@pytest.mark.parametrize("name, reference_bytes", [("mobilenet_v2", 802_816), ("mobilenet_v2_pretrained", 802_816),
+                                                   ("mobilenet_v1", 3_211_264), ("shufflenet_v1", 1_254_400),
+                                                   ("mobilenet_v3_small_like", None)])
+def test_zoo_names_get_the_table3_reference_of_their_family(name, reference_bytes):
+    from edgerun.profiler import table3_reference
+    model, _ = cli.resolve_model(name)
+    reference = table3_reference(model.graph.name, [1, 3, 224, 224])
+    assert (reference and reference["bytes"]) == reference_bytes
+
+
 # ---------------------------------------------------------------- bad usage
 @pytest.mark.parametrize("command", ["run", "profile", "plan"])
 def test_bad_budget_string_exits_2_naming_the_option(files, command):

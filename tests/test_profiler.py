@@ -198,6 +198,7 @@ def test_table3_reference_is_the_papers_tensor_at_float32():
 
 
 @pytest.mark.parametrize("name, shape", [("mobilenet_v2_0.35_224_seed0", [1, 3, 224, 224]),
+                                         ("shufflenet_v1_g8_1x_224_seed0", [1, 3, 224, 224]),
                                          ("mobilenet_v2_1_96_seed0", [1, 3, 96, 96]),
                                          ("tiny", [1, 3, 224, 224])])
 def test_table3_reference_only_for_canonical_models(name, shape):
