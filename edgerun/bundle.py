@@ -291,6 +291,7 @@ def read_bundle(path, *, verify_weights: bool = True) -> _RawBundle:
             file_bytes = os.fstat(stream.fileno()).st_size
             header_length, header_digest = _read_prefix(stream, file_bytes)
             header_bytes = stream.read(header_length)
+            padding = stream.read(_align_up(PREFIX.size + header_length) - PREFIX.size - header_length)
     except OSError as exc:
         raise BundleError(f"cannot read bundle {path!r}: {exc}") from None
     if len(header_bytes) != header_length:
@@ -298,6 +299,8 @@ def read_bundle(path, *, verify_weights: bool = True) -> _RawBundle:
     if hashlib.sha256(header_bytes).digest() != header_digest:
         raise BundleError("bundle header checksum mismatch: the header is corrupted")
     header = _parse_header(header_bytes)
+    if padding.strip(b"\0"):
+        raise BundleError("bundle padding between the header and the weights is not zero: the file is corrupted")
     weights_offset = _align_up(PREFIX.size + header_length)
     weights = _map_weights(path, header, weights_offset, file_bytes, verify_weights)
     tensors = _tensor_views(header, weights)
@@ -456,6 +459,7 @@ def _graph_from_header(data, tensors: list[np.ndarray]) -> Graph:
                     for k, v in value_info.items()},
     )
     _check_graph_wiring(graph)
+    _check_shapes_by_inference(graph)
     return graph
 
 
@@ -536,6 +540,34 @@ def _check_graph_wiring(graph: Graph) -> None:
         _require(info is not None and info.shape == value.shape and info.dtype == value.dtype,
                  f"graph input/output {value.name!r} does not match its value_info")
         _require(value.name in known, f"graph output {value.name!r} is never produced")
+
+
+def _check_shapes_by_inference(graph: Graph) -> None:
+    """Run the operators' shape functions again (they validate every attribute) and require the stored
+    shapes and dtypes of every value to be what they infer."""
+    from edgerun.shape_inference import infer_shapes
+
+    try:
+        inferred = infer_shapes(graph, {v.name: v.shape for v in graph.inputs}).value_info
+    except BundleError:
+        raise
+    except EdgerunError as exc:
+        raise BundleError(f"malformed bundle: the graph fails shape inference: {exc}") from None
+    except (ArithmeticError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            MemoryError) as exc:
+        raise BundleError(f"malformed bundle: the graph fails shape inference: {exc!r}") from None
+    for name, info in inferred.items():
+        stored = graph.value_info.get(name)
+        _require(stored is not None and stored.dtype == info.dtype and _same_shape(stored.shape, info.shape),
+                 f"value {name!r}: stored {_describe(stored)} but the graph infers {_describe(info)}")
+
+
+def _same_shape(a, b) -> bool:
+    return a is not None and b is not None and tuple(a) == tuple(b)
+
+
+def _describe(info) -> str:
+    return "nothing" if info is None else f"{np.dtype(info.dtype).name}{list(info.shape or [])}"
 
 
 # ---- the plan

@@ -344,3 +344,71 @@ def test_compile_main_accepts_a_zoo_name(tmp_path, capsys):
     out = tmp_path / "mnv2.erb"
     assert compile_main(["mobilenet_v2:width=0.35,resolution=96", "-o", str(out)]) == 0
     assert [a.shape for a in load(out).get_inputs()] == [list(MOBILENET_SHAPE)]
+
+
+# ---------------------------------------------------------------- fuzzing: never anything but an EdgerunError
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from edgerun.errors import EdgerunError  # noqa: E402
+
+
+def leaf_paths(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaf_paths(item, path + (key,))
+    elif isinstance(value, list) and value:
+        for index, item in enumerate(value):
+            yield from leaf_paths(item, path + (index,))
+    else:
+        yield path
+
+
+def replace_at(header, path, new_value):
+    target = header
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = new_value
+
+
+HOSTILE_VALUES = st.one_of(
+    st.integers(min_value=-2**70, max_value=2**70), st.sampled_from([0, 1, -1, 63, 64, 2**31, 2**63]),
+    st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(), st.text(max_size=8),
+    st.lists(st.integers(min_value=-3, max_value=100), max_size=4), st.just({}), st.just([]))
+
+
+def load_and_run_or_refuse(path):
+    """Loading (and running) a hostile bundle may fail, but only with an EdgerunError."""
+    try:
+        session = load(path)
+        session.run(None, {"x": np.ones(TINY_SHAPE, np.float32)})
+    except EdgerunError:
+        pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_single_header_field_changed_gives_only_edgerun_errors(data, tiny_bundle, tmp_path):
+    _, header, _, _ = read_parts(tiny_bundle[1])
+    path = data.draw(st.sampled_from(sorted(leaf_paths(header), key=repr)))
+    value = data.draw(HOSTILE_VALUES)
+    bad = tmp_path / "fuzz.erb"
+    bad.write_bytes(tiny_bundle[1].read_bytes())
+    rewrite_header(bad, lambda h: replace_at(h, path, value))
+    load_and_run_or_refuse(bad)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=10_000), flip=st.integers(min_value=0, max_value=10_000))
+def test_any_truncation_or_flipped_byte_raises_bundle_error(cut, flip, tiny_bundle, tmp_path):
+    data = tiny_bundle[1].read_bytes()
+    bad = tmp_path / "cut.erb"
+    bad.write_bytes(data[:cut % len(data)])
+    with pytest.raises(BundleError):
+        load(bad)
+    bad.write_bytes(flip_byte(data, flip % len(data)))
+    if 12 <= flip % len(data) < 16 or 56 <= flip % len(data) < 64:
+        load(bad)   # flags and reserved bytes are ignored by design
+    else:
+        with pytest.raises(BundleError):
+            load(bad)
