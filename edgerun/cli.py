@@ -127,30 +127,36 @@ def resolve_model(spec: str | None):
 
 
 # ================================================================ sessions
-def open_session(args):
-    """An InferenceSession for args.model with --budget / --threads / --kernels, compiled for batch 1
-    when the model's batch dimension is symbolic."""
+def open_session(args, compile_now: bool = True):
+    """An InferenceSession for args.model with --budget / --threads / --kernels. With compile_now, a model
+    whose batch dimension is symbolic is compiled for batch 1 (otherwise the first run compiles it)."""
     from edgerun.session import InferenceSession
     budget = parse_bytes(args.budget, option="--budget")
     model, label = resolve_model(args.model)
     sess = InferenceSession(model, memory_budget=budget, threads=getattr(args, "threads", None),
                             kernels_backend=getattr(args, "kernels", None))
-    if getattr(sess, "_last", None) is None:
+    if compile_now and getattr(sess, "_last", None) is None:
         sess.prepare(batch_one_shapes(sess))
     return sess, label, budget
 
 
+def batch_one_shape(arg) -> tuple | None:
+    """The input's shape with a symbolic first (batch) dimension set to 1; None if other dims are symbolic."""
+    if arg.shape is None:
+        return None
+    shape = tuple(1 if axis == 0 and not _is_static(d) else d for axis, d in enumerate(arg.shape))
+    return shape if all(_is_static(d) for d in shape) else None
+
+
 def batch_one_shapes(sess) -> dict[str, tuple]:
-    """Input shapes with a symbolic first (batch) dimension set to 1; other symbolic dims are an error."""
+    """batch_one_shape of every input; dynamic dimensions beyond the batch are an error."""
     shapes = {}
     for arg in sess.get_inputs():
-        if arg.shape is None:
-            raise InvalidInputError(f"input {arg.name!r} has no known shape: give data with --input FILE.npy")
-        shape = [1 if axis == 0 and not _is_static(d) else d for axis, d in enumerate(arg.shape)]
-        if not all(_is_static(d) for d in shape):
+        shape = batch_one_shape(arg)
+        if shape is None:
             raise InvalidInputError(f"input {arg.name!r} has dynamic dimensions {arg.shape} beyond the batch: "
-                                    f"give data with --input FILE.npy to fix them")
-        shapes[arg.name] = tuple(shape)
+                                    f"give data with `edgerun run MODEL --input FILE.npy` to fix them")
+        shapes[arg.name] = shape
     return shapes
 
 
@@ -177,8 +183,8 @@ def _image_input(sess):
     if len(inputs) != 1:
         return None
     arg = inputs[0]
-    shape = batch_one_shapes(sess)[arg.name]
-    if len(shape) == 4 and shape[0] == 1 and shape[1] == 3 and shape[2] == shape[3] \
+    shape = batch_one_shape(arg)
+    if shape is not None and len(shape) == 4 and shape[0] == 1 and shape[1] == 3 and shape[2] == shape[3] \
             and _numpy_dtype(arg.type) == np.float32:
         return arg.name, shape[2]
     return None
@@ -341,7 +347,7 @@ def command_run(args) -> int:
     from edgerun.profiler import measured_peak_bytes
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
-    sess, label, budget = open_session(args)
+    sess, label, budget = open_session(args, compile_now=args.input is None)
     feeds, source = feeds_for(sess, args.input)
     outputs = sess.run(None, feeds, profile=True)
     print(f"model: {label}")

@@ -55,6 +55,17 @@ def files(tmp_path_factory):
     return paths
 
 
+def with_symbolic_batch(model, spatial=False):
+    """The model with dimension 0 (and the spatial ones when asked) of its input and output symbolic."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    if spatial:
+        for axis in (2, 3):
+            model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = "S"
+    return model
+
+
 def _softmax(x):
     e = np.exp(x - x.max())
     return e / e.sum()
@@ -83,6 +94,49 @@ def test_run_reports_the_plans_peak_and_a_measured_peak_above_it(files):
     assert "output 'y' [1, 10] float32" in result.stdout
     assert "kernels:       numpy" in result.stdout
     assert "none (fastest schedule)" in result.stdout
+
+
+def test_run_with_a_symbolic_batch_ranks_every_item(tmp_path):
+    model = with_symbolic_batch(tiny_convnet(classes=1000))
+    onnx.save(model, tmp_path / "dyn.onnx")
+    x = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    result = edgerun("run", tmp_path / "dyn.onnx", "--input", tmp_path / "x.npz", "--top", 1)
+    assert result.returncode == 0, result.stderr
+    logits = run_ort(model, {"x": x})[0]
+    items = result.stdout.split("item 1:")
+    assert len(items) == 2 and "item 0:" in items[0]
+    for text, row in zip(items, logits):
+        cls = int(np.argmax(row))
+        assert f"1. {_softmax(row.astype(np.float64))[cls]:7.4f}  {imagenet_labels()[cls]}  (class {cls})" in text
+
+
+def test_plan_of_a_symbolic_batch_is_the_plan_for_one_image(tmp_path):
+    onnx.save(with_symbolic_batch(tiny_convnet()), tmp_path / "dyn.onnx")
+    result = edgerun("plan", tmp_path / "dyn.onnx", "--json")
+    assert result.returncode == 0, result.stderr
+    session = InferenceSession(str(tmp_path / "dyn.onnx"))
+    assert json.loads(result.stdout)["planned_peak_bytes"] == session.prepare({"x": (1, 3, 16, 16)}).peak_bytes
+
+
+def test_plan_of_symbolic_image_size_asks_for_data(tmp_path):
+    onnx.save(with_symbolic_batch(tiny_convnet(), spatial=True), tmp_path / "dyn.onnx")
+    assert_one_line_error(edgerun("plan", tmp_path / "dyn.onnx"), 2, "'x'", "--input")
+
+
+def test_run_with_symbolic_image_size_takes_the_size_of_the_data(tmp_path):
+    model = with_symbolic_batch(tiny_convnet(), spatial=True)
+    onnx.save(model, tmp_path / "dyn.onnx")
+    x = np.random.default_rng(7).standard_normal((1, 3, 20, 20)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = edgerun("run", tmp_path / "dyn.onnx", "--input", tmp_path / "x.npy")
+    assert result.returncode == 0, result.stderr
+    y = run_ort(model, {"x": x})[0]
+    match = re.search(r"output 'y' \[1, 10\] float32: min (\S+) max (\S+) mean (\S+)", result.stdout)
+    assert match, result.stdout
+    assert np.allclose([float(v) for v in match.groups()], [y.min(), y.max(), y.mean()], rtol=1e-4, atol=1e-6)
+    session = InferenceSession(str(tmp_path / "dyn.onnx"))
+    assert _number_after("planned peak:", result.stdout) == session.prepare({"x": (1, 3, 20, 20)}).peak_bytes
 
 
 def test_run_reads_a_png_with_imagenet_preprocessing(files, tmp_path):
