@@ -1,0 +1,207 @@
+"""`edgerun calibrate`: fit the scheduler's cost model to this machine.
+
+Times real MobileNetV2 1.0/224 blocks (five geometries, from 112x112 down to 7x7) through
+edgerun.kernels.run_block at several (t, band_rows) schedules, plus the model's other steps
+through a profiled session run, and fits scheduler.CostModel by non-negative least squares
+(scheduler.cost.calibrate). The fit is saved as JSON (CostModel.save) to the default path of
+`default_path(backend)` or to --out.
+
+Default path: $EDGERUN_COST_MODEL_DIR/cost-<backend>.json if that variable is set, else
+$XDG_CACHE_HOME/edgerun/cost-<backend>.json (XDG_CACHE_HOME defaults to ~/.cache).
+`load_calibrated(backend)` reads it back (None when there is none) for the session to pass on
+to the scheduler.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import scheduler
+from scheduler import BlockGeometry, BlockSchedule, CostModel
+
+# Which of MobileNetV2's 17 blocks to time (0-based order): 16@112->24@56 s2, 24@56 residual,
+# 32@28 residual, 64@14 residual, 160@7 residual.
+CALIBRATION_BLOCKS = (1, 2, 4, 7, 14)
+T_CHOICES = (1, 2, 5)
+DEFAULT_REPEATS = 11
+WEIGHT_SEED = 0
+
+
+# ---------------------------------------------------------------- where the fit lives
+def default_path(backend: str) -> Path:
+    folder = os.environ.get("EDGERUN_COST_MODEL_DIR")
+    if folder:
+        return Path(folder) / f"cost-{backend}.json"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "edgerun" / f"cost-{backend}.json"
+
+
+def load_calibrated(backend: str) -> CostModel | None:
+    """The cost model `edgerun calibrate` saved for `backend`, or None when there is none."""
+    path = default_path(backend)
+    if not path.is_file():
+        return None
+    model = CostModel.load(path)
+    return model if model.backend == backend else None
+
+
+# ---------------------------------------------------------------- what is timed
+def mobilenet_v2_session(backend: str):
+    from edgerun import zoo
+    from edgerun.session import InferenceSession
+    return InferenceSession(zoo.mobilenet_v2(1.0, 224, batch=1), kernels_backend=backend, threads=1)
+
+
+def block_geometries(graph) -> list[BlockGeometry]:
+    """Geometries of the optimised graph's InvertedResidual nodes, in graph order."""
+    from edgerun.executor import block_geometry
+    return [block_geometry(n, graph) for n in graph.nodes if n.op_type == "InvertedResidual"]
+
+
+def schedules_for(geom: BlockGeometry) -> list[BlockSchedule]:
+    """t in T_CHOICES (at most the hidden channels) times whole, quarter and single-row bands."""
+    rows = sorted({geom.out_height, max(1, geom.out_height // 4), 1}, reverse=True)
+    ts = sorted({min(t, geom.hidden_channels) for t in T_CHOICES})
+    return [BlockSchedule(t, r) for t in ts for r in rows]
+
+
+def random_block_weights(geom: BlockGeometry, rng):
+    from edgerun.kernels import Activation, BlockWeights
+    relu6 = Activation("clip", (0.0, 6.0))
+    hidden = geom.hidden_channels
+    we = be = None
+    if geom.has_expansion:
+        k = geom.expand_kernel
+        we = rng.normal(0, 0.1, (hidden, geom.in_channels, k, k)).astype(np.float32)
+        be = rng.normal(0, 0.1, hidden).astype(np.float32)
+    wd = rng.normal(0, 0.1, (hidden, 1, geom.dw_kernel, geom.dw_kernel)).astype(np.float32)
+    wp = rng.normal(0, 0.1, (geom.out_channels, hidden, 1, 1)).astype(np.float32)
+    return BlockWeights.from_arrays(we, be, wd, rng.normal(0, 0.1, hidden).astype(np.float32), wp,
+                                    rng.normal(0, 0.1, geom.out_channels).astype(np.float32), relu6, relu6)
+
+
+class BlockTimer:
+    """measure_fn for scheduler.cost.calibrate: median seconds of one block run under a schedule."""
+
+    def __init__(self, backend: str, repeats: int = DEFAULT_REPEATS):
+        self.backend = backend
+        self.repeats = repeats
+        self.rng = np.random.default_rng(WEIGHT_SEED)
+        self._weights: dict[BlockGeometry, object] = {}
+        self.measured: list[tuple[BlockGeometry, BlockSchedule, float]] = []
+
+    def __call__(self, geom: BlockGeometry, sched: BlockSchedule) -> float:
+        from edgerun import kernels
+        weights = self._weights.setdefault(geom, random_block_weights(geom, self.rng))
+        x = self.rng.standard_normal((geom.in_channels, geom.in_height, geom.in_width)).astype(np.float32)
+        out = np.empty((geom.out_channels, geom.out_height, geom.out_width), np.float32)
+        scratch = {name: np.empty(size // 4, np.float32)
+                   for name, size in scheduler.block_scratch(geom, sched, self.backend).items()}
+        kernels.run_block(x, out, weights, geom, sched, scratch, backend=self.backend)   # warm-up
+        times = []
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            kernels.run_block(x, out, weights, geom, sched, scratch, backend=self.backend)
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        self.measured.append((geom, sched, seconds))
+        return seconds
+
+
+def other_step_samples(sess, repeats: int) -> list[tuple[int, float]]:
+    """(macs, median seconds) of every non-block step, from profiled runs of the session."""
+    from edgerun.cli import batch_one_shapes
+    feeds = {name: np.random.default_rng(WEIGHT_SEED).standard_normal(shape).astype(np.float32)
+             for name, shape in batch_one_shapes(sess).items()}
+    problem = sess._last.problem
+    macs = {s.name: s.macs for s in problem.steps if not s.is_block}
+    seconds: dict[str, list[float]] = {name: [] for name in macs}
+    sess.run(None, feeds)
+    for _ in range(repeats):
+        sess.run(None, feeds, profile=True)
+        for step in sess.last_run.steps:
+            if step.name in seconds:
+                seconds[step.name].append(step.seconds)
+    return [(macs[name], statistics.median(times)) for name, times in seconds.items() if times]
+
+
+# ---------------------------------------------------------------- fitting and reporting
+def relative_errors(model: CostModel, measured) -> list[float]:
+    return [abs(model.block_seconds(g, s) - seconds) / seconds for g, s, seconds in measured]
+
+
+def median_relative_error(model: CostModel, measured) -> float:
+    return statistics.median(relative_errors(model, measured))
+
+
+def fit_relative(measured, backend: str, s_other: float) -> CostModel:
+    """s_pw, s_dw, s_call minimising the squared RELATIVE errors (each case's row divided by its
+    measured seconds), so a 1 ms block counts as much as a 10 ms one; non-negative."""
+    from scheduler.cost import block_features, nonnegative_least_squares
+    rows = [[f / seconds for f in block_features(g, s)] for g, s, seconds in measured]
+    s_pw, s_dw, s_call = nonnegative_least_squares(rows, [1.0] * len(rows))
+    return CostModel(backend=backend, s_pw=s_pw, s_dw=s_dw, s_call=s_call, s_other=s_other)
+
+
+def fit(cases, seconds: dict, backend: str, others) -> tuple[CostModel, dict[str, CostModel]]:
+    """Both fits (scheduler.cost.calibrate's absolute least squares, and the relative one); the
+    one with the smaller median relative error over the cases is kept."""
+    measured = [(g, s, seconds[(g, s)]) for g, s in cases]
+    absolute = scheduler.calibrate(lambda g, s: seconds[(g, s)], cases, backend=backend, other_samples=others)
+    fits = {"absolute": absolute, "relative": fit_relative(measured, backend, absolute.s_other)}
+    best = min(fits.values(), key=lambda m: median_relative_error(m, measured))
+    return best, fits
+
+
+def describe_fit(model: CostModel, default: CostModel, measured) -> list[str]:
+    header = f"{'block (Cin@HxW -> Cout, stride)':<34} {'t':>2} {'band':>4} {'measured ms':>11} {'fit ms':>8} {'default ms':>10}"
+    lines = [header, "-" * len(header)]
+    for geom, sched, seconds in measured:
+        block = (f"{geom.in_channels}@{geom.in_height}x{geom.in_width} -> {geom.out_channels}, "
+                 f"s{geom.dw_stride}")
+        lines.append(f"{block:<34} {sched.t:>2} {sched.band_rows:>4} {seconds * 1e3:>11.3f} "
+                     f"{model.block_seconds(geom, sched) * 1e3:>8.3f} {default.block_seconds(geom, sched) * 1e3:>10.3f}")
+    lines.append(f"median relative error: fit {median_relative_error(model, measured):.1%}, "
+                 f"default model {median_relative_error(default, measured):.1%}")
+    lines.append(f"coefficients: s_pw {model.s_pw:.3e} s/MAC, s_dw {model.s_dw:.3e} s/MAC, "
+                 f"s_call {model.s_call:.3e} s, s_other {model.s_other:.3e} s/MAC")
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="edgerun calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("numpy", "native"), default=None,
+                        help="kernels to time (default: the backend edgerun runs, native when it loads)")
+    parser.add_argument("--out", type=Path, default=None, help="where to save the fit (default: see below)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs per case (median)")
+    parser.epilog = f"default path: {default_path('<backend>')}"
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from edgerun import kernels
+    from edgerun.progress import progress
+    args = parse_args(argv)
+    backend = args.backend or kernels.backend()
+    sess = mobilenet_v2_session(backend)
+    geometries = block_geometries(sess.graph)
+    cases = [(geometries[i], s) for i in CALIBRATION_BLOCKS for s in schedules_for(geometries[i])]
+    timer = BlockTimer(backend, args.repeats)
+    seconds = {case: timer(*case) for case in progress(cases, total=len(cases), label="block schedules")}
+    others = other_step_samples(sess, args.repeats)
+    model, fits = fit(cases, seconds, backend, others)
+    path = args.out or default_path(backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    print(f"calibrated the {backend} cost model on {len(cases)} MobileNetV2 block schedules and "
+          f"{len(others)} other steps (load average {os.getloadavg()[0]:.2f})")
+    print("\n".join(describe_fit(model, CostModel.default(backend), timer.measured)))
+    print("fits: " + ", ".join(f"{name} least squares {median_relative_error(m, timer.measured):.1%}"
+                               for name, m in fits.items()) + " median relative error; kept the smaller")
+    print(f"saved to {path}")
+    return 0
