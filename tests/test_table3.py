@@ -257,3 +257,48 @@ def test_mobilenet_v2_memory_minimal_peak_by_hand():
     # the expansion of features.2 alone reads 16x112x112 and writes 96x112x112
     assert layered.fp32_bytes >= (16 + 96) * 112 * 112 * 4
     assert layered.fp16_bytes >= (16 + 96) * 112 * 112 * 2
+
+
+# ---------------------------------------------------------------- bench and calibrate helpers
+# (edgerun.bench and edgerun.calibrate have the same owner as this file; their pure parts are pinned here)
+def test_bench_summary_states_medians_as_ratios():
+    from edgerun.bench import Config, summary
+    ort = Config("onnxruntime", "onnxruntime", "-", run=None, seconds=[0.003, 0.001, 0.002])
+    fast = Config("edgerun native fastest", "native", "fastest", run=None, planned_peak_bytes=1000,
+                  estimated_seconds=0.005, seconds=[0.004, 0.005, 0.003])
+    small = Config("edgerun native memory-minimal", "native", "memory-minimal", run=None, planned_peak_bytes=100,
+                   seconds=[0.006, 0.007, 0.008])
+
+    rows = {r["config"]: r for r in summary("m", [ort, fast, small])["results"]}
+
+    assert rows["onnxruntime"]["median_ms"] == pytest.approx(2.0)
+    assert rows["edgerun native fastest"]["vs_onnxruntime"] == pytest.approx(4 / 2)
+    assert rows["edgerun native fastest"]["estimated_ms"] == pytest.approx(5.0)
+    assert rows["edgerun native memory-minimal"]["vs_onnxruntime"] == pytest.approx(7 / 2)
+    assert rows["edgerun native memory-minimal"]["vs_own_fastest"] == pytest.approx(7 / 4)
+    assert rows["onnxruntime"]["vs_own_fastest"] is None
+
+
+def test_relative_fit_recovers_the_coefficients_that_made_the_timings():
+    from edgerun.calibrate import fit_relative, median_relative_error
+    from scheduler.cost import default_calibration_cases
+    truth = scheduler.CostModel("native", s_pw=3e-10, s_dw=2e-9, s_call=5e-6, s_other=1e-9)
+    measured = [(g, s, truth.block_seconds(g, s)) for g, s in default_calibration_cases()]
+
+    fitted = fit_relative(measured, "native", s_other=1e-9)
+
+    assert fitted.s_pw == pytest.approx(3e-10, rel=1e-6)
+    assert fitted.s_dw == pytest.approx(2e-9, rel=1e-6)
+    assert fitted.s_call == pytest.approx(5e-6, rel=1e-6)
+    assert median_relative_error(fitted, measured) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_calibration_path_and_round_trip(tmp_path, monkeypatch):
+    from edgerun import calibrate
+    monkeypatch.setenv("EDGERUN_COST_MODEL_DIR", str(tmp_path))
+    assert calibrate.default_path("native") == tmp_path / "cost-native.json"
+    assert calibrate.load_calibrated("native") is None
+    model = scheduler.CostModel("native", s_pw=1e-10, s_dw=2e-10, s_call=3e-6, s_other=4e-10)
+    model.save(calibrate.default_path("native"))
+    assert calibrate.load_calibrated("native") == model
+    assert calibrate.load_calibrated("numpy") is None
