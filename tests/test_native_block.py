@@ -1,7 +1,7 @@
 """The native fused block against the numpy oracle and the unsplit reference; bad arguments."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 
 from edgerun.errors import EdgerunError
 from edgerun.kernels import Activation, native, native_available
@@ -18,7 +18,7 @@ def test_native_extension_is_built():
     assert native_available(), "edgerun.kernels._native did not build (pip install -e . with gcc)"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(block_cases())
 def test_native_block_matches_numpy_and_reference(case):
     expected = reference_block(case)
@@ -27,7 +27,7 @@ def test_native_block_matches_numpy_and_reference(case):
     assert_close(native_out, run_case(case, "numpy"))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(block_cases(max_channels=20, max_hidden=40, max_size=20))
 def test_native_block_with_threads_matches_reference(case):
     assert_close(run_case(case, "native", threads=3), reference_block(case))

@@ -1,12 +1,19 @@
 /* Register-blocked GEMM with A transposed (k-major), the shape of 1x1 convolutions:
  * C (M x N) (+)= A^T (M x K) * B (K x N), where A[k*lda + m] holds the weights for output
- * channel m and input channel k, and B / C are channel-major pixel rows. */
+ * channel m and input channel k, and B / C are channel-major pixel rows.
+ *
+ * Full column tiles: MR rows x 16 columns, vectors along the columns.
+ * The last N % 16 columns (7x7 maps, narrow bands) would waste most of such a tile, so they
+ * are computed the other way round: 16 rows x up to 4 columns, vectors along the rows
+ * (A's k-major layout makes 16 consecutive rows contiguous). */
 #include <string.h>
 
 #include "kernels.h"
 
-#define MR 4
+#define MR 6
 #define NR 16
+#define RR 16 /* rows of a remainder-column tile */
+#define RC 4  /* columns of a remainder-column tile */
 
 #if defined(__GNUC__)
 typedef float v8f __attribute__((vector_size(32)));
@@ -30,39 +37,24 @@ static inline void store_part(float *p, v8f v, int n)
     for (int i = 0; i < n; i++) p[i] = tmp[i];
 }
 
-static inline v8f load_cols(const float *p, int half, int n)
-{
-    int first = half * 8, count = n - first;
-    if (count >= 8) return load8(p + first);
-    return load_part(p + first, count > 0 ? count : 0);
-}
-
-static inline void store_cols(float *p, v8f v, int half, int n)
-{
-    int first = half * 8, count = n - first;
-    if (count >= 8) store8(p + first, v);
-    else if (count > 0) store_part(p + first, v, count);
-}
-
-/* One mr x n tile (mr <= MR, n <= NR); always inlined so constant mr / n unroll fully. */
+/* One mr x NR tile; always inlined so that a constant mr unrolls fully. */
 static inline __attribute__((always_inline)) void
-tile(int mr, int n, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
+tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
      int accumulate, const float *bias)
 {
     v8f acc[MR][2];
     for (int i = 0; i < mr; i++) {
         if (accumulate) {
-            acc[i][0] = load_cols(C + i * ldc, 0, n);
-            acc[i][1] = load_cols(C + i * ldc, 1, n);
+            acc[i][0] = load8(C + i * ldc);
+            acc[i][1] = load8(C + i * ldc + 8);
         } else {
-            float b = bias ? bias[i] : 0.0f;
-            acc[i][0] = acc[i][1] = splat8(b);
+            acc[i][0] = acc[i][1] = splat8(bias ? bias[i] : 0.0f);
         }
     }
     for (int k = 0; k < K; k++) {
         const float *b = B + k * ldb;
         const float *a = A + k * lda;
-        v8f b0 = load_cols(b, 0, n), b1 = load_cols(b, 1, n);
+        v8f b0 = load8(b), b1 = load8(b + 8);
         for (int i = 0; i < mr; i++) {
             v8f ai = splat8(a[i]);
             acc[i][0] += ai * b0;
@@ -70,34 +62,80 @@ tile(int mr, int n, int K, const float *A, long lda, const float *B, long ldb, f
         }
     }
     for (int i = 0; i < mr; i++) {
-        store_cols(C + i * ldc, acc[i][0], 0, n);
-        store_cols(C + i * ldc, acc[i][1], 1, n);
+        store8(C + i * ldc, acc[i][0]);
+        store8(C + i * ldc + 8, acc[i][1]);
     }
 }
 
-static void tile_rows(int mr, int n, int K, const float *A, long lda, const float *B, long ldb,
-                      float *C, long ldc, int accumulate, const float *bias)
+static void full_tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C,
+                      long ldc, int accumulate, const float *bias)
 {
-    if (n == NR) {
-        switch (mr) {
-        case 4: tile(4, NR, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-        case 3: tile(3, NR, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-        case 2: tile(2, NR, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-        default: tile(1, NR, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    switch (mr) {
+    case 6: tile(6, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    case 5: tile(5, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    case 4: tile(4, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    case 3: tile(3, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    case 2: tile(2, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    default: tile(1, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    }
+}
+
+static inline v8f load_rows(const float *p, int half, int rows)
+{
+    int count = rows - half * 8;
+    if (count >= 8) return load8(p + half * 8);
+    return load_part(p + half * 8, count > 0 ? count : 0);
+}
+
+/* rows (<= RR) x nc (<= RC) tile of C, vectors along the rows. */
+static inline __attribute__((always_inline)) void
+column_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb, float *C,
+            long ldc, int accumulate, const float *bias)
+{
+    v8f acc[RC][2];
+    float column[RR];
+    for (int c = 0; c < nc; c++) {
+        for (int i = 0; i < RR; i++)
+            column[i] = i < rows ? (accumulate ? C[i * ldc + c] : (bias ? bias[i] : 0.0f)) : 0.0f;
+        acc[c][0] = load8(column);
+        acc[c][1] = load8(column + 8);
+    }
+    for (int k = 0; k < K; k++) {
+        const float *a = A + k * lda;
+        const float *b = B + k * ldb;
+        v8f a0 = rows >= 8 ? load8(a) : load_part(a, rows);
+        v8f a1 = load_rows(a, 1, rows);
+        for (int c = 0; c < nc; c++) {
+            v8f bc = splat8(b[c]);
+            acc[c][0] += a0 * bc;
+            acc[c][1] += a1 * bc;
         }
     }
-    switch (mr) {
-    case 4: tile(4, n, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    case 3: tile(3, n, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    case 2: tile(2, n, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    default: tile(1, n, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    for (int c = 0; c < nc; c++) {
+        store8(column, acc[c][0]);
+        store8(column + 8, acc[c][1]);
+        for (int i = 0; i < rows; i++) C[i * ldc + c] = column[i];
     }
+}
+
+static void remainder_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb,
+                           float *C, long ldc, int accumulate, const float *bias)
+{
+    if (rows == RR) {
+        switch (nc) {
+        case 4: column_tile(RR, 4, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+        case 3: column_tile(RR, 3, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+        case 2: column_tile(RR, 2, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+        default: column_tile(RR, 1, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+        }
+    }
+    column_tile(rows, nc, K, A, lda, B, ldb, C, ldc, accumulate, bias);
 }
 
 #else /* portable scalar fallback */
 
-static void tile_rows(int mr, int n, int K, const float *A, long lda, const float *B, long ldb,
-                      float *C, long ldc, int accumulate, const float *bias)
+static void scalar_tile(int mr, int n, int K, const float *A, long lda, const float *B, long ldb,
+                        float *C, long ldc, int accumulate, const float *bias)
 {
     for (int i = 0; i < mr; i++) {
         for (int j = 0; j < n; j++) {
@@ -107,19 +145,58 @@ static void tile_rows(int mr, int n, int K, const float *A, long lda, const floa
         }
     }
 }
+
+static void full_tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C,
+                      long ldc, int accumulate, const float *bias)
+{
+    scalar_tile(mr, NR, K, A, lda, B, ldb, C, ldc, accumulate, bias);
+}
+
+static void remainder_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb,
+                           float *C, long ldc, int accumulate, const float *bias)
+{
+    scalar_tile(rows, nc, K, A, lda, B, ldb, C, ldc, accumulate, bias);
+}
 #endif
+
+/* Columns per block: the K x NC slice of B stays in cache while every row tile of A passes. */
+static int column_block(int K)
+{
+    int nc = (32 * 1024 / (K > 0 ? K : 1)) / NR * NR;
+    return nc < NR ? NR : nc;
+}
+
+static void activate_rows(float *c, long ldc, int rows, int n, const er_act *act)
+{
+    if (act && act->kind != ER_ACT_NONE)
+        for (int i = 0; i < rows; i++) er_apply_activation(c + i * ldc, n, act);
+}
 
 void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, long ldb,
                 float *C, long ldc, int accumulate, const float *bias, const er_act *act)
 {
-    for (int n0 = 0; n0 < N; n0 += NR) {
-        int n = N - n0 < NR ? N - n0 : NR;
+    int full = N / NR * NR;
+    int nc = column_block(K);
+    for (int j0 = 0; j0 < full; j0 += nc) {
+        int j1 = full - j0 < nc ? full : j0 + nc;
         for (int m0 = 0; m0 < M; m0 += MR) {
             int mr = M - m0 < MR ? M - m0 : MR;
+            const float *bias_m = bias ? bias + m0 : NULL;
+            for (int n0 = j0; n0 < j1; n0 += NR) {
+                float *c = C + m0 * ldc + n0;
+                full_tile(mr, K, A + m0, lda, B + n0, ldb, c, ldc, accumulate, bias_m);
+                activate_rows(c, ldc, mr, NR, act);
+            }
+        }
+    }
+    for (int n0 = full; n0 < N; n0 += RC) {
+        int cols = N - n0 < RC ? N - n0 : RC;
+        for (int m0 = 0; m0 < M; m0 += RR) {
+            int rows = M - m0 < RR ? M - m0 : RR;
             float *c = C + m0 * ldc + n0;
-            tile_rows(mr, n, K, A + m0, lda, B + n0, ldb, c, ldc, accumulate, bias ? bias + m0 : NULL);
-            if (act && act->kind != ER_ACT_NONE)
-                for (int i = 0; i < mr; i++) er_apply_activation(c + i * ldc, n, act);
+            remainder_tile(rows, cols, K, A + m0, lda, B + n0, ldb, c, ldc, accumulate,
+                           bias ? bias + m0 : NULL);
+            activate_rows(c, ldc, rows, cols, act);
         }
     }
 }
