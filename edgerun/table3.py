@@ -332,12 +332,12 @@ def true_peaks(model, backend: str = "native") -> list[PeakRow]:
     graph = layer_graph(model)
     layered = _compiled(graph, backend, disabled=BLOCK_FUSION_PASSES)
     fused = _compiled(graph, backend)
-    rows = [_peak_row("layer by layer (block fusion off)", layered, scheduler.schedule(layered.problem))]
     problem = fused.problem
     blocks = len(problem.block_steps())
     if blocks == 0:
-        return rows + [_peak_row("fused (no inverted-residual block found)", fused, scheduler.schedule(problem),
-                                 "the split does not apply: every schedule is layer by layer")]
+        return [_peak_row("layer by layer", layered, scheduler.schedule(layered.problem),
+                          "no inverted-residual block: the split does not apply, every schedule is this one")]
+    rows = [_peak_row("layer by layer (block fusion off)", layered, scheduler.schedule(layered.problem))]
     rows.append(_peak_row(f"fused blocks ({blocks}), t=1, whole", fused,
                           scheduler.schedule(problem, fixed=_whole_bands(problem, 1))))
     by_t = [(t, scheduler.schedule(problem, fixed=_whole_bands(problem, t))) for t in SPLIT_T_CHOICES]
@@ -351,7 +351,9 @@ def true_peaks(model, backend: str = "native") -> list[PeakRow]:
 def _peak_row(label: str, compiled, plan: scheduler.Plan, detail: str = "") -> PeakRow:
     dtypes = {name: compiled.graph.value_info[name].dtype for name in compiled.problem.buffers}
     problem16 = half_precision_problem(compiled.problem, dtypes)
-    return PeakRow(label, plan.peak_bytes, _fp16_peak(problem16, plan), detail)
+    fullest = max(plan.steps, key=lambda step: step.bytes)
+    where = f"fullest step (fp32): {fullest.name} ({fullest.kind}), {fullest.bytes:,} bytes live"
+    return PeakRow(label, plan.peak_bytes, _fp16_peak(problem16, plan), "; ".join(filter(None, [detail, where])))
 
 
 def format_peaks(peaks: dict[str, list[PeakRow]], backend: str) -> list[str]:
