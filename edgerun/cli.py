@@ -204,7 +204,7 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidInputError(f"--input {path}: not a readable image ({exc})") from None
 
 
@@ -240,7 +240,9 @@ def _check_against_model(path: Path, feeds: dict, sess) -> dict:
         if array.dtype != want:
             raise InvalidInputError(f"--input {path}: input {arg.name!r} must be {want.name}, "
                                     f"the file holds {array.dtype.name}")
-        expected = arg.shape or []
+        if arg.shape is None:
+            continue
+        expected = arg.shape
         mismatch = len(expected) != array.ndim or any(
             _is_static(d) and d != got for d, got in zip(expected, array.shape))
         if mismatch:

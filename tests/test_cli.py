@@ -155,6 +155,15 @@ def test_run_image_without_pillow_says_how_to_install_it(files, tmp_path):
     assert_one_line_error(result, 2, "--input", "pip install pillow")
 
 
+@pytest.mark.parametrize("name, content, fragment", [("junk.png", b"junk", "not a readable image"),
+                                                     ("missing.npy", None, "no such file"),
+                                                     ("data.txt", b"1 2 3", "unknown file type '.txt'")])
+def test_run_unusable_input_files_are_one_line_errors(files, tmp_path, name, content, fragment):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    assert_one_line_error(edgerun("run", files["tiny"], "--input", tmp_path / name), 2, name, fragment)
+
+
 def test_run_npy_of_the_wrong_shape_names_the_input(files, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((1, 3, 8, 8), np.float32))
     result = edgerun("run", files["tiny"], "--input", tmp_path / "bad.npy")
