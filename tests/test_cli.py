@@ -85,6 +85,17 @@ def test_run_prints_top_k_as_onnxruntime_ranks_them(files, tmp_path):
     assert "top-3 (softmax probabilities)" in result.stdout
 
 
+def test_top_k_softmaxes_logits_by_hand():
+    top = cli.top_k(np.array([0.0, np.log(3.0), -np.inf]), 2, ["a", "b", "c"])
+    assert [(e["label"], e["class"]) for e in top] == [("b", 1), ("a", 0)]
+    assert np.allclose([e["probability"] for e in top], [0.75, 0.25])
+
+
+def test_top_k_keeps_probabilities_as_they_are():
+    top = cli.top_k(np.array([0.1, 0.7, 0.2]), 3, None)
+    assert [(e["label"], e["probability"]) for e in top] == [("1", 0.7), ("2", 0.2), ("0", 0.1)]
+
+
 def test_run_reports_the_plans_peak_and_a_measured_peak_above_it(files):
     result = edgerun("run", files["tiny"], "--kernels", "numpy")
     assert result.returncode == 0, result.stderr
