@@ -260,13 +260,17 @@ def _write_bundle(path: Path, header: dict, tensors: _TensorTable, session) -> B
                          hashlib.sha256(header_bytes).digest())
     weights_offset = _align_up(PREFIX.size + len(header_bytes))
     temporary = path.with_name(path.name + ".partial")
-    with open(temporary, "wb") as out:
-        out.write(prefix)
-        out.write(header_bytes)
-        out.write(bytes(weights_offset - PREFIX.size - len(header_bytes)))
-        for chunk in tensors.chunks():
-            out.write(chunk)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as out:
+            out.write(prefix)
+            out.write(header_bytes)
+            out.write(bytes(weights_offset - PREFIX.size - len(header_bytes)))
+            for chunk in tensors.chunks():
+                out.write(chunk)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise InvalidOptionError(f"cannot write the bundle to {str(path)!r}: {exc.strerror or exc}") from None
     return BundleInfo(str(path), weights_offset + tensors.section_bytes, len(header_bytes), tensors.section_bytes,
                       session.plan.peak_bytes, session.memory_budget, session.backend, session.plan)
 

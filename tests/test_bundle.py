@@ -407,8 +407,45 @@ def test_any_truncation_or_flipped_byte_raises_bundle_error(cut, flip, tiny_bund
     with pytest.raises(BundleError):
         load(bad)
     bad.write_bytes(flip_byte(data, flip % len(data)))
-    if 12 <= flip % len(data) < 16 or 56 <= flip % len(data) < 64:
-        load(bad)   # flags and reserved bytes are ignored by design
+    if 10 <= flip % len(data) < 16 or 56 <= flip % len(data) < 64:
+        load(bad)   # the minor version, flags and reserved bytes may change by design
     else:
         with pytest.raises(BundleError):
             load(bad)
+
+
+# ---------------------------------------------------------------- options and files
+def test_skipping_weight_verification_is_explicit(tiny_bundle, tmp_path):
+    model, path, info = tiny_bundle
+    data, _, weights_offset, _ = read_parts(path)
+    entry = next(e for e in read_parts(path)[1]["tensors"] if e["name"] == "Bf")
+    bad = tmp_path / "bad.erb"
+    bad.write_bytes(flip_byte(data, weights_offset + entry["offset"] + 3))   # sign and exponent of Bf[0]
+    with pytest.raises(BundleError, match="weights checksum"):
+        load(bad)
+    session = load(bad, verify_weights=False)
+    x = np.ones(TINY_SHAPE, np.float32)
+    assert not np.allclose(session.run(None, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+def test_a_bundle_compiled_for_numpy_kernels_keeps_its_plan_under_numpy(tmp_path):
+    model = tiny_conv_net()
+    path = tmp_path / "numpy.erb"
+    info = compile_bundle(model.SerializeToString(), path, input_shapes={"x": TINY_SHAPE}, kernels_backend="numpy")
+    session = load(path, kernels_backend="numpy")
+    assert info.backend == "numpy" and not session.replanned and session.plan == info.plan
+    x = np.random.default_rng(9).standard_normal(TINY_SHAPE).astype(np.float32)
+    assert_close_to_ort(session.run(None, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+def test_missing_files_and_unwritable_outputs_are_clear_errors(tmp_path):
+    import edgerun
+    from edgerun import bundle
+
+    assert edgerun.load is bundle.load
+    with pytest.raises(BundleError, match="cannot read bundle"):
+        load(tmp_path / "absent.erb")
+    with pytest.raises(InvalidOptionError, match="cannot write the bundle"):
+        compile_bundle(tiny_conv_net().SerializeToString(), tmp_path / "no" / "dir.erb",
+                       input_shapes={"x": TINY_SHAPE})
+    assert list(tmp_path.iterdir()) == []
