@@ -41,6 +41,7 @@ class Config:
     estimated_seconds: float | None = None
     budget_bytes: int | None = None
     max_abs_diff: float | None = None   # against onnxruntime's output
+    calibrated_seconds: float | None = None  # the plan under this machine's calibrated cost model
     seconds: list = field(default_factory=list)
 
     @property
@@ -153,20 +154,44 @@ def configurations(model, threads: int, backends: list[str]) -> tuple[list[Confi
     ort_config, ort_session = onnxruntime_config(model_bytes(model), threads)
     configs = []
     feeds = None
+    calibrated = {}
     for backend in backends:
         fastest, fast_sess = edgerun_config(model, backend, "fastest", threads, None)
         smallest = minimum_budget(model, backend, threads)
-        minimal, min_sess = edgerun_config(model, backend, "memory-minimal", threads, smallest)
+        pairs = [(fastest, fast_sess)]
+        if smallest < fastest.planned_peak_bytes:
+            pairs.append(edgerun_config(model, backend, "memory-minimal", threads, smallest))
+        else:   # nothing to split: the fastest plan is already the smallest one
+            fastest.plan = "fastest = memory-minimal"
         if feeds is None:
             feeds = bench_input(fast_sess)
-        for config, sess in ((fastest, fast_sess), (minimal, min_sess)):
+        for config, sess in pairs:
             config.run = _edgerun_runner(sess, feeds)
+            config.calibrated_seconds = calibrated_estimate(sess, backend, calibrated)
             configs.append(config)
     ort_config.run = _onnxruntime_runner(ort_session, feeds)
     reference = ort_config.run()[0]
     for config in configs:
         config.max_abs_diff = float(np.max(np.abs(config.run()[0] - reference)))
     return [ort_config] + configs, feeds
+
+
+def calibrated_estimate(sess, backend: str, cache: dict) -> float | None:
+    """The plan's seconds under the cost model `edgerun calibrate` saved for this backend (None
+    when there is none): blocks by their geometry and chosen schedule, other steps by MACs."""
+    from edgerun.calibrate import load_calibrated
+    if backend not in cache:
+        cache[backend] = load_calibrated(backend)
+    model = cache[backend]
+    if model is None:
+        return None
+    plan = sess.plan
+    total = 0.0
+    for step in sess._last.problem.steps:
+        chosen = plan.step(step.name)
+        total += (model.block_seconds(step.block, chosen.schedule) if step.is_block
+                  else model.step_seconds(step.macs))
+    return total
 
 
 def _edgerun_runner(sess, feeds):
@@ -193,12 +218,12 @@ def time_interleaved(configs: list[Config], runs: int, warmup: int, label: str =
 
 def summary(model_label: str, configs: list[Config]) -> dict:
     ort_median = configs[0].median_seconds
-    fastest_median = {c.backend: c.median_seconds for c in configs if c.plan == "fastest"}
+    fastest_median = {c.backend: c.median_seconds for c in configs if c.plan.startswith("fastest")}
     rows = []
     for config in configs:
         median = config.median_seconds
         rows.append({
-            "config": config.name,
+            "config": config.name if config.backend == "onnxruntime" else f"edgerun {config.backend} {config.plan}",
             "backend": config.backend,
             "plan": config.plan,
             "median_ms": median * 1e3,
@@ -208,6 +233,7 @@ def summary(model_label: str, configs: list[Config]) -> dict:
             "planned_peak_bytes": config.planned_peak_bytes,
             "budget_bytes": config.budget_bytes,
             "estimated_ms": None if config.estimated_seconds is None else config.estimated_seconds * 1e3,
+            "calibrated_estimate_ms": None if config.calibrated_seconds is None else config.calibrated_seconds * 1e3,
             "max_abs_diff_vs_onnxruntime": config.max_abs_diff,
         })
     return {"model": model_label, "results": rows}
@@ -221,16 +247,17 @@ def format_machine(machine: dict) -> list[str]:
 
 
 def format_summary(result: dict) -> list[str]:
-    header = (f"{'configuration':<28} {'median ms':>10} {'x ORT':>7} {'x own fastest':>13} "
-              f"{'planned peak':>13} {'est ms':>8} {'max|diff|':>9}")
+    header = (f"{'configuration':<38} {'median ms':>10} {'x ORT':>7} {'x own fastest':>13} "
+              f"{'planned peak':>13} {'est ms':>8} {'cal est':>8} {'max|diff|':>9}")
     lines = [f"{result['model']}", header, "-" * len(header)]
     for row in result["results"]:
         own = "-" if row["vs_own_fastest"] is None else f"{row['vs_own_fastest']:.2f}"
         peak = "-" if row["planned_peak_bytes"] is None else f"{row['planned_peak_bytes']:,}"
         est = "-" if row["estimated_ms"] is None else f"{row['estimated_ms']:.1f}"
+        cal = "-" if row["calibrated_estimate_ms"] is None else f"{row['calibrated_estimate_ms']:.1f}"
         diff = "-" if row["max_abs_diff_vs_onnxruntime"] is None else f"{row['max_abs_diff_vs_onnxruntime']:.1e}"
-        lines.append(f"{row['config']:<28} {row['median_ms']:>10.2f} {row['vs_onnxruntime']:>7.2f} {own:>13} "
-                     f"{peak:>13} {est:>8} {diff:>9}")
+        lines.append(f"{row['config']:<38} {row['median_ms']:>10.2f} {row['vs_onnxruntime']:>7.2f} {own:>13} "
+                     f"{peak:>13} {est:>8} {cal:>8} {diff:>9}")
     return lines
 
 
@@ -287,4 +314,6 @@ def main(argv=None) -> int:
     else:
         print(f"\nload average {machine['load_average_1m_end']} at the end; medians of {args.runs} interleaved "
               "runs after warm-up; ratios are to onnxruntime in this run and to the same backend's fastest plan")
+        print("est ms: the plan's own estimate (the cost model the session planned with); cal est: the same plan "
+              "under this machine's `edgerun calibrate` fit, '-' when none is saved")
     return 0
