@@ -243,7 +243,9 @@ def summary(model_label: str, configs: list[Config]) -> dict:
 def format_machine(machine: dict) -> list[str]:
     return [f"machine: {machine['cpu']}, {machine['cores_usable']} usable core(s) of {machine['cpu_count']}, "
             f"load average {machine['load_average_1m']} at start; threads {machine['threads']}",
-            f"numpy {machine['numpy']} BLAS: {machine['numpy_blas']}"]
+            f"numpy {machine['numpy']} BLAS: {machine['numpy_blas']}",
+            "(--threads sets onnxruntime's intra-op threads and edgerun's native threads; numpy's BLAS calls "
+            "use the BLAS library's own thread count)"]
 
 
 def format_summary(result: dict) -> list[str]:
