@@ -659,6 +659,7 @@ class BundleSession:
         self.threads = _check_threads(threads)
         self.backend = kernels.backend() if kernels_backend is None else _checked_backend(kernels_backend)
         stored_plan = _plan_from_header(header, max_arena_bytes)
+        self.last_run = None
         self.replanned = self.backend != self.planned_backend
         if self.replanned:
             self._compiled = self._replanned(header, max_arena_bytes)
@@ -724,10 +725,33 @@ class BundleSession:
         return [f"edgerun-{self.backend}"]
 
     # ---- running
-    def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
+    def run(self, output_names, input_feed: dict, run_options=None, *, profile: bool = False) -> list[np.ndarray]:
+        """Outputs by name (None: all). profile=True also records `last_run` (session.RunStats)."""
         feeds = _checked_feeds(self.graph.inputs, input_feed)
         names = _checked_output_names(self.graph.output_names(), output_names)
-        outputs, _ = self._compiled.run(feeds, names)
+        if not profile:
+            outputs, _ = self._compiled.run(feeds, names)
+            return outputs
+        return self._run_measured(feeds, names)
+
+    def _run_measured(self, feeds, names) -> list[np.ndarray]:
+        """Measured peak = arena + tracemalloc peak above the baseline (docs/architecture.md)."""
+        import tracemalloc
+
+        from edgerun.session import RunStats
+
+        started_here = not tracemalloc.is_tracing()
+        if started_here:
+            tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            outputs, steps = self._compiled.run(feeds, names, profile=True)
+            escaped = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            if started_here:
+                tracemalloc.stop()
+        self.last_run = RunStats(self.arena_bytes, self.arena_bytes + escaped, escaped, steps)
         return outputs
 
 

@@ -449,3 +449,16 @@ def test_missing_files_and_unwritable_outputs_are_clear_errors(tmp_path):
         compile_bundle(tiny_conv_net().SerializeToString(), tmp_path / "no" / "dir.erb",
                        input_shapes={"x": TINY_SHAPE})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_profiled_run_reports_the_arena_and_every_step(mobilenet_bundle):
+    model, path, info = mobilenet_bundle
+    session = load(path)
+    x = np.random.default_rng(11).standard_normal(MOBILENET_SHAPE).astype(np.float32)
+    (plain,) = session.run(None, {"input": x})
+    (profiled,) = session.run(None, {"input": x}, profile=True)
+    np.testing.assert_array_equal(plain, profiled)
+    stats = session.last_run
+    assert stats.planned_peak_bytes == info.arena_bytes
+    assert stats.measured_peak_bytes == info.arena_bytes + stats.escaped_bytes
+    assert [s.name for s in stats.steps] == [s.name for s in info.plan.steps]
