@@ -462,3 +462,19 @@ def test_profiled_run_reports_the_arena_and_every_step(mobilenet_bundle):
     assert stats.planned_peak_bytes == info.arena_bytes
     assert stats.measured_peak_bytes == info.arena_bytes + stats.escaped_bytes
     assert [s.name for s in stats.steps] == [s.name for s in info.plan.steps]
+
+
+def test_mobilenet_bundle_on_the_other_kernel_backend_is_replanned_within_its_budget(mobilenet_bundle):
+    from edgerun import kernels
+
+    model, path, info = mobilenet_bundle
+    other = "numpy" if info.backend == "native" else "native"
+    if other == "native" and not kernels.native_available():
+        with pytest.raises(InvalidOptionError, match="cannot be imported"):
+            load(path, kernels_backend="native")
+        return
+    with pytest.warns(RuntimeWarning, match=f"planned for the {info.backend} kernels but the {other} kernels"):
+        session = load(path, kernels_backend=other)
+    assert session.replanned and session.arena_bytes <= MOBILENET_BUDGET
+    x = np.random.default_rng(12).standard_normal(MOBILENET_SHAPE).astype(np.float32)
+    assert_close_to_ort(session.run(None, {"input": x})[0], run_ort(model, {"input": x})[0])
