@@ -478,3 +478,24 @@ def test_mobilenet_bundle_on_the_other_kernel_backend_is_replanned_within_its_bu
     assert session.replanned and session.arena_bytes <= MOBILENET_BUDGET
     x = np.random.default_rng(12).standard_normal(MOBILENET_SHAPE).astype(np.float32)
     assert_close_to_ort(session.run(None, {"input": x})[0], run_ort(model, {"input": x})[0])
+
+
+def test_every_attribute_kind_round_trips_through_the_header():
+    from edgerun.bundle import _decode_attr, _encode_attr, _TensorTable
+    from edgerun.ir import Node
+
+    table = _TensorTable()
+    tensor = np.arange(6, dtype=np.int64).reshape(2, 3)
+    attrs = {"i": np.int64(7), "b": True, "f": np.float32(0.25), "inf": float("inf"), "s": "relu",
+             "ints": (1, 2, 3), "floats": [0.0, float("-inf"), 6.5], "strs": ["a", "b"], "t": tensor, "again": tensor}
+    node = Node("Op", ["x"], ["y"], attrs, name="n")
+    header = json.loads(json.dumps({k: _encode_attr(node, k, v, table) for k, v in attrs.items()}, allow_nan=False))
+    assert len(table.entries) == 1                     # one array shared by two attributes is stored once
+    weights = np.concatenate([np.frombuffer(bytes(c), np.uint8) for c in table.chunks()])
+    stored = [weights[e["offset"]:e["offset"] + e["nbytes"]].view(np.int64).reshape(e["shape"]) for e in table.entries]
+    decoded = {k: _decode_attr(v, stored, k) for k, v in header.items()}
+    assert decoded["i"] == 7 and decoded["b"] == 1 and decoded["f"] == 0.25 and decoded["inf"] == float("inf")
+    assert decoded["s"] == "relu" and decoded["ints"] == [1, 2, 3] and decoded["strs"] == ["a", "b"]
+    assert decoded["floats"] == [0.0, float("-inf"), 6.5]
+    np.testing.assert_array_equal(decoded["t"], tensor)
+    assert decoded["again"] is decoded["t"]
