@@ -7,14 +7,20 @@
 static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+#define MAX_FUSED_KERNEL 16
+
+/* Interior columns, all k*k taps in one pass: rows[ky] points at hidden row ky of the window
+ * (a row outside the input gets zero weights instead, so no test sits in the loop). */
 #define DEFINE_INTERIOR(K, S)                                                                  \
-    static void interior_k##K##_s##S(float *restrict acc, const float *restrict row,          \
+    static void interior_k##K##_s##S(float *restrict acc, const float *const *rows,           \
                                      const float *restrict w, int j0, int j1, int offset)     \
     {                                                                                          \
         for (int j = j0; j < j1; j++) {                                                        \
-            const float *r = row + j * (S) + offset;                                           \
             float s = acc[j];                                                                  \
-            for (int kx = 0; kx < (K); kx++) s += w[kx] * r[kx];                               \
+            for (int ky = 0; ky < (K); ky++) {                                                 \
+                const float *r = rows[ky] + j * (S) + offset;                                  \
+                for (int kx = 0; kx < (K); kx++) s += w[ky * (K) + kx] * r[kx];                \
+            }                                                                                  \
             acc[j] = s;                                                                        \
         }                                                                                      \
     }
@@ -24,25 +30,28 @@ DEFINE_INTERIOR(3, 2)
 DEFINE_INTERIOR(5, 1)
 DEFINE_INTERIOR(5, 2)
 
-static void interior_generic(float *restrict acc, const float *restrict row, const float *restrict w,
+static void interior_generic(float *restrict acc, const float *const *rows, const float *restrict w,
                              int j0, int j1, int offset, int k, int stride)
 {
     for (int j = j0; j < j1; j++) {
-        const float *r = row + j * stride + offset;
         float s = acc[j];
-        for (int kx = 0; kx < k; kx++) s += w[kx] * r[kx];
+        for (int ky = 0; ky < k; ky++) {
+            const float *r = rows[ky] + j * stride + offset;
+            for (int kx = 0; kx < k; kx++) s += w[ky * k + kx] * r[kx];
+        }
         acc[j] = s;
     }
 }
 
-static void interior(float *acc, const float *row, const float *w, int j0, int j1, int offset, int k,
-                     int stride)
+static void interior(float *acc, const float *const *rows, const float *w, int j0, int j1, int offset,
+                     int k, int stride)
 {
-    if (k == 3 && stride == 1) interior_k3_s1(acc, row, w, j0, j1, offset);
-    else if (k == 3 && stride == 2) interior_k3_s2(acc, row, w, j0, j1, offset);
-    else if (k == 5 && stride == 1) interior_k5_s1(acc, row, w, j0, j1, offset);
-    else if (k == 5 && stride == 2) interior_k5_s2(acc, row, w, j0, j1, offset);
-    else interior_generic(acc, row, w, j0, j1, offset, k, stride);
+    if (j0 >= j1) return;
+    if (k == 3 && stride == 1) interior_k3_s1(acc, rows, w, j0, j1, offset);
+    else if (k == 3 && stride == 2) interior_k3_s2(acc, rows, w, j0, j1, offset);
+    else if (k == 5 && stride == 1) interior_k5_s1(acc, rows, w, j0, j1, offset);
+    else if (k == 5 && stride == 2) interior_k5_s2(acc, rows, w, j0, j1, offset);
+    else interior_generic(acc, rows, w, j0, j1, offset, k, stride);
 }
 
 /* Border columns: only the taps that land inside [0, width). */
@@ -59,6 +68,21 @@ static void border(float *acc, const float *row, const float *w, int j0, int j1,
     }
 }
 
+/* Output row o: window rows and weights with the rows outside the input zeroed.
+ * Returns 0 when no window row lies inside the input. */
+static int window_rows(const float *src, int src_row0, int height, int width, const float *w, int k,
+                       int top, const float **rows, float *weights)
+{
+    int first = top < 0 ? 0 : top;
+    if (first >= height || top + k <= 0) return 0;
+    for (int ky = 0; ky < k; ky++) {
+        int r = top + ky, inside = r >= 0 && r < height;
+        rows[ky] = src + (long)((inside ? r : first) - src_row0) * width;
+        for (int kx = 0; kx < k; kx++) weights[ky * k + kx] = inside ? w[ky * k + kx] : 0.0f;
+    }
+    return 1;
+}
+
 void er_depthwise_rows(const float *src, int src_row0, int height, int width, const float *w, int k,
                        int stride, const int pads[4], float bias, const er_act *act, float *dst,
                        int o0, int o1, int out_width)
@@ -67,17 +91,22 @@ void er_depthwise_rows(const float *src, int src_row0, int height, int width, co
     /* interior columns j: j*stride - pad_left >= 0 and j*stride - pad_left + k <= width */
     int j_lo = clampi(er_ceil_div(pads[1], stride), 0, out_width);
     int j_hi = clampi(floor_div(width - k + pads[1], stride) + 1, j_lo, out_width);
+    const float *rows[MAX_FUSED_KERNEL];
+    float weights[MAX_FUSED_KERNEL * MAX_FUSED_KERNEL];
+    int fused = k <= MAX_FUSED_KERNEL;
+    if (!fused) j_lo = j_hi = 0; /* huge kernels: every column through the checked path */
     for (int o = o0; o < o1; o++) {
         float *d = dst + (long)(o - o0) * out_width;
+        int top = o * stride - pads[0];
         for (int j = 0; j < out_width; j++) d[j] = bias;
+        if (fused && window_rows(src, src_row0, height, width, w, k, top, rows, weights))
+            interior(d, rows, weights, j_lo, j_hi, offset, k, stride);
         for (int ky = 0; ky < k; ky++) {
-            int r = o * stride - pads[0] + ky;
+            int r = top + ky;
             if (r < 0 || r >= height) continue;
             const float *row = src + (long)(r - src_row0) * width;
-            const float *wr = w + ky * k;
-            border(d, row, wr, 0, j_lo, offset, k, stride, width);
-            interior(d, row, wr, j_lo, j_hi, offset, k, stride);
-            border(d, row, wr, j_hi, out_width, offset, k, stride, width);
+            border(d, row, w + ky * k, 0, j_lo, offset, k, stride, width);
+            border(d, row, w + ky * k, j_hi, out_width, offset, k, stride, width);
         }
         er_apply_activation(d, out_width, act);
     }

@@ -22,6 +22,25 @@ static inline v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return
 static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
 static inline v8f splat8(float s) { return (v8f){s, s, s, s, s, s, s, s}; }
 
+typedef int v8i __attribute__((vector_size(32)));
+static inline v8f select8(v8i mask, v8f a, v8f b) { return (v8f)((mask & (v8i)a) | (~mask & (v8i)b)); }
+
+/* ReLU and clip applied in registers; returns v unchanged for other kinds (done after the store). */
+static inline v8f activate8(v8f v, const er_act *act)
+{
+    if (!act) return v;
+    if (act->kind == ER_ACT_RELU) {
+        v8f zero = splat8(0.0f);
+        return select8(v > zero, v, zero);
+    }
+    if (act->kind == ER_ACT_CLIP) {
+        v8f lo = splat8(act->a), hi = splat8(act->b);
+        v = select8(v < lo, lo, v);
+        return select8(v > hi, hi, v);
+    }
+    return v;
+}
+
 /* The first n (0..8) floats of p, zero-padded. */
 static inline v8f load_part(const float *p, int n)
 {
@@ -40,7 +59,7 @@ static inline void store_part(float *p, v8f v, int n)
 /* One mr x NR tile; always inlined so that a constant mr unrolls fully. */
 static inline __attribute__((always_inline)) void
 tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
-     int accumulate, const float *bias)
+     int accumulate, const float *bias, const er_act *act)
 {
     v8f acc[MR][2];
     for (int i = 0; i < mr; i++) {
@@ -62,21 +81,21 @@ tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C
         }
     }
     for (int i = 0; i < mr; i++) {
-        store8(C + i * ldc, acc[i][0]);
-        store8(C + i * ldc + 8, acc[i][1]);
+        store8(C + i * ldc, activate8(acc[i][0], act));
+        store8(C + i * ldc + 8, activate8(acc[i][1], act));
     }
 }
 
 static void full_tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C,
-                      long ldc, int accumulate, const float *bias)
+                      long ldc, int accumulate, const float *bias, const er_act *act)
 {
     switch (mr) {
-    case 6: tile(6, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    case 5: tile(5, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    case 4: tile(4, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    case 3: tile(3, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    case 2: tile(2, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-    default: tile(1, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+    case 6: tile(6, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 5: tile(5, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 4: tile(4, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 3: tile(3, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 2: tile(2, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    default: tile(1, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
     }
 }
 
@@ -90,7 +109,7 @@ static inline v8f load_rows(const float *p, int half, int rows)
 /* rows (<= RR) x nc (<= RC) tile of C, vectors along the rows. */
 static inline __attribute__((always_inline)) void
 column_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb, float *C,
-            long ldc, int accumulate, const float *bias)
+            long ldc, int accumulate, const float *bias, const er_act *act)
 {
     v8f acc[RC][2];
     float column[RR];
@@ -112,24 +131,24 @@ column_tile(int rows, int nc, int K, const float *A, long lda, const float *B, l
         }
     }
     for (int c = 0; c < nc; c++) {
-        store8(column, acc[c][0]);
-        store8(column + 8, acc[c][1]);
+        store8(column, activate8(acc[c][0], act));
+        store8(column + 8, activate8(acc[c][1], act));
         for (int i = 0; i < rows; i++) C[i * ldc + c] = column[i];
     }
 }
 
 static void remainder_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb,
-                           float *C, long ldc, int accumulate, const float *bias)
+                           float *C, long ldc, int accumulate, const float *bias, const er_act *act)
 {
     if (rows == RR) {
         switch (nc) {
-        case 4: column_tile(RR, 4, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-        case 3: column_tile(RR, 3, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-        case 2: column_tile(RR, 2, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
-        default: column_tile(RR, 1, K, A, lda, B, ldb, C, ldc, accumulate, bias); return;
+        case 4: column_tile(RR, 4, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+        case 3: column_tile(RR, 3, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+        case 2: column_tile(RR, 2, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+        default: column_tile(RR, 1, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
         }
     }
-    column_tile(rows, nc, K, A, lda, B, ldb, C, ldc, accumulate, bias);
+    column_tile(rows, nc, K, A, lda, B, ldb, C, ldc, accumulate, bias, act);
 }
 
 #else /* portable scalar fallback */
@@ -147,14 +166,16 @@ static void scalar_tile(int mr, int n, int K, const float *A, long lda, const fl
 }
 
 static void full_tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C,
-                      long ldc, int accumulate, const float *bias)
+                      long ldc, int accumulate, const float *bias, const er_act *act)
 {
+    (void)act;
     scalar_tile(mr, NR, K, A, lda, B, ldb, C, ldc, accumulate, bias);
 }
 
 static void remainder_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb,
-                           float *C, long ldc, int accumulate, const float *bias)
+                           float *C, long ldc, int accumulate, const float *bias, const er_act *act)
 {
+    (void)act;
     scalar_tile(rows, nc, K, A, lda, B, ldb, C, ldc, accumulate, bias);
 }
 #endif
@@ -166,10 +187,21 @@ static int column_block(int K)
     return nc < NR ? NR : nc;
 }
 
+static int activation_in_registers(const er_act *act)
+{
+#if defined(__GNUC__)
+    return act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP;
+#else
+    (void)act;
+    return 0;
+#endif
+}
+
+/* Activations the tiles did not apply in registers. */
 static void activate_rows(float *c, long ldc, int rows, int n, const er_act *act)
 {
-    if (act && act->kind != ER_ACT_NONE)
-        for (int i = 0; i < rows; i++) er_apply_activation(c + i * ldc, n, act);
+    if (!act || act->kind == ER_ACT_NONE || activation_in_registers(act)) return;
+    for (int i = 0; i < rows; i++) er_apply_activation(c + i * ldc, n, act);
 }
 
 void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, long ldb,
@@ -184,7 +216,7 @@ void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, l
             const float *bias_m = bias ? bias + m0 : NULL;
             for (int n0 = j0; n0 < j1; n0 += NR) {
                 float *c = C + m0 * ldc + n0;
-                full_tile(mr, K, A + m0, lda, B + n0, ldb, c, ldc, accumulate, bias_m);
+                full_tile(mr, K, A + m0, lda, B + n0, ldb, c, ldc, accumulate, bias_m, act);
                 activate_rows(c, ldc, mr, NR, act);
             }
         }
@@ -195,7 +227,7 @@ void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, l
             int rows = M - m0 < RR ? M - m0 : RR;
             float *c = C + m0 * ldc + n0;
             remainder_tile(rows, cols, K, A + m0, lda, B + n0, ldb, c, ldc, accumulate,
-                           bias ? bias + m0 : NULL);
+                           bias ? bias + m0 : NULL, act);
             activate_rows(c, ldc, rows, cols, act);
         }
     }
