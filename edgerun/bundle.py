@@ -453,7 +453,8 @@ def _graph_from_header(data, tensors: list[np.ndarray]) -> Graph:
     graph = Graph(
         nodes=[_node_from_header(n, tensors, f"{where}.nodes[{i}]")
                for i, n in enumerate(_field(data, "nodes", list, where))],
-        inputs=[_value_from_header(v, f"{where}.inputs[{i}]") for i, v in enumerate(_field(data, "inputs", list, where))],
+        inputs=[_value_from_header(v, f"{where}.inputs[{i}]")
+                for i, v in enumerate(_field(data, "inputs", list, where))],
         outputs=[_value_from_header(v, f"{where}.outputs[{i}]")
                  for i, v in enumerate(_field(data, "outputs", list, where))],
         initializers={str(k): _tensor_ref(v, tensors, f"{where}.initializers[{k!r}]") for k, v in initializers.items()},

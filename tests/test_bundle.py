@@ -7,7 +7,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import onnx
