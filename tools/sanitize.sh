@@ -40,5 +40,5 @@ LD_PRELOAD="$PRELOAD" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 PYTHONPATH="$WORK" EDGERUN_KERNELS=native PYTHONDONTWRITEBYTECODE=1 \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_native_block.py tests/test_kernels_block.py "$@"
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_native_block.py tests/test_native_backend.py tests/test_kernels_block.py "$@"
 echo "== sanitizers: clean"
