@@ -118,7 +118,7 @@ def other_step_samples(sess, repeats: int) -> list[tuple[int, float]]:
     from edgerun.cli import batch_one_shapes
     feeds = {name: np.random.default_rng(WEIGHT_SEED).standard_normal(shape).astype(np.float32)
              for name, shape in batch_one_shapes(sess).items()}
-    problem = sess._last.problem
+    problem = sess.compiled.problem
     macs = {s.name: s.macs for s in problem.steps if not s.is_block}
     seconds: dict[str, list[float]] = {name: [] for name in macs}
     sess.run(None, feeds)

@@ -135,7 +135,7 @@ def open_session(args, compile_now: bool = True):
     model, label = resolve_model(args.model)
     sess = InferenceSession(model, memory_budget=budget, threads=getattr(args, "threads", None),
                             kernels_backend=getattr(args, "kernels", None))
-    if compile_now and getattr(sess, "_last", None) is None:
+    if compile_now and sess.compiled is None:
         sess.prepare(batch_one_shapes(sess))
     return sess, label, budget
 

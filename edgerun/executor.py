@@ -39,7 +39,8 @@ class StepProfile:
     name: str
     kind: str
     seconds: float
-    extra_bytes: int               # tracemalloc peak above the arena during the step
+    extra_bytes: int               # allocated outside the arena during the step (tracemalloc peak)
+    run_bytes: int                 # the same peak, counted from the start of run()
 
 
 def block_geometry(node: Node, graph: Graph) -> BlockGeometry:
@@ -63,12 +64,20 @@ def _nbytes(info) -> int:
     return int(np.prod(info.shape, dtype=np.int64)) * np.dtype(info.dtype).itemsize
 
 
-def _node_macs(node: Node, graph: Graph) -> int:
-    out = graph.value_info[node.outputs[0]]
-    if node.op_type == "FusedConv":
-        w = graph.value_info[node.inputs[1]].shape
-        return int(np.prod(out.shape)) * int(np.prod(w[1:]))
-    return int(np.prod(out.shape)) if out.shape is not None else 0
+def node_macs(node: Node, graph: Graph) -> int:
+    """Multiply-adds of a non-block step: convolutions and matrix products from their weight shapes,
+    other ops one per output element."""
+    out = graph.value_info[node.outputs[0]].shape
+    if out is None:
+        return 0
+    out_elements = int(np.prod(out, dtype=np.int64))
+    if node.op_type in ("Conv", "FusedConv") and len(node.inputs) > 1:
+        return out_elements * int(np.prod(graph.value_info[node.inputs[1]].shape[1:], dtype=np.int64))
+    if node.op_type in ("Gemm", "MatMul") and len(node.inputs) > 1:
+        a = graph.value_info[node.inputs[0]].shape
+        transposed = node.op_type == "Gemm" and node.attrs.get("transA", 0)
+        return out_elements * int(a[-2] if transposed and len(a) >= 2 else a[-1])
+    return out_elements
 
 
 class CompiledModel:
@@ -130,7 +139,7 @@ class CompiledModel:
                 name=node.name, kind=node.op_type,
                 reads=[i for i in node.inputs if i in self.activations],
                 writes=[o for o in node.outputs if o in self.activations],
-                macs=_node_macs(node, self.graph), scratch=self._step_scratch(step), block=step.geometry))
+                macs=node_macs(node, self.graph), scratch=self._step_scratch(step), block=step.geometry))
         outputs = [o for o in self.graph.output_names() if o in self.activations]
         return scheduler.Problem(buffers=dict(self.activations), steps=sched_steps, outputs=outputs,
                                  backend=self.backend)
@@ -170,25 +179,28 @@ class CompiledModel:
         return self._step_scratch(step) or {}
 
     # ---- running
-    def run(self, feeds: dict[str, np.ndarray], output_names: list[str], profile: bool = False):
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str], profile: bool = False,
+            trace_base: int = 0):
+        """Outputs (copied out of the arena) and, when profiling under tracemalloc, one StepProfile a step."""
         env = dict(self.constants)
         env.update(self.views)
         env.update(feeds)
         profiles = []
         for step in self.steps:
             if profile:
-                profiles.append(self._run_profiled(step, env))
+                profiles.append(self._run_profiled(step, env, trace_base))
             else:
                 self._run_step(step, env)
         return [np.array(env[name], copy=True) for name in output_names], profiles
 
-    def _run_profiled(self, step: ExecStep, env) -> StepProfile:
+    def _run_profiled(self, step: ExecStep, env, trace_base: int) -> StepProfile:
+        start = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
         t0 = time.perf_counter()
         self._run_step(step, env)
         seconds = time.perf_counter() - t0
-        return StepProfile(step.node.name, step.node.op_type, seconds, tracemalloc.get_traced_memory()[1] - base)
+        peak = tracemalloc.get_traced_memory()[1]
+        return StepProfile(step.node.name, step.node.op_type, seconds, peak - start, peak - trace_base)
 
     def _run_step(self, step: ExecStep, env) -> None:
         node = step.node

@@ -40,7 +40,7 @@ class PlotUnavailableError(EdgerunError):
 # ---------------------------------------------------------------- the compiled model behind a session
 def compiled_model(sess):
     """The executor's CompiledModel of the session's most recent input shape."""
-    compiled = getattr(sess, "_last", None)
+    compiled = sess.compiled
     if compiled is None:
         raise InvalidInputError("the session has no compiled plan yet: run it once or call prepare(input_shapes)")
     return compiled
@@ -59,26 +59,6 @@ def _activation_inputs(node, constants) -> list[str]:
     return [name for name in node.inputs if name and name not in constants]
 
 
-def node_macs(node, graph, fallback: int) -> int:
-    """Multiply-adds of a non-block step: convolutions and matrix products counted from their
-    weight shapes; other ops keep the executor's count (one per output element)."""
-    out = _shape(graph, node.outputs[0])
-    if out is None:
-        return fallback
-    out_elements = int(np.prod(out, dtype=np.int64))
-    if node.op_type in ("Conv", "FusedConv") and len(node.inputs) > 1:
-        weight = _shape(graph, node.inputs[1])
-        return out_elements * int(np.prod(weight[1:], dtype=np.int64)) if weight else fallback
-    if node.op_type in ("Gemm", "MatMul") and len(node.inputs) > 1:
-        a = _shape(graph, node.inputs[0])
-        if not a:
-            return fallback
-        transposed = node.op_type == "Gemm" and node.attrs.get("transA", 0)
-        inner = a[-2] if transposed and len(a) >= 2 else a[-1]
-        return out_elements * int(inner)
-    return fallback
-
-
 def _block_macs(exec_step, step_plan, batch: int) -> int:
     from scheduler.blocks import BlockSchedule, block_macs
     return batch * block_macs(exec_step.geometry, BlockSchedule(step_plan.t, step_plan.band_rows))
@@ -88,7 +68,7 @@ def _step_macs(exec_step, problem_step, step_plan, graph) -> int:
     if exec_step.geometry is not None:
         batch = _shape(graph, exec_step.node.inputs[0])[0]
         return _block_macs(exec_step, step_plan, batch)
-    return node_macs(exec_step.node, graph, problem_step.macs)
+    return problem_step.macs
 
 
 # ---------------------------------------------------------------- rows from the plan alone
@@ -150,16 +130,9 @@ def process_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def run_escaped_bytes(run_stats) -> int:
-    """The largest escape from the arena in one profiled run: the run's own figure or any step's.
-    (A step's figure can be the larger one: per-step peaks are reset step by step.)"""
-    step_escape = max((p.extra_bytes for p in run_stats.steps), default=0)
-    return max(run_stats.escaped_bytes, step_escape, 0)
-
-
 def measured_peak_bytes(run_stats) -> int:
-    """Planned peak (the arena) plus the largest escape of one profiled run."""
-    return run_stats.planned_peak_bytes + run_escaped_bytes(run_stats)
+    """Planned peak (the arena) plus the largest escape from it during one profiled run."""
+    return run_stats.measured_peak_bytes
 
 
 def totals(sess, rows: list[dict], runs: list) -> dict:

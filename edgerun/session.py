@@ -84,6 +84,11 @@ class InferenceSession:
         return self._last.plan
 
     @property
+    def compiled(self) -> CompiledModel | None:
+        """The executor's compiled model (graph, problem, plan, arena) of the latest input shape."""
+        return self._last
+
+    @property
     def graph(self):
         """The optimised graph of the most recently compiled input shape."""
         return None if self._last is None else self._last.graph
@@ -111,8 +116,9 @@ class InferenceSession:
         try:
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]
-            outputs, steps = compiled.run(feeds, names, profile=True)
-            escaped = tracemalloc.get_traced_memory()[1] - base
+            outputs, steps = compiled.run(feeds, names, profile=True, trace_base=base)
+            # the executor resets the peak at every step, so the run's peak is the largest step's
+            escaped = max([s.run_bytes for s in steps] + [tracemalloc.get_traced_memory()[1] - base])
         finally:
             if started_here:
                 tracemalloc.stop()

@@ -125,7 +125,7 @@ def test_every_measured_row_is_planned_plus_escaped(tiny_report):
 # ---------------------------------------------------------------- measurements from made-up runs
 def _fake_run(escaped, step_values):
     return RunStats(planned_peak_bytes=1000, measured_peak_bytes=1000 + escaped, escaped_bytes=escaped,
-                    steps=[StepProfile(name, "Conv", seconds, extra) for name, seconds, extra in step_values])
+                    steps=[StepProfile(name, "Conv", seconds, extra, extra) for name, seconds, extra in step_values])
 
 
 def test_seconds_are_medians_and_escapes_are_maxima():
@@ -154,10 +154,12 @@ def test_measured_peak_takes_the_largest_escape_of_runs_and_steps(tiny_session):
     assert totals["measured_peak_bytes"] == tiny_session.plan.peak_bytes + 250
 
 
-def test_measured_peak_of_one_run_is_the_arena_plus_its_largest_escape():
-    assert profiler.measured_peak_bytes(_fake_run(10, [("a", 0.1, 40), ("b", 0.1, 25)])) == 1000 + 40
-    assert profiler.measured_peak_bytes(_fake_run(50, [("a", 0.1, 40)])) == 1000 + 50
-    assert profiler.measured_peak_bytes(_fake_run(0, [])) == 1000
+def test_a_real_run_counts_every_step_escape_in_its_measured_peak(tiny_session):
+    tiny_session.run(None, feeds_for(tiny_session), profile=True)
+    stats = tiny_session.last_run
+    assert stats.escaped_bytes >= max(p.run_bytes for p in stats.steps)
+    assert all(p.run_bytes >= p.extra_bytes >= 0 for p in stats.steps)
+    assert profiler.measured_peak_bytes(stats) == stats.planned_peak_bytes + stats.escaped_bytes
 
 
 def test_profile_runs_rejects_a_bad_count(tiny_session):
