@@ -6,6 +6,8 @@ temporary is ever allocated.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from scheduler.blocks import band_ranges, chunk_ranges, hidden_rows_for, input_rows_for
@@ -47,7 +49,7 @@ def _initialise_output(x, out, weights, geom) -> None:
 
 def _view(buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """A reshaped view of the leading part of a flat scratch buffer."""
-    return buffer[: int(np.prod(shape))].reshape(shape)
+    return buffer[: math.prod(shape)].reshape(shape)
 
 
 def _reshape_in_place(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
