@@ -696,16 +696,15 @@ class BundleSession:
     def _replanned(self, header: dict, max_arena_bytes: int):
         """The plan's scratch sizes belong to the planning backend: plan again, same budget."""
         from edgerun.executor import CompiledModel
+        from scheduler.planner import PLANNERS
 
         planner = header.get("planner", "greedy")
         max_t = header.get("max_t", 5)
-        from scheduler.planner import PLANNERS
-
-        _require(planner in PLANNERS, f"header.planner: unknown planner {planner!r}")
+        _require(isinstance(planner, str) and planner in PLANNERS, f"header.planner: unknown planner {planner!r}")
         _require(isinstance(max_t, int) and not isinstance(max_t, bool) and 1 <= max_t <= 1024,
                  f"header.max_t: expected an int in 1..1024, got {max_t!r}")
         warnings.warn(f"bundle was planned for the {self.planned_backend} kernels but the {self.backend} kernels "
-                      f"run here: re-planning the arena with the same budget", RuntimeWarning, stacklevel=3)
+                      f"run here: re-planning the arena with the same budget", RuntimeWarning, stacklevel=4)
         budget = self.memory_budget if self.memory_budget is not None else max_arena_bytes
         try:
             return CompiledModel(self.graph, budget=budget, backend=self.backend, planner=planner, max_t=max_t,
