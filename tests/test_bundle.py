@@ -508,3 +508,18 @@ def test_every_attribute_kind_round_trips_through_the_header():
     assert decoded["floats"] == [0.0, float("-inf"), 6.5]
     np.testing.assert_array_equal(decoded["t"], tensor)
     assert decoded["again"] is decoded["t"]
+
+
+def test_pretrained_mobilenet_bundle_classifies_the_sample_photo_like_onnxruntime(tmp_path):
+    from edgerun.zoo.images import preprocess_imagenet, sample_image
+    from edgerun.zoo.mobilenet_v2 import mobilenet_v2
+
+    model = mobilenet_v2(pretrained=True, batch=1)
+    path = tmp_path / "pretrained.erb"
+    info = compile_bundle(model.SerializeToString(), path, memory_budget="2MB")
+    assert info.arena_bytes <= 2_000_000
+    x = preprocess_imagenet(sample_image())
+    (logits,) = load(path).run(None, {"input": x})
+    (expected,) = run_ort(model, {"input": x})
+    assert_close_to_ort(logits, expected)
+    assert list(np.argsort(logits[0])[::-1][:5]) == list(np.argsort(expected[0])[::-1][:5])
