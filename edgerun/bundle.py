@@ -27,6 +27,8 @@ import numpy as np
 from edgerun.errors import (BundleError, EdgerunError, InvalidInputError, InvalidModelError, InvalidOptionError,
                             MemoryBudgetError)
 from edgerun.ir import Graph, Node, TensorInfo, ValueInfo
+from edgerun.session import (checked_backend, checked_feeds, checked_output_names, checked_threads, node_arg,
+                             run_measured)
 
 MAGIC = b"\x89EDGERUN"
 FORMAT_MAJOR = 1
@@ -599,45 +601,6 @@ def _plan_from_header(header: dict, max_arena_bytes: int):
     return plan
 
 
-def _executed_node_names(graph: Graph) -> list[str]:
-    """Nodes the executor runs: those with an output that is not a known constant."""
-    constants = set(graph.initializers) | {n for n, info in graph.value_info.items() if info.value is not None}
-    return [n.name for n in graph.nodes if any(o and o not in constants for o in n.outputs)]
-
-
-def _check_plan_fits(problem, plan) -> None:
-    """Every buffer and scratch range the executor binds lies inside the arena, the plan's steps are the
-    graph's steps, and no two ranges alive at the same step overlap."""
-    from scheduler.blocks import BlockSchedule
-
-    _require([s.name for s in problem.steps] == [s.name for s in plan.steps],
-             "plan steps do not match the graph's steps")
-    missing = sorted(set(problem.buffers) - set(plan.offsets))
-    _require(not missing, f"plan has no arena offset for buffer(s) {missing[:5]}")
-    for index, (step, step_plan) in enumerate(zip(problem.steps, plan.steps)):
-        if step.is_block:
-            _require(1 <= step_plan.t <= step.block.hidden_channels
-                     and 1 <= step_plan.band_rows <= step.block.out_height,
-                     f"plan step {step.name!r}: t={step_plan.t}, band_rows={step_plan.band_rows} do not fit the block")
-        schedule = BlockSchedule(step_plan.t, step_plan.band_rows) if step.is_block else None
-        scratch = step.scratch_for(schedule, problem.backend)
-        missing = sorted(set(scratch) - set(step_plan.scratch_offsets))
-        _require(not missing, f"plan step {step.name!r} has no offset for scratch {missing}")
-        ranges = [(plan.offsets[b], problem.buffers[b], b) for b in problem.alive_at(index)]
-        ranges += [(step_plan.scratch_offsets[k], size, f"{step.name}:{k}") for k, size in scratch.items()]
-        _check_ranges(ranges, plan.peak_bytes, step.name)
-
-
-def _check_ranges(ranges, arena: int, step_name: str) -> None:
-    previous_end, previous_name = 0, None
-    for start, size, name in sorted(ranges):
-        _require(start + size <= arena, f"{name!r} [{start}, {start + size}) lies beyond the {arena}-byte arena")
-        _require(size == 0 or start >= previous_end,
-                 f"at step {step_name!r}, {name!r} overlaps {previous_name!r} in the arena")
-        if size:
-            previous_end, previous_name = max(previous_end, start + size), name
-
-
 # =====================================================================================
 # Running
 # =====================================================================================
@@ -648,7 +611,6 @@ class BundleSession:
     def __init__(self, raw: _RawBundle, *, threads=None, kernels_backend=None,
                  max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES):
         from edgerun import kernels
-        from edgerun.session import _check_threads
 
         header = raw.header
         self.file_bytes = raw.file_bytes
@@ -657,8 +619,8 @@ class BundleSession:
         self.planned_backend = _field(header, "backend", str, "header")
         _require(self.planned_backend in kernels.BACKENDS, f"header.backend: unknown backend {self.planned_backend!r}")
         self.memory_budget = header.get("memory_budget")
-        self.threads = _check_threads(threads)
-        self.backend = kernels.backend() if kernels_backend is None else _checked_backend(kernels_backend)
+        self.threads = checked_threads(threads)
+        self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
         stored_plan = _plan_from_header(header, max_arena_bytes)
         self.last_run = None
         self.replanned = self.backend != self.planned_backend
@@ -682,15 +644,12 @@ class BundleSession:
     def _with_stored_plan(self, plan):
         from edgerun.executor import CompiledModel
 
-        _require([s.name for s in plan.steps] == _executed_node_names(self.graph),
-                 "plan steps do not match the graph's nodes")
         try:
             compiled = CompiledModel(self.graph, budget=None, backend=self.backend, threads=self.threads, plan=plan)
         except EdgerunError as exc:
             raise BundleError(f"bundle graph cannot be prepared: {exc}") from None
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise BundleError(f"malformed bundle: the graph and plan are inconsistent: {exc!r}") from None
-        _check_plan_fits(compiled.problem, plan)
         return compiled
 
     def _replanned(self, header: dict, max_arena_bytes: int):
@@ -716,10 +675,10 @@ class BundleSession:
 
     # ---- onnxruntime-style introspection
     def get_inputs(self):
-        return [_node_arg(v) for v in self.graph.inputs]
+        return [node_arg(v) for v in self.graph.inputs]
 
     def get_outputs(self):
-        return [_node_arg(v) for v in self.graph.outputs]
+        return [node_arg(v) for v in self.graph.outputs]
 
     def get_providers(self) -> list[str]:
         return [f"edgerun-{self.backend}"]
@@ -727,72 +686,14 @@ class BundleSession:
     # ---- running
     def run(self, output_names, input_feed: dict, run_options=None, *, profile: bool = False) -> list[np.ndarray]:
         """Outputs by name (None: all). profile=True also records `last_run` (session.RunStats)."""
-        feeds = _checked_feeds(self.graph.inputs, input_feed)
-        names = _checked_output_names(self.graph.output_names(), output_names)
+        feeds = checked_feeds(self.graph.inputs, input_feed)
+        names = checked_output_names(self.graph.output_names(), output_names)
         if not profile:
             outputs, _ = self._compiled.run(feeds, names)
             return outputs
-        return self._run_measured(feeds, names)
-
-    def _run_measured(self, feeds, names) -> list[np.ndarray]:
-        """Measured peak = arena + tracemalloc peak above the baseline (docs/architecture.md)."""
-        import tracemalloc
-
-        from edgerun.session import RunStats
-
-        started_here = not tracemalloc.is_tracing()
-        if started_here:
-            tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            outputs, steps = self._compiled.run(feeds, names, profile=True)
-            escaped = tracemalloc.get_traced_memory()[1] - base
-        finally:
-            if started_here:
-                tracemalloc.stop()
-        self.last_run = RunStats(self.arena_bytes, self.arena_bytes + escaped, escaped, steps)
+        outputs, self.last_run = run_measured(self._compiled, feeds, names)
         return outputs
 
-
-def _checked_backend(name) -> str:
-    from edgerun import kernels
-
-    if name not in kernels.BACKENDS:
-        raise InvalidOptionError(f"kernels_backend must be one of {kernels.BACKENDS}, got {name!r}")
-    if name == "native" and not kernels.native_available():
-        raise InvalidOptionError("kernels_backend='native' but the C extension edgerun.kernels._native "
-                                 "cannot be imported here")
-    return name
-
-
-def _node_arg(value: ValueInfo):
-    from edgerun.session import _ONNX_TYPE_NAMES, NodeArg
-    return NodeArg(value.name, list(value.shape), _ONNX_TYPE_NAMES.get(np.dtype(value.dtype), str(value.dtype)))
-
-
-def _checked_feeds(inputs: list[ValueInfo], input_feed) -> dict[str, np.ndarray]:
-    from edgerun.session import _checked_array
-
-    if not isinstance(input_feed, dict):
-        raise InvalidInputError(f"input_feed must be a dict of input name -> array, not {type(input_feed).__name__}")
-    expected = {v.name: v for v in inputs}
-    unknown = sorted(set(input_feed) - set(expected))
-    if unknown:
-        raise InvalidInputError(f"unknown input name(s) {unknown}; the bundle's inputs are {sorted(expected)}")
-    missing = sorted(set(expected) - set(input_feed))
-    if missing:
-        raise InvalidInputError(f"missing input(s) {missing}; the bundle's inputs are {sorted(expected)}")
-    return {name: _checked_array(expected[name], value) for name, value in input_feed.items()}
-
-
-def _checked_output_names(all_names: list[str], output_names) -> list[str]:
-    if output_names is None:
-        return list(all_names)
-    unknown = [n for n in output_names if n not in all_names]
-    if unknown:
-        raise InvalidInputError(f"unknown output name(s) {unknown}; the bundle's outputs are {all_names}")
-    return list(output_names)
 
 
 def load(path, *, threads=None, kernels_backend=None, verify_weights: bool = True,

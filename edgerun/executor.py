@@ -105,6 +105,8 @@ class CompiledModel:
         self.activations = self._activation_buffers()
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
         self.problem = self._problem()
+        if plan is not None:
+            self._verify(plan)
         self.plan = plan if plan is not None else self._schedule(budget, planner, fixed or {}, max_t, cost_model)
         self.arena, self.views = self._bind_arena()
         _import_kernel_modules(backend)
@@ -163,6 +165,13 @@ class CompiledModel:
                 f"no schedule fits the memory budget of {budget} bytes: the smallest peak edgerun can reach for "
                 f"this model and input shape is {exc.minimum_bytes} bytes, set by step {exc.limiting_step!r}",
                 minimum_bytes=exc.minimum_bytes, limiting_step=exc.limiting_step) from None
+
+    def _verify(self, plan: scheduler.Plan) -> None:
+        """A plan from outside (e.g. a bundle) must place every buffer and scratch inside the arena, apart."""
+        try:
+            scheduler.verify_plan(self.problem, plan)
+        except (scheduler.SchedulerError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidModelError(f"the given plan does not fit this graph: {exc}") from None
 
     # ---- binding buffers to the arena
     def _bind_arena(self):

@@ -50,8 +50,8 @@ class InferenceSession:
 
         self._graph = load_model(model)
         self.memory_budget = parse_bytes(memory_budget)
-        self.threads = _check_threads(threads)
-        self.backend = kernels.backend() if kernels_backend is None else _check_backend(kernels_backend)
+        self.threads = checked_threads(threads)
+        self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
         self.planner = planner
         self.max_t = max_t
         self.optimize_graph = optimize_graph
@@ -65,12 +65,10 @@ class InferenceSession:
 
     # ---- onnxruntime-style introspection
     def get_inputs(self) -> list[NodeArg]:
-        return [NodeArg(v.name, list(v.shape) if v.shape is not None else None,
-                        _ONNX_TYPE_NAMES.get(np.dtype(v.dtype), str(v.dtype))) for v in self._graph.inputs]
+        return [node_arg(v) for v in self._graph.inputs]
 
     def get_outputs(self) -> list[NodeArg]:
-        return [NodeArg(v.name, list(v.shape) if v.shape is not None else None,
-                        _ONNX_TYPE_NAMES.get(np.dtype(v.dtype), str(v.dtype))) for v in self._graph.outputs]
+        return [node_arg(v) for v in self._graph.outputs]
 
     def get_providers(self) -> list[str]:
         return [f"edgerun-{self.backend}"]
@@ -107,23 +105,7 @@ class InferenceSession:
         if not profile:
             outputs, _ = compiled.run(feeds, names)
             return outputs
-        return self._run_measured(compiled, feeds, names)
-
-    def _run_measured(self, compiled: CompiledModel, feeds, names):
-        started_here = not tracemalloc.is_tracing()
-        if started_here:
-            tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            outputs, steps = compiled.run(feeds, names, profile=True, trace_base=base)
-            # the executor resets the peak at every step, so the run's peak is the largest step's
-            escaped = max([s.run_bytes for s in steps] + [tracemalloc.get_traced_memory()[1] - base])
-        finally:
-            if started_here:
-                tracemalloc.stop()
-        arena = compiled.plan.peak_bytes
-        self.last_run = RunStats(arena, arena + escaped, escaped, steps)
+        outputs, self.last_run = run_measured(compiled, feeds, names)
         return outputs
 
     # ---- compilation per input shape
@@ -156,25 +138,56 @@ class InferenceSession:
 
     # ---- input checking
     def _checked_feeds(self, input_feed) -> dict[str, np.ndarray]:
-        if not isinstance(input_feed, dict):
-            raise InvalidInputError(f"input_feed must be a dict of input name -> array, not {type(input_feed).__name__}")
-        expected = {v.name: v for v in self._graph.inputs}
-        unknown = sorted(set(input_feed) - set(expected))
-        if unknown:
-            raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {sorted(expected)}")
-        missing = sorted(set(expected) - set(input_feed))
-        if missing:
-            raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are {sorted(expected)}")
-        return {name: _checked_array(expected[name], value) for name, value in input_feed.items()}
+        return checked_feeds(self._graph.inputs, input_feed)
 
     def _checked_output_names(self, output_names) -> list[str]:
-        all_names = self._graph.output_names()
-        if output_names is None:
-            return all_names
-        unknown = [n for n in output_names if n not in all_names]
-        if unknown:
-            raise InvalidInputError(f"unknown output name(s) {unknown}; the model's outputs are {all_names}")
-        return list(output_names)
+        return checked_output_names(self._graph.output_names(), output_names)
+
+
+def node_arg(value) -> NodeArg:
+    shape = list(value.shape) if value.shape is not None else None
+    return NodeArg(value.name, shape, _ONNX_TYPE_NAMES.get(np.dtype(value.dtype), str(value.dtype)))
+
+
+def run_measured(compiled: CompiledModel, feeds, names):
+    """Outputs and RunStats: measured peak = arena + tracemalloc peak above the baseline during the run."""
+    started_here = not tracemalloc.is_tracing()
+    if started_here:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        outputs, steps = compiled.run(feeds, names, profile=True, trace_base=base)
+        # the executor resets the peak at every step, so the run's peak is the largest step's
+        escaped = max([s.run_bytes for s in steps] + [tracemalloc.get_traced_memory()[1] - base])
+    finally:
+        if started_here:
+            tracemalloc.stop()
+    arena = compiled.plan.peak_bytes
+    return outputs, RunStats(arena, arena + escaped, escaped, steps)
+
+
+def checked_feeds(inputs, input_feed) -> dict[str, np.ndarray]:
+    """The caller's feeds, checked against the model's inputs (names, rank, shape, dtype)."""
+    if not isinstance(input_feed, dict):
+        raise InvalidInputError(f"input_feed must be a dict of input name -> array, not {type(input_feed).__name__}")
+    expected = {v.name: v for v in inputs}
+    unknown = sorted(set(input_feed) - set(expected))
+    if unknown:
+        raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {sorted(expected)}")
+    missing = sorted(set(expected) - set(input_feed))
+    if missing:
+        raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are {sorted(expected)}")
+    return {name: _checked_array(expected[name], value) for name, value in input_feed.items()}
+
+
+def checked_output_names(all_names: list[str], output_names) -> list[str]:
+    if output_names is None:
+        return list(all_names)
+    unknown = [n for n in output_names if n not in all_names]
+    if unknown:
+        raise InvalidInputError(f"unknown output name(s) {unknown}; the model's outputs are {all_names}")
+    return list(output_names)
 
 
 def _checked_array(expected, value) -> np.ndarray:
@@ -195,7 +208,7 @@ def _checked_array(expected, value) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _check_threads(threads):
+def checked_threads(threads) -> int:
     if threads is None:
         return os.cpu_count() or 1
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
@@ -203,9 +216,9 @@ def _check_threads(threads):
     return threads
 
 
-def _check_backend(name):
-    if name not in ("numpy", "native"):
-        raise InvalidOptionError(f"kernels_backend must be 'numpy' or 'native', got {name!r}")
+def checked_backend(name) -> str:
+    if name not in kernels.BACKENDS:
+        raise InvalidOptionError(f"kernels_backend must be one of {kernels.BACKENDS}, got {name!r}")
     if name == "native" and not kernels.native_available():
         raise InvalidOptionError("kernels_backend='native' but the C extension is not built; reinstall "
                                  "edgerun with a C compiler available, or use kernels_backend='numpy'")

@@ -283,14 +283,14 @@ HEADER_CORRUPTIONS = {
     "arena differs from plan": (lambda h: h.update(arena_bytes=64), "differs from arena_bytes"),
     "negative plan offset": (lambda h: _set_first_offset(h, -64), "outside the arena"),
     "buffer beyond the arena": (lambda h: _set_first_offset(h, h["arena_bytes"] - 64),
-                                "beyond the .*-byte arena|cannot be read|inconsistent"),
+                                "outside the .*-byte arena|cannot be read|inconsistent"),
     "overlapping buffers": (lambda h: h["plan"]["offsets"].update(p=h["plan"]["offsets"]["r"]), "overlaps"),
     "node reads an unknown value": (lambda h: h["graph"]["nodes"][-1]["inputs"].__setitem__(0, "ghost"),
                                     "reads \\['ghost'\\]"),
     "bad attribute type": (lambda h: h["graph"]["nodes"][0]["attrs"].update(group={"type": "blob", "value": 1}),
                            "attrs\\['group'\\]"),
     "plan missing": (lambda h: h.pop("plan"), "missing field 'plan'"),
-    "plan step renamed": (lambda h: h["plan"]["steps"][0].update(name="other"), "plan steps do not match"),
+    "plan step renamed": (lambda h: h["plan"]["steps"][0].update(name="other"), "plan steps do not match|no step named"),
     "not a bundle header": (lambda h: h.update(format="something-else"), "not an edgerun-bundle"),
 }
 
