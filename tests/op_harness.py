@@ -50,13 +50,17 @@ def one_node_model(op_type, inputs, attrs, opset, n_outputs=1):
     return model, node
 
 
-def run_ort(model, inputs):
+def run_ort_feeds(model, feeds: dict):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feeds = {f"in{i}": a for i, a in enumerate(inputs) if a is not None}
     return session.run(None, feeds)
+
+
+def run_ort(model, inputs):
+    """onnxruntime on a one_node_model, inputs positional (None for omitted ones)."""
+    return run_ort_feeds(model, {f"in{i}": a for i, a in enumerate(inputs) if a is not None})
 
 
 def run_onnx_reference(model, inputs):
@@ -86,7 +90,9 @@ def assert_close(ours, theirs, label=""):
     assert ours.dtype == theirs.dtype, f"{label}: dtype {ours.dtype} != oracle {theirs.dtype}"
     if np.issubdtype(theirs.dtype, np.floating):
         assert np.array_equal(np.isnan(ours), np.isnan(theirs)), f"{label}: NaN positions differ"
-        finite = ~np.isnan(theirs)
+        infinite = np.isinf(theirs)
+        assert np.array_equal(ours[infinite], theirs[infinite]), f"{label}: infinities differ"
+        finite = np.isfinite(theirs)
         if theirs[finite].size:
             diff = np.max(np.abs(ours[finite].astype(np.float64) - theirs[finite].astype(np.float64)))
             tolerance = 1e-4 * max(1.0, float(np.max(np.abs(theirs[finite].astype(np.float64)))))
