@@ -1,6 +1,8 @@
 """Conv and ConvTranspose against onnxruntime, plus conv_nd / resolve_conv_pads contracts."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
@@ -48,6 +50,10 @@ TRANSPOSE_CASES = [
     ((2, 4, 5, 4), (4, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     ((2, 4, 5, 4), (4, 2, 3, 2), dict(strides=[2, 2], group=2, pads=[0, 1, 1, 0])),
     ((1, 4, 5, 4), (4, 1, 4, 4), dict(strides=[2, 2], group=4, pads=[1, 1, 1, 1])),
+    ((1, 2, 5, 4), (2, 3, 3, 3), dict(strides=[2, 2], output_shape=[10, 8])),
+    ((1, 2, 5, 4), (2, 3, 3, 3), dict(strides=[2, 2], output_shape=[10, 8], auto_pad="SAME_UPPER")),
+    ((1, 2, 5, 4), (2, 3, 3, 3), dict(strides=[3, 2], output_shape=[12, 7])),
+    ((1, 2, 5, 4), (2, 3, 3, 3), dict(strides=[2, 2], output_padding=[1, 0], pads=[1, 1, 0, 1], dilations=[2, 2])),
 ]
 
 
@@ -105,3 +111,25 @@ def test_conv_kernel_larger_than_input_is_rejected():
     with pytest.raises(InvalidModelError, match="conv_bad.*empty"):
         infer_only("Conv", [TensorInfo((1, 2, 2, 2), np.dtype(np.float32)),
                             TensorInfo((2, 2, 3, 3), np.dtype(np.float32))])
+
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    cin = groups * draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(1, 2))
+    kernel = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    dilations = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    strides = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    pads = [draw(st.integers(0, k - 1)) for k in kernel * 2]
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    spatial = [draw(st.integers(max(1, s - p0 - p1), 9)) for s, p0, p1 in zip(spans, pads[:2], pads[2:])]
+    return (1, cin, *spatial), (cout, cin // groups, *kernel), dict(
+        group=groups, strides=strides, dilations=dilations, pads=pads)
+
+
+@settings(max_examples=30, deadline=None)
+@given(conv_configs())
+def test_conv_random_configurations_match_onnxruntime(config):
+    x_shape, w_shape, attrs = config
+    check_op("Conv", [randn(*x_shape), randn(*w_shape, seed=1), randn(w_shape[0], seed=2)], attrs, opset=13)

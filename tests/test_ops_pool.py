@@ -1,6 +1,8 @@
 """AveragePool, MaxPool, GlobalAveragePool and ReduceMean against onnxruntime."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
@@ -113,3 +115,22 @@ def test_reduce_mean_unknown_axes_input_gives_unknown_shape():
 def test_reduce_mean_bad_axis_names_node():
     with pytest.raises(InvalidModelError, match="reducemean_bad.*axis 4"):
         compute_only("ReduceMean", [X], dict(axes=[4]), opset=13)
+
+
+@st.composite
+def pool_configs(draw):
+    kernel = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+    strides = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    pads = [draw(st.integers(0, k - 1)) for k in kernel * 2]
+    spatial = [draw(st.integers(k, 9)) for k in kernel]
+    attrs = dict(kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=draw(st.integers(0, 1)))
+    return (1, 2, *spatial), attrs, draw(st.integers(0, 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(pool_configs())
+def test_pool_random_configurations_match_onnxruntime(config):
+    x_shape, attrs, count_include_pad = config
+    x = randn(*x_shape)
+    check_op("MaxPool", [x], attrs, opset=12)
+    check_op("AveragePool", [x], attrs | dict(count_include_pad=count_include_pad), opset=11)

@@ -111,29 +111,29 @@ def conv_nd(x, w, b, *, strides, pads, dilations, group) -> np.ndarray:
     return out.astype(x.dtype, copy=False)
 
 
-def _int_list(node, name, default, length):
+def int_list_attr(node, name, default, length):
+    """Attribute `name` as `length` ints (a bare int counts as a one-element list)."""
     value = node.attrs.get(name, default)
-    if isinstance(value, int):
+    if isinstance(value, (int, np.integer)):
         value = [value]
-    value = list(value)
-    if len(value) != length or not all(isinstance(v, (int, np.integer)) for v in value):
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != length or \
+            not all(isinstance(v, (int, np.integer)) for v in value):
         raise invalid(node, f"attribute {name!r}={value!r} must be {length} integers")
     return [int(v) for v in value]
 
 
 def _conv_params(node, x_shape, w_shape):
-    """Validated (kernel_shape, strides, dilations, group) for Conv/ConvTranspose."""
-    if x_shape is not None and w_shape is not None and len(x_shape) != len(w_shape):
+    """Validated (kernel_shape, strides, dilations, group) for Conv/ConvTranspose; both shapes known."""
+    if len(x_shape) != len(w_shape):
         raise invalid(node, f"input X rank {len(x_shape)} and weight W rank {len(w_shape)} differ")
-    ref = w_shape if w_shape is not None else x_shape
-    if ref is None or len(ref) < 3:
-        raise invalid(node, f"expects X and W of rank >= 3, got W shape {w_shape}")
-    rank = len(ref) - 2
-    kernel_shape = _int_list(node, "kernel_shape", list(w_shape[2:]) if w_shape else None, rank)
-    if w_shape is not None and tuple(kernel_shape) != tuple(w_shape[2:]):
+    if len(w_shape) < 3:
+        raise invalid(node, f"expects X and W of rank >= 3, got W shape {tuple(w_shape)}")
+    rank = len(w_shape) - 2
+    kernel_shape = int_list_attr(node, "kernel_shape", list(w_shape[2:]), rank)
+    if all(isinstance(d, int) for d in w_shape[2:]) and tuple(kernel_shape) != tuple(w_shape[2:]):
         raise invalid(node, f"attribute 'kernel_shape'={kernel_shape} does not match weight shape {w_shape}")
-    strides = _int_list(node, "strides", [1] * rank, rank)
-    dilations = _int_list(node, "dilations", [1] * rank, rank)
+    strides = int_list_attr(node, "strides", [1] * rank, rank)
+    dilations = int_list_attr(node, "dilations", [1] * rank, rank)
     if any(s < 1 for s in strides) or any(d < 1 for d in dilations):
         raise invalid(node, f"strides {strides} and dilations {dilations} must be >= 1")
     group = node.attrs.get("group", 1)
@@ -152,9 +152,9 @@ def _conv_pads(node, spatial, kernel_shape, strides, dilations):
 def _conv_infer(node, inputs, opset):
     require_inputs(node, inputs, 2, " (X, W)")
     x, w = inputs[0], inputs[1]
-    kernel_shape, strides, dilations, group = _conv_params(node, x.shape, w.shape)
     if x.shape is None or w.shape is None:
         return [TensorInfo(None, np.dtype(x.dtype))]
+    kernel_shape, strides, dilations, group = _conv_params(node, x.shape, w.shape)
     c, cg, m = x.shape[1], w.shape[1], w.shape[0]
     if isinstance(c, int) and isinstance(cg, int) and c != cg * group:
         raise invalid(node, f"input X has {c} channels but W {w.shape} with group={group} expects {cg * group}")
@@ -187,7 +187,7 @@ def _conv_compute(node, inputs, opset):
 def _transpose_geometry(node, spatial, kernel_shape, strides, dilations):
     """(pads, output spatial shape) for ConvTranspose per the ONNX spec."""
     rank = len(kernel_shape)
-    output_padding = _int_list(node, "output_padding", [0] * rank, rank)
+    output_padding = int_list_attr(node, "output_padding", [0] * rank, rank)
     full = [s * (size - 1) + op + _effective_kernel(k, d)
             for size, k, s, d, op in zip(spatial, kernel_shape, strides, dilations, output_padding)]
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
@@ -201,7 +201,7 @@ def _transpose_geometry(node, spatial, kernel_shape, strides, dilations):
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         output_shape = [size * s for size, s in zip(spatial, strides)]
     if output_shape is None:
-        pads = [0] * (2 * rank) if auto_pad == "VALID" else _int_list(node, "pads", [0] * (2 * rank), 2 * rank)
+        pads = [0] * (2 * rank) if auto_pad == "VALID" else int_list_attr(node, "pads", [0] * (2 * rank), 2 * rank)
         out = [f - pads[i] - pads[i + rank] for i, f in enumerate(full)]
         return pads, out
     totals = [f - o for f, o in zip(full, output_shape)]
@@ -213,12 +213,10 @@ def _transpose_geometry(node, spatial, kernel_shape, strides, dilations):
 
 
 def _transpose_params(node, x_shape, w_shape):
-    if x_shape is not None and w_shape is not None and len(x_shape) != len(w_shape):
-        raise invalid(node, f"input X rank {len(x_shape)} and weight W rank {len(w_shape)} differ")
     kernel_shape, strides, dilations, group = _conv_params(node, x_shape, w_shape)
-    if x_shape is not None and w_shape is not None and isinstance(x_shape[1], int) and x_shape[1] != w_shape[0]:
-        raise invalid(node, f"input X has {x_shape[1]} channels but W has shape {w_shape}")
-    if w_shape is not None and isinstance(w_shape[0], int) and w_shape[0] % group:
+    if isinstance(x_shape[1], int) and isinstance(w_shape[0], int) and x_shape[1] != w_shape[0]:
+        raise invalid(node, f"input X has {x_shape[1]} channels but W has shape {tuple(w_shape)}")
+    if isinstance(w_shape[0], int) and w_shape[0] % group:
         raise invalid(node, f"W input channels {w_shape[0]} not divisible by group={group}")
     return kernel_shape, strides, dilations, group
 
@@ -226,9 +224,9 @@ def _transpose_params(node, x_shape, w_shape):
 def _conv_transpose_infer(node, inputs, opset):
     require_inputs(node, inputs, 2, " (X, W)")
     x, w = inputs[0], inputs[1]
-    kernel_shape, strides, dilations, group = _transpose_params(node, x.shape, w.shape)
     if x.shape is None or w.shape is None:
         return [TensorInfo(None, np.dtype(x.dtype))]
+    kernel_shape, strides, dilations, group = _transpose_params(node, x.shape, w.shape)
     m = w.shape[1] * group if isinstance(w.shape[1], int) else None
     spatial = x.shape[2:]
     if not all(isinstance(d, int) for d in spatial):

@@ -9,24 +9,17 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.conv import resolve_conv_pads
+from edgerun.ops.conv import int_list_attr, resolve_conv_pads
 from edgerun.ops.elementwise import invalid, require_inputs
-
-
-def _int_list(node, name, default, length):
-    value = list(node.attrs.get(name, default))
-    if len(value) != length or not all(isinstance(v, int) for v in value):
-        raise invalid(node, f"attribute {name!r}={value!r} must be {length} integers")
-    return value
 
 
 def _pool_params(node, rank, opset):
     kernel = node.attrs.get("kernel_shape")
     if kernel is None:
         raise invalid(node, "attribute 'kernel_shape' is required")
-    kernel = _int_list(node, "kernel_shape", kernel, rank)
-    strides = _int_list(node, "strides", [1] * rank, rank)
-    dilations = _int_list(node, "dilations", [1] * rank, rank)
+    kernel = int_list_attr(node, "kernel_shape", kernel, rank)
+    strides = int_list_attr(node, "strides", [1] * rank, rank)
+    dilations = int_list_attr(node, "dilations", [1] * rank, rank)
     if node.op_type == "AveragePool" and opset < 19 and "dilations" in node.attrs:
         raise invalid(node, "attribute 'dilations' needs AveragePool opset >= 19")
     if min(kernel + strides + dilations) < 1:

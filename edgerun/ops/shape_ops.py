@@ -449,6 +449,8 @@ def _checked_indices(node, indices, dim):
 def _gather_compute(node, inputs, opset):
     require_inputs(node, inputs, 2, " (data, indices)")
     data = np.asarray(inputs[0])
+    if not np.issubdtype(np.asarray(inputs[1]).dtype, np.integer):
+        raise invalid(node, f"input 'indices' must be int32/int64, got {np.asarray(inputs[1]).dtype}")
     axis = _axis(node, node.attrs.get("axis", 0), data.ndim, "attribute 'axis'")
     indices = _checked_indices(node, inputs[1], data.shape[axis])
     return [np.take(data, indices, axis=axis)]
