@@ -84,22 +84,28 @@ def reference_block(case: BlockCase) -> np.ndarray:
     return out
 
 
+def _pads(draw, kernel, keep_size):
+    """(top, left, bottom, right); keep_size: each dimension padded by exactly kernel - 1."""
+    if keep_size:
+        top, left = draw(st.integers(0, kernel - 1)), draw(st.integers(0, kernel - 1))
+        return (top, left, kernel - 1 - top, kernel - 1 - left)
+    limit = 1 if kernel == 1 else kernel - 1
+    return tuple(draw(st.integers(0, limit)) for _ in range(4))
+
+
 @st.composite
 def block_cases(draw, max_channels=8, max_hidden=12, max_size=9):
+    residual = draw(st.integers(0, 2)) == 0  # then strides 1 and size-keeping pads, so shapes match
     cin = draw(st.integers(1, max_channels))
     ke = draw(st.sampled_from([0, 1, 3]))
     hidden = cin if ke == 0 else draw(st.integers(1, max_hidden))
-    se = 1 if ke == 0 else draw(st.sampled_from([1, 2]))
-    pad_limit = 1 if ke == 1 else max(0, ke - 1)
-    expand_pads = tuple(draw(st.integers(0, pad_limit)) for _ in range(4)) if ke else (0, 0, 0, 0)
+    se = 1 if ke == 0 or residual else draw(st.sampled_from([1, 2]))
+    expand_pads = _pads(draw, ke, residual) if ke else (0, 0, 0, 0)
     kd = draw(st.sampled_from([3, 5]))
-    sd = draw(st.sampled_from([1, 2]))
-    dw_pads = tuple(draw(st.integers(0, kd - 1)) for _ in range(4))
+    sd = 1 if residual else draw(st.sampled_from([1, 2]))
+    dw_pads = _pads(draw, kd, residual)
     height, width = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
-    cout = draw(st.integers(1, max_channels))
-    residual = draw(st.booleans())
-    if residual:
-        cout = cin
+    cout = cin if residual else draw(st.integers(1, max_channels))
     try:
         geom = BlockGeometry(cin, height, width, hidden, ke, se, expand_pads, kd, sd, dw_pads, cout, residual)
     except ValueError:

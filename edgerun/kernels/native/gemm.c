@@ -2,57 +2,63 @@
  * C (M x N) (+)= A^T (M x K) * B (K x N), where A[k*lda + m] holds the weights for output
  * channel m and input channel k, and B / C are channel-major pixel rows.
  *
- * Full column tiles: MR rows x 16 columns, vectors along the columns.
- * The last N % 16 columns (7x7 maps, narrow bands) would waste most of such a tile, so they
- * are computed the other way round: 16 rows x up to 4 columns, vectors along the rows
- * (A's k-major layout makes 16 consecutive rows contiguous). */
+ * Full column tiles: MR rows x NR = 2 vectors of columns, vectors along the columns.
+ * The last N % NR columns (7x7 maps, narrow bands) would waste most of such a tile, so they
+ * are computed the other way round: RR = 2 vectors of rows x up to 4 columns, vectors along
+ * the rows (A's k-major layout makes consecutive rows contiguous).
+ * Vectors are 16 floats when compiled for AVX-512, else 8 (AVX2, SSE, NEON via GCC). */
 #include <string.h>
 
 #include "kernels.h"
 
+#if defined(__AVX512F__)
+#define VL 16
+#define MR 8
+#else
+#define VL 8
 #define MR 6
-#define NR 16
-#define RR 16 /* rows of a remainder-column tile */
-#define RC 4  /* columns of a remainder-column tile */
+#endif
+#define NR (2 * VL)
+#define RR (2 * VL) /* rows of a remainder-column tile */
+#define RC 4        /* columns of a remainder-column tile */
 
 #if defined(__GNUC__)
-typedef float v8f __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef int vi __attribute__((vector_size(VL * 4)));
 
-static inline v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
-static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
-static inline v8f splat8(float s) { return (v8f){s, s, s, s, s, s, s, s}; }
-
-typedef int v8i __attribute__((vector_size(32)));
-static inline v8f select8(v8i mask, v8f a, v8f b) { return (v8f)((mask & (v8i)a) | (~mask & (v8i)b)); }
+static inline vf loadv(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void storev(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf splatv(float s) { return (vf){0} + s; }
+static inline vf selectv(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
 /* ReLU and clip applied in registers; returns v unchanged for other kinds (done after the store). */
-static inline v8f activate8(v8f v, const er_act *act)
+static inline vf activatev(vf v, const er_act *act)
 {
     if (!act) return v;
     if (act->kind == ER_ACT_RELU) {
-        v8f zero = splat8(0.0f);
-        return select8(v > zero, v, zero);
+        vf zero = splatv(0.0f);
+        return selectv(v > zero, v, zero);
     }
     if (act->kind == ER_ACT_CLIP) {
-        v8f lo = splat8(act->a), hi = splat8(act->b);
-        v = select8(v < lo, lo, v);
-        return select8(v > hi, hi, v);
+        vf lo = splatv(act->a), hi = splatv(act->b);
+        v = selectv(v < lo, lo, v);
+        return selectv(v > hi, hi, v);
     }
     return v;
 }
 
-/* The first n (0..8) floats of p, zero-padded. */
-static inline v8f load_part(const float *p, int n)
+/* The first n (0..VL) floats of p, zero-padded. */
+static inline vf load_part(const float *p, int n)
 {
-    float tmp[8] = {0};
+    float tmp[VL] = {0};
     for (int i = 0; i < n; i++) tmp[i] = p[i];
-    return load8(tmp);
+    return loadv(tmp);
 }
 
-static inline void store_part(float *p, v8f v, int n)
+static inline void store_part(float *p, vf v, int n)
 {
-    float tmp[8];
-    store8(tmp, v);
+    float tmp[VL];
+    storev(tmp, v);
     for (int i = 0; i < n; i++) p[i] = tmp[i];
 }
 
@@ -61,28 +67,28 @@ static inline __attribute__((always_inline)) void
 tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
      int accumulate, const float *bias, const er_act *act)
 {
-    v8f acc[MR][2];
+    vf acc[MR][2];
     for (int i = 0; i < mr; i++) {
         if (accumulate) {
-            acc[i][0] = load8(C + i * ldc);
-            acc[i][1] = load8(C + i * ldc + 8);
+            acc[i][0] = loadv(C + i * ldc);
+            acc[i][1] = loadv(C + i * ldc + VL);
         } else {
-            acc[i][0] = acc[i][1] = splat8(bias ? bias[i] : 0.0f);
+            acc[i][0] = acc[i][1] = splatv(bias ? bias[i] : 0.0f);
         }
     }
     for (int k = 0; k < K; k++) {
         const float *b = B + k * ldb;
         const float *a = A + k * lda;
-        v8f b0 = load8(b), b1 = load8(b + 8);
+        vf b0 = loadv(b), b1 = loadv(b + VL);
         for (int i = 0; i < mr; i++) {
-            v8f ai = splat8(a[i]);
+            vf ai = splatv(a[i]);
             acc[i][0] += ai * b0;
             acc[i][1] += ai * b1;
         }
     }
     for (int i = 0; i < mr; i++) {
-        store8(C + i * ldc, activate8(acc[i][0], act));
-        store8(C + i * ldc + 8, activate8(acc[i][1], act));
+        storev(C + i * ldc, activatev(acc[i][0], act));
+        storev(C + i * ldc + VL, activatev(acc[i][1], act));
     }
 }
 
@@ -90,6 +96,10 @@ static void full_tile(int mr, int K, const float *A, long lda, const float *B, l
                       long ldc, int accumulate, const float *bias, const er_act *act)
 {
     switch (mr) {
+#if MR == 8
+    case 8: tile(8, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 7: tile(7, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+#endif
     case 6: tile(6, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
     case 5: tile(5, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
     case 4: tile(4, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
@@ -99,11 +109,11 @@ static void full_tile(int mr, int K, const float *A, long lda, const float *B, l
     }
 }
 
-static inline v8f load_rows(const float *p, int half, int rows)
+static inline vf load_rows(const float *p, int half, int rows)
 {
-    int count = rows - half * 8;
-    if (count >= 8) return load8(p + half * 8);
-    return load_part(p + half * 8, count > 0 ? count : 0);
+    int count = rows - half * VL;
+    if (count >= VL) return loadv(p + half * VL);
+    return load_part(p + half * VL, count > 0 ? count : 0);
 }
 
 /* rows (<= RR) x nc (<= RC) tile of C, vectors along the rows. */
@@ -111,28 +121,28 @@ static inline __attribute__((always_inline)) void
 column_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb, float *C,
             long ldc, int accumulate, const float *bias, const er_act *act)
 {
-    v8f acc[RC][2];
+    vf acc[RC][2];
     float column[RR];
     for (int c = 0; c < nc; c++) {
         for (int i = 0; i < RR; i++)
             column[i] = i < rows ? (accumulate ? C[i * ldc + c] : (bias ? bias[i] : 0.0f)) : 0.0f;
-        acc[c][0] = load8(column);
-        acc[c][1] = load8(column + 8);
+        acc[c][0] = loadv(column);
+        acc[c][1] = loadv(column + VL);
     }
     for (int k = 0; k < K; k++) {
         const float *a = A + k * lda;
         const float *b = B + k * ldb;
-        v8f a0 = rows >= 8 ? load8(a) : load_part(a, rows);
-        v8f a1 = load_rows(a, 1, rows);
+        vf a0 = rows >= VL ? loadv(a) : load_part(a, rows);
+        vf a1 = load_rows(a, 1, rows);
         for (int c = 0; c < nc; c++) {
-            v8f bc = splat8(b[c]);
+            vf bc = splatv(b[c]);
             acc[c][0] += a0 * bc;
             acc[c][1] += a1 * bc;
         }
     }
     for (int c = 0; c < nc; c++) {
-        store8(column, activate8(acc[c][0], act));
-        store8(column + 8, activate8(acc[c][1], act));
+        storev(column, activatev(acc[c][0], act));
+        storev(column + VL, activatev(acc[c][1], act));
         for (int i = 0; i < rows; i++) C[i * ldc + c] = column[i];
     }
 }
