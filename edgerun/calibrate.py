@@ -1,8 +1,8 @@
 """`edgerun calibrate`: fit the scheduler's cost model to this machine.
 
 Times real MobileNetV2 1.0/224 blocks (five geometries, from 112x112 down to 7x7) through
-edgerun.kernels.run_block at several (t, band_rows) schedules, plus the model's other steps
-through a profiled session run, and fits scheduler.CostModel by non-negative least squares
+edgerun.kernels.run_block at several (t, band_rows) schedules, plus the other (non-block) steps
+of MobileNetV2 and MobileNetV1 1.0/224 through profiled session runs, and fits scheduler.CostModel by non-negative least squares
 (scheduler.cost.calibrate). The fit is saved as JSON (CostModel.save) to the default path of
 `default_path(backend)` or to --out.
 
@@ -55,6 +55,13 @@ def mobilenet_v2_session(backend: str):
     from edgerun import zoo
     from edgerun.session import InferenceSession
     return InferenceSession(zoo.mobilenet_v2(1.0, 224, batch=1), kernels_backend=backend, threads=1)
+
+
+def mobilenet_v1_session(backend: str):
+    """MobileNetV1 has no block: its 28 layers give the non-block steps' samples (MobileNetV2 has 4)."""
+    from edgerun import zoo
+    from edgerun.session import InferenceSession
+    return InferenceSession(zoo.mobilenet_v1(1.0, 224, batch=1), kernels_backend=backend, threads=1)
 
 
 def block_geometries(graph) -> list[BlockGeometry]:
@@ -193,13 +200,13 @@ def main(argv=None) -> int:
     cases = [(geometries[i], s) for i in CALIBRATION_BLOCKS for s in schedules_for(geometries[i])]
     timer = BlockTimer(backend, args.repeats)
     seconds = {case: timer(*case) for case in progress(cases, total=len(cases), label="block schedules")}
-    others = other_step_samples(sess, args.repeats)
+    others = other_step_samples(sess, args.repeats) + other_step_samples(mobilenet_v1_session(backend), args.repeats)
     model, fits = fit(cases, seconds, backend, others)
     path = args.out or default_path(backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     print(f"calibrated the {backend} cost model on {len(cases)} MobileNetV2 block schedules and "
-          f"{len(others)} other steps (load average {os.getloadavg()[0]:.2f})")
+          f"{len(others)} other steps of MobileNetV2 and V1 (load average {os.getloadavg()[0]:.2f})")
     print("\n".join(describe_fit(model, CostModel.default(backend), timer.measured)))
     print("fits: " + ", ".join(f"{name} least squares {median_relative_error(m, timer.measured):.1%}"
                                for name, m in fits.items()) + " median relative error; kept the smaller")
