@@ -119,9 +119,10 @@ def test_native_pointwise_conv_matches_matmul():
 @pytest.mark.parametrize("kernel, stride, pads", [(3, 1, (1, 1, 1, 1)), (3, 2, (0, 0, 1, 1)),
                                                   (5, 2, (2, 1, 2, 3)), (5, 1, (0, 0, 0, 0)),
                                                   (7, 3, (3, 2, 1, 0))])
-def test_native_depthwise_conv_matches_reference(kernel, stride, pads):
+@pytest.mark.parametrize("width", [12, 3100], ids=["narrow", "wider-than-stack-buffer"])
+def test_native_depthwise_conv_matches_reference(kernel, stride, pads, width):
     rng = np.random.default_rng(kernel * 10 + stride)
-    x = rng.standard_normal((6, 17, 12)).astype(np.float32)
+    x = rng.standard_normal((6, 17 if width < 100 else 6, width)).astype(np.float32)
     w = rng.standard_normal((6, kernel, kernel)).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
     expected = reference_conv(x, w[:, None], b, stride, pads, groups_equal_channels=True)

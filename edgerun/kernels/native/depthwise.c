@@ -2,6 +2,8 @@
  * Columns whose taps all fall inside the input run through a loop specialised for the
  * kernel size and stride (3x3 / 5x5, stride 1 / 2); border columns and rows are handled
  * explicitly by skipping the taps that fall into the padding. */
+#include <string.h>
+
 #include "kernels.h"
 
 static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -83,9 +85,10 @@ static int window_rows(const float *src, int src_row0, int height, int width, co
     return 1;
 }
 
-void er_depthwise_rows(const float *src, int src_row0, int height, int width, const float *w, int k,
-                       int stride, const int pads[4], float bias, const er_act *act, float *dst,
-                       int o0, int o1, int out_width)
+/* Row by row straight from the source, border taps checked: any kernel, stride and width. */
+static void depthwise_rows_checked(const float *src, int src_row0, int height, int width, const float *w,
+                                   int k, int stride, const int pads[4], float bias, const er_act *act,
+                                   float *dst, int o0, int o1, int out_width)
 {
     int offset = -pads[1];
     /* interior columns j: j*stride - pad_left >= 0 and j*stride - pad_left + k <= width */
@@ -110,6 +113,125 @@ void er_depthwise_rows(const float *src, int src_row0, int height, int width, co
         }
         er_apply_activation(d, out_width, act);
     }
+}
+
+/* ---- padded path: 3x3 / 5x5, stride 1 / 2, rows that fit a small stack buffer ----
+ * The window rows of a group of output rows are copied with their zero padding into a
+ * stack buffer P (row pitch pw); then no tap needs a bounds check. With stride 1 the
+ * group is one flat 1-D correlation over q = row * pw + column (the pw - out_width
+ * columns at each row end are computed and dropped), a long loop that vectorises well
+ * even for 7-pixel rows. */
+#define PADDED_BUFFER_FLOATS 6144
+
+static void copy_padded_rows(const float *src, int src_row0, int height, int width, int top, int rows,
+                             int pad_left, int pw, float *P)
+{
+    for (int r = 0; r < rows; r++) {
+        float *p = P + (long)r * pw;
+        int hr = top + r;
+        if (hr < 0 || hr >= height) {
+            memset(p, 0, sizeof(float) * pw);
+            continue;
+        }
+        memset(p, 0, sizeof(float) * pad_left);
+        memcpy(p + pad_left, src + (long)(hr - src_row0) * width, sizeof(float) * width);
+        memset(p + pad_left + width, 0, sizeof(float) * (pw - pad_left - width));
+    }
+}
+
+#define DEFINE_FLAT_S1(K)                                                                      \
+    static void flat_k##K##_s1(const float *restrict P, long pw, const float *restrict w, float bias, \
+                               float *restrict acc, long count)                                \
+    {                                                                                          \
+        const float *taps[(K) * (K)];                                                          \
+        for (int ky = 0; ky < (K); ky++)                                                       \
+            for (int kx = 0; kx < (K); kx++) taps[ky * (K) + kx] = P + ky * pw + kx;           \
+        for (long q = 0; q < count; q++) {                                                     \
+            float s = bias;                                                                    \
+            for (int t = 0; t < (K) * (K); t++) s += w[t] * taps[t][q];                        \
+            acc[q] = s;                                                                        \
+        }                                                                                      \
+    }
+
+DEFINE_FLAT_S1(3)
+DEFINE_FLAT_S1(5)
+
+#define DEFINE_ROWS_S2(K)                                                                      \
+    static void rows_k##K##_s2(const float *restrict P, long pw, const float *restrict w, float bias, \
+                               float *restrict dst, int rows, int out_width)                   \
+    {                                                                                          \
+        for (int r = 0; r < rows; r++) {                                                       \
+            const float *taps[(K) * (K)];                                                      \
+            for (int ky = 0; ky < (K); ky++)                                                   \
+                for (int kx = 0; kx < (K); kx++)                                               \
+                    taps[ky * (K) + kx] = P + (2 * r + ky) * pw + kx;                          \
+            float *d = dst + (long)r * out_width;                                              \
+            for (long j = 0; j < out_width; j++) {                                             \
+                float s = bias;                                                                \
+                for (int t = 0; t < (K) * (K); t++) s += w[t] * taps[t][2 * j];                \
+                d[j] = s;                                                                      \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+DEFINE_ROWS_S2(3)
+DEFINE_ROWS_S2(5)
+
+/* Output rows per group so that P (and the stride-1 flat result) fit the buffer; 0: too wide. */
+static int padded_group_rows(int k, int stride, int pw)
+{
+    int per_row = stride * pw + (stride == 1 ? pw : 0);
+    int fixed = (k - stride) * pw;
+    return per_row > 0 && PADDED_BUFFER_FLOATS > fixed ? (PADDED_BUFFER_FLOATS - fixed) / per_row : 0;
+}
+
+static int padded_path_applies(int k, int stride, int pw)
+{
+    return (k == 3 || k == 5) && (stride == 1 || stride == 2) && padded_group_rows(k, stride, pw) >= 1;
+}
+
+static void depthwise_rows_padded(const float *src, int src_row0, int height, int width, const float *w,
+                                  int k, int stride, const int pads[4], float bias, const er_act *act,
+                                  float *dst, int o0, int o1, int out_width, int pw)
+{
+    float buffer[PADDED_BUFFER_FLOATS];
+    int group = padded_group_rows(k, stride, pw);
+    for (int g0 = o0; g0 < o1; g0 += group) {
+        int rows = o1 - g0 < group ? o1 - g0 : group;
+        int in_rows = (rows - 1) * stride + k;
+        float *P = buffer, *flat = buffer + (long)in_rows * pw;
+        float *d = dst + (long)(g0 - o0) * out_width;
+        copy_padded_rows(src, src_row0, height, width, g0 * stride - pads[0], in_rows, pads[1], pw, P);
+        if (stride == 1) {
+            int count = (rows - 1) * pw + out_width; /* the last row's dropped columns are not needed */
+            if (k == 3) flat_k3_s1(P, pw, w, bias, flat, count);
+            else flat_k5_s1(P, pw, w, bias, flat, count);
+            for (int r = 0; r < rows; r++)
+                memcpy(d + (long)r * out_width, flat + (long)r * pw, sizeof(float) * out_width);
+        } else if (k == 3) {
+            rows_k3_s2(P, pw, w, bias, d, rows, out_width);
+        } else {
+            rows_k5_s2(P, pw, w, bias, d, rows, out_width);
+        }
+        er_apply_activation(d, (long)rows * out_width, act);
+    }
+}
+
+void er_depthwise_rows(const float *src, int src_row0, int height, int width, const float *w, int k,
+                       int stride, const int pads[4], float bias, const er_act *act, float *dst,
+                       int o0, int o1, int out_width)
+{
+    /* padded pitch: every column any tap reads, and the flat stride-1 correlation needs
+     * out_width + k - 1 <= pw, which pl + width + pr satisfies */
+    int pw = pads[1] + width + pads[3];
+    int needed = (out_width - 1) * stride + k;
+    if (pw < needed) pw = needed;
+    if (padded_path_applies(k, stride, pw))
+        depthwise_rows_padded(src, src_row0, height, width, w, k, stride, pads, bias, act, dst, o0, o1,
+                              out_width, pw);
+    else
+        depthwise_rows_checked(src, src_row0, height, width, w, k, stride, pads, bias, act, dst, o0, o1,
+                               out_width);
 }
 
 void er_depthwise_plane(const float *src, int height, int width, const float *w, int k, int stride,
