@@ -6,7 +6,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import invalid, require_inputs
+from edgerun.ops.elementwise import attr_float, attr_int, invalid, require_inputs
 
 
 def _sigmoid(x):
@@ -29,11 +29,11 @@ def _leakyrelu(x, alpha):
 
 def _clip(x, low, high):
     result = x
-    if low is not None:
-        result = np.maximum(result, np.asarray(low, dtype=x.dtype))
-    if high is not None:
-        result = np.minimum(result, np.asarray(high, dtype=x.dtype))
-    return np.array(result, dtype=x.dtype, copy=result is x)
+    if low is not None and not np.isneginf(low):
+        result = np.maximum(result, low)
+    if high is not None and not np.isposinf(high):
+        result = np.minimum(result, high)
+    return np.array(result).astype(x.dtype, copy=result is x)
 
 
 _PARAM_COUNTS = {"": 0, "relu": 0, "clip": 2, "hardswish": 0, "hardsigmoid": 2, "leakyrelu": 1, "sigmoid": 0}
@@ -68,13 +68,6 @@ def _same_shape_infer(node, inputs, opset):
     return [TensorInfo(inputs[0].shape, np.dtype(inputs[0].dtype))]
 
 
-def _float_param(node, name, default):
-    value = node.attrs.get(name, default)
-    if not isinstance(value, (int, float)):
-        raise invalid(node, f"attribute {name!r} must be a number, got {value!r}")
-    return float(value)
-
-
 def _unary(fn):
     def compute(node, inputs, opset):
         require_inputs(node, inputs, 1)
@@ -84,7 +77,7 @@ def _unary(fn):
 
 def _clip_bounds(node, inputs, opset):
     if opset < 11:
-        return (_float_param(node, "min", -np.inf), _float_param(node, "max", np.inf))
+        return (attr_float(node, "min", -np.inf), attr_float(node, "max", np.inf))
     bounds = []
     for index, name in ((1, "min"), (2, "max")):
         bound = inputs[index] if len(inputs) > index else None
@@ -101,8 +94,8 @@ def _clip_compute(node, inputs, opset):
 
 
 def _softmax_axis(node, rank, opset):
-    axis = node.attrs.get("axis", 1 if opset < 13 else -1)
-    if not isinstance(axis, int) or not -rank <= axis < max(rank, 1):
+    axis = attr_int(node, "axis", 1 if opset < 13 else -1)
+    if not -rank <= axis < max(rank, 1):
         raise invalid(node, f"attribute 'axis'={axis!r} out of range for rank {rank}")
     return axis % rank if rank else 0
 
@@ -117,6 +110,8 @@ def _softmax_compute(node, inputs, opset):
     require_inputs(node, inputs, 1)
     x = np.asarray(inputs[0])
     axis = _softmax_axis(node, x.ndim, opset)
+    if x.size == 0:
+        return [x.copy()]
     if opset >= 13:
         return [_softmax_last(x, axis)]
     # Before opset 13 the input is coerced to 2-D at `axis` and normalised over the flattened tail.
@@ -137,8 +132,8 @@ register("Sigmoid", _same_shape_infer, _unary(lambda node, x: _sigmoid(x)))
 register("Tanh", _same_shape_infer, _unary(lambda node, x: np.tanh(x)))
 register("HardSwish", _same_shape_infer, _unary(lambda node, x: _hardswish(x)))
 register("HardSigmoid", _same_shape_infer, _unary(
-    lambda node, x: _hardsigmoid(x, _float_param(node, "alpha", 0.2), _float_param(node, "beta", 0.5))))
+    lambda node, x: _hardsigmoid(x, attr_float(node, "alpha", 0.2), attr_float(node, "beta", 0.5))))
 register("LeakyRelu", _same_shape_infer, _unary(
-    lambda node, x: _leakyrelu(x, _float_param(node, "alpha", 0.01))))
+    lambda node, x: _leakyrelu(x, attr_float(node, "alpha", 0.01))))
 register("Clip", _same_shape_infer, _clip_compute)
 register("Softmax", _softmax_infer, _softmax_compute)

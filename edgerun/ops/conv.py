@@ -9,7 +9,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import invalid, require_inputs
+from edgerun.ops.elementwise import attr_int, attr_ints, attr_str, invalid, require_inputs
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -22,15 +22,16 @@ def resolve_conv_pads(node_attrs, input_spatial_shape, kernel_shape, strides, di
     """Explicit ONNX-order pads `[begin..., end...]` for a Conv/pool, resolving `auto_pad`."""
     rank = len(kernel_shape)
     auto_pad = node_attrs.get("auto_pad", "NOTSET")
-    if auto_pad not in _AUTO_PADS:
+    if not isinstance(auto_pad, str) or auto_pad not in _AUTO_PADS:
         raise InvalidModelError(f"auto_pad {auto_pad!r} is not one of {_AUTO_PADS}")
     if auto_pad == "VALID":
         return [0] * (2 * rank)
     if auto_pad == "NOTSET":
-        pads = list(node_attrs.get("pads", [0] * (2 * rank)))
-        if len(pads) != 2 * rank or any(p < 0 for p in pads):
-            raise InvalidModelError(f"pads {pads} must be {2 * rank} non-negative integers")
-        return pads
+        pads = node_attrs.get("pads", [0] * (2 * rank))
+        if not isinstance(pads, (list, tuple)) or len(pads) != 2 * rank or \
+                not all(isinstance(p, (int, np.integer)) and p >= 0 for p in pads):
+            raise InvalidModelError(f"pads {pads!r} must be {2 * rank} non-negative integers")
+        return [int(p) for p in pads]
     begins, ends = [], []
     for size, k, s, d in zip(input_spatial_shape, kernel_shape, strides, dilations):
         out = -(-size // s)
@@ -78,7 +79,7 @@ def _im2col(xp, kernel_shape, strides, dilations, out_shape):
     cols = np.empty((n, c, taps) + tuple(out_shape), dtype=xp.dtype)
     for t, offsets in enumerate(itertools.product(*(range(k) for k in kernel_shape))):
         cols[:, :, t] = xp[(slice(None), slice(None)) + _window_slices(offsets, dilations, strides, out_shape)]
-    return cols.reshape(n, c, taps, -1)
+    return cols.reshape(n, c, taps, math.prod(out_shape))
 
 
 def conv_nd(x, w, b, *, strides, pads, dilations, group) -> np.ndarray:
@@ -100,13 +101,15 @@ def conv_nd(x, w, b, *, strides, pads, dilations, group) -> np.ndarray:
         out = _depthwise(xp, w, strides, dilations, out_shape)
     else:
         if all(k == 1 for k in kernel_shape) and all(s == 1 for s in strides) and not any(pads):
-            cols = x.reshape(n, c, 1, -1)
+            cols = x.reshape(n, c, 1, math.prod(out_shape))
         else:
             cols = _im2col(xp, kernel_shape, strides, dilations, out_shape)
-        cols = cols.reshape(n, group, cg * math.prod(kernel_shape), -1)
-        weights = w.reshape(group, m // group, -1)
+        cols = cols.reshape(n, group, cg * math.prod(kernel_shape), math.prod(out_shape))
+        weights = w.reshape(group, m // group, cg * math.prod(kernel_shape))
         out = np.matmul(weights, cols).reshape((n, m) + tuple(out_shape))
     if b is not None:
+        if np.size(b) != m:
+            raise InvalidModelError(f"conv: bias B has shape {np.shape(b)}, expected ({m},)")
         out += np.asarray(b, dtype=out.dtype).reshape((1, m) + (1,) * rank)
     return out.astype(x.dtype, copy=False)
 
@@ -129,6 +132,8 @@ def _conv_params(node, x_shape, w_shape):
     if len(w_shape) < 3:
         raise invalid(node, f"expects X and W of rank >= 3, got W shape {tuple(w_shape)}")
     rank = len(w_shape) - 2
+    if any(isinstance(d, int) and d < 1 for d in w_shape):
+        raise invalid(node, f"weight W has an empty dimension: shape {tuple(w_shape)}")
     kernel_shape = int_list_attr(node, "kernel_shape", list(w_shape[2:]), rank)
     if all(isinstance(d, int) for d in w_shape[2:]) and tuple(kernel_shape) != tuple(w_shape[2:]):
         raise invalid(node, f"attribute 'kernel_shape'={kernel_shape} does not match weight shape {w_shape}")
@@ -136,8 +141,8 @@ def _conv_params(node, x_shape, w_shape):
     dilations = int_list_attr(node, "dilations", [1] * rank, rank)
     if any(s < 1 for s in strides) or any(d < 1 for d in dilations):
         raise invalid(node, f"strides {strides} and dilations {dilations} must be >= 1")
-    group = node.attrs.get("group", 1)
-    if not isinstance(group, int) or group < 1:
+    group = attr_int(node, "group", 1)
+    if group < 1:
         raise invalid(node, f"attribute 'group'={group!r} must be a positive integer")
     return kernel_shape, strides, dilations, group
 
@@ -190,12 +195,10 @@ def _transpose_geometry(node, spatial, kernel_shape, strides, dilations):
     output_padding = int_list_attr(node, "output_padding", [0] * rank, rank)
     full = [s * (size - 1) + op + _effective_kernel(k, d)
             for size, k, s, d, op in zip(spatial, kernel_shape, strides, dilations, output_padding)]
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    if auto_pad not in _AUTO_PADS:
-        raise invalid(node, f"auto_pad {auto_pad!r} is not one of {_AUTO_PADS}")
-    output_shape = node.attrs.get("output_shape")
+    auto_pad = attr_str(node, "auto_pad", "NOTSET", _AUTO_PADS)
+    output_shape = attr_ints(node, "output_shape")
     if output_shape is not None:
-        output_shape = list(output_shape)[-rank:]
+        output_shape = output_shape[-rank:]
         if len(output_shape) != rank:
             raise invalid(node, f"attribute 'output_shape'={output_shape} must have {rank} entries")
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -265,7 +268,7 @@ def _conv_transpose_compute(node, inputs, opset):
     in_spatial = x.shape[2:]
     # cols[n, g, (m, tap), pixel] = sum_c W[c, m, tap] * x[n, c, pixel]
     weights = w.reshape(group, c // group, mg * taps).transpose(0, 2, 1)
-    cols = np.matmul(weights, x.reshape(n, group, c // group, -1))
+    cols = np.matmul(weights, x.reshape(n, group, c // group, math.prod(in_spatial)))
     cols = cols.reshape((n, group * mg, taps) + tuple(in_spatial))
     full_shape = [s * (size - 1) + _effective_kernel(k, d)
                   for size, k, s, d in zip(in_spatial, kernel_shape, strides, dilations)]
@@ -274,6 +277,8 @@ def _conv_transpose_compute(node, inputs, opset):
         full[(slice(None), slice(None)) + _window_slices(offsets, dilations, strides, in_spatial)] += cols[:, :, t]
     out = _crop_or_extend(full, pads, out_shape)
     if b is not None:
+        if np.size(b) != out.shape[1]:
+            raise invalid(node, f"bias B has shape {np.shape(b)}, expected ({out.shape[1]},)")
         out += np.asarray(b, dtype=out.dtype).reshape((1, -1) + (1,) * len(kernel_shape))
     return [out.astype(x.dtype, copy=False)]
 

@@ -6,7 +6,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import broadcast_shapes, invalid, require_inputs
+from edgerun.ops.elementwise import attr_float, attr_int, broadcast_shapes, invalid, require_inputs
 
 
 def _dims_match(a, b):
@@ -48,11 +48,12 @@ def _gemm_operands(node, a_shape, b_shape):
         return None
     if len(a_shape) != 2 or len(b_shape) != 2:
         raise invalid(node, f"inputs A {a_shape} and B {b_shape} must both be 2-D")
-    m, k = a_shape[::-1] if node.attrs.get("transA", 0) else a_shape
-    kb, n = b_shape[::-1] if node.attrs.get("transB", 0) else b_shape
+    trans_a, trans_b = attr_int(node, "transA", 0), attr_int(node, "transB", 0)
+    m, k = a_shape[::-1] if trans_a else a_shape
+    kb, n = b_shape[::-1] if trans_b else b_shape
     if not _dims_match(k, kb):
-        raise invalid(node, f"inner dimensions differ: A {a_shape} (transA={node.attrs.get('transA', 0)}) and "
-                            f"B {b_shape} (transB={node.attrs.get('transB', 0)})")
+        raise invalid(node, f"inner dimensions differ: A {a_shape} (transA={trans_a}) and "
+                            f"B {b_shape} (transB={trans_b})")
     return m, n
 
 
@@ -82,13 +83,13 @@ def _gemm_compute(node, inputs, opset):
     require_inputs(node, inputs, 2, " (A, B)")
     a, b = np.asarray(inputs[0]), np.asarray(inputs[1])
     out = _gemm_operands(node, a.shape, b.shape)
-    a = a.T if node.attrs.get("transA", 0) else a
-    b = b.T if node.attrs.get("transB", 0) else b
-    y = np.asarray(node.attrs.get("alpha", 1.0), dtype=a.dtype) * (a @ b)
+    a = a.T if attr_int(node, "transA", 0) else a
+    b = b.T if attr_int(node, "transB", 0) else b
+    y = np.asarray(attr_float(node, "alpha", 1.0), dtype=a.dtype) * (a @ b)
     c = inputs[2] if len(inputs) > 2 else None
     if c is not None:
         _check_c_broadcast(node, np.shape(c), out)
-        y = y + np.asarray(node.attrs.get("beta", 1.0), dtype=a.dtype) * np.asarray(c, dtype=a.dtype)
+        y = y + np.asarray(attr_float(node, "beta", 1.0), dtype=a.dtype) * np.asarray(c, dtype=a.dtype)
     return [y.astype(a.dtype, copy=False)]
 
 

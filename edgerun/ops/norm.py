@@ -5,12 +5,12 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import invalid, require_inputs
+from edgerun.ops.elementwise import attr_float, attr_int, invalid, require_inputs
 
 
 def _bn_check(node, inputs, opset):
     require_inputs(node, inputs, 5, " (X, scale, B, mean, var)")
-    if node.attrs.get("training_mode", 0):
+    if attr_int(node, "training_mode", 0):
         raise invalid(node, "training_mode=1 is not supported (edgerun runs inference only)")
     extra = [o for o in node.outputs[1:] if o]
     if extra:
@@ -19,7 +19,7 @@ def _bn_check(node, inputs, opset):
 
 def _bn_param_shape(node, x_shape, opset):
     """Shape the scale/B/mean/var inputs broadcast against: (C,) or, with spatial=0 before opset 9, (C, D1, ...)."""
-    spatial = node.attrs.get("spatial", 1) if opset < 9 else 1
+    spatial = attr_int(node, "spatial", 1) if opset < 9 else 1
     return tuple(x_shape[1:2]) if spatial else tuple(x_shape[1:])
 
 
@@ -51,16 +51,16 @@ def _bn_compute(node, inputs, opset):
             raise invalid(node, f"input {name!r} has shape {p.shape}, expected {want}")
         params.append(p.reshape((1,) + want + (1,) * (x.ndim - 1 - len(want))))
     scale, bias, mean, var = params
-    epsilon = node.attrs.get("epsilon", 1e-5)
+    epsilon = attr_float(node, "epsilon", 1e-5)
     y = (x - mean) * (scale / np.sqrt(var + np.asarray(epsilon, dtype=var.dtype))) + bias
     return [y.astype(x.dtype, copy=False)]
 
 
 def _lrn_params(node):
-    size = node.attrs.get("size")
-    if not isinstance(size, int) or size < 1:
+    size = attr_int(node, "size")
+    if size < 1:
         raise invalid(node, f"attribute 'size'={size!r} must be a positive integer")
-    return size, node.attrs.get("alpha", 1e-4), node.attrs.get("beta", 0.75), node.attrs.get("bias", 1.0)
+    return size, attr_float(node, "alpha", 1e-4), attr_float(node, "beta", 0.75), attr_float(node, "bias", 1.0)
 
 
 def _lrn_infer(node, inputs, opset):

@@ -10,14 +10,13 @@ from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
 from edgerun.ops.conv import int_list_attr, resolve_conv_pads
-from edgerun.ops.elementwise import invalid, require_inputs
+from edgerun.ops.elementwise import attr_int, attr_ints, invalid, require_inputs
 
 
 def _pool_params(node, rank, opset):
-    kernel = node.attrs.get("kernel_shape")
-    if kernel is None:
+    if "kernel_shape" not in node.attrs:
         raise invalid(node, "attribute 'kernel_shape' is required")
-    kernel = int_list_attr(node, "kernel_shape", kernel, rank)
+    kernel = int_list_attr(node, "kernel_shape", None, rank)
     strides = int_list_attr(node, "strides", [1] * rank, rank)
     dilations = int_list_attr(node, "dilations", [1] * rank, rank)
     if node.op_type == "AveragePool" and opset < 19 and "dilations" in node.attrs:
@@ -52,7 +51,7 @@ def _pool_geometry(node, spatial, opset):
     except InvalidModelError as error:
         raise invalid(node, str(error)) from None
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    ceil_mode = node.attrs.get("ceil_mode", 0)
+    ceil_mode = attr_int(node, "ceil_mode", 0)
     for i in range(rank):
         if max(pads[i], pads[i + rank]) >= (kernel[i] - 1) * dilations[i] + 1 and auto_pad == "NOTSET":
             raise invalid(node, f"pads {pads} must be smaller than the kernel {kernel}")
@@ -129,7 +128,7 @@ def _average_pool_compute(node, inputs, opset):
     total = np.zeros(x.shape[:2] + tuple(out), dtype=np.float64 if x.dtype == np.float64 else np.float32)
     for window in _windows(xp, kernel, strides, dilations, out):
         total += window
-    include_pad = bool(node.attrs.get("count_include_pad", 0))
+    include_pad = bool(attr_int(node, "count_include_pad", 0))
     divisor = _average_divisor(x.shape[2:], kernel, strides, dilations, pads, out, include_pad)
     return [(total / np.maximum(divisor, 1)).astype(x.dtype)]
 
@@ -175,9 +174,9 @@ def _reduce_axes(node, axes_input, rank, opset):
             return None
         axes = [] if axes_input is None else [int(a) for a in np.asarray(axes_input).reshape(-1)]
     else:
-        axes = list(node.attrs.get("axes", []))
+        axes = attr_ints(node, "axes", [])
     if not axes:
-        return () if node.attrs.get("noop_with_empty_axes", 0) else tuple(range(rank))
+        return () if attr_int(node, "noop_with_empty_axes", 0) else tuple(range(rank))
     normalised = []
     for axis in axes:
         if not -rank <= axis < rank:
@@ -204,7 +203,7 @@ def _reduce_mean_infer(node, inputs, opset):
     axes = _reduce_axes(node, axes_input, len(x.shape), opset)
     if axes is None:
         return [TensorInfo(None, np.dtype(x.dtype))]
-    return [TensorInfo(_reduced_shape(x.shape, axes, node.attrs.get("keepdims", 1)), np.dtype(x.dtype))]
+    return [TensorInfo(_reduced_shape(x.shape, axes, attr_int(node, "keepdims", 1)), np.dtype(x.dtype))]
 
 
 def _reduce_mean_compute(node, inputs, opset):
@@ -213,7 +212,7 @@ def _reduce_mean_compute(node, inputs, opset):
     axes = _reduce_axes(node, inputs[1] if len(inputs) > 1 else None, x.ndim, opset)
     if axes == ():
         return [x.copy()]
-    keepdims = bool(node.attrs.get("keepdims", 1))
+    keepdims = bool(attr_int(node, "keepdims", 1))
     return [np.mean(x, axis=axes, keepdims=keepdims, dtype=np.float64).astype(x.dtype)]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import invalid
+from edgerun.ops.elementwise import attr_float, attr_int, attr_ints, attr_str, invalid
 
 _MODES = ("nearest", "linear", "cubic")
 _TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
@@ -24,24 +24,18 @@ def _optional(inputs, index):
 
 
 def _attrs(node, opset):
-    mode = node.attrs.get("mode", "nearest")
-    if mode not in _MODES:
-        raise invalid(node, f"attribute 'mode'={mode!r} must be one of {_MODES}")
+    mode = attr_str(node, "mode", "nearest", _MODES)
     if opset < 11:
         return mode, "asymmetric", "simple"
-    transform = node.attrs.get("coordinate_transformation_mode", "half_pixel")
-    if transform not in _TRANSFORMS:
-        raise invalid(node, f"attribute 'coordinate_transformation_mode'={transform!r} must be one of {_TRANSFORMS}")
-    nearest_mode = node.attrs.get("nearest_mode", "round_prefer_floor")
-    if nearest_mode not in _NEAREST_MODES:
-        raise invalid(node, f"attribute 'nearest_mode'={nearest_mode!r} must be one of {_NEAREST_MODES}")
-    if node.attrs.get("antialias", 0):
+    transform = attr_str(node, "coordinate_transformation_mode", "half_pixel", _TRANSFORMS)
+    nearest_mode = attr_str(node, "nearest_mode", "round_prefer_floor", _NEAREST_MODES)
+    if attr_int(node, "antialias", 0):
         raise invalid(node, "attribute 'antialias'=1 is not supported")
     return mode, transform, nearest_mode
 
 
 def _resize_axes(node, rank, opset):
-    axes = node.attrs.get("axes") if opset >= 18 else None
+    axes = attr_ints(node, "axes") if opset >= 18 else None
     if axes is None:
         return list(range(rank))
     normalised = []
@@ -87,13 +81,13 @@ def _geometry(node, shape, roi, scales, sizes, opset):
         _sizes_to_scales(node, shape, axes, sizes, full_scales, out)
     if any(o <= 0 for o in out):
         raise invalid(node, f"output shape {tuple(out)} is empty")
+    if any(shape[a] == 0 for a in axes):
+        raise invalid(node, f"input X of shape {tuple(shape)} is empty along a resized axis")
     return out, full_scales, _roi_pairs(node, rank, axes, roi)
 
 
 def _sizes_to_scales(node, shape, axes, sizes, full_scales, out):
-    policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
-    if policy not in ("stretch", "not_larger", "not_smaller"):
-        raise invalid(node, f"attribute 'keep_aspect_ratio_policy'={policy!r} is not supported")
+    policy = attr_str(node, "keep_aspect_ratio_policy", "stretch", ("stretch", "not_larger", "not_smaller"))
     ratios = [_F(s) / _F(shape[a]) for a, s in zip(axes, sizes)]
     if policy != "stretch":
         common = min(ratios) if policy == "not_larger" else max(ratios)
@@ -193,8 +187,8 @@ def _axis_taps(node, mode, transform, nearest_mode, in_size, out_size, scale, ro
     elif mode == "linear":
         indices, weights = _linear_taps(x, in_size)
     else:
-        indices, weights = _cubic_taps(x, in_size, node.attrs.get("cubic_coeff_a", -0.75),
-                                       node.attrs.get("exclude_outside", 0))
+        indices, weights = _cubic_taps(x, in_size, attr_float(node, "cubic_coeff_a", -0.75),
+                                       attr_int(node, "exclude_outside", 0))
     return indices, weights, outside
 
 
@@ -226,7 +220,7 @@ def _resize_compute(node, inputs, opset):
         shape[axis] = out[axis]
         outside_any |= outside.reshape(shape)
     if transform == "tf_crop_and_resize":
-        result = np.where(outside_any, _F(node.attrs.get("extrapolation_value", 0.0)), result)
+        result = np.where(outside_any, _F(attr_float(node, "extrapolation_value", 0.0)), result)
     return [result.astype(x.dtype)]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import invalid, require_inputs
+from edgerun.ops.elementwise import attr_float, attr_int, attr_ints, attr_str, invalid, require_inputs
 
 # TensorProto.DataType numbers of the dtypes Cast supports.
 _ONNX_DTYPES = {
@@ -54,6 +54,8 @@ def _identity_compute(node, inputs, opset):
 
 
 def _dropout_check(node, training_value):
+    if training_value is not None and np.size(training_value) != 1:
+        raise invalid(node, f"input 'training_mode' must be a scalar, got shape {np.shape(training_value)}")
     if training_value is not None and bool(np.asarray(training_value).reshape(-1)[0]):
         raise invalid(node, "input 'training_mode' is true; edgerun runs inference only")
 
@@ -79,9 +81,9 @@ def _dropout_compute(node, inputs, opset):
 # ---- Flatten, Reshape, Transpose ----
 
 def _flatten_axis(node, rank, opset):
-    axis = node.attrs.get("axis", 1)
+    axis = attr_int(node, "axis", 1)
     low = 0 if opset < 11 else -rank
-    if not isinstance(axis, int) or not low <= axis <= rank:
+    if not low <= axis <= rank:
         raise invalid(node, f"attribute 'axis'={axis!r} out of range [{low}, {rank}] for rank {rank}")
     return axis % rank if axis < 0 else axis
 
@@ -108,7 +110,7 @@ def _flatten_compute(node, inputs, opset):
 
 def _reshape_target(node, in_shape, requested):
     """Output shape for Reshape, entries None where a symbolic input leaves them unknown."""
-    allowzero = node.attrs.get("allowzero", 0)
+    allowzero = attr_int(node, "allowzero", 0)
     if requested.count(-1) > 1:
         raise invalid(node, f"shape {requested} has more than one -1")
     if allowzero and 0 in requested and -1 in requested:
@@ -151,7 +153,7 @@ def _reshape_compute(node, inputs, opset):
 
 
 def _perm(node, rank):
-    perm = list(node.attrs.get("perm", range(rank - 1, -1, -1)))
+    perm = attr_ints(node, "perm", list(range(rank - 1, -1, -1)))
     if sorted(perm) != list(range(rank)):
         raise invalid(node, f"attribute 'perm'={perm} is not a permutation of {rank} axes")
     return perm
@@ -174,14 +176,13 @@ def _transpose_compute(node, inputs, opset):
 # ---- Concat, Split ----
 
 def _concat_shape(node, shapes):
-    if "axis" not in node.attrs:
-        raise invalid(node, "attribute 'axis' is required")
+    axis = attr_int(node, "axis")
     if any(s is None for s in shapes):
         return None
     rank = len(shapes[0])
     if any(len(s) != rank for s in shapes):
         raise invalid(node, f"inputs have different ranks: {shapes}")
-    axis = _axis(node, node.attrs["axis"], rank, "attribute 'axis'")
+    axis = _axis(node, axis, rank, "attribute 'axis'")
     out = list(shapes[0])
     for shape in shapes[1:]:
         for i, d in enumerate(shape):
@@ -203,7 +204,7 @@ def _concat_compute(node, inputs, opset):
         raise invalid(node, "expects one or more inputs, none omitted")
     arrays = [np.asarray(i) for i in inputs]
     _concat_shape(node, [a.shape for a in arrays])
-    return [np.concatenate(arrays, axis=node.attrs["axis"])]
+    return [np.concatenate(arrays, axis=attr_int(node, "axis"))]
 
 
 def _split_sizes(node, dim, split, opset):
@@ -216,7 +217,7 @@ def _split_sizes(node, dim, split, opset):
         if isinstance(dim, int) and sum(sizes) != dim:
             raise invalid(node, f"split {sizes} does not add up to the axis length {dim}")
         return sizes
-    num_outputs = node.attrs.get("num_outputs")
+    num_outputs = attr_int(node, "num_outputs", None) if "num_outputs" in node.attrs else None
     if num_outputs is not None and num_outputs != count:
         raise invalid(node, f"attribute 'num_outputs'={num_outputs} but the node has {count} outputs")
     if not isinstance(dim, int):
@@ -231,7 +232,7 @@ def _split_sizes(node, dim, split, opset):
 
 def _split_request(node, inputs, opset, value_of):
     if opset < 13:
-        return node.attrs.get("split")
+        return attr_ints(node, "split")
     return value_of(_optional(inputs, 1))
 
 
@@ -242,7 +243,7 @@ def _split_infer(node, inputs, opset):
     split_info = _optional(inputs, 1)
     if x.shape is None or (opset >= 13 and split_info is not None and split_info.value is None):
         return unknown
-    axis = _axis(node, node.attrs.get("axis", 0), len(x.shape), "attribute 'axis'")
+    axis = _axis(node, attr_int(node, "axis", 0), len(x.shape), "attribute 'axis'")
     sizes = _split_sizes(node, x.shape[axis], _split_request(node, inputs, opset, _value), opset)
     if sizes is None:
         return unknown
@@ -252,7 +253,7 @@ def _split_infer(node, inputs, opset):
 def _split_compute(node, inputs, opset):
     require_inputs(node, inputs, 1)
     x = np.asarray(inputs[0])
-    axis = _axis(node, node.attrs.get("axis", 0), x.ndim, "attribute 'axis'")
+    axis = _axis(node, attr_int(node, "axis", 0), x.ndim, "attribute 'axis'")
     sizes = _split_sizes(node, x.shape[axis], _split_request(node, inputs, opset, lambda v: v), opset)
     bounds = np.cumsum([0] + sizes)
     return [np.take(x, np.arange(bounds[i], bounds[i + 1]), axis=axis) for i in range(len(sizes))]
@@ -265,9 +266,7 @@ def _slice_request(node, inputs, opset, value_of):
     if opset < 10:
         if "starts" not in node.attrs or "ends" not in node.attrs:
             raise invalid(node, "attributes 'starts' and 'ends' are required")
-        starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
-        axes = node.attrs.get("axes")
-        return starts, ends, None if axes is None else list(axes), None
+        return attr_ints(node, "starts"), attr_ints(node, "ends"), attr_ints(node, "axes"), None
     require_inputs(node, inputs, 3, " (data, starts, ends)")
     values = [value_of(_optional(inputs, i)) for i in range(1, 5)]
     if any(v is None for v in values[:2]) or any(
@@ -333,8 +332,7 @@ def _slice_compute(node, inputs, opset):
 def _axes_request(node, inputs, opset, value_of):
     """Axes from the attribute (< opset 13) or the input; False when the input is an unknown tensor."""
     if opset < 13:
-        axes = node.attrs.get("axes")
-        return None if axes is None else list(axes)
+        return attr_ints(node, "axes")
     axes_input = _optional(inputs, 1)
     if axes_input is None:
         return None
@@ -401,7 +399,7 @@ def _unsqueeze_compute(node, inputs, opset):
 def _shape_range(node, rank, opset):
     if opset < 15:
         return 0, rank
-    start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
+    start, end = attr_int(node, "start", 0), attr_int(node, "end", rank)
     start = min(max(start + rank if start < 0 else start, 0), rank)
     end = min(max(end + rank if end < 0 else end, 0), rank)
     return start, max(start, end)
@@ -432,7 +430,7 @@ def _gather_infer(node, inputs, opset):
         raise invalid(node, f"input 'indices' must be int32/int64, got {indices.dtype}")
     if data.shape is None or indices.shape is None:
         return [TensorInfo(None, np.dtype(data.dtype))]
-    axis = _axis(node, node.attrs.get("axis", 0), len(data.shape), "attribute 'axis'")
+    axis = _axis(node, attr_int(node, "axis", 0), len(data.shape), "attribute 'axis'")
     if indices.value is not None and isinstance(data.shape[axis], int):
         _checked_indices(node, indices.value, data.shape[axis])
     shape = tuple(data.shape[:axis]) + tuple(indices.shape) + tuple(data.shape[axis + 1:])
@@ -451,13 +449,13 @@ def _gather_compute(node, inputs, opset):
     data = np.asarray(inputs[0])
     if not np.issubdtype(np.asarray(inputs[1]).dtype, np.integer):
         raise invalid(node, f"input 'indices' must be int32/int64, got {np.asarray(inputs[1]).dtype}")
-    axis = _axis(node, node.attrs.get("axis", 0), data.ndim, "attribute 'axis'")
+    axis = _axis(node, attr_int(node, "axis", 0), data.ndim, "attribute 'axis'")
     indices = _checked_indices(node, inputs[1], data.shape[axis])
     return [np.take(data, indices, axis=axis)]
 
 
 def _cast_dtype(node):
-    to = node.attrs.get("to")
+    to = attr_int(node, "to")
     if to not in _ONNX_DTYPES:
         raise invalid(node, f"attribute 'to'={to!r} is not a supported dtype "
                             f"(TensorProto codes {sorted(_ONNX_DTYPES)})")
@@ -544,12 +542,14 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wra
 def _pad_request(node, inputs, opset, value_of):
     """(per-axis pads list [begin..., end...] over `axes`, axes or None, constant) or None if unknown."""
     if opset < 11:
-        pads = node.attrs.get("pads")
+        pads = attr_ints(node, "pads")
         if pads is None:
             raise invalid(node, "attribute 'pads' is required")
-        return list(pads), None, node.attrs.get("value", 0.0)
+        return pads, None, attr_float(node, "value", 0.0)
     require_inputs(node, inputs, 2, " (data, pads)")
     pads, constant, axes = (value_of(_optional(inputs, i)) for i in (1, 2, 3))
+    if pads is not None and not np.issubdtype(np.asarray(pads).dtype, np.integer):
+        raise invalid(node, f"input 'pads' must be int64, got {np.asarray(pads).dtype}")
     if pads is None or (_optional(inputs, 3) is not None and axes is None):
         return None
     constant = np.zeros(1) if constant is None else np.asarray(constant).reshape(-1)
@@ -570,7 +570,7 @@ def _pad_widths(node, rank, pads, axes, opset):
 
 
 def _pad_mode(node, opset):
-    mode = node.attrs.get("mode", "constant")
+    mode = attr_str(node, "mode", "constant")
     if mode not in _PAD_MODES or (mode == "wrap" and opset < 19):
         raise invalid(node, f"attribute 'mode'={mode!r} is not supported at opset {opset}")
     return mode
@@ -604,6 +604,8 @@ def _pad_compute(node, inputs, opset):
     if any(d < 0 for d in cropped.shape) or any(b + e + d < 0 for d, (b, e) in zip(x.shape, widths)):
         raise invalid(node, f"negative pads {pads} remove more than the input shape {x.shape}")
     grow = [(max(0, b), max(0, e)) for b, e in widths]
+    if not any(b or e for b, e in grow):
+        return [cropped.copy()]
     if mode != "constant" and any(g != (0, 0) and d == 0 for g, d in zip(grow, cropped.shape)):
         raise invalid(node, f"mode {mode!r} cannot pad an empty axis")
     if mode == "constant":
