@@ -48,6 +48,17 @@ def test_native_fused_stem_block():
     assert_close(run_case(case, "native"), reference_block(case))
 
 
+@pytest.mark.parametrize("in_channels, width", [(3, 30), (8, 120)], ids=["im2col-on-stack", "direct-conv"])
+def test_native_expansion_paths(in_channels, width):
+    # the stack im2col holds 8192 floats: 8 channels * 9 taps * 120 columns do not fit
+    geom = BlockGeometry(in_channels, 7, width, 6, 3, 1, (1, 0, 1, 2), 3, 1, (1, 1, 1, 1), 5, False)
+    rng = np.random.default_rng(in_channels)
+    case = BlockCase(geom, BlockSchedule(2, 3), random_weights(geom, rng),
+                     rng.standard_normal((in_channels, 7, width)).astype(np.float32))
+    assert_close(run_case(case, "native"), reference_block(case))
+    assert_close(run_case(case, "native", threads=2), reference_block(case))
+
+
 def _native_args(case):
     scratch = make_scratch(case.geom, case.sched, "native")
     out = np.empty((case.geom.out_channels, case.geom.out_height, case.geom.out_width), np.float32)

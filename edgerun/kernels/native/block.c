@@ -5,6 +5,7 @@
  * their own, only barriers between the phases. */
 #define _POSIX_C_SOURCE 200809L /* pthread barriers under -std=c99 */
 #include <pthread.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -133,14 +134,76 @@ static int is_plain_pointwise(const er_block_geom *g)
     return g->expand_kernel == 1 && g->expand_stride == 1 && !(p[0] | p[1] | p[2] | p[3]);
 }
 
+/* ---- expansion through a small im2col on the stack (the fused 3x3 stride-2 stem) ----
+ * For a group of hidden rows, the Cin*ke*ke input taps of every hidden pixel are gathered
+ * (zeros where the window hangs over the padding) into a stack buffer, then one GEMM
+ * against we_t writes the rows into `expanded` with bias and activation. */
+#define IM2COL_FLOATS 8192
+
+/* Columns [j0, j1) of the hidden row whose tap (offset = kx - pad_left) lands inside the input. */
+static void tap_columns(int width, int in_width, int stride, int offset, int *j0, int *j1)
+{
+    *j0 = min_int(width, max_int(0, er_ceil_div(-offset, stride)));
+    *j1 = max_int(*j0, min_int(width, floor_div(in_width - 1 - offset, stride) + 1));
+}
+
+static void gather_im2col(const er_block_geom *g, const float *x, int ha, int hb, float *cols)
+{
+    int k = g->expand_kernel, s = g->expand_stride, width = g->hidden_width;
+    long pitch = (long)(hb - ha) * width, in_plane = (long)g->in_height * g->in_width;
+    for (int ci = 0; ci < g->in_channels; ci++) {
+        for (int ky = 0; ky < k; ky++) {
+            for (int kx = 0; kx < k; kx++) {
+                float *dst = cols + ((long)(ci * k + ky) * k + kx) * pitch;
+                int offset = kx - g->expand_pads[1], j0, j1;
+                tap_columns(width, g->in_width, s, offset, &j0, &j1);
+                for (int h = ha; h < hb; h++, dst += width) {
+                    int r = h * s - g->expand_pads[0] + ky;
+                    if (r < 0 || r >= g->in_height) {
+                        memset(dst, 0, sizeof(float) * width);
+                        continue;
+                    }
+                    const float *row = x + ci * in_plane + (long)r * g->in_width + offset;
+                    for (int j = 0; j < j0; j++) dst[j] = 0.0f;
+                    for (int j = j0; j < j1; j++) dst[j] = row[j * s];
+                    for (int j = j1; j < width; j++) dst[j] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* Hidden rows per im2col group; 0 when even one row does not fit the stack buffer. */
+static int im2col_group_rows(const er_block_geom *g)
+{
+    long taps = (long)g->in_channels * g->expand_kernel * g->expand_kernel;
+    return (int)(IM2COL_FLOATS / (taps * g->hidden_width));
+}
+
+static void expand_rows_im2col(block_job *job, int c0, int c1, int h0, int h1, int ha, int hb)
+{
+    const er_block_geom *g = job->g;
+    const er_block_weights *w = job->w;
+    float cols[IM2COL_FLOATS];
+    int group = im2col_group_rows(g), width = g->hidden_width;
+    long taps = (long)g->in_channels * g->expand_kernel * g->expand_kernel;
+    for (int h = ha; h < hb; h += group) {
+        int he = min_int(hb, h + group);
+        gather_im2col(g, job->x, h, he, cols);
+        er_gemm_tn(c1 - c0, (he - h) * width, (int)taps, w->we_t + c0, g->hidden_channels, cols,
+                   (long)(he - h) * width, job->expanded + (long)(h - h0) * width,
+                   (long)(h1 - h0) * width, 0, w->be + c0, &w->expand_act);
+    }
+}
+
 /* Hidden channels [c0, c1), rows [h0, h1) into job->expanded: (c1-c0, h1-h0, Wh). */
 static void expand_chunk(block_job *job, int tid, int c0, int c1, int h0, int h1)
 {
     const er_block_geom *g = job->g;
     const er_block_weights *w = job->w;
-    int rows = h1 - h0, width = g->hidden_width;
+    int rows = h1 - h0, width = g->hidden_width, a, b;
     if (is_plain_pointwise(g)) {
-        int columns = rows * width, a, b;
+        int columns = rows * width;
         share(columns, tid, job->threads, GEMM_COLUMN_ALIGN, &a, &b);
         if (a < b)
             er_gemm_tn(c1 - c0, b - a, g->in_channels, w->we_t + c0, g->hidden_channels,
@@ -148,7 +211,12 @@ static void expand_chunk(block_job *job, int tid, int c0, int c1, int h0, int h1
                        job->expanded + a, columns, 0, w->be + c0, &w->expand_act);
         return;
     }
-    int items = (c1 - c0) * rows, a, b;
+    if (im2col_group_rows(g) >= 1) {
+        share(rows, tid, job->threads, 1, &a, &b);
+        if (a < b) expand_rows_im2col(job, c0, c1, h0, h1, h0 + a, h0 + b);
+        return;
+    }
+    int items = (c1 - c0) * rows;
     share(items, tid, job->threads, 1, &a, &b);
     for (int item = a; item < b; item++) {
         int c = c0 + item / rows, h = h0 + item % rows;
