@@ -149,3 +149,21 @@ def test_native_global_average_pool():
     np.testing.assert_allclose(out[:, 0, 0], x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-6, atol=1e-7)
     with pytest.raises(EdgerunError, match="out"):
         native.global_average_pool(x, np.empty(4, np.float32))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_block_allocates_nothing_of_activation_size(threads):
+    import tracemalloc
+    case = mobilenet_block_case(t=3, band_rows=8)
+    out, scratch = _native_args(case)
+    native.run_block(case.x, out, case.weights, case.geom, case.sched, scratch, threads=threads)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        native.run_block(case.x, out, case.weights, case.geom, case.sched, scratch, threads=threads)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 4096, peak
+    assert_close(out, reference_block(case))
