@@ -28,7 +28,8 @@ typedef int vi __attribute__((vector_size(VL * 4)));
 
 static inline vf loadv(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void storev(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf splatv(float s) { return (vf){0} + s; }
+/* s - 0 folds to a plain broadcast (0 + s would not: -0.0 + 0 is +0.0). */
+static inline vf splatv(float s) { return s - (vf){0}; }
 static inline vf selectv(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
 /* ReLU and clip applied in registers; returns v unchanged for other kinds (done after the store). */
