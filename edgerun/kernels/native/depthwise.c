@@ -126,17 +126,11 @@ static void depthwise_rows_checked(const float *src, int src_row0, int height, i
 static void copy_padded_rows(const float *src, int src_row0, int height, int width, int top, int rows,
                              int pad_left, int pw, float *P)
 {
-    for (int r = 0; r < rows; r++) {
-        float *p = P + (long)r * pw;
-        int hr = top + r;
-        if (hr < 0 || hr >= height) {
-            memset(p, 0, sizeof(float) * pw);
-            continue;
-        }
-        memset(p, 0, sizeof(float) * pad_left);
-        memcpy(p + pad_left, src + (long)(hr - src_row0) * width, sizeof(float) * width);
-        memset(p + pad_left + width, 0, sizeof(float) * (pw - pad_left - width));
-    }
+    /* one memset for all the padding, then one copy per row inside the input */
+    memset(P, 0, sizeof(float) * (size_t)rows * pw);
+    int first = top < 0 ? -top : 0, last = height - top < rows ? height - top : rows;
+    for (int r = first; r < last; r++)
+        memcpy(P + (long)r * pw + pad_left, src + (long)(top + r - src_row0) * width, sizeof(float) * width);
 }
 
 #define DEFINE_FLAT_S1(K)                                                                      \
