@@ -48,7 +48,8 @@ def conv_output_shape(spatial, kernel_shape, strides, pads, dilations) -> list[i
             for i, size in enumerate(spatial)]
 
 
-def _window_slices(offsets, dilations, strides, out_shape):
+def window_slices(offsets, dilations, strides, out_shape):
+    """Per spatial axis, the strided slice of a padded input that kernel tap `offsets` reads."""
     return tuple(slice(o * d, o * d + s * (n - 1) + 1, s)
                  for o, d, s, n in zip(offsets, dilations, strides, out_shape))
 
@@ -67,7 +68,7 @@ def _depthwise(xp, w, strides, dilations, out_shape):
     out = np.zeros((n, c, *out_shape), dtype=np.result_type(xp, w))
     tap_shape = (1, c) + (1,) * len(out_shape)
     for offsets in itertools.product(*(range(k) for k in w.shape[2:])):
-        window = xp[(slice(None), slice(None)) + _window_slices(offsets, dilations, strides, out_shape)]
+        window = xp[(slice(None), slice(None)) + window_slices(offsets, dilations, strides, out_shape)]
         out += window * w[(slice(None), 0) + offsets].reshape(tap_shape)
     return out
 
@@ -78,7 +79,7 @@ def _im2col(xp, kernel_shape, strides, dilations, out_shape):
     taps = math.prod(kernel_shape)
     cols = np.empty((n, c, taps) + tuple(out_shape), dtype=xp.dtype)
     for t, offsets in enumerate(itertools.product(*(range(k) for k in kernel_shape))):
-        cols[:, :, t] = xp[(slice(None), slice(None)) + _window_slices(offsets, dilations, strides, out_shape)]
+        cols[:, :, t] = xp[(slice(None), slice(None)) + window_slices(offsets, dilations, strides, out_shape)]
     return cols.reshape(n, c, taps, math.prod(out_shape))
 
 
@@ -274,7 +275,7 @@ def _conv_transpose_compute(node, inputs, opset):
                   for size, k, s, d in zip(in_spatial, kernel_shape, strides, dilations)]
     full = np.zeros((n, group * mg) + tuple(full_shape), dtype=cols.dtype)
     for t, offsets in enumerate(itertools.product(*(range(k) for k in kernel_shape))):
-        full[(slice(None), slice(None)) + _window_slices(offsets, dilations, strides, in_spatial)] += cols[:, :, t]
+        full[(slice(None), slice(None)) + window_slices(offsets, dilations, strides, in_spatial)] += cols[:, :, t]
     out = _crop_or_extend(full, pads, out_shape)
     if b is not None:
         if np.size(b) != out.shape[1]:

@@ -162,7 +162,7 @@ def _sum_compute(node, inputs, opset):
     if not inputs or any(i is None for i in inputs):
         raise invalid(node, "expects one or more inputs, none omitted")
     broadcast_shapes(node, [np.shape(i) for i in inputs])
-    total = np.asarray(inputs[0])
+    total = np.array(inputs[0], copy=True)
     for term in inputs[1:]:
         total = total + term
     return [np.asarray(total, dtype=np.asarray(inputs[0]).dtype)]

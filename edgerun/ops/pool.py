@@ -9,7 +9,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.conv import int_list_attr, resolve_conv_pads
+from edgerun.ops.conv import int_list_attr, resolve_conv_pads, window_slices
 from edgerun.ops.elementwise import attr_int, attr_ints, invalid, require_inputs
 
 
@@ -98,11 +98,10 @@ def _padded(x, pads, out, kernel, strides, dilations, fill):
 
 def _windows(xp, kernel, strides, dilations, out):
     for offsets in itertools.product(*(range(k) for k in kernel)):
-        yield xp[(slice(None), slice(None)) + tuple(
-            slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offsets, dilations, strides, out))]
+        yield xp[(slice(None), slice(None)) + window_slices(offsets, dilations, strides, out)]
 
 
-def _axis_counts(size, k, s, d, begin, low, high, out):
+def _axis_counts(k, s, d, begin, low, high, out):
     """For each output position, how many window taps fall inside [low, high) of the unpadded axis."""
     starts = np.arange(out) * s - begin
     taps = starts[:, None] + np.arange(k)[None, :] * d
@@ -114,7 +113,7 @@ def _average_divisor(x_spatial, kernel, strides, dilations, pads, out, include_p
     divisor = np.ones((), dtype=np.float64)
     for i in range(rank):
         low, high = (-pads[i], x_spatial[i] + pads[i + rank]) if include_pad else (0, x_spatial[i])
-        counts = _axis_counts(x_spatial[i], kernel[i], strides[i], dilations[i], pads[i], low, high, out[i])
+        counts = _axis_counts(kernel[i], strides[i], dilations[i], pads[i], low, high, out[i])
         divisor = np.multiply.outer(divisor, counts)
     return divisor
 
