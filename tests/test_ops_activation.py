@@ -14,8 +14,9 @@ X = randn(3, 4, 5) * 4
     ("HardSigmoid", {}), ("HardSigmoid", dict(alpha=0.3, beta=0.4)),
     ("LeakyRelu", {}), ("LeakyRelu", dict(alpha=0.2)),
 ])
-def test_activation_matches_onnxruntime(op, attrs):
-    check_op(op, [X], attrs, opset=14 if op == "HardSwish" else 13)
+@pytest.mark.parametrize("opset", [7, 13, 21])
+def test_activation_matches_onnxruntime(op, attrs, opset):
+    check_op(op, [X], attrs, opset=max(opset, 14) if op == "HardSwish" else opset)
 
 
 def test_sigmoid_extreme_inputs_stay_finite():

@@ -112,3 +112,9 @@ def test_resize_bad_mode_and_inputs_name_node():
         compute_only("Resize", [X, None, f32(1, 1, 2, 2), i64(1, 2, 10, 14)], opset=13)
     with pytest.raises(InvalidModelError, match="resize_bad.*antialias"):
         compute_only("Resize", [X, None, f32(1, 1, 0.5, 0.5)], dict(mode="linear", antialias=1), opset=18)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_opset_21(mode):
+    check_resize([X, None, f32(1, 1, 1.5, 0.5)], dict(mode=mode), 21)
+    check_resize([X, None, None, i64(1, 2, 3, 11)], dict(mode=mode), 21)

@@ -250,3 +250,21 @@ def test_pad_unknown_pads_give_unknown_shape_and_bad_mode_fails():
         compute_only("Pad", [X, i64(0, 0, 1, 1, 0, 0, 1, 1)], dict(mode="mirror"), opset=13)
     with pytest.raises(InvalidModelError, match="pad_bad.*pads"):
         compute_only("Pad", [X, i64(1, 1)], opset=13)
+
+
+@pytest.mark.parametrize("op, inputs, attrs, n_outputs", [
+    ("Pad", [X, i64(0, 1, 1, 0, 0, 1, 0, 2)], dict(mode="edge"), 1),
+    ("Reshape", [X, i64(0, -1)], {}, 1),
+    ("Squeeze", [randn(1, 3, 1), i64(0)], {}, 1),
+    ("Unsqueeze", [X, i64(2)], {}, 1),
+    ("Split", [X], dict(axis=1, num_outputs=2), 2),
+    ("Slice", [X, i64(1), i64(-1), i64(3)], {}, 1),
+    ("Shape", [X], dict(start=-3, end=-1), 1),
+    ("Cast", [X], dict(to=7), 1),
+    ("Flatten", [X], dict(axis=-2), 1),
+    ("Transpose", [X], dict(perm=[1, 0, 3, 2]), 1),
+    ("Identity", [X], {}, 1),
+    ("ConstantOfShape", [i64(3, 1)], {}, 1),
+])
+def test_shape_ops_at_opset_21(op, inputs, attrs, n_outputs):
+    check_op(op, inputs, attrs, opset=21, n_outputs=n_outputs, known_values=everything_known)
