@@ -103,6 +103,7 @@ def test_concat_mismatch_names_node():
     ([X, i64(1, 4)], dict(axis=3), 13, 2),
     ([X, i64(1, 0, 1)], dict(axis=-4), 13, 3),
     ([X], dict(axis=2), 13, 4),
+    ([X, np.array([], np.int64)], dict(axis=2), 13, 2),
     ([X], dict(axis=3, num_outputs=3), 18, 3),
     ([X], dict(axis=1, num_outputs=3), 18, 3),
 ])

@@ -210,6 +210,8 @@ def _concat_compute(node, inputs, opset):
 def _split_sizes(node, dim, split, opset):
     """Sizes of each output along the split axis (None when `split` is an unknown tensor)."""
     count = len(node.outputs)
+    if split is not None and np.size(split) == 0:
+        split = None  # an empty `split` tensor means "split evenly", as if omitted
     if split is not None:
         sizes = _ints(split)
         if len(sizes) != count or any(s < 0 for s in sizes):
