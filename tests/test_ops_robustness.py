@@ -6,7 +6,6 @@ known or unknown contents) and random attributes (wrong types included) at every
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
