@@ -75,3 +75,5 @@ def test_apply_activation_rejects_unknown_kind_and_bad_params():
         apply_activation(X, "swish", [])
     with pytest.raises(InvalidModelError, match="clip"):
         apply_activation(X, "clip", [0.0])
+    with pytest.raises(InvalidModelError, match="leakyrelu"):
+        apply_activation(X, "leakyrelu", [None])

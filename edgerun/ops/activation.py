@@ -44,9 +44,10 @@ def apply_activation(x: np.ndarray, kind: str, params) -> np.ndarray:
     if kind not in _PARAM_COUNTS:
         raise InvalidModelError(f"unknown fused activation {kind!r}; expected one of {sorted(_PARAM_COUNTS)}")
     params = list(params or [])
-    if len(params) != _PARAM_COUNTS[kind]:
+    if len(params) != _PARAM_COUNTS[kind] or not all(
+            isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, bool) for p in params):
         raise InvalidModelError(
-            f"activation {kind!r} takes {_PARAM_COUNTS[kind]} parameter(s), got {len(params)}: {params}")
+            f"activation {kind!r} takes {_PARAM_COUNTS[kind]} numeric parameter(s), got {params!r}")
     x = np.asarray(x)
     if kind == "":
         return x
