@@ -68,9 +68,31 @@ def test_average_pool_count_exclude_pad_hand_worked():
     assert got.tolist() == [[[[0.0, 0.5], [1.0, 1.5]]]]
 
 
-def test_max_pool_indices_output_rejected_with_node_name():
-    with pytest.raises(InvalidModelError, match="maxpool_bad.*Indices"):
-        compute_only("MaxPool", [X], dict(kernel_shape=[2, 2]), n_outputs=2)
+@pytest.mark.parametrize("x, attrs", [
+    (X, dict(kernel_shape=[3, 3])),
+    (X, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    (X, dict(kernel_shape=[2, 3], strides=[2, 2], ceil_mode=1, pads=[0, 1, 1, 0])),
+    (X, dict(kernel_shape=[3, 3], storage_order=1, pads=[1, 0, 1, 2])),
+    (X, dict(kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 0, 0, 1])),
+    (np.round(X), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])),  # ties: the first maximum in scan order
+    (randn(1, 2, 5, 4, 6), dict(kernel_shape=[2, 3, 2], pads=[1, 0, 1, 0, 1, 1])),
+    (randn(2, 2, 11), dict(kernel_shape=[3], strides=[2])),
+])
+def test_max_pool_indices_output(x, attrs):
+    check_op("MaxPool", [x], attrs, opset=12, n_outputs=2)
+
+
+def test_max_pool_indices_hand_worked():
+    x = np.array([[[[1, 5, 2], [7, 3, 9]]]], np.float32)
+    values, indices = compute_only("MaxPool", [x], dict(kernel_shape=[2, 2]), n_outputs=2)
+    assert values.tolist() == [[[[7, 9]]]] and indices.tolist() == [[[[3, 5]]]]
+    _, column_major = compute_only("MaxPool", [x], dict(kernel_shape=[2, 2], storage_order=1), n_outputs=2)
+    assert column_major.tolist() == [[[[1, 5]]]]  # (h=1, w=0) -> 0*2+1, (h=1, w=2) -> 2*2+1
+
+
+def test_max_pool_bad_storage_order_names_node():
+    with pytest.raises(InvalidModelError, match="maxpool_bad.*storage_order"):
+        compute_only("MaxPool", [X], dict(kernel_shape=[2, 2], storage_order=2), n_outputs=2)
 
 
 def test_pool_missing_kernel_shape_names_node():

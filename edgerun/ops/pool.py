@@ -68,22 +68,27 @@ def _check_pool_rank(node, shape):
 
 def _pool_infer(node, inputs, opset):
     require_inputs(node, inputs, 1)
-    _reject_indices(node)
     x = inputs[0]
     _check_pool_rank(node, x.shape)
     if x.shape is None:
-        return [TensorInfo(None, np.dtype(x.dtype))]
-    spatial = x.shape[2:]
-    if not all(isinstance(d, int) for d in spatial):
-        _pool_params(node, len(spatial), opset)
-        return [TensorInfo(tuple(x.shape[:2]) + (None,) * len(spatial), np.dtype(x.dtype))]
-    out = _pool_geometry(node, spatial, opset)[-1]
-    return [TensorInfo(tuple(x.shape[:2]) + tuple(out), np.dtype(x.dtype))]
+        shape = None
+    elif not all(isinstance(d, int) for d in x.shape[2:]):
+        _pool_params(node, len(x.shape) - 2, opset)
+        shape = tuple(x.shape[:2]) + (None,) * (len(x.shape) - 2)
+    else:
+        shape = tuple(x.shape[:2]) + tuple(_pool_geometry(node, x.shape[2:], opset)[-1])
+    infos = [TensorInfo(shape, np.dtype(x.dtype))]
+    if _wants_indices(node):
+        infos.append(TensorInfo(shape, np.dtype(np.int64)))
+    return infos
 
 
-def _reject_indices(node):
-    if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
-        raise invalid(node, "the second output 'Indices' of MaxPool is not supported")
+def _wants_indices(node) -> bool:
+    """MaxPool's optional second output: flat indices of the maxima (storage_order 0 row-, 1 column-major)."""
+    wanted = node.op_type == "MaxPool" and len(node.outputs) > 1 and bool(node.outputs[1])
+    if wanted and attr_int(node, "storage_order", 0) not in (0, 1):
+        raise invalid(node, f"attribute 'storage_order'={node.attrs['storage_order']!r} must be 0 or 1")
+    return wanted
 
 
 def _padded(x, pads, out, kernel, strides, dilations, fill):
@@ -135,17 +140,54 @@ def _lowest(dtype):
     return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
 
 
+def _plane_strides(spatial, storage_order):
+    """Element strides of the spatial axes inside one (N, C) plane: row-major, or column-major if 1."""
+    order = range(len(spatial)) if storage_order else reversed(range(len(spatial)))
+    strides, step = [0] * len(spatial), 1
+    for axis in order:
+        strides[axis], step = step, step * spatial[axis]
+    return strides
+
+
+def _tap_plane_index(offsets, strides, dilations, pads, out, plane_strides):
+    """For each output position, the in-plane flat index of the input element that tap `offsets` reads."""
+    index = np.zeros((1,) * len(out), np.int64)
+    for axis, n in enumerate(out):
+        positions = np.arange(n) * strides[axis] - pads[axis] + offsets[axis] * dilations[axis]
+        shape = [1] * len(out)
+        shape[axis] = n
+        index = index + (positions * plane_strides[axis]).reshape(shape)
+    return index
+
+
 def _max_pool_compute(node, inputs, opset):
     require_inputs(node, inputs, 1)
-    _reject_indices(node)
+    with_indices = _wants_indices(node)
     x = np.asarray(inputs[0])
     _check_pool_rank(node, x.shape)
     kernel, strides, dilations, pads, out = _pool_geometry(node, x.shape[2:], opset)
     xp = _padded(x, pads, out, kernel, strides, dilations, _lowest(x.dtype))
-    result = None
-    for window in _windows(xp, kernel, strides, dilations, out):
-        result = window.copy() if result is None else np.maximum(result, window)
-    return [result]
+    plane_strides = _plane_strides(x.shape[2:], attr_int(node, "storage_order", 0))
+    result, where = None, None
+    taps = itertools.product(*(range(k) for k in kernel))
+    for offsets, window in zip(taps, _windows(xp, kernel, strides, dilations, out)):
+        if result is None:
+            result = window.copy()
+            if with_indices:
+                where = np.broadcast_to(_tap_plane_index(offsets, strides, dilations, pads, out, plane_strides),
+                                        result.shape).copy()
+            continue
+        if with_indices:
+            # Strictly greater: ties keep the first tap in scan order, as onnxruntime does.
+            better = window > result
+            where = np.where(better, _tap_plane_index(offsets, strides, dilations, pads, out, plane_strides), where)
+        result = np.maximum(result, window)
+    if not with_indices:
+        return [result]
+    n, c = x.shape[:2]
+    plane = int(np.prod(x.shape[2:], dtype=np.int64))
+    planes = (np.arange(n * c, dtype=np.int64) * plane).reshape((n, c) + (1,) * len(out))
+    return [result, where + planes]
 
 
 def _global_average_infer(node, inputs, opset):
