@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
-from op_harness import check_op, compute_only, infer_only, randn
+from op_harness import assert_close, check_op, compute_only, infer_only, one_node_model, randn, run_ort
 
 X = randn(2, 3, 9, 8)
 
@@ -156,3 +156,15 @@ def test_pool_random_configurations_match_onnxruntime(config):
     x = randn(*x_shape)
     check_op("MaxPool", [x], attrs, opset=12)
     check_op("AveragePool", [x], attrs | dict(count_include_pad=count_include_pad), opset=11)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_same_padding_with_dilation_follows_the_spec(op):
+    # onnxruntime sizes SAME padding without the dilation (8 rows out of 9 here) while the spec and onnx's
+    # shape inference give ceil(9 / 1) = 9. The spec's SAME_UPPER pads for a dilated 2x2 kernel (span 3x2)
+    # on 9x8 are [1, 0, 1, 1]; onnxruntime with those explicit pads is the oracle.
+    x = randn(1, 2, 9, 8)
+    same = compute_only(op, [x], dict(kernel_shape=[2, 2], dilations=[2, 1], auto_pad="SAME_UPPER"), opset=19)[0]
+    model, _ = one_node_model(op, [x], dict(kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 0, 1, 1]), 19)
+    assert same.shape == (1, 2, 9, 8)
+    assert_close(same, run_ort(model, [x])[0], op)
