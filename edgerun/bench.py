@@ -245,7 +245,18 @@ def format_machine(machine: dict) -> list[str]:
             f"load average {machine['load_average_1m']} at start; threads {machine['threads']}",
             f"numpy {machine['numpy']} BLAS: {machine['numpy_blas']}",
             "(--threads sets onnxruntime's intra-op threads and edgerun's native threads; numpy's BLAS calls "
-            "use the BLAS library's own thread count)"]
+            "use the BLAS library's own thread count)"] + _blas_threads_warning(machine)
+
+
+def _blas_threads_warning(machine: dict) -> list[str]:
+    """On a shared machine a multi-threaded BLAS under contention slows numpy's matrix products
+    many times over (seen here: 0.4 ms -> 7 ms for one Gemm), and not onnxruntime's single thread."""
+    if any(var in os.environ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return []
+    if machine["threads"] >= machine["cores_usable"]:
+        return []
+    return [f"note: BLAS threads are not limited; for a {machine['threads']}-thread comparison run with "
+            f"OPENBLAS_NUM_THREADS={machine['threads']} in the environment"]
 
 
 def format_summary(result: dict) -> list[str]:
