@@ -205,8 +205,10 @@ def main(argv=None) -> int:
     path = args.out or default_path(backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
+    from edgerun.bench import cpu_model, numpy_blas
     print(f"calibrated the {backend} cost model on {len(cases)} MobileNetV2 block schedules and "
           f"{len(others)} other steps of MobileNetV2 and V1 (load average {os.getloadavg()[0]:.2f})")
+    print(f"machine: {cpu_model()}; numpy BLAS: {numpy_blas()} (calibrate with the BLAS threads you run with)")
     print("\n".join(describe_fit(model, CostModel.default(backend), timer.measured)))
     print("fits: " + ", ".join(f"{name} least squares {median_relative_error(m, timer.measured):.1%}"
                                for name, m in fits.items()) + " median relative error; kept the smaller")
