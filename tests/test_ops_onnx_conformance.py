@@ -2,7 +2,7 @@
 edgerun's reference kernels, one test per operator.
 
 Cases outside edgerun's scope may fail cleanly with InvalidModelError (never a crash or a wrong answer):
-training-mode Dropout/BatchNormalization, antialiased Resize, and Cast to or from
+training-mode Dropout/BatchNormalization and Cast to or from
 dtypes edgerun does not carry (bfloat16, float8, 2/4-bit). Where onnx's reference and onnxruntime disagree,
 onnxruntime (the project's oracle) decides.
 """
@@ -21,7 +21,7 @@ from op_harness import assert_close, edgerun_node, op_def, run_ort_feeds
 # onnxruntime uses the integer output length. Compare these against onnxruntime instead.
 ONNXRUNTIME_DECIDES = {"test_resize_downsample_scales_linear_align_corners",
                        "test_resize_downsample_scales_cubic_align_corners"}
-OUT_OF_SCOPE_MARKERS = ("training", "antialias", "BFLOAT16", "FLOAT8", "INT4", "UINT4", "INT2", "UINT2",
+OUT_OF_SCOPE_MARKERS = ("training", "BFLOAT16", "FLOAT8", "INT4", "UINT4", "INT2", "UINT2",
                         "FLOAT4", "e8m0")
 
 

@@ -103,6 +103,22 @@ def test_resize_unknown_sizes_give_unknown_shape():
     assert infer_only("Resize", infos, opset=13)[0].shape is None
 
 
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("scales", [(1, 1, 0.5, 0.6), (1, 1, 0.3, 0.8), (1, 1, 0.7, 1.5)])
+def test_resize_antialias_downscaling(mode, transform, scales):
+    x = randn(1, 2, 9, 11) * 3
+    check_resize([x, None, f32(*scales)], dict(mode=mode, antialias=1, coordinate_transformation_mode=transform), 18)
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_resize_antialias_with_sizes_axes_and_exclude_outside(mode):
+    x = randn(1, 2, 9, 11) * 3
+    attrs = dict(mode=mode, antialias=1, exclude_outside=1, cubic_coeff_a=-0.5)
+    check_resize([x, None, None, i64(1, 2, 4, 3)], attrs, 18)
+    check_resize([x, None, None, i64(3)], dict(attrs, axes=[-1]), 19)
+
+
 def test_resize_bad_mode_and_inputs_name_node():
     with pytest.raises(InvalidModelError, match="resize_bad.*mode"):
         compute_only("Resize", [X, None, f32(1, 1, 2, 2)], dict(mode="area"), opset=13)
@@ -111,7 +127,7 @@ def test_resize_bad_mode_and_inputs_name_node():
     with pytest.raises(InvalidModelError, match="resize_bad.*exactly one"):
         compute_only("Resize", [X, None, f32(1, 1, 2, 2), i64(1, 2, 10, 14)], opset=13)
     with pytest.raises(InvalidModelError, match="resize_bad.*antialias"):
-        compute_only("Resize", [X, None, f32(1, 1, 0.5, 0.5)], dict(mode="linear", antialias=1), opset=18)
+        compute_only("Resize", [X, None, f32(1, 1, 0.5, 0.5)], dict(mode="linear", antialias=[1]), opset=18)
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])

@@ -1,4 +1,4 @@
-"""Resize (opsets 10-21): nearest / linear / cubic, separable along each resized axis.
+"""Resize (opsets 10-21): nearest / linear / cubic (with antialias), separable along each resized axis.
 
 Each axis is resized by gathering `taps` input rows per output row and summing them with weights;
 nearest uses one tap, linear two, cubic four. Coordinates are computed in float32 like onnxruntime,
@@ -29,8 +29,8 @@ def _attrs(node, opset):
         return mode, "asymmetric", "simple"
     transform = attr_str(node, "coordinate_transformation_mode", "half_pixel", _TRANSFORMS)
     nearest_mode = attr_str(node, "nearest_mode", "round_prefer_floor", _NEAREST_MODES)
-    if attr_int(node, "antialias", 0):
-        raise invalid(node, "attribute 'antialias'=1 is not supported")
+    if attr_int(node, "antialias", 0) and mode == "nearest":
+        raise invalid(node, "attribute 'antialias'=1 needs mode 'linear' or 'cubic'")
     return mode, transform, nearest_mode
 
 
@@ -178,12 +178,32 @@ def _cubic_taps(x, in_size, a, exclude_outside):
     return np.clip(raw, 0, in_size - 1), weights.astype(_F)
 
 
+def _antialias_taps(node, mode, x, in_size, scale):
+    """Downscaling with the linear/cubic filter stretched by 1/scale (taps past an edge repeat the edge
+    value unless exclude_outside)."""
+    a = attr_float(node, "cubic_coeff_a", -0.75)
+    support = (1.0 if mode == "linear" else 2.0) / scale
+    first = np.floor(x - support).astype(np.int64) + 1
+    taps = first[:, None] + np.arange(int(np.ceil(2 * support)) + 1)[None, :]
+    distance = (taps - x[:, None]) * scale
+    if mode == "linear":
+        weights = np.maximum(0, 1 - np.abs(distance)).astype(_F)
+    else:
+        weights = _cubic_weight(distance, _F(a))
+    if attr_int(node, "exclude_outside", 0):
+        weights = np.where((taps >= 0) & (taps < in_size), weights, 0)
+    weights = weights / np.sum(weights, axis=1, keepdims=True)
+    return np.clip(taps, 0, in_size - 1), weights.astype(_F)
+
+
 def _axis_taps(node, mode, transform, nearest_mode, in_size, out_size, scale, roi):
     """(indices (out, taps), weights (out, taps), outside mask (out,) for extrapolation)."""
     x = _source_coordinates(transform, out_size, in_size, _F(scale), roi).astype(_F)
     outside = (x < 0) | (x > in_size - 1) if transform == "tf_crop_and_resize" else np.zeros(out_size, bool)
     if mode == "nearest":
         indices, weights = _nearest_taps(x, nearest_mode, in_size, scale < 1)
+    elif scale < 1 and attr_int(node, "antialias", 0):
+        indices, weights = _antialias_taps(node, mode, x, in_size, _F(scale))
     elif mode == "linear":
         indices, weights = _linear_taps(x, in_size)
     else:
