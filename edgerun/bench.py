@@ -42,6 +42,7 @@ class Config:
     budget_bytes: int | None = None
     max_abs_diff: float | None = None   # against onnxruntime's output
     calibrated_seconds: float | None = None  # the plan under this machine's calibrated cost model
+    measured_peak_bytes: int | None = None   # arena + tracemalloc peak of one profiled run (untimed)
     seconds: list = field(default_factory=list)
 
     @property
@@ -166,6 +167,8 @@ def configurations(model, threads: int, backends: list[str]) -> tuple[list[Confi
         if feeds is None:
             feeds = bench_input(fast_sess)
         for config, sess in pairs:
+            sess.run(None, feeds, profile=True)
+            config.measured_peak_bytes = sess.last_run.measured_peak_bytes
             config.run = _edgerun_runner(sess, feeds)
             config.calibrated_seconds = calibrated_estimate(sess, backend, calibrated)
             configs.append(config)
@@ -231,6 +234,7 @@ def summary(model_label: str, configs: list[Config]) -> dict:
             "vs_onnxruntime": median / ort_median,
             "vs_own_fastest": median / fastest_median[config.backend] if config.backend in fastest_median else None,
             "planned_peak_bytes": config.planned_peak_bytes,
+            "measured_peak_bytes": config.measured_peak_bytes,
             "budget_bytes": config.budget_bytes,
             "estimated_ms": None if config.estimated_seconds is None else config.estimated_seconds * 1e3,
             "calibrated_estimate_ms": None if config.calibrated_seconds is None else config.calibrated_seconds * 1e3,
@@ -261,16 +265,17 @@ def _blas_threads_warning(machine: dict) -> list[str]:
 
 def format_summary(result: dict) -> list[str]:
     header = (f"{'configuration':<38} {'median ms':>10} {'x ORT':>7} {'x own fastest':>13} "
-              f"{'planned peak':>13} {'est ms':>8} {'cal est':>8} {'max|diff|':>9}")
+              f"{'planned peak':>13} {'measured':>10} {'est ms':>8} {'cal est':>8} {'max|diff|':>9}")
     lines = [f"{result['model']}", header, "-" * len(header)]
     for row in result["results"]:
         own = "-" if row["vs_own_fastest"] is None else f"{row['vs_own_fastest']:.2f}"
         peak = "-" if row["planned_peak_bytes"] is None else f"{row['planned_peak_bytes']:,}"
+        measured = "-" if row["measured_peak_bytes"] is None else f"{row['measured_peak_bytes']:,}"
         est = "-" if row["estimated_ms"] is None else f"{row['estimated_ms']:.1f}"
         cal = "-" if row["calibrated_estimate_ms"] is None else f"{row['calibrated_estimate_ms']:.1f}"
         diff = "-" if row["max_abs_diff_vs_onnxruntime"] is None else f"{row['max_abs_diff_vs_onnxruntime']:.1e}"
         lines.append(f"{row['config']:<38} {row['median_ms']:>10.2f} {row['vs_onnxruntime']:>7.2f} {own:>13} "
-                     f"{peak:>13} {est:>8} {cal:>8} {diff:>9}")
+                     f"{peak:>13} {measured:>10} {est:>8} {cal:>8} {diff:>9}")
     return lines
 
 
@@ -327,6 +332,7 @@ def main(argv=None) -> int:
     else:
         print(f"\nload average {machine['load_average_1m_end']} at the end; medians of {args.runs} interleaved "
               "runs after warm-up; ratios are to onnxruntime in this run and to the same backend's fastest plan")
-        print("est ms: the plan's own estimate (the cost model the session planned with); cal est: the same plan "
+        print("measured: arena + tracemalloc peak above it in one profiled (untimed) run; "
+              "est ms: the plan's own estimate (the cost model the session planned with); cal est: the same plan "
               "under this machine's `edgerun calibrate` fit, '-' when none is saved")
     return 0
