@@ -160,6 +160,12 @@ def _linear_taps(x, in_size):
     return np.stack([low, high], axis=1), np.stack([1 - frac, frac], axis=1).astype(_F)
 
 
+def _normalised(weights):
+    """Rows scaled to sum to 1; a row with no weight at all (every tap excluded) stays zero."""
+    totals = np.sum(weights, axis=1, keepdims=True)
+    return weights / np.where(totals == 0, 1, totals)
+
+
 def _cubic_weight(distance, a):
     d = np.abs(distance)
     near = ((a + 2) * d - (a + 3)) * d * d + 1
@@ -174,7 +180,7 @@ def _cubic_taps(x, in_size, a, exclude_outside):
     weights = _cubic_weight(x[:, None] - raw.astype(_F), _F(a))
     if exclude_outside:
         weights = np.where((raw >= 0) & (raw < in_size), weights, 0)
-        weights = weights / np.sum(weights, axis=1, keepdims=True)
+        weights = _normalised(weights)
     return np.clip(raw, 0, in_size - 1), weights.astype(_F)
 
 
@@ -192,7 +198,7 @@ def _antialias_taps(node, mode, x, in_size, scale):
         weights = _cubic_weight(distance, _F(a))
     if attr_int(node, "exclude_outside", 0):
         weights = np.where((taps >= 0) & (taps < in_size), weights, 0)
-    weights = weights / np.sum(weights, axis=1, keepdims=True)
+    weights = _normalised(weights)
     return np.clip(taps, 0, in_size - 1), weights.astype(_F)
 
 
