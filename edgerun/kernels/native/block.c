@@ -224,7 +224,9 @@ static void expand_chunk(block_job *job, int tid, int c0, int c1, int h0, int h1
     }
 }
 
-static void depthwise_chunk(block_job *job, int tid, int c0, int c1, int h0, int o0, int o1)
+/* Depthwise (+ bias, activation) of hidden channels [c0, c1) for output rows [o0, o1); the
+ * hidden rows [h0, h1) come from `expanded`, or straight from x when there is no expansion. */
+static void depthwise_chunk(block_job *job, int tid, int c0, int c1, int h0, int h1, int o0, int o1)
 {
     const er_block_geom *g = job->g;
     const er_block_weights *w = job->w;
@@ -233,7 +235,6 @@ static void depthwise_chunk(block_job *job, int tid, int c0, int c1, int h0, int
     const float *hidden;
     int hidden_row0;
     if (g->expand_kernel) {
-        int h1 = min_int(g->hidden_height, (o1 - 1) * g->dw_stride - g->dw_pads[0] + k);
         hidden = job->expanded;
         hidden_stride = (long)(h1 - h0) * g->hidden_width;
         hidden_row0 = h0;
@@ -282,7 +283,7 @@ static void run_worker(block_job *job, int tid)
                 expand_chunk(job, tid, c0, c1, h0, h1);
                 sync_workers(job);
             }
-            depthwise_chunk(job, tid, c0, c1, h0, o0, o1);
+            depthwise_chunk(job, tid, c0, c1, h0, h1, o0, o1);
             sync_workers(job);
             project_chunk(job, tid, c0, c1, o0, o1);
             if (!g->expand_kernel) sync_workers(job); /* depthwise of the next chunk overwrites */
@@ -311,7 +312,8 @@ static void *worker_main(void *arg)
 void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
                   const float *x, float *out, float *expanded, float *depthwise, int threads)
 {
-    block_job job = {g, w, t, band_rows, x, out, expanded, depthwise, 1};
+    block_job job = {.g = g, .w = w, .t = t, .band_rows = band_rows, .x = x, .out = out,
+                     .expanded = expanded, .depthwise = depthwise, .threads = 1};
     threads = threads < 1 ? 1 : min_int(threads, MAX_THREADS);
     if (threads == 1) {
         run_worker(&job, 0);
