@@ -191,6 +191,15 @@ static void remainder_tile(int rows, int nc, int K, const float *A, long lda, co
 }
 #endif
 
+int er_gemm_vector_floats(void)
+{
+#if defined(__GNUC__)
+    return VL;
+#else
+    return 1;
+#endif
+}
+
 /* Columns per block: the K x NC slice of B stays in cache while every row tile of A passes. */
 static int column_block(int K)
 {

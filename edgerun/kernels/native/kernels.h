@@ -53,6 +53,9 @@ void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_w
 void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, long ldb,
                 float *C, long ldc, int accumulate, const float *bias, const er_act *act);
 
+/* Floats per vector in the GEMM tiles (16 with AVX-512, 8 with GCC vectors, 1 scalar). */
+int er_gemm_vector_floats(void);
+
 void er_apply_activation(float *p, long n, const er_act *act);
 
 /* Depthwise conv of one channel plane (H, W) -> (Ho, Wo), bias + activation. */

@@ -292,23 +292,18 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:i,s:i,s:i}",
+    int avx2 = 0, fma = 0, avx512f = 0;
 #if defined(__AVX2__)
-                         "avx2", 1,
-#else
-                         "avx2", 0,
+    avx2 = 1;
 #endif
 #if defined(__FMA__)
-                         "fma", 1,
-#else
-                         "fma", 0,
+    fma = 1;
 #endif
-#if defined(__GNUC__)
-                         "vector_extensions", 1
-#else
-                         "vector_extensions", 0
+#if defined(__AVX512F__)
+    avx512f = 1;
 #endif
-    );
+    return Py_BuildValue("{s:i,s:i,s:i,s:i}", "avx2", avx2, "fma", fma, "avx512f", avx512f,
+                         "vector_floats", er_gemm_vector_floats());
 }
 
 static PyMethodDef methods[] = {
