@@ -133,16 +133,19 @@ static void copy_padded_rows(const float *src, int src_row0, int height, int wid
         memcpy(P + (long)r * pw + pad_left, src + (long)(top + r - src_row0) * width, sizeof(float) * width);
 }
 
+/* One pointer per window row, taps along the row at constant offsets (kx): few registers. */
 #define DEFINE_FLAT_S1(K)                                                                      \
     static void flat_k##K##_s1(const float *restrict P, long pw, const float *restrict w, float bias, \
                                float *restrict acc, long count)                                \
     {                                                                                          \
-        const float *taps[(K) * (K)];                                                          \
-        for (int ky = 0; ky < (K); ky++)                                                       \
-            for (int kx = 0; kx < (K); kx++) taps[ky * (K) + kx] = P + ky * pw + kx;           \
+        const float *rows[K];                                                                  \
+        for (int ky = 0; ky < (K); ky++) rows[ky] = P + ky * pw;                               \
         for (long q = 0; q < count; q++) {                                                     \
             float s = bias;                                                                    \
-            for (int t = 0; t < (K) * (K); t++) s += w[t] * taps[t][q];                        \
+            for (int ky = 0; ky < (K); ky++) {                                                 \
+                const float *r = rows[ky] + q;                                                 \
+                for (int kx = 0; kx < (K); kx++) s += w[ky * (K) + kx] * r[kx];                \
+            }                                                                                  \
             acc[q] = s;                                                                        \
         }                                                                                      \
     }
@@ -155,14 +158,15 @@ DEFINE_FLAT_S1(5)
                                float *restrict dst, int rows, int out_width)                   \
     {                                                                                          \
         for (int r = 0; r < rows; r++) {                                                       \
-            const float *taps[(K) * (K)];                                                      \
-            for (int ky = 0; ky < (K); ky++)                                                   \
-                for (int kx = 0; kx < (K); kx++)                                               \
-                    taps[ky * (K) + kx] = P + (2 * r + ky) * pw + kx;                          \
+            const float *window[K];                                                            \
+            for (int ky = 0; ky < (K); ky++) window[ky] = P + (2 * r + ky) * pw;               \
             float *d = dst + (long)r * out_width;                                              \
             for (long j = 0; j < out_width; j++) {                                             \
                 float s = bias;                                                                \
-                for (int t = 0; t < (K) * (K); t++) s += w[t] * taps[t][2 * j];                \
+                for (int ky = 0; ky < (K); ky++) {                                             \
+                    const float *p = window[ky] + 2 * j;                                       \
+                    for (int kx = 0; kx < (K); kx++) s += w[ky * (K) + kx] * p[kx];            \
+                }                                                                              \
                 d[j] = s;                                                                      \
             }                                                                                  \
         }                                                                                      \
