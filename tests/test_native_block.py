@@ -167,3 +167,25 @@ def test_native_block_allocates_nothing_of_activation_size(threads):
         tracemalloc.stop()
     assert peak < 4096, peak
     assert_close(out, reference_block(case))
+
+
+def test_native_calls_from_two_python_threads_do_not_interfere():
+    # the GIL is released while the kernel runs: concurrent calls with their own scratch must stay exact
+    import threading
+    cases = [mobilenet_block_case(t=3, band_rows=7), mobilenet_block_case(t=2, band_rows=5)]
+    expected = [run_case(case, "native") for case in cases]
+    failures = []
+
+    def repeat(case, want):
+        out, scratch = _native_args(case)
+        for _ in range(20):
+            native.run_block(case.x, out, case.weights, case.geom, case.sched, scratch)
+            if not np.array_equal(out, want):
+                failures.append(case.sched)
+
+    workers = [threading.Thread(target=repeat, args=pair) for pair in zip(cases, expected)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []

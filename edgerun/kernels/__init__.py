@@ -184,7 +184,10 @@ def _choose_backend() -> str:
 
 
 def run_block(x, out, weights, geom, sched, scratch, backend=None, threads=1):
-    """Run one inverted-residual block for one image; `out` is fully written."""
+    """Run one inverted-residual block for one image; `out` is fully written.
+
+    backend: "numpy" / "native" / None (see backend()); threads: pthreads of the native kernel
+    (the numpy kernel ignores it)."""
     chosen = backend or _choose_backend()
     if chosen == "numpy":
         from edgerun.kernels import numpy_block
