@@ -93,14 +93,14 @@ class InferenceSession:
 
     def prepare(self, input_shapes: dict[str, tuple]):
         """Compile (or fetch) the plan for these input shapes."""
-        self._last = self._compiled_for(tuple((n, tuple(s)) for n, s in sorted(input_shapes.items())))
+        self._last = self._compiled_for((tuple((n, tuple(s)) for n, s in sorted(input_shapes.items())), ()))
         return self._last.plan
 
     # ---- running
     def run(self, output_names, input_feed: dict, run_options=None, *, profile: bool = False) -> list[np.ndarray]:
         feeds = self._checked_feeds(input_feed)
         names = self._checked_output_names(output_names)
-        compiled = self._compiled_for(tuple(sorted((n, a.shape) for n, a in feeds.items())))
+        compiled = self._compiled_for(_compile_key(feeds))
         self._last = compiled
         if not profile:
             outputs, _ = compiled.run(feeds, names)
@@ -119,21 +119,26 @@ class InferenceSession:
             dims = tuple(1 if axis == 0 and not isinstance(d, int) else d for axis, d in enumerate(v.shape))
             if not all(isinstance(d, int) and d > 0 for d in dims):
                 return None
+            if len(dims) <= 1:
+                return None  # a small 1-D input may carry shapes: plan once its values are known
             shapes[v.name] = dims
-        return tuple(sorted(shapes.items()))
+        return tuple(sorted(shapes.items())), ()
 
     def _compiled_for(self, key: tuple) -> CompiledModel:
         if key not in self._compiled:
+            if len(self._compiled) >= _MAX_CACHED_PLANS:
+                del self._compiled[next(iter(self._compiled))]
             self._compiled[key] = self._compile(key)
         return self._compiled[key]
 
     def _compile(self, key: tuple) -> CompiledModel:
-        graph = infer_shapes(self._graph, dict(key))
+        shapes, values = key
+        input_values = {name: np.array(data, dtype=dtype).reshape(shape) for name, dtype, shape, data in values}
+        graph = infer_shapes(self._graph, dict(shapes), input_values)
         if self.optimize_graph:
             graph = optimize(graph)
         compiled = CompiledModel(graph, budget=self.memory_budget, backend=self.backend, planner=self.planner,
                                  fixed=self._fixed, max_t=self.max_t, threads=self.threads)
-        self._compiled[key] = compiled
         return compiled
 
     # ---- input checking
@@ -142,6 +147,19 @@ class InferenceSession:
 
     def _checked_output_names(self, output_names) -> list[str]:
         return checked_output_names(self._graph.output_names(), output_names)
+
+
+_MAX_CACHED_PLANS = 16
+_MAX_SHAPE_TENSOR_ELEMENTS = 64
+
+
+def _compile_key(feeds: dict[str, np.ndarray]) -> tuple:
+    """Plans are cached per input shapes, and per value of small 1-D inputs (they may be shapes, axes,
+    scales or sizes that decide the shapes of the graph)."""
+    shapes = tuple(sorted((n, a.shape) for n, a in feeds.items()))
+    values = tuple(sorted((n, a.dtype.str, a.shape, tuple(a.ravel().tolist())) for n, a in feeds.items()
+                          if a.ndim <= 1 and a.size <= _MAX_SHAPE_TENSOR_ELEMENTS))
+    return shapes, values
 
 
 def node_arg(value) -> NodeArg:

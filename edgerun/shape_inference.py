@@ -33,13 +33,16 @@ def topological_order(graph: Graph) -> list[Node]:
     return ordered
 
 
-def infer_shapes(graph: Graph, input_shapes: dict[str, tuple]) -> Graph:
-    """Return a copy of `graph` with sorted nodes and value_info for every value."""
+def infer_shapes(graph: Graph, input_shapes: dict[str, tuple], input_values: dict | None = None) -> Graph:
+    """Return a copy of `graph` with sorted nodes and value_info for every value.
+
+    `input_values` gives the content of inputs known for this plan (small integer inputs)."""
+    input_values = input_values or {}
     graph = graph.copy()
     graph.nodes = topological_order(graph)
     infos: dict[str, TensorInfo] = {}
     for value in graph.inputs:
-        infos[value.name] = TensorInfo(tuple(input_shapes[value.name]), value.dtype)
+        infos[value.name] = TensorInfo(tuple(input_shapes[value.name]), value.dtype, input_values.get(value.name))
     for name, array in graph.initializers.items():
         infos[name] = TensorInfo(array.shape, array.dtype, array)
     for node in graph.nodes:
@@ -49,6 +52,7 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple]) -> Graph:
                 infos[name] = info
     graph.value_info = infos
     _check_outputs_known(graph)
+    _check_shapes_known(graph)
     return graph
 
 
@@ -75,3 +79,12 @@ def _check_outputs_known(graph: Graph) -> None:
     for out in graph.outputs:
         if out.name not in graph.value_info:
             raise InvalidModelError(f"graph output {out.name!r} is not produced by any node")
+
+
+def _check_shapes_known(graph: Graph) -> None:
+    for node in graph.nodes:
+        for name in node.outputs:
+            info = graph.value_info.get(name)
+            if name and (info is None or not info.is_static):
+                raise InvalidModelError(f"{node.describe()}: the shape of output {name!r} depends on data edgerun "
+                                        f"cannot know before the run; edgerun plans memory for static shapes only")
