@@ -147,6 +147,17 @@ static void tap_columns(int width, int in_width, int stride, int offset, int *j0
     *j1 = max_int(*j0, min_int(width, floor_div(in_width - 1 - offset, stride) + 1));
 }
 
+/* dst[j] = src[j * stride]; constant strides 1 and 2 (the stem) vectorise. */
+static void copy_strided(float *restrict dst, const float *restrict src, int n, int stride)
+{
+    if (stride == 1)
+        for (int j = 0; j < n; j++) dst[j] = src[j];
+    else if (stride == 2)
+        for (int j = 0; j < n; j++) dst[j] = src[2 * j];
+    else
+        for (int j = 0; j < n; j++) dst[j] = src[(long)j * stride];
+}
+
 static void gather_im2col(const er_block_geom *g, const float *x, int ha, int hb, float *cols)
 {
     int k = g->expand_kernel, s = g->expand_stride, width = g->hidden_width;
@@ -165,7 +176,7 @@ static void gather_im2col(const er_block_geom *g, const float *x, int ha, int hb
                     }
                     const float *row = x + ci * in_plane + (long)r * g->in_width + offset;
                     for (int j = 0; j < j0; j++) dst[j] = 0.0f;
-                    for (int j = j0; j < j1; j++) dst[j] = row[j * s];
+                    copy_strided(dst + j0, row + (long)j0 * s, j1 - j0, s);
                     for (int j = j1; j < width; j++) dst[j] = 0.0f;
                 }
             }
