@@ -1,39 +1,68 @@
-/* Pointwise activations applied in place; one plain loop per kind so each vectorises. */
+/* Pointwise activations applied in place; one plain loop per kind, each in its own function
+ * so that GCC if-converts and vectorises every one of them (selects, not branches: ReLU6
+ * data is clipped half of the time and branches there mispredict). */
 #include <math.h>
 
 #include "kernels.h"
 
-/* Two separate selects compile to branch-free max/min (a nested ?: became branches that
- * mispredict on ReLU6 data, half of which is clipped). */
-static inline float clampf(float v, float lo, float hi)
+static void relu(float *restrict p, long n)
 {
-    v = v < lo ? lo : v;
-    return v > hi ? hi : v;
+    for (long i = 0; i < n; i++) {
+        float v = p[i];
+        p[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+static void clip(float *restrict p, long n, float lo, float hi)
+{
+    for (long i = 0; i < n; i++) {
+        float v = p[i];
+        v = v < lo ? lo : v;
+        p[i] = v > hi ? hi : v;
+    }
+}
+
+static void hardsigmoid(float *restrict p, long n, float alpha, float beta)
+{
+    for (long i = 0; i < n; i++) {
+        float v = alpha * p[i] + beta;
+        v = v < 0.0f ? 0.0f : v;
+        p[i] = v > 1.0f ? 1.0f : v;
+    }
+}
+
+static void hardswish(float *restrict p, long n)
+{
+    for (long i = 0; i < n; i++) {
+        float v = p[i], gate = v * (1.0f / 6.0f) + 0.5f;
+        gate = gate < 0.0f ? 0.0f : gate;
+        gate = gate > 1.0f ? 1.0f : gate;
+        p[i] = v * gate;
+    }
+}
+
+static void leakyrelu(float *restrict p, long n, float alpha)
+{
+    for (long i = 0; i < n; i++) {
+        float v = p[i], scaled = alpha * v;
+        p[i] = v < 0.0f ? scaled : v;
+    }
+}
+
+static void sigmoid(float *restrict p, long n)
+{
+    for (long i = 0; i < n; i++) p[i] = 1.0f / (1.0f + expf(-p[i]));
 }
 
 void er_apply_activation(float *p, long n, const er_act *act)
 {
-    float a = act->a, b = act->b;
     switch (act->kind) {
-    case ER_ACT_RELU:
-        for (long i = 0; i < n; i++) p[i] = p[i] > 0.0f ? p[i] : 0.0f;
-        break;
-    case ER_ACT_CLIP:
-        for (long i = 0; i < n; i++) p[i] = clampf(p[i], a, b);
-        break;
-    case ER_ACT_HARDSWISH:
-        for (long i = 0; i < n; i++) p[i] = p[i] * clampf(p[i] * (1.0f / 6.0f) + 0.5f, 0.0f, 1.0f);
-        break;
-    case ER_ACT_HARDSIGMOID:
-        for (long i = 0; i < n; i++) p[i] = clampf(a * p[i] + b, 0.0f, 1.0f);
-        break;
-    case ER_ACT_LEAKYRELU:
-        for (long i = 0; i < n; i++) p[i] = p[i] < 0.0f ? a * p[i] : p[i];
-        break;
-    case ER_ACT_SIGMOID:
-        for (long i = 0; i < n; i++) p[i] = 1.0f / (1.0f + expf(-p[i]));
-        break;
-    default:
-        break;
+    case ER_ACT_RELU: relu(p, n); break;
+    case ER_ACT_CLIP: clip(p, n, act->a, act->b); break;
+    case ER_ACT_HARDSWISH: hardswish(p, n); break;
+    case ER_ACT_HARDSIGMOID: hardsigmoid(p, n, act->a, act->b); break;
+    case ER_ACT_LEAKYRELU: leakyrelu(p, n, act->a); break;
+    case ER_ACT_SIGMOID: sigmoid(p, n); break;
+    default: break;
     }
 }
