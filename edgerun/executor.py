@@ -16,7 +16,7 @@ import numpy as np
 
 import scheduler
 from edgerun import kernels, ops
-from edgerun.errors import EdgerunError, InvalidModelError, MemoryBudgetError
+from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError
 from edgerun.ir import Graph, Node
 from edgerun.kernels.numpy_steps import step_kernel
 from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
@@ -156,7 +156,24 @@ class CompiledModel:
         return scheduler.Problem(buffers=dict(self.activations), steps=sched_steps, outputs=outputs,
                                  backend=self.backend)
 
+    def _block_schedules(self, fixed: dict) -> dict[str, BlockSchedule]:
+        """The caller's {block: (t, band_rows or None)} as scheduler BlockSchedules, checked against the graph."""
+        blocks = {step.node.name: step.geometry for step in self.steps if step.kind == "block"}
+        unknown = sorted(set(fixed) - set(blocks))
+        if unknown:
+            raise InvalidOptionError(f"schedule names {unknown}, which are not inverted-residual blocks of this "
+                                     f"graph; its blocks are {sorted(blocks)}")
+        schedules = {}
+        for name, (t, band) in fixed.items():
+            geom = blocks[name]
+            if t > geom.hidden_channels:
+                raise InvalidOptionError(f"schedule[{name!r}]: t={t} exceeds the block's {geom.hidden_channels} "
+                                         f"expansion channels")
+            schedules[name] = BlockSchedule(t, min(band or geom.out_height, geom.out_height))
+        return schedules
+
     def _schedule(self, budget, planner, fixed, max_t, cost_model) -> scheduler.Plan:
+        fixed = self._block_schedules(fixed)
         try:
             return scheduler.schedule(self.problem, budget=budget, alignment=ARENA_ALIGNMENT, planner=planner,
                                       fixed=fixed, max_t=max_t, cost_model=cost_model)

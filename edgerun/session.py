@@ -243,14 +243,18 @@ def checked_backend(name) -> str:
     return name
 
 
-def _schedule_overrides(schedule):
+def _schedule_overrides(schedule) -> dict[str, tuple[int, int | None]]:
+    """{block name: t or (t, band_rows)} -> {name: (t, band_rows or None for whole blocks)}."""
     if not schedule:
         return {}
-    from scheduler.blocks import BlockSchedule
+    if not isinstance(schedule, dict):
+        raise InvalidOptionError(f"schedule must be a dict of block name -> t or (t, band_rows), not {schedule!r}")
     fixed = {}
     for name, value in schedule.items():
-        t, band = (value, 0) if isinstance(value, int) else tuple(value)
-        if not isinstance(t, int) or t < 1:
+        t, band = (value, None) if isinstance(value, int) else tuple(value)
+        if not isinstance(t, int) or isinstance(t, bool) or t < 1:
             raise InvalidOptionError(f"schedule[{name!r}]: t must be a positive integer, got {t!r}")
-        fixed[name] = BlockSchedule(t, band)
+        if band is not None and (not isinstance(band, int) or isinstance(band, bool) or band < 1):
+            raise InvalidOptionError(f"schedule[{name!r}]: band_rows must be a positive integer, got {band!r}")
+        fixed[name] = (t, band)
     return fixed

@@ -51,6 +51,8 @@ class BlockGeometry:
             raise ValueError("depthwise pads must be smaller than its kernel")
         if not self.has_expansion and self.hidden_channels != self.in_channels:
             raise ValueError("without expansion hidden_channels must equal in_channels")
+        if self.hidden_height < 1 or self.hidden_width < 1:
+            raise ValueError(f"block expansion output would be empty: {self}")
         if self.out_height < 1 or self.out_width < 1:
             raise ValueError(f"block output would be empty: {self}")
         if self.residual and (

@@ -282,6 +282,8 @@ def verify_plan(problem: Problem, plan: Plan) -> None:
     """Check a plan (e.g. one loaded from JSON) against a problem: every buffer
     and scratch placed, aligned, inside the arena, no two sharing bytes at a
     common step.  Raises PlanOverlapError or ValueError."""
+    if not isinstance(plan.alignment, int) or plan.alignment < 1 or plan.alignment & (plan.alignment - 1):
+        raise ValueError(f"plan alignment must be a positive power of two, got {plan.alignment!r}")
     for i, step in enumerate(problem.steps):
         step_plan = plan.step(step.name)
         regions = [(plan.offsets[n], problem.buffers[n], n) for n in problem.alive_at(i)]
