@@ -9,7 +9,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import attr_int, attr_ints, attr_str, invalid, require_inputs
+from edgerun.ops._common import attr_int, attr_ints, attr_str, invalid, require_inputs
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 

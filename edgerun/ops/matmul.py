@@ -6,7 +6,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import attr_float, attr_int, broadcast_shapes, invalid, require_inputs
+from edgerun.ops._common import attr_float, attr_int, broadcast_shapes, invalid, require_inputs
 
 
 def _dims_match(a, b):

@@ -9,7 +9,7 @@ from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
 from edgerun.ops.conv import int_list_attr, resolve_conv_pads, window_slices
-from edgerun.ops.elementwise import attr_int, attr_ints, invalid, require_inputs
+from edgerun.ops._common import attr_int, attr_ints, invalid, require_inputs
 
 
 def _pool_params(node, rank, opset):

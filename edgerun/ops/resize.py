@@ -10,7 +10,7 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import attr_float, attr_int, attr_ints, attr_str, invalid
+from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid
 
 _MODES = ("nearest", "linear", "cubic")
 _TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",

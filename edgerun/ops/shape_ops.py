@@ -7,7 +7,7 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops.elementwise import attr_float, attr_int, attr_ints, attr_str, invalid, require_inputs
+from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid, require_inputs
 
 # TensorProto.DataType numbers of the dtypes Cast supports.
 _ONNX_DTYPES = {
