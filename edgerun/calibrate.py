@@ -17,6 +17,7 @@ import argparse
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,16 @@ def load_calibrated(backend: str) -> CostModel | None:
     path = default_path(backend)
     if not path.is_file():
         return None
-    model = CostModel.load(path)
-    return model if model.backend == backend else None
+    try:
+        model = CostModel.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"ignoring the unreadable cost model {str(path)!r} ({exc}); run `edgerun calibrate` again",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    coefficients = (model.s_pw, model.s_dw, model.s_call, model.s_other)
+    if model.backend != backend or not all(np.isfinite(c) and c >= 0 for c in coefficients):
+        return None
+    return model
 
 
 # ---------------------------------------------------------------- what is timed

@@ -18,6 +18,7 @@ import scheduler
 from edgerun import kernels, ops
 from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError
 from edgerun.ir import Graph, Node
+from edgerun.kernels.native_steps import native_variant
 from edgerun.kernels.numpy_steps import step_kernel
 from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
 
@@ -134,6 +135,10 @@ class CompiledModel:
         kernel = step_kernel(node, in_dtypes, out_dtypes)
         if kernel is not None and node.op_type == "FusedConv" and len(vi[node.inputs[0]].shape) != 4:
             kernel = None
+        if kernel is not None and self.backend == "native":
+            kernel = native_variant(node.op_type, kernel)
+        if kernel is not None:
+            kernel.prepare(node, self.constants)
         return ExecStep(node, "kernel" if kernel else "reference", kernel=kernel)
 
     def _step_scratch(self, step: ExecStep) -> dict[str, int] | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgerun import kernels
+from edgerun.calibrate import load_calibrated
 from edgerun.errors import InvalidInputError, InvalidOptionError
 from edgerun.executor import CompiledModel
 from edgerun.passes import optimize
@@ -41,11 +42,13 @@ class InferenceSession:
     model: path, bytes or onnx.ModelProto. memory_budget: bytes (int) or a string such as "1.2MB";
     None picks the fastest schedule. threads: worker threads of the native kernels.
     schedule: {block name: t or (t, band_rows)} forces a block's split (t above 5 allowed here).
+    cost_model: a scheduler.CostModel; by default the one `edgerun calibrate` stored for this backend,
+    else the scheduler's built-in coefficients.
     """
 
     def __init__(self, model, sess_options=None, providers=None, *, memory_budget=None, threads=None,
                  kernels_backend=None, planner: str = "greedy", schedule: dict | None = None,
-                 optimize_graph: bool = True, max_t: int = 5):
+                 optimize_graph: bool = True, max_t: int = 5, cost_model=None):
         from edgerun.loader import load_model  # imports onnx; compiled bundles run without it
 
         self._graph = load_model(model)
@@ -55,6 +58,7 @@ class InferenceSession:
         self.planner = planner
         self.max_t = max_t
         self.optimize_graph = optimize_graph
+        self.cost_model = cost_model if cost_model is not None else load_calibrated(self.backend)
         self._fixed = _schedule_overrides(schedule)
         self._compiled: dict[tuple, CompiledModel] = {}
         self._last: CompiledModel | None = None
@@ -138,7 +142,8 @@ class InferenceSession:
         if self.optimize_graph:
             graph = optimize(graph)
         compiled = CompiledModel(graph, budget=self.memory_budget, backend=self.backend, planner=self.planner,
-                                 fixed=self._fixed, max_t=self.max_t, threads=self.threads)
+                                 fixed=self._fixed, max_t=self.max_t, threads=self.threads,
+                                 cost_model=self.cost_model)
         return compiled
 
     # ---- input checking

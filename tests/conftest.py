@@ -21,3 +21,9 @@ def assert_close_to_ort(actual, expected, rel=1e-4):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def no_calibrated_cost_model(tmp_path_factory, monkeypatch):
+    """Plans in tests come from the built-in cost model, not from a calibration left on this machine."""
+    monkeypatch.setenv("EDGERUN_COST_MODEL_DIR", str(tmp_path_factory.mktemp("cost-models")))

@@ -19,6 +19,9 @@ class StepKernel:
     def scratch_bytes(self, node: Node, in_shapes: list, out_shapes: list) -> dict[str, int]:
         return {}
 
+    def prepare(self, node: Node, constants: dict) -> None:
+        """Called once when the plan is bound: derive weight layouts here, not during a run."""
+
     def run(self, node: Node, inputs: list, outputs: list, scratch: dict) -> None:
         raise NotImplementedError
 
