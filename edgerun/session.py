@@ -42,13 +42,14 @@ class InferenceSession:
     model: path, bytes or onnx.ModelProto. memory_budget: bytes (int) or a string such as "1.2MB";
     None picks the fastest schedule. threads: worker threads of the native kernels.
     schedule: {block name: t or (t, band_rows)} forces a block's split (t above 5 allowed here).
+    optimize_graph=False runs the graph as loaded; disabled_passes names passes to skip (see edgerun.passes).
     cost_model: a scheduler.CostModel; by default the one `edgerun calibrate` stored for this backend,
     else the scheduler's built-in coefficients.
     """
 
     def __init__(self, model, sess_options=None, providers=None, *, memory_budget=None, threads=None,
                  kernels_backend=None, planner: str = "greedy", schedule: dict | None = None,
-                 optimize_graph: bool = True, max_t: int = 5, cost_model=None):
+                 optimize_graph: bool = True, disabled_passes=None, max_t: int = 5, cost_model=None):
         from edgerun.loader import load_model  # imports onnx; compiled bundles run without it
 
         self._graph = load_model(model)
@@ -58,6 +59,7 @@ class InferenceSession:
         self.planner = planner
         self.max_t = max_t
         self.optimize_graph = optimize_graph
+        self.disabled_passes = disabled_passes
         self.cost_model = cost_model if cost_model is not None else load_calibrated(self.backend)
         self._fixed = _schedule_overrides(schedule)
         self._compiled: dict[tuple, CompiledModel] = {}
@@ -140,7 +142,7 @@ class InferenceSession:
         input_values = {name: np.array(data, dtype=dtype).reshape(shape) for name, dtype, shape, data in values}
         graph = infer_shapes(self._graph, dict(shapes), input_values)
         if self.optimize_graph:
-            graph = optimize(graph)
+            graph = optimize(graph, disabled=self.disabled_passes)
         compiled = CompiledModel(graph, budget=self.memory_budget, backend=self.backend, planner=self.planner,
                                  fixed=self._fixed, max_t=self.max_t, threads=self.threads,
                                  cost_model=self.cost_model)
