@@ -17,6 +17,26 @@ from edgerun.errors import ModelLoadError, UnsupportedOperatorError
 from edgerun.ir import Graph, Node, ValueInfo, readonly
 
 MIN_OPSET, MAX_OPSET = 7, 21
+
+# Operator versions introduced after opset 21 that change nothing for edgerun: each one only widens the
+# operator's type constraints (ONNX changelog, checked against onnx.defs by tests/test_onnx_backend.py), so a
+# model at a newer opset means exactly what it would at opset 21 for the types edgerun runs.
+_TYPE_ONLY_REVISIONS: dict[tuple[str, int], str] = {
+    **{(op, 22): "adds bfloat16 (onnx PR #6099, 'Add bfloat16 to all relevant ops')"
+       for op in ("Conv", "ConvTranspose", "GlobalAveragePool", "HardSigmoid", "HardSwish")},
+    # The opset-22 text also states that, with ceil_mode, windows starting in the right padding are ignored:
+    # a clarification of the output-size rule that edgerun's pools apply at every opset.
+    ("AveragePool", 22): "adds bfloat16; clarifies ceil_mode windows starting in the right padding are dropped",
+    ("MaxPool", 22): "adds bfloat16; clarifies ceil_mode windows starting in the right padding are dropped",
+    ("Dropout", 22): "adds bfloat16 and the float8 types (ratio description reworded, same default 0.5)",
+    **{(op, v): note
+       for op in ("Cast", "Constant", "ConstantOfShape", "Flatten", "Identity", "Pad", "Reshape", "Shape",
+                  "Squeeze", "Transpose", "Unsqueeze")
+       for v, note in ((23, "adds float4e2m1"), (24, "adds float8e8m0"), (25, "adds int2/uint2"))},
+    # Cast 24 also adds `round_mode`, which only applies to casts to float8e8m0 (a type edgerun refuses).
+    ("Cast", 24): "adds float8e8m0 and its round_mode attribute (used only for casts to float8e8m0)",
+    ("Cast", 28): "adds float6e2m3/float6e3m2",
+}
 _MAX_MODEL_BYTES = 2 * 1024**3
 
 
@@ -25,6 +45,7 @@ def load_model(model, base_dir: str | os.PathLike | None = None) -> Graph:
     proto, base_dir = _read_proto(model, base_dir)
     opset = _default_opset(proto)
     _check_operators_supported(proto, opset)
+    _check_newer_opset(proto, opset)
     _check_structure(proto, model if _uses_external_data(proto) else None)
     return _to_graph(proto, opset, base_dir)
 
@@ -62,9 +83,51 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     if not versions:
         raise ModelLoadError("the model declares no opset for the default ONNX domain")
     opset = versions[0]
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ModelLoadError(f"the model uses ONNX opset {opset}; edgerun supports opsets {MIN_OPSET} to {MAX_OPSET}")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= max(MAX_OPSET, newest):
+        raise ModelLoadError(f"the model uses ONNX opset {opset}; edgerun supports opsets {MIN_OPSET} to {MAX_OPSET}"
+                             f" (and later opsets up to {newest} where the model's operators did not change)")
     return opset
+
+
+def operator_changes_after(op_type: str, opset: int) -> list[int]:
+    """Versions of the ONNX operator `op_type` introduced after MAX_OPSET, up to `opset`."""
+    versions = set()
+    for version in range(MAX_OPSET + 1, opset + 1):
+        try:
+            since = onnx.defs.get_schema(op_type, max_inclusive_version=version, domain="").since_version
+        except onnx.defs.SchemaError:
+            continue
+        if since > MAX_OPSET:
+            versions.add(since)
+    return sorted(versions)
+
+
+def _check_newer_opset(proto: onnx.ModelProto, opset: int) -> None:
+    """Accept a model declaring an opset above MAX_OPSET only where that opset means what opset 21 means.
+
+    Promise: edgerun implements the ONNX operators as defined in opsets 7 to 21 (MAX_OPSET). A model that
+    declares a newer default-domain opset N is accepted when, for every node, each version of its operator
+    introduced in opsets 22..N is listed in _TYPE_ONLY_REVISIONS: revisions that only add element types
+    (bfloat16, float8, float4, int2, ...), checked against onnx.defs by tests/test_onnx_backend.py. Such a
+    model means what it would mean at opset 21; a newly allowed element type runs only where edgerun's
+    kernels handle it (Cast, for one, refuses to cast to bfloat16, float8, float4 or 2-/4-bit integers).
+    Any other revision (new attribute, new input, changed behaviour) raises ModelLoadError naming the node,
+    the operator, the version that changed it and the model's opset. Opsets newer than the installed onnx
+    package knows are refused, as their operators cannot be looked up.
+    """
+    if opset <= MAX_OPSET:
+        return
+    for index, node in enumerate(proto.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        for version in operator_changes_after(node.op_type, opset):
+            if (node.op_type, version) not in _TYPE_ONLY_REVISIONS:
+                name = node.name or f"{node.op_type}_{index}"
+                raise ModelLoadError(
+                    f"node {name!r}: operator {node.op_type!r} changed in opset {version} and the model uses "
+                    f"opset {opset}; edgerun implements opsets {MIN_OPSET} to {MAX_OPSET} (later opsets only for "
+                    f"operators that gained types and nothing else)")
 
 
 def _check_operators_supported(proto: onnx.ModelProto, opset: int) -> None:
