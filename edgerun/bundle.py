@@ -31,6 +31,15 @@ from edgerun.session import (checked_backend, checked_feeds, checked_output_name
                              run_measured)
 
 MAGIC = b"\x89EDGERUN"
+
+
+def is_bundle(path) -> bool:
+    """True when the file at `path` starts with the bundle magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
 # magic, major, minor, flags, header length, header sha256, 8 reserved bytes: 64 bytes.
@@ -628,6 +637,11 @@ class BundleSession:
             self._compiled = self._replanned(header, max_arena_bytes)
         else:
             self._compiled = self._with_stored_plan(stored_plan)
+
+    @property
+    def compiled(self):
+        """The executor's compiled model (graph, problem, plan, arena), as InferenceSession.compiled."""
+        return self._compiled
 
     @property
     def plan(self):

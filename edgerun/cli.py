@@ -130,8 +130,15 @@ def resolve_model(spec: str | None):
 def open_session(args, compile_now: bool = True):
     """An InferenceSession for args.model with --budget / --threads / --kernels. With compile_now, a model
     whose batch dimension is symbolic is compiled for batch 1 (otherwise the first run compiles it)."""
+    from edgerun.bundle import is_bundle, load
     from edgerun.session import InferenceSession
     budget = parse_bytes(args.budget, option="--budget")
+    if args.model and Path(args.model).is_file() and is_bundle(args.model):
+        sess = load(args.model, threads=getattr(args, "threads", None), kernels_backend=getattr(args, "kernels", None))
+        if budget is not None and sess.plan.peak_bytes > budget:
+            raise UsageError(f"--budget {args.budget}: the bundle {args.model!r} was compiled for an arena of "
+                             f"{sess.plan.peak_bytes:,} bytes; compile it again with this budget")
+        return sess, Path(args.model).name, sess.memory_budget
     model, label = resolve_model(args.model)
     sess = InferenceSession(model, memory_budget=budget, threads=getattr(args, "threads", None),
                             kernels_backend=getattr(args, "kernels", None))

@@ -523,3 +523,18 @@ def test_pretrained_mobilenet_bundle_classifies_the_sample_photo_like_onnxruntim
     (expected,) = run_ort(model, {"input": x})
     assert_close_to_ort(logits, expected)
     assert list(np.argsort(logits[0])[::-1][:5]) == list(np.argsort(expected[0])[::-1][:5])
+
+
+def test_edgerun_run_and_plan_accept_a_bundle(mobilenet_bundle, tmp_path):
+    model, path, info = mobilenet_bundle
+    x = np.random.default_rng(5).standard_normal(MOBILENET_SHAPE).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = int(run_ort(model, {model.graph.input[0].name: x})[0].argmax())
+    done = subprocess.run([sys.executable, "-m", "edgerun", "run", str(path), "--input", str(tmp_path / "x.npy"),
+                           "--top", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"(class {expected})" in done.stdout
+    assert f"planned peak:  {info.arena_bytes:,} B" in done.stdout
+    tighter = subprocess.run([sys.executable, "-m", "edgerun", "run", str(path), "--budget",
+                              str(info.arena_bytes - 1)], capture_output=True, text=True, timeout=300)
+    assert tighter.returncode == 2 and "compile it again" in tighter.stderr
