@@ -83,23 +83,26 @@ def test_bad_budget_option(budget):
         InferenceSession(tiny_model(), memory_budget=budget)
 
 
-def test_external_data_outside_the_model_folder_is_refused(tmp_path):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    outside = tmp_path / "secret.bin"
-    outside.write_bytes(np.ones(8, np.float32).tobytes())
+def model_with_external_weights(location: str, offset: int) -> onnx.ModelProto:
+    """y = x + w, with w's 8 floats stored in the file `location` at `offset`."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])
-    w = numpy_helper.from_array(np.ones(8, np.float32), "w")
+    w = numpy_helper.from_array(np.zeros(8, np.float32), "w")
     w.data_location = TensorProto.EXTERNAL
     w.ClearField("raw_data")
-    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "32")):
+    for key, value in (("location", location), ("offset", str(offset)), ("length", "32")):
         entry = w.external_data.add()
         entry.key, entry.value = key, value
     graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.ones(8, np.float32).tobytes())
     path = model_dir / "m.onnx"
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(model_with_external_weights("../secret.bin", 0).SerializeToString())
     with pytest.raises(ModelLoadError, match="outside|not a file inside"):
         InferenceSession(str(path))
 
@@ -107,17 +110,8 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
 def test_external_data_inside_the_folder_loads(tmp_path):
     weights = np.arange(8, dtype=np.float32)
     (tmp_path / "w.bin").write_bytes(b"pad!" + weights.tobytes())
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])
-    w = numpy_helper.from_array(np.zeros(8, np.float32), "w")
-    w.data_location = TensorProto.EXTERNAL
-    w.ClearField("raw_data")
-    for key, value in (("location", "w.bin"), ("offset", "4"), ("length", "32")):
-        entry = w.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
     path = tmp_path / "m.onnx"
-    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    path.write_bytes(model_with_external_weights("w.bin", 4).SerializeToString())
     out = InferenceSession(str(path)).run(None, {"x": np.ones(8, np.float32)})[0]
     np.testing.assert_array_equal(out, weights + 1)
 

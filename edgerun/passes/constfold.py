@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgerun import ops
-from edgerun.errors import EdgerunError, InvalidModelError
 from edgerun.ir import Graph, Node, TensorInfo, readonly
+from edgerun.reference import evaluate_node
 from edgerun.passes.graph_edit import constant_value, is_graph_output, remove_nodes
 
 MAX_FOLDED_ELEMENTS = 16 * 1024 * 1024
@@ -50,14 +49,7 @@ def _known_outputs(graph: Graph, node: Node) -> list[np.ndarray] | None:
 
 
 def _evaluate(graph: Graph, node: Node, inputs: list) -> list[np.ndarray]:
-    op = ops.lookup(node, graph.opset)
-    try:
-        results = op.compute(node, inputs, graph.opset)
-    except EdgerunError:
-        raise
-    except Exception as exc:
-        raise InvalidModelError(f"{node.describe()}: constant folding failed: {exc}") from None
-    return [np.asarray(r) for r in results]
+    return evaluate_node(node, inputs, graph.opset, doing="constant folding")
 
 
 def _replace_by_constants(graph: Graph, node: Node, values: list) -> None:
