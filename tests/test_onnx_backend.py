@@ -1,8 +1,8 @@
 # Official ONNX backend tests through edgerun (onnx 1.23.2, default-domain opset up to 28):
-#   364 ONNX cases pass, 91 are excluded (each exclusion group below names its reason); 0 fail.
+#   366 ONNX cases pass, 89 are excluded (each exclusion group below names its reason); 0 fail.
 # Reproduce: .venv/bin/python -m pytest -q tests/test_onnx_backend.py -p no:warnings
-#   -> "423 passed, 3702 skipped": the 364 cases + 59 checks of this file (counts, exclusions, opset rule);
-#   skipped = the 91 exclusions + the cases of operators edgerun does not implement.
+#   -> "425 passed, 3700 skipped": the 366 cases + 59 checks of this file (counts, exclusions, opset rule);
+#   skipped = the 89 exclusions + the cases of operators edgerun does not implement.
 #   PASSED_COUNT / EXCLUDED_COUNT below are asserted by test_stated_counts_match_the_selection.
 """The official ONNX backend tests (shipped with the onnx package) run against edgerun.
 
@@ -12,6 +12,7 @@ named model tests (EXTRA_CASES). Models at opsets 22+ run when their operators o
 opset 21 (edgerun.loader._check_newer_opset). Every excluded case is listed in EXCLUDED with its reason.
 Expected outputs come from onnx's reference implementation, an oracle independent of edgerun.
 """
+import inspect
 import re
 
 import numpy as np
@@ -22,10 +23,10 @@ from onnx import helper
 
 from edgerun import loader
 from edgerun.backend import EdgerunBackend
-from edgerun.errors import ModelLoadError
+from edgerun.errors import InvalidInputError, InvalidModelError, ModelLoadError, UnsupportedOperatorError
 
-PASSED_COUNT = 364
-EXCLUDED_COUNT = 91
+PASSED_COUNT = 366
+EXCLUDED_COUNT = 89
 
 SUPPORTED_OP_PREFIXES = [
     "conv", "convtranspose", "basic_conv", "batchnorm", "relu", "clip", "leakyrelu", "hardsigmoid",
@@ -48,50 +49,63 @@ EXTRA_CASES = [
     "test_single_relu_model",
 ]
 
+# group -> (name patterns, the error each excluded case must raise, a regex its message must match).
+# test_every_exclusion_is_needed runs every excluded case and checks that it still fails this way.
 EXCLUDED_GROUPS = {
     # Cast to bfloat16, the float8 family, float4e2m1 and the 4-/2-bit integers: Cast's `to` accepts only
     # numpy-native types (their rounding and saturation rules are not implemented). Casts *from* those
-    # types run (the values are exact in float32) and stay included.
-    "Cast to a non-numpy element type": [
+    # types run (numpy computes them through ml_dtypes; the values are exact in float32) and stay included.
+    "Cast to a non-numpy element type": ([
         r"^test_cast_(FLOAT|FLOAT16)_to_(BFLOAT16|FLOAT8E4M3FN(UZ)?|FLOAT8E5M2(FNUZ)?|FLOAT4E2M1|U?INT4|U?INT2)_cpu$",
         r"^test_cast_no_saturate_(FLOAT|FLOAT16)_to_FLOAT8\w+_cpu$",
         r"^test_cast_e8m0_(FLOAT|FLOAT16)_to_FLOAT8E8M0_cpu$",
-    ],
+    ], InvalidModelError, r"Cast.*attribute 'to'=\d+ is not a supported dtype"),
     # BatchNormalization with training_mode=1 (batch statistics, running-mean outputs): edgerun runs
-    # inference only and raises InvalidModelError naming the node.
-    "training-mode BatchNormalization": [r"^test_batchnorm_\w+_training_mode_cpu$"],
+    # inference only.
+    "training-mode BatchNormalization": ([r"^test_batchnorm_\w+_training_mode_cpu$"],
+                                         InvalidModelError, "training_mode=1 is not supported"),
     # Function expansions whose bodies use operators edgerun does not implement.
-    "expansion uses ReduceMax": [r"^test_softmax_\w+_expanded(_ver18)?_cpu$"],
-    "expansion uses Less and Where": [r"^test_clip_\w*expanded_cpu$"],
-    "expansion uses CastLike, Less and Where": [r"^test_leakyrelu_\w*expanded_cpu$"],
-    "expansion uses CastLike, Max and Min": [r"^test_hardsigmoid_\w*expanded_ver18_cpu$",
-                                             r"^test_relu_expanded_ver18_cpu$"],
-    "expansion uses CastLike": [
+    "expansion uses ReduceMax": ([r"^test_softmax_\w+_expanded(_ver18)?_cpu$"],
+                                 UnsupportedOperatorError, "'ReduceMax'"),
+    "expansion uses Less and Where": (
+        [r"^test_clip_((default_(int8_)?(max|min)|example|inbounds|min_greater_than_max|outbounds|splitbounds)_)?"
+         r"expanded_cpu$"], UnsupportedOperatorError, "'Less'"),
+    "expansion uses CastLike, Less and Where": ([r"^test_leakyrelu_\w*expanded_cpu$"],
+                                                UnsupportedOperatorError, "'CastLike'"),
+    "expansion uses CastLike, Max and Min": ([r"^test_hardsigmoid_\w*expanded_ver18_cpu$",
+                                              r"^test_relu_expanded_ver18_cpu$"],
+                                             UnsupportedOperatorError, "'CastLike'"),
+    "expansion uses CastLike": ([
         r"^test_causal_conv_with_state_(b1_c1_degenerate|basic|fp16|kernel_size_one|short_input_no_past_state"
         r"|silu|silu_fp16|silu_with_past_state|swish_alias|with_bias)_expanded_cpu$",
-    ],
+    ], UnsupportedOperatorError, "'CastLike'"),
     # Names that share a supported prefix but test another operator edgerun does not implement.
-    "GatherElements not implemented": [r"^test_gather_elements_\w+_cpu$"],
-    "SplitToSequence not implemented": [r"^test_split_to_sequence_\w+_cpu$"],
+    "GatherElements not implemented": ([r"^test_gather_elements_\w+_cpu$"],
+                                       UnsupportedOperatorError, "'GatherElements'"),
+    "SplitToSequence not implemented": ([r"^test_split_to_sequence_\w+_cpu$"],
+                                        UnsupportedOperatorError, "'SplitToSequence'"),
     # Graph inputs of optional / sequence type: edgerun's graphs carry tensors only.
-    "optional and sequence graph inputs": [r"^test_identity_opt_cpu$", r"^test_identity_sequence_cpu$"],
-    # Zero-sized tensors: the session refuses empty inputs (InvalidInputError). Here the empty tensor is a
-    # graph input: the empty `axes` of ReduceMean (the op itself reduces over all axes for a constant
-    # empty `axes`), an empty Split input, a Reshape input with a 0 dimension.
-    "zero-sized graph inputs": [r"^test_reduce_mean_default_axes_keepdims_(example|random)_cpu$",
-                                r"^test_split_zero_size_splits_opset1[38]_cpu$",
-                                r"^test_reshape_allowzero_reordered_cpu$"],
+    "optional and sequence graph inputs": ([r"^test_identity_opt_cpu$", r"^test_identity_sequence_cpu$"],
+                                           ModelLoadError, "is not a tensor"),
+    # Zero-sized tensors: the session refuses empty inputs. Here the empty tensor is a graph input: the
+    # empty `axes` of ReduceMean (the op itself reduces over all axes for a constant empty `axes`), an
+    # empty Split input, a Reshape input with a 0 dimension.
+    "zero-sized graph inputs": ([r"^test_reduce_mean_default_axes_keepdims_(example|random)_cpu$",
+                                 r"^test_split_zero_size_splits_opset1[38]_cpu$",
+                                 r"^test_reshape_allowzero_reordered_cpu$"],
+                                InvalidInputError, r"is empty \(shape"),
     # Resize, align_corners, downsampling by a scale: the spec defines length_resized as the length of the
     # resized axis (floor(length * scale)); onnx's reference uses the unrounded length * scale. edgerun
     # follows the spec and agrees with onnxruntime 1.32 ([1, 4] for the linear case, where onnx expects
     # [1, 3.142857]).
-    "Resize align_corners reference differs from the spec and onnxruntime": [
-        r"^test_resize_downsample_scales_(linear|cubic)_align_corners_cpu$",
-    ],
+    "Resize align_corners reference differs from the spec and onnxruntime": (
+        [r"^test_resize_downsample_scales_(linear|cubic)_align_corners_cpu$"],
+        AssertionError, "Mismatched elements"),
     # PyTorch-converted models declaring opset 6, below edgerun's minimum opset 7.
-    "opset 6 models": [r"^test_softmax_lastdim_cpu$", r"^test_softmax_functional_dim3_cpu$"],
+    "opset 6 models": ([r"^test_softmax_lastdim_cpu$", r"^test_softmax_functional_dim3_cpu$"],
+                       ModelLoadError, "opset 6"),
 }
-EXCLUDED = [pattern for patterns in EXCLUDED_GROUPS.values() for pattern in patterns]
+EXCLUDED = [pattern for patterns, _, _ in EXCLUDED_GROUPS.values() for pattern in patterns]
 
 INCLUDED = ([rf"^test_{prefix}_.*_cpu$" for prefix in SUPPORTED_OP_PREFIXES]
             + [rf"^test_{prefix}_cpu$" for prefix in SUPPORTED_OP_PREFIXES]
@@ -125,11 +139,19 @@ def test_stated_counts_match_the_selection():
 
 
 @pytest.mark.parametrize("group", sorted(EXCLUDED_GROUPS))
-def test_every_exclusion_matches_an_included_case(group):
-    """A pattern that excludes nothing (renamed case, fixed feature) is stale and must go."""
-    included = _selected(_case_names(), INCLUDED)
-    for pattern in EXCLUDED_GROUPS[group]:
-        assert _selected(included, [pattern]), f"{group}: {pattern} matches no included case"
+def test_every_exclusion_is_needed(group):
+    """Each pattern excludes some included case, and each excluded case still fails for the stated reason
+    (a stale pattern, or a case fixed since, must go)."""
+    patterns, error, message = EXCLUDED_GROUPS[group]
+    items = {name: item for items in backend_test._test_items.values() for name, item in items.items()}
+    included = _selected(items, INCLUDED)
+    for pattern in patterns:
+        cases = sorted(_selected(included, [pattern]))
+        assert cases, f"{group}: {pattern} matches no included case"
+        for name in cases:
+            run_case = inspect.unwrap(items[name].func)  # the runner's own function, under the skip
+            with pytest.raises(error, match=message):
+                run_case(None, "CPU")
 
 
 def _schema_signature(schema, ignore_attrs=()):
