@@ -1,4 +1,4 @@
-"""Non-block steps on the C kernels: 1x1 and depthwise convolutions, global average pooling.
+"""Non-block steps on the C kernels: 1x1 (also grouped) and depthwise convolutions, global average pooling.
 
 Anything the C kernels do not cover runs on the arena-aware numpy kernel of the same op.
 """
@@ -9,7 +9,7 @@ import numpy as np
 from edgerun.ir import Node
 from edgerun.kernels import Activation, native
 from edgerun.kernels.numpy_steps import (FusedConvKernel, GlobalAveragePoolKernel, StepKernel, _is_depthwise,
-                                         _is_pointwise)
+                                         _is_grouped_pointwise, _is_pointwise)
 
 
 def _activation(node: Node) -> Activation:
@@ -25,17 +25,21 @@ def _native_depthwise(node: Node, cin: int, cout: int) -> bool:
 
 
 class NativeFusedConvKernel(StepKernel):
-    """1x1 and depthwise FusedConv in C; other convolutions on the numpy kernel."""
+    """1x1 (grouped too: one C call per group on its contiguous channel slices) and depthwise FusedConv
+    in C; other convolutions on the numpy kernel."""
 
     def __init__(self):
         self.fallback = FusedConvKernel()
-        self._prepared: tuple | None = None   # (weight, its C layout, a zero bias): one node per instance
+        # (weight, its C layout (a list of per-group layouts when grouped), a zero bias): one node per instance
+        self._prepared: tuple | None = None
 
     def _native_kind(self, node: Node, cin: int, cout: int) -> str | None:
         if _is_pointwise(node):
             return "pointwise"
         if _native_depthwise(node, cin, cout):
             return "depthwise"
+        if _is_grouped_pointwise(node, cin, cout):
+            return "grouped"
         return None
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
@@ -50,7 +54,13 @@ class NativeFusedConvKernel(StepKernel):
             return
         cout, cin_per_group = w.shape[0], w.shape[1]
         kind = self._native_kind(node, cin_per_group * node.attrs.get("group", 1), cout)
-        if kind is not None:
+        if kind == "grouped":
+            group = node.attrs["group"]
+            og = cout // group
+            layout = [np.ascontiguousarray(w[g * og:(g + 1) * og].reshape(og, cin_per_group).T, dtype=np.float32)
+                      for g in range(group)]
+            self._prepared = (w, layout, np.zeros(cout, np.float32))
+        elif kind is not None:
             layout = w.reshape(cout, -1).T if kind == "pointwise" else w.reshape(cout, *w.shape[2:])
             self._prepared = (w, np.ascontiguousarray(layout, dtype=np.float32), np.zeros(cout, np.float32))
 
@@ -65,7 +75,12 @@ class NativeFusedConvKernel(StepKernel):
         bias = b if b is not None else zero_bias
         act = _activation(node)
         for n in range(x.shape[0]):
-            if kind == "pointwise":
+            if kind == "grouped":
+                cg, og = layout[0].shape
+                for g, w_t in enumerate(layout):
+                    native.pointwise_conv(x[n, g * cg:(g + 1) * cg], w_t, bias[g * og:(g + 1) * og],
+                                          y[n, g * og:(g + 1) * og], act)
+            elif kind == "pointwise":
                 native.pointwise_conv(x[n], layout, bias, y[n], act)
             else:
                 native.depthwise_conv(x[n], layout, bias, y[n], node.attrs.get("strides", [1, 1])[0],

@@ -6,18 +6,49 @@ one needs, per image for convolutions (the executor loops over the batch).
 """
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+
 import numpy as np
 
 from edgerun.ir import Node
+from edgerun.ops.conv import resolve_conv_pads
 
 ITEMSIZE = 4
+# NumPy (2.x) ufuncs over strided or broadcast views copy through buffers of `bufsize` items per
+# operand (8192 by default: 32 KB each, up to ~100 KB per call, outside the arena). Kernels run with
+# 1024-item buffers: ~13 KB at most, and no slower.
+UFUNC_BUFFER_ITEMS = 1024
+
+
+def _bounded_buffers(run):
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        old = np.setbufsize(UFUNC_BUFFER_ITEMS)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            np.setbufsize(old)
+    return wrapper
 
 
 class StepKernel:
-    """One op's arena kernel: the scratch it needs and how to run it."""
+    """One op's arena kernel: the scratch it needs and how to run it.
+
+    Every subclass's `run` executes with small ufunc buffers (UFUNC_BUFFER_ITEMS)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:
+            cls.run = _bounded_buffers(cls.__dict__["run"])
 
     def scratch_bytes(self, node: Node, in_shapes: list, out_shapes: list) -> dict[str, int]:
         return {}
+
+    def supports(self, node: Node) -> bool:
+        """False when the node uses a feature this kernel does not implement (the reference op runs)."""
+        return True
 
     def prepare(self, node: Node, constants: dict) -> None:
         """Called once when the plan is bound: derive weight layouts here, not during a run."""
@@ -77,7 +108,7 @@ class FusedConvKernel(StepKernel):
         need = {}
         if _is_depthwise(node, cin, cout):
             need["tap"] = ho * wo * cout * ITEMSIZE
-        elif not _is_pointwise(node):
+        elif not (_is_pointwise(node) or _is_grouped_pointwise(node, cin, cout)):
             need["im2col"] = (cin // group) * kh * kw * ho * wo * ITEMSIZE
         if _needs_act_tmp(node):
             need["act"] = cout * ho * wo * ITEMSIZE
@@ -95,6 +126,12 @@ class FusedConvKernel(StepKernel):
             _depthwise(x, w, y, node.attrs, scratch["tap"])
         elif _is_pointwise(node):
             np.matmul(w.reshape(cout, cin), x.reshape(cin, -1), out=y.reshape(cout, -1))
+        elif _is_grouped_pointwise(node, cin, cout):
+            group = node.attrs["group"]
+            cg, og = cin // group, cout // group
+            for g in range(group):
+                np.matmul(w[g * og:(g + 1) * og].reshape(og, cg), x[g * cg:(g + 1) * cg].reshape(cg, -1),
+                          out=y[g * og:(g + 1) * og].reshape(og, -1))
         else:
             _im2col_conv(x, w, y, node.attrs, scratch["im2col"])
         if b is not None:
@@ -107,6 +144,15 @@ def _is_pointwise(node: Node) -> bool:
     a = node.attrs
     return (list(a["kernel_shape"]) == [1, 1] and list(a.get("strides", [1, 1])) == [1, 1]
             and not any(a.get("pads", [0, 0, 0, 0])) and a.get("group", 1) == 1)
+
+
+def _is_grouped_pointwise(node: Node, cin: int, cout: int) -> bool:
+    """A 1x1, stride-1, unpadded convolution with groups > 1 that is not depthwise."""
+    a = node.attrs
+    group = a.get("group", 1)
+    return (list(a["kernel_shape"]) == [1, 1] and list(a.get("strides", [1, 1])) == [1, 1]
+            and not any(a.get("pads", [0, 0, 0, 0])) and group > 1 and cin % group == 0
+            and cout % group == 0 and not _is_depthwise(node, cin, cout))
 
 
 def _is_depthwise(node: Node, cin: int, cout: int) -> bool:
@@ -177,9 +223,11 @@ class BinaryKernel(StepKernel):
 class GlobalAveragePoolKernel(StepKernel):
     def run(self, node, inputs, outputs, scratch):
         x, y = inputs[0], outputs[0]
-        axes = tuple(range(2, x.ndim))
-        np.sum(x, axis=axes, keepdims=True, out=y)
-        np.multiply(y, 1.0 / np.prod(x.shape[2:]), out=y)
+        rows = math.prod(x.shape[:2])
+        # one row per (image, channel): a reduction over the contiguous axis needs no ufunc buffers
+        flat_y = y.reshape(rows)
+        np.sum(x.reshape(rows, -1), axis=1, out=flat_y)
+        np.multiply(flat_y, 1.0 / math.prod(x.shape[2:]), out=flat_y)
 
 
 class GemmKernel(StepKernel):
@@ -222,6 +270,161 @@ class ConcatKernel(StepKernel):
             start += x.shape[axis]
 
 
+def _pool_geometry(node: Node, x_shape, y_shape):
+    """(kernel, strides, dilations, pads) of a pool; the output shape (ceil_mode) is the planned one."""
+    rank = len(x_shape) - 2
+    a = node.attrs
+    kernel = [int(k) for k in a["kernel_shape"]]
+    strides = [int(v) for v in a.get("strides", [1] * rank)]
+    dilations = [int(v) for v in a.get("dilations", [1] * rank)]
+    pads = resolve_conv_pads(a, list(x_shape[2:]), kernel, strides, dilations)
+    return kernel, strides, dilations, pads
+
+
+def _pool_taps(x, y, kernel, strides, dilations, pads):
+    """(input view, output view) per kernel tap: the outputs whose window holds that tap inside x."""
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        src, dst = [slice(None), slice(None)], [slice(None), slice(None)]
+        for axis, j in enumerate(offsets):
+            tap = j * dilations[axis] - pads[axis]
+            s = strides[axis]
+            first, stop = _tap_range(y.shape[2 + axis], x.shape[2 + axis], tap, s)
+            if first >= stop:
+                break
+            src.append(slice(first * s + tap, (stop - 1) * s + tap + 1, s))
+            dst.append(slice(first, stop))
+        else:
+            yield x[tuple(src)], y[tuple(dst)]
+
+
+def _axis_divisors(k, s, d, begin, low, high, out) -> np.ndarray:
+    """Per output position of one axis: window taps that fall inside [low, high) (at least 1)."""
+    counts = np.zeros(out, dtype=np.float32)
+    for o in range(out):
+        start = o * s - begin
+        counts[o] = max(1, sum(1 for j in range(k) if low <= start + j * d < high))
+    return counts
+
+
+class MaxPoolKernel(StepKernel):
+    """MaxPool of any rank (pads, strides, dilations, ceil_mode): a running maximum over the taps."""
+
+    def supports(self, node):
+        return not (len(node.outputs) > 1 and node.outputs[1])   # Indices runs on the reference op
+
+    def run(self, node, inputs, outputs, scratch):
+        x, y = inputs[0], outputs[0]
+        kernel, strides, dilations, pads = _pool_geometry(node, x.shape, y.shape)
+        y.fill(-np.inf)
+        for src, dst in _pool_taps(x, y, kernel, strides, dilations, pads):
+            np.maximum(dst, src, out=dst)
+
+
+class AveragePoolKernel(StepKernel):
+    """AveragePool of any rank: a sum over the taps, divided axis by axis by the tap counts."""
+
+    def run(self, node, inputs, outputs, scratch):
+        x, y = inputs[0], outputs[0]
+        kernel, strides, dilations, pads = _pool_geometry(node, x.shape, y.shape)
+        rank = len(kernel)
+        include_pad = bool(node.attrs.get("count_include_pad", 0))
+        y.fill(0)
+        for src, dst in _pool_taps(x, y, kernel, strides, dilations, pads):
+            np.add(dst, src, out=dst)
+        for axis in range(rank):
+            size = x.shape[2 + axis]
+            low, high = (-pads[axis], size + pads[axis + rank]) if include_pad else (0, size)
+            counts = _axis_divisors(kernel[axis], strides[axis], dilations[axis], pads[axis], low, high,
+                                    y.shape[2 + axis])
+            if np.any(counts != 1):
+                np.divide(y, counts.reshape((-1,) + (1,) * (rank - 1 - axis)), out=y)
+
+
+class ActivationKernel(StepKernel):
+    """A standalone activation written straight into the output (no temporary)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def run(self, node, inputs, outputs, scratch):
+        x, y = inputs[0], outputs[0]
+        kind, attrs = self.kind, node.attrs
+        if kind == "relu":
+            np.maximum(x, 0, out=y)
+        elif kind == "clip":
+            low, high = _clip_bounds(node, inputs)
+            if low is None and high is None:
+                np.copyto(y, x)
+            else:
+                np.clip(x, low, high, out=y)
+        elif kind == "leakyrelu":
+            alpha = float(attrs.get("alpha", 0.01))
+            np.multiply(x, np.float32(alpha), out=y)
+            (np.maximum if alpha <= 1 else np.minimum)(x, y, out=y)
+        elif kind == "hardsigmoid":
+            np.multiply(x, np.float32(attrs.get("alpha", 0.2)), out=y)
+            np.add(y, np.float32(attrs.get("beta", 0.5)), out=y)
+            np.clip(y, 0, 1, out=y)
+        elif kind == "hardswish":
+            np.multiply(x, np.float32(1 / 6), out=y)
+            np.add(y, np.float32(0.5), out=y)
+            np.clip(y, 0, 1, out=y)
+            np.multiply(y, x, out=y)
+        elif kind == "sigmoid":
+            with np.errstate(over="ignore"):
+                np.negative(x, out=y)
+                np.exp(y, out=y)
+            np.add(y, 1, out=y)
+            np.reciprocal(y, out=y)
+        elif kind == "tanh":
+            np.tanh(x, out=y)
+        else:
+            raise ValueError(f"unknown activation {kind!r}")
+
+
+def _clip_bounds(node: Node, inputs):
+    """Clip's (min, max): inputs 1 and 2 from opset 11, attributes before; None for a missing bound."""
+    bounds = []
+    for index, name in ((1, "min"), (2, "max")):
+        if len(inputs) > index and inputs[index] is not None:
+            bounds.append(np.float32(np.asarray(inputs[index]).reshape(())))
+        elif name in node.attrs:
+            bounds.append(np.float32(node.attrs[name]))
+        else:
+            bounds.append(None)
+    return tuple(bounds)
+
+
+class TransposeKernel(StepKernel):
+    def run(self, node, inputs, outputs, scratch):
+        x = inputs[0]
+        perm = node.attrs.get("perm") or list(range(x.ndim))[::-1]
+        np.copyto(outputs[0], x.transpose(perm))
+
+
+class SoftmaxKernel(StepKernel):
+    """Softmax with axis=-1: over the last axis at every opset (before 13 the tail from the axis is
+    flattened, which is then that one axis). Other axes depend on the opset: the reference op runs.
+    A row maximum and sum (one float per row) live in scratch."""
+
+    def supports(self, node):
+        return node.attrs.get("axis") == -1
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return {"rows": max(1, math.prod(in_shapes[0][:-1])) * ITEMSIZE}
+
+    def run(self, node, inputs, outputs, scratch):
+        x, y = inputs[0], outputs[0]
+        if x.size == 0:
+            return
+        rows = scratch["rows"][: math.prod(x.shape[:-1])].reshape(x.shape[:-1] + (1,))
+        np.max(x, axis=-1, keepdims=True, out=rows)
+        np.subtract(x, rows, out=y)
+        np.exp(y, out=y)
+        np.sum(y, axis=-1, keepdims=True, out=rows)
+        np.divide(y, rows, out=y)
+
+
 STEP_KERNELS: dict[str, StepKernel] = {
     "FusedConv": FusedConvKernel(),
     "Add": BinaryKernel(np.add),
@@ -235,14 +438,29 @@ STEP_KERNELS: dict[str, StepKernel] = {
     "Squeeze": CopyReshapeKernel(),
     "Unsqueeze": CopyReshapeKernel(),
     "Concat": ConcatKernel(),
+    "MaxPool": MaxPoolKernel(),
+    "AveragePool": AveragePoolKernel(),
+    "Relu": ActivationKernel("relu"),
+    "Clip": ActivationKernel("clip"),
+    "LeakyRelu": ActivationKernel("leakyrelu"),
+    "HardSigmoid": ActivationKernel("hardsigmoid"),
+    "HardSwish": ActivationKernel("hardswish"),
+    "Sigmoid": ActivationKernel("sigmoid"),
+    "Tanh": ActivationKernel("tanh"),
+    "Transpose": TransposeKernel(),
+    "Softmax": SoftmaxKernel(),
 }
 
 
 def step_kernel(node: Node, in_dtypes, out_dtypes) -> StepKernel | None:
     """The arena kernel for `node`, or None when it must run through the reference op."""
     kernel = STEP_KERNELS.get(node.op_type)
-    if kernel is None:
+    if kernel is None or not kernel.supports(node):
         return None
     if any(d != np.float32 for d in list(in_dtypes) + list(out_dtypes) if d is not None):
-        return None if node.op_type not in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat") else kernel
+        return kernel if node.op_type in _ANY_DTYPE else None
     return kernel
+
+
+# ops that only move bytes, right for any dtype
+_ANY_DTYPE = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Transpose")

@@ -1,0 +1,258 @@
+"""Arena kernels of non-block steps (edgerun/kernels/numpy_steps.py, native_steps.py).
+
+Each kernel is checked against the reference op of the registry (edgerun.ops) over parameter grids,
+for the memory it allocates beside its outputs and declared scratch (tracemalloc), and end to end:
+ShuffleNet v1 and MobileNetV1 run inside their planned arena and match onnxruntime on both backends.
+"""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from edgerun import InferenceSession, ops, zoo
+from edgerun.ir import Node
+from edgerun.kernels import native_steps, numpy_steps
+from edgerun.kernels.numpy_steps import STEP_KERNELS, step_kernel
+from conftest import assert_close_to_ort, run_ort
+
+OPSET = 13
+KERNEL_SLACK_BYTES = 16 * 1024        # what a kernel may allocate beyond its outputs and scratch
+MEASURED_SLACK_BYTES = 64 * 1024      # as tests/test_memory.py
+
+
+def reference(node, inputs, opset=OPSET):
+    return ops.lookup(node, opset).compute(node, inputs, opset)
+
+
+def scratch_for(kernel, node, in_shapes, out_shapes):
+    sizes = kernel.scratch_bytes(node, in_shapes, out_shapes)
+    return {name: np.empty(size // 4, np.float32) for name, size in sizes.items()}
+
+
+def run_kernel(kernel, node, inputs, out_shapes, out_dtype=np.float32):
+    """Run into fresh outputs (NaN-filled, so an unwritten element shows) and declared scratch."""
+    outs = [np.full(shape, np.nan, dtype=out_dtype) if np.dtype(out_dtype).kind == "f"
+            else np.zeros(shape, out_dtype) for shape in out_shapes]
+    scratch = scratch_for(kernel, node, [None if x is None else x.shape for x in inputs], out_shapes)
+    kernel.run(node, inputs, outs, scratch)
+    return outs, scratch
+
+
+def extra_bytes(kernel, node, inputs, outs, scratch) -> int:
+    """tracemalloc peak of one run beyond what existed before it (outputs and scratch preallocated)."""
+    kernel.run(node, inputs, outs, scratch)   # warm: first calls may cache module state
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        kernel.run(node, inputs, outs, scratch)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def check_kernel(kernel, node, inputs, opset=OPSET, atol=1e-6, rtol=1e-5):
+    expected = reference(node, inputs, opset)[0]
+    (out,), scratch = run_kernel(kernel, node, inputs, [expected.shape], expected.dtype)
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=atol)
+    assert extra_bytes(kernel, node, inputs, [out], scratch) < KERNEL_SLACK_BYTES
+
+
+# ---------------------------------------------------------------- pooling
+POOL_GRID = [
+    # kernel, strides, pads, dilations, ceil_mode
+    ([3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0),        # ShuffleNet's pools
+    ([2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0),
+    ([3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 0),
+    ([3, 2], [2, 1], [0, 1, 2, 0], [1, 1], 0),         # asymmetric pads, rectangular kernel
+    ([3, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1),         # ceil_mode: a partial last window
+    ([3, 3], [2, 2], [1, 0, 1, 2], [1, 1], 1),
+    ([2, 3], [3, 2], [1, 1, 0, 2], [1, 1], 1),
+    ([3, 3], [1, 2], [1, 1, 1, 1], [2, 1], 0),         # dilation
+]
+
+
+@pytest.mark.parametrize("kernel_shape,strides,pads,dilations,ceil_mode", POOL_GRID)
+@pytest.mark.parametrize("shape", [(1, 24, 17, 16), (2, 5, 9, 11)])
+def test_max_pool_matches_reference(rng, shape, kernel_shape, strides, pads, dilations, ceil_mode):
+    node = Node("MaxPool", ["x"], ["y"], {"kernel_shape": kernel_shape, "strides": strides, "pads": pads,
+                                          "dilations": dilations, "ceil_mode": ceil_mode}, "mp")
+    x = rng.standard_normal(shape).astype(np.float32)
+    check_kernel(STEP_KERNELS["MaxPool"], node, [x], opset=21)
+
+
+@pytest.mark.parametrize("kernel_shape,strides,pads,dilations,ceil_mode", POOL_GRID)
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_average_pool_matches_reference(rng, kernel_shape, strides, pads, dilations, ceil_mode,
+                                        count_include_pad):
+    node = Node("AveragePool", ["x"], ["y"], {"kernel_shape": kernel_shape, "strides": strides, "pads": pads,
+                                              "dilations": dilations, "ceil_mode": ceil_mode,
+                                              "count_include_pad": count_include_pad}, "ap")
+    x = rng.standard_normal((2, 7, 13, 10)).astype(np.float32)
+    check_kernel(STEP_KERNELS["AveragePool"], node, [x], opset=21)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("attrs,shape", [
+    ({"kernel_shape": [3], "strides": [2], "pads": [1, 0]}, (1, 4, 15)),                       # 1-D
+    ({"kernel_shape": [2, 2, 2], "strides": [1, 2, 2], "pads": [0, 1, 0, 1, 0, 1]}, (1, 3, 4, 6, 5)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, (1, 3, 10, 9)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_LOWER"}, (1, 3, 10, 9)),
+])
+def test_pools_of_other_ranks_and_auto_pad(rng, op, attrs, shape):
+    node = Node(op, ["x"], ["y"], dict(attrs), "pool")
+    x = rng.standard_normal(shape).astype(np.float32)
+    check_kernel(STEP_KERNELS[op], node, [x])
+
+
+def test_max_pool_of_all_negative_values_is_not_zero():
+    # the running maximum starts from -inf, not from a zero that would beat every input
+    node = Node("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2], "strides": [2, 2]}, "mp")
+    x = -np.arange(1, 1 + 2 * 4 * 4, dtype=np.float32).reshape(1, 2, 4, 4)
+    (out,), _ = run_kernel(STEP_KERNELS["MaxPool"], node, [x], [(1, 2, 2, 2)])
+    assert out[0, 0].tolist() == [[-1.0, -3.0], [-9.0, -11.0]]
+
+
+def test_average_pool_divisor_with_and_without_padding():
+    # 3x3 window at the corner of a 2x2 map of ones, pads 1: 4 real taps of 9
+    x = np.ones((1, 1, 2, 2), np.float32)
+    for include, expected in ((0, 1.0), (1, 4.0 / 9.0)):
+        node = Node("AveragePool", ["x"], ["y"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                                                  "strides": [2, 2], "count_include_pad": include}, "ap")
+        (out,), _ = run_kernel(STEP_KERNELS["AveragePool"], node, [x], [(1, 1, 1, 1)])
+        assert out[0, 0, 0, 0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_max_pool_with_indices_runs_on_the_reference_op():
+    node = Node("MaxPool", ["x"], ["y", "i"], {"kernel_shape": [2, 2]}, "mp")
+    assert step_kernel(node, [np.float32], [np.float32, np.int64]) is None
+    plain = Node("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2]}, "mp")
+    assert step_kernel(plain, [np.float32], [np.float32]) is STEP_KERNELS["MaxPool"]
+
+
+# ---------------------------------------------------------------- activations
+ACTIVATIONS = [
+    ("Relu", {}), ("Tanh", {}), ("Sigmoid", {}), ("HardSwish", {}),
+    ("HardSigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
+    ("LeakyRelu", {}), ("LeakyRelu", {"alpha": 0.2}), ("LeakyRelu", {"alpha": 3.0}), ("LeakyRelu", {"alpha": -0.5}),
+]
+
+
+@pytest.mark.parametrize("op,attrs", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [(1, 16, 9, 9), (3, 1000)])
+def test_activations_match_reference(rng, op, attrs, shape):
+    node = Node(op, ["x"], ["y"], dict(attrs), op.lower())
+    x = (rng.standard_normal(shape) * 6).astype(np.float32)
+    x.flat[:4] = [-100.0, 100.0, 0.0, -3.0]    # saturation, sigmoid overflow, the kinks
+    check_kernel(STEP_KERNELS[op], node, [x])
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 6.0), (-1.5, None), (None, 0.25), (None, None), (2.0, 2.0)])
+def test_clip_with_bound_inputs_matches_reference(rng, low, high):
+    x = (rng.standard_normal((2, 8, 5, 5)) * 4).astype(np.float32)
+    inputs = [x, None if low is None else np.float32(low), None if high is None else np.float32(high)]
+    names = ["x", "" if low is None else "lo", "" if high is None else "hi"]
+    node = Node("Clip", names, ["y"], {}, "clip")
+    check_kernel(STEP_KERNELS["Clip"], node, inputs)
+
+
+def test_clip_with_bound_attributes_matches_reference(rng):
+    x = (rng.standard_normal((1, 8, 6, 6)) * 4).astype(np.float32)
+    node = Node("Clip", ["x"], ["y"], {"min": -0.5, "max": 1.5}, "clip")
+    check_kernel(STEP_KERNELS["Clip"], node, [x], opset=6)
+
+
+# ---------------------------------------------------------------- transpose, softmax
+@pytest.mark.parametrize("shape,perm", [
+    ((1, 3, 80, 28, 28), [0, 2, 1, 3, 4]),      # ShuffleNet's channel shuffle
+    ((2, 3, 4, 5), [3, 1, 0, 2]),
+    ((64, 300), [1, 0]),
+    ((4, 5, 6), None),                         # no perm: reversed axes
+])
+def test_transpose_matches_reference(rng, shape, perm):
+    attrs = {} if perm is None else {"perm": perm}
+    node = Node("Transpose", ["x"], ["y"], attrs, "t")
+    check_kernel(STEP_KERNELS["Transpose"], node, [rng.standard_normal(shape).astype(np.float32)])
+
+
+def test_transpose_of_integers_stays_an_arena_kernel():
+    node = Node("Transpose", ["x"], ["y"], {"perm": [1, 0]}, "t")
+    assert step_kernel(node, [np.int64], [np.int64]) is STEP_KERNELS["Transpose"]
+    x = np.arange(12, dtype=np.int64).reshape(3, 4)
+    (out,), _ = run_kernel(STEP_KERNELS["Transpose"], node, [x], [(4, 3)], np.int64)
+    np.testing.assert_array_equal(out, x.T)
+
+
+@pytest.mark.parametrize("shape", [(1, 1000), (4, 3, 17), (2, 1)])
+@pytest.mark.parametrize("opset", [11, 13])
+def test_softmax_over_the_last_axis_matches_reference(rng, shape, opset):
+    node = Node("Softmax", ["x"], ["y"], {"axis": -1}, "sm")
+    x = (rng.standard_normal(shape) * 20).astype(np.float32)
+    check_kernel(STEP_KERNELS["Softmax"], node, [x], opset=opset, atol=1e-7)
+
+
+def test_softmax_on_other_axes_runs_on_the_reference_op():
+    # axis 1 (or none) means different things before and after opset 13: left to the reference op
+    for attrs in ({"axis": 1}, {}):
+        assert step_kernel(Node("Softmax", ["x"], ["y"], attrs, "sm"), [np.float32], [np.float32]) is None
+
+
+def test_global_average_pool_matches_reference(rng):
+    node = Node("GlobalAveragePool", ["x"], ["y"], {}, "gap")
+    check_kernel(STEP_KERNELS["GlobalAveragePool"], node, [rng.standard_normal((2, 96, 14, 14)).astype(np.float32)])
+
+
+# ---------------------------------------------------------------- grouped 1x1 convolutions
+def fused_conv(group, activation="", params=()):
+    return Node("FusedConv", ["x", "w", "b"], ["y"], {
+        "kernel_shape": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": group,
+        "activation": activation, "activation_params": list(params)}, "gconv", "edgerun")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("group,cin,cout,size,activation,params", [
+    (3, 240, 60, (28, 28), "relu", ()),           # ShuffleNet 2x g=3 bottleneck 1x1s
+    (3, 60, 240, (28, 28), "", ()),
+    (2, 8, 6, (5, 7), "clip", (0.0, 6.0)),
+    (4, 16, 32, (3, 3), "hardswish", ()),
+])
+def test_grouped_pointwise_conv_matches_reference(rng, backend, group, cin, cout, size, activation, params):
+    node = fused_conv(group, activation, params)
+    x = rng.standard_normal((2, cin) + size).astype(np.float32)
+    w = (rng.standard_normal((cout, cin // group, 1, 1)) / np.sqrt(cin // group)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    kernel = numpy_steps.FusedConvKernel() if backend == "numpy" else native_steps.NativeFusedConvKernel()
+    kernel.prepare(node, {"w": w, "b": b})
+    if backend == "native":
+        assert kernel._native_kind(node, cin, cout) == "grouped"
+    # a grouped 1x1 needs no im2col scratch on either backend (only hardswish's activation buffer)
+    assert set(kernel.scratch_bytes(node, [x.shape], [(2, cout) + size])) <= {"act"}
+    check_kernel(kernel, node, [x, w, b], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- whole models
+MODELS = {
+    "shufflenet_v1": lambda: zoo.shufflenet_v1(groups=3, width=2.0, resolution=224, batch=1),
+    "mobilenet_v1": lambda: zoo.mobilenet_v1(batch=1),
+}
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(3).standard_normal((1, 3, 224, 224)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_runs_inside_its_arena_and_matches_onnxruntime(name, backend, image):
+    model = MODELS[name]()
+    sess = InferenceSession(model, kernels_backend=backend)
+    assert all(step.kind != "reference" for step in sess.compiled.steps), \
+        [step.node.op_type for step in sess.compiled.steps if step.kind == "reference"]
+    out = sess.run(None, {"input": image}, profile=True)[0]
+    stats = sess.last_run
+    assert stats.planned_peak_bytes == sess.plan.peak_bytes
+    assert stats.escaped_bytes <= MEASURED_SLACK_BYTES, [
+        (s.name, s.extra_bytes) for s in stats.steps if s.extra_bytes > KERNEL_SLACK_BYTES]
+    assert_close_to_ort(out, run_ort(model, {"input": image})[0])
+
