@@ -72,26 +72,43 @@ POOL_GRID = [
 ]
 
 
+def pool_kernel(op, backend):
+    kernel = STEP_KERNELS[op]
+    return kernel if backend == "numpy" else native_steps.native_variant(op, kernel)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("kernel_shape,strides,pads,dilations,ceil_mode", POOL_GRID)
 @pytest.mark.parametrize("shape", [(1, 24, 17, 16), (2, 5, 9, 11)])
-def test_max_pool_matches_reference(rng, shape, kernel_shape, strides, pads, dilations, ceil_mode):
+def test_max_pool_matches_reference(rng, backend, shape, kernel_shape, strides, pads, dilations, ceil_mode):
     node = Node("MaxPool", ["x"], ["y"], {"kernel_shape": kernel_shape, "strides": strides, "pads": pads,
                                           "dilations": dilations, "ceil_mode": ceil_mode}, "mp")
     x = rng.standard_normal(shape).astype(np.float32)
-    check_kernel(STEP_KERNELS["MaxPool"], node, [x], opset=21)
+    check_kernel(pool_kernel("MaxPool", backend), node, [x], opset=21)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("kernel_shape,strides,pads,dilations,ceil_mode", POOL_GRID)
 @pytest.mark.parametrize("count_include_pad", [0, 1])
-def test_average_pool_matches_reference(rng, kernel_shape, strides, pads, dilations, ceil_mode,
+def test_average_pool_matches_reference(rng, backend, kernel_shape, strides, pads, dilations, ceil_mode,
                                         count_include_pad):
     node = Node("AveragePool", ["x"], ["y"], {"kernel_shape": kernel_shape, "strides": strides, "pads": pads,
                                               "dilations": dilations, "ceil_mode": ceil_mode,
                                               "count_include_pad": count_include_pad}, "ap")
     x = rng.standard_normal((2, 7, 13, 10)).astype(np.float32)
-    check_kernel(STEP_KERNELS["AveragePool"], node, [x], opset=21)
+    check_kernel(pool_kernel("AveragePool", backend), node, [x], opset=21)
 
 
+def test_native_pools_run_in_c_on_the_shufflenet_pool(rng, monkeypatch):
+    # the C path, not the numpy fallback, is what the grid above checks for the common case
+    node = Node("AveragePool", ["x"], ["y"], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                                              "count_include_pad": 1}, "ap")
+    kernel = pool_kernel("AveragePool", "native")
+    monkeypatch.setattr(kernel.fallback, "run", lambda *args: pytest.fail("fell back to numpy"))
+    check_kernel(kernel, node, [rng.standard_normal((1, 24, 56, 56)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
 @pytest.mark.parametrize("attrs,shape", [
     ({"kernel_shape": [3], "strides": [2], "pads": [1, 0]}, (1, 4, 15)),                       # 1-D
@@ -99,10 +116,10 @@ def test_average_pool_matches_reference(rng, kernel_shape, strides, pads, dilati
     ({"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, (1, 3, 10, 9)),
     ({"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_LOWER"}, (1, 3, 10, 9)),
 ])
-def test_pools_of_other_ranks_and_auto_pad(rng, op, attrs, shape):
+def test_pools_of_other_ranks_and_auto_pad(rng, backend, op, attrs, shape):
     node = Node(op, ["x"], ["y"], dict(attrs), "pool")
     x = rng.standard_normal(shape).astype(np.float32)
-    check_kernel(STEP_KERNELS[op], node, [x])
+    check_kernel(pool_kernel(op, backend), node, [x])
 
 
 def test_max_pool_of_all_negative_values_is_not_zero():
@@ -225,9 +242,51 @@ def test_grouped_pointwise_conv_matches_reference(rng, backend, group, cin, cout
     kernel.prepare(node, {"w": w, "b": b})
     if backend == "native":
         assert kernel._native_kind(node, cin, cout) == "grouped"
-    # a grouped 1x1 needs no im2col scratch on either backend (only hardswish's activation buffer)
-    assert set(kernel.scratch_bytes(node, [x.shape], [(2, cout) + size])) <= {"act"}
+    # a grouped 1x1 needs no im2col scratch: numpy only hardswish's activation buffer, native only the
+    # edge panel of the pixels that do not fill a GEMM tile (at most 256 x 32 floats)
+    need = kernel.scratch_bytes(node, [x.shape], [(2, cout) + size])
+    assert set(need) <= ({"act"} if backend == "numpy" else {"edge"})
+    assert sum(need.values()) <= (cout * int(np.prod(size)) * 4 if backend == "numpy" else 256 * 32 * 4)
     check_kernel(kernel, node, [x, w, b], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cin,cout,pixels", [
+    (1, 1, 1), (3, 5, 31), (24, 13, 32), (160, 40, 784), (40, 160, 49), (300, 25, 33),   # edges, M % 12
+    (1024, 30, 49), (513, 17, 196), (7, 64, 12544 + 5),                                    # K blocks of 256
+])
+@pytest.mark.parametrize("activation,params", [("", ()), ("relu", ()), ("clip", (0.0, 6.0)), ("hardswish", ()),
+                                               ("leakyrelu", (0.1,)), ("sigmoid", ())])
+def test_packed_pointwise_gemm_matches_numpy(rng, cin, cout, pixels, activation, params):
+    from edgerun.kernels import Activation, native
+    from edgerun.ops.activation import apply_activation
+    x = rng.standard_normal((cin, pixels)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    packed_floats, edge_floats = native.packed_pointwise_sizes(cout, pixels, cin)
+    assert edge_floats <= 256 * 32
+    packed = native.pack_pointwise_weights(w)
+    assert packed.size == packed_floats
+    edge = np.full(edge_floats, np.nan, np.float32) if edge_floats else None
+    out = np.full((cout, pixels), np.nan, np.float32)
+    native.pointwise_conv_packed(x, packed, b, out, edge, Activation(activation, params))
+    expected = apply_activation(w.astype(np.float64) @ x + b[:, None], activation, list(params))
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.sqrt(cin))
+    out_nobias = np.full((cout, pixels), np.nan, np.float32)
+    native.pointwise_conv_packed(x, packed, None, out_nobias, edge, Activation(activation, params))
+    expected = apply_activation(w.astype(np.float64) @ x, activation, list(params))
+    np.testing.assert_allclose(out_nobias, expected, rtol=1e-4, atol=1e-4 * np.sqrt(cin))
+
+
+def test_packed_pointwise_gemm_rejects_a_short_edge_scratch(rng):
+    from edgerun.errors import EdgerunError
+    from edgerun.kernels import native
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    x = rng.standard_normal((16, 40)).astype(np.float32)
+    out = np.empty((8, 40), np.float32)
+    edge_floats = native.packed_pointwise_sizes(8, 40, 16)[1]
+    with pytest.raises(EdgerunError, match="edge"):
+        native.pointwise_conv_packed(x, native.pack_pointwise_weights(w), None, out,
+                                     np.empty(edge_floats - 1, np.float32))
 
 
 # ---------------------------------------------------------------- whole models

@@ -76,3 +76,42 @@ def global_average_pool(x: np.ndarray, out: np.ndarray) -> None:
 def build_info() -> dict:
     """Instruction-set flags the extension was compiled with."""
     return _module().build_info()
+
+
+# ---- non-block steps (steps.c)
+def packed_pointwise_sizes(cout: int, pixels: int, cin: int) -> tuple[int, int]:
+    """(floats of the packed weights, floats of the edge scratch pointwise_conv_packed needs)."""
+    return _call(_module().pw_info, int(cout), int(pixels), int(cin))
+
+
+def pack_pointwise_weights(w: np.ndarray) -> np.ndarray:
+    """A (Cout, Cin) weight in the panels pointwise_conv_packed reads (weights, not activations)."""
+    cout, cin = w.shape
+    packed = np.empty(packed_pointwise_sizes(cout, 1, cin)[0], np.float32)
+    _call(_module().pw_pack, np.ascontiguousarray(w, dtype=np.float32), packed, cout, cin)
+    return packed
+
+
+def pointwise_conv_packed(x: np.ndarray, packed: np.ndarray, bias, out: np.ndarray, edge,
+                          activation: Activation = Activation()) -> None:
+    """1x1 convolution of one image on packed weights: out (Cout, ...) = act(W @ x (Cin, ...) + bias).
+
+    edge: scratch of packed_pointwise_sizes(...)[1] floats (None when that is 0)."""
+    cin, cout = x.shape[0], out.shape[0]
+    pixels = int(np.prod(x.shape[1:]))
+    if int(np.prod(out.shape[1:])) != pixels:
+        raise EdgerunError(f"pointwise_conv_packed: x {x.shape} and out {out.shape} do not match")
+    _call(_module().pw_conv, x, packed, bias, out, edge, cout, pixels, cin, _act(activation))
+
+
+POOL_KINDS = {"max": 0, "average": 1, "average_with_pads": 2}
+
+
+def pool2d(kind: str, x: np.ndarray, out: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
+           pads: tuple[int, int, int, int]) -> None:
+    """2-D max / average pooling of one image x (C, H, W) into out (C, Ho, Wo); pads (top, left, bottom,
+    right); "average" divides by the taps inside x, "average_with_pads" by those inside the padded x."""
+    c, h, w = x.shape
+    _, ho, wo = out.shape
+    _call(_module().pool2d, POOL_KINDS[kind], x, out, c, h, w, ho, wo, int(kernel[0]), int(kernel[1]),
+          int(strides[0]), int(strides[1]), tuple(int(p) for p in pads))

@@ -8,8 +8,9 @@ import numpy as np
 
 from edgerun.ir import Node
 from edgerun.kernels import Activation, native
-from edgerun.kernels.numpy_steps import (FusedConvKernel, GlobalAveragePoolKernel, StepKernel, _is_depthwise,
-                                         _is_grouped_pointwise, _is_pointwise)
+from edgerun.kernels.numpy_steps import (ITEMSIZE, AveragePoolKernel, FusedConvKernel, GlobalAveragePoolKernel,
+                                         MaxPoolKernel, StepKernel, _is_depthwise, _is_grouped_pointwise,
+                                         _is_pointwise, _pool_geometry)
 
 
 def _activation(node: Node) -> Activation:
@@ -25,12 +26,15 @@ def _native_depthwise(node: Node, cin: int, cout: int) -> bool:
 
 
 class NativeFusedConvKernel(StepKernel):
-    """1x1 (grouped too: one C call per group on its contiguous channel slices) and depthwise FusedConv
-    in C; other convolutions on the numpy kernel."""
+    """1x1 and depthwise FusedConv in C; other convolutions on the numpy kernel.
+
+    1x1 weights are packed at plan time into the panels of native.pointwise_conv_packed; a grouped 1x1
+    (ShuffleNet) runs one packed GEMM per group on its contiguous channel slices. The pixels that do not
+    fill a whole GEMM tile go through an `edge` scratch (at most 256 x 32 floats) in the arena."""
 
     def __init__(self):
         self.fallback = FusedConvKernel()
-        # (weight, its C layout (a list of per-group layouts when grouped), a zero bias): one node per instance
+        # (weight, its C layout (packed weights per group for 1x1s), a zero bias): one node per instance
         self._prepared: tuple | None = None
 
     def _native_kind(self, node: Node, cin: int, cout: int) -> str | None:
@@ -43,9 +47,17 @@ class NativeFusedConvKernel(StepKernel):
         return None
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
-        if self._native_kind(node, in_shapes[0][1], out_shapes[0][1]):
+        _, cin, *spatial = in_shapes[0]
+        cout = out_shapes[0][1]
+        kind = self._native_kind(node, cin, cout)
+        if kind is None or self._prepared is None:
+            return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+        if kind == "depthwise":
             return {}
-        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+        group = node.attrs.get("group", 1)
+        pixels = int(np.prod(out_shapes[0][2:]))
+        edge = native.packed_pointwise_sizes(cout // group, pixels, cin // group)[1]
+        return {"edge": edge * ITEMSIZE} if edge else {}
 
     def prepare(self, node, constants):
         # weights are read-only model data, not activations: their C layouts are made once, here
@@ -53,16 +65,16 @@ class NativeFusedConvKernel(StepKernel):
         if w is None or w.ndim != 4:
             return
         cout, cin_per_group = w.shape[0], w.shape[1]
-        kind = self._native_kind(node, cin_per_group * node.attrs.get("group", 1), cout)
-        if kind == "grouped":
-            group = node.attrs["group"]
+        group = node.attrs.get("group", 1)
+        kind = self._native_kind(node, cin_per_group * group, cout)
+        if kind in ("pointwise", "grouped"):
             og = cout // group
-            layout = [np.ascontiguousarray(w[g * og:(g + 1) * og].reshape(og, cin_per_group).T, dtype=np.float32)
+            layout = [native.pack_pointwise_weights(w[g * og:(g + 1) * og].reshape(og, cin_per_group))
                       for g in range(group)]
             self._prepared = (w, layout, np.zeros(cout, np.float32))
-        elif kind is not None:
-            layout = w.reshape(cout, -1).T if kind == "pointwise" else w.reshape(cout, *w.shape[2:])
-            self._prepared = (w, np.ascontiguousarray(layout, dtype=np.float32), np.zeros(cout, np.float32))
+        elif kind == "depthwise":
+            layout = np.ascontiguousarray(w.reshape(cout, *w.shape[2:]), dtype=np.float32)
+            self._prepared = (w, layout, np.zeros(cout, np.float32))
 
     def run(self, node, inputs, outputs, scratch):
         x, w = inputs[0], inputs[1]
@@ -74,17 +86,18 @@ class NativeFusedConvKernel(StepKernel):
         layout, zero_bias = self._prepared[1], self._prepared[2]
         bias = b if b is not None else zero_bias
         act = _activation(node)
-        for n in range(x.shape[0]):
-            if kind == "grouped":
-                cg, og = layout[0].shape
-                for g, w_t in enumerate(layout):
-                    native.pointwise_conv(x[n, g * cg:(g + 1) * cg], w_t, bias[g * og:(g + 1) * og],
-                                          y[n, g * og:(g + 1) * og], act)
-            elif kind == "pointwise":
-                native.pointwise_conv(x[n], layout, bias, y[n], act)
-            else:
+        if kind == "depthwise":
+            for n in range(x.shape[0]):
                 native.depthwise_conv(x[n], layout, bias, y[n], node.attrs.get("strides", [1, 1])[0],
                                       tuple(node.attrs.get("pads", [0, 0, 0, 0])), act)
+            return
+        group = len(layout)
+        cg, og = x.shape[1] // group, y.shape[1] // group
+        edge = scratch.get("edge")
+        for n in range(x.shape[0]):
+            for g, packed in enumerate(layout):
+                native.pointwise_conv_packed(x[n, g * cg:(g + 1) * cg], packed, bias[g * og:(g + 1) * og],
+                                             y[n, g * og:(g + 1) * og], edge, act)
 
 
 class NativeGlobalAveragePoolKernel(StepKernel):
@@ -99,7 +112,39 @@ class NativeGlobalAveragePoolKernel(StepKernel):
             native.global_average_pool(x[n], y[n])
 
 
-_NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "GlobalAveragePool": NativeGlobalAveragePoolKernel}
+class NativePoolKernel(StepKernel):
+    """2-D MaxPool / AveragePool in C (dilation 1, pads smaller than the kernel); others on numpy."""
+
+    def __init__(self, fallback: StepKernel):
+        self.fallback = fallback
+
+    def supports(self, node):
+        return self.fallback.supports(node)
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+
+    def run(self, node, inputs, outputs, scratch):
+        x, y = inputs[0], outputs[0]
+        if x.ndim != 4:
+            return self.fallback.run(node, inputs, outputs, scratch)
+        kernel, strides, dilations, pads = _pool_geometry(node, x.shape, y.shape)
+        top, left, bottom, right = pads
+        if (dilations != [1, 1] or max(top, bottom) >= kernel[0] or max(left, right) >= kernel[1]
+                or (y.shape[2] - 1) * strides[0] >= x.shape[2] + top
+                or (y.shape[3] - 1) * strides[1] >= x.shape[3] + left):
+            return self.fallback.run(node, inputs, outputs, scratch)
+        if node.op_type == "MaxPool":
+            kind = "max"
+        else:
+            kind = "average_with_pads" if node.attrs.get("count_include_pad", 0) else "average"
+        for n in range(x.shape[0]):
+            native.pool2d(kind, x[n], y[n], kernel, strides, (top, left, bottom, right))
+
+
+_NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "GlobalAveragePool": NativeGlobalAveragePoolKernel,
+                    "MaxPool": lambda: NativePoolKernel(MaxPoolKernel()),
+                    "AveragePool": lambda: NativePoolKernel(AveragePoolKernel())}
 
 
 def native_variant(op_type: str, numpy_kernel: StepKernel) -> StepKernel:

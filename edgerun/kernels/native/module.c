@@ -306,12 +306,24 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
                          "vector_floats", er_gemm_vector_floats());
 }
 
+/* steps.c: kernels of non-block steps */
+PyObject *er_py_pw_info(PyObject *self, PyObject *args);
+PyObject *er_py_pw_pack(PyObject *self, PyObject *args);
+PyObject *er_py_pw_conv(PyObject *self, PyObject *args);
+PyObject *er_py_pool2d(PyObject *self, PyObject *args);
+
 static PyMethodDef methods[] = {
     {"run_block", py_run_block, METH_VARARGS, run_block_doc},
     {"pointwise_conv", py_pointwise_conv, METH_VARARGS, pointwise_doc},
     {"depthwise_conv", py_depthwise_conv, METH_VARARGS, depthwise_doc},
     {"global_average_pool", py_global_average_pool, METH_VARARGS, gap_doc},
     {"build_info", py_build_info, METH_NOARGS, "Instruction sets the extension was compiled for."},
+    {"pw_info", er_py_pw_info, METH_VARARGS, "pw_info(M, N, K) -> (packed floats, edge floats)."},
+    {"pw_pack", er_py_pw_pack, METH_VARARGS, "pw_pack(w (M, K), packed, M, K): weights in GEMM panels."},
+    {"pw_conv", er_py_pw_conv, METH_VARARGS,
+     "pw_conv(x (K, N), packed, bias, out (M, N), edge, M, N, K, act): 1x1 conv on packed weights."},
+    {"pool2d", er_py_pool2d, METH_VARARGS,
+     "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
     {NULL, NULL, 0, NULL},
 };
 

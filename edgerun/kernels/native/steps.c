@@ -1,0 +1,428 @@
+/* Native kernels of non-block steps (edgerun/kernels/native_steps.py) and their Python bindings:
+ *
+ * - pointwise (1x1) convolution on weights packed once at plan time into panels of PMR output
+ *   channels (k-major, contiguous): the GEMM streams each panel instead of striding through the
+ *   whole (Cin, Cout) matrix per k. Pixels are cut into tiles of PNR columns; the last N % PNR
+ *   columns go through an edge panel (scratch from the arena, K-block x PNR floats, zero padded).
+ *   K is blocked by PKC so that a tile's slice of the input stays in L2.
+ * - 2-D max and average pooling of one image (C, H, W) -> (C, Ho, Wo), any kernel/stride/pads.
+ *
+ * Nothing here allocates memory: outputs and scratch come from the caller (the arena). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define PKC 256 /* rows of K per block */
+
+#if defined(__GNUC__)
+#if defined(__AVX512F__)
+#define PVL 16
+#define PMR 12
+#else
+#define PVL 8
+#define PMR 6
+#endif
+#define PNR (2 * PVL)
+typedef float pvf __attribute__((vector_size(PVL * 4)));
+typedef int pvi __attribute__((vector_size(PVL * 4)));
+
+static inline pvf sv_load(const float *p) { pvf v; memcpy(&v, p, sizeof v); return v; }
+static inline void sv_store(float *p, pvf v) { memcpy(p, &v, sizeof v); }
+static inline pvf sv_splat(float s) { return s - (pvf){0}; }
+static inline pvf sv_select(pvi mask, pvf a, pvf b) { return (pvf)((mask & (pvi)a) | (~mask & (pvi)b)); }
+
+static inline pvf sv_load_part(const float *p, int n)
+{
+    float tmp[PVL] = {0};
+    for (int i = 0; i < n; i++) tmp[i] = p[i];
+    return sv_load(tmp);
+}
+
+static inline void sv_store_part(float *p, pvf v, int n)
+{
+    float tmp[PVL];
+    sv_store(tmp, v);
+    for (int i = 0; i < n; i++) p[i] = tmp[i];
+}
+
+static inline pvf sv_activate(pvf v, const er_act *act)
+{
+    if (act->kind == ER_ACT_RELU) {
+        pvf zero = sv_splat(0.0f);
+        return sv_select(v > zero, v, zero);
+    }
+    if (act->kind == ER_ACT_CLIP) {
+        pvf lo = sv_splat(act->a), hi = sv_splat(act->b);
+        v = sv_select(v < lo, lo, v);
+        return sv_select(v > hi, hi, v);
+    }
+    return v;
+}
+
+/* PMR x PNR tile: c (rows x cols valid, row stride ldc) = [c +] a (kc x PMR panel) ^T b (kc x PNR). */
+static inline __attribute__((always_inline)) void
+micro_body(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc, int rows, int cols,
+           int first, int last, const float *bias, const er_act *act)
+{
+    pvf acc[PMR][2];
+    for (int i = 0; i < PMR; i++) {
+        if (first || i >= rows) {
+            acc[i][0] = acc[i][1] = sv_splat(first && bias && i < rows ? bias[i] : 0.0f);
+        } else if (cols == PNR) {
+            acc[i][0] = sv_load(c + i * ldc);
+            acc[i][1] = sv_load(c + i * ldc + PVL);
+        } else {
+            acc[i][0] = sv_load_part(c + i * ldc, cols < PVL ? cols : PVL);
+            acc[i][1] = sv_load_part(c + i * ldc + PVL, cols > PVL ? cols - PVL : 0);
+        }
+    }
+    for (int k = 0; k < kc; k++) {
+        pvf b0 = sv_load(b + k * ldb), b1 = sv_load(b + k * ldb + PVL);
+        const float *ak = a + k * PMR;
+        for (int i = 0; i < PMR; i++) {
+            pvf ai = sv_splat(ak[i]);
+            acc[i][0] += ai * b0;
+            acc[i][1] += ai * b1;
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        pvf v0 = acc[i][0], v1 = acc[i][1];
+        if (last) {
+            v0 = sv_activate(v0, act);
+            v1 = sv_activate(v1, act);
+        }
+        if (cols == PNR) {
+            sv_store(c + i * ldc, v0);
+            sv_store(c + i * ldc + PVL, v1);
+        } else {
+            sv_store_part(c + i * ldc, v0, cols < PVL ? cols : PVL);
+            sv_store_part(c + i * ldc + PVL, v1, cols > PVL ? cols - PVL : 0);
+        }
+    }
+}
+
+/* Full tiles with constant sizes (the accumulators stay in registers); edge tiles apart. */
+static void micro_tile(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
+                       int rows, int cols, int first, int last, const float *bias, const er_act *act)
+{
+    if (rows == PMR && cols == PNR) {
+        if (first)
+            micro_body(kc, a, b, ldb, c, ldc, PMR, PNR, 1, last, bias, act);
+        else
+            micro_body(kc, a, b, ldb, c, ldc, PMR, PNR, 0, last, bias, act);
+    } else {
+        micro_body(kc, a, b, ldb, c, ldc, rows, cols, first, last, bias, act);
+    }
+}
+
+static int in_registers(const er_act *act) { return act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP; }
+
+#else /* portable scalar fallback */
+#define PMR 4
+#define PNR 4
+
+static void micro_tile(int kc, const float *a, const float *b, long ldb, float *c, long ldc, int rows, int cols,
+                       int first, int last, const float *bias, const er_act *act)
+{
+    (void)last;
+    (void)act;
+    for (int i = 0; i < rows; i++) {
+        for (int j = 0; j < cols; j++) {
+            float s = first ? (bias ? bias[i] : 0.0f) : c[i * ldc + j];
+            for (int k = 0; k < kc; k++) s += a[k * PMR + i] * b[k * ldb + j];
+            c[i * ldc + j] = s;
+        }
+    }
+}
+
+static int in_registers(const er_act *act) { (void)act; return 0; }
+#endif
+
+long er_pw_packed_floats(int M, int K) { return (long)((M + PMR - 1) / PMR) * PMR * K; }
+
+long er_pw_edge_floats(int N, int K) { return N % PNR ? (long)(K < PKC ? K : PKC) * PNR : 0; }
+
+/* packed[(p*K + k)*PMR + i] = w[(p*PMR + i)*K + k], rows past M zero. w is (M, K) row-major. */
+void er_pw_pack(int M, int K, const float *w, float *packed)
+{
+    int panels = (M + PMR - 1) / PMR;
+    for (int p = 0; p < panels; p++)
+        for (int k = 0; k < K; k++)
+            for (int i = 0; i < PMR; i++) {
+                int m = p * PMR + i;
+                packed[((long)p * K + k) * PMR + i] = m < M ? w[(long)m * K + k] : 0.0f;
+            }
+}
+
+/* out (M, N) = act(W x (K, N) + bias), W packed by er_pw_pack; edge: er_pw_edge_floats(N, K) floats. */
+void er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float *out, const float *bias,
+                const er_act *act, float *edge)
+{
+    int panels = (M + PMR - 1) / PMR;
+    int full = N / PNR * PNR;
+    for (int k0 = 0; k0 < K; k0 += PKC) {
+        int kc = K - k0 < PKC ? K - k0 : PKC;
+        int first = k0 == 0, last = k0 + kc == K;
+        /* columns per block: the block's kc rows of x stay in L2 while every panel passes */
+        int nc = (192 * 1024 / (4 * kc)) / PNR * PNR;
+        if (nc < PNR) nc = PNR;
+        for (int j0 = 0; j0 < full; j0 += nc) {
+            int j1 = full - j0 < nc ? full : j0 + nc;
+            for (int p = 0; p < panels; p++) {
+                int rows = M - p * PMR < PMR ? M - p * PMR : PMR;
+                const float *a = packed + ((long)p * K + k0) * PMR;
+                for (int n0 = j0; n0 < j1; n0 += PNR)
+                    micro_tile(kc, a, x + (long)k0 * N + n0, N, out + (long)p * PMR * N + n0, N, rows, PNR,
+                               first, last, bias ? bias + p * PMR : NULL, act);
+            }
+        }
+        if (full < N) {
+            int cols = N - full;
+            for (int k = 0; k < kc; k++) {
+                float *row = edge + (long)k * PNR;
+                memcpy(row, x + (long)(k0 + k) * N + full, (size_t)cols * sizeof(float));
+                memset(row + cols, 0, (size_t)(PNR - cols) * sizeof(float));
+            }
+            for (int p = 0; p < panels; p++) {
+                int rows = M - p * PMR < PMR ? M - p * PMR : PMR;
+                micro_tile(kc, packed + ((long)p * K + k0) * PMR, edge, PNR, out + (long)p * PMR * N + full, N,
+                           rows, cols, first, last, bias ? bias + p * PMR : NULL, act);
+            }
+        }
+    }
+    if (act->kind != ER_ACT_NONE && !in_registers(act)) er_apply_activation(out, (long)M * N, act);
+}
+
+/* ---------------------------------------------------------------- pooling */
+
+static inline __attribute__((always_inline)) void
+pool_row(int kind, int KW, const float *src, int w, int y0, int ky0, int ky1, int kh_pad_rows, float *row, int wo,
+         int kw, int sw, int left, int right)
+{
+    if (KW > 0) kw = KW;
+    for (int ox = 0; ox < wo; ox++) {
+        int x0 = ox * sw - left;
+        int kx0 = x0 < 0 ? -x0 : 0, kx1 = w - x0 < kw ? w - x0 : kw;
+        float acc = kind == 0 ? -INFINITY : 0.0f;
+        if (kx0 == 0 && kx1 == kw) {
+            for (int i = ky0; i < ky1; i++) {
+                const float *p = src + (long)(y0 + i) * w + x0;
+                for (int j = 0; j < kw; j++) acc = kind == 0 ? (p[j] > acc ? p[j] : acc) : acc + p[j];
+            }
+        } else {
+            for (int i = ky0; i < ky1; i++) {
+                const float *p = src + (long)(y0 + i) * w + x0;
+                for (int j = kx0; j < kx1; j++) acc = kind == 0 ? (p[j] > acc ? p[j] : acc) : acc + p[j];
+            }
+        }
+        if (kind != 0) {
+            int cols;
+            if (kind == 1) {
+                cols = kx1 - kx0;
+            } else {
+                int lo = x0 > -left ? x0 : -left, hi = x0 + kw < w + right ? x0 + kw : w + right;
+                cols = hi - lo;
+            }
+            int count = kh_pad_rows * cols;
+            acc /= (float)(count > 0 ? count : 1);
+        }
+        row[ox] = acc;
+    }
+}
+
+/* kind 0: max; 1: average excluding pads; 2: average including pads (up to the padded extent). */
+void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w, int ho, int wo, int kh, int kw,
+               int sh, int sw, const int pads[4])
+{
+    for (int c = 0; c < channels; c++) {
+        const float *src = x + (long)c * h * w;
+        float *dst = out + (long)c * ho * wo;
+        for (int oy = 0; oy < ho; oy++) {
+            int y0 = oy * sh - pads[0];
+            int ky0 = y0 < 0 ? -y0 : 0, ky1 = h - y0 < kh ? h - y0 : kh;
+            int rows = ky1 - ky0;
+            if (kind == 2) {
+                int lo = y0 > -pads[0] ? y0 : -pads[0], hi = y0 + kh < h + pads[2] ? y0 + kh : h + pads[2];
+                rows = hi - lo;
+            }
+            float *row = dst + (long)oy * wo;
+            if (kw == 3 && kind == 0)
+                pool_row(0, 3, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
+            else if (kw == 3)
+                pool_row(kind, 3, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
+            else if (kw == 2 && kind == 0)
+                pool_row(0, 2, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
+            else if (kind == 0)
+                pool_row(0, 0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
+            else
+                pool_row(kind, 0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- Python bindings */
+
+typedef struct {
+    Py_buffer views[8];
+    int count;
+} step_buffers;
+
+static void step_release(step_buffers *set)
+{
+    for (int i = 0; i < set->count; i++) PyBuffer_Release(&set->views[i]);
+    set->count = 0;
+}
+
+/* obj as at least `count` (exactly, unless at_least) C-contiguous float32 items. */
+static float *step_acquire(step_buffers *set, PyObject *obj, const char *name, Py_ssize_t count, int at_least,
+                           int writable)
+{
+    Py_buffer *view = &set->views[set->count];
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (obj == Py_None || PyObject_GetBuffer(obj, view, flags) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: expected a %sC-contiguous float32 array", name, writable ? "writable " : "");
+        return NULL;
+    }
+    set->count++;
+    const char *f = view->format ? view->format : "?";
+    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
+    if (view->itemsize != 4 || strcmp(f, "f") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected float32 items, got format '%s'", name, view->format);
+        return NULL;
+    }
+    Py_ssize_t have = view->len / 4;
+    if (at_least ? have < count : have != count) {
+        PyErr_Format(PyExc_ValueError, "%s: holds %zd floats, the kernel needs %s%zd", name, have,
+                     at_least ? "at least " : "", count);
+        return NULL;
+    }
+    return (float *)view->buf;
+}
+
+/* Written buffers (indices in `written`) must not overlap any other buffer of the call. */
+static int step_no_overlap(const step_buffers *set, int written_from)
+{
+    for (int i = written_from; i < set->count; i++)
+        for (int j = 0; j < set->count; j++) {
+            if (i == j || set->views[i].len == 0 || set->views[j].len == 0) continue;
+            const char *a = set->views[i].buf, *b = set->views[j].buf;
+            if (a < b + set->views[j].len && b < a + set->views[i].len) {
+                PyErr_SetString(PyExc_ValueError, "an output or scratch buffer overlaps another argument");
+                return -1;
+            }
+        }
+    return 0;
+}
+
+static int step_activation(PyObject *spec, er_act *act)
+{
+    if (!PyArg_ParseTuple(spec, "iff", &act->kind, &act->a, &act->b)) return -1;
+    if (act->kind < 0 || act->kind >= ER_ACT_COUNT) {
+        PyErr_Format(PyExc_ValueError, "unknown activation code %d", act->kind);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *er_py_pw_info(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int M, N, K;
+    if (!PyArg_ParseTuple(args, "iii", &M, &N, &K)) return NULL;
+    if (M < 1 || N < 1 || K < 1) {
+        PyErr_SetString(PyExc_ValueError, "pw_info: sizes must be positive");
+        return NULL;
+    }
+    return Py_BuildValue("(ll)", er_pw_packed_floats(M, K), er_pw_edge_floats(N, K));
+}
+
+PyObject *er_py_pw_pack(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *w, *packed;
+    int M, K;
+    step_buffers set = {.count = 0};
+    if (!PyArg_ParseTuple(args, "OOii", &w, &packed, &M, &K)) return NULL;
+    if (M < 1 || K < 1) {
+        PyErr_SetString(PyExc_ValueError, "pw_pack: sizes must be positive");
+        return NULL;
+    }
+    const float *wp = step_acquire(&set, w, "w", (Py_ssize_t)M * K, 0, 0);
+    float *pp = wp ? step_acquire(&set, packed, "packed", er_pw_packed_floats(M, K), 0, 1) : NULL;
+    if (!pp || step_no_overlap(&set, 1) != 0) {
+        step_release(&set);
+        return NULL;
+    }
+    er_pw_pack(M, K, wp, pp);
+    step_release(&set);
+    Py_RETURN_NONE;
+}
+
+PyObject *er_py_pw_conv(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x, *packed, *bias, *out, *edge, *act_spec;
+    int M, N, K;
+    er_act act;
+    step_buffers set = {.count = 0};
+    if (!PyArg_ParseTuple(args, "OOOOOiiiO", &x, &packed, &bias, &out, &edge, &M, &N, &K, &act_spec) ||
+        step_activation(act_spec, &act) != 0)
+        return NULL;
+    if (M < 1 || N < 1 || K < 1) {
+        PyErr_SetString(PyExc_ValueError, "pw_conv: sizes must be positive");
+        return NULL;
+    }
+    long edge_floats = er_pw_edge_floats(N, K);
+    const float *xp = step_acquire(&set, x, "x", (Py_ssize_t)K * N, 0, 0);
+    const float *pp = xp ? step_acquire(&set, packed, "packed", er_pw_packed_floats(M, K), 0, 0) : NULL;
+    const float *bp = NULL;
+    if (pp && bias != Py_None) bp = step_acquire(&set, bias, "bias", M, 0, 0);
+    int first_written = set.count;
+    float *op = (pp && (bias == Py_None || bp)) ? step_acquire(&set, out, "out", (Py_ssize_t)M * N, 0, 1) : NULL;
+    float *ep = NULL;
+    if (op && edge_floats) ep = step_acquire(&set, edge, "edge", edge_floats, 1, 1);
+    if (!op || (edge_floats && !ep) || step_no_overlap(&set, first_written) != 0) {
+        step_release(&set);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    er_pw_gemm(M, N, K, pp, xp, op, bp, &act, ep);
+    Py_END_ALLOW_THREADS
+    step_release(&set);
+    Py_RETURN_NONE;
+}
+
+PyObject *er_py_pool2d(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x, *out;
+    int kind, c, h, w, ho, wo, kh, kw, sh, sw, pads[4];
+    step_buffers set = {.count = 0};
+    if (!PyArg_ParseTuple(args, "iOOiiiiiiiii(iiii)", &kind, &x, &out, &c, &h, &w, &ho, &wo, &kh, &kw, &sh, &sw,
+                          &pads[0], &pads[1], &pads[2], &pads[3]))
+        return NULL;
+    int ok = kind >= 0 && kind <= 2 && c >= 1 && h >= 1 && w >= 1 && ho >= 1 && wo >= 1 && kh >= 1 && kw >= 1 &&
+             sh >= 1 && sw >= 1 && pads[0] >= 0 && pads[1] >= 0 && pads[2] >= 0 && pads[3] >= 0 &&
+             pads[0] < kh && pads[1] < kw && pads[2] < kh && pads[3] < kw &&
+             /* every window starts inside the padded input (so it holds at least one real tap) */
+             (ho - 1) * sh < h + pads[0] && (wo - 1) * sw < w + pads[1];
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "pool2d: invalid kind, sizes, kernel, strides or pads");
+        return NULL;
+    }
+    const float *xp = step_acquire(&set, x, "x", (Py_ssize_t)c * h * w, 0, 0);
+    float *op = xp ? step_acquire(&set, out, "out", (Py_ssize_t)c * ho * wo, 0, 1) : NULL;
+    if (!op || step_no_overlap(&set, 1) != 0) {
+        step_release(&set);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    er_pool2d(kind, xp, op, c, h, w, ho, wo, kh, kw, sh, sw, pads);
+    Py_END_ALLOW_THREADS
+    step_release(&set);
+    Py_RETURN_NONE;
+}
