@@ -250,6 +250,27 @@ def test_grouped_pointwise_conv_matches_reference(rng, backend, group, cin, cout
     check_kernel(kernel, node, [x, w, b], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("kernel_shape,strides,pads,dilations,activation,params", [
+    ([3, 3], [2, 2], [1, 1, 1, 1], [1, 1], "relu", ()),          # the stems of MobileNetV1 / ShuffleNet
+    ([3, 3], [1, 1], [0, 0, 0, 0], [1, 1], "", ()),
+    ([5, 3], [1, 2], [2, 0, 1, 1], [2, 1], "clip", (0.0, 6.0)),
+    ([1, 1], [2, 2], [0, 0, 0, 0], [1, 1], "hardswish", ()),     # strided 1x1: not a plain pointwise
+])
+def test_group_one_conv_matches_reference(rng, backend, kernel_shape, strides, pads, dilations, activation, params):
+    node = Node("FusedConv", ["x", "w", "b"], ["y"], {
+        "kernel_shape": kernel_shape, "strides": strides, "pads": pads, "dilations": dilations, "group": 1,
+        "activation": activation, "activation_params": list(params)}, "conv", "edgerun")
+    x = rng.standard_normal((2, 3, 23, 20)).astype(np.float32)
+    w = (rng.standard_normal((20, 3) + tuple(kernel_shape)) / 3).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    kernel = numpy_steps.FusedConvKernel() if backend == "numpy" else native_steps.NativeFusedConvKernel()
+    kernel.prepare(node, {"w": w, "b": b})
+    if backend == "native":
+        assert kernel._native_kind(node, 3, 20) == "im2col"
+    check_kernel(kernel, node, [x, w, b], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("cin,cout,pixels", [
     (1, 1, 1), (3, 5, 31), (24, 13, 32), (160, 40, 784), (40, 160, 49), (300, 25, 33),   # edges, M % 12
     (1024, 30, 49), (513, 17, 196), (7, 64, 12544 + 5),                                    # K blocks of 256

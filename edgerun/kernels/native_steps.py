@@ -9,8 +9,8 @@ import numpy as np
 from edgerun.ir import Node
 from edgerun.kernels import Activation, native
 from edgerun.kernels.numpy_steps import (ITEMSIZE, AveragePoolKernel, FusedConvKernel, GlobalAveragePoolKernel,
-                                         MaxPoolKernel, StepKernel, _is_depthwise, _is_grouped_pointwise,
-                                         _is_pointwise, _pool_geometry)
+                                         MaxPoolKernel, StepKernel, _im2col_fill, _is_depthwise,
+                                         _is_grouped_pointwise, _is_pointwise, _pool_geometry)
 
 
 def _activation(node: Node) -> Activation:
@@ -26,11 +26,12 @@ def _native_depthwise(node: Node, cin: int, cout: int) -> bool:
 
 
 class NativeFusedConvKernel(StepKernel):
-    """1x1 and depthwise FusedConv in C; other convolutions on the numpy kernel.
+    """1x1, depthwise and other group-1 2-D FusedConv in C; the rest on the numpy kernel.
 
     1x1 weights are packed at plan time into the panels of native.pointwise_conv_packed; a grouped 1x1
-    (ShuffleNet) runs one packed GEMM per group on its contiguous channel slices. The pixels that do not
-    fill a whole GEMM tile go through an `edge` scratch (at most 256 x 32 floats) in the arena."""
+    (ShuffleNet) runs one packed GEMM per group on its contiguous channel slices; other group-1 convs (the
+    stem) gather their taps into the `im2col` scratch (numpy copies) and run the packed GEMM on it. The
+    pixels that do not fill a whole GEMM tile go through an `edge` scratch (at most 256 x 32 floats)."""
 
     def __init__(self):
         self.fallback = FusedConvKernel()
@@ -44,6 +45,8 @@ class NativeFusedConvKernel(StepKernel):
             return "depthwise"
         if _is_grouped_pointwise(node, cin, cout):
             return "grouped"
+        if node.attrs.get("group", 1) == 1 and len(node.attrs["kernel_shape"]) == 2:
+            return "im2col"
         return None
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
@@ -56,8 +59,12 @@ class NativeFusedConvKernel(StepKernel):
             return {}
         group = node.attrs.get("group", 1)
         pixels = int(np.prod(out_shapes[0][2:]))
-        edge = native.packed_pointwise_sizes(cout // group, pixels, cin // group)[1]
-        return {"edge": edge * ITEMSIZE} if edge else {}
+        taps = int(np.prod(node.attrs["kernel_shape"]))
+        edge = native.packed_pointwise_sizes(cout // group, pixels, cin // group * taps)[1]
+        need = {"edge": edge * ITEMSIZE} if edge else {}
+        if kind == "im2col":
+            need["im2col"] = cin * taps * pixels * ITEMSIZE
+        return need
 
     def prepare(self, node, constants):
         # weights are read-only model data, not activations: their C layouts are made once, here
@@ -67,10 +74,9 @@ class NativeFusedConvKernel(StepKernel):
         cout, cin_per_group = w.shape[0], w.shape[1]
         group = node.attrs.get("group", 1)
         kind = self._native_kind(node, cin_per_group * group, cout)
-        if kind in ("pointwise", "grouped"):
+        if kind in ("pointwise", "grouped", "im2col"):
             og = cout // group
-            layout = [native.pack_pointwise_weights(w[g * og:(g + 1) * og].reshape(og, cin_per_group))
-                      for g in range(group)]
+            layout = [native.pack_pointwise_weights(w[g * og:(g + 1) * og].reshape(og, -1)) for g in range(group)]
             self._prepared = (w, layout, np.zeros(cout, np.float32))
         elif kind == "depthwise":
             layout = np.ascontiguousarray(w.reshape(cout, *w.shape[2:]), dtype=np.float32)
@@ -91,9 +97,16 @@ class NativeFusedConvKernel(StepKernel):
                 native.depthwise_conv(x[n], layout, bias, y[n], node.attrs.get("strides", [1, 1])[0],
                                       tuple(node.attrs.get("pads", [0, 0, 0, 0])), act)
             return
+        edge = scratch.get("edge")
+        if kind == "im2col":   # the taps of every pixel gathered into scratch, then one packed GEMM
+            (kh, kw), (cin, ho, wo) = node.attrs["kernel_shape"], (x.shape[1], *y.shape[2:])
+            cols = scratch["im2col"][: cin * kh * kw * ho * wo]
+            for n in range(x.shape[0]):
+                _im2col_fill(x[n], cols.reshape(cin, kh, kw, ho, wo), node.attrs)
+                native.pointwise_conv_packed(cols.reshape(cin * kh * kw, ho * wo), layout[0], bias, y[n], edge, act)
+            return
         group = len(layout)
         cg, og = x.shape[1] // group, y.shape[1] // group
-        edge = scratch.get("edge")
         for n in range(x.shape[0]):
             for g, packed in enumerate(layout):
                 native.pointwise_conv_packed(x[n, g * cg:(g + 1) * cg], packed, bias[g * og:(g + 1) * og],

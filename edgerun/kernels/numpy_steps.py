@@ -187,27 +187,39 @@ def _depthwise(x, w, y, attrs, tap):
             np.add(y[:, r0:r1, c0:c1], t, out=y[:, r0:r1, c0:c1])
 
 
+def _im2col_fill(xg, cols, attrs):
+    """cols (cg, kh, kw, ho, wo) = the input taps of every output pixel (zero where they fall in pads)."""
+    _, h, wd = xg.shape
+    _, kh, kw, ho, wo = cols.shape
+    sh, sw = attrs.get("strides", [1, 1])
+    dh, dw = attrs.get("dilations", [1, 1])
+    pt, pl = attrs.get("pads", [0, 0, 0, 0])[:2]
+    for i in range(kh):
+        r0, r1 = _tap_range(ho, h, i * dh - pt, sh)
+        for j in range(kw):
+            c0, c1 = _tap_range(wo, wd, j * dw - pl, sw)
+            tap = cols[:, i, j]
+            if r0 >= r1 or c0 >= c1:
+                tap.fill(0)
+                continue
+            if r0 > 0 or r1 < ho or c0 > 0 or c1 < wo:   # only the pad border is zeroed
+                tap[:, :r0].fill(0)
+                tap[:, r1:].fill(0)
+                tap[:, r0:r1, :c0].fill(0)
+                tap[:, r0:r1, c1:].fill(0)
+            np.copyto(tap[:, r0:r1, c0:c1], xg[:, r0 * sh + i * dh - pt: (r1 - 1) * sh + i * dh - pt + 1: sh,
+                                                c0 * sw + j * dw - pl: (c1 - 1) * sw + j * dw - pl + 1: sw])
+
+
 def _im2col_conv(x, w, y, attrs, col_scratch):
     cin, h, wd = x.shape
     cout, ho, wo = y.shape
     kh, kw = attrs["kernel_shape"]
-    sh, sw = attrs.get("strides", [1, 1])
-    dh, dw = attrs.get("dilations", [1, 1])
-    pt, pl = attrs.get("pads", [0, 0, 0, 0])[:2]
     group = attrs.get("group", 1)
     cg, og = cin // group, cout // group
     cols = col_scratch[: cg * kh * kw * ho * wo].reshape(cg, kh, kw, ho, wo)
     for g in range(group):
-        xg = x[g * cg:(g + 1) * cg]
-        cols.fill(0)
-        for i in range(kh):
-            r0, r1 = _tap_range(ho, h, i * dh - pt, sh)
-            for j in range(kw):
-                c0, c1 = _tap_range(wo, wd, j * dw - pl, sw)
-                if r0 >= r1 or c0 >= c1:
-                    continue
-                cols[:, i, j, r0:r1, c0:c1] = xg[:, r0 * sh + i * dh - pt: (r1 - 1) * sh + i * dh - pt + 1: sh,
-                                                  c0 * sw + j * dw - pl: (c1 - 1) * sw + j * dw - pl + 1: sw]
+        _im2col_fill(x[g * cg:(g + 1) * cg], cols, attrs)
         np.matmul(w[g * og:(g + 1) * og].reshape(og, -1), cols.reshape(cg * kh * kw, ho * wo),
                   out=y[g * og:(g + 1) * og].reshape(og, ho * wo))
 
