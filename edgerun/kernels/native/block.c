@@ -1,15 +1,22 @@
 /* The fused inverted-residual block, chunk by chunk (MobileNetV2 paper, Section 5.1) and
  * band by band: for each band of output rows and each chunk of hidden channels, expand the
  * hidden rows the band needs, depthwise them, and accumulate their projection into out.
- * Optional pthreads share every phase of one (band, chunk) step; they need no scratch of
- * their own, only barriers between the phases. */
-#define _POSIX_C_SOURCE 200809L /* pthread barriers under -std=c99 */
+ *
+ * Threads: a persistent pool (created on first use, torn down at exit, reset in a forked
+ * child) shares every phase of one (band, chunk) step: the expansion over hidden channels or
+ * pixel columns, the depthwise over hidden channels, the projection over output channels or
+ * pixel columns. All threads work in the chunk's own buffers, so threads need no scratch of
+ * their own; two barriers per step separate the phases. Every output element is computed by
+ * the same operations in the same order whatever the split, so any thread count gives the
+ * same bits. Waits spin briefly, then sleep on a condition variable. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, pthread_sigmask */
 #include <pthread.h>
+#include <signal.h>
+#include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels.h"
-
-#define GEMM_COLUMN_ALIGN 16
 
 int er_ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -59,48 +66,234 @@ int er_block_hidden_rows(const er_block_geom *g, int band_rows)
     return min_int(g->hidden_height, (band_rows - 1) * g->dw_stride + g->dw_kernel);
 }
 
-/* The part [*a, *b) of [0, n) that worker tid of count does; boundaries on multiples of align. */
-static void share(int n, int tid, int count, int align, int *a, int *b)
+/* ======================= persistent thread pool =======================
+ * The caller's thread drives a job phase by phase: it posts a phase (a function and up to
+ * MAX_THREADS independent items), runs items itself, and waits until every item is done.
+ * Item k is first offered to participant k (the caller is 0, worker k is k), so the same
+ * thread handles the same part of every phase and its data stays in its core's cache; an
+ * item nobody has claimed yet is taken by whoever is free, so a worker the OS has not
+ * scheduled holds nothing up (there is no barrier every thread must reach).
+ * Claims: claims[i] holds the last phase that claimed item i. Phases only advance once every
+ * item is done, so an item of the current phase is unclaimed exactly while claims[i] is
+ * older than the phase; a late thread that claims for a phase that is over notices it and
+ * drops the claim (a stale claim is older than the current phase, so it claims nothing). */
+#define MAX_THREADS 64
+#define DONE_SPIN_NS 200000L  /* items last microseconds: spin through them */
+#define PHASE_SPIN_NS 300000L /* and through the Python code between two block calls */
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
+
+typedef struct {
+    er_item_fn fn;
+    void *ctx;
+    int items;
+    int done;
+} phase_slot;
+
+struct er_team {
+    pthread_mutex_t lock; /* sleeping waiters and worker creation */
+    pthread_cond_t cv;    /* every state change a sleeper waits for is broadcast here */
+    pthread_t ids[MAX_THREADS];
+    int started;          /* workers 1..started exist */
+    int busy;             /* a job owns the pool (other callers run inline) */
+    int shutdown;
+    int sleepers;
+    int max_worker;       /* workers 1..max_worker take part in the current job */
+    unsigned phase;       /* the last phase posted */
+    phase_slot slots[2];  /* phase p is described in slots[p & 1] */
+    unsigned claims[MAX_THREADS];
+};
+
+static er_team pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+typedef struct {
+    int tid;
+    unsigned seen; /* the phase when the worker was created */
+} worker_start;
+
+static worker_start worker_starts[MAX_THREADS];
+
+/* Not PAUSE: under KVM a pausing loop can make the host deschedule the virtual CPU. */
+static void cpu_relax(void) { __asm__ __volatile__("" ::: "memory"); }
+
+static long elapsed_ns(const struct timespec *t0)
 {
-    int units = er_ceil_div(n, align);
-    *a = min_int(n, (int)((long)units * tid / count) * align);
-    *b = min_int(n, (int)((long)units * (tid + 1) / count) * align);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - t0->tv_sec) * 1000000000L + (now.tv_nsec - t0->tv_nsec);
 }
 
+typedef int (*predicate)(const void *arg);
+
+/* Spins up to spin_ns, then sleeps on the pool's condition variable until ready(arg).
+ * Wakers change state (seq_cst) and then broadcast when sleepers > 0 (seq_cst): one of the
+ * two always sees the other, so no wake-up is lost. */
+static void wait_for(predicate ready, const void *arg, long spin_ns)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (unsigned i = 1;; i++) {
+        if (ready(arg)) return;
+        cpu_relax();
+        if ((i & 127) == 0 && elapsed_ns(&t0) > spin_ns) break;
+    }
+    pthread_mutex_lock(&pool.lock);
+    ADD(&pool.sleepers, 1);
+    while (!ready(arg)) pthread_cond_wait(&pool.cv, &pool.lock);
+    ADD(&pool.sleepers, -1);
+    pthread_mutex_unlock(&pool.lock);
+}
+
+static void wake_sleepers(void)
+{
+    if (LOAD(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.cv);
+        pthread_mutex_unlock(&pool.lock);
+    }
+}
+
+/* Runs the items of `phase` participant `me` can claim: its own first, then the others. */
+static void run_items(unsigned phase, int me)
+{
+    phase_slot *slot = &pool.slots[phase & 1];
+    er_item_fn fn = LOAD(&slot->fn);
+    void *ctx = LOAD(&slot->ctx);
+    int items = LOAD(&slot->items);
+    if (items < 1 || items > MAX_THREADS) return; /* read while rewritten: the phase is over */
+    for (int n = 0; n < items; n++) {
+        int i = (me + n) % items;
+        unsigned seen = LOAD(&pool.claims[i]);
+        if ((int)(seen - phase) >= 0) continue; /* claimed in this phase */
+        if (!__atomic_compare_exchange_n(&pool.claims[i], &seen, phase, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST))
+            continue;
+        if (LOAD(&pool.phase) != phase) return; /* the phase was over: the claim is stale */
+        fn(ctx, i);
+        if (ADD(&slot->done, 1) == items) wake_sleepers();
+    }
+}
+
+static int phase_moved(const void *arg)
+{
+    return LOAD(&pool.shutdown) || LOAD(&pool.phase) != *(const unsigned *)arg;
+}
+
+static void *worker_main(void *arg)
+{
+    int tid = ((const worker_start *)arg)->tid;
+    unsigned seen = ((const worker_start *)arg)->seen;
+    for (;;) {
+        wait_for(phase_moved, &seen, PHASE_SPIN_NS);
+        if (LOAD(&pool.shutdown)) return NULL;
+        seen = LOAD(&pool.phase);
+        if (tid <= LOAD(&pool.max_worker)) run_items(seen, tid);
+    }
+}
+
+static void reset_in_child(void)
+{
+    /* the workers do not exist in a forked child: start afresh */
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    pool.lock = lock;
+    pool.cv = cv;
+    pool.started = pool.busy = pool.sleepers = pool.shutdown = 0;
+}
+
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, reset_in_child); }
+
+/* Workers up to `wanted` (caller owns the pool). Threads block all signals: CPython's handlers
+ * belong to its own threads. A thread that fails to start just means fewer workers. */
+static void grow_pool(int wanted)
+{
+    if (pool.started >= wanted) return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (pool.started < wanted) {
+        int tid = pool.started + 1;
+        worker_starts[tid].tid = tid;
+        worker_starts[tid].seen = pool.phase;
+        if (pthread_create(&pool.ids[tid], NULL, worker_main, &worker_starts[tid]) != 0) break;
+        pool.started = tid;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+er_team *er_team_begin(int threads)
+{
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads <= 1 || LOAD(&pool.shutdown) || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_SEQ_CST))
+        return NULL; /* one thread, or the pool serves another caller: same result inline */
+    pthread_once(&pool_once, register_fork_handler);
+    grow_pool(threads - 1);
+    if (pool.started == 0) {
+        STORE(&pool.busy, 0);
+        return NULL;
+    }
+    STORE(&pool.max_worker, threads - 1);
+    return &pool;
+}
+
+static int phase_done(const void *arg)
+{
+    const phase_slot *slot = (const phase_slot *)arg;
+    return LOAD(&slot->done) == LOAD(&slot->items);
+}
+
+void er_team_run(er_team *team, er_item_fn fn, void *ctx, int items)
+{
+    if (team == NULL || items <= 1) {
+        for (int i = 0; i < items; i++) fn(ctx, i);
+        return;
+    }
+    if (items > MAX_THREADS) items = MAX_THREADS; /* kernels.h: at most threads items */
+    unsigned phase = team->phase + 1;
+    phase_slot *slot = &team->slots[phase & 1];
+    STORE(&slot->fn, fn);
+    STORE(&slot->ctx, ctx);
+    STORE(&slot->items, items);
+    STORE(&slot->done, 0);
+    STORE(&team->phase, phase);
+    wake_sleepers();
+    run_items(phase, 0);
+    wait_for(phase_done, slot, DONE_SPIN_NS);
+}
+
+void er_team_end(er_team *team)
+{
+    if (team) STORE(&team->busy, 0);
+}
+
+int er_pool_threads(void) { return LOAD(&pool.started) + 1; }
+
+void er_pool_shutdown(void)
+{
+    struct timespec pause = {0, 100000};
+    while (__atomic_exchange_n(&pool.busy, 1, __ATOMIC_SEQ_CST)) nanosleep(&pause, NULL);
+    STORE(&pool.shutdown, 1);
+    pthread_mutex_lock(&pool.lock);
+    pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 1; i <= pool.started; i++) pthread_join(pool.ids[i], NULL);
+    pool.started = 0;
+    STORE(&pool.busy, 0); /* later jobs run inline */
+}
+
+/* ======================= the block ======================= */
 typedef struct {
     const er_block_geom *g;
     const er_block_weights *w;
     int t, band_rows;
     const float *x;
     float *out, *expanded, *depthwise;
-    int threads;
-    pthread_barrier_t barrier;
-    pthread_mutex_t gate_lock; /* workers wait here until the thread count is final */
-    pthread_cond_t gate;
-    int gate_open;
+    /* the current (band, chunk) step, cut into `parts` ranges of output rows */
+    int c0, c1, h0, h1, o0, o1, parts;
 } block_job;
-
-static void sync_workers(block_job *job)
-{
-    if (job->threads > 1) pthread_barrier_wait(&job->barrier);
-}
-
-/* out = bias (+ x), channels [c0, c1). */
-static void initialise_output(block_job *job, int c0, int c1)
-{
-    const er_block_geom *g = job->g;
-    long plane = (long)g->out_height * g->out_width;
-    for (int c = c0; c < c1; c++) {
-        float *o = job->out + c * plane;
-        float b = job->w->bp[c];
-        if (g->residual) {
-            const float *xi = job->x + c * plane;
-            for (long i = 0; i < plane; i++) o[i] = b + xi[i];
-        } else {
-            for (long i = 0; i < plane; i++) o[i] = b;
-        }
-    }
-}
 
 /* One hidden row of hidden channel c by direct convolution (any kernel, stride, padding). */
 static void expand_row_direct(const er_block_geom *g, const er_block_weights *w, const float *x, int c,
@@ -207,150 +400,154 @@ static void expand_rows_im2col(block_job *job, int c0, int c1, int h0, int h1, i
     }
 }
 
-/* Hidden channels [c0, c1), rows [h0, h1) into job->expanded: (c1-c0, h1-h0, Wh). */
-static void expand_chunk(block_job *job, int tid, int c0, int c1, int h0, int h1)
+
+/* A part smaller than about 10 us of work costs more in hand-overs than it saves. */
+static long long min_part_macs = 300000;
+
+long long er_block_min_part_macs(long long value)
+{
+    long long old = LOAD(&min_part_macs);
+    if (value >= 0) STORE(&min_part_macs, value);
+    return old;
+}
+
+/* Output rows [*p0, *p1) of part k of the step's band. */
+static void part_rows(const block_job *job, int k, int *p0, int *p1)
+{
+    int rows = job->o1 - job->o0;
+    *p0 = job->o0 + (int)((long)rows * k / job->parts);
+    *p1 = job->o0 + (int)((long)rows * (k + 1) / job->parts);
+}
+
+/* First hidden row the depthwise of output row o reads (clamped to the step's rows). */
+static int first_hidden_row(const block_job *job, int o)
 {
     const er_block_geom *g = job->g;
+    return min_int(job->h1, max_int(job->h0, o * g->dw_stride - g->dw_pads[0]));
+}
+
+/* Expansion item k: hidden rows [ha, hb) of all the chunk's channels, from the first row its
+ * own output rows read up to the first row the next part reads (disjoint, covering [h0, h1);
+ * the few rows a part reads beyond that come from its neighbour). */
+static void expand_item(void *ctx, int k)
+{
+    block_job *job = (block_job *)ctx;
+    const er_block_geom *g = job->g;
     const er_block_weights *w = job->w;
-    int rows = h1 - h0, width = g->hidden_width, a, b;
+    int p0, p1, q0, q1;
+    part_rows(job, k, &p0, &p1);
+    int ha = k == 0 ? job->h0 : first_hidden_row(job, p0);
+    int hb = job->h1;
+    if (k + 1 < job->parts) {
+        part_rows(job, k + 1, &q0, &q1);
+        hb = first_hidden_row(job, q0);
+    }
+    if (ha >= hb) return;
+    int width = g->hidden_width, rows = job->h1 - job->h0;
     if (is_plain_pointwise(g)) {
         int columns = rows * width;
-        share(columns, tid, job->threads, GEMM_COLUMN_ALIGN, &a, &b);
-        if (a < b)
-            er_gemm_tn(c1 - c0, b - a, g->in_channels, w->we_t + c0, g->hidden_channels,
-                       job->x + (long)h0 * g->in_width + a, (long)g->in_height * g->in_width,
-                       job->expanded + a, columns, 0, w->be + c0, &w->expand_act);
-        return;
-    }
-    if (im2col_group_rows(g) >= 1) {
-        share(rows, tid, job->threads, 1, &a, &b);
-        if (a < b) expand_rows_im2col(job, c0, c1, h0, h1, h0 + a, h0 + b);
-        return;
-    }
-    int items = (c1 - c0) * rows;
-    share(items, tid, job->threads, 1, &a, &b);
-    for (int item = a; item < b; item++) {
-        int c = c0 + item / rows, h = h0 + item % rows;
-        expand_row_direct(g, w, job->x, c, h, job->expanded + (long)item * width);
-    }
-}
-
-/* Depthwise (+ bias, activation) of hidden channels [c0, c1) for output rows [o0, o1); the
- * hidden rows [h0, h1) come from `expanded`, or straight from x when there is no expansion. */
-static void depthwise_chunk(block_job *job, int tid, int c0, int c1, int h0, int h1, int o0, int o1)
-{
-    const er_block_geom *g = job->g;
-    const er_block_weights *w = job->w;
-    int k = g->dw_kernel, a, b;
-    long hidden_stride;
-    const float *hidden;
-    int hidden_row0;
-    if (g->expand_kernel) {
-        hidden = job->expanded;
-        hidden_stride = (long)(h1 - h0) * g->hidden_width;
-        hidden_row0 = h0;
+        er_gemm_tn(job->c1 - job->c0, (hb - ha) * width, g->in_channels, w->we_t + job->c0,
+                   g->hidden_channels, job->x + (long)ha * g->in_width, (long)g->in_height * g->in_width,
+                   job->expanded + (long)(ha - job->h0) * width, columns, 0, w->be + job->c0,
+                   &w->expand_act);
+    } else if (im2col_group_rows(g) >= 1) {
+        expand_rows_im2col(job, job->c0, job->c1, job->h0, job->h1, ha, hb);
     } else {
-        hidden_stride = (long)g->in_height * g->in_width;
-        hidden = job->x + c0 * hidden_stride;
-        hidden_row0 = 0;
-    }
-    long band_size = (long)(o1 - o0) * g->out_width;
-    share(c1 - c0, tid, job->threads, 1, &a, &b);
-    for (int i = a; i < b; i++) {
-        int c = c0 + i;
-        er_depthwise_rows(hidden + i * hidden_stride, hidden_row0, g->hidden_height, g->hidden_width,
-                          w->wd + (long)c * k * k, k, g->dw_stride, g->dw_pads, w->bd[c], &w->dw_act,
-                          job->depthwise + i * band_size, o0, o1, g->out_width);
+        for (int c = job->c0; c < job->c1; c++)
+            for (int h = ha; h < hb; h++)
+                expand_row_direct(g, w, job->x, c, h,
+                                  job->expanded + ((long)(c - job->c0) * rows + (h - job->h0)) * width);
     }
 }
 
-/* out[:, o0:o1] += Wp[:, c0:c1] @ depthwise */
-static void project_chunk(block_job *job, int tid, int c0, int c1, int o0, int o1)
+/* out[:, columns n0:n1 of the band] = bias (+ x), before the band's first chunk accumulates. */
+static void initialise_output(block_job *job, int n0, int n1)
 {
     const er_block_geom *g = job->g;
-    int columns = (o1 - o0) * g->out_width, a, b;
-    share(columns, tid, job->threads, GEMM_COLUMN_ALIGN, &a, &b);
-    if (a < b)
-        er_gemm_tn(g->out_channels, b - a, c1 - c0, job->w->wp_t + (long)c0 * g->out_channels,
-                   g->out_channels, job->depthwise + a, columns,
-                   job->out + (long)o0 * g->out_width + a, (long)g->out_height * g->out_width, 1, NULL,
-                   NULL);
-}
-
-static void run_worker(block_job *job, int tid)
-{
-    const er_block_geom *g = job->g;
-    int c0, c1, chunk = er_ceil_div(g->hidden_channels, job->t);
-    share(g->out_channels, tid, job->threads, 1, &c0, &c1);
-    initialise_output(job, c0, c1);
-    sync_workers(job);
-    for (int o0 = 0; o0 < g->out_height; o0 += job->band_rows) {
-        int o1 = min_int(o0 + job->band_rows, g->out_height);
-        int h0 = max_int(0, o0 * g->dw_stride - g->dw_pads[0]);
-        int h1 = min_int(g->hidden_height, (o1 - 1) * g->dw_stride - g->dw_pads[0] + g->dw_kernel);
-        for (c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
-            c1 = min_int(c0 + chunk, g->hidden_channels);
-            if (g->expand_kernel) {
-                expand_chunk(job, tid, c0, c1, h0, h1);
-                sync_workers(job);
-            }
-            depthwise_chunk(job, tid, c0, c1, h0, h1, o0, o1);
-            sync_workers(job);
-            project_chunk(job, tid, c0, c1, o0, o1);
-            if (!g->expand_kernel) sync_workers(job); /* depthwise of the next chunk overwrites */
+    long plane = (long)g->out_height * g->out_width, first = (long)job->o0 * g->out_width;
+    for (int c = 0; c < g->out_channels; c++) {
+        float *o = job->out + c * plane + first;
+        float b = job->w->bp[c];
+        if (g->residual) {
+            const float *xi = job->x + c * plane + first;
+            for (int i = n0; i < n1; i++) o[i] = b + xi[i];
+        } else {
+            for (int i = n0; i < n1; i++) o[i] = b;
         }
     }
 }
 
-typedef struct {
-    block_job *job;
-    int tid;
-} worker_arg;
-
-static void *worker_main(void *arg)
+/* Part k of the step: depthwise (+ bias, activation) of every hidden channel of the chunk for
+ * its output rows [p0, p1), then out[:, those rows] += Wp[:, chunk] @ depthwise. The hidden
+ * rows come from `expanded`, or straight from x when there is no expansion. */
+static void rows_item(void *ctx, int k)
 {
-    worker_arg *wa = (worker_arg *)arg;
-    block_job *job = wa->job;
-    pthread_mutex_lock(&job->gate_lock);
-    while (!job->gate_open) pthread_cond_wait(&job->gate, &job->gate_lock);
-    pthread_mutex_unlock(&job->gate_lock);
-    run_worker(job, wa->tid);
-    return NULL;
+    block_job *job = (block_job *)ctx;
+    const er_block_geom *g = job->g;
+    const er_block_weights *w = job->w;
+    int p0, p1, kd = g->dw_kernel, hidden_row0;
+    part_rows(job, k, &p0, &p1);
+    if (p0 >= p1) return;
+    long hidden_stride;
+    const float *hidden;
+    if (g->expand_kernel) {
+        hidden = job->expanded;
+        hidden_stride = (long)(job->h1 - job->h0) * g->hidden_width;
+        hidden_row0 = job->h0;
+    } else {
+        hidden_stride = (long)g->in_height * g->in_width;
+        hidden = job->x + job->c0 * hidden_stride;
+        hidden_row0 = 0;
+    }
+    int n0 = (p0 - job->o0) * g->out_width, n1 = (p1 - job->o0) * g->out_width;
+    /* the part's own block of the depthwise scratch, (channels, its pixels): threads never
+     * write into the same cache line (a (channels, band pixels) layout shares one a channel) */
+    float *part_depthwise = job->depthwise + (long)(job->c1 - job->c0) * n0;
+    for (int i = 0; i < job->c1 - job->c0; i++) {
+        int c = job->c0 + i;
+        er_depthwise_rows(hidden + i * hidden_stride, hidden_row0, g->hidden_height, g->hidden_width,
+                          w->wd + (long)c * kd * kd, kd, g->dw_stride, g->dw_pads, w->bd[c], &w->dw_act,
+                          part_depthwise + (long)i * (n1 - n0), p0, p1, g->out_width);
+    }
+    if (job->c0 == 0) initialise_output(job, n0, n1);
+    long plane = (long)g->out_height * g->out_width;
+    er_gemm_tn(g->out_channels, n1 - n0, job->c1 - job->c0, w->wp_t + (long)job->c0 * g->out_channels,
+               g->out_channels, part_depthwise, n1 - n0,
+               job->out + (long)job->o0 * g->out_width + n0, plane, 1, NULL, NULL);
 }
 
-#define MAX_THREADS 64
+/* Each (band, chunk) step: [expansion of the hidden rows, split by rows] then [depthwise and
+ * projection, split by output rows]; each phase completes before the next starts. Part k of
+ * both phases goes to the same thread, so its rows stay in its cache. */
+static void run_steps(er_team *team, block_job *job, int threads)
+{
+    const er_block_geom *g = job->g;
+    int chunk = er_ceil_div(g->hidden_channels, job->t);
+    for (int o0 = 0; o0 < g->out_height; o0 += job->band_rows) {
+        job->o0 = o0;
+        job->o1 = min_int(o0 + job->band_rows, g->out_height);
+        job->h0 = max_int(0, o0 * g->dw_stride - g->dw_pads[0]);
+        job->h1 = min_int(g->hidden_height, (job->o1 - 1) * g->dw_stride - g->dw_pads[0] + g->dw_kernel);
+        int band_out = (job->o1 - o0) * g->out_width, k2 = g->expand_kernel * g->expand_kernel;
+        double step_macs = (double)chunk * ((double)g->in_channels * k2 * (job->h1 - job->h0) * g->hidden_width +
+                                            (double)(g->dw_kernel * g->dw_kernel + g->out_channels) * band_out);
+        job->parts = team ? max_int(1, min_int(min_int(threads, job->o1 - o0),
+                                               (int)fmin(1e9, step_macs / ((double)LOAD(&min_part_macs) + 1.0)))) : 1;
+        for (int c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
+            job->c0 = c0;
+            job->c1 = min_int(c0 + chunk, g->hidden_channels);
+            if (g->expand_kernel) er_team_run(team, expand_item, job, job->parts);
+            er_team_run(team, rows_item, job, job->parts);
+        }
+    }
+}
 
 void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
                   const float *x, float *out, float *expanded, float *depthwise, int threads)
 {
     block_job job = {.g = g, .w = w, .t = t, .band_rows = band_rows, .x = x, .out = out,
-                     .expanded = expanded, .depthwise = depthwise, .threads = 1};
-    threads = threads < 1 ? 1 : min_int(threads, MAX_THREADS);
-    if (threads == 1) {
-        run_worker(&job, 0);
-        return;
-    }
-    pthread_t ids[MAX_THREADS];
-    worker_arg args[MAX_THREADS];
-    pthread_mutex_init(&job.gate_lock, NULL);
-    pthread_cond_init(&job.gate, NULL);
-    job.gate_open = 0;
-    int started = 1; /* a thread that fails to start just means fewer workers */
-    for (int i = 1; i < threads; i++) {
-        args[i].job = &job;
-        args[i].tid = i;
-        if (pthread_create(&ids[i], NULL, worker_main, &args[i]) != 0) break;
-        started++;
-    }
-    job.threads = started;
-    if (started > 1) pthread_barrier_init(&job.barrier, NULL, (unsigned)started);
-    pthread_mutex_lock(&job.gate_lock);
-    job.gate_open = 1;
-    pthread_cond_broadcast(&job.gate);
-    pthread_mutex_unlock(&job.gate_lock);
-    run_worker(&job, 0);
-    for (int i = 1; i < started; i++) pthread_join(ids[i], NULL);
-    if (started > 1) pthread_barrier_destroy(&job.barrier);
-    pthread_cond_destroy(&job.gate);
-    pthread_mutex_destroy(&job.gate_lock);
+                     .expanded = expanded, .depthwise = depthwise};
+    er_team *team = er_team_begin(threads);
+    run_steps(team, &job, threads);
+    er_team_end(team);
 }

@@ -43,10 +43,29 @@ int er_block_hidden_rows(const er_block_geom *g, int band_rows);
 int er_ceil_div(int a, int b);
 
 /* Runs the block for one image. expanded: ceil(E/t) * hidden_rows(band_rows) * Wh floats
- * (unused without expansion); depthwise: ceil(E/t) * band_rows * Wo floats per thread
- * slice (see er_block_run). threads >= 1 splits each chunk's work across pthreads. */
+ * (unused without expansion); depthwise: ceil(E/t) * band_rows * Wo floats, shared by all
+ * threads: threads > 1 splits each (band, chunk) step across the pool, no extra scratch.
+ * The result has the same bits for any thread count. */
 void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
                   const float *x, float *out, float *expanded, float *depthwise, int threads);
+
+/* Persistent thread pool (workers start on first use and stay; waits spin briefly, then sleep).
+ * A job: team = er_team_begin(threads) (NULL: run on the calling thread alone, also while the
+ * pool serves another caller); er_team_run(team, fn, ctx, items) runs fn(ctx, i) for every
+ * i in [0, items) (items <= threads), on the caller and up to threads - 1 workers, and
+ * returns when all are done; item i goes to participant i (the caller is 0) unless another
+ * is free first. er_team_end(team). Items of one call must be independent of each other. */
+typedef struct er_team er_team;
+typedef void (*er_item_fn)(void *ctx, int item);
+er_team *er_team_begin(int threads);
+void er_team_run(er_team *team, er_item_fn fn, void *ctx, int items);
+void er_team_end(er_team *team);
+int er_pool_threads(void);     /* 1 + workers started so far */
+void er_pool_shutdown(void);   /* joins the workers (at exit); later jobs run on one thread */
+
+/* Steps whose work is under 2 * this many multiply-adds run on one thread; value >= 0 sets
+ * it (tests set 0 to split every step), returns the previous value. */
+long long er_block_min_part_macs(long long value);
 
 /* C[m*ldc + n] (+)= sum_k A[k*lda + m] * B[k*ldb + n]; without accumulate C starts from
  * bias[m] (or 0 when bias is NULL); act is applied to the result. */

@@ -306,6 +306,21 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
                          "vector_floats", er_gemm_vector_floats());
 }
 
+static PyObject *py_block_min_part_macs(PyObject *self, PyObject *args)
+{
+    long long value = -1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "|L", &value)) return NULL;
+    return PyLong_FromLongLong(er_block_min_part_macs(value));
+}
+
+static PyObject *py_pool_threads(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(er_pool_threads());
+}
+
 /* steps.c: kernels of non-block steps */
 PyObject *er_py_pw_info(PyObject *self, PyObject *args);
 PyObject *er_py_pw_pack(PyObject *self, PyObject *args);
@@ -318,6 +333,11 @@ static PyMethodDef methods[] = {
     {"depthwise_conv", py_depthwise_conv, METH_VARARGS, depthwise_doc},
     {"global_average_pool", py_global_average_pool, METH_VARARGS, gap_doc},
     {"build_info", py_build_info, METH_NOARGS, "Instruction sets the extension was compiled for."},
+    {"block_min_part_macs", py_block_min_part_macs, METH_VARARGS,
+     "block_min_part_macs([value]): a (band, chunk) step is split across threads only into parts of\n"
+     "at least this many multiply-adds; sets it when value >= 0; returns the previous value."},
+    {"pool_threads", py_pool_threads, METH_NOARGS,
+     "Threads of the persistent kernel pool so far (the caller's thread + started workers)."},
     {"pw_info", er_py_pw_info, METH_VARARGS, "pw_info(M, N, K) -> (packed floats, edge floats)."},
     {"pw_pack", er_py_pw_pack, METH_VARARGS, "pw_pack(w (M, K), packed, M, K): weights in GEMM panels."},
     {"pw_conv", er_py_pw_conv, METH_VARARGS,
@@ -335,4 +355,11 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void)
+{
+    static int pool_exit_registered = 0;
+    PyObject *m = PyModule_Create(&module);
+    if (m && !pool_exit_registered) /* join the pool's workers when the interpreter exits */
+        pool_exit_registered = Py_AtExit(er_pool_shutdown) == 0;
+    return m;
+}

@@ -1,0 +1,147 @@
+"""Threads of the native fused block: the persistent pool, the split of each (band, chunk) step
+into row parts, and results with the same bits whatever the thread count."""
+import multiprocessing
+import os
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgerun.kernels import native
+from scheduler.blocks import BlockGeometry, BlockSchedule
+from test_kernels_block import (BlockCase, assert_close, block_cases, make_scratch, random_weights,
+                                reference_block, run_case)
+
+
+def _module():
+    from edgerun.kernels import _native
+    return _native
+
+
+@pytest.fixture
+def split_every_step():
+    """Parts of any size: even the smallest generated step is shared by the threads."""
+    previous = _module().block_min_part_macs(0)
+    yield
+    _module().block_min_part_macs(previous)
+
+
+def _run(case, threads):
+    return run_case(case, "native", threads=threads)
+
+
+def _case(geom, sched, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((geom.in_channels, geom.in_height, geom.in_width)).astype(np.float32)
+    return BlockCase(geom, sched, random_weights(geom, rng), x)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(block_cases(max_channels=12, max_hidden=24, max_size=14))
+def test_threads_give_the_same_bits_on_generated_blocks(split_every_step, case):
+    one = _run(case, 1)
+    assert_close(one, reference_block(case))
+    assert_close(one, run_case(case, "numpy"))
+    for threads in (2, 3):
+        np.testing.assert_array_equal(_run(case, threads), one)
+
+
+@pytest.mark.parametrize("geom, sched", [
+    # MobileNetV2-like: 56x56 stride 1 residual, 28x28 stride 2, 7x7 (parts of 4 and 3 rows)
+    (BlockGeometry(24, 56, 56, 144, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True), BlockSchedule(4, 16)),
+    (BlockGeometry(32, 28, 28, 192, 1, 1, (0, 0, 0, 0), 3, 2, (0, 0, 1, 1), 64, False), BlockSchedule(1, 14)),
+    (BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True), BlockSchedule(2, 7)),
+    # fused stem (im2col expansion), no expansion, direct expansion (taps too wide for the stack)
+    (BlockGeometry(3, 64, 64, 32, 3, 2, (0, 0, 1, 1), 3, 1, (1, 1, 1, 1), 16, False), BlockSchedule(2, 9)),
+    (BlockGeometry(32, 40, 40, 32, 0, 1, (0, 0, 0, 0), 5, 1, (2, 2, 2, 2), 16, False), BlockSchedule(1, 40)),
+    (BlockGeometry(8, 20, 120, 24, 3, 1, (1, 0, 1, 2), 3, 1, (1, 1, 1, 1), 8, False), BlockSchedule(2, 10)),
+], ids=["56x56-residual", "28x28-stride2", "7x7", "stem-im2col", "no-expansion", "direct-expansion"])
+def test_threads_on_large_blocks_with_the_default_part_size(geom, sched):
+    case = _case(geom, sched, geom.in_channels)
+    one = _run(case, 1)
+    assert_close(one, reference_block(case))
+    for threads in (2, 3, 4):
+        np.testing.assert_array_equal(_run(case, threads), one)
+
+
+def test_calls_from_two_python_threads_with_native_threads(split_every_step):
+    geoms = [BlockGeometry(16, 24, 24, 48, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
+             BlockGeometry(8, 30, 22, 40, 3, 2, (1, 1, 1, 1), 5, 1, (2, 2, 2, 2), 12, False)]
+    cases = [_case(g, BlockSchedule(3, 5), i) for i, g in enumerate(geoms)]
+    expected = [_run(c, 1) for c in cases]
+    for case, want in zip(cases, expected):
+        assert_close(want, reference_block(case))
+    failures = []
+
+    def repeat(case, want, threads):
+        g = case.geom
+        out = np.empty((g.out_channels, g.out_height, g.out_width), np.float32)
+        scratch = make_scratch(g, case.sched, "native")
+        for _ in range(60):
+            out.fill(np.nan)
+            native.run_block(case.x, out, case.weights, g, case.sched, scratch, threads=threads)
+            if not np.array_equal(out, want):
+                failures.append(threads)
+                return
+
+    workers = [threading.Thread(target=repeat, args=(c, w, t)) for c, w, t in zip(cases, expected, (2, 3))]
+    for w in workers:
+        w.start()
+    repeat(cases[0], expected[0], 2)  # a third caller on the main thread
+    for w in workers:
+        w.join()
+    assert failures == []
+
+
+def test_pool_threads_persist_across_calls():
+    case = _case(BlockGeometry(16, 32, 32, 64, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
+                 BlockSchedule(2, 16), 3)
+    want = _run(case, 1)
+    np.testing.assert_array_equal(_run(case, 3), want)
+    assert _module().pool_threads() >= 3
+    tasks = len(os.listdir("/proc/self/task"))
+    for _ in range(30):
+        np.testing.assert_array_equal(_run(case, 3), want)
+    assert len(os.listdir("/proc/self/task")) == tasks  # no thread started per call
+
+
+def _child_runs_block(queue):
+    case = _case(BlockGeometry(16, 32, 32, 64, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
+                 BlockSchedule(2, 16), 3)
+    queue.put((_run(case, 2), _run(case, 1)))
+
+
+def test_forked_child_gets_a_fresh_pool():
+    case = _case(BlockGeometry(16, 32, 32, 64, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
+                 BlockSchedule(2, 16), 3)
+    want = _run(case, 2)  # the parent's pool exists before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_runs_block, args=(queue,))
+    child.start()
+    two, one = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(two, want)
+    np.testing.assert_array_equal(one, want)
+
+
+@pytest.mark.parametrize("value", [0, 1, 10**6])
+def test_part_size_setting_round_trips(value):
+    previous = _module().block_min_part_macs(value)
+    try:
+        assert _module().block_min_part_macs() == value
+    finally:
+        _module().block_min_part_macs(previous)
+    assert _module().block_min_part_macs() == previous
+
+
+@given(st.integers(1, 8))
+@settings(max_examples=8, deadline=None)
+def test_any_thread_count_matches_one_thread(threads):
+    case = _case(BlockGeometry(24, 28, 28, 96, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True),
+                 BlockSchedule(2, 28), 11)
+    np.testing.assert_array_equal(_run(case, threads), _run(case, 1))
