@@ -98,8 +98,8 @@ def pointwise_conv_packed(x: np.ndarray, packed: np.ndarray, bias, out: np.ndarr
 
     edge: scratch of packed_pointwise_sizes(...)[1] floats (None when that is 0)."""
     cin, cout = x.shape[0], out.shape[0]
-    pixels = int(np.prod(x.shape[1:]))
-    if int(np.prod(out.shape[1:])) != pixels:
+    pixels = x.size // cin
+    if out.size != cout * pixels:
         raise EdgerunError(f"pointwise_conv_packed: x {x.shape} and out {out.shape} do not match")
     _call(_module().pw_conv, x, packed, bias, out, edge, cout, pixels, cin, _act(activation))
 

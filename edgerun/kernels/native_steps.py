@@ -73,6 +73,7 @@ class NativeFusedConvKernel(StepKernel):
             return
         cout, cin_per_group = w.shape[0], w.shape[1]
         group = node.attrs.get("group", 1)
+        self._act = _activation(node)
         kind = self._native_kind(node, cin_per_group * group, cout)
         if kind in ("pointwise", "grouped", "im2col"):
             og = cout // group
@@ -89,9 +90,8 @@ class NativeFusedConvKernel(StepKernel):
         kind = self._native_kind(node, x.shape[1], y.shape[1])
         if kind is None or self._prepared is None or self._prepared[0] is not w:
             return self.fallback.run(node, inputs, outputs, scratch)
-        layout, zero_bias = self._prepared[1], self._prepared[2]
+        layout, zero_bias, act = self._prepared[1], self._prepared[2], self._act
         bias = b if b is not None else zero_bias
-        act = _activation(node)
         if kind == "depthwise":
             for n in range(x.shape[0]):
                 native.depthwise_conv(x[n], layout, bias, y[n], node.attrs.get("strides", [1, 1])[0],
