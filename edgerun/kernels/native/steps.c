@@ -233,10 +233,50 @@ pool_row(int kind, int KW, const float *src, int w, int y0, int ky0, int ky1, in
     }
 }
 
+#define POOL_STACK_WIDTH 4096
+
+/* One output row through a row of the window's rows combined first (max or sum, contiguous, vectorised)
+ * in `vrow` (w floats on the stack), then the window's columns of that row. */
+static inline __attribute__((always_inline)) void pool_row_separable(int kind, const float *src, int w, int y0, int ky0, int ky1, int rows_for_count,
+                               float *row, int wo, int kw, int sw, int left, int right, float *vrow)
+{
+    const float *first = src + (long)(y0 + ky0) * w;
+    for (int x = 0; x < w; x++) vrow[x] = first[x];
+    for (int i = ky0 + 1; i < ky1; i++) {
+        const float *in = src + (long)(y0 + i) * w;
+        if (kind == 0)
+            for (int x = 0; x < w; x++) vrow[x] = in[x] > vrow[x] ? in[x] : vrow[x];
+        else
+            for (int x = 0; x < w; x++) vrow[x] += in[x];
+    }
+    for (int ox = 0; ox < wo; ox++) {
+        int x0 = ox * sw - left;
+        int kx0 = x0 < 0 ? -x0 : 0, kx1 = w - x0 < kw ? w - x0 : kw;
+        const float *p = vrow + x0;
+        float acc = p[kx0];
+        if (kind == 0) {
+            for (int j = kx0 + 1; j < kx1; j++) acc = p[j] > acc ? p[j] : acc;
+        } else {
+            for (int j = kx0 + 1; j < kx1; j++) acc += p[j];
+            int cols;
+            if (kind == 1) {
+                cols = kx1 - kx0;
+            } else {
+                int lo = x0 > -left ? x0 : -left, hi = x0 + kw < w + right ? x0 + kw : w + right;
+                cols = hi - lo;
+            }
+            int count = rows_for_count * cols;
+            acc /= (float)(count > 0 ? count : 1);
+        }
+        row[ox] = acc;
+    }
+}
+
 /* kind 0: max; 1: average excluding pads; 2: average including pads (up to the padded extent). */
 void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w, int ho, int wo, int kh, int kw,
                int sh, int sw, const int pads[4])
 {
+    float vrow[POOL_STACK_WIDTH];
     for (int c = 0; c < channels; c++) {
         const float *src = x + (long)c * h * w;
         float *dst = out + (long)c * ho * wo;
@@ -249,12 +289,12 @@ void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w,
                 rows = hi - lo;
             }
             float *row = dst + (long)oy * wo;
-            if (kw == 3 && kind == 0)
-                pool_row(0, 3, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
-            else if (kw == 3)
-                pool_row(kind, 3, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
-            else if (kw == 2 && kind == 0)
-                pool_row(0, 2, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
+            if (w <= POOL_STACK_WIDTH && kind == 0)   /* kind as a constant in each copy */
+                pool_row_separable(0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow);
+            else if (w <= POOL_STACK_WIDTH && kind == 1)
+                pool_row_separable(1, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow);
+            else if (w <= POOL_STACK_WIDTH)
+                pool_row_separable(2, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow);
             else if (kind == 0)
                 pool_row(0, 0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
             else
