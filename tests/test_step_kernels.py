@@ -108,6 +108,17 @@ def test_native_pools_run_in_c_on_the_shufflenet_pool(rng, monkeypatch):
     check_kernel(kernel, node, [rng.standard_normal((1, 24, 56, 56)).astype(np.float32)])
 
 
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [1, 0, 0, 2], "ceil_mode": 1, "count_include_pad": 1},
+])
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_native_pools_of_rows_wider_than_the_stack_row(rng, op, attrs):
+    # rows wider than 4096 floats take the direct C path (no row buffer on the stack)
+    node = Node(op, ["x"], ["y"], dict(attrs), "pool")
+    check_kernel(pool_kernel(op, "native"), node, [rng.standard_normal((1, 2, 4, 4099)).astype(np.float32)])
+
+
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
 @pytest.mark.parametrize("attrs,shape", [
