@@ -3,6 +3,11 @@
 Each kernel writes into the output views it is given and keeps any temporary of activation size in
 the scratch views the plan placed in the arena. `scratch_bytes` tells the scheduler how much each
 one needs, per image for convolutions (the executor loops over the batch).
+
+Covered: FusedConv (1x1, grouped 1x1, depthwise, im2col), Add/Sub/Mul, GlobalAveragePool, Gemm/MatMul,
+reshapes, Concat, Transpose, MaxPool/AveragePool (any rank; MaxPool's Indices output excepted),
+Relu/Clip/LeakyRelu/HardSigmoid/HardSwish/Sigmoid/Tanh and Softmax with axis=-1. `StepKernel.supports`
+turns a node down (it then runs on its reference op, copied into the arena).
 """
 from __future__ import annotations
 
