@@ -18,6 +18,8 @@ import math
 import numpy as np
 
 from edgerun.ir import Node
+from edgerun.kernels import Activation
+from edgerun.kernels.numpy_block import apply_activation_inplace
 from edgerun.ops.conv import resolve_conv_pads
 
 ITEMSIZE = 4
@@ -60,38 +62,6 @@ class StepKernel:
 
     def run(self, node: Node, inputs: list, outputs: list, scratch: dict) -> None:
         raise NotImplementedError
-
-
-def activation_in_place(y: np.ndarray, kind: str, params, tmp: np.ndarray | None) -> None:
-    """Apply an activation to y in place; `tmp` (same size) is needed by hardswish and leakyrelu."""
-    if kind == "":
-        return
-    if kind == "relu":
-        np.maximum(y, 0, out=y)
-    elif kind == "clip":
-        lo, hi = params
-        np.clip(y, lo, hi, out=y)
-    elif kind == "hardsigmoid":
-        alpha, beta = params
-        np.multiply(y, alpha, out=y)
-        np.add(y, beta, out=y)
-        np.clip(y, 0, 1, out=y)
-    elif kind == "hardswish":
-        np.add(y, 3.0, out=tmp)
-        np.clip(tmp, 0.0, 6.0, out=tmp)
-        np.multiply(tmp, 1.0 / 6.0, out=tmp)
-        np.multiply(y, tmp, out=y)
-    elif kind == "leakyrelu":
-        (alpha,) = params
-        np.multiply(y, alpha, out=tmp)
-        (np.maximum if alpha <= 1 else np.minimum)(y, tmp, out=y)
-    elif kind == "sigmoid":
-        np.negative(y, out=y)
-        np.exp(y, out=y)
-        np.add(y, 1.0, out=y)
-        np.reciprocal(y, out=y)
-    else:
-        raise ValueError(f"unknown activation {kind!r}")
 
 
 def _needs_act_tmp(node: Node) -> bool:
@@ -141,8 +111,8 @@ class FusedConvKernel(StepKernel):
             _im2col_conv(x, w, y, node.attrs, scratch["im2col"])
         if b is not None:
             np.add(y, b.reshape(-1, 1, 1), out=y)
-        tmp = scratch["act"][: y.size].reshape(y.shape) if "act" in scratch else None
-        activation_in_place(y, node.attrs.get("activation", ""), node.attrs.get("activation_params", []), tmp)
+        activation = Activation(node.attrs.get("activation", ""), tuple(node.attrs.get("activation_params", ())))
+        apply_activation_inplace(y.reshape(-1), activation, scratch.get("act"))
 
 
 def _is_pointwise(node: Node) -> bool:
