@@ -145,3 +145,40 @@ def test_any_thread_count_matches_one_thread(threads):
     case = _case(BlockGeometry(24, 28, 28, 96, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True),
                  BlockSchedule(2, 28), 11)
     np.testing.assert_array_equal(_run(case, threads), _run(case, 1))
+
+
+def test_more_threads_than_the_pool_holds(split_every_step):
+    # 80 output rows: 70 requested threads ask for more parts than the pool's 64 threads
+    case = _case(BlockGeometry(4, 80, 12, 8, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 4, True),
+                 BlockSchedule(2, 80), 5)
+    np.testing.assert_array_equal(_run(case, 70), _run(case, 1))
+
+
+def _cpu_ticks_per_thread():
+    ticks = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks[task] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+def test_workers_beyond_the_thread_count_stay_asleep(split_every_step):
+    import time
+    big = _case(BlockGeometry(4, 80, 12, 8, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 4, True),
+                BlockSchedule(2, 80), 5)
+    _run(big, 16)  # the pool now holds at least 15 workers
+    small = _case(BlockGeometry(16, 48, 48, 64, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
+                  BlockSchedule(4, 4), 3)
+    want = _run(small, 1)
+    _run(small, 2)
+    time.sleep(0.2)  # workers 2.. go idle after their spin (well under a millisecond)
+    before = _cpu_ticks_per_thread()
+    for _ in range(100):  # thousands of phases, each one posted to the pool
+        np.testing.assert_array_equal(_run(small, 2), want)
+    after = _cpu_ticks_per_thread()
+    busy = [task for task in before if after.get(task, 0) > before[task]]
+    assert len(busy) <= 2  # the caller and worker 1; the 14 others were not woken per phase

@@ -95,6 +95,8 @@ typedef struct {
 struct er_team {
     pthread_mutex_t lock; /* sleeping waiters and worker creation */
     pthread_cond_t cv;    /* every state change a sleeper waits for is broadcast here */
+    pthread_cond_t idle_cv; /* workers beyond the current job's thread count sleep here */
+    int idle_sleepers;
     pthread_t ids[MAX_THREADS];
     int started;          /* workers 1..started exist */
     int busy;             /* a job owns the pool (other callers run inline) */
@@ -106,7 +108,8 @@ struct er_team {
     unsigned claims[MAX_THREADS];
 };
 
-static er_team pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+static er_team pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
+                       .idle_cv = PTHREAD_COND_INITIALIZER};
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
 typedef struct {
@@ -187,6 +190,16 @@ static void *worker_main(void *arg)
     int tid = ((const worker_start *)arg)->tid;
     unsigned seen = ((const worker_start *)arg)->seen;
     for (;;) {
+        if (tid > LOAD(&pool.max_worker)) {
+            /* not needed by the current job: sleep until a job wants this many threads (the
+             * phase broadcasts do not wake this condition variable) */
+            pthread_mutex_lock(&pool.lock);
+            ADD(&pool.idle_sleepers, 1);
+            while (tid > LOAD(&pool.max_worker) && !LOAD(&pool.shutdown))
+                pthread_cond_wait(&pool.idle_cv, &pool.lock);
+            ADD(&pool.idle_sleepers, -1);
+            pthread_mutex_unlock(&pool.lock);
+        }
         wait_for(phase_moved, &seen, PHASE_SPIN_NS);
         if (LOAD(&pool.shutdown)) return NULL;
         seen = LOAD(&pool.phase);
@@ -198,10 +211,11 @@ static void reset_in_child(void)
 {
     /* the workers do not exist in a forked child: start afresh */
     pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER, idle_cv = PTHREAD_COND_INITIALIZER;
     pool.lock = lock;
     pool.cv = cv;
-    pool.started = pool.busy = pool.sleepers = pool.shutdown = 0;
+    pool.idle_cv = idle_cv;
+    pool.started = pool.busy = pool.sleepers = pool.idle_sleepers = pool.shutdown = 0;
 }
 
 static void register_fork_handler(void) { pthread_atfork(NULL, NULL, reset_in_child); }
@@ -230,12 +244,19 @@ er_team *er_team_begin(int threads)
     if (threads <= 1 || LOAD(&pool.shutdown) || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_SEQ_CST))
         return NULL; /* one thread, or the pool serves another caller: same result inline */
     pthread_once(&pool_once, register_fork_handler);
+    int previous = pool.max_worker;
+    STORE(&pool.max_worker, threads - 1); /* before new workers start: they join at once */
     grow_pool(threads - 1);
     if (pool.started == 0) {
         STORE(&pool.busy, 0);
         return NULL;
     }
-    STORE(&pool.max_worker, threads - 1);
+    /* idle workers all have tid > previous: only a larger job needs any of them */
+    if (threads - 1 > previous && LOAD(&pool.idle_sleepers) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.idle_cv);
+        pthread_mutex_unlock(&pool.lock);
+    }
     return &pool;
 }
 
@@ -251,7 +272,10 @@ void er_team_run(er_team *team, er_item_fn fn, void *ctx, int items)
         for (int i = 0; i < items; i++) fn(ctx, i);
         return;
     }
-    if (items > MAX_THREADS) items = MAX_THREADS; /* kernels.h: at most threads items */
+    if (items > MAX_THREADS) { /* more items than claim slots (kernels.h asks items <= threads) */
+        for (int i = 0; i < items; i++) fn(ctx, i);
+        return;
+    }
     unsigned phase = team->phase + 1;
     phase_slot *slot = &team->slots[phase & 1];
     STORE(&slot->fn, fn);
@@ -278,6 +302,7 @@ void er_pool_shutdown(void)
     STORE(&pool.shutdown, 1);
     pthread_mutex_lock(&pool.lock);
     pthread_cond_broadcast(&pool.cv);
+    pthread_cond_broadcast(&pool.idle_cv);
     pthread_mutex_unlock(&pool.lock);
     for (int i = 1; i <= pool.started; i++) pthread_join(pool.ids[i], NULL);
     pool.started = 0;
@@ -531,7 +556,7 @@ static void run_steps(er_team *team, block_job *job, int threads)
         int band_out = (job->o1 - o0) * g->out_width, k2 = g->expand_kernel * g->expand_kernel;
         double step_macs = (double)chunk * ((double)g->in_channels * k2 * (job->h1 - job->h0) * g->hidden_width +
                                             (double)(g->dw_kernel * g->dw_kernel + g->out_channels) * band_out);
-        job->parts = team ? max_int(1, min_int(min_int(threads, job->o1 - o0),
+        job->parts = team ? max_int(1, min_int(min_int(min_int(threads, MAX_THREADS), job->o1 - o0),
                                                (int)fmin(1e9, step_macs / ((double)LOAD(&min_part_macs) + 1.0)))) : 1;
         for (int c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
             job->c0 = c0;
