@@ -15,6 +15,9 @@
 #include <math.h>
 #include <string.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 #include "kernels.h"
 
@@ -189,6 +192,9 @@ static void *worker_main(void *arg)
 {
     int tid = ((const worker_start *)arg)->tid;
     unsigned seen = ((const worker_start *)arg)->seen;
+#if defined(__linux__)
+    prctl(PR_SET_NAME, "edgerun-pool", 0, 0, 0); /* as ps / top / /proc show it */
+#endif
     for (;;) {
         if (tid > LOAD(&pool.max_worker)) {
             /* not needed by the current job: sleep until a job wants this many threads (the
