@@ -102,7 +102,6 @@ class CompiledModel:
         self.constants = dict(graph.initializers)
         self.constants.update({n: i.value for n, i in graph.value_info.items()
                                if i.value is not None and n not in self.constants})
-        self.feed_names = {v.name for v in graph.inputs}
         self.activations = self._activation_buffers()
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
         self.problem = self._problem()
@@ -256,8 +255,9 @@ class CompiledModel:
                 step.kernel.run(node, args, outs, step.scratch)
             else:
                 results = ops.lookup(node, self.graph.opset).compute(node, args, self.graph.opset)
-                for out, result in zip(outs, results):
-                    np.copyto(out, np.asarray(result).reshape(out.shape), casting="unsafe")
+                for name, result in zip(node.outputs, results):
+                    if name:
+                        np.copyto(env[name], np.asarray(result).reshape(env[name].shape), casting="unsafe")
         except EdgerunError:
             raise
         except Exception as exc:
