@@ -288,6 +288,9 @@ void er_team_run(er_team *team, er_item_fn fn, void *ctx, int items)
     STORE(&slot->ctx, ctx);
     STORE(&slot->items, items);
     STORE(&slot->done, 0);
+    /* every item unclaimed for the new phase, and claims never lag far behind it, so the
+     * wrapping comparison in run_items holds however many phases a process runs */
+    for (int i = 0; i < items; i++) STORE(&team->claims[i], phase - 1);
     STORE(&team->phase, phase);
     wake_sleepers();
     run_items(phase, 0);
