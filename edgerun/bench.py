@@ -4,8 +4,9 @@ For each model: onnxruntime (CPUExecutionProvider, intra_op_num_threads = --thre
 with each kernel backend (numpy; native when the C extension loads), each with two plans: the
 fastest (no budget) and the memory-minimal one (budget = the smallest reachable peak, taken from
 the MemoryBudgetError a 1-byte budget raises). Every configuration is warmed up, then the runs are
-interleaved round-robin (run i of every configuration before run i+1 of any), so that a change in
-machine load touches all of them alike; the figure is the median of the runs. Speed is stated as
+taken in turns (each configuration runs one untimed run, then 5 timed runs, then the next one), so
+that a change in machine load touches all of them alike and no configuration is timed while another's
+threads still spin; the figure is the median of the runs. Speed is stated as
 ratios: to onnxruntime measured in the same run, and to edgerun's own fastest plan on the same
 backend. Beside each plan: its planned peak and the cost model's estimated time.
 """
@@ -206,17 +207,23 @@ def _onnxruntime_runner(session, feeds):
 
 
 # ---------------------------------------------------------------- timing
-def time_interleaved(configs: list[Config], runs: int, warmup: int, label: str = "") -> None:
-    """Warm each configuration up, then run them round-robin `runs` times, recording seconds."""
+def time_interleaved(configs: list[Config], runs: int, warmup: int, label: str = "", block: int = 5) -> None:
+    """Warm each configuration up, then take turns: each configuration runs one untimed run and then `block`
+    timed runs, round after round, until each has `runs` timings. Taking turns spreads a change in the
+    machine's load over all configurations; the untimed run absorbs the previous configuration's threads
+    still spinning (onnxruntime's pool spins after each run and would take a core from the next one)."""
     from edgerun.progress import progress
     for config in configs:
         for _ in range(warmup):
             config.run()
-    for _ in progress(range(runs), total=runs, label=label):
+    rounds = -(-runs // block)
+    for round_index in progress(range(rounds), total=rounds, label=label):
         for config in configs:
-            start = time.perf_counter()
             config.run()
-            config.seconds.append(time.perf_counter() - start)
+            for _ in range(min(block, runs - round_index * block)):
+                start = time.perf_counter()
+                config.run()
+                config.seconds.append(time.perf_counter() - start)
 
 
 def summary(model_label: str, configs: list[Config]) -> dict:
@@ -330,7 +337,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"machine": machine, "runs": args.runs, "models": results}, indent=2))
     else:
-        print(f"\nload average {machine['load_average_1m_end']} at the end; medians of {args.runs} interleaved "
+        print(f"\nload average {machine['load_average_1m_end']} at the end; medians of {args.runs} runs taken in turns "
               "runs after warm-up; ratios are to onnxruntime in this run and to the same backend's fastest plan")
         print("measured: arena + tracemalloc peak above it in one profiled (untimed) run; "
               "est ms: the plan's own estimate (the cost model the session planned with); cal est: the same plan "
