@@ -337,7 +337,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"machine": machine, "runs": args.runs, "models": results}, indent=2))
     else:
-        print(f"\nload average {machine['load_average_1m_end']} at the end; medians of {args.runs} runs taken in turns "
+        print(f"\nload average {machine['load_average_1m_end']} at the end; medians of {args.runs} timed "
               "runs after warm-up; ratios are to onnxruntime in this run and to the same backend's fastest plan")
         print("measured: arena + tracemalloc peak above it in one profiled (untimed) run; "
               "est ms: the plan's own estimate (the cost model the session planned with); cal est: the same plan "
