@@ -355,21 +355,6 @@ def _squeeze_shape(node, shape, axes):
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
-def _squeeze_infer(node, inputs, opset):
-    require_inputs(node, inputs, 1)
-    x = inputs[0]
-    axes = _axes_request(node, inputs, opset, _value)
-    if x.shape is None or axes is False:
-        return [TensorInfo(None, np.dtype(x.dtype))]
-    return [TensorInfo(_squeeze_shape(node, x.shape, axes), np.dtype(x.dtype))]
-
-
-def _squeeze_compute(node, inputs, opset):
-    require_inputs(node, inputs, 1)
-    x = np.asarray(inputs[0])
-    return [x.reshape(_squeeze_shape(node, x.shape, _axes_request(node, inputs, opset, lambda v: v)))]
-
-
 def _unsqueeze_shape(node, shape, axes):
     if axes is None:
         raise invalid(node, "axes are required")
@@ -381,19 +366,23 @@ def _unsqueeze_shape(node, shape, axes):
     return tuple(1 if i in normalised else next(rest) for i in range(rank))
 
 
-def _unsqueeze_infer(node, inputs, opset):
-    require_inputs(node, inputs, 1)
-    x = inputs[0]
-    axes = _axes_request(node, inputs, opset, _value)
-    if x.shape is None or axes is False:
-        return [TensorInfo(None, np.dtype(x.dtype))]
-    return [TensorInfo(_unsqueeze_shape(node, x.shape, axes), np.dtype(x.dtype))]
+def _axes_reshape_op(new_shape):
+    """infer and compute of an op that reshapes by an axes list (Squeeze, Unsqueeze): `new_shape(node,
+    shape, axes)` gives the output shape."""
+    def infer(node, inputs, opset):
+        require_inputs(node, inputs, 1)
+        x = inputs[0]
+        axes = _axes_request(node, inputs, opset, _value)
+        if x.shape is None or axes is False:
+            return [TensorInfo(None, np.dtype(x.dtype))]
+        return [TensorInfo(new_shape(node, x.shape, axes), np.dtype(x.dtype))]
 
+    def compute(node, inputs, opset):
+        require_inputs(node, inputs, 1)
+        x = np.asarray(inputs[0])
+        return [x.reshape(new_shape(node, x.shape, _axes_request(node, inputs, opset, lambda v: v)))]
 
-def _unsqueeze_compute(node, inputs, opset):
-    require_inputs(node, inputs, 1)
-    x = np.asarray(inputs[0])
-    return [x.reshape(_unsqueeze_shape(node, x.shape, _axes_request(node, inputs, opset, lambda v: v)))]
+    return infer, compute
 
 
 # ---- Shape, Gather, Cast ----
@@ -623,8 +612,8 @@ register("Transpose", _transpose_infer, _transpose_compute)
 register("Concat", _concat_infer, _concat_compute)
 register("Split", _split_infer, _split_compute)
 register("Slice", _slice_infer, _slice_compute)
-register("Squeeze", _squeeze_infer, _squeeze_compute)
-register("Unsqueeze", _unsqueeze_infer, _unsqueeze_compute)
+register("Squeeze", *_axes_reshape_op(_squeeze_shape))
+register("Unsqueeze", *_axes_reshape_op(_unsqueeze_shape))
 register("Shape", _shape_infer, _shape_compute)
 register("Gather", _gather_infer, _gather_compute)
 register("Cast", _cast_infer, _cast_compute)
