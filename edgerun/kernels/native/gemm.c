@@ -9,13 +9,13 @@
  * Vectors are 16 floats when compiled for AVX-512, else 8 (AVX2, SSE, NEON via GCC). */
 #include <string.h>
 
+#define ER_VECTOR_HELPERS
 #include "kernels.h"
 
+#define VL ER_VL /* kernels.h */
 #if defined(__AVX512F__)
-#define VL 16
 #define MR 8
 #else
-#define VL 8
 #define MR 6
 #endif
 #define NR (2 * VL)
@@ -23,73 +23,33 @@
 #define RC 4        /* columns of a remainder-column tile */
 
 #if defined(__GNUC__)
-typedef float vf __attribute__((vector_size(VL * 4)));
-typedef int vi __attribute__((vector_size(VL * 4)));
-
-static inline vf loadv(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void storev(float *p, vf v) { memcpy(p, &v, sizeof v); }
-/* s - 0 folds to a plain broadcast (0 + s would not: -0.0 + 0 is +0.0). */
-static inline vf splatv(float s) { return s - (vf){0}; }
-static inline vf selectv(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
-
-/* ReLU and clip applied in registers; returns v unchanged for other kinds (done after the store). */
-static inline vf activatev(vf v, const er_act *act)
-{
-    if (!act) return v;
-    if (act->kind == ER_ACT_RELU) {
-        vf zero = splatv(0.0f);
-        return selectv(v > zero, v, zero);
-    }
-    if (act->kind == ER_ACT_CLIP) {
-        vf lo = splatv(act->a), hi = splatv(act->b);
-        v = selectv(v < lo, lo, v);
-        return selectv(v > hi, hi, v);
-    }
-    return v;
-}
-
-/* The first n (0..VL) floats of p, zero-padded. */
-static inline vf load_part(const float *p, int n)
-{
-    float tmp[VL] = {0};
-    for (int i = 0; i < n; i++) tmp[i] = p[i];
-    return loadv(tmp);
-}
-
-static inline void store_part(float *p, vf v, int n)
-{
-    float tmp[VL];
-    storev(tmp, v);
-    for (int i = 0; i < n; i++) p[i] = tmp[i];
-}
-
 /* One mr x NR tile; always inlined so that a constant mr unrolls fully. */
 static inline __attribute__((always_inline)) void
 tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
      int accumulate, const float *bias, const er_act *act)
 {
-    vf acc[MR][2];
+    er_vf acc[MR][2];
     for (int i = 0; i < mr; i++) {
         if (accumulate) {
-            acc[i][0] = loadv(C + i * ldc);
-            acc[i][1] = loadv(C + i * ldc + VL);
+            acc[i][0] = er_loadv(C + i * ldc);
+            acc[i][1] = er_loadv(C + i * ldc + VL);
         } else {
-            acc[i][0] = acc[i][1] = splatv(bias ? bias[i] : 0.0f);
+            acc[i][0] = acc[i][1] = er_splatv(bias ? bias[i] : 0.0f);
         }
     }
     for (int k = 0; k < K; k++) {
         const float *b = B + k * ldb;
         const float *a = A + k * lda;
-        vf b0 = loadv(b), b1 = loadv(b + VL);
+        er_vf b0 = er_loadv(b), b1 = er_loadv(b + VL);
         for (int i = 0; i < mr; i++) {
-            vf ai = splatv(a[i]);
+            er_vf ai = er_splatv(a[i]);
             acc[i][0] += ai * b0;
             acc[i][1] += ai * b1;
         }
     }
     for (int i = 0; i < mr; i++) {
-        storev(C + i * ldc, activatev(acc[i][0], act));
-        storev(C + i * ldc + VL, activatev(acc[i][1], act));
+        er_storev(C + i * ldc, er_activatev(acc[i][0], act));
+        er_storev(C + i * ldc + VL, er_activatev(acc[i][1], act));
     }
 }
 
@@ -110,11 +70,11 @@ static void full_tile(int mr, int K, const float *A, long lda, const float *B, l
     }
 }
 
-static inline vf load_rows(const float *p, int half, int rows)
+static inline er_vf load_rows(const float *p, int half, int rows)
 {
     int count = rows - half * VL;
-    if (count >= VL) return loadv(p + half * VL);
-    return load_part(p + half * VL, count > 0 ? count : 0);
+    if (count >= VL) return er_loadv(p + half * VL);
+    return er_load_part(p + half * VL, count > 0 ? count : 0);
 }
 
 /* rows (<= RR) x nc (<= RC) tile of C, vectors along the rows. */
@@ -122,28 +82,28 @@ static inline __attribute__((always_inline)) void
 column_tile(int rows, int nc, int K, const float *A, long lda, const float *B, long ldb, float *C,
             long ldc, int accumulate, const float *bias, const er_act *act)
 {
-    vf acc[RC][2];
+    er_vf acc[RC][2];
     float column[RR];
     for (int c = 0; c < nc; c++) {
         for (int i = 0; i < RR; i++)
             column[i] = i < rows ? (accumulate ? C[i * ldc + c] : (bias ? bias[i] : 0.0f)) : 0.0f;
-        acc[c][0] = loadv(column);
-        acc[c][1] = loadv(column + VL);
+        acc[c][0] = er_loadv(column);
+        acc[c][1] = er_loadv(column + VL);
     }
     for (int k = 0; k < K; k++) {
         const float *a = A + k * lda;
         const float *b = B + k * ldb;
-        vf a0 = rows >= VL ? loadv(a) : load_part(a, rows);
-        vf a1 = load_rows(a, 1, rows);
+        er_vf a0 = rows >= VL ? er_loadv(a) : er_load_part(a, rows);
+        er_vf a1 = load_rows(a, 1, rows);
         for (int c = 0; c < nc; c++) {
-            vf bc = splatv(b[c]);
+            er_vf bc = er_splatv(b[c]);
             acc[c][0] += a0 * bc;
             acc[c][1] += a1 * bc;
         }
     }
     for (int c = 0; c < nc; c++) {
-        storev(column, activatev(acc[c][0], act));
-        storev(column + VL, activatev(acc[c][1], act));
+        er_storev(column, er_activatev(acc[c][0], act));
+        er_storev(column + VL, er_activatev(acc[c][1], act));
         for (int i = 0; i < rows; i++) C[i * ldc + c] = column[i];
     }
 }

@@ -13,6 +13,65 @@ typedef struct {
     float a, b;    /* clip: min, max; hardsigmoid: alpha, beta; leakyrelu: alpha */
 } er_act;
 
+/* Vectors of the GEMM kernels (gemm.c, steps.c): ER_VL floats, 16 when compiled for AVX-512,
+ * else 8 (AVX2, SSE, NEON via GCC vector extensions). The helpers below need GCC and are only
+ * declared where ER_VECTOR_HELPERS is defined before this header (elsewhere the unused vector
+ * functions would draw GCC's psABI notes on machines without AVX). */
+#if defined(__AVX512F__)
+#define ER_VL 16
+#else
+#define ER_VL 8
+#endif
+
+#if defined(__GNUC__) && defined(ER_VECTOR_HELPERS)
+#include <string.h>
+
+typedef float er_vf __attribute__((vector_size(ER_VL * 4)));
+typedef int er_vi __attribute__((vector_size(ER_VL * 4)));
+
+static inline er_vf er_loadv(const float *p) { er_vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void er_storev(float *p, er_vf v) { memcpy(p, &v, sizeof v); }
+/* s - 0 folds to a plain broadcast (0 + s would not: -0.0 + 0 is +0.0). */
+static inline er_vf er_splatv(float s) { return s - (er_vf){0}; }
+static inline er_vf er_selectv(er_vi mask, er_vf a, er_vf b)
+{
+    return (er_vf)((mask & (er_vi)a) | (~mask & (er_vi)b));
+}
+
+/* The first n (0..ER_VL) floats of p, zero-padded. */
+static inline er_vf er_load_part(const float *p, int n)
+{
+    float tmp[ER_VL] = {0};
+    for (int i = 0; i < n; i++) tmp[i] = p[i];
+    return er_loadv(tmp);
+}
+
+/* The first n (0..ER_VL) floats of v to p. */
+static inline void er_store_part(float *p, er_vf v, int n)
+{
+    float tmp[ER_VL];
+    er_storev(tmp, v);
+    for (int i = 0; i < n; i++) p[i] = tmp[i];
+}
+
+/* ReLU and clip applied in registers; returns v unchanged for other kinds (done after the
+ * store) and for a NULL act. */
+static inline er_vf er_activatev(er_vf v, const er_act *act)
+{
+    if (!act) return v;
+    if (act->kind == ER_ACT_RELU) {
+        er_vf zero = er_splatv(0.0f);
+        return er_selectv(v > zero, v, zero);
+    }
+    if (act->kind == ER_ACT_CLIP) {
+        er_vf lo = er_splatv(act->a), hi = er_splatv(act->b);
+        v = er_selectv(v < lo, lo, v);
+        return er_selectv(v > hi, hi, v);
+    }
+    return v;
+}
+#endif
+
 typedef struct {
     int in_channels, in_height, in_width;
     int hidden_channels;

@@ -7,92 +7,7 @@
 #include <string.h>
 
 #include "kernels.h"
-
-#define MAX_BUFFERS 16
-
-typedef struct {
-    Py_buffer views[MAX_BUFFERS];
-    const char *names[MAX_BUFFERS];
-    int written[MAX_BUFFERS]; /* the kernel writes this buffer */
-    int count;
-} buffer_set;
-
-static void release_all(buffer_set *set)
-{
-    for (int i = 0; i < set->count; i++) PyBuffer_Release(&set->views[i]);
-    set->count = 0;
-}
-
-static int is_float32_format(const char *format)
-{
-    if (format == NULL) return 0;
-    if (format[0] == '<' || format[0] == '=' || format[0] == '@') {
-#if PY_BIG_ENDIAN
-        if (format[0] == '<') return 0;
-#endif
-        format++;
-    }
-    return strcmp(format, "f") == 0;
-}
-
-/* Acquires obj as `count` floats (exactly, or at least when at_least); NULL obj -> error. */
-static float *acquire(buffer_set *set, PyObject *obj, const char *name, Py_ssize_t count, int at_least,
-                      int writable)
-{
-    if (obj == NULL || obj == Py_None) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a float32 array, got None", name);
-        return NULL;
-    }
-    Py_buffer *view = &set->views[set->count];
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) != 0) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s: expected a %sC-contiguous float32 array", name,
-                     writable ? "writable " : "");
-        return NULL;
-    }
-    set->names[set->count] = name;
-    set->written[set->count++] = writable;
-    if (view->itemsize != 4 || !is_float32_format(view->format)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected float32 items, got format '%s'", name,
-                     view->format ? view->format : "?");
-        return NULL;
-    }
-    Py_ssize_t have = view->len / 4;
-    if (at_least ? have < count : have != count) {
-        PyErr_Format(PyExc_ValueError, "%s: holds %zd floats, the kernel needs %s%zd", name, have,
-                     at_least ? "at least " : "", count);
-        return NULL;
-    }
-    return (float *)view->buf;
-}
-
-/* Each buffer the kernel writes must not overlap any other buffer of the call. */
-static int check_no_overlap(const buffer_set *set)
-{
-    for (int i = 0; i < set->count; i++) {
-        for (int j = 0; j < set->count; j++) {
-            if (i == j || !set->written[i] || set->views[i].len == 0 || set->views[j].len == 0)
-                continue;
-            const char *a = set->views[i].buf, *b = set->views[j].buf;
-            if (a < b + set->views[j].len && b < a + set->views[i].len) {
-                PyErr_Format(PyExc_ValueError, "%s overlaps %s", set->names[i], set->names[j]);
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
-
-static int parse_activation(PyObject *spec, er_act *act, const char *name)
-{
-    if (!PyArg_ParseTuple(spec, "iff", &act->kind, &act->a, &act->b)) return -1;
-    if (act->kind < 0 || act->kind >= ER_ACT_COUNT) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown activation code %d", name, act->kind);
-        return -1;
-    }
-    return 0;
-}
+#include "pybuffers.h"
 
 static int parse_geometry(PyObject *spec, er_block_geom *g)
 {
@@ -125,7 +40,7 @@ static PyObject *py_run_block(PyObject *self, PyObject *args)
     int t, band_rows, threads;
     er_block_geom g;
     er_block_weights w;
-    buffer_set set = {.count = 0};
+    er_buffer_set set = {.count = 0};
     (void)self;
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiiOOi", &x, &out, &we, &we_t, &be, &wd, &bd, &wp_t, &bp,
                           &expanded, &depthwise, &geom_spec, &t, &band_rows, &expand_spec, &dw_spec,
@@ -136,8 +51,8 @@ static PyObject *py_run_block(PyObject *self, PyObject *args)
         return NULL;
     }
     memset(&w, 0, sizeof w);
-    if (parse_activation(expand_spec, &w.expand_act, "expand_act") != 0 ||
-        parse_activation(dw_spec, &w.dw_act, "dw_act") != 0)
+    if (er_parse_activation(expand_spec, &w.expand_act, "expand_act") != 0 ||
+        er_parse_activation(dw_spec, &w.dw_act, "dw_act") != 0)
         return NULL;
     if (t < 1 || t > g.hidden_channels || band_rows < 1 || band_rows > g.out_height) {
         PyErr_Format(PyExc_ValueError, "t must be in 1..%d and band_rows in 1..%d, got %d and %d",
@@ -149,36 +64,37 @@ static PyObject *py_run_block(PyObject *self, PyObject *args)
     Py_ssize_t kd2 = (Py_ssize_t)g.dw_kernel * g.dw_kernel;
     Py_ssize_t chunk = er_ceil_div(g.hidden_channels, t);
     Py_ssize_t hidden_rows = er_block_hidden_rows(&g, band_rows);
-    const float *xp = acquire(&set, x, "x", Cin * g.in_height * g.in_width, 0, 0);
-    float *outp = xp ? acquire(&set, out, "out", Cout * g.out_height * g.out_width, 0, 1) : NULL;
+    const float *xp = er_acquire(&set, x, "x", Cin * g.in_height * g.in_width, 0, 0);
+    float *outp = xp ? er_acquire(&set, out, "out", Cout * g.out_height * g.out_width, 0, 1) : NULL;
     if (!outp) goto fail;
     if (g.expand_kernel) {
-        if (!(w.we = acquire(&set, we, "we", E * Cin * k2, 0, 0)) ||
-            !(w.we_t = acquire(&set, we_t, "we_t", E * Cin * k2, 0, 0)) ||
-            !(w.be = acquire(&set, be, "be", E, 0, 0)))
+        if (!(w.we = er_acquire(&set, we, "we", E * Cin * k2, 0, 0)) ||
+            !(w.we_t = er_acquire(&set, we_t, "we_t", E * Cin * k2, 0, 0)) ||
+            !(w.be = er_acquire(&set, be, "be", E, 0, 0)))
             goto fail;
     }
-    if (!(w.wd = acquire(&set, wd, "wd", E * kd2, 0, 0)) || !(w.bd = acquire(&set, bd, "bd", E, 0, 0)) ||
-        !(w.wp_t = acquire(&set, wp_t, "wp_t", E * Cout, 0, 0)) ||
-        !(w.bp = acquire(&set, bp, "bp", Cout, 0, 0)))
+    if (!(w.wd = er_acquire(&set, wd, "wd", E * kd2, 0, 0)) ||
+        !(w.bd = er_acquire(&set, bd, "bd", E, 0, 0)) ||
+        !(w.wp_t = er_acquire(&set, wp_t, "wp_t", E * Cout, 0, 0)) ||
+        !(w.bp = er_acquire(&set, bp, "bp", Cout, 0, 0)))
         goto fail;
     float *expanded_p = NULL;
     if (g.expand_kernel &&
-        !(expanded_p = acquire(&set, expanded, "scratch 'expanded'", chunk * hidden_rows * g.hidden_width,
-                               1, 1)))
+        !(expanded_p = er_acquire(&set, expanded, "scratch 'expanded'", chunk * hidden_rows * g.hidden_width,
+                                  1, 1)))
         goto fail;
-    float *depthwise_p = acquire(&set, depthwise, "scratch 'depthwise'",
-                                 chunk * band_rows * g.out_width, 1, 1);
-    if (!depthwise_p || check_no_overlap(&set) != 0) goto fail;
+    float *depthwise_p = er_acquire(&set, depthwise, "scratch 'depthwise'",
+                                    chunk * band_rows * g.out_width, 1, 1);
+    if (!depthwise_p || er_check_no_overlap(&set) != 0) goto fail;
 
     Py_BEGIN_ALLOW_THREADS
     er_block_run(&g, t, band_rows, &w, xp, outp, expanded_p, depthwise_p, threads);
     Py_END_ALLOW_THREADS
 
-    release_all(&set);
+    er_release_all(&set);
     Py_RETURN_NONE;
 fail:
-    release_all(&set);
+    er_release_all(&set);
     return NULL;
 }
 
@@ -193,28 +109,28 @@ static PyObject *py_pointwise_conv(PyObject *self, PyObject *args)
     int cin, cout;
     Py_ssize_t pixels;
     er_act act;
-    buffer_set set = {.count = 0};
+    er_buffer_set set = {.count = 0};
     (void)self;
     if (!PyArg_ParseTuple(args, "OOOOiinO", &x, &w_t, &bias, &out, &cin, &cout, &pixels, &act_spec) ||
-        parse_activation(act_spec, &act, "act") != 0)
+        er_parse_activation(act_spec, &act, "act") != 0)
         return NULL;
     if (cin < 1 || cout < 1 || pixels < 1 || pixels > 0x7fffffff) {
         PyErr_SetString(PyExc_ValueError, "pointwise_conv: sizes must be positive");
         return NULL;
     }
-    const float *xp = acquire(&set, x, "x", cin * pixels, 0, 0);
-    const float *wp = xp ? acquire(&set, w_t, "w_t", (Py_ssize_t)cin * cout, 0, 0) : NULL;
+    const float *xp = er_acquire(&set, x, "x", cin * pixels, 0, 0);
+    const float *wp = xp ? er_acquire(&set, w_t, "w_t", (Py_ssize_t)cin * cout, 0, 0) : NULL;
     const float *bp = NULL;
-    if (wp && bias != Py_None) bp = acquire(&set, bias, "bias", cout, 0, 0);
-    float *op = (wp && (bias == Py_None || bp)) ? acquire(&set, out, "out", cout * pixels, 0, 1) : NULL;
-    if (!op || check_no_overlap(&set) != 0) {
-        release_all(&set);
+    if (wp && bias != Py_None) bp = er_acquire(&set, bias, "bias", cout, 0, 0);
+    float *op = (wp && (bias == Py_None || bp)) ? er_acquire(&set, out, "out", cout * pixels, 0, 1) : NULL;
+    if (!op || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
     er_gemm_tn(cout, (int)pixels, cin, wp, cout, xp, pixels, op, pixels, 0, bp, &act);
     Py_END_ALLOW_THREADS
-    release_all(&set);
+    er_release_all(&set);
     Py_RETURN_NONE;
 }
 
@@ -227,11 +143,11 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
     PyObject *x, *w, *bias, *out, *act_spec;
     int c, h, wd, k, s, pads[4];
     er_act act;
-    buffer_set set = {.count = 0};
+    er_buffer_set set = {.count = 0};
     (void)self;
     if (!PyArg_ParseTuple(args, "OOOOiiiii(iiii)O", &x, &w, &bias, &out, &c, &h, &wd, &k, &s, &pads[0],
                           &pads[1], &pads[2], &pads[3], &act_spec) ||
-        parse_activation(act_spec, &act, "act") != 0)
+        er_parse_activation(act_spec, &act, "act") != 0)
         return NULL;
     int ho = (h + pads[0] + pads[2] - k) / s + 1, wo = (wd + pads[1] + pads[3] - k) / s + 1;
     if (c < 1 || h < 1 || wd < 1 || k < 1 || s < 1 || pads[0] < 0 || pads[1] < 0 || pads[2] < 0 ||
@@ -239,12 +155,12 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "depthwise_conv: invalid sizes, kernel, stride or pads");
         return NULL;
     }
-    const float *xp = acquire(&set, x, "x", (Py_ssize_t)c * h * wd, 0, 0);
-    const float *wp = xp ? acquire(&set, w, "w", (Py_ssize_t)c * k * k, 0, 0) : NULL;
-    const float *bp = wp ? acquire(&set, bias, "bias", c, 0, 0) : NULL;
-    float *op = bp ? acquire(&set, out, "out", (Py_ssize_t)c * ho * wo, 0, 1) : NULL;
-    if (!op || check_no_overlap(&set) != 0) {
-        release_all(&set);
+    const float *xp = er_acquire(&set, x, "x", (Py_ssize_t)c * h * wd, 0, 0);
+    const float *wp = xp ? er_acquire(&set, w, "w", (Py_ssize_t)c * k * k, 0, 0) : NULL;
+    const float *bp = wp ? er_acquire(&set, bias, "bias", c, 0, 0) : NULL;
+    float *op = bp ? er_acquire(&set, out, "out", (Py_ssize_t)c * ho * wo, 0, 1) : NULL;
+    if (!op || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -252,7 +168,7 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
         er_depthwise_plane(xp + (long)i * h * wd, h, wd, wp + (long)i * k * k, k, s, pads, bp[i], &act,
                            op + (long)i * ho * wo, ho, wo);
     Py_END_ALLOW_THREADS
-    release_all(&set);
+    er_release_all(&set);
     Py_RETURN_NONE;
 }
 
@@ -263,17 +179,17 @@ static PyObject *py_global_average_pool(PyObject *self, PyObject *args)
     PyObject *x, *out;
     int c;
     Py_ssize_t pixels;
-    buffer_set set = {.count = 0};
+    er_buffer_set set = {.count = 0};
     (void)self;
     if (!PyArg_ParseTuple(args, "OOin", &x, &out, &c, &pixels)) return NULL;
     if (c < 1 || pixels < 1) {
         PyErr_SetString(PyExc_ValueError, "global_average_pool: sizes must be positive");
         return NULL;
     }
-    const float *xp = acquire(&set, x, "x", c * pixels, 0, 0);
-    float *op = xp ? acquire(&set, out, "out", c, 0, 1) : NULL;
-    if (!op || check_no_overlap(&set) != 0) {
-        release_all(&set);
+    const float *xp = er_acquire(&set, x, "x", c * pixels, 0, 0);
+    float *op = xp ? er_acquire(&set, out, "out", c, 0, 1) : NULL;
+    if (!op || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -284,7 +200,7 @@ static PyObject *py_global_average_pool(PyObject *self, PyObject *args)
         op[i] = (float)(sum / (double)pixels);
     }
     Py_END_ALLOW_THREADS
-    release_all(&set);
+    er_release_all(&set);
     Py_RETURN_NONE;
 }
 

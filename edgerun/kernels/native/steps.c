@@ -13,93 +13,57 @@
 #include <float.h>
 #include <string.h>
 
+#define ER_VECTOR_HELPERS
 #include "kernels.h"
+#include "pybuffers.h"
 
 #define PKC 256 /* rows of K per block */
 
 #if defined(__GNUC__)
 #if defined(__AVX512F__)
-#define PVL 16
 #define PMR 8 /* 8 rows (not 12): ShuffleNet g=3 groups of 40 channels waste none */
 #else
-#define PVL 8
 #define PMR 6
 #endif
-#define PNR (2 * PVL)
-typedef float pvf __attribute__((vector_size(PVL * 4)));
-typedef int pvi __attribute__((vector_size(PVL * 4)));
-
-static inline pvf sv_load(const float *p) { pvf v; memcpy(&v, p, sizeof v); return v; }
-static inline void sv_store(float *p, pvf v) { memcpy(p, &v, sizeof v); }
-static inline pvf sv_splat(float s) { return s - (pvf){0}; }
-static inline pvf sv_select(pvi mask, pvf a, pvf b) { return (pvf)((mask & (pvi)a) | (~mask & (pvi)b)); }
-
-static inline pvf sv_load_part(const float *p, int n)
-{
-    float tmp[PVL] = {0};
-    for (int i = 0; i < n; i++) tmp[i] = p[i];
-    return sv_load(tmp);
-}
-
-static inline void sv_store_part(float *p, pvf v, int n)
-{
-    float tmp[PVL];
-    sv_store(tmp, v);
-    for (int i = 0; i < n; i++) p[i] = tmp[i];
-}
-
-static inline pvf sv_activate(pvf v, const er_act *act)
-{
-    if (act->kind == ER_ACT_RELU) {
-        pvf zero = sv_splat(0.0f);
-        return sv_select(v > zero, v, zero);
-    }
-    if (act->kind == ER_ACT_CLIP) {
-        pvf lo = sv_splat(act->a), hi = sv_splat(act->b);
-        v = sv_select(v < lo, lo, v);
-        return sv_select(v > hi, hi, v);
-    }
-    return v;
-}
-
+#define PNR (2 * ER_VL) /* vectors and their helpers: kernels.h */
 /* PMR x PNR tile: c (rows x cols valid, row stride ldc) = [c +] a (kc x PMR panel) ^T b (kc x PNR). */
 static inline __attribute__((always_inline)) void
 micro_body(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc, int rows, int cols,
            int first, int last, const float *bias, const er_act *act)
 {
-    pvf acc[PMR][2];
+    er_vf acc[PMR][2];
     for (int i = 0; i < PMR; i++) {
         if (first || i >= rows) {
-            acc[i][0] = acc[i][1] = sv_splat(first && bias && i < rows ? bias[i] : 0.0f);
+            acc[i][0] = acc[i][1] = er_splatv(first && bias && i < rows ? bias[i] : 0.0f);
         } else if (cols == PNR) {
-            acc[i][0] = sv_load(c + i * ldc);
-            acc[i][1] = sv_load(c + i * ldc + PVL);
+            acc[i][0] = er_loadv(c + i * ldc);
+            acc[i][1] = er_loadv(c + i * ldc + ER_VL);
         } else {
-            acc[i][0] = sv_load_part(c + i * ldc, cols < PVL ? cols : PVL);
-            acc[i][1] = sv_load_part(c + i * ldc + PVL, cols > PVL ? cols - PVL : 0);
+            acc[i][0] = er_load_part(c + i * ldc, cols < ER_VL ? cols : ER_VL);
+            acc[i][1] = er_load_part(c + i * ldc + ER_VL, cols > ER_VL ? cols - ER_VL : 0);
         }
     }
     for (int k = 0; k < kc; k++) {
-        pvf b0 = sv_load(b + k * ldb), b1 = sv_load(b + k * ldb + PVL);
+        er_vf b0 = er_loadv(b + k * ldb), b1 = er_loadv(b + k * ldb + ER_VL);
         const float *ak = a + k * PMR;
         for (int i = 0; i < PMR; i++) {
-            pvf ai = sv_splat(ak[i]);
+            er_vf ai = er_splatv(ak[i]);
             acc[i][0] += ai * b0;
             acc[i][1] += ai * b1;
         }
     }
     for (int i = 0; i < rows; i++) {
-        pvf v0 = acc[i][0], v1 = acc[i][1];
+        er_vf v0 = acc[i][0], v1 = acc[i][1];
         if (last) {
-            v0 = sv_activate(v0, act);
-            v1 = sv_activate(v1, act);
+            v0 = er_activatev(v0, act);
+            v1 = er_activatev(v1, act);
         }
         if (cols == PNR) {
-            sv_store(c + i * ldc, v0);
-            sv_store(c + i * ldc + PVL, v1);
+            er_storev(c + i * ldc, v0);
+            er_storev(c + i * ldc + ER_VL, v1);
         } else {
-            sv_store_part(c + i * ldc, v0, cols < PVL ? cols : PVL);
-            sv_store_part(c + i * ldc + PVL, v1, cols > PVL ? cols - PVL : 0);
+            er_store_part(c + i * ldc, v0, cols < ER_VL ? cols : ER_VL);
+            er_store_part(c + i * ldc + ER_VL, v1, cols > ER_VL ? cols - ER_VL : 0);
         }
     }
 }
@@ -305,69 +269,6 @@ void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w,
 
 /* ---------------------------------------------------------------- Python bindings */
 
-typedef struct {
-    Py_buffer views[8];
-    int count;
-} step_buffers;
-
-static void step_release(step_buffers *set)
-{
-    for (int i = 0; i < set->count; i++) PyBuffer_Release(&set->views[i]);
-    set->count = 0;
-}
-
-/* obj as at least `count` (exactly, unless at_least) C-contiguous float32 items. */
-static float *step_acquire(step_buffers *set, PyObject *obj, const char *name, Py_ssize_t count, int at_least,
-                           int writable)
-{
-    Py_buffer *view = &set->views[set->count];
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (obj == Py_None || PyObject_GetBuffer(obj, view, flags) != 0) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s: expected a %sC-contiguous float32 array", name, writable ? "writable " : "");
-        return NULL;
-    }
-    set->count++;
-    const char *f = view->format ? view->format : "?";
-    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
-    if (view->itemsize != 4 || strcmp(f, "f") != 0) {
-        PyErr_Format(PyExc_TypeError, "%s: expected float32 items, got format '%s'", name, view->format);
-        return NULL;
-    }
-    Py_ssize_t have = view->len / 4;
-    if (at_least ? have < count : have != count) {
-        PyErr_Format(PyExc_ValueError, "%s: holds %zd floats, the kernel needs %s%zd", name, have,
-                     at_least ? "at least " : "", count);
-        return NULL;
-    }
-    return (float *)view->buf;
-}
-
-/* Written buffers (indices in `written`) must not overlap any other buffer of the call. */
-static int step_no_overlap(const step_buffers *set, int written_from)
-{
-    for (int i = written_from; i < set->count; i++)
-        for (int j = 0; j < set->count; j++) {
-            if (i == j || set->views[i].len == 0 || set->views[j].len == 0) continue;
-            const char *a = set->views[i].buf, *b = set->views[j].buf;
-            if (a < b + set->views[j].len && b < a + set->views[i].len) {
-                PyErr_SetString(PyExc_ValueError, "an output or scratch buffer overlaps another argument");
-                return -1;
-            }
-        }
-    return 0;
-}
-
-static int step_activation(PyObject *spec, er_act *act)
-{
-    if (!PyArg_ParseTuple(spec, "iff", &act->kind, &act->a, &act->b)) return -1;
-    if (act->kind < 0 || act->kind >= ER_ACT_COUNT) {
-        PyErr_Format(PyExc_ValueError, "unknown activation code %d", act->kind);
-        return -1;
-    }
-    return 0;
-}
-
 PyObject *er_py_pw_info(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -385,20 +286,20 @@ PyObject *er_py_pw_pack(PyObject *self, PyObject *args)
     (void)self;
     PyObject *w, *packed;
     int M, K;
-    step_buffers set = {.count = 0};
+    er_buffer_set set = {.count = 0};
     if (!PyArg_ParseTuple(args, "OOii", &w, &packed, &M, &K)) return NULL;
     if (M < 1 || K < 1) {
         PyErr_SetString(PyExc_ValueError, "pw_pack: sizes must be positive");
         return NULL;
     }
-    const float *wp = step_acquire(&set, w, "w", (Py_ssize_t)M * K, 0, 0);
-    float *pp = wp ? step_acquire(&set, packed, "packed", er_pw_packed_floats(M, K), 0, 1) : NULL;
-    if (!pp || step_no_overlap(&set, 1) != 0) {
-        step_release(&set);
+    const float *wp = er_acquire(&set, w, "w", (Py_ssize_t)M * K, 0, 0);
+    float *pp = wp ? er_acquire(&set, packed, "packed", er_pw_packed_floats(M, K), 0, 1) : NULL;
+    if (!pp || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
         return NULL;
     }
     er_pw_pack(M, K, wp, pp);
-    step_release(&set);
+    er_release_all(&set);
     Py_RETURN_NONE;
 }
 
@@ -408,31 +309,30 @@ PyObject *er_py_pw_conv(PyObject *self, PyObject *args)
     PyObject *x, *packed, *bias, *out, *edge, *act_spec;
     int M, N, K;
     er_act act;
-    step_buffers set = {.count = 0};
+    er_buffer_set set = {.count = 0};
     if (!PyArg_ParseTuple(args, "OOOOOiiiO", &x, &packed, &bias, &out, &edge, &M, &N, &K, &act_spec) ||
-        step_activation(act_spec, &act) != 0)
+        er_parse_activation(act_spec, &act, "act") != 0)
         return NULL;
     if (M < 1 || N < 1 || K < 1) {
         PyErr_SetString(PyExc_ValueError, "pw_conv: sizes must be positive");
         return NULL;
     }
     long edge_floats = er_pw_edge_floats(N, K);
-    const float *xp = step_acquire(&set, x, "x", (Py_ssize_t)K * N, 0, 0);
-    const float *pp = xp ? step_acquire(&set, packed, "packed", er_pw_packed_floats(M, K), 0, 0) : NULL;
+    const float *xp = er_acquire(&set, x, "x", (Py_ssize_t)K * N, 0, 0);
+    const float *pp = xp ? er_acquire(&set, packed, "packed", er_pw_packed_floats(M, K), 0, 0) : NULL;
     const float *bp = NULL;
-    if (pp && bias != Py_None) bp = step_acquire(&set, bias, "bias", M, 0, 0);
-    int first_written = set.count;
-    float *op = (pp && (bias == Py_None || bp)) ? step_acquire(&set, out, "out", (Py_ssize_t)M * N, 0, 1) : NULL;
+    if (pp && bias != Py_None) bp = er_acquire(&set, bias, "bias", M, 0, 0);
+    float *op = (pp && (bias == Py_None || bp)) ? er_acquire(&set, out, "out", (Py_ssize_t)M * N, 0, 1) : NULL;
     float *ep = NULL;
-    if (op && edge_floats) ep = step_acquire(&set, edge, "edge", edge_floats, 1, 1);
-    if (!op || (edge_floats && !ep) || step_no_overlap(&set, first_written) != 0) {
-        step_release(&set);
+    if (op && edge_floats) ep = er_acquire(&set, edge, "edge", edge_floats, 1, 1);
+    if (!op || (edge_floats && !ep) || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
     er_pw_gemm(M, N, K, pp, xp, op, bp, &act, ep);
     Py_END_ALLOW_THREADS
-    step_release(&set);
+    er_release_all(&set);
     Py_RETURN_NONE;
 }
 
@@ -441,7 +341,7 @@ PyObject *er_py_pool2d(PyObject *self, PyObject *args)
     (void)self;
     PyObject *x, *out;
     int kind, c, h, w, ho, wo, kh, kw, sh, sw, pads[4];
-    step_buffers set = {.count = 0};
+    er_buffer_set set = {.count = 0};
     if (!PyArg_ParseTuple(args, "iOOiiiiiiiii(iiii)", &kind, &x, &out, &c, &h, &w, &ho, &wo, &kh, &kw, &sh, &sw,
                           &pads[0], &pads[1], &pads[2], &pads[3]))
         return NULL;
@@ -454,15 +354,15 @@ PyObject *er_py_pool2d(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "pool2d: invalid kind, sizes, kernel, strides or pads");
         return NULL;
     }
-    const float *xp = step_acquire(&set, x, "x", (Py_ssize_t)c * h * w, 0, 0);
-    float *op = xp ? step_acquire(&set, out, "out", (Py_ssize_t)c * ho * wo, 0, 1) : NULL;
-    if (!op || step_no_overlap(&set, 1) != 0) {
-        step_release(&set);
+    const float *xp = er_acquire(&set, x, "x", (Py_ssize_t)c * h * w, 0, 0);
+    float *op = xp ? er_acquire(&set, out, "out", (Py_ssize_t)c * ho * wo, 0, 1) : NULL;
+    if (!op || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
     er_pool2d(kind, xp, op, c, h, w, ho, wo, kh, kw, sh, sw, pads);
     Py_END_ALLOW_THREADS
-    step_release(&set);
+    er_release_all(&set);
     Py_RETURN_NONE;
 }
