@@ -118,7 +118,7 @@ def extensions():
     if os.environ.get("EDGERUN_NO_NATIVE") == "1":
         return []
     return [Extension("edgerun.kernels._native", sources=NATIVE_SOURCES, depends=[
-        os.path.join(NATIVE_DIR, "kernels.h")])]
+        os.path.join(NATIVE_DIR, header) for header in ("kernels.h", "pybuffers.h")])]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
