@@ -135,7 +135,7 @@ class CompiledModel:
         if kernel is not None and node.op_type == "FusedConv" and len(vi[node.inputs[0]].shape) != 4:
             kernel = None
         if kernel is not None and self.backend == "native":
-            kernel = native_variant(node.op_type, kernel)
+            kernel = native_variant(node.op_type, kernel, self.threads)
         if kernel is not None:
             kernel.prepare(node, self.constants)
         return ExecStep(node, "kernel" if kernel else "reference", kernel=kernel)

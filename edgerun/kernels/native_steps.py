@@ -160,7 +160,12 @@ _NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "GlobalAveragePool": Nat
                     "AveragePool": lambda: NativePoolKernel(AveragePoolKernel())}
 
 
-def native_variant(op_type: str, numpy_kernel: StepKernel) -> StepKernel:
-    """A C kernel for the op when there is one (a new instance: it keeps per-node weight layouts)."""
+def native_variant(op_type: str, numpy_kernel: StepKernel, threads: int = 1) -> StepKernel:
+    """A C kernel for the op when there is one (a new instance: it keeps per-node weight layouts and the
+    session's thread count)."""
     factory = _NATIVE_VARIANTS.get(op_type)
-    return factory() if factory is not None else numpy_kernel
+    if factory is None:
+        return numpy_kernel
+    kernel = factory()
+    kernel.threads = threads
+    return kernel
