@@ -1,5 +1,6 @@
 """Whole models: edgerun against onnxruntime, optimised and unoptimised, numpy and native kernels."""
 import numpy as np
+import onnx
 import pytest
 
 from conftest import assert_close_to_ort, run_ort
@@ -89,3 +90,45 @@ def test_dynamic_batch_is_resolved_per_input_shape(rng):
         feeds = _input_for(model, batch, rng)
         assert_close_to_ort(sess.run(None, feeds)[0], run_ort(model, feeds)[0])
     assert sess.plan.peak_bytes > 0
+
+
+def _with_symbolic_spatial_dims(model):
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(model)
+    dims = dynamic.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    return dynamic
+
+
+def test_dynamic_height_and_width_are_resolved_per_input_shape(rng):
+    model = _with_symbolic_spatial_dims(small_model("mobilenet_v2_035_96"))
+    sess = InferenceSession(model)
+    peaks = []
+    for size in (96, 128, 96):
+        feeds = {"input": rng.standard_normal((1, 3, size, size)).astype(np.float32)}
+        assert_close_to_ort(sess.run(None, feeds)[0], run_ort(model, feeds)[0])
+        peaks.append(sess.plan.peak_bytes)
+    assert peaks[0] == peaks[2] < peaks[1]   # one plan per input shape, found again from the cache
+
+
+def test_multi_input_multi_output_graph_matches_onnxruntime(rng):
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["a", "w"], ["ca"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "w"], ["cb"], pads=[1, 1, 1, 1], strides=[1, 1]),
+             helper.make_node("Add", ["ca", "cb"], ["sum"]),
+             helper.make_node("Relu", ["sum"], ["relu"]),
+             helper.make_node("GlobalAveragePool", ["relu"], ["pooled"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 8, 8]) for n in ("a", "b")]
+    outputs = [helper.make_tensor_value_info("relu", TensorProto.FLOAT, [2, 4, 8, 8]),
+               helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [2, 4, 1, 1])]
+    model = helper.make_model(helper.make_graph(nodes, "two_in_two_out", inputs, outputs, [w]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    feeds = {n: rng.standard_normal((2, 3, 8, 8)).astype(np.float32) for n in ("a", "b")}
+    expected = run_ort(model, feeds)
+    for backend in ("numpy", "native"):
+        actual = InferenceSession(model, kernels_backend=backend).run(None, feeds)
+        for a, e in zip(actual, expected):
+            assert_close_to_ort(a, e)
+    pooled_only = InferenceSession(model).run(["pooled"], feeds)
+    assert len(pooled_only) == 1 and pooled_only[0].shape == (2, 4, 1, 1)
