@@ -104,7 +104,8 @@ class CompiledModel:
                                if i.value is not None and n not in self.constants})
         self.activations = self._activation_buffers()
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
-        self.problem = self._problem()
+        self.scratch_threads = threads  # whose block scratch the plan holds (see _verify)
+        self.problem = self._problem(threads)
         if plan is not None:
             self._verify(plan)
         self.plan = plan if plan is not None else self._schedule(budget, planner, fixed or {}, max_t, cost_model)
@@ -147,7 +148,7 @@ class CompiledModel:
         return step.kernel.scratch_bytes(step.node, [vi[i].shape if i else None for i in step.node.inputs],
                                          [vi[o].shape for o in step.node.outputs if o])
 
-    def _problem(self) -> scheduler.Problem:
+    def _problem(self, threads: int) -> scheduler.Problem:
         sched_steps = []
         for step in self.steps:
             node = step.node
@@ -158,7 +159,7 @@ class CompiledModel:
                 macs=node_macs(node, self.graph), scratch=self._step_scratch(step), block=step.geometry))
         outputs = [o for o in self.graph.output_names() if o in self.activations]
         return scheduler.Problem(buffers=dict(self.activations), steps=sched_steps, outputs=outputs,
-                                 backend=self.backend)
+                                 backend=self.backend, threads=threads)
 
     def _block_schedules(self, fixed: dict) -> dict[str, BlockSchedule]:
         """The caller's {block: (t, band_rows or None)} as scheduler BlockSchedules, checked against the graph."""
@@ -188,11 +189,24 @@ class CompiledModel:
                 minimum_bytes=exc.minimum_bytes, limiting_step=exc.limiting_step) from None
 
     def _verify(self, plan: scheduler.Plan) -> None:
-        """A plan from outside (e.g. a bundle) must place every buffer and scratch inside the arena, apart."""
+        """A plan from outside (e.g. a bundle) must place every buffer and scratch inside the arena, apart.
+        A plan made for one thread (one scratch slice per block) also serves more threads: the blocks then
+        share each (band, chunk) step between the threads instead of taking whole bands."""
         try:
             scheduler.verify_plan(self.problem, plan)
+            return
         except (scheduler.SchedulerError, ValueError, KeyError, TypeError) as exc:
-            raise InvalidModelError(f"the given plan does not fit this graph: {exc}") from None
+            error = exc
+        if self.threads > 1:
+            single = self._problem(1)
+            try:
+                scheduler.verify_plan(single, plan)
+            except (scheduler.SchedulerError, ValueError, KeyError, TypeError):
+                pass
+            else:
+                self.problem, self.scratch_threads = single, 1
+                return
+        raise InvalidModelError(f"the given plan does not fit this graph: {error}") from None
 
     # ---- binding buffers to the arena
     def _bind_arena(self):
@@ -215,7 +229,7 @@ class CompiledModel:
     def _scratch_sizes(self, step: ExecStep, step_plan) -> dict[str, int]:
         if step.kind == "block":
             step.schedule = BlockSchedule(step_plan.t, step_plan.band_rows)
-            return block_scratch(step.geometry, step.schedule, self.backend)
+            return block_scratch(step.geometry, step.schedule, self.backend, self.scratch_threads)
         return self._step_scratch(step) or {}
 
     # ---- running

@@ -167,16 +167,33 @@ def chunk_channels(geom: BlockGeometry, t: int) -> int:
     return _ceil_div(geom.hidden_channels, t)
 
 
-def block_scratch(geom: BlockGeometry, sched: BlockSchedule, backend: str) -> dict[str, int]:
-    """Scratch bytes one block step needs, by name (see docs/architecture.md)."""
+def band_count(geom: BlockGeometry, band_rows: int) -> int:
+    return _ceil_div(geom.out_height, band_rows)
+
+
+def scratch_slices(geom: BlockGeometry, sched: BlockSchedule, backend: str, threads: int = 1) -> int:
+    """Private scratch slices the block kernel works in: `threads` when the native kernel runs
+    whole bands per thread (threads > 1 and at least `threads` bands), else 1 (one thread, or
+    the threads share each (band, chunk) step, or the numpy kernel, which ignores threads)."""
+    if backend == "native" and threads > 1 and band_count(geom, sched.band_rows) >= threads:
+        return threads
+    return 1
+
+
+def block_scratch(geom: BlockGeometry, sched: BlockSchedule, backend: str, threads: int = 1) -> dict[str, int]:
+    """Scratch bytes one block step needs, by name (see docs/architecture.md).
+
+    With `threads` > 1 and a native block of at least `threads` bands, `expanded` and
+    `depthwise` hold one private slice per thread: `threads` times the one-thread size."""
     c = chunk_channels(geom, sched.t)
     rows = sched.band_rows
     hidden_rows = band_hidden_rows(geom, rows)
     item = geom.itemsize
+    slices = scratch_slices(geom, sched, backend, threads)
     scratch: dict[str, int] = {}
     if geom.has_expansion:
-        scratch["expanded"] = c * hidden_rows * geom.hidden_width * item
-    scratch["depthwise"] = c * rows * geom.out_width * item
+        scratch["expanded"] = slices * c * hidden_rows * geom.hidden_width * item
+    scratch["depthwise"] = slices * c * rows * geom.out_width * item
     if backend == "numpy":
         scratch["dw_tmp"] = scratch["depthwise"]
         scratch["proj_tmp"] = geom.out_channels * rows * geom.out_width * item

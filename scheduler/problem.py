@@ -29,11 +29,11 @@ class Step:
     def is_block(self) -> bool:
         return self.block is not None
 
-    def scratch_for(self, sched: BlockSchedule | None, backend: str) -> dict[str, int]:
+    def scratch_for(self, sched: BlockSchedule | None, backend: str, threads: int = 1) -> dict[str, int]:
         fixed = dict(self.scratch or {})
         if self.block is None:
             return fixed
-        sizes = block_scratch(self.block, sched, backend)
+        sizes = block_scratch(self.block, sched, backend, threads)
         clash = set(sizes) & set(fixed)
         if clash:
             raise ValueError(f"step {self.name!r}: fixed scratch {sorted(clash)} clashes with block scratch")
@@ -44,13 +44,16 @@ class Step:
 @dataclass
 class Problem:
     """Buffers (name -> bytes, batch already applied), steps in execution order,
-    and the buffers that must survive to the end."""
+    and the buffers that must survive to the end.  `threads`: threads of the block
+    kernels; with the native backend a block run by whole bands per thread declares
+    one scratch slice per thread (see blocks.block_scratch)."""
 
     buffers: dict[str, int]
     steps: list[Step]
     outputs: list[str]
     backend: str = "numpy"
     batch: int = 1
+    threads: int = 1
     _lifetimes: dict[str, tuple[int, int]] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,8 @@ class Problem:
         self._lifetimes = self._compute_lifetimes()
 
     def _validate(self) -> None:
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"threads must be a positive int, got {self.threads!r}")
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ValueError("step names must be unique")
@@ -102,6 +107,12 @@ class Problem:
     def alive_at(self, index: int) -> list[str]:
         """Buffers alive at step `index`, in declaration order."""
         return [n for n, (a, b) in self._lifetimes.items() if a <= index <= b]
+
+    def step_scratch(self, step: Step, sched: BlockSchedule | None) -> dict[str, int]:
+        """Scratch of `step` under `sched` for this problem's backend and threads."""
+        if self.threads == 1:  # Step subclasses may override scratch_for(sched, backend)
+            return step.scratch_for(sched, self.backend)
+        return step.scratch_for(sched, self.backend, threads=self.threads)
 
     def block_steps(self) -> list[Step]:
         return [s for s in self.steps if s.is_block]

@@ -49,18 +49,23 @@ def t_choices(hidden: int, max_t: int = 5, allowed_t: Iterable[int] = ()) -> lis
     return sorted(by_chunk.values())
 
 
-def band_choices_for(out_height: int, band_choices: Iterable[int] | None = None) -> list[int]:
-    """All rows, plus powers of two below out_height (or the caller's choices, clipped)."""
+def band_choices_for(out_height: int, band_choices: Iterable[int] | None = None, threads: int = 1) -> list[int]:
+    """All rows, plus powers of two below out_height (or the caller's choices, clipped).
+
+    With threads > 1 also ceil(out_height / (k * threads)) rows for k = 1..4: balanced cuts of
+    at least `threads` bands where possible, which the native kernel runs whole bands per thread."""
     if band_choices is None:
         rows, choices = 1, {out_height}
         while rows < out_height:
             choices.add(rows)
             rows *= 2
+        if threads > 1:
+            choices.update(-(-out_height // (k * threads)) for k in range(1, 5))
         return sorted(choices)
     return sorted({out_height} | {min(r, out_height) for r in band_choices if r >= 1})
 
 
-def block_candidates(step: Step, backend: str, alignment: int, cost: CostModel,
+def block_candidates(step: Step, problem: Problem, alignment: int, cost: CostModel,
                      space: SearchSpace) -> list[Candidate]:
     geom = step.block
     fixed = (space.fixed or {}).get(step.name)
@@ -70,12 +75,22 @@ def block_candidates(step: Step, backend: str, alignment: int, cost: CostModel,
         schedules = [
             BlockSchedule(t, rows)
             for t in t_choices(geom.hidden_channels, space.max_t, space.allowed_t)
-            for rows in band_choices_for(geom.out_height, space.band_choices)
+            for rows in band_choices_for(geom.out_height, space.band_choices,
+                                         problem.threads if problem.backend == "native" else 1)
         ]
     return [
-        Candidate(s, aligned_total(step.scratch_for(s, backend), alignment), cost.block_seconds(geom, s))
+        Candidate(s, aligned_total(problem.step_scratch(step, s), alignment),
+                  block_seconds(cost, geom, s, problem.threads))
         for s in schedules
     ]
+
+
+def block_seconds(cost, geom: BlockGeometry, sched: BlockSchedule, threads: int) -> float:
+    """The cost model's estimate for the block run by `threads` threads (a model without a
+    threads argument is asked for the one-thread figure)."""
+    if threads == 1:
+        return cost.block_seconds(geom, sched)
+    return cost.block_seconds(geom, sched, threads=threads)
 
 
 def _validated(geom: BlockGeometry, sched: BlockSchedule, step_name: str) -> BlockSchedule:
@@ -117,7 +132,7 @@ class _Layout:
             self.buffer_index[name] = self.planner.add_buffer(size, first, last, name)
         self.scratch_index: list[dict[str, int]] = []
         for i, step in enumerate(problem.steps):
-            sizes = step.scratch_for(self.choices.get(step.name), problem.backend)
+            sizes = problem.step_scratch(step, self.choices.get(step.name))
             self.scratch_index.append(
                 {n: self.planner.add_buffer(size, i, i, f"{step.name}:{n}") for n, size in sizes.items()}
             )
@@ -150,7 +165,7 @@ class _Layout:
         for i, step in enumerate(self.problem.steps):
             sched = self.choices.get(step.name)
             if step.is_block:
-                seconds = cost.block_seconds(step.block, sched)
+                seconds = block_seconds(cost, step.block, sched, self.problem.threads)
                 t, rows = sched.t, sched.band_rows
             else:
                 seconds = cost.step_seconds(step.macs)
@@ -175,7 +190,7 @@ def _candidates_by_step(problem: Problem, alignment: int, cost: CostModel,
     unknown = set(space.fixed or {}) - {s.name for s in problem.block_steps()}
     if unknown:
         raise ValueError(f"fixed schedules name steps that are not blocks: {sorted(unknown)}")
-    return {s.name: block_candidates(s, problem.backend, alignment, cost, space) for s in problem.block_steps()}
+    return {s.name: block_candidates(s, problem, alignment, cost, space) for s in problem.block_steps()}
 
 
 def _space(max_t, allowed_t, band_choices, fixed) -> SearchSpace:
@@ -287,7 +302,7 @@ def verify_plan(problem: Problem, plan: Plan) -> None:
     for i, step in enumerate(problem.steps):
         step_plan = plan.step(step.name)
         regions = [(plan.offsets[n], problem.buffers[n], n) for n in problem.alive_at(i)]
-        scratch = step.scratch_for(step_plan.schedule if step.is_block else None, problem.backend)
+        scratch = problem.step_scratch(step, step_plan.schedule if step.is_block else None)
         if set(scratch) != set(step_plan.scratch_offsets):
             raise ValueError(f"step {step.name!r}: plan scratch {sorted(step_plan.scratch_offsets)} "
                              f"!= needed {sorted(scratch)}")

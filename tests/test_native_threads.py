@@ -1,16 +1,17 @@
-"""Threads of the native fused block: the persistent pool, the split of each (band, chunk) step
-into row parts, and results with the same bits whatever the thread count."""
+"""Threads of the native fused block: the persistent pool, whole bands per thread (each thread in
+its own scratch slice), the split of each (band, chunk) step into row parts, and results with the
+same bits whatever the thread count."""
 import multiprocessing
 import os
 import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from edgerun.kernels import native
-from scheduler.blocks import BlockGeometry, BlockSchedule
+from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
 from test_kernels_block import (BlockCase, assert_close, block_cases, make_scratch, random_weights,
                                 reference_block, run_case)
 
@@ -36,6 +37,104 @@ def _case(geom, sched, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((geom.in_channels, geom.in_height, geom.in_width)).astype(np.float32)
     return BlockCase(geom, sched, random_weights(geom, rng), x)
+
+
+def _thread_scratch(geom, sched, threads):
+    """block_scratch(..., threads) views into one NaN-filled arena (stale reads show up)."""
+    sizes = block_scratch(geom, sched, "native", threads=threads)
+    arena = np.full(sum(sizes.values()) // 4 + 1, np.nan, np.float32)
+    views, offset = {}, 1
+    for name, nbytes in sizes.items():
+        views[name] = arena[offset: offset + nbytes // 4]
+        offset += nbytes // 4
+    return views
+
+
+def _run_by_bands(case, threads):
+    """The block with the scratch a plan for `threads` threads declares; also the scratch after."""
+    g = case.geom
+    out = np.full((g.out_channels, g.out_height, g.out_width), np.nan, np.float32)
+    scratch = _thread_scratch(g, case.sched, threads)
+    native.run_block(case.x, out, case.weights, g, case.sched, scratch, threads=threads)
+    return out, scratch
+
+
+@st.composite
+def banded_cases(draw):
+    """Generated blocks cut into several bands (2 to 5 or more)."""
+    case = draw(block_cases(max_channels=12, max_hidden=24, max_size=16))
+    assume(case.geom.out_height >= 2)
+    bands = draw(st.integers(2, 5))
+    case.sched = BlockSchedule(case.sched.t, max(1, -(-case.geom.out_height // bands)))
+    return case
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(banded_cases())
+def test_whole_bands_per_thread_give_the_same_bits(split_every_step, case):
+    one, _ = _run_by_bands(case, 1)
+    assert_close(one, reference_block(case))
+    bands = -(-case.geom.out_height // case.sched.band_rows)
+    for threads in (2, 3):
+        out, scratch = _run_by_bands(case, threads)
+        np.testing.assert_array_equal(out, one)
+        if bands >= threads:  # each thread worked in its own slice: the last one was written too
+            depthwise = scratch["depthwise"]
+            assert depthwise.size == threads * block_scratch(case.geom, case.sched, "native")["depthwise"] // 4
+            assert not np.isnan(depthwise[(threads - 1) * depthwise.size // threads:]).all()
+
+
+@pytest.mark.parametrize("geom, sched", [
+    (BlockGeometry(24, 56, 56, 144, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True), BlockSchedule(1, 28)),
+    (BlockGeometry(32, 28, 28, 192, 1, 1, (0, 0, 0, 0), 3, 2, (0, 0, 1, 1), 64, False), BlockSchedule(2, 5)),
+    (BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True), BlockSchedule(1, 4)),
+    (BlockGeometry(3, 64, 64, 32, 3, 2, (0, 0, 1, 1), 3, 1, (1, 1, 1, 1), 16, False), BlockSchedule(2, 8)),
+    (BlockGeometry(32, 40, 40, 32, 0, 1, (0, 0, 0, 0), 5, 1, (2, 2, 2, 2), 16, False), BlockSchedule(1, 10)),
+    (BlockGeometry(8, 20, 120, 24, 3, 1, (1, 0, 1, 2), 3, 1, (1, 1, 1, 1), 8, False), BlockSchedule(2, 4)),
+], ids=["56x56-residual", "28x28-stride2", "7x7", "stem-im2col", "no-expansion", "direct-expansion"])
+def test_whole_bands_on_large_blocks_with_the_default_part_size(geom, sched):
+    case = _case(geom, sched, geom.in_channels)
+    one, _ = _run_by_bands(case, 1)
+    assert_close(one, reference_block(case))
+    for threads in (2, 3, 4):
+        np.testing.assert_array_equal(_run_by_bands(case, threads)[0], one)
+        np.testing.assert_array_equal(_run(case, threads), one)  # one thread's scratch: the row split
+
+
+def test_too_small_band_scratch_is_refused_by_the_extension():
+    from edgerun.kernels import _native
+    geom = BlockGeometry(16, 24, 24, 48, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True)
+    case = _case(geom, BlockSchedule(2, 6), 4)
+    w = case.weights
+    out = np.empty((16, 24, 24), np.float32)
+    scratch = _thread_scratch(geom, case.sched, 1)
+    with pytest.raises(ValueError, match="expanded"):
+        _native.run_block(case.x, out, w.we, w.we_t, w.be, w.wd, w.bd, w.wp_t, w.bp, scratch["expanded"],
+                          scratch["depthwise"], native._geometry_tuple(geom), 2, 6, (2, 0.0, 6.0),
+                          (2, 0.0, 6.0), 2, 2)
+
+
+def test_mobilenet_v2_with_two_threads_plans_and_measures_its_scratch():
+    import tracemalloc
+    from edgerun import InferenceSession, zoo
+    model = zoo.mobilenet_v2(1.0, 224, batch=1)
+    one = InferenceSession(model, kernels_backend="native", threads=1)
+    two = InferenceSession(model, kernels_backend="native", threads=2)
+    assert two.plan.peak_bytes >= one.plan.peak_bytes
+    by_bands = [s for s in two.plan.steps if s.kind == "InvertedResidual" and s.band_rows
+                and -(-two.compiled.problem.steps[two.compiled.problem.step_index(s.name)].block.out_height
+                      // s.band_rows) >= 2]
+    assert by_bands  # the fastest plan lets the two threads take whole bands
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    want = one.run(None, {"input": x})[0]
+    two.run(None, {"input": x})
+    assert not tracemalloc.is_tracing()
+    got = two.run(None, {"input": x}, profile=True)[0]
+    np.testing.assert_array_equal(got, want)
+    stats = two.last_run
+    assert stats.planned_peak_bytes == two.plan.peak_bytes
+    assert stats.measured_peak_bytes - stats.planned_peak_bytes <= 64 * 1024
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -179,3 +179,22 @@ def test_rows_for_match_brute_force(geom, band_rows):
     sched = BlockSchedule(1, band_rows)
     per_row = geom.hidden_width * 4 * 4 * geom.expand_kernel ** 2
     assert block_macs(geom, sched) == total_expand_rows * per_row + geom.depthwise_macs() + geom.projection_macs()
+
+
+def test_scratch_with_two_threads_holds_one_slice_per_thread():
+    # t=6, 4-row bands: 14 bands of the 56 output rows, so two threads take whole bands, each in
+    # its own slice of one thread's size: expanded 16 * 9 * 112 * 4 = 64512, depthwise 16 * 4 * 56 * 4 = 14336
+    sched = BlockSchedule(6, 4)
+    assert block_scratch(EXPAND_S2, sched, "native", threads=2) == {
+        "expanded": 2 * 64512,  # 129024
+        "depthwise": 2 * 14336,  # 28672
+    }
+    # no expansion: c = 16, 8-row bands of 112 rows (14 bands); three threads, three slices
+    assert block_scratch(NO_EXPAND, BlockSchedule(2, 8), "native", threads=3) == {"depthwise": 3 * 16 * 8 * 112 * 4}
+    # one band (unbanded), or fewer bands than threads: the threads share each step, one slice
+    assert block_scratch(EXPAND_S2, BlockSchedule(6, 56), "native", threads=2) == {
+        "expanded": 16 * 112 * 112 * 4, "depthwise": 16 * 56 * 56 * 4}
+    assert block_scratch(EXPAND_S2, BlockSchedule(6, 28), "native", threads=3) == \
+        block_scratch(EXPAND_S2, BlockSchedule(6, 28), "native")
+    # the numpy kernel ignores threads
+    assert block_scratch(EXPAND_S2, sched, "numpy", threads=2) == block_scratch(EXPAND_S2, sched, "numpy")

@@ -187,7 +187,8 @@ def run_block(x, out, weights, geom, sched, scratch, backend=None, threads=1):
     """Run one inverted-residual block for one image; `out` is fully written.
 
     backend: "numpy" / "native" / None (see backend()); threads: pthreads of the native kernel
-    (the numpy kernel ignores it)."""
+    (the numpy kernel ignores it); the scratch is block_scratch(geom, sched, backend, threads) (or,
+    native, one thread's: the threads then split each step by rows)."""
     chosen = backend or _choose_backend()
     if chosen == "numpy":
         from edgerun.kernels import numpy_block
@@ -209,8 +210,23 @@ def _check_array(name: str, array, shape: tuple[int, ...]) -> None:
         raise EdgerunError(f"{name}: expected shape {shape}, got {array.shape}")
 
 
-def check_block_args(x, out, weights, geom, sched, scratch, backend_name: str) -> None:
-    """Raise EdgerunError unless the arrays match the geometry and the scratch is big enough."""
+def holds_scratch(scratch, geom, sched, backend_name: str, threads: int = 1) -> bool:
+    """Whether `scratch` has every buffer block_scratch(geom, sched, backend_name, threads) names, big enough."""
+    from scheduler.blocks import block_scratch
+
+    if not isinstance(scratch, dict):
+        return False
+    for name, nbytes in block_scratch(geom, sched, backend_name, threads).items():
+        buf = scratch.get(name)
+        if not isinstance(buf, np.ndarray) or buf.nbytes < nbytes:
+            return False
+    return True
+
+
+def check_block_args(x, out, weights, geom, sched, scratch, backend_name: str, threads: int = 1) -> None:
+    """Raise EdgerunError unless the arrays match the geometry and the scratch is big enough
+    (block_scratch(geom, sched, backend_name, threads): one slice per thread where the native kernel
+    runs whole bands per thread)."""
     from scheduler.blocks import block_scratch
 
     _check_array("x", x, (geom.in_channels, geom.in_height, geom.in_width))
@@ -225,7 +241,7 @@ def check_block_args(x, out, weights, geom, sched, scratch, backend_name: str) -
         raise EdgerunError(f"weights (hidden {weights.hidden_channels}, dw kernel {weights.dw_kernel}, "
                            f"expand kernel {weights.expand_kernel}, out {weights.wp.shape[0]}) "
                            f"do not match the block geometry {geom}")
-    for name, nbytes in block_scratch(geom, sched, backend_name).items():
+    for name, nbytes in block_scratch(geom, sched, backend_name, threads).items():
         buf = scratch.get(name) if isinstance(scratch, dict) else None
         if buf is None:
             raise EdgerunError(f"scratch {name!r} ({nbytes} bytes) is missing")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.errors import EdgerunError
-from edgerun.kernels import Activation, check_block_args
+from edgerun.kernels import Activation, check_block_args, holds_scratch
+from scheduler.blocks import scratch_slices
 
 
 def _module():
@@ -38,13 +39,20 @@ def _call(function, *args):
 
 
 def run_block(x, out, weights, geom, sched, scratch, threads: int = 1) -> None:
-    """The fused block for one image; `threads` pthreads share each (band, chunk) step."""
-    check_block_args(x, out, weights, geom, sched, scratch, "native")
-    if threads < 1:
+    """The fused block for one image on `threads` pthreads.
+
+    With block_scratch(geom, sched, "native", threads) scratch (one slice per thread when the block
+    has at least `threads` bands) each thread takes whole bands into its own slice; with one thread's
+    scratch (a plan made for one thread) the threads share each (band, chunk) step by rows."""
+    if not isinstance(threads, int) or threads < 1:
         raise EdgerunError(f"threads must be >= 1, got {threads}")
+    slices = scratch_slices(geom, sched, "native", threads)
+    if slices > 1 and not holds_scratch(scratch, geom, sched, "native", threads):
+        slices = 1
+    check_block_args(x, out, weights, geom, sched, scratch, "native", threads=threads if slices > 1 else 1)
     _call(_module().run_block, x, out, weights.we, weights.we_t, weights.be, weights.wd, weights.bd,
           weights.wp_t, weights.bp, scratch.get("expanded"), scratch["depthwise"], _geometry_tuple(geom),
-          sched.t, sched.band_rows, _act(weights.expand_act), _act(weights.dw_act), int(threads))
+          sched.t, sched.band_rows, _act(weights.expand_act), _act(weights.dw_act), int(threads), slices)
 
 
 def pointwise_conv(x: np.ndarray, w_t: np.ndarray, bias, out: np.ndarray,

@@ -3,12 +3,18 @@
  * hidden rows the band needs, depthwise them, and accumulate their projection into out.
  *
  * Threads: a persistent pool (created on first use, torn down at exit, reset in a forked
- * child) shares every phase of one (band, chunk) step: the expansion over hidden channels or
- * pixel columns, the depthwise over hidden channels, the projection over output channels or
- * pixel columns. All threads work in the chunk's own buffers, so threads need no scratch of
- * their own; two barriers per step separate the phases. Every output element is computed by
- * the same operations in the same order whatever the split, so any thread count gives the
- * same bits. Waits spin briefly, then sleep on a condition variable. */
+ * child) runs the block one of two ways.
+ * - Whole bands per thread, when the block has at least as many bands as threads and the
+ *   caller gave one private slice of `expanded` and `depthwise` per thread (block_scratch
+ *   with threads=T declares them): each thread takes whole bands, all their chunks, in its
+ *   own slices; a band's projection writes only that band's output rows. One hand-over per
+ *   block, and each thread keeps its data in its own core's cache.
+ * - Otherwise the threads share every phase of one (band, chunk) step: the expansion over
+ *   hidden rows, the depthwise and projection over output rows, in the chunk's single
+ *   buffers; the phases of a step are separated by waits.
+ * Every output element is computed by the same operations in the same order whatever the
+ * split, so any thread count gives the same bits. Waits spin briefly, then sleep on a
+ * condition variable. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, pthread_sigmask */
 #include <pthread.h>
 #include <signal.h>
@@ -550,23 +556,37 @@ static void rows_item(void *ctx, int k)
                job->out + (long)job->o0 * g->out_width + n0, plane, 1, NULL, NULL);
 }
 
-/* Each (band, chunk) step: [expansion of the hidden rows, split by rows] then [depthwise and
- * projection, split by output rows]; each phase completes before the next starts. Part k of
- * both phases goes to the same thread, so its rows stay in its cache. */
+/* Sets the job's band to output rows [o0, o0 + band_rows) and the hidden rows it reads. */
+static void set_band(block_job *job, int o0)
+{
+    const er_block_geom *g = job->g;
+    job->o0 = o0;
+    job->o1 = min_int(o0 + job->band_rows, g->out_height);
+    job->h0 = max_int(0, o0 * g->dw_stride - g->dw_pads[0]);
+    job->h1 = min_int(g->hidden_height, (job->o1 - 1) * g->dw_stride - g->dw_pads[0] + g->dw_kernel);
+}
+
+/* Multiply-adds of one (band, chunk) step of the job's current band. */
+static double step_macs(const block_job *job)
+{
+    const er_block_geom *g = job->g;
+    int chunk = er_ceil_div(g->hidden_channels, job->t);
+    int band_out = (job->o1 - job->o0) * g->out_width, k2 = g->expand_kernel * g->expand_kernel;
+    return (double)chunk * ((double)g->in_channels * k2 * (job->h1 - job->h0) * g->hidden_width +
+                            (double)(g->dw_kernel * g->dw_kernel + g->out_channels) * band_out);
+}
+
+/* Row split: each (band, chunk) step is [expansion of the hidden rows, split by rows] then
+ * [depthwise and projection, split by output rows]; each phase completes before the next
+ * starts. Part k of both phases goes to the same thread, so its rows stay in its cache. */
 static void run_steps(er_team *team, block_job *job, int threads)
 {
     const er_block_geom *g = job->g;
     int chunk = er_ceil_div(g->hidden_channels, job->t);
     for (int o0 = 0; o0 < g->out_height; o0 += job->band_rows) {
-        job->o0 = o0;
-        job->o1 = min_int(o0 + job->band_rows, g->out_height);
-        job->h0 = max_int(0, o0 * g->dw_stride - g->dw_pads[0]);
-        job->h1 = min_int(g->hidden_height, (job->o1 - 1) * g->dw_stride - g->dw_pads[0] + g->dw_kernel);
-        int band_out = (job->o1 - o0) * g->out_width, k2 = g->expand_kernel * g->expand_kernel;
-        double step_macs = (double)chunk * ((double)g->in_channels * k2 * (job->h1 - job->h0) * g->hidden_width +
-                                            (double)(g->dw_kernel * g->dw_kernel + g->out_channels) * band_out);
+        set_band(job, o0);
         job->parts = team ? max_int(1, min_int(min_int(min_int(threads, MAX_THREADS), job->o1 - o0),
-                                               (int)fmin(1e9, step_macs / ((double)LOAD(&min_part_macs) + 1.0)))) : 1;
+                                               (int)fmin(1e9, step_macs(job) / ((double)LOAD(&min_part_macs) + 1.0)))) : 1;
         for (int c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
             job->c0 = c0;
             job->c1 = min_int(c0 + chunk, g->hidden_channels);
@@ -576,12 +596,65 @@ static void run_steps(er_team *team, block_job *job, int threads)
     }
 }
 
+/* Whole bands per thread: item k owns slice k of `expanded` and `depthwise` and runs bands
+ * k, k + items, k + 2 * items, ... (an item whose thread is late is taken by a free one). It
+ * runs every chunk of a band exactly as one thread does (one part), and a band's projection
+ * writes only that band's output rows, so no two items write the same bytes and every output
+ * element sees the same operations in the same order as with one thread. */
+typedef struct {
+    const block_job *base;
+    long expanded_slice, depthwise_slice; /* floats per item */
+    int bands, items;
+} band_job;
+
+static void band_item(void *ctx, int k)
+{
+    band_job *bands = (band_job *)ctx;
+    block_job job = *bands->base;
+    const er_block_geom *g = job.g;
+    int chunk = er_ceil_div(g->hidden_channels, job.t);
+    job.parts = 1;
+    if (job.expanded) job.expanded += (long)k * bands->expanded_slice;
+    job.depthwise += (long)k * bands->depthwise_slice;
+    for (int b = k; b < bands->bands; b += bands->items) {
+        set_band(&job, b * job.band_rows);
+        for (int c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
+            job.c0 = c0;
+            job.c1 = min_int(c0 + chunk, g->hidden_channels);
+            if (g->expand_kernel) expand_item(&job, 0);
+            rows_item(&job, 0);
+        }
+    }
+}
+
+static void run_bands(er_team *team, block_job *job, int items)
+{
+    const er_block_geom *g = job->g;
+    int chunk = er_ceil_div(g->hidden_channels, job->t);
+    band_job bands = {.base = job, .bands = er_ceil_div(g->out_height, job->band_rows)};
+    bands.expanded_slice = (long)chunk * er_block_hidden_rows(g, job->band_rows) * g->hidden_width;
+    bands.depthwise_slice = (long)chunk * job->band_rows * g->out_width;
+    /* a block too small to pay for the hand-over runs on the caller (slice 0) */
+    set_band(job, 0);
+    double macs = step_macs(job) * er_ceil_div(g->hidden_channels, chunk) * bands.bands;
+    if (macs < 2.0 * (double)LOAD(&min_part_macs)) items = 1;
+    bands.items = min_int(items, bands.bands);
+    er_team_run(team, band_item, &bands, bands.items);
+}
+
 void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
-                  const float *x, float *out, float *expanded, float *depthwise, int threads)
+                  const float *x, float *out, float *expanded, float *depthwise, int threads,
+                  int slices)
 {
     block_job job = {.g = g, .w = w, .t = t, .band_rows = band_rows, .x = x, .out = out,
                      .expanded = expanded, .depthwise = depthwise};
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    int parallel_bands = threads > 1 && slices >= threads &&
+                         er_ceil_div(g->out_height, band_rows) >= threads;
     er_team *team = er_team_begin(threads);
-    run_steps(team, &job, threads);
+    if (parallel_bands)
+        run_bands(team, &job, threads);
+    else
+        run_steps(team, &job, threads);
     er_team_end(team);
 }

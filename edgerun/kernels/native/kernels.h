@@ -101,12 +101,15 @@ const char *er_block_derive(er_block_geom *g);
 int er_block_hidden_rows(const er_block_geom *g, int band_rows);
 int er_ceil_div(int a, int b);
 
-/* Runs the block for one image. expanded: ceil(E/t) * hidden_rows(band_rows) * Wh floats
- * (unused without expansion); depthwise: ceil(E/t) * band_rows * Wo floats, shared by all
- * threads: threads > 1 splits each (band, chunk) step across the pool, no extra scratch.
- * The result has the same bits for any thread count. */
+/* Runs the block for one image. expanded: slices * ceil(E/t) * hidden_rows(band_rows) * Wh
+ * floats (unused without expansion); depthwise: slices * ceil(E/t) * band_rows * Wo floats.
+ * With threads > 1, slices >= threads and at least `threads` bands, each thread takes whole
+ * bands into its own slice (slice k: the k-th run of ceil(E/t) * ... floats); otherwise only
+ * slice 0 is used and the threads split each (band, chunk) step by rows. The result has the
+ * same bits for any thread count. */
 void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
-                  const float *x, float *out, float *expanded, float *depthwise, int threads);
+                  const float *x, float *out, float *expanded, float *depthwise, int threads,
+                  int slices);
 
 /* Persistent thread pool (workers start on first use and stay; waits spin briefly, then sleep).
  * A job: team = er_team_begin(threads) (NULL: run on the calling thread alone, also while the

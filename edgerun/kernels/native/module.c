@@ -29,22 +29,24 @@ static int parse_geometry(PyObject *spec, er_block_geom *g)
 
 PyDoc_STRVAR(run_block_doc,
 "run_block(x, out, we, we_t, be, wd, bd, wp_t, bp, expanded, depthwise, geometry, t, band_rows,\n"
-"          expand_act, dw_act, threads)\n\n"
+"          expand_act, dw_act, threads, slices=1)\n\n"
 "Fused inverted-residual block for one image. geometry = (Cin, H, W, E, ke, se, (4 pads), kd,\n"
-"sd, (4 pads), Cout, residual); activations are (code, a, b). we/we_t/be are None when ke == 0.");
+"sd, (4 pads), Cout, residual); activations are (code, a, b). we/we_t/be are None when ke == 0.\n"
+"expanded and depthwise hold `slices` per-thread slices of one thread's size; threads take whole\n"
+"bands into their own slice when slices >= threads and the block has >= threads bands.");
 
 static PyObject *py_run_block(PyObject *self, PyObject *args)
 {
     PyObject *x, *out, *we, *we_t, *be, *wd, *bd, *wp_t, *bp, *expanded, *depthwise, *geom_spec;
     PyObject *expand_spec, *dw_spec;
-    int t, band_rows, threads;
+    int t, band_rows, threads, slices = 1;
     er_block_geom g;
     er_block_weights w;
     er_buffer_set set = {.count = 0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiiOOi", &x, &out, &we, &we_t, &be, &wd, &bd, &wp_t, &bp,
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiiOOi|i", &x, &out, &we, &we_t, &be, &wd, &bd, &wp_t, &bp,
                           &expanded, &depthwise, &geom_spec, &t, &band_rows, &expand_spec, &dw_spec,
-                          &threads))
+                          &threads, &slices))
         return NULL;
     if (!PyTuple_Check(geom_spec) || parse_geometry(geom_spec, &g) != 0) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "geometry must be a tuple");
@@ -57,6 +59,10 @@ static PyObject *py_run_block(PyObject *self, PyObject *args)
     if (t < 1 || t > g.hidden_channels || band_rows < 1 || band_rows > g.out_height) {
         PyErr_Format(PyExc_ValueError, "t must be in 1..%d and band_rows in 1..%d, got %d and %d",
                      g.hidden_channels, g.out_height, t, band_rows);
+        return NULL;
+    }
+    if (slices < 1 || slices > 4096) {
+        PyErr_Format(PyExc_ValueError, "slices must be in 1..4096, got %d", slices);
         return NULL;
     }
     Py_ssize_t E = g.hidden_channels, Cin = g.in_channels, Cout = g.out_channels;
@@ -80,15 +86,17 @@ static PyObject *py_run_block(PyObject *self, PyObject *args)
         goto fail;
     float *expanded_p = NULL;
     if (g.expand_kernel &&
-        !(expanded_p = er_acquire(&set, expanded, "scratch 'expanded'", chunk * hidden_rows * g.hidden_width,
+        !(expanded_p = er_acquire(&set, expanded, "scratch 'expanded'",
+                                  slices * chunk * hidden_rows * g.hidden_width,
                                   1, 1)))
         goto fail;
     float *depthwise_p = er_acquire(&set, depthwise, "scratch 'depthwise'",
-                                    chunk * band_rows * g.out_width, 1, 1);
+                                    slices * chunk * band_rows * g.out_width, 1, 1);
     if (!depthwise_p || er_check_no_overlap(&set) != 0) goto fail;
 
     Py_BEGIN_ALLOW_THREADS
-    er_block_run(&g, t, band_rows, &w, xp, outp, expanded_p, depthwise_p, threads);
+    er_block_run(&g, t, band_rows, &w, xp, outp, expanded_p, depthwise_p, threads,
+                 slices);
     Py_END_ALLOW_THREADS
 
     er_release_all(&set);
