@@ -180,6 +180,23 @@ def scratch_slices(geom: BlockGeometry, sched: BlockSchedule, backend: str, thre
     return 1
 
 
+# The native kernel splits a (band, chunk) step of at most this many output pixels between its
+# threads by channels, a wider one by rows (CHANNEL_SPLIT_PIXELS in edgerun/kernels/native/block.c).
+CHANNEL_SPLIT_PIXELS = 256
+
+
+def parallel_threads(geom: BlockGeometry, sched: BlockSchedule, backend: str, threads: int = 1) -> int:
+    """Threads the native kernel keeps busy on the whole block: `threads` with whole bands per thread;
+    min(threads, chunk channels, out channels) when narrow bands are split by channels; else 1 (one
+    thread, the numpy kernel, or wide bands split by rows, whose gain is not counted on)."""
+    slices = scratch_slices(geom, sched, backend, threads)
+    if slices > 1:
+        return slices
+    if backend == "native" and threads > 1 and sched.band_rows * geom.out_width <= CHANNEL_SPLIT_PIXELS:
+        return max(1, min(threads, chunk_channels(geom, sched.t), geom.out_channels))
+    return 1
+
+
 def block_scratch(geom: BlockGeometry, sched: BlockSchedule, backend: str, threads: int = 1) -> dict[str, int]:
     """Scratch bytes one block step needs, by name (see docs/architecture.md).
 

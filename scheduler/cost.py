@@ -5,7 +5,8 @@ block seconds = dense_macs * s_pw + depthwise_macs * s_dw + calls * s_call
               plus projection; calls: chunks * bands inner iterations.
 other step seconds = macs * s_other + s_call
 With threads T > 1 on the native backend, a block of at least T bands runs whole bands per
-thread: its seconds are divided by T.
+thread, and narrow bands (CHANNEL_SPLIT_PIXELS) are split by channels: their seconds are
+divided by the threads kept busy (blocks.parallel_threads).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .blocks import BlockGeometry, BlockSchedule, block_calls, block_macs_split, scratch_slices
+from .blocks import BlockGeometry, BlockSchedule, block_calls, block_macs_split, parallel_threads
 
 # numpy: measured on a 2-core x86 box (BLAS float32 matmul ~2.5e-11 s/MAC,
 # depthwise as 9 strided multiply-adds ~1.2e-9 s/MAC, ~25 numpy calls per
@@ -55,12 +56,12 @@ class CostModel:
         return block_features(geom, sched)
 
     def block_seconds(self, geom: BlockGeometry, sched: BlockSchedule, threads: int = 1) -> float:
-        """One-thread seconds; divided by the threads when the native kernel runs whole bands per
-        thread (threads > 1 and at least that many bands; scratch_slices).  Blocks whose threads
-        share each (band, chunk) step are estimated at their one-thread time."""
+        """One-thread seconds divided by the threads the native kernel keeps busy on the block
+        (blocks.parallel_threads: whole bands per thread, or narrow bands split by channels; wide
+        bands split by rows are estimated at their one-thread time)."""
         dense, depthwise, calls = block_features(geom, sched)
         seconds = dense * self.s_pw + depthwise * self.s_dw + calls * self.s_call
-        return seconds / scratch_slices(geom, sched, self.backend, threads)
+        return seconds / parallel_threads(geom, sched, self.backend, threads)
 
     def step_seconds(self, macs: int) -> float:
         return macs * self.s_other + self.s_call

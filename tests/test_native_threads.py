@@ -166,6 +166,17 @@ def test_threads_on_large_blocks_with_the_default_part_size(geom, sched):
         np.testing.assert_array_equal(_run(case, threads), one)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(block_cases(max_channels=6, max_hidden=10, max_size=40))
+def test_row_and_channel_splits_give_the_same_bits_on_wider_blocks(split_every_step, case):
+    # bands of more than 256 output pixels are split by rows, narrower ones by channels
+    one = _run(case, 1)
+    assert_close(one, reference_block(case))
+    for threads in (2, 3):
+        np.testing.assert_array_equal(_run(case, threads), one)
+
+
 def test_calls_from_two_python_threads_with_native_threads(split_every_step):
     geoms = [BlockGeometry(16, 24, 24, 48, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
              BlockGeometry(8, 30, 22, 40, 3, 2, (1, 1, 1, 1), 5, 1, (2, 2, 2, 2), 12, False)]

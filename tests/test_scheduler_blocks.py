@@ -198,3 +198,17 @@ def test_scratch_with_two_threads_holds_one_slice_per_thread():
         block_scratch(EXPAND_S2, BlockSchedule(6, 28), "native")
     # the numpy kernel ignores threads
     assert block_scratch(EXPAND_S2, sched, "numpy", threads=2) == block_scratch(EXPAND_S2, sched, "numpy")
+
+
+def test_threads_the_native_kernel_keeps_busy():
+    from scheduler.blocks import parallel_threads
+    # 14 bands of 4 rows: whole bands per thread
+    assert parallel_threads(EXPAND_S2, BlockSchedule(6, 4), "native", 2) == 2
+    # one band of 56 x 56 pixels: split by rows, not counted on
+    assert parallel_threads(EXPAND_S2, BlockSchedule(6, 56), "native", 2) == 1
+    # MobileNetV2's 7x7 block 160 -> 960 -> 160, unbanded: 49 pixels split by channels
+    late = BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True)
+    assert parallel_threads(late, BlockSchedule(1, 7), "native", 2) == 2
+    assert parallel_threads(late, BlockSchedule(960, 7), "native", 3) == 1  # one hidden channel a chunk
+    assert parallel_threads(late, BlockSchedule(1, 7), "numpy", 2) == 1
+    assert parallel_threads(late, BlockSchedule(1, 7), "native", 1) == 1

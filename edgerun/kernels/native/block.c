@@ -9,9 +9,12 @@
  *   with threads=T declares them): each thread takes whole bands, all their chunks, in its
  *   own slices; a band's projection writes only that band's output rows. One hand-over per
  *   block, and each thread keeps its data in its own core's cache.
- * - Otherwise the threads share every phase of one (band, chunk) step: the expansion over
- *   hidden rows, the depthwise and projection over output rows, in the chunk's single
- *   buffers; the phases of a step are separated by waits.
+ * - Otherwise the threads share every phase of one (band, chunk) step in the chunk's single
+ *   buffers; the phases of a step are separated by waits. A narrow band (at most
+ *   CHANNEL_SPLIT_PIXELS output pixels, e.g. the 7x7 and 14x14 blocks) is split by channels:
+ *   expansion and depthwise by hidden channels, projection by output channels, so each thread
+ *   reads part of the weights and the GEMMs keep every column; a wider band by rows: the
+ *   expansion over hidden rows, the depthwise and projection over output rows.
  * Every output element is computed by the same operations in the same order whatever the
  * split, so any thread count gives the same bits. Waits spin briefly, then sleep on a
  * condition variable. */
@@ -26,6 +29,9 @@
 #endif
 
 #include "kernels.h"
+#ifndef CHANNEL_SPLIT_PIXELS
+#define CHANNEL_SPLIT_PIXELS 256
+#endif
 
 int er_ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -424,7 +430,8 @@ static int im2col_group_rows(const er_block_geom *g)
     return (int)(IM2COL_FLOATS / (taps * g->hidden_width));
 }
 
-static void expand_rows_im2col(block_job *job, int c0, int c1, int h0, int h1, int ha, int hb)
+/* Hidden rows [ha, hb) of channels [c0, c1) into dst (channel c0's rows [h0, h1)). */
+static void expand_rows_im2col(block_job *job, int c0, int c1, int h0, int h1, int ha, int hb, float *dst)
 {
     const er_block_geom *g = job->g;
     const er_block_weights *w = job->w;
@@ -435,7 +442,7 @@ static void expand_rows_im2col(block_job *job, int c0, int c1, int h0, int h1, i
         int he = min_int(hb, h + group);
         gather_im2col(g, job->x, h, he, cols);
         er_gemm_tn(c1 - c0, (he - h) * width, (int)taps, w->we_t + c0, g->hidden_channels, cols,
-                   (long)(he - h) * width, job->expanded + (long)(h - h0) * width,
+                   (long)(he - h) * width, dst + (long)(h - h0) * width,
                    (long)(h1 - h0) * width, 0, w->be + c0, &w->expand_act);
     }
 }
@@ -491,7 +498,7 @@ static void expand_item(void *ctx, int k)
                    job->expanded + (long)(ha - job->h0) * width, columns, 0, w->be + job->c0,
                    &w->expand_act);
     } else if (im2col_group_rows(g) >= 1) {
-        expand_rows_im2col(job, job->c0, job->c1, job->h0, job->h1, ha, hb);
+        expand_rows_im2col(job, job->c0, job->c1, job->h0, job->h1, ha, hb, job->expanded);
     } else {
         for (int c = job->c0; c < job->c1; c++)
             for (int h = ha; h < hb; h++)
@@ -500,12 +507,12 @@ static void expand_item(void *ctx, int k)
     }
 }
 
-/* out[:, columns n0:n1 of the band] = bias (+ x), before the band's first chunk accumulates. */
-static void initialise_output(block_job *job, int n0, int n1)
+/* out[m0:m1, columns n0:n1 of the band] = bias (+ x), before the band's first chunk accumulates. */
+static void initialise_channels(block_job *job, int m0, int m1, int n0, int n1)
 {
     const er_block_geom *g = job->g;
     long plane = (long)g->out_height * g->out_width, first = (long)job->o0 * g->out_width;
-    for (int c = 0; c < g->out_channels; c++) {
+    for (int c = m0; c < m1; c++) {
         float *o = job->out + c * plane + first;
         float b = job->w->bp[c];
         if (g->residual) {
@@ -515,6 +522,11 @@ static void initialise_output(block_job *job, int n0, int n1)
             for (int i = n0; i < n1; i++) o[i] = b;
         }
     }
+}
+
+static void initialise_output(block_job *job, int n0, int n1)
+{
+    initialise_channels(job, 0, job->g->out_channels, n0, n1);
 }
 
 /* Part k of the step: depthwise (+ bias, activation) of every hidden channel of the chunk for
@@ -576,6 +588,79 @@ static double step_macs(const block_job *job)
                             (double)(g->dw_kernel * g->dw_kernel + g->out_channels) * band_out);
 }
 
+/* ---- channel split: for narrow bands (few pixels), where a row split would leave each
+ * thread too few columns for the GEMM tiles. Phase 1, part k: expansion and depthwise of its
+ * share of the chunk's hidden channels; phase 2, part k: the projection of its share of the
+ * output channels over all the band's pixels. Scratch layouts are those of one part. */
+static void share(int n, int parts, int k, int *a, int *b)
+{
+    *a = (int)((long)n * k / parts);
+    *b = (int)((long)n * (k + 1) / parts);
+}
+
+static void hidden_item(void *ctx, int k)
+{
+    block_job *job = (block_job *)ctx;
+    const er_block_geom *g = job->g;
+    const er_block_weights *w = job->w;
+    int a0, a1, kd = g->dw_kernel;
+    share(job->c1 - job->c0, job->parts, k, &a0, &a1);
+    if (a0 >= a1) return;
+    int ca = job->c0 + a0, cb = job->c0 + a1, width = g->hidden_width, rows = job->h1 - job->h0;
+    long columns = (long)rows * width;
+    const float *hidden;
+    long hidden_stride;
+    int hidden_row0;
+    if (g->expand_kernel) {
+        float *dst = job->expanded + a0 * columns;
+        if (is_plain_pointwise(g)) {
+            er_gemm_tn(cb - ca, (int)columns, g->in_channels, w->we_t + ca, g->hidden_channels,
+                       job->x + (long)job->h0 * g->in_width, (long)g->in_height * g->in_width, dst, columns,
+                       0, w->be + ca, &w->expand_act);
+        } else if (im2col_group_rows(g) >= 1) {
+            expand_rows_im2col(job, ca, cb, job->h0, job->h1, job->h0, job->h1, dst);
+        } else {
+            for (int c = ca; c < cb; c++)
+                for (int h = job->h0; h < job->h1; h++)
+                    expand_row_direct(g, w, job->x, c, h,
+                                      job->expanded + ((long)(c - job->c0) * rows + (h - job->h0)) * width);
+        }
+        hidden = job->expanded;
+        hidden_stride = columns;
+        hidden_row0 = job->h0;
+    } else {
+        hidden_stride = (long)g->in_height * g->in_width;
+        hidden = job->x + job->c0 * hidden_stride;
+        hidden_row0 = 0;
+    }
+    long n = (long)(job->o1 - job->o0) * g->out_width;
+    for (int i = a0; i < a1; i++) {
+        int c = job->c0 + i;
+        er_depthwise_rows(hidden + i * hidden_stride, hidden_row0, g->hidden_height, g->hidden_width,
+                          w->wd + (long)c * kd * kd, kd, g->dw_stride, g->dw_pads, w->bd[c], &w->dw_act,
+                          job->depthwise + i * n, job->o0, job->o1, g->out_width);
+    }
+}
+
+static void project_item(void *ctx, int k)
+{
+    block_job *job = (block_job *)ctx;
+    const er_block_geom *g = job->g;
+    int m0, m1;
+    share(g->out_channels, job->parts, k, &m0, &m1);
+    if (m0 >= m1) return;
+    int n = (job->o1 - job->o0) * g->out_width;
+    if (job->c0 == 0) initialise_channels(job, m0, m1, 0, n);
+    long plane = (long)g->out_height * g->out_width;
+    er_gemm_tn(m1 - m0, n, job->c1 - job->c0, job->w->wp_t + (long)job->c0 * g->out_channels + m0,
+               g->out_channels, job->depthwise, n, job->out + m0 * plane + (long)job->o0 * g->out_width,
+               plane, 1, NULL, NULL);
+}
+
+/* Bands of at most this many output pixels are split by channels, wider ones by rows
+ * (scheduler.blocks.CHANNEL_SPLIT_PIXELS says the same to the cost model). */
+static int channel_split_pixels = CHANNEL_SPLIT_PIXELS;
+
 /* Row split: each (band, chunk) step is [expansion of the hidden rows, split by rows] then
  * [depthwise and projection, split by output rows]; each phase completes before the next
  * starts. Part k of both phases goes to the same thread, so its rows stay in its cache. */
@@ -585,11 +670,19 @@ static void run_steps(er_team *team, block_job *job, int threads)
     int chunk = er_ceil_div(g->hidden_channels, job->t);
     for (int o0 = 0; o0 < g->out_height; o0 += job->band_rows) {
         set_band(job, o0);
-        job->parts = team ? max_int(1, min_int(min_int(min_int(threads, MAX_THREADS), job->o1 - o0),
+        int by_channels = (job->o1 - o0) * g->out_width <= channel_split_pixels;
+        int most = by_channels ? min_int(g->out_channels, chunk) : job->o1 - o0;
+        job->parts = team ? max_int(1, min_int(min_int(min_int(threads, MAX_THREADS), most),
                                                (int)fmin(1e9, step_macs(job) / ((double)LOAD(&min_part_macs) + 1.0)))) : 1;
+        by_channels = by_channels && job->parts > 1;
         for (int c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
             job->c0 = c0;
             job->c1 = min_int(c0 + chunk, g->hidden_channels);
+            if (by_channels) {
+                er_team_run(team, hidden_item, job, job->parts);
+                er_team_run(team, project_item, job, job->parts);
+                continue;
+            }
             if (g->expand_kernel) er_team_run(team, expand_item, job, job->parts);
             er_team_run(team, rows_item, job, job->parts);
         }

@@ -105,8 +105,8 @@ int er_ceil_div(int a, int b);
  * floats (unused without expansion); depthwise: slices * ceil(E/t) * band_rows * Wo floats.
  * With threads > 1, slices >= threads and at least `threads` bands, each thread takes whole
  * bands into its own slice (slice k: the k-th run of ceil(E/t) * ... floats); otherwise only
- * slice 0 is used and the threads split each (band, chunk) step by rows. The result has the
- * same bits for any thread count. */
+ * slice 0 is used and the threads split each (band, chunk) step by channels (narrow bands) or
+ * by rows. The result has the same bits for any thread count. */
 void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
                   const float *x, float *out, float *expanded, float *depthwise, int threads,
                   int slices);
