@@ -308,3 +308,20 @@ def test_workers_beyond_the_thread_count_stay_asleep(split_every_step):
     assert len(workers) >= 15
     busy = [task for task in workers if after.get(task, 0) > before.get(task, 0)]
     assert len(busy) <= 1  # worker 1; the 14 others were not woken per phase
+
+
+def test_a_one_thread_plan_runs_with_two_threads():
+    """A plan made for one thread (e.g. from a bundle) has one scratch slice per block: two threads then
+    split each step instead of taking whole bands, with the same bits."""
+    from edgerun import InferenceSession, zoo
+    from edgerun.executor import CompiledModel
+    from scheduler import memory_minimal
+    one = InferenceSession(zoo.mobilenet_v2(1.0, 96, batch=1), kernels_backend="native", threads=1)
+    plan = memory_minimal(one.compiled.problem, alignment=64)  # banded blocks, one slice each
+    heights = {s.name: s.block.out_height for s in one.compiled.problem.block_steps()}
+    assert any(-(-heights[s.name] // s.band_rows) >= 2 for s in plan.steps if s.name in heights)
+    x = np.random.default_rng(1).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    want = one.run(None, {"input": x})[0]
+    compiled = CompiledModel(one.compiled.graph, budget=None, backend="native", threads=2, plan=plan)
+    assert compiled.scratch_threads == 1 and compiled.problem.threads == 1
+    np.testing.assert_array_equal(compiled.run({"input": x}, ["logits"])[0][0], want)
