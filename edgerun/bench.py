@@ -4,9 +4,9 @@ For each model: onnxruntime (CPUExecutionProvider, intra_op_num_threads = --thre
 with each kernel backend (numpy; native when the C extension loads), each with two plans: the
 fastest (no budget) and the memory-minimal one (budget = the smallest reachable peak, taken from
 the MemoryBudgetError a 1-byte budget raises). Every configuration is warmed up, then the runs are
-taken in turns (each configuration runs one untimed run, then 5 timed runs, then the next one), so
-that a change in machine load touches all of them alike and no configuration is timed while another's
-threads still spin; the figure is the median of the runs. Speed is stated as
+taken in turns (each configuration pauses 0.1 s, runs one untimed run, then 5 timed runs, then the next
+one), so that a change in machine load touches all of them alike and no configuration is timed while
+another's threads still spin; the figure is the median of the runs. Speed is stated as
 ratios: to onnxruntime measured in the same run, and to edgerun's own fastest plan on the same
 backend. Beside each plan: its planned peak and the cost model's estimated time.
 """
@@ -207,11 +207,15 @@ def _onnxruntime_runner(session, feeds):
 
 
 # ---------------------------------------------------------------- timing
+SWITCH_PAUSE_SECONDS = 0.1
+
+
 def time_interleaved(configs: list[Config], runs: int, warmup: int, label: str = "", block: int = 5) -> None:
-    """Warm each configuration up, then take turns: each configuration runs one untimed run and then `block`
-    timed runs, round after round, until each has `runs` timings. Taking turns spreads a change in the
-    machine's load over all configurations; the untimed run absorbs the previous configuration's threads
-    still spinning (onnxruntime's pool spins after each run and would take a core from the next one)."""
+    """Warm each configuration up, then take turns: each configuration waits SWITCH_PAUSE_SECONDS, runs one
+    untimed run and then `block` timed runs, round after round, until each has `runs` timings. Taking turns
+    spreads a change in the machine's load over all configurations; the pause lets the previous
+    configuration's idle threads stop spinning (onnxruntime's pool spins for tens of milliseconds after a
+    run and would take a core from a multi-threaded edgerun timed right after it)."""
     from edgerun.progress import progress
     for config in configs:
         for _ in range(warmup):
@@ -219,6 +223,7 @@ def time_interleaved(configs: list[Config], runs: int, warmup: int, label: str =
     rounds = -(-runs // block)
     for round_index in progress(range(rounds), total=rounds, label=label):
         for config in configs:
+            time.sleep(SWITCH_PAUSE_SECONDS)
             config.run()
             for _ in range(min(block, runs - round_index * block)):
                 start = time.perf_counter()
