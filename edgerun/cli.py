@@ -577,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend the plan is for")
+    plan.add_argument("--threads", type=_positive_int("--threads"), metavar="N",
+                      help="native threads the plan is for (each banded block gets a scratch slice per thread)")
     plan.set_defaults(handler=command_plan)
 
     for name, (_, _, description) in EXTERNAL_COMMANDS.items():
