@@ -162,6 +162,22 @@ void er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float 
 
 /* ---------------------------------------------------------------- pooling */
 
+/* The average of a window whose values sum to `sum`: kind 1 counts the window's cells inside the input,
+ * kind 2 also its cells in the padding (up to the padded extent). */
+static inline float window_average(float sum, int kind, int rows, int x0, int kx0, int kx1, int kw, int w,
+                                   int left, int right)
+{
+    int cols;
+    if (kind == 1) {
+        cols = kx1 - kx0;
+    } else {
+        int lo = x0 > -left ? x0 : -left, hi = x0 + kw < w + right ? x0 + kw : w + right;
+        cols = hi - lo;
+    }
+    int count = rows * cols;
+    return sum / (float)(count > 0 ? count : 1);
+}
+
 static inline __attribute__((always_inline)) void
 pool_row(int kind, int KW, const float *src, int w, int y0, int ky0, int ky1, int kh_pad_rows, float *row, int wo,
          int kw, int sw, int left, int right)
@@ -182,18 +198,7 @@ pool_row(int kind, int KW, const float *src, int w, int y0, int ky0, int ky1, in
                 for (int j = kx0; j < kx1; j++) acc = kind == 0 ? (p[j] > acc ? p[j] : acc) : acc + p[j];
             }
         }
-        if (kind != 0) {
-            int cols;
-            if (kind == 1) {
-                cols = kx1 - kx0;
-            } else {
-                int lo = x0 > -left ? x0 : -left, hi = x0 + kw < w + right ? x0 + kw : w + right;
-                cols = hi - lo;
-            }
-            int count = kh_pad_rows * cols;
-            acc /= (float)(count > 0 ? count : 1);
-        }
-        row[ox] = acc;
+        row[ox] = kind == 0 ? acc : window_average(acc, kind, kh_pad_rows, x0, kx0, kx1, kw, w, left, right);
     }
 }
 
@@ -222,15 +227,7 @@ static inline __attribute__((always_inline)) void pool_row_separable(int kind, c
             for (int j = kx0 + 1; j < kx1; j++) acc = p[j] > acc ? p[j] : acc;
         } else {
             for (int j = kx0 + 1; j < kx1; j++) acc += p[j];
-            int cols;
-            if (kind == 1) {
-                cols = kx1 - kx0;
-            } else {
-                int lo = x0 > -left ? x0 : -left, hi = x0 + kw < w + right ? x0 + kw : w + right;
-                cols = hi - lo;
-            }
-            int count = rows_for_count * cols;
-            acc /= (float)(count > 0 ? count : 1);
+            acc = window_average(acc, kind, rows_for_count, x0, kx0, kx1, kw, w, left, right);
         }
         row[ox] = acc;
     }
