@@ -86,3 +86,15 @@ def require_inputs(node, inputs, count: int, name_hint: str = "") -> None:
     present = [i for i in inputs[:count] if i is not None]
     if len(inputs) < count or len(present) < count:
         raise invalid(node, f"expects {count} input(s){name_hint}, got {len(present)}")
+
+
+def normalized_axes(node, axes, rank: int, what: str = "axes") -> list[int]:
+    """Axes in 0..rank-1 (negative ones counted from the end); out-of-range or repeated axes are an error."""
+    normalised = []
+    for axis in axes:
+        if not -rank <= axis < rank:
+            raise invalid(node, f"{what}: axis {axis} is out of range for rank {rank}")
+        normalised.append(axis % rank)
+    if len(set(normalised)) != len(normalised):
+        raise invalid(node, f"{what} {list(axes)} repeat an axis")
+    return normalised

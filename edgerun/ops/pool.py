@@ -9,7 +9,7 @@ from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
 from edgerun.ops.conv import int_list_attr, resolve_conv_pads, window_slices
-from edgerun.ops._common import attr_int, attr_ints, invalid, require_inputs
+from edgerun.ops._common import attr_int, attr_ints, invalid, normalized_axes, require_inputs
 
 
 def _pool_params(node, rank, opset):
@@ -217,14 +217,7 @@ def _reduce_axes(node, axes_input, rank, opset):
         axes = attr_ints(node, "axes", [])
     if not axes:
         return () if attr_int(node, "noop_with_empty_axes", 0) else tuple(range(rank))
-    normalised = []
-    for axis in axes:
-        if not -rank <= axis < rank:
-            raise invalid(node, f"axis {axis} out of range for input rank {rank}")
-        normalised.append(axis % rank)
-    if len(set(normalised)) != len(normalised):
-        raise invalid(node, f"axes {axes} repeat an axis")
-    return tuple(sorted(normalised))
+    return tuple(sorted(normalized_axes(node, axes, rank)))
 
 
 def _reduced_shape(shape, axes, keepdims):

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.ops import register
-from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid
+from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid, normalized_axes
 
 _MODES = ("nearest", "linear", "cubic")
 _TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
@@ -38,14 +38,7 @@ def _resize_axes(node, rank, opset):
     axes = attr_ints(node, "axes") if opset >= 18 else None
     if axes is None:
         return list(range(rank))
-    normalised = []
-    for axis in axes:
-        if not -rank <= axis < rank:
-            raise invalid(node, f"attribute 'axes' entry {axis} out of range for rank {rank}")
-        normalised.append(axis % rank)
-    if len(set(normalised)) != len(normalised):
-        raise invalid(node, f"attribute 'axes'={axes} repeats an axis")
-    return normalised
+    return normalized_axes(node, axes, rank, "attribute 'axes'")
 
 
 def _inputs_by_opset(inputs, opset):

@@ -72,24 +72,22 @@ def all_value_names(graph: Graph) -> set[str]:
     return names
 
 
-def unique_name(graph: Graph, base: str) -> str:
-    taken = all_value_names(graph)
+def _first_free(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... whichever is not taken first."""
     if base not in taken:
         return base
     index = 1
     while f"{base}_{index}" in taken:
         index += 1
     return f"{base}_{index}"
+
+
+def unique_name(graph: Graph, base: str) -> str:
+    return _first_free(base, all_value_names(graph))
 
 
 def unique_node_name(graph: Graph, base: str) -> str:
-    taken = {n.name for n in graph.nodes}
-    if base not in taken:
-        return base
-    index = 1
-    while f"{base}_{index}" in taken:
-        index += 1
-    return f"{base}_{index}"
+    return _first_free(base, {n.name for n in graph.nodes})
 
 
 def add_initializer(graph: Graph, base: str, array: np.ndarray) -> str:
