@@ -15,7 +15,7 @@ import numpy as np
 
 from edgerun.ir import Graph, Node
 from edgerun.passes.graph_edit import (add_initializer, constant_value, is_op, producer, replace_nodes,
-                                       sole_consumer, static_shape, unique_node_name)
+                                       rewrite_each, sole_consumer, static_shape, unique_node_name)
 
 DOMAIN = "edgerun"
 
@@ -70,11 +70,7 @@ def _is_stem(graph: Graph, conv: Node | None) -> bool:
 # ---------------------------------------------------------------- fuse_blocks
 
 def fuse_blocks(graph: Graph) -> bool:
-    changed = False
-    for node in list(graph.nodes):
-        if _still_in(graph, node) and _is_depthwise(graph, node) and _fuse_block_at(graph, node):
-            changed = True
-    return changed
+    return rewrite_each(graph, lambda node: _still_in(graph, node) and _is_depthwise(graph, node), _fuse_block_at)
 
 
 def _still_in(graph: Graph, node: Node) -> bool:
@@ -157,11 +153,7 @@ def _weight_and_bias(graph: Graph, conv: Node) -> list[str]:
 # ---------------------------------------------------------------- fuse_stem
 
 def fuse_stem(graph: Graph) -> bool:
-    changed = False
-    for node in list(graph.nodes):
-        if is_op(node, "InvertedResidual", DOMAIN) and _fuse_stem_into(graph, node):
-            changed = True
-    return changed
+    return rewrite_each(graph, lambda node: is_op(node, "InvertedResidual", DOMAIN), _fuse_stem_into)
 
 
 def _fuse_stem_into(graph: Graph, block: Node) -> bool:

@@ -10,15 +10,11 @@ import numpy as np
 
 from edgerun.ir import Graph, Node
 from edgerun.passes.graph_edit import (add_initializer, constant_value, is_graph_output, is_op, producer,
-                                       remove_nodes, sole_consumer)
+                                       remove_nodes, rewrite_each, sole_consumer)
 
 
 def run(graph: Graph) -> bool:
-    changed = False
-    for bn in list(graph.nodes):
-        if is_op(bn, "BatchNormalization") and _fold(graph, bn):
-            changed = True
-    return changed
+    return rewrite_each(graph, lambda node: is_op(node, "BatchNormalization"), _fold)
 
 
 def _is_linear_conv(node: Node | None) -> bool:

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 from edgerun.ir import Graph, Node
 from edgerun.passes.graph_edit import (constant_value, is_graph_output, is_op, producer, remove_nodes,
-                                       rename_value, replace_input_everywhere)
+                                       rename_value, replace_input_everywhere, rewrite_each)
 
 
 def run(graph: Graph) -> bool:
-    changed = False
-    for node in list(graph.nodes):
-        if _is_pass_through(graph, node) and _bypass(graph, node):
-            changed = True
+    changed = rewrite_each(graph, lambda node: _is_pass_through(graph, node), _bypass)
     return _remove_dead_nodes(graph) or changed
 
 

@@ -10,21 +10,16 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import Graph, Node
 from edgerun.ops.conv import resolve_conv_pads
-from edgerun.passes.graph_edit import constant_value, is_op, remove_nodes, sole_consumer, static_shape
+from edgerun.passes.graph_edit import (constant_value, is_op, remove_nodes, rewrite_each, sole_consumer,
+                                       static_shape)
 
 FUSED_DOMAIN = "edgerun"
 _FLOAT32 = np.finfo(np.float32)
 
 
 def run(graph: Graph) -> bool:
-    changed = False
-    for node in list(graph.nodes):
-        if is_op(node, "Conv") and _convert_conv(graph, node):
-            changed = True
-    for node in list(graph.nodes):
-        if _is_unactivated_fused_conv(node) and _absorb_activation(graph, node):
-            changed = True
-    return changed
+    converted = rewrite_each(graph, lambda node: is_op(node, "Conv"), _convert_conv)
+    return rewrite_each(graph, _is_unactivated_fused_conv, _absorb_activation) or converted
 
 
 def _is_unactivated_fused_conv(node: Node) -> bool:

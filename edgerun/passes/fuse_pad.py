@@ -6,15 +6,12 @@ write an explicit Pad node; with it folded the conv can join an inverted-residua
 from __future__ import annotations
 
 from edgerun.ir import Graph, Node
-from edgerun.passes.graph_edit import constant_value, is_op, remove_nodes, sole_consumer, static_shape
+from edgerun.passes.graph_edit import (constant_value, is_op, remove_nodes, rewrite_each, sole_consumer,
+                                       static_shape)
 
 
 def run(graph: Graph) -> bool:
-    changed = False
-    for node in list(graph.nodes):
-        if is_op(node, "Pad") and _fold_into_conv(graph, node):
-            changed = True
-    return changed
+    return rewrite_each(graph, lambda node: is_op(node, "Pad"), _fold_into_conv)
 
 
 def _fold_into_conv(graph: Graph, pad: Node) -> bool:

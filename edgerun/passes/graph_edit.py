@@ -72,6 +72,16 @@ def all_value_names(graph: Graph) -> set[str]:
     return names
 
 
+def rewrite_each(graph: Graph, applies, rewrite) -> bool:
+    """Offer every node of a snapshot of the graph's nodes to `rewrite(graph, node)` when `applies(node)`;
+    True when any rewrite changed the graph."""
+    changed = False
+    for node in list(graph.nodes):
+        if applies(node) and rewrite(graph, node):
+            changed = True
+    return changed
+
+
 def _first_free(base: str, taken: set[str]) -> str:
     """`base`, or `base_1`, `base_2`, ... whichever is not taken first."""
     if base not in taken:
