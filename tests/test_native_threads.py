@@ -29,6 +29,19 @@ def split_every_step():
     _module().block_min_part_macs(previous)
 
 
+# MobileNetV2-like: 56x56 stride 1 residual, 28x28 stride 2, 7x7; the fused stem (im2col expansion), no expansion,
+# a direct expansion (taps too wide for the stack)
+LARGE_BLOCKS = [
+    BlockGeometry(24, 56, 56, 144, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True),
+    BlockGeometry(32, 28, 28, 192, 1, 1, (0, 0, 0, 0), 3, 2, (0, 0, 1, 1), 64, False),
+    BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True),
+    BlockGeometry(3, 64, 64, 32, 3, 2, (0, 0, 1, 1), 3, 1, (1, 1, 1, 1), 16, False),
+    BlockGeometry(32, 40, 40, 32, 0, 1, (0, 0, 0, 0), 5, 1, (2, 2, 2, 2), 16, False),
+    BlockGeometry(8, 20, 120, 24, 3, 1, (1, 0, 1, 2), 3, 1, (1, 1, 1, 1), 8, False),
+]
+LARGE_BLOCK_IDS = ["56x56-residual", "28x28-stride2", "7x7", "stem-im2col", "no-expansion", "direct-expansion"]
+
+
 def _run(case, threads):
     return run_case(case, "native", threads=threads)
 
@@ -86,13 +99,9 @@ def test_whole_bands_per_thread_give_the_same_bits(split_every_step, case):
 
 
 @pytest.mark.parametrize("geom, sched", [
-    (BlockGeometry(24, 56, 56, 144, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True), BlockSchedule(1, 28)),
-    (BlockGeometry(32, 28, 28, 192, 1, 1, (0, 0, 0, 0), 3, 2, (0, 0, 1, 1), 64, False), BlockSchedule(2, 5)),
-    (BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True), BlockSchedule(1, 4)),
-    (BlockGeometry(3, 64, 64, 32, 3, 2, (0, 0, 1, 1), 3, 1, (1, 1, 1, 1), 16, False), BlockSchedule(2, 8)),
-    (BlockGeometry(32, 40, 40, 32, 0, 1, (0, 0, 0, 0), 5, 1, (2, 2, 2, 2), 16, False), BlockSchedule(1, 10)),
-    (BlockGeometry(8, 20, 120, 24, 3, 1, (1, 0, 1, 2), 3, 1, (1, 1, 1, 1), 8, False), BlockSchedule(2, 4)),
-], ids=["56x56-residual", "28x28-stride2", "7x7", "stem-im2col", "no-expansion", "direct-expansion"])
+    (geom, BlockSchedule(t, rows))
+    for geom, (t, rows) in zip(LARGE_BLOCKS, [(1, 28), (2, 5), (1, 4), (2, 8), (1, 10), (2, 4)])
+], ids=LARGE_BLOCK_IDS)
 def test_whole_bands_on_large_blocks_with_the_default_part_size(geom, sched):
     case = _case(geom, sched, geom.in_channels)
     one, _ = _run_by_bands(case, 1)
@@ -149,15 +158,9 @@ def test_threads_give_the_same_bits_on_generated_blocks(split_every_step, case):
 
 
 @pytest.mark.parametrize("geom, sched", [
-    # MobileNetV2-like: 56x56 stride 1 residual, 28x28 stride 2, 7x7 (parts of 4 and 3 rows)
-    (BlockGeometry(24, 56, 56, 144, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True), BlockSchedule(4, 16)),
-    (BlockGeometry(32, 28, 28, 192, 1, 1, (0, 0, 0, 0), 3, 2, (0, 0, 1, 1), 64, False), BlockSchedule(1, 14)),
-    (BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True), BlockSchedule(2, 7)),
-    # fused stem (im2col expansion), no expansion, direct expansion (taps too wide for the stack)
-    (BlockGeometry(3, 64, 64, 32, 3, 2, (0, 0, 1, 1), 3, 1, (1, 1, 1, 1), 16, False), BlockSchedule(2, 9)),
-    (BlockGeometry(32, 40, 40, 32, 0, 1, (0, 0, 0, 0), 5, 1, (2, 2, 2, 2), 16, False), BlockSchedule(1, 40)),
-    (BlockGeometry(8, 20, 120, 24, 3, 1, (1, 0, 1, 2), 3, 1, (1, 1, 1, 1), 8, False), BlockSchedule(2, 10)),
-], ids=["56x56-residual", "28x28-stride2", "7x7", "stem-im2col", "no-expansion", "direct-expansion"])
+    (geom, BlockSchedule(t, rows))
+    for geom, (t, rows) in zip(LARGE_BLOCKS, [(4, 16), (1, 14), (2, 7), (2, 9), (1, 40), (2, 10)])
+], ids=LARGE_BLOCK_IDS)
 def test_threads_on_large_blocks_with_the_default_part_size(geom, sched):
     case = _case(geom, sched, geom.in_channels)
     one = _run(case, 1)

@@ -25,9 +25,7 @@ from scheduler import (
 )
 from scheduler.search import band_choices_for, t_choices
 
-NO_EXPAND = BlockGeometry(32, 112, 112, 32, 0, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, False)
-EXPAND_S2 = BlockGeometry(16, 112, 112, 96, 1, 1, (0, 0, 0, 0), 3, 2, (1, 1, 1, 1), 24, False)
-RESIDUAL = BlockGeometry(24, 56, 56, 144, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 24, True)
+from mobilenet_blocks import EXPAND_S2, NO_EXPAND, RESIDUAL
 
 X0, X1, X2 = 32 * 112 * 112 * 4, 16 * 112 * 112 * 4, 24 * 56 * 56 * 4  # 1605632, 802816, 301056
 
