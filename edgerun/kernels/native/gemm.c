@@ -4,7 +4,7 @@
  *
  * Full column tiles: MR rows x NR = 2 vectors of columns, vectors along the columns.
  * The last N % NR columns (7x7 maps, narrow bands) would waste most of such a tile, so they
- * are computed the other way round: RR = 2 vectors of rows x up to 4 columns, vectors along
+ * are computed the other way round: RR = 2 vectors of rows x up to 8 columns, vectors along
  * the rows (A's k-major layout makes consecutive rows contiguous).
  * Vectors are 16 floats when compiled for AVX-512, else 8 (AVX2, SSE, NEON via GCC). */
 #include <string.h>
@@ -14,13 +14,13 @@
 
 #define VL ER_VL /* kernels.h */
 #if defined(__AVX512F__)
-#define MR 8
+#define MR 12
 #else
 #define MR 6
 #endif
 #define NR (2 * VL)
 #define RR (2 * VL) /* rows of a remainder-column tile */
-#define RC 4        /* columns of a remainder-column tile */
+#define RC 8        /* columns of a remainder-column tile */
 
 #if defined(__GNUC__)
 /* One mr x NR tile; always inlined so that a constant mr unrolls fully. */
@@ -57,7 +57,11 @@ static void full_tile(int mr, int K, const float *A, long lda, const float *B, l
                       long ldc, int accumulate, const float *bias, const er_act *act)
 {
     switch (mr) {
-#if MR == 8
+#if MR == 12
+    case 12: tile(12, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 11: tile(11, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 10: tile(10, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+    case 9: tile(9, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
     case 8: tile(8, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
     case 7: tile(7, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
 #endif
@@ -113,6 +117,10 @@ static void remainder_tile(int rows, int nc, int K, const float *A, long lda, co
 {
     if (rows == RR) {
         switch (nc) {
+        case 8: column_tile(RR, 8, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+        case 7: column_tile(RR, 7, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+        case 6: column_tile(RR, 6, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
+        case 5: column_tile(RR, 5, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
         case 4: column_tile(RR, 4, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
         case 3: column_tile(RR, 3, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
         case 2: column_tile(RR, 2, K, A, lda, B, ldb, C, ldc, accumulate, bias, act); return;
