@@ -328,3 +328,76 @@ def test_a_one_thread_plan_runs_with_two_threads():
     compiled = CompiledModel(one.compiled.graph, budget=None, backend="native", threads=2, plan=plan)
     assert compiled.scratch_threads == 1 and compiled.problem.threads == 1
     np.testing.assert_array_equal(compiled.run({"input": x}, ["logits"])[0][0], want)
+
+
+# ---------------------------------------------------------------- plain steps: packed 1x1 and depthwise
+@pytest.mark.parametrize("cin,cout,pixels", [(16, 40, 49), (320, 1280, 49), (24, 13, 33), (513, 100, 70)])
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_packed_pointwise_threads_give_the_same_bits(split_every_step, cin, cout, pixels, threads):
+    from edgerun.kernels import Activation
+    rng = np.random.default_rng(cin + cout + pixels)
+    x = rng.standard_normal((cin, pixels)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    packed = native.pack_pointwise_weights(w)
+    edge_floats = native.packed_pointwise_sizes(cout, pixels, cin)[1]
+    outs = []
+    for count in (1, threads):
+        edge = np.full(edge_floats, np.nan, np.float32) if edge_floats else None
+        out = np.full((cout, pixels), np.nan, np.float32)
+        native.pointwise_conv_packed(x, packed, b, out, edge, Activation("hardswish"), threads=count)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    h = w.astype(np.float64) @ x + b[:, None]
+    np.testing.assert_allclose(outs[0], h * np.clip(h + 3, 0, 6) / 6, rtol=1e-4, atol=1e-4 * np.sqrt(cin))
+
+
+@pytest.mark.parametrize("channels,size,kernel,stride,pads", [
+    (960, 7, 3, 1, (1, 1, 1, 1)), (37, 15, 5, 2, (2, 2, 2, 2)), (5, 9, 3, 2, (0, 0, 1, 1))])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_depthwise_threads_give_the_same_bits(split_every_step, channels, size, kernel, stride, pads, threads):
+    from edgerun.kernels import Activation
+    rng = np.random.default_rng(channels + size)
+    x = rng.standard_normal((channels, size, size)).astype(np.float32)
+    w = rng.standard_normal((channels, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    out_size = (size + pads[0] + pads[2] - kernel) // stride + 1
+    outs = []
+    for count in (1, threads):
+        out = np.full((channels, out_size, out_size), np.nan, np.float32)
+        native.depthwise_conv(x, w, b, out, stride, pads, Activation("relu"), threads=count)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    padded = np.pad(x.astype(np.float64), ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    want = np.zeros((channels, out_size, out_size)) + b[:, None, None]
+    for ky in range(kernel):
+        for kx in range(kernel):
+            window = padded[:, ky:ky + stride * out_size:stride, kx:kx + stride * out_size:stride]
+            want += w[:, ky, kx, None, None] * window[:, :out_size, :out_size]
+    np.testing.assert_allclose(outs[0], np.maximum(want, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_plain_step_kernels_refuse_a_bad_thread_count(threads):
+    from edgerun.errors import EdgerunError
+    x = np.zeros((4, 3, 3), np.float32)
+    with pytest.raises(EdgerunError, match="threads"):
+        native.depthwise_conv(x, np.zeros((4, 3, 3), np.float32), np.zeros(4, np.float32), np.zeros_like(x), 1,
+                              (1, 1, 1, 1), threads=threads)
+    with pytest.raises(EdgerunError, match="threads"):
+        native.pointwise_conv_packed(x.reshape(4, 9), native.pack_pointwise_weights(np.zeros((2, 4), np.float32)),
+                                     None, np.zeros((2, 9), np.float32), np.zeros(4 * 32, np.float32),
+                                     threads=threads)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "shufflenet_v1"])
+def test_plain_step_models_give_the_same_bits_with_two_threads(split_every_step, name):
+    """MobileNetV1 and ShuffleNet are all plain steps (no fused blocks): their 1x1 and depthwise convs
+    share out channels between threads."""
+    from edgerun import InferenceSession, zoo
+    model = (zoo.mobilenet_v1(0.5, 96, batch=1) if name == "mobilenet_v1"
+             else zoo.shufflenet_v1(groups=3, width=1.0, resolution=96, batch=1))
+    x = np.random.default_rng(2).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    outs = [InferenceSession(model, kernels_backend="native", threads=count).run(None, {"input": x})[0]
+            for count in (1, 2)]
+    np.testing.assert_array_equal(outs[1], outs[0])

@@ -38,14 +38,19 @@ def _call(function, *args):
         raise EdgerunError(f"native kernel {function.__name__}: {exc}") from exc
 
 
+def _threads(threads) -> int:
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise EdgerunError(f"threads must be an integer >= 1, got {threads!r}")
+    return threads
+
+
 def run_block(x, out, weights, geom, sched, scratch, threads: int = 1) -> None:
     """The fused block for one image on `threads` pthreads.
 
     With block_scratch(geom, sched, "native", threads) scratch (one slice per thread when the block
     has at least `threads` bands) each thread takes whole bands into its own slice; with one thread's
     scratch (a plan made for one thread) the threads share each (band, chunk) step by rows."""
-    if not isinstance(threads, int) or threads < 1:
-        raise EdgerunError(f"threads must be >= 1, got {threads}")
+    _threads(threads)
     slices = scratch_slices(geom, sched, "native", threads)
     if slices > 1 and not holds_scratch(scratch, geom, sched, "native", threads):
         slices = 1
@@ -68,12 +73,13 @@ def pointwise_conv(x: np.ndarray, w_t: np.ndarray, bias, out: np.ndarray,
 
 
 def depthwise_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray, stride: int,
-                   pads: tuple[int, int, int, int], activation: Activation = Activation()) -> None:
-    """Depthwise conv of one image: x (C, H, W), w (C, k, k), pads (top, left, bottom, right)."""
+                   pads: tuple[int, int, int, int], activation: Activation = Activation(), threads: int = 1) -> None:
+    """Depthwise conv of one image: x (C, H, W), w (C, k, k), pads (top, left, bottom, right); threads
+    take ranges of channels."""
     channels, height, width = x.shape
     kernel = w.shape[-1]
     _call(_module().depthwise_conv, x, w, bias, out, channels, height, width, kernel, stride,
-          tuple(int(p) for p in pads), _act(activation))
+          tuple(int(p) for p in pads), _act(activation), _threads(threads))
 
 
 def global_average_pool(x: np.ndarray, out: np.ndarray) -> None:
@@ -101,15 +107,16 @@ def pack_pointwise_weights(w: np.ndarray) -> np.ndarray:
 
 
 def pointwise_conv_packed(x: np.ndarray, packed: np.ndarray, bias, out: np.ndarray, edge,
-                          activation: Activation = Activation()) -> None:
+                          activation: Activation = Activation(), threads: int = 1) -> None:
     """1x1 convolution of one image on packed weights: out (Cout, ...) = act(W @ x (Cin, ...) + bias).
 
-    edge: scratch of packed_pointwise_sizes(...)[1] floats (None when that is 0)."""
+    edge: scratch of packed_pointwise_sizes(...)[1] floats (None when that is 0); threads take ranges
+    of output channels (the same bits for any count)."""
     cin, cout = x.shape[0], out.shape[0]
     pixels = x.size // cin
     if out.size != cout * pixels:
         raise EdgerunError(f"pointwise_conv_packed: x {x.shape} and out {out.shape} do not match")
-    _call(_module().pw_conv, x, packed, bias, out, edge, cout, pixels, cin, _act(activation))
+    _call(_module().pw_conv, x, packed, bias, out, edge, cout, pixels, cin, _act(activation), _threads(threads))
 
 
 POOL_KINDS = {"max": 0, "average": 1, "average_with_pads": 2}

@@ -33,8 +33,9 @@ class NativeFusedConvKernel(StepKernel):
     stem) gather their taps into the `im2col` scratch (numpy copies) and run the packed GEMM on it. The
     pixels that do not fill a whole GEMM tile go through an `edge` scratch (at most 256 x 32 floats)."""
 
-    def __init__(self):
+    def __init__(self, threads: int = 1):
         self.fallback = FusedConvKernel()
+        self.threads = threads
         # (weight, its C layout (packed weights per group for 1x1s), a zero bias): one node per instance
         self._prepared: tuple | None = None
 
@@ -95,7 +96,7 @@ class NativeFusedConvKernel(StepKernel):
         if kind == "depthwise":
             for n in range(x.shape[0]):
                 native.depthwise_conv(x[n], layout, bias, y[n], node.attrs.get("strides", [1, 1])[0],
-                                      tuple(node.attrs.get("pads", [0, 0, 0, 0])), act)
+                                      tuple(node.attrs.get("pads", [0, 0, 0, 0])), act, self.threads)
             return
         edge = scratch.get("edge")
         if kind == "im2col":   # the taps of every pixel gathered into scratch, then one packed GEMM
@@ -103,14 +104,15 @@ class NativeFusedConvKernel(StepKernel):
             cols = scratch["im2col"][: cin * kh * kw * ho * wo]
             for n in range(x.shape[0]):
                 _im2col_fill(x[n], cols.reshape(cin, kh, kw, ho, wo), node.attrs)
-                native.pointwise_conv_packed(cols.reshape(cin * kh * kw, ho * wo), layout[0], bias, y[n], edge, act)
+                native.pointwise_conv_packed(cols.reshape(cin * kh * kw, ho * wo), layout[0], bias, y[n], edge, act,
+                                             self.threads)
             return
         group = len(layout)
         cg, og = x.shape[1] // group, y.shape[1] // group
         for n in range(x.shape[0]):
             for g, packed in enumerate(layout):
                 native.pointwise_conv_packed(x[n, g * cg:(g + 1) * cg], packed, bias[g * og:(g + 1) * og],
-                                             y[n, g * og:(g + 1) * og], edge, act)
+                                             y[n, g * og:(g + 1) * og], edge, act, self.threads)
 
 
 class NativeGlobalAveragePoolKernel(StepKernel):

@@ -458,6 +458,14 @@ long long er_block_min_part_macs(long long value)
     return old;
 }
 
+int er_worth_parts(double macs, int threads, int most)
+{
+    double fit = macs / ((double)LOAD(&min_part_macs) + 1.0);
+    int parts = threads < most ? threads : most;
+    if (fit < parts) parts = (int)fit;
+    return parts < 1 ? 1 : parts;
+}
+
 /* Output rows [*p0, *p1) of part k of the step's band. */
 static void part_rows(const block_job *job, int k, int *p0, int *p1)
 {

@@ -129,6 +129,10 @@ void er_pool_shutdown(void);   /* joins the workers (at exit); later jobs run on
  * it (tests set 0 to split every step), returns the previous value. */
 long long er_block_min_part_macs(long long value);
 
+/* How many parts (1 ..min(threads, most)) `macs` multiply-adds are worth splitting into: each
+ * part gets at least about er_block_min_part_macs of them. */
+int er_worth_parts(double macs, int threads, int most);
+
 /* C[m*ldc + n] (+)= sum_k A[k*lda + m] * B[k*ldb + n]; without accumulate C starts from
  * bias[m] (or 0 when bias is NULL); act is applied to the result. */
 void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, long ldb,

@@ -143,23 +143,43 @@ static PyObject *py_pointwise_conv(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(depthwise_doc,
-"depthwise_conv(x, w, bias, out, channels, height, width, kernel, stride, pads, act)\n\n"
-"Depthwise convolution of one image (C, H, W) -> (C, Ho, Wo); w (C, k, k); pads (t, l, b, r).");
+"depthwise_conv(x, w, bias, out, channels, height, width, kernel, stride, pads, act, threads=1)\n\n"
+"Depthwise convolution of one image (C, H, W) -> (C, Ho, Wo); w (C, k, k); pads (t, l, b, r).\n"
+"Threads take contiguous ranges of channels.");
+
+typedef struct {
+    const float *x, *w, *bias;
+    float *out;
+    int channels, h, wd, k, s, ho, wo, parts;
+    const int *pads;
+    const er_act *act;
+} depthwise_job;
+
+static void depthwise_item(void *ctx, int part)
+{
+    const depthwise_job *job = (const depthwise_job *)ctx;
+    int c0 = (int)((long)job->channels * part / job->parts), c1 = (int)((long)job->channels * (part + 1) / job->parts);
+    long plane = (long)job->h * job->wd, out_plane = (long)job->ho * job->wo;
+    for (int i = c0; i < c1; i++)
+        er_depthwise_plane(job->x + i * plane, job->h, job->wd, job->w + (long)i * job->k * job->k, job->k, job->s,
+                           job->pads, job->bias[i], job->act, job->out + i * out_plane, job->ho, job->wo);
+}
+
 
 static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
 {
     PyObject *x, *w, *bias, *out, *act_spec;
-    int c, h, wd, k, s, pads[4];
+    int c, h, wd, k, s, pads[4], threads = 1;
     er_act act;
     er_buffer_set set = {.count = 0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOiiiii(iiii)O", &x, &w, &bias, &out, &c, &h, &wd, &k, &s, &pads[0],
-                          &pads[1], &pads[2], &pads[3], &act_spec) ||
+    if (!PyArg_ParseTuple(args, "OOOOiiiii(iiii)O|i", &x, &w, &bias, &out, &c, &h, &wd, &k, &s, &pads[0],
+                          &pads[1], &pads[2], &pads[3], &act_spec, &threads) ||
         er_parse_activation(act_spec, &act, "act") != 0)
         return NULL;
     int ho = (h + pads[0] + pads[2] - k) / s + 1, wo = (wd + pads[1] + pads[3] - k) / s + 1;
     if (c < 1 || h < 1 || wd < 1 || k < 1 || s < 1 || pads[0] < 0 || pads[1] < 0 || pads[2] < 0 ||
-        pads[3] < 0 || h + pads[0] + pads[2] < k || wd + pads[1] + pads[3] < k) {
+        pads[3] < 0 || h + pads[0] + pads[2] < k || wd + pads[1] + pads[3] < k || threads < 1) {
         PyErr_SetString(PyExc_ValueError, "depthwise_conv: invalid sizes, kernel, stride or pads");
         return NULL;
     }
@@ -171,10 +191,13 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
         er_release_all(&set);
         return NULL;
     }
+    depthwise_job job = {.x = xp, .w = wp, .bias = bp, .out = op, .channels = c, .h = h, .wd = wd, .k = k,
+                         .s = s, .ho = ho, .wo = wo, .pads = pads, .act = &act};
     Py_BEGIN_ALLOW_THREADS
-    for (int i = 0; i < c; i++)
-        er_depthwise_plane(xp + (long)i * h * wd, h, wd, wp + (long)i * k * k, k, s, pads, bp[i], &act,
-                           op + (long)i * ho * wo, ho, wo);
+    job.parts = er_worth_parts((double)c * ho * wo * k * k, threads, c);
+    er_team *team = job.parts > 1 ? er_team_begin(job.parts) : NULL;
+    er_team_run(team, depthwise_item, &job, job.parts);
+    er_team_end(team);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
     Py_RETURN_NONE;
@@ -265,7 +288,7 @@ static PyMethodDef methods[] = {
     {"pw_info", er_py_pw_info, METH_VARARGS, "pw_info(M, N, K) -> (packed floats, edge floats)."},
     {"pw_pack", er_py_pw_pack, METH_VARARGS, "pw_pack(w (M, K), packed, M, K): weights in GEMM panels."},
     {"pw_conv", er_py_pw_conv, METH_VARARGS,
-     "pw_conv(x (K, N), packed, bias, out (M, N), edge, M, N, K, act): 1x1 conv on packed weights."},
+     "pw_conv(x (K, N), packed, bias, out (M, N), edge, M, N, K, act, threads=1): 1x1 conv on packed weights."},
     {"pool2d", er_py_pool2d, METH_VARARGS,
      "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
     {NULL, NULL, 0, NULL},

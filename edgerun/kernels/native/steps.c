@@ -121,43 +121,82 @@ void er_pw_pack(int M, int K, const float *w, float *packed)
             }
 }
 
-/* out (M, N) = act(W x (K, N) + bias), W packed by er_pw_pack; edge: er_pw_edge_floats(N, K) floats. */
-void er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float *out, const float *bias,
-                const er_act *act, float *edge)
+/* One k-block of the GEMM over panels [p0, p1): every column, full tiles and the edge tile. */
+typedef struct {
+    int M, N, K, k0, kc, panels;
+    const float *packed, *x, *bias, *edge;
+    float *out;
+    const er_act *act;
+    int parts;
+} pw_job;
+
+static void pw_panels(const pw_job *job, int p0, int p1)
 {
-    int panels = (M + PMR - 1) / PMR;
+    int M = job->M, N = job->N, K = job->K, k0 = job->k0, kc = job->kc;
+    int first = k0 == 0, last = k0 + kc == K;
     int full = N / PNR * PNR;
-    for (int k0 = 0; k0 < K; k0 += PKC) {
-        int kc = K - k0 < PKC ? K - k0 : PKC;
-        int first = k0 == 0, last = k0 + kc == K;
-        /* columns per block: the block's kc rows of x stay in L2 while every panel passes */
-        int nc = (192 * 1024 / (4 * kc)) / PNR * PNR;
-        if (nc < PNR) nc = PNR;
-        for (int j0 = 0; j0 < full; j0 += nc) {
-            int j1 = full - j0 < nc ? full : j0 + nc;
-            for (int p = 0; p < panels; p++) {
-                int rows = M - p * PMR < PMR ? M - p * PMR : PMR;
-                const float *a = packed + ((long)p * K + k0) * PMR;
-                for (int n0 = j0; n0 < j1; n0 += PNR)
-                    micro_tile(kc, a, x + (long)k0 * N + n0, N, out + (long)p * PMR * N + n0, N, rows, PNR,
-                               first, last, bias ? bias + p * PMR : NULL, act);
-            }
-        }
-        if (full < N) {
-            int cols = N - full;
-            for (int k = 0; k < kc; k++) {
-                float *row = edge + (long)k * PNR;
-                memcpy(row, x + (long)(k0 + k) * N + full, (size_t)cols * sizeof(float));
-                memset(row + cols, 0, (size_t)(PNR - cols) * sizeof(float));
-            }
-            for (int p = 0; p < panels; p++) {
-                int rows = M - p * PMR < PMR ? M - p * PMR : PMR;
-                micro_tile(kc, packed + ((long)p * K + k0) * PMR, edge, PNR, out + (long)p * PMR * N + full, N,
-                           rows, cols, first, last, bias ? bias + p * PMR : NULL, act);
-            }
+    /* columns per block: the block's kc rows of x stay in L2 while every panel passes */
+    int nc = (192 * 1024 / (4 * kc)) / PNR * PNR;
+    if (nc < PNR) nc = PNR;
+    for (int j0 = 0; j0 < full; j0 += nc) {
+        int j1 = full - j0 < nc ? full : j0 + nc;
+        for (int p = p0; p < p1; p++) {
+            int rows = M - p * PMR < PMR ? M - p * PMR : PMR;
+            const float *a = job->packed + ((long)p * K + k0) * PMR;
+            for (int n0 = j0; n0 < j1; n0 += PNR)
+                micro_tile(kc, a, job->x + (long)k0 * N + n0, N, job->out + (long)p * PMR * N + n0, N, rows, PNR,
+                           first, last, job->bias ? job->bias + p * PMR : NULL, job->act);
         }
     }
-    if (act->kind != ER_ACT_NONE && !in_registers(act)) er_apply_activation(out, (long)M * N, act);
+    if (full < N) {
+        for (int p = p0; p < p1; p++) {
+            int rows = M - p * PMR < PMR ? M - p * PMR : PMR;
+            micro_tile(kc, job->packed + ((long)p * K + k0) * PMR, job->edge, PNR, job->out + (long)p * PMR * N + full,
+                       N, rows, N - full, first, last, job->bias ? job->bias + p * PMR : NULL, job->act);
+        }
+    }
+    if (last && job->act->kind != ER_ACT_NONE && !in_registers(job->act)) {
+        int m0 = p0 * PMR, m1 = p1 * PMR < M ? p1 * PMR : M;
+        er_apply_activation(job->out + (long)m0 * N, (long)(m1 - m0) * N, job->act);
+    }
+}
+
+/* Part k of the panels: contiguous ranges, so each output row is computed by one thread. */
+static void pw_item(void *ctx, int k)
+{
+    const pw_job *job = (const pw_job *)ctx;
+    int p0 = (int)((long)job->panels * k / job->parts), p1 = (int)((long)job->panels * (k + 1) / job->parts);
+    if (p0 < p1) pw_panels(job, p0, p1);
+}
+
+/* The last N % PNR columns of the k-block's rows, zero padded to a whole tile. */
+static void fill_edge(float *edge, const float *x, int N, int k0, int kc)
+{
+    int full = N / PNR * PNR, cols = N - full;
+    for (int k = 0; k < kc; k++) {
+        float *row = edge + (long)k * PNR;
+        memcpy(row, x + (long)(k0 + k) * N + full, (size_t)cols * sizeof(float));
+        memset(row + cols, 0, (size_t)(PNR - cols) * sizeof(float));
+    }
+}
+
+/* out (M, N) = act(W x (K, N) + bias), W packed by er_pw_pack; edge: er_pw_edge_floats(N, K) floats.
+ * With threads > 1 the panels (output channels) are shared out; every element is computed the
+ * same way whatever the thread count. */
+void er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float *out, const float *bias,
+                const er_act *act, float *edge, int threads)
+{
+    int panels = (M + PMR - 1) / PMR;
+    int parts = er_worth_parts((double)M * N * K, threads, panels);
+    er_team *team = parts > 1 ? er_team_begin(parts) : NULL;
+    for (int k0 = 0; k0 < K; k0 += PKC) {
+        int kc = K - k0 < PKC ? K - k0 : PKC;
+        if (N % PNR) fill_edge(edge, x, N, k0, kc);
+        pw_job job = {.M = M, .N = N, .K = K, .k0 = k0, .kc = kc, .panels = panels, .packed = packed, .x = x,
+                      .bias = bias, .edge = edge, .out = out, .act = act, .parts = parts};
+        er_team_run(team, pw_item, &job, parts);
+    }
+    er_team_end(team);
 }
 
 /* ---------------------------------------------------------------- pooling */
@@ -304,14 +343,14 @@ PyObject *er_py_pw_conv(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *x, *packed, *bias, *out, *edge, *act_spec;
-    int M, N, K;
+    int M, N, K, threads = 1;
     er_act act;
     er_buffer_set set = {.count = 0};
-    if (!PyArg_ParseTuple(args, "OOOOOiiiO", &x, &packed, &bias, &out, &edge, &M, &N, &K, &act_spec) ||
+    if (!PyArg_ParseTuple(args, "OOOOOiiiO|i", &x, &packed, &bias, &out, &edge, &M, &N, &K, &act_spec, &threads) ||
         er_parse_activation(act_spec, &act, "act") != 0)
         return NULL;
-    if (M < 1 || N < 1 || K < 1) {
-        PyErr_SetString(PyExc_ValueError, "pw_conv: sizes must be positive");
+    if (M < 1 || N < 1 || K < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "pw_conv: sizes and threads must be positive");
         return NULL;
     }
     long edge_floats = er_pw_edge_floats(N, K);
@@ -327,7 +366,7 @@ PyObject *er_py_pw_conv(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    er_pw_gemm(M, N, K, pp, xp, op, bp, &act, ep);
+    er_pw_gemm(M, N, K, pp, xp, op, bp, &act, ep, threads);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
     Py_RETURN_NONE;
