@@ -189,13 +189,19 @@ def run_block(x, out, weights, geom, sched, scratch, backend=None, threads=1):
     backend: "numpy" / "native" / None (see backend()); threads: pthreads of the native kernel
     (the numpy kernel ignores it); the scratch is block_scratch(geom, sched, backend, threads) (or,
     native, one thread's: the threads then split each step by rows)."""
+    block_call(x, out, weights, geom, sched, scratch, backend, threads)()
+
+
+def block_call(x, out, weights, geom, sched, scratch, backend=None, threads=1):
+    """A function of no arguments that runs the block; the native kernel's arguments are checked here,
+    once (a model runs the same block on the same arena buffers every time)."""
     chosen = backend or _choose_backend()
     if chosen == "numpy":
         from edgerun.kernels import numpy_block
-        return numpy_block.run_block(x, out, weights, geom, sched, scratch)
+        return lambda: numpy_block.run_block(x, out, weights, geom, sched, scratch)
     if chosen == "native":
         from edgerun.kernels import native
-        return native.run_block(x, out, weights, geom, sched, scratch, threads=threads)
+        return native.block_call(x, out, weights, geom, sched, scratch, threads=threads)
     raise EdgerunError(f"unknown kernel backend {chosen!r}; expected one of {BACKENDS}")
 
 

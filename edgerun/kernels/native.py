@@ -45,19 +45,27 @@ def _threads(threads) -> int:
 
 
 def run_block(x, out, weights, geom, sched, scratch, threads: int = 1) -> None:
-    """The fused block for one image on `threads` pthreads.
+    """The fused block for one image on `threads` pthreads (see block_call)."""
+    block_call(x, out, weights, geom, sched, scratch, threads)()
+
+
+def block_call(x, out, weights, geom, sched, scratch, threads: int = 1):
+    """The fused block for one image on `threads` pthreads, checked now, run by calling the result.
 
     With block_scratch(geom, sched, "native", threads) scratch (one slice per thread when the block
     has at least `threads` bands) each thread takes whole bands into its own slice; with one thread's
-    scratch (a plan made for one thread) the threads share each (band, chunk) step by rows."""
+    scratch (a plan made for one thread) the threads share each (band, chunk) step by rows. The C side
+    checks every buffer's size again on each call."""
     _threads(threads)
     slices = scratch_slices(geom, sched, "native", threads)
     if slices > 1 and not holds_scratch(scratch, geom, sched, "native", threads):
         slices = 1
     check_block_args(x, out, weights, geom, sched, scratch, "native", threads=threads if slices > 1 else 1)
-    _call(_module().run_block, x, out, weights.we, weights.we_t, weights.be, weights.wd, weights.bd,
-          weights.wp_t, weights.bp, scratch.get("expanded"), scratch["depthwise"], _geometry_tuple(geom),
-          sched.t, sched.band_rows, _act(weights.expand_act), _act(weights.dw_act), int(threads), slices)
+    args = (x, out, weights.we, weights.we_t, weights.be, weights.wd, weights.bd, weights.wp_t, weights.bp,
+            scratch.get("expanded"), scratch["depthwise"], _geometry_tuple(geom), sched.t, sched.band_rows,
+            _act(weights.expand_act), _act(weights.dw_act), int(threads), slices)
+    function = _module().run_block
+    return lambda: _call(function, *args)
 
 
 def pointwise_conv(x: np.ndarray, w_t: np.ndarray, bias, out: np.ndarray,
