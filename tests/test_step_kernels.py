@@ -321,6 +321,60 @@ def test_packed_pointwise_gemm_rejects_a_short_edge_scratch(rng):
                                      np.empty(edge_floats - 1, np.float32))
 
 
+# ---------------------------------------------------------------- Gemm (classifiers)
+@pytest.mark.parametrize("rows,k,n", [(1, 1280, 1000), (2, 17, 5), (3, 64, 9), (1, 1, 1)])
+@pytest.mark.parametrize("trans_b,alpha,beta,c_shape", [
+    (1, 1.0, 1.0, "n"), (0, 1.0, 1.0, "n"), (1, 1.0, 1.0, None), (1, 1.0, 0.0, "n"),
+    (1, 1.0, 1.0, "1n"),
+    (1, 0.5, 1.0, "n"), (1, 1.0, 2.0, "n"), (1, 1.0, 1.0, "mn"),   # fall back to numpy
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_gemm_matches_reference(rng, rows, k, n, trans_b, alpha, beta, c_shape, threads):
+    a = rng.standard_normal((rows, k)).astype(np.float32)
+    b = (rng.standard_normal((n, k) if trans_b else (k, n)) / np.sqrt(k)).astype(np.float32)
+    inputs, names = [a, b], ["a", "b"]
+    if c_shape is not None:
+        inputs.append(rng.standard_normal({"n": (n,), "1n": (1, n), "mn": (rows, n)}[c_shape]).astype(np.float32))
+        names.append("c")
+    node = Node("Gemm", names, ["y"], {"transB": trans_b, "alpha": alpha, "beta": beta}, name="classifier")
+    kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], threads)
+    kernel.prepare(node, {"b": b})
+    check_kernel(kernel, node, inputs, atol=1e-5, rtol=1e-4)
+
+
+def test_native_gemm_runs_in_c_on_the_mobilenet_classifier(rng):
+    class NoFallback:
+        def run(self, *args):
+            raise AssertionError("the numpy Gemm ran")
+    a = rng.standard_normal((1, 1280)).astype(np.float32)
+    b = rng.standard_normal((1000, 1280)).astype(np.float32)
+    c = rng.standard_normal(1000).astype(np.float32)
+    node = Node("Gemm", ["a", "b", "c"], ["y"], {"transB": 1}, name="classifier")
+    kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], 2)
+    kernel.prepare(node, {"b": b, "c": c})
+    kernel.fallback = NoFallback()
+    (out,), _ = run_kernel(kernel, node, [a, b, c], [(1, 1000)])
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64) + c, rtol=1e-4, atol=1e-3)
+
+
+def test_native_gemm_threads_give_the_same_bits(rng):
+    from edgerun.kernels import _native
+    a = rng.standard_normal((1, 1280)).astype(np.float32)
+    b = rng.standard_normal((1000, 1280)).astype(np.float32)
+    node = Node("Gemm", ["a", "b"], ["y"], {"transB": 1}, name="classifier")
+    outs = []
+    previous = _native.block_min_part_macs(0)
+    try:
+        for threads in (1, 2, 3):
+            kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], threads)
+            kernel.prepare(node, {"b": b})
+            outs.append(run_kernel(kernel, node, [a, b], [(1, 1000)])[0][0])
+    finally:
+        _native.block_min_part_macs(previous)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_array_equal(outs[2], outs[0])
+
+
 # ---------------------------------------------------------------- whole models
 MODELS = {
     "shufflenet_v1": lambda: zoo.shufflenet_v1(groups=3, width=2.0, resolution=224, batch=1),

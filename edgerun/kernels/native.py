@@ -127,6 +127,12 @@ def pointwise_conv_packed(x: np.ndarray, packed: np.ndarray, bias, out: np.ndarr
     _call(_module().pw_conv, x, packed, bias, out, edge, cout, pixels, cin, _act(activation), _threads(threads))
 
 
+def gemv(w: np.ndarray, x: np.ndarray, bias, y: np.ndarray, threads: int = 1) -> None:
+    """y (rows,) = w (rows, K) @ x (K,) + bias (None or (rows,)); threads take ranges of rows."""
+    rows, k = w.shape
+    _call(_module().gemv, w, x, bias, y, rows, k, _threads(threads))
+
+
 POOL_KINDS = {"max": 0, "average": 1, "average_with_pads": 2}
 
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from edgerun.ir import Node
 from edgerun.kernels import Activation, native
-from edgerun.kernels.numpy_steps import (ITEMSIZE, AveragePoolKernel, FusedConvKernel, GlobalAveragePoolKernel,
-                                         MaxPoolKernel, StepKernel, _im2col_fill, _is_depthwise,
+from edgerun.kernels.numpy_steps import (ITEMSIZE, AveragePoolKernel, FusedConvKernel, GemmKernel,
+                                         GlobalAveragePoolKernel, MaxPoolKernel, StepKernel, _im2col_fill, _is_depthwise,
                                          _is_grouped_pointwise, _is_pointwise, _pool_geometry)
 
 
@@ -157,7 +157,47 @@ class NativePoolKernel(StepKernel):
             native.pool2d(kind, x[n], y[n], kernel, strides, (top, left, bottom, right))
 
 
-_NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "GlobalAveragePool": NativeGlobalAveragePoolKernel,
+class NativeGemmKernel(StepKernel):
+    """Gemm of a few rows by a constant weight (a classifier: one row per image) as one threaded
+    matrix-vector product per row; other Gemms (alpha != 1, a C that is not a vector of N, a weight
+    that is an activation) on the numpy kernel."""
+
+    def __init__(self, threads: int = 1):
+        self.fallback = GemmKernel()
+        self.threads = threads
+        self._prepared: tuple | None = None   # (b as given, its (N, K) C-contiguous layout)
+
+    def prepare(self, node, constants):
+        b = constants.get(node.inputs[1])
+        if b is None or b.ndim != 2 or b.dtype != np.float32 or node.attrs.get("transA", 0):
+            return
+        layout = b if node.attrs.get("transB", 0) else b.T
+        self._prepared = (b, np.ascontiguousarray(layout))
+
+    def _bias(self, node, inputs, rows: int):
+        """The vector C adds to every row (None: no C or beta == 0), or False when it is not one."""
+        c = inputs[2] if len(inputs) > 2 else None
+        if c is None or node.attrs.get("beta", 1.0) == 0.0:
+            return None
+        if node.attrs.get("beta", 1.0) != 1.0 or c.dtype != np.float32 or c.shape not in ((rows,), (1, rows)):
+            return False
+        return np.ascontiguousarray(c.reshape(rows))
+
+    def run(self, node, inputs, outputs, scratch):
+        a, b, y = inputs[0], inputs[1], outputs[0]
+        prepared = self._prepared
+        if (prepared is None or prepared[0] is not b or node.attrs.get("alpha", 1.0) != 1.0 or a.ndim != 2
+                or a.dtype != np.float32 or not a.flags.c_contiguous or not y.flags.c_contiguous):
+            return self.fallback.run(node, inputs, outputs, scratch)
+        weight = prepared[1]
+        bias = self._bias(node, inputs, weight.shape[0])
+        if bias is False:
+            return self.fallback.run(node, inputs, outputs, scratch)
+        for row in range(a.shape[0]):
+            native.gemv(weight, a[row], bias, y[row], self.threads)
+
+
+_NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "Gemm": NativeGemmKernel, "GlobalAveragePool": NativeGlobalAveragePoolKernel,
                     "MaxPool": lambda: NativePoolKernel(MaxPoolKernel()),
                     "AveragePool": lambda: NativePoolKernel(AveragePoolKernel())}
 

@@ -273,6 +273,7 @@ PyObject *er_py_pw_info(PyObject *self, PyObject *args);
 PyObject *er_py_pw_pack(PyObject *self, PyObject *args);
 PyObject *er_py_pw_conv(PyObject *self, PyObject *args);
 PyObject *er_py_pool2d(PyObject *self, PyObject *args);
+PyObject *er_py_gemv(PyObject *self, PyObject *args);
 
 static PyMethodDef methods[] = {
     {"run_block", py_run_block, METH_VARARGS, run_block_doc},
@@ -289,6 +290,8 @@ static PyMethodDef methods[] = {
     {"pw_pack", er_py_pw_pack, METH_VARARGS, "pw_pack(w (M, K), packed, M, K): weights in GEMM panels."},
     {"pw_conv", er_py_pw_conv, METH_VARARGS,
      "pw_conv(x (K, N), packed, bias, out (M, N), edge, M, N, K, act, threads=1): 1x1 conv on packed weights."},
+    {"gemv", er_py_gemv, METH_VARARGS,
+     "gemv(w (rows, K), x (K), bias or None, y (rows), rows, K, threads=1): y = w @ x + bias."},
     {"pool2d", er_py_pool2d, METH_VARARGS,
      "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
     {NULL, NULL, 0, NULL},

@@ -199,6 +199,94 @@ void er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float 
     er_team_end(team);
 }
 
+/* ---------------------------------------------------------------- matrix-vector (classifiers) */
+#define GEMV_ROWS 4
+
+/* y[r] = bias[r] + w[r, :] . x for rows [r0, r1); w (rows, K) row-major. Each row's sum runs the same
+ * way (vector partial sums along k, lanes added in order, then the scalar tail), so any split of the
+ * rows between threads gives the same bits. */
+static void gemv_rows(const float *w, const float *x, const float *bias, float *y, int K, int r0, int r1)
+{
+#if defined(__GNUC__)
+    int kv = K / ER_VL * ER_VL;
+    for (int r = r0; r < r1; r += GEMV_ROWS) {
+        int rows = r1 - r < GEMV_ROWS ? r1 - r : GEMV_ROWS;
+        er_vf acc[GEMV_ROWS];
+        for (int i = 0; i < GEMV_ROWS; i++) acc[i] = er_splatv(0.0f);
+        for (int k = 0; k < kv; k += ER_VL) {
+            er_vf xv = er_loadv(x + k);
+            for (int i = 0; i < rows; i++) acc[i] += er_loadv(w + (long)(r + i) * K + k) * xv;
+        }
+        for (int i = 0; i < rows; i++) {
+            float lanes[ER_VL], sum = 0.0f;
+            er_storev(lanes, acc[i]);
+            for (int l = 0; l < ER_VL; l++) sum += lanes[l];
+            for (int k = kv; k < K; k++) sum += w[(long)(r + i) * K + k] * x[k];
+            y[r + i] = sum + (bias ? bias[r + i] : 0.0f);
+        }
+    }
+#else
+    for (int r = r0; r < r1; r++) {
+        float sum = 0.0f;
+        for (int k = 0; k < K; k++) sum += w[(long)r * K + k] * x[k];
+        y[r] = sum + (bias ? bias[r] : 0.0f);
+    }
+#endif
+}
+
+typedef struct {
+    const float *w, *x, *bias;
+    float *y;
+    int rows, K, parts;
+} gemv_job;
+
+static void gemv_item(void *ctx, int part)
+{
+    const gemv_job *job = (const gemv_job *)ctx;
+    int groups = (job->rows + GEMV_ROWS - 1) / GEMV_ROWS;
+    int r0 = (int)((long)groups * part / job->parts) * GEMV_ROWS;
+    int r1 = (int)((long)groups * (part + 1) / job->parts) * GEMV_ROWS;
+    if (r1 > job->rows) r1 = job->rows;
+    if (r0 < r1) gemv_rows(job->w, job->x, job->bias, job->y, job->K, r0, r1);
+}
+
+/* y (rows) = w (rows, K) x (K) + bias; threads take ranges of rows. */
+void er_gemv(int rows, int K, const float *w, const float *x, const float *bias, float *y, int threads)
+{
+    gemv_job job = {.w = w, .x = x, .bias = bias, .y = y, .rows = rows, .K = K};
+    job.parts = er_worth_parts((double)rows * K, threads, (rows + GEMV_ROWS - 1) / GEMV_ROWS);
+    er_team *team = job.parts > 1 ? er_team_begin(job.parts) : NULL;
+    er_team_run(team, gemv_item, &job, job.parts);
+    er_team_end(team);
+}
+
+PyObject *er_py_gemv(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *w, *x, *bias, *y;
+    int rows, K, threads = 1;
+    er_buffer_set set = {.count = 0};
+    if (!PyArg_ParseTuple(args, "OOOOii|i", &w, &x, &bias, &y, &rows, &K, &threads)) return NULL;
+    if (rows < 1 || K < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "gemv: sizes and threads must be positive");
+        return NULL;
+    }
+    const float *wp = er_acquire(&set, w, "w", (Py_ssize_t)rows * K, 0, 0);
+    const float *xp = wp ? er_acquire(&set, x, "x", K, 0, 0) : NULL;
+    const float *bp = NULL;
+    if (xp && bias != Py_None) bp = er_acquire(&set, bias, "bias", rows, 0, 0);
+    float *yp = (xp && (bias == Py_None || bp)) ? er_acquire(&set, y, "y", rows, 0, 1) : NULL;
+    if (!yp || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    er_gemv(rows, K, wp, xp, bp, yp, threads);
+    Py_END_ALLOW_THREADS
+    er_release_all(&set);
+    Py_RETURN_NONE;
+}
+
 /* ---------------------------------------------------------------- pooling */
 
 /* The average of a window whose values sum to `sum`: kind 1 counts the window's cells inside the input,
