@@ -1,10 +1,18 @@
 /* Depthwise convolution of one channel, output row by output row.
- * Columns whose taps all fall inside the input run through a loop specialised for the
- * kernel size and stride (3x3 / 5x5, stride 1 / 2); border columns and rows are handled
- * explicitly by skipping the taps that fall into the padding. */
+ * Stride 1 and 2 (any kernel size) run through a vector path (GCC vector extensions, AVX-512
+ * masked loads and stores where available): VL output columns per block, every tap of the
+ * block accumulated in a register, activation applied before the store. Other strides (and
+ * compilers without vector extensions) use the scalar checked path: columns whose taps all
+ * fall inside the input run through a loop specialised for the kernel size and stride, border
+ * columns and rows skip the taps that fall into the padding. */
+#include <stdint.h>
 #include <string.h>
 
+#define ER_VECTOR_HELPERS
 #include "kernels.h"
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
@@ -115,121 +123,355 @@ static void depthwise_rows_checked(const float *src, int src_row0, int height, i
     }
 }
 
-/* ---- padded path: 3x3 / 5x5, stride 1 / 2, rows that fit a small stack buffer ----
- * The window rows of a group of output rows are copied with their zero padding into a
- * stack buffer P (row pitch pw); then no tap needs a bounds check. With stride 1 the
- * group is one flat 1-D correlation over q = row * pw + column (the pw - out_width
- * columns at each row end are computed and dropped), a long loop that vectorises well
- * even for 7-pixel rows. */
-#define PADDED_BUFFER_FLOATS 6144
+#if defined(__GNUC__)
+/* ---- vector path: any kernel size, stride 1 or 2 ----
+ * Output row o, block of VL output columns starting at j (blocks at fixed multiples of VL):
+ * acc = bias, then for every window row inside the input (ky ascending) and every tap kx
+ * (ascending) acc += w[ky][kx] * (VL input columns of that tap), columns outside the row read
+ * as zero, rows outside the input skipped; activation in registers; store. Every output
+ * element thus sees the same operations in the same order whichever range [o0, o1) it is
+ * computed in (the grouping of rows below changes only which accumulators run side by side).
+ * Stride 2 loads 2 * VL consecutive columns and splits them into the even and odd taps with a
+ * shuffle. Blocks whose columns all lie inside the row use plain loads; the others load with a
+ * lane mask (AVX-512 masked loads, AVX2 maskload) or through a small zero-filled copy
+ * (elsewhere). 3x3 and 5x5 kernels are specialised: weights in registers, several output rows
+ * per pass. No heap, a few hundred bytes of stack. */
+#define VL ER_VL
+#define MASK_TAPS 32 /* edge masks precomputed per call for kernels up to this size */
+/* Output rows computed together: up to 8 with 3x3 kernels (narrow planes, where a row is one
+ * or two blocks, need that many independent accumulators), else 4 (8 accumulators and 25
+ * weights of a 5x5 kernel would not fit the registers). */
+#define MAX_GROUP(K) ((K) <= 3 ? 8 : 4)
 
-static void copy_padded_rows(const float *src, int src_row0, int height, int width, int top, int rows,
-                             int pad_left, int pw, float *P)
+typedef unsigned int lane_mask; /* bit l: lane l of a load lies inside the row */
+
+/* below[n]: lanes [0, n); tables instead of variable shifts keep the masks free of shift checks
+ * under UBSan. */
+#if VL == 16
+static const lane_mask below[VL + 1] = {0x0, 0x1, 0x3, 0x7, 0xf, 0x1f, 0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff,
+                                        0xfff, 0x1fff, 0x3fff, 0x7fff, 0xffff};
+#else
+static const lane_mask below[VL + 1] = {0x0, 0x1, 0x3, 0x7, 0xf, 0x1f, 0x3f, 0x7f, 0xff};
+#endif
+
+/* Lanes l in [0, VL) with 0 <= c + l < width. */
+static inline lane_mask lanes_inside(long c, int width)
 {
-    /* one memset for all the padding, then one copy per row inside the input */
-    memset(P, 0, sizeof(float) * (size_t)rows * pw);
-    int first = top < 0 ? -top : 0, last = height - top < rows ? height - top : rows;
-    for (int r = first; r < last; r++)
-        memcpy(P + (long)r * pw + pad_left, src + (long)(top + r - src_row0) * width, sizeof(float) * width);
+    long a = c < 0 ? -c : 0, b = width - c;
+    a = a > VL ? VL : a;
+    b = b > VL ? VL : b < 0 ? 0 : b;
+    return below[b] & ~below[a];
 }
 
-/* One pointer per window row, taps along the row at constant offsets (kx): few registers. */
-#define DEFINE_FLAT_S1(K)                                                                      \
-    static void flat_k##K##_s1(const float *restrict P, long pw, const float *restrict w, float bias, \
-                               float *restrict acc, long count)                                \
-    {                                                                                          \
-        const float *rows[K];                                                                  \
-        for (int ky = 0; ky < (K); ky++) rows[ky] = P + ky * pw;                               \
-        for (long q = 0; q < count; q++) {                                                     \
-            float s = bias;                                                                    \
-            for (int ky = 0; ky < (K); ky++) {                                                 \
-                const float *r = rows[ky] + q;                                                 \
-                for (int kx = 0; kx < (K); kx++) s += w[ky * (K) + kx] * r[kx];                \
-            }                                                                                  \
-            acc[q] = s;                                                                        \
-        }                                                                                      \
+#if !defined(__AVX512F__) && defined(__AVX2__) && VL == 8
+/* AVX2 lane mask: lane l all ones where bit l of m is set. */
+static inline __m256i avx2_lanes(lane_mask m)
+{
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)m), bit), bit);
+}
+#endif
+
+/* Columns [c, c + VL) of row, zero outside [0, width); m = lanes_inside(c, width). Masked-off
+ * lanes are never read (AVX-512 / AVX2 masked loads suppress them; the address is formed as an
+ * integer because row + c may lie before the row). */
+static inline er_vf load_edge(const float *row, long c, lane_mask m)
+{
+#if defined(__AVX512F__) && VL == 16
+    return (er_vf)_mm512_maskz_loadu_ps((__mmask16)m, (const void *)((uintptr_t)row + c * (long)sizeof(float)));
+#elif defined(__AVX2__) && VL == 8
+    return (er_vf)_mm256_maskload_ps((const float *)((uintptr_t)row + c * (long)sizeof(float)), avx2_lanes(m));
+#else
+    float tmp[VL];
+    for (int l = 0; l < VL; l++) tmp[l] = m & (below[l + 1] ^ below[l]) ? row[c + l] : 0.0f;
+    return er_loadv(tmp);
+#endif
+}
+
+/* The first n floats of v to d (all VL when n >= VL). */
+static inline void store_cols(float *d, er_vf v, int n)
+{
+    if (n >= VL) {
+        er_storev(d, v);
+        return;
     }
-
-DEFINE_FLAT_S1(3)
-DEFINE_FLAT_S1(5)
-
-#define DEFINE_ROWS_S2(K)                                                                      \
-    static void rows_k##K##_s2(const float *restrict P, long pw, const float *restrict w, float bias, \
-                               float *restrict dst, int rows, int out_width)                   \
-    {                                                                                          \
-        for (int r = 0; r < rows; r++) {                                                       \
-            const float *window[K];                                                            \
-            for (int ky = 0; ky < (K); ky++) window[ky] = P + (2 * r + ky) * pw;               \
-            float *d = dst + (long)r * out_width;                                              \
-            for (long j = 0; j < out_width; j++) {                                             \
-                float s = bias;                                                                \
-                for (int ky = 0; ky < (K); ky++) {                                             \
-                    const float *p = window[ky] + 2 * j;                                       \
-                    for (int kx = 0; kx < (K); kx++) s += w[ky * (K) + kx] * p[kx];            \
-                }                                                                              \
-                d[j] = s;                                                                      \
-            }                                                                                  \
-        }                                                                                      \
-    }
-
-DEFINE_ROWS_S2(3)
-DEFINE_ROWS_S2(5)
-
-/* Output rows per group so that P (and the stride-1 flat result) fit the buffer; 0: too wide. */
-static int padded_group_rows(int k, int stride, int pw)
-{
-    int per_row = stride * pw + (stride == 1 ? pw : 0);
-    int fixed = (k - stride) * pw;
-    return per_row > 0 && PADDED_BUFFER_FLOATS > fixed ? (PADDED_BUFFER_FLOATS - fixed) / per_row : 0;
+#if defined(__AVX512F__) && VL == 16
+    _mm512_mask_storeu_ps(d, (__mmask16)below[n], (__m512)v);
+#elif defined(__AVX2__) && VL == 8
+    _mm256_maskstore_ps(d, avx2_lanes(below[n]), (__m256)v);
+#else
+    er_store_part(d, v, n);
+#endif
 }
 
-static int padded_path_applies(int k, int stride, int pw)
-{
-    return (k == 3 || k == 5) && (stride == 1 || stride == 2) && padded_group_rows(k, stride, pw) >= 1;
-}
+#if VL == 16
+#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
+#else
+#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14}
+#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15}
+#endif
 
-static void depthwise_rows_padded(const float *src, int src_row0, int height, int width, const float *w,
-                                  int k, int stride, const int pads[4], float bias, const er_act *act,
-                                  float *dst, int o0, int o1, int out_width, int pw)
+/* Masks of every load of a block whose first tap column is c: stride 1, tap kx loads at
+ * c + kx (m[kx]); stride 2, tap pair p loads at c + 2p and c + 2p + VL (m[2p], m[2p + 1]). */
+static inline void block_masks(long c, int width, int k, int stride, lane_mask *m)
 {
-    float buffer[PADDED_BUFFER_FLOATS];
-    int group = padded_group_rows(k, stride, pw);
-    for (int g0 = o0; g0 < o1; g0 += group) {
-        int rows = o1 - g0 < group ? o1 - g0 : group;
-        int in_rows = (rows - 1) * stride + k;
-        float *P = buffer, *flat = buffer + (long)in_rows * pw;
-        float *d = dst + (long)(g0 - o0) * out_width;
-        copy_padded_rows(src, src_row0, height, width, g0 * stride - pads[0], in_rows, pads[1], pw, P);
-        if (stride == 1) {
-            int count = (rows - 1) * pw + out_width; /* the last row's dropped columns are not needed */
-            if (k == 3) flat_k3_s1(P, pw, w, bias, flat, count);
-            else flat_k5_s1(P, pw, w, bias, flat, count);
-            for (int r = 0; r < rows; r++)
-                memcpy(d + (long)r * out_width, flat + (long)r * pw, sizeof(float) * out_width);
-        } else if (k == 3) {
-            rows_k3_s2(P, pw, w, bias, d, rows, out_width);
-        } else {
-            rows_k5_s2(P, pw, w, bias, d, rows, out_width);
+    if (stride == 1)
+        for (int kx = 0; kx < k; kx++) m[kx] = lanes_inside(c + kx, width);
+    else
+        for (int p = 0; 2 * p < k; p++) {
+            m[2 * p] = lanes_inside(c + 2 * p, width);
+            m[2 * p + 1] = lanes_inside(c + 2 * p + VL, width);
         }
-        er_apply_activation(d, (long)rows * out_width, act);
+}
+
+/* acc += the taps of one window row (weights wr[0..k)) for the block starting at column c. */
+static inline __attribute__((always_inline)) void
+row_taps(er_vf *accp, const float *row, long c, int width, const float *wr, const er_vf *wv, int k,
+         int stride, int edge, const lane_mask *m)
+{
+    er_vf acc = *accp;
+    if (stride == 1) {
+        for (int kx = 0; kx < k; kx++) {
+            er_vf x = edge ? load_edge(row, c + kx, m[kx]) : er_loadv(row + c + kx);
+            acc += (wv ? wv[kx] : er_splatv(wr[kx])) * x;
+        }
+    } else {
+        const er_vi even = EVEN_LANES, odd = ODD_LANES;
+        for (int p = 0; 2 * p < k; p++) {
+            er_vf a = edge ? load_edge(row, c + 2 * p, m[2 * p]) : er_loadv(row + c + 2 * p);
+            er_vf b = edge ? load_edge(row, c + 2 * p + VL, m[2 * p + 1])
+                           : er_loadv(row + c + 2 * p + VL);
+            acc += (wv ? wv[2 * p] : er_splatv(wr[2 * p])) * __builtin_shuffle(a, b, even);
+            if (2 * p + 1 < k)
+                acc += (wv ? wv[2 * p + 1] : er_splatv(wr[2 * p + 1])) * __builtin_shuffle(a, b, odd);
+        }
+    }
+    *accp = acc;
+}
+
+/* ReLU / clip in registers, the formulas of activation.c (mode 0: nothing here):
+ * relu v > 0 ? v : 0, clip v < lo ? lo : v then v > hi ? hi : v. x86 max(a, b) is a > b ? a : b
+ * and min(a, b) a < b ? a : b, exactly these selects (NaN and signed zeros included). */
+static inline void activate(er_vf *p, int mode, const er_vf *lo, const er_vf *hi)
+{
+    er_vf v = *p;
+#if defined(__AVX512F__) && ER_VL == 16
+    if (mode == 1) v = (er_vf)_mm512_max_ps((__m512)v, (__m512)*lo);
+    if (mode == 2) v = (er_vf)_mm512_min_ps((__m512)*hi, _mm512_max_ps((__m512)*lo, (__m512)v));
+#elif defined(__AVX__) && ER_VL == 8
+    if (mode == 1) v = (er_vf)_mm256_max_ps((__m256)v, (__m256)*lo);
+    if (mode == 2) v = (er_vf)_mm256_min_ps((__m256)*hi, _mm256_max_ps((__m256)*lo, (__m256)v));
+#else
+    if (mode == 1) v = er_selectv(v > *lo, v, *lo);
+    if (mode == 2) {
+        v = er_selectv(v < *lo, *lo, v);
+        v = er_selectv(v > *hi, *hi, v);
+    }
+#endif
+    *p = v;
+}
+
+/* Block at column c of output rows [top0 / S .. + R): R independent accumulators (a lone one
+ * would wait on the latency of its chain of k * k FMAs). Input row i of the group is loaded
+ * (and, stride 2, split into even and odd columns) once for every output row that uses it;
+ * each accumulator still takes its taps with ky, then kx, ascending. Input rows outside the
+ * image are skipped. */
+static inline __attribute__((always_inline)) void
+group_block(const float *src, int src_row0, int height, int width, const er_vf *wv, int K, int S, int R,
+            int top0, long c, int edge, const lane_mask *m, er_vf *acc)
+{
+#pragma GCC unroll 32
+    for (int i = 0; i < (R - 1) * S + K; i++) {
+        int y = top0 + i;
+        if (y < 0 || y >= height) continue;
+        const float *row = src + (long)(y - src_row0) * width;
+        if (S == 1) {
+#pragma GCC unroll 16
+            for (int kx = 0; kx < K; kx++) {
+                er_vf x = edge ? load_edge(row, c + kx, m[kx]) : er_loadv(row + c + kx);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) {
+                    int ky = i - r;
+                    if (ky >= 0 && ky < K) acc[r] += wv[ky * K + kx] * x;
+                }
+            }
+        } else {
+            const er_vi even = EVEN_LANES, odd = ODD_LANES;
+#pragma GCC unroll 16
+            for (int p = 0; 2 * p < K; p++) {
+                er_vf a = edge ? load_edge(row, c + 2 * p, m[2 * p]) : er_loadv(row + c + 2 * p);
+                er_vf b = edge ? load_edge(row, c + 2 * p + VL, m[2 * p + 1])
+                               : er_loadv(row + c + 2 * p + VL);
+                er_vf e = __builtin_shuffle(a, b, even), o = __builtin_shuffle(a, b, odd);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) {
+                    int ky = i - 2 * r;
+                    if (ky < 0 || ky >= K) continue;
+                    acc[r] += wv[ky * K + 2 * p] * e;
+                    if (2 * p + 1 < K) acc[r] += wv[ky * K + 2 * p + 1] * o;
+                }
+            }
+        }
     }
 }
+
+/* Output rows [o, o + R), every block. */
+static inline __attribute__((always_inline)) void
+group_rows(const float *src, int src_row0, int height, int width, const er_vf *wv, int K, int S, int R,
+           int pl, int top0, const er_vf *vbias, int mode, const er_vf *lo, const er_vf *hi, float *d, int out_width, int blocks,
+           long span, const lane_mask *first, const lane_mask *last, er_vf *acc, lane_mask *mm)
+{
+    for (int b = 0; b < blocks; b++) {
+        long j = (long)b * VL, c = j * S - pl;
+        int edge = c < 0 || c + span >= width;
+        for (int r = 0; r < R; r++) acc[r] = *vbias;
+        if (!edge) {
+            group_block(src, src_row0, height, width, wv, K, S, R, top0, c, 0, NULL, acc);
+        } else if (b == 0 || b == blocks - 1) {
+            group_block(src, src_row0, height, width, wv, K, S, R, top0, c, 1, b == 0 ? first : last, acc);
+        } else {
+            block_masks(c, width, K, S, mm);
+            group_block(src, src_row0, height, width, wv, K, S, R, top0, c, 1, mm, acc);
+        }
+        for (int r = 0; r < R; r++) {
+            activate(&acc[r], mode, lo, hi);
+            store_cols(d + (long)r * out_width + j, acc[r], out_width - (int)j);
+        }
+    }
+}
+
+/* Output rows [o0, o1); K and S are constants in the specialised copies (K = 0: k at run time). */
+static inline __attribute__((always_inline)) void
+rows_vector(const float *src, int src_row0, int height, int width, const float *w, int K, int k, int S,
+            const int pads[4], float bias, const er_act *act, float *dst, int o0, int o1, int out_width)
+{
+    if (K) k = K;
+    int pl = pads[1];
+    int kind = act ? act->kind : ER_ACT_NONE;
+    int mode = kind == ER_ACT_RELU ? 1 : kind == ER_ACT_CLIP ? 2 : 0;
+    int post = kind != ER_ACT_NONE && !mode;
+    er_vf lo = er_splatv(mode == 2 ? act->a : 0.0f), hi = er_splatv(mode == 2 ? act->b : 0.0f);
+    /* the widest column a block reads past its first tap column */
+    long span = S == 1 ? VL - 1 + k - 1 : 2 * ((k - 1) / 2) + 2 * VL - 1;
+    int blocks = (out_width + VL - 1) / VL;
+    er_vf vbias = er_splatv(bias);
+    /* the group's scratch lives here, not in the inlined group_rows (ASan would mark its
+     * scope at every inlined copy) */
+    er_vf wv[25], acc[8]; /* K is 0, 3 or 5 */
+    lane_mask mm[2 * 5 + 2];
+    int group = K <= 3 && blocks <= 2 ? 8 : 4;
+    if (K)
+        for (int i = 0; i < K * K; i++) wv[i] = er_splatv(w[i]);
+    /* masks of the first and last blocks, the usual edge blocks */
+    lane_mask first[2 * MASK_TAPS + 2], last_masks[2 * MASK_TAPS + 2];
+    const lane_mask *last = first;
+    int premasked = k <= MASK_TAPS;
+    if (premasked) {
+        block_masks(-(long)pl, width, k, S, first);
+        if (blocks > 1) {
+            block_masks((long)(blocks - 1) * VL * S - pl, width, k, S, last_masks);
+            last = last_masks;
+        }
+    }
+    for (int o = o0; o < o1;) {
+        float *d = dst + (long)(o - o0) * out_width;
+        int top = o * S - pads[0];
+        if (K && premasked) {
+            int R = o1 - o >= group ? group : o1 - o;
+            switch (R) {
+#define GROUP_CASE(N)                                                                                   \
+            case N:                                                                                     \
+                group_rows(src, src_row0, height, width, wv, K, S, N <= MAX_GROUP(K) ? N : 1, pl, top, &vbias, \
+                           mode, &lo, &hi, d, out_width, blocks, span, first, last, acc, mm);                     \
+                break;
+            GROUP_CASE(1) GROUP_CASE(2) GROUP_CASE(3) GROUP_CASE(4)
+            GROUP_CASE(5) GROUP_CASE(6) GROUP_CASE(7) GROUP_CASE(8)
+#undef GROUP_CASE
+            }
+            if (post) er_apply_activation(d, (long)R * out_width, act);
+            o += R;
+            continue;
+        }
+        int ky0 = top < 0 ? -top : 0, ky1 = height - top < k ? height - top : k;
+        for (int b = 0; b < blocks; b++) {
+            long j = (long)b * VL, c = j * S - pl;
+            int edge = c < 0 || c + span >= width;
+            const lane_mask *m = NULL;
+            if (edge && premasked && b == 0) m = first;
+            else if (edge && premasked && b == blocks - 1) m = last;
+            er_vf acc = vbias;
+            if (edge && !m) {
+                /* rare: an edge block in the middle, or a huge kernel; masks tap by tap */
+                for (int ky = ky0; ky < ky1; ky++) {
+                    const float *row = src + (long)(top + ky - src_row0) * width;
+                    if (S == 1) {
+                        for (int kx = 0; kx < k; kx++) {
+                            lane_mask mk = lanes_inside(c + kx, width);
+                            acc += er_splatv(w[ky * k + kx]) * load_edge(row, c + kx, mk);
+                        }
+                    } else {
+                        const er_vi even = EVEN_LANES, odd = ODD_LANES;
+                        for (int p = 0; 2 * p < k; p++) {
+                            er_vf xa = load_edge(row, c + 2 * p, lanes_inside(c + 2 * p, width));
+                            er_vf xb = load_edge(row, c + 2 * p + VL, lanes_inside(c + 2 * p + VL, width));
+                            acc += er_splatv(w[ky * k + 2 * p]) * __builtin_shuffle(xa, xb, even);
+                            if (2 * p + 1 < k)
+                                acc += er_splatv(w[ky * k + 2 * p + 1]) * __builtin_shuffle(xa, xb, odd);
+                        }
+                    }
+                }
+            } else if (!edge) {
+                for (int ky = ky0; ky < ky1; ky++)
+                    row_taps(&acc, src + (long)(top + ky - src_row0) * width, c, width, w + ky * k, NULL,
+                                   k, S, 0, NULL);
+            } else {
+                for (int ky = ky0; ky < ky1; ky++)
+                    row_taps(&acc, src + (long)(top + ky - src_row0) * width, c, width, w + ky * k, NULL,
+                                   k, S, 1, m);
+            }
+            activate(&acc, mode, &lo, &hi);
+            store_cols(d + j, acc, out_width - (int)j);
+        }
+        if (post) er_apply_activation(d, out_width, act);
+        o++;
+    }
+}
+
+#define DEFINE_ROWS(NAME, K, S)                                                                  \
+    static void NAME(const float *src, int src_row0, int height, int width, const float *w, int k,  \
+                     const int pads[4], float bias, const er_act *act, float *dst, int o0, int o1,  \
+                     int out_width)                                                              \
+    {                                                                                            \
+        rows_vector(src, src_row0, height, width, w, K, k, S, pads, bias, act, dst, o0, o1, out_width); \
+    }
+
+DEFINE_ROWS(rows_k3_s1, 3, 1)
+DEFINE_ROWS(rows_k3_s2, 3, 2)
+DEFINE_ROWS(rows_k5_s1, 5, 1)
+DEFINE_ROWS(rows_k5_s2, 5, 2)
+DEFINE_ROWS(rows_any_s1, 0, 1)
+DEFINE_ROWS(rows_any_s2, 0, 2)
+#endif /* __GNUC__ */
 
 void er_depthwise_rows(const float *src, int src_row0, int height, int width, const float *w, int k,
                        int stride, const int pads[4], float bias, const er_act *act, float *dst,
                        int o0, int o1, int out_width)
 {
-    /* padded pitch: every column any tap reads, and the flat stride-1 correlation needs
-     * out_width + k - 1 <= pw, which pl + width + pr satisfies */
-    int pw = pads[1] + width + pads[3];
-    int needed = (out_width - 1) * stride + k;
-    if (pw < needed) pw = needed;
-    if (padded_path_applies(k, stride, pw))
-        depthwise_rows_padded(src, src_row0, height, width, w, k, stride, pads, bias, act, dst, o0, o1,
-                              out_width, pw);
-    else
-        depthwise_rows_checked(src, src_row0, height, width, w, k, stride, pads, bias, act, dst, o0, o1,
-                               out_width);
+    if (o0 >= o1 || out_width <= 0) return;
+#if defined(__GNUC__)
+    if (stride == 1 || stride == 2) {
+        if (k == 3 && stride == 1) rows_k3_s1(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
+        else if (k == 3) rows_k3_s2(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
+        else if (k == 5 && stride == 1) rows_k5_s1(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
+        else if (k == 5) rows_k5_s2(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
+        else if (stride == 1) rows_any_s1(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
+        else rows_any_s2(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
+        return;
+    }
+#endif
+    depthwise_rows_checked(src, src_row0, height, width, w, k, stride, pads, bias, act, dst, o0, o1,
+                           out_width);
 }
 
 void er_depthwise_plane(const float *src, int height, int width, const float *w, int k, int stride,
