@@ -37,7 +37,7 @@ for VARIANT in "${VARIANTS[@]}"; do
     (cd "$WORK" && EDGERUN_EXTRA_CFLAGS="$SAN_FLAGS $VARIANT -O1 -g" EDGERUN_EXTRA_LDFLAGS="$SAN_FLAGS" \
         "$PY" setup.py -q build_ext --inplace)
     LIB=$(ls "$WORK"/edgerun/kernels/_native*.so 2>/dev/null | head -n 1 || true)
-    if [ -z "$LIB" ] || ! nm -D "$LIB" | grep -q __asan; then
+    if [ -z "$LIB" ] || [ "$(nm -D "$LIB" | grep -c __asan)" -eq 0 ]; then
         echo "sanitize.sh: the sanitized extension was not built (see the warnings above)" >&2
         exit 1
     fi
