@@ -127,6 +127,23 @@ def test_native_pointwise_conv_matches_matmul():
     assert_close(out, np.einsum("oc,chw->ohw", w.astype(np.float64), x))
 
 
+@pytest.mark.parametrize("pixels", [1, 15, 16, 24, 31, 32, 47, 48, 49, 56, 63, 64, 65, 196])
+@pytest.mark.parametrize("cout", [1, 7, 8, 13, 33, 160])
+@pytest.mark.parametrize("activation", [Activation(), Activation("clip", (0.0, 6.0)), Activation("hardswish")])
+def test_native_gemm_tiles_cover_every_width(pixels, cout, activation):
+    """Every tile shape of the GEMM (2- and 3-vector tiles, remainder columns, partial row tiles)."""
+    from edgerun.ops.activation import apply_activation
+    rng = np.random.default_rng(pixels * 1000 + cout)
+    cin = 37
+    x = rng.standard_normal((cin, pixels)).astype(np.float32)
+    w = rng.standard_normal((cout, cin)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    out = np.full((cout, pixels), np.nan, np.float32)
+    native.pointwise_conv(x, np.ascontiguousarray(w.T), b, out, activation)
+    expected = w.astype(np.float64) @ x + b[:, None]
+    assert_close(out, apply_activation(expected, activation.kind, list(activation.params)))
+
+
 @pytest.mark.parametrize("kernel, stride, pads", [(3, 1, (1, 1, 1, 1)), (3, 2, (0, 0, 1, 1)),
                                                   (5, 2, (2, 1, 2, 3)), (5, 1, (0, 0, 0, 0)),
                                                   (7, 3, (3, 2, 1, 0))])
