@@ -90,9 +90,10 @@ def depthwise_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarr
           tuple(int(p) for p in pads), _act(activation), _threads(threads))
 
 
-def global_average_pool(x: np.ndarray, out: np.ndarray) -> None:
-    """out[c] = mean of x[c] over its pixels; x (C, ...), out (C,) or (C, 1, 1)."""
-    _call(_module().global_average_pool, x, out, x.shape[0], int(np.prod(x.shape[1:])))
+def global_average_pool(x: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
+    """out[c] = mean of x[c] over its pixels; x (C, ...), out (C,) or (C, 1, 1); threads take ranges of
+    channels."""
+    _call(_module().global_average_pool, x, out, x.shape[0], int(np.prod(x.shape[1:])), _threads(threads))
 
 
 def build_info() -> dict:

@@ -116,15 +116,16 @@ class NativeFusedConvKernel(StepKernel):
 
 
 class NativeGlobalAveragePoolKernel(StepKernel):
-    def __init__(self):
+    def __init__(self, threads: int = 1):
         self.fallback = GlobalAveragePoolKernel()
+        self.threads = threads
 
     def run(self, node, inputs, outputs, scratch):
         x, y = inputs[0], outputs[0]
         if x.ndim != 4:
             return self.fallback.run(node, inputs, outputs, scratch)
         for n in range(x.shape[0]):
-            native.global_average_pool(x[n], y[n])
+            native.global_average_pool(x[n], y[n], self.threads)
 
 
 class NativePoolKernel(StepKernel):

@@ -143,6 +143,9 @@ int er_gemm_vector_floats(void);
 
 void er_apply_activation(float *p, long n, const er_act *act);
 
+/* out[c] = mean of x[c * pixels ...]; threads take ranges of channels. */
+void er_global_average_pool(const float *x, float *out, int channels, long pixels, int threads);
+
 /* Depthwise conv of one channel plane (H, W) -> (Ho, Wo), bias + activation. */
 void er_depthwise_plane(const float *src, int height, int width, const float *w, int k, int stride,
                         const int pads[4], float bias, const er_act *act, float *dst, int out_height,

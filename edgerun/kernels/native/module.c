@@ -203,18 +203,18 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(gap_doc, "global_average_pool(x, out, channels, pixels): out[c] = mean of x[c, :].");
+PyDoc_STRVAR(gap_doc, "global_average_pool(x, out, channels, pixels, threads=1): out[c] = mean of x[c, :].");
 
 static PyObject *py_global_average_pool(PyObject *self, PyObject *args)
 {
     PyObject *x, *out;
-    int c;
+    int c, threads = 1;
     Py_ssize_t pixels;
     er_buffer_set set = {.count = 0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOin", &x, &out, &c, &pixels)) return NULL;
-    if (c < 1 || pixels < 1) {
-        PyErr_SetString(PyExc_ValueError, "global_average_pool: sizes must be positive");
+    if (!PyArg_ParseTuple(args, "OOin|i", &x, &out, &c, &pixels, &threads)) return NULL;
+    if (c < 1 || pixels < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "global_average_pool: sizes and threads must be positive");
         return NULL;
     }
     const float *xp = er_acquire(&set, x, "x", c * pixels, 0, 0);
@@ -224,12 +224,7 @@ static PyObject *py_global_average_pool(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    for (int i = 0; i < c; i++) {
-        const float *p = xp + i * pixels;
-        double sum = 0.0;
-        for (Py_ssize_t j = 0; j < pixels; j++) sum += p[j];
-        op[i] = (float)(sum / (double)pixels);
-    }
+    er_global_average_pool(xp, op, c, (long)pixels, threads);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
     Py_RETURN_NONE;

@@ -287,6 +287,46 @@ PyObject *er_py_gemv(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------- global average pooling */
+/* The mean of n floats: vector partial sums, lanes added in order, then the tail. */
+static float mean_of(const float *p, long n)
+{
+    float sum = 0.0f;
+    long i = 0;
+#if defined(__GNUC__)
+    er_vf acc = er_splatv(0.0f);
+    for (; i + ER_VL <= n; i += ER_VL) acc += er_loadv(p + i);
+    float lanes[ER_VL];
+    er_storev(lanes, acc);
+    for (int l = 0; l < ER_VL; l++) sum += lanes[l];
+#endif
+    for (; i < n; i++) sum += p[i];
+    return sum / (float)n;
+}
+
+typedef struct {
+    const float *x;
+    float *out;
+    int channels, parts;
+    long pixels;
+} gap_job;
+
+static void gap_item(void *ctx, int part)
+{
+    const gap_job *job = (const gap_job *)ctx;
+    int c0 = (int)((long)job->channels * part / job->parts), c1 = (int)((long)job->channels * (part + 1) / job->parts);
+    for (int c = c0; c < c1; c++) job->out[c] = mean_of(job->x + c * job->pixels, job->pixels);
+}
+
+void er_global_average_pool(const float *x, float *out, int channels, long pixels, int threads)
+{
+    gap_job job = {.x = x, .out = out, .channels = channels, .pixels = pixels};
+    job.parts = er_worth_parts((double)channels * pixels, threads, channels);
+    er_team *team = job.parts > 1 ? er_team_begin(job.parts) : NULL;
+    er_team_run(team, gap_item, &job, job.parts);
+    er_team_end(team);
+}
+
 /* ---------------------------------------------------------------- pooling */
 
 /* The average of a window whose values sum to `sum`: kind 1 counts the window's cells inside the input,
