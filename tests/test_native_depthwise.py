@@ -80,3 +80,14 @@ def test_depthwise_matches_reference_on_wide_rows_and_large_pads(kernel, stride,
 @pytest.mark.parametrize("size", [7, 14, 15, 28, 56, 112])
 def test_depthwise_mobilenet_shapes(kernel, stride, pads, size):
     check(4, size, size, kernel, stride, pads, Activation("clip", (0.0, 6.0)), size * 10 + kernel + stride)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pads=st.tuples(*[st.integers(0, 4)] * 4), height=st.integers(1, 7), width=st.integers(60, 300),
+       activation=st.sampled_from(ACTIVATIONS), seed=st.integers(0, 2**16))
+def test_depthwise_3x3_stride_2_wide_rows(pads, height, width, activation, seed):
+    """3x3 stride 2 with more than two vectors of output columns runs on deinterleaved input rows in
+    strips of 64 output columns: strip borders, edge masks and the last partial block."""
+    if height + pads[0] + pads[2] < 3:
+        return
+    check(2, height, width, 3, 2, pads, activation, seed)

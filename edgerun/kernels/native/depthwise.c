@@ -438,6 +438,154 @@ rows_vector(const float *src, int src_row0, int height, int width, const float *
     }
 }
 
+/* ---- 3x3, stride 2: input rows deinterleaved once, several output rows per pass ----
+ * Output column j reads padded input columns 2j, 2j + 1, 2j + 2 (padded column q is input
+ * column q - pad_left, zero outside the row). Each input row of a strip of at most STRIP_COLS
+ * output columns is split once into E = columns 2j, O = 2j + 1 and E1 = 2j + 2 (vectors in a
+ * small ring on the stack; consecutive groups of output rows share one input row), after which
+ * every tap is an aligned vector load. R output rows x NB blocks are accumulated side by side
+ * (independent FMA chains interleaved in program order; one chain at a time would wait on its
+ * latency). Each accumulator: bias, then the rows inside the input with ky ascending, taps kx
+ * ascending, columns outside the row as zero products: the operations and order of the
+ * generic vector path above, so the same bits for any [o0, o1) and any grouping. */
+#define STRIP_BLOCKS (64 / VL)
+#define STRIP_COLS (STRIP_BLOCKS * VL)
+/* Output rows per group for NB blocks: few accumulators (larger groups measured slower: the
+ * unrolled code outgrows the decoded-instruction cache); the 2R + 1 input rows of a group, 3 NB
+ * vectors each, must fit the ring: 3 NB (2R + 1) <= RING_VECTORS for every NB. */
+#define K3S2_ROWS(NB) ((NB) == 1 ? 4 : (NB) == 2 ? 2 : 1) /* NB = 1, 2: only when called directly */
+#define RING_VECTORS (9 * STRIP_BLOCKS) /* 2.3 KB */
+
+#if VL == 16
+#define NEXT_LANES {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+#else
+#define NEXT_LANES {1, 2, 3, 4, 5, 6, 7, 8}
+#endif
+
+/* Row split into slot[0 .. NB) = E, slot[NB .. 2 NB) = O, slot[2 NB .. 3 NB) = E1; the loads of
+ * block t at c0 + 2 t VL and + VL (masks ma[t], mb[t]); block NB only feeds E1 of block NB - 1. */
+static inline __attribute__((always_inline)) void
+k3s2_split(er_vf *restrict slot, const float *row, long c0, int NB, const lane_mask *ma, const lane_mask *mb)
+{
+    const er_vi even = EVEN_LANES, odd = ODD_LANES, next = NEXT_LANES;
+    er_vf prev = {0};
+#pragma GCC unroll 16
+    for (int t = 0; t <= NB; t++) {
+        long c = c0 + (long)t * 2 * VL;
+        er_vf a = ma[t] == below[VL] ? er_loadv(row + c) : load_edge(row, c, ma[t]);
+        er_vf b = mb[t] == below[VL] ? er_loadv(row + c + VL) : load_edge(row, c + VL, mb[t]);
+        er_vf e = __builtin_shuffle(a, b, even);
+        if (t > 0) slot[2 * NB + t - 1] = __builtin_shuffle(prev, e, next);
+        if (t < NB) {
+            slot[t] = e;
+            slot[NB + t] = __builtin_shuffle(a, b, odd);
+        }
+        prev = e;
+    }
+}
+
+typedef struct {
+    const float *src;
+    int src_row0, height, width, mode, n, out_width, slots;
+    long c0, ybase;
+    const lane_mask *ma, *mb;
+    er_vf *ring;
+} k3s2_ctx;
+
+/* Output rows [o, o + R) of the strip (top = first window row), written to d. */
+static inline __attribute__((always_inline)) void
+k3s2_group(const k3s2_ctx *x, long *have, long top, const er_vf *wv, const er_vf *vbias, const er_vf *lo,
+           const er_vf *hi, float *d, int NB, int R, er_vf *acc)
+{
+    for (long y = *have > top ? *have : top; y < top + 2 * R + 1; y++)
+        if (y >= 0 && y < x->height)
+            k3s2_split(x->ring + (y - x->ybase) % x->slots * 3 * NB,
+                       x->src + (y - x->src_row0) * (long)x->width, x->c0, NB, x->ma, x->mb);
+    *have = top + 2 * R + 1;
+#pragma GCC unroll 64
+    for (int q = 0; q < R * NB; q++) acc[q] = *vbias;
+#pragma GCC unroll 32
+    for (int i = 0; i < 2 * R + 1; i++) {
+        long y = top + i;
+        if (y < 0 || y >= x->height) continue;
+        const er_vf *slot = x->ring + (y - x->ybase) % x->slots * 3 * NB;
+#pragma GCC unroll 4
+        for (int kx = 0; kx < 3; kx++)
+#pragma GCC unroll 16
+            for (int t = 0; t < NB; t++) {
+                er_vf v = slot[kx * NB + t];
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) {
+                    int ky = i - 2 * r;
+                    if (ky >= 0 && ky < 3) acc[r * NB + t] += wv[ky * 3 + kx] * v;
+                }
+            }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 16
+        for (int t = 0; t < NB; t++) {
+            activate(&acc[r * NB + t], x->mode, lo, hi);
+            if (t < NB - 1) er_storev(d + (long)r * x->out_width + t * VL, acc[r * NB + t]);
+            else store_cols(d + (long)r * x->out_width + t * VL, acc[r * NB + t], x->n - t * VL);
+        }
+}
+
+/* Output rows [o0, o1) of one strip of NB blocks. */
+static inline __attribute__((always_inline)) void
+k3s2_strip(const k3s2_ctx *x, int o0, int o1, int pt, const er_vf *wv, const er_vf *vbias, const er_vf *lo,
+           const er_vf *hi, float *d, const er_act *act, int post, int NB, er_vf *acc)
+{
+    const int R = K3S2_ROWS(NB);
+    long have = x->ybase;
+    for (int o = o0; o < o1;) {
+        long top = 2L * o - pt;
+        float *dr = d + (long)(o - o0) * x->out_width;
+        int rows = o1 - o >= R ? R : 1;
+        if (rows == R) k3s2_group(x, &have, top, wv, vbias, lo, hi, dr, NB, R, acc);
+        else k3s2_group(x, &have, top, wv, vbias, lo, hi, dr, NB, 1, acc);
+        if (post)
+            for (int r = 0; r < rows; r++) er_apply_activation(dr + (long)r * x->out_width, x->n, act);
+        o += rows;
+    }
+}
+
+static void rows_k3_s2_split(const float *src, int src_row0, int height, int width, const float *w,
+                             const int pads[4], float bias, const er_act *act, float *dst, int o0, int o1,
+                             int out_width)
+{
+    int kind = act ? act->kind : ER_ACT_NONE;
+    int mode = kind == ER_ACT_RELU ? 1 : kind == ER_ACT_CLIP ? 2 : 0;
+    int post = kind != ER_ACT_NONE && !mode;
+    er_vf lo = er_splatv(mode == 2 ? act->a : 0.0f), hi = er_splatv(mode == 2 ? act->b : 0.0f);
+    er_vf vbias = er_splatv(bias), wv[9], acc[8], ring[RING_VECTORS];
+    for (int i = 0; i < 9; i++) wv[i] = er_splatv(w[i]);
+    lane_mask ma[STRIP_BLOCKS + 1], mb[STRIP_BLOCKS + 1];
+    k3s2_ctx x = {src, src_row0, height, width, mode, 0, out_width, 0, 0, 2L * o0 - pads[0], ma, mb, ring};
+    for (int js = 0; js < out_width; js += STRIP_COLS) {
+        int nb;
+        x.n = out_width - js < STRIP_COLS ? out_width - js : STRIP_COLS;
+        nb = (x.n + VL - 1) / VL;
+        x.c0 = 2L * js - pads[1];
+        for (int t = 0; t <= nb; t++) {
+            ma[t] = lanes_inside(x.c0 + (long)t * 2 * VL, width);
+            mb[t] = lanes_inside(x.c0 + (long)t * 2 * VL + VL, width);
+        }
+        switch (nb) {
+#define STRIP_CASE(NB)                                                                                   \
+        case NB:                                                                                         \
+            x.slots = 2 * K3S2_ROWS(NB) + 1;                                                             \
+            k3s2_strip(&x, o0, o1, pads[0], wv, &vbias, &lo, &hi, dst + js, act, post, NB, acc);        \
+            break;
+            STRIP_CASE(1) STRIP_CASE(2) STRIP_CASE(3) STRIP_CASE(4)
+#if STRIP_BLOCKS > 4
+            STRIP_CASE(5) STRIP_CASE(6) STRIP_CASE(7) STRIP_CASE(8)
+#endif
+#undef STRIP_CASE
+        }
+    }
+}
+
 #define DEFINE_ROWS(NAME, K, S)                                                                  \
     static void NAME(const float *src, int src_row0, int height, int width, const float *w, int k,  \
                      const int pads[4], float bias, const er_act *act, float *dst, int o0, int o1,  \
@@ -462,6 +610,8 @@ void er_depthwise_rows(const float *src, int src_row0, int height, int width, co
 #if defined(__GNUC__)
     if (stride == 1 || stride == 2) {
         if (k == 3 && stride == 1) rows_k3_s1(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
+        else if (k == 3 && out_width > 2 * VL) /* narrower: rows_k3_s2 measured as fast or faster */
+            rows_k3_s2_split(src, src_row0, height, width, w, pads, bias, act, dst, o0, o1, out_width);
         else if (k == 3) rows_k3_s2(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
         else if (k == 5 && stride == 1) rows_k5_s1(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
         else if (k == 5) rows_k5_s2(src, src_row0, height, width, w, k, pads, bias, act, dst, o0, o1, out_width);
