@@ -23,6 +23,15 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture
+def split_every_step():
+    """Native kernels share out work of any size: even the smallest step is split between the threads."""
+    from edgerun.kernels import _native
+    previous = _native.block_min_part_macs(0)
+    yield
+    _native.block_min_part_macs(previous)
+
+
 @pytest.fixture(autouse=True)
 def no_calibrated_cost_model(tmp_path_factory, monkeypatch):
     """Plans in tests come from the built-in cost model, not from a calibration left on this machine."""

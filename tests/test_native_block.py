@@ -169,18 +169,13 @@ def test_native_global_average_pool():
 
 
 @pytest.mark.parametrize("channels,size", [(1280, 7), (3, 56), (17, 1), (64, 5)])
-def test_native_global_average_pool_with_threads_gives_the_same_bits(channels, size):
+def test_native_global_average_pool_with_threads_gives_the_same_bits(split_every_step, channels, size):
     x = np.random.default_rng(channels).standard_normal((channels, size, size)).astype(np.float32)
-    from edgerun.kernels import _native
     outs = []
-    previous = _native.block_min_part_macs(0)
-    try:
-        for threads in (1, 2, 3):
-            out = np.full(channels, np.nan, np.float32)
-            native.global_average_pool(x, out, threads)
-            outs.append(out)
-    finally:
-        _native.block_min_part_macs(previous)
+    for threads in (1, 2, 3):
+        out = np.full(channels, np.nan, np.float32)
+        native.global_average_pool(x, out, threads)
+        outs.append(out)
     np.testing.assert_allclose(outs[0], x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(outs[1], outs[0])
     np.testing.assert_array_equal(outs[2], outs[0])

@@ -21,14 +21,6 @@ def _module():
     return _native
 
 
-@pytest.fixture
-def split_every_step():
-    """Parts of any size: even the smallest generated step is shared by the threads."""
-    previous = _module().block_min_part_macs(0)
-    yield
-    _module().block_min_part_macs(previous)
-
-
 # MobileNetV2-like: 56x56 stride 1 residual, 28x28 stride 2, 7x7; the fused stem (im2col expansion), no expansion,
 # a direct expansion (taps too wide for the stack)
 LARGE_BLOCKS = [

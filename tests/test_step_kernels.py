@@ -357,20 +357,15 @@ def test_native_gemm_runs_in_c_on_the_mobilenet_classifier(rng):
     np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64) + c, rtol=1e-4, atol=1e-3)
 
 
-def test_native_gemm_threads_give_the_same_bits(rng):
-    from edgerun.kernels import _native
+def test_native_gemm_threads_give_the_same_bits(rng, split_every_step):
     a = rng.standard_normal((1, 1280)).astype(np.float32)
     b = rng.standard_normal((1000, 1280)).astype(np.float32)
     node = Node("Gemm", ["a", "b"], ["y"], {"transB": 1}, name="classifier")
     outs = []
-    previous = _native.block_min_part_macs(0)
-    try:
-        for threads in (1, 2, 3):
-            kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], threads)
-            kernel.prepare(node, {"b": b})
-            outs.append(run_kernel(kernel, node, [a, b], [(1, 1000)])[0][0])
-    finally:
-        _native.block_min_part_macs(previous)
+    for threads in (1, 2, 3):
+        kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], threads)
+        kernel.prepare(node, {"b": b})
+        outs.append(run_kernel(kernel, node, [a, b], [(1, 1000)])[0][0])
     np.testing.assert_array_equal(outs[1], outs[0])
     np.testing.assert_array_equal(outs[2], outs[0])
 

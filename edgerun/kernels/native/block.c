@@ -314,6 +314,13 @@ void er_team_end(er_team *team)
     if (team) STORE(&team->busy, 0);
 }
 
+void er_run_parts(er_item_fn fn, void *ctx, int parts)
+{
+    er_team *team = parts > 1 ? er_team_begin(parts) : NULL;
+    er_team_run(team, fn, ctx, parts);
+    er_team_end(team);
+}
+
 int er_pool_threads(void) { return LOAD(&pool.started) + 1; }
 
 void er_pool_shutdown(void)

@@ -122,6 +122,8 @@ typedef void (*er_item_fn)(void *ctx, int item);
 er_team *er_team_begin(int threads);
 void er_team_run(er_team *team, er_item_fn fn, void *ctx, int items);
 void er_team_end(er_team *team);
+/* One phase of `parts` items on a team of that many threads (begin, run, end). */
+void er_run_parts(er_item_fn fn, void *ctx, int parts);
 int er_pool_threads(void);     /* 1 + workers started so far */
 void er_pool_shutdown(void);   /* joins the workers (at exit); later jobs run on one thread */
 

@@ -195,9 +195,7 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
                          .s = s, .ho = ho, .wo = wo, .pads = pads, .act = &act};
     Py_BEGIN_ALLOW_THREADS
     job.parts = er_worth_parts((double)c * ho * wo * k * k, threads, c);
-    er_team *team = job.parts > 1 ? er_team_begin(job.parts) : NULL;
-    er_team_run(team, depthwise_item, &job, job.parts);
-    er_team_end(team);
+    er_run_parts(depthwise_item, &job, job.parts);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
     Py_RETURN_NONE;

@@ -255,9 +255,7 @@ void er_gemv(int rows, int K, const float *w, const float *x, const float *bias,
 {
     gemv_job job = {.w = w, .x = x, .bias = bias, .y = y, .rows = rows, .K = K};
     job.parts = er_worth_parts((double)rows * K, threads, (rows + GEMV_ROWS - 1) / GEMV_ROWS);
-    er_team *team = job.parts > 1 ? er_team_begin(job.parts) : NULL;
-    er_team_run(team, gemv_item, &job, job.parts);
-    er_team_end(team);
+    er_run_parts(gemv_item, &job, job.parts);
 }
 
 PyObject *er_py_gemv(PyObject *self, PyObject *args)
@@ -322,9 +320,7 @@ void er_global_average_pool(const float *x, float *out, int channels, long pixel
 {
     gap_job job = {.x = x, .out = out, .channels = channels, .pixels = pixels};
     job.parts = er_worth_parts((double)channels * pixels, threads, channels);
-    er_team *team = job.parts > 1 ? er_team_begin(job.parts) : NULL;
-    er_team_run(team, gap_item, &job, job.parts);
-    er_team_end(team);
+    er_run_parts(gap_item, &job, job.parts);
 }
 
 /* ---------------------------------------------------------------- pooling */
