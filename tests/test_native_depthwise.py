@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgerun.kernels import Activation, native, native_available
+from test_kernels_block import reference_conv
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native extension not built")
 
@@ -16,17 +17,7 @@ ACTIVATIONS = [Activation(), Activation("relu"), Activation("clip", (-0.5, 0.75)
 
 def reference_depthwise(x, w, b, stride, pads):
     """float64 direct depthwise convolution: x (C, H, W), w (C, k, k), pads (top, left, bottom, right)."""
-    top, left, bottom, right = pads
-    padded = np.pad(x.astype(np.float64), ((0, 0), (top, bottom), (left, right)))
-    k = w.shape[-1]
-    out_h = (padded.shape[1] - k) // stride + 1
-    out_w = (padded.shape[2] - k) // stride + 1
-    out = np.zeros((x.shape[0], out_h, out_w)) + b.astype(np.float64)[:, None, None]
-    for ky in range(k):
-        for kx in range(k):
-            window = padded[:, ky:ky + (out_h - 1) * stride + 1:stride, kx:kx + (out_w - 1) * stride + 1:stride]
-            out += w[:, ky, kx].astype(np.float64)[:, None, None] * window
-    return out
+    return reference_conv(x, w[:, None], b, stride, pads, groups_equal_channels=True)
 
 
 def activate(y, activation):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from edgerun.kernels import native
 from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
 from test_kernels_block import (BlockCase, assert_close, block_cases, make_scratch, random_weights,
-                                reference_block, run_case)
+                                reference_block, reference_conv, run_case)
 
 
 def _module():
@@ -360,12 +360,7 @@ def test_depthwise_threads_give_the_same_bits(split_every_step, channels, size, 
         native.depthwise_conv(x, w, b, out, stride, pads, Activation("relu"), threads=count)
         outs.append(out)
     np.testing.assert_array_equal(outs[1], outs[0])
-    padded = np.pad(x.astype(np.float64), ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    want = np.zeros((channels, out_size, out_size)) + b[:, None, None]
-    for ky in range(kernel):
-        for kx in range(kernel):
-            window = padded[:, ky:ky + stride * out_size:stride, kx:kx + stride * out_size:stride]
-            want += w[:, ky, kx, None, None] * window[:, :out_size, :out_size]
+    want = reference_conv(x, w[:, None], b, stride, pads, groups_equal_channels=True)
     np.testing.assert_allclose(outs[0], np.maximum(want, 0), rtol=1e-5, atol=1e-5)
 
 
