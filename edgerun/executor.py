@@ -34,7 +34,7 @@ class ExecStep:
     weights: object = None
     schedule: BlockSchedule | None = None
     scratch: dict = field(default_factory=dict)
-    bound: tuple = ()              # blocks: (x, out, one checked call per image), reused while x and out are the same arrays
+    bound: tuple = ()              # blocks: (x, out, one checked call per image), see _block_calls
 
 
 @dataclass

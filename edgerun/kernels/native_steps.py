@@ -9,8 +9,8 @@ import numpy as np
 from edgerun.ir import Node
 from edgerun.kernels import Activation, native
 from edgerun.kernels.numpy_steps import (ITEMSIZE, AveragePoolKernel, FusedConvKernel, GemmKernel,
-                                         GlobalAveragePoolKernel, MaxPoolKernel, StepKernel, _im2col_fill, _is_depthwise,
-                                         _is_grouped_pointwise, _is_pointwise, _pool_geometry)
+                                         GlobalAveragePoolKernel, MaxPoolKernel, StepKernel, _im2col_fill,
+                                         _is_depthwise, _is_grouped_pointwise, _is_pointwise, _pool_geometry)
 
 
 def _activation(node: Node) -> Activation:
@@ -198,7 +198,8 @@ class NativeGemmKernel(StepKernel):
             native.gemv(weight, a[row], bias, y[row], self.threads)
 
 
-_NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "Gemm": NativeGemmKernel, "GlobalAveragePool": NativeGlobalAveragePoolKernel,
+_NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "Gemm": NativeGemmKernel,
+                    "GlobalAveragePool": NativeGlobalAveragePoolKernel,
                     "MaxPool": lambda: NativePoolKernel(MaxPoolKernel()),
                     "AveragePool": lambda: NativePoolKernel(AveragePoolKernel())}
 
