@@ -476,9 +476,9 @@ int er_worth_parts(double macs, int threads, int most)
 /* Output rows [*p0, *p1) of part k of the step's band. */
 static void part_rows(const block_job *job, int k, int *p0, int *p1)
 {
-    int rows = job->o1 - job->o0;
-    *p0 = job->o0 + (int)((long)rows * k / job->parts);
-    *p1 = job->o0 + (int)((long)rows * (k + 1) / job->parts);
+    er_share(job->o1 - job->o0, job->parts, k, p0, p1);
+    *p0 += job->o0;
+    *p1 += job->o0;
 }
 
 /* First hidden row the depthwise of output row o reads (clamped to the step's rows). */
@@ -607,7 +607,7 @@ static double step_macs(const block_job *job)
  * thread too few columns for the GEMM tiles. Phase 1, part k: expansion and depthwise of its
  * share of the chunk's hidden channels; phase 2, part k: the projection of its share of the
  * output channels over all the band's pixels. Scratch layouts are those of one part. */
-static void share(int n, int parts, int k, int *a, int *b)
+void er_share(int n, int parts, int k, int *a, int *b)
 {
     *a = (int)((long)n * k / parts);
     *b = (int)((long)n * (k + 1) / parts);
@@ -619,7 +619,7 @@ static void hidden_item(void *ctx, int k)
     const er_block_geom *g = job->g;
     const er_block_weights *w = job->w;
     int a0, a1, kd = g->dw_kernel;
-    share(job->c1 - job->c0, job->parts, k, &a0, &a1);
+    er_share(job->c1 - job->c0, job->parts, k, &a0, &a1);
     if (a0 >= a1) return;
     int ca = job->c0 + a0, cb = job->c0 + a1, width = g->hidden_width, rows = job->h1 - job->h0;
     long columns = (long)rows * width;
@@ -662,7 +662,7 @@ static void project_item(void *ctx, int k)
     block_job *job = (block_job *)ctx;
     const er_block_geom *g = job->g;
     int m0, m1;
-    share(g->out_channels, job->parts, k, &m0, &m1);
+    er_share(g->out_channels, job->parts, k, &m0, &m1);
     if (m0 >= m1) return;
     int n = (job->o1 - job->o0) * g->out_width;
     if (job->c0 == 0) initialise_channels(job, m0, m1, 0, n);

@@ -135,6 +135,9 @@ long long er_block_min_part_macs(long long value);
  * part gets at least about er_block_min_part_macs of them. */
 int er_worth_parts(double macs, int threads, int most);
 
+/* Part k of `parts` near-equal contiguous ranges of [0, n): [*a, *b). */
+void er_share(int n, int parts, int k, int *a, int *b);
+
 /* C[m*ldc + n] (+)= sum_k A[k*lda + m] * B[k*ldb + n]; without accumulate C starts from
  * bias[m] (or 0 when bias is NULL); act is applied to the result. */
 void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, long ldb,

@@ -158,13 +158,13 @@ typedef struct {
 static void depthwise_item(void *ctx, int part)
 {
     const depthwise_job *job = (const depthwise_job *)ctx;
-    int c0 = (int)((long)job->channels * part / job->parts), c1 = (int)((long)job->channels * (part + 1) / job->parts);
+    int c0, c1;
+    er_share(job->channels, job->parts, part, &c0, &c1);
     long plane = (long)job->h * job->wd, out_plane = (long)job->ho * job->wo;
     for (int i = c0; i < c1; i++)
         er_depthwise_plane(job->x + i * plane, job->h, job->wd, job->w + (long)i * job->k * job->k, job->k, job->s,
                            job->pads, job->bias[i], job->act, job->out + i * out_plane, job->ho, job->wo);
 }
-
 
 static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
 {
@@ -180,7 +180,7 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
     int ho = (h + pads[0] + pads[2] - k) / s + 1, wo = (wd + pads[1] + pads[3] - k) / s + 1;
     if (c < 1 || h < 1 || wd < 1 || k < 1 || s < 1 || pads[0] < 0 || pads[1] < 0 || pads[2] < 0 ||
         pads[3] < 0 || h + pads[0] + pads[2] < k || wd + pads[1] + pads[3] < k || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "depthwise_conv: invalid sizes, kernel, stride or pads");
+        PyErr_SetString(PyExc_ValueError, "depthwise_conv: invalid sizes, kernel, stride, pads or threads");
         return NULL;
     }
     const float *xp = er_acquire(&set, x, "x", (Py_ssize_t)c * h * wd, 0, 0);

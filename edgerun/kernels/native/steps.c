@@ -165,7 +165,8 @@ static void pw_panels(const pw_job *job, int p0, int p1)
 static void pw_item(void *ctx, int k)
 {
     const pw_job *job = (const pw_job *)ctx;
-    int p0 = (int)((long)job->panels * k / job->parts), p1 = (int)((long)job->panels * (k + 1) / job->parts);
+    int p0, p1;
+    er_share(job->panels, job->parts, k, &p0, &p1);
     if (p0 < p1) pw_panels(job, p0, p1);
 }
 
@@ -243,10 +244,9 @@ typedef struct {
 static void gemv_item(void *ctx, int part)
 {
     const gemv_job *job = (const gemv_job *)ctx;
-    int groups = (job->rows + GEMV_ROWS - 1) / GEMV_ROWS;
-    int r0 = (int)((long)groups * part / job->parts) * GEMV_ROWS;
-    int r1 = (int)((long)groups * (part + 1) / job->parts) * GEMV_ROWS;
-    if (r1 > job->rows) r1 = job->rows;
+    int g0, g1;
+    er_share((job->rows + GEMV_ROWS - 1) / GEMV_ROWS, job->parts, part, &g0, &g1);
+    int r0 = g0 * GEMV_ROWS, r1 = g1 * GEMV_ROWS < job->rows ? g1 * GEMV_ROWS : job->rows;
     if (r0 < r1) gemv_rows(job->w, job->x, job->bias, job->y, job->K, r0, r1);
 }
 
@@ -312,7 +312,8 @@ typedef struct {
 static void gap_item(void *ctx, int part)
 {
     const gap_job *job = (const gap_job *)ctx;
-    int c0 = (int)((long)job->channels * part / job->parts), c1 = (int)((long)job->channels * (part + 1) / job->parts);
+    int c0, c1;
+    er_share(job->channels, job->parts, part, &c0, &c1);
     for (int c = c0; c < c1; c++) job->out[c] = mean_of(job->x + c * job->pixels, job->pixels);
 }
 
