@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerun.errors import (BundleError, EdgerunError, InvalidInputError, InvalidModelError, InvalidOptionError,
-                            MemoryBudgetError)
+                            MemoryBudgetError, PlanMismatchError)
 from edgerun.ir import Graph, Node, TensorInfo, ValueInfo
 from edgerun.session import (checked_backend, checked_feeds, checked_output_names, checked_threads, node_arg,
                              run_measured)
@@ -588,11 +588,11 @@ def _describe(info) -> str:
 
 # ---- the plan
 
-def _plan_from_header(header: dict, max_arena_bytes: int):
+def _plan_from_header(header: dict, max_arena_bytes: int, threads: int):
     from scheduler.plan import Plan
 
-    try:
-        plan = Plan.from_dict(_field(header, "plan", dict, "header"))
+    try:  # bundles written before plans recorded backend and threads: the header's backend, the caller's threads
+        plan = Plan.from_dict(_field(header, "plan", dict, "header"), backend=header.get("backend"), threads=threads)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"malformed bundle: header.plan cannot be read: {exc!r}") from None
     arena = _int_field(header, "arena_bytes", "header", maximum=_MAX_TENSOR_BYTES)
@@ -618,7 +618,7 @@ class BundleSession:
     """A compiled bundle ready to run: onnxruntime-style run / get_inputs / get_outputs."""
 
     def __init__(self, raw: _RawBundle, *, threads=None, kernels_backend=None,
-                 max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES):
+                 max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES, replan: bool = False):
         from edgerun import kernels
 
         header = raw.header
@@ -630,7 +630,8 @@ class BundleSession:
         self.memory_budget = header.get("memory_budget")
         self.threads = checked_threads(threads)
         self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
-        stored_plan = _plan_from_header(header, max_arena_bytes)
+        self.replan = bool(replan)
+        stored_plan = _plan_from_header(header, max_arena_bytes, self.threads)
         self.last_run = None
         self.replanned = self.backend != self.planned_backend
         if self.replanned:
@@ -659,7 +660,10 @@ class BundleSession:
         from edgerun.executor import CompiledModel
 
         try:
-            compiled = CompiledModel(self.graph, budget=None, backend=self.backend, threads=self.threads, plan=plan)
+            compiled = CompiledModel(self.graph, budget=self.memory_budget, backend=self.backend, threads=self.threads,
+                                     plan=plan, replan=self.replan)
+        except PlanMismatchError:
+            raise
         except EdgerunError as exc:
             raise BundleError(f"bundle graph cannot be prepared: {exc}") from None
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
@@ -711,15 +715,18 @@ class BundleSession:
 
 
 def load(path, *, threads=None, kernels_backend=None, verify_weights: bool = True,
-         max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES) -> BundleSession:
+         max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES, replan: bool = False) -> BundleSession:
     """Open a bundle written by compile_bundle; weights stay memory-mapped read-only.
 
     kernels_backend: None picks the runtime's default; if it is not the backend the bundle was planned
     for, the arena is re-planned with the bundle's budget (RuntimeWarning, `session.replanned`).
+    threads other than the plan's: PlanMismatchError, or with replan=True a plan for the same budget
+    (RuntimeWarning; `session.compiled.notices` says why).
     verify_weights=False skips hashing the weights section (faster start, corruption there undetected).
     """
     raw = read_bundle(path, verify_weights=verify_weights)
-    return BundleSession(raw, threads=threads, kernels_backend=kernels_backend, max_arena_bytes=max_arena_bytes)
+    return BundleSession(raw, threads=threads, kernels_backend=kernels_backend, max_arena_bytes=max_arena_bytes,
+                         replan=replan)
 
 
 # =====================================================================================

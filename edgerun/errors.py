@@ -36,6 +36,10 @@ class InvalidOptionError(EdgerunError):
     """An option (budget, thread count, schedule override, ...) has a value edgerun cannot use."""
 
 
+class PlanMismatchError(InvalidOptionError):
+    """A plan (or bundle) was made for other kernels, threads or buffer sizes than it would run with."""
+
+
 class MemoryBudgetError(EdgerunError):
     """No schedule fits the requested memory budget."""
 

@@ -4,9 +4,20 @@ import json
 
 import pytest
 
-from scheduler import BlockGeometry, BlockSchedule, Plan, Problem, Step, StepPlan
+from scheduler import (SINGLE, BlockGeometry, BlockSchedule, KernelContract, Plan, Problem, ScratchBuffer, Step,
+                       StepPlan, ThreadSplit)
+from scheduler.blocks import band_hidden_rows, chunk_channels
 
 BLOCK = BlockGeometry(8, 10, 10, 48, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 8, True)
+
+
+def split_contract(geom, sched, threads):
+    """A made-up kernel: the split's two intermediates (a chunk's hidden rows of a band and its
+    depthwise band), one thread."""
+    c = chunk_channels(geom, sched.t)
+    return KernelContract(sched, (
+        ScratchBuffer("expanded", c * band_hidden_rows(geom, sched.band_rows) * geom.hidden_width * 4),
+        ScratchBuffer("depthwise", c * sched.band_rows * geom.out_width * 4)), ThreadSplit(SINGLE, threads, 1))
 
 
 def chain():
@@ -14,7 +25,7 @@ def chain():
         buffers={"in": 3200, "a": 3200, "b": 3200, "unused": 64, "stats": 16, "out": 40},
         steps=[
             Step("s0", "conv", ["in"], ["a"], macs=1000),
-            Step("s1", "block", ["a"], ["b", "stats"], block=BLOCK),
+            Step("s1", "block", ["a"], ["b", "stats"], block=BLOCK, contract=split_contract),
             Step("s2", "pool", ["b"], ["out"], macs=800),
             Step("s3", "softmax", ["out"], ["out"], macs=40, scratch={"tmp": 100}),
         ],
@@ -37,8 +48,8 @@ def test_lifetimes_follow_writers_and_last_readers():
 
 def test_step_scratch_block_and_fixed():
     p = chain()
-    assert p.steps[3].scratch_for(None, "numpy") == {"tmp": 100}
-    sizes = p.steps[1].scratch_for(BlockSchedule(2, 5), "native")
+    assert p.steps[3].scratch_for(None) == {"tmp": 100}
+    sizes = p.steps[1].scratch_for(BlockSchedule(2, 5))
     assert sizes == {"expanded": 24 * 7 * 10 * 4, "depthwise": 24 * 5 * 10 * 4}
 
 
