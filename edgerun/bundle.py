@@ -638,6 +638,7 @@ class BundleSession:
             self._compiled = self._replanned(header, max_arena_bytes)
         else:
             self._compiled = self._with_stored_plan(stored_plan)
+            self.replanned = bool(self._compiled.notices)  # threads differed and replan=True
 
     @property
     def compiled(self):

@@ -117,6 +117,7 @@ class CompiledModel:
         self.problem = self._problem()
         if plan is not None and not self._plan_fits(plan, replan):
             budget = budget if budget is not None else plan.budget
+            planner = plan.planner
             plan = None
         self.plan = plan if plan is not None else self._schedule(budget, planner, fixed or {}, max_t, cost_model)
         self.arena, self.views = self._bind_arena()
