@@ -5,7 +5,7 @@ depthwise conv (kernel kd, stride sd), ReLU6, 1x1 linear projection (E -> Cout),
 optional residual add.  The split (MobileNetV2 paper, Section 5.1) cuts the E
 hidden channels into t chunks; banding additionally cuts the output rows into
 bands so that only a few hidden rows exist at a time.  Everything here is for
-one image; pure integer arithmetic, no numpy.
+one image; pure integer arithmetic, no arrays.
 """
 
 from __future__ import annotations

@@ -78,3 +78,68 @@ def test_threads_the_native_kernel_keeps_busy():
     assert busy(late, BlockSchedule(960, 7), "native", 3) == 1  # one hidden channel a chunk
     assert busy(late, BlockSchedule(1, 7), "numpy", 2) == 1
     assert busy(late, BlockSchedule(1, 7), "native", 1) == 1
+
+
+def test_native_contract_states_its_split_and_slices():
+    from dataclasses import FrozenInstanceError
+
+    from edgerun.kernels import native
+    from scheduler import BY_CHANNELS, BY_ROWS, SINGLE, WHOLE_BANDS
+
+    one = native.block_contract(EXPAND_S2, BlockSchedule(6, 4), 1)
+    assert (one.split.kind, one.split.threads, one.split.busy) == (SINGLE, 1, 1)
+    assert [(b.name, b.slices, b.slice_bytes) for b in one.scratch] == [("expanded", 1, 64512), ("depthwise", 1, 14336)]
+    bands = native.block_contract(EXPAND_S2, BlockSchedule(6, 4), 3)  # 14 bands >= 3 threads
+    assert (bands.split.kind, bands.split.busy) == (WHOLE_BANDS, 3)
+    assert [(b.slices, b.slice_bytes, b.nbytes) for b in bands.scratch] == [(3, 64512, 3 * 64512), (3, 14336, 3 * 14336)]
+    # two bands of 28 x 56 pixels, three threads: one shared slice split by rows (1568 pixels > 256)
+    rows = native.block_contract(EXPAND_S2, BlockSchedule(6, 28), 3)
+    assert (rows.split.kind, rows.split.busy, rows.buffer("depthwise").slices) == (BY_ROWS, 1, 1)
+    late = BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True)
+    channels = native.block_contract(late, BlockSchedule(4, 7), 2)  # one 49-pixel band
+    assert (channels.split.kind, channels.split.busy) == (BY_CHANNELS, 2)
+    assert channels.schedule == BlockSchedule(4, 7) and channels.threads == 2
+    with pytest.raises(FrozenInstanceError):
+        channels.split = one.split
+    with pytest.raises(Exception, match="threads must be in 1..128"):
+        native.block_contract(late, BlockSchedule(4, 7), 0)
+
+
+def test_numpy_contract_is_one_thread_whatever_it_is_asked():
+    from edgerun.kernels import numpy_block
+    from scheduler import SINGLE
+
+    contract = numpy_block.block_contract(STEM_FUSED, BlockSchedule(4, 8), 4)
+    assert (contract.split.kind, contract.split.threads, contract.split.busy) == (SINGLE, 4, 1)
+    assert all(b.slices == 1 for b in contract.scratch)
+    assert list(contract.scratch_bytes()) == ["expanded", "depthwise", "dw_tmp", "proj_tmp", "im2col"]
+
+
+def test_scratch_checks_read_the_contract():
+    import numpy as np
+
+    from edgerun.kernels import holds_scratch
+
+    contract = block_contract(RESIDUAL, BlockSchedule(2, 4), "native", 2)  # 14 bands: two slices each
+    sizes = contract.scratch_bytes()
+    full = {name: np.empty(n // 4, np.float32) for name, n in sizes.items()}
+    assert holds_scratch(full, contract)
+    one_slice = {name: view[: view.size // 2] for name, view in full.items()}
+    assert not holds_scratch(one_slice, contract)
+    assert holds_scratch(one_slice, block_contract(RESIDUAL, BlockSchedule(2, 4), "native", 1))
+    assert not holds_scratch(None, contract)
+
+
+def test_search_offers_thread_balanced_bands_only_to_kernels_that_take_whole_bands():
+    from edgerun.kernels import native, numpy_block
+    from scheduler import Problem, Step
+    from scheduler.search import band_threads
+
+    def problem(contract, threads):
+        buffers = {"x": 16 * 112 * 112 * 4, "y": 24 * 56 * 56 * 4}
+        return Problem(buffers, [Step("b", "block", ["x"], ["y"], block=EXPAND_S2, contract=contract)], ["y"],
+                       threads=threads)
+
+    assert band_threads(problem(native.block_contract, 3).steps[0], problem(native.block_contract, 3)) == 3
+    assert band_threads(problem(numpy_block.block_contract, 3).steps[0], problem(numpy_block.block_contract, 3)) == 1
+    assert band_threads(problem(native.block_contract, 1).steps[0], problem(native.block_contract, 1)) == 1
