@@ -18,7 +18,6 @@
  *   depthwise and projection over output rows.
  * Every output element is computed by the same operations in the same order whatever the
  * split, so any thread count gives the same bits. */
-#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
