@@ -271,3 +271,29 @@ def test_native_calls_from_two_python_threads_do_not_interfere():
     for worker in workers:
         worker.join()
     assert failures == []
+
+
+def test_native_sources_call_each_other_without_a_circle():
+    """Which C file calls a non-static er_ function defined in which other file: the graph has no cycle
+    (the thread pool has its own file; block.c uses depthwise.c, never the other way round)."""
+    import re
+    from pathlib import Path
+
+    from edgerun.kernels import native as native_module
+
+    folder = Path(native_module.__file__).parent / "native"
+    sources = {path.name: path.read_text() for path in folder.glob("*.c")}
+    defined = {}
+    for name, text in sources.items():
+        for function in re.findall(r"^(?!static)[A-Za-z][\w \*]*?\b(er_\w+)\([^;]*?\)\s*\{", text, re.M):
+            defined[function] = name
+    assert {"er_team_begin", "er_block_run", "er_depthwise_rows", "er_share"} <= set(defined)
+    assert defined["er_team_begin"] == defined["er_share"] == "threadpool.c"
+    uses = {name: {defined[f] for f in re.findall(r"\b(er_\w+)\(", text) if defined.get(f, name) != name}
+            for name, text in sources.items()}
+    assert "depthwise.c" in uses["block.c"] and "threadpool.c" in uses["block.c"]
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, seen + (n,))) for n in uses[start])
+
+    assert [name for name in sources if reaches(name, name)] == []

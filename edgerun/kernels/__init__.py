@@ -1,7 +1,9 @@
 """Kernels that run one fused inverted-residual block inside the arena.
 
-Two backends share `run_block(x, out, weights, geom, sched, scratch)`:
-`numpy` (the oracle) and `native` (the C extension `edgerun.kernels._native`).
+Two backends, `numpy` (the oracle, numpy_block.py) and `native` (the C extension
+`edgerun.kernels._native`, native.py), each declare their block kernel's contract beside it,
+`block_contract(geom, sched, threads) -> scheduler.KernelContract` (scratch buffers and thread
+split), and share `run_block(x, out, weights, geom, sched, scratch)` / `block_call(..., contract)`.
 """
 from __future__ import annotations
 
