@@ -9,7 +9,7 @@ static void relu(float *restrict p, long n)
 {
     for (long i = 0; i < n; i++) {
         float v = p[i];
-        p[i] = v > 0.0f ? v : 0.0f;
+        p[i] = v < 0.0f ? 0.0f : v; /* NaN fails the test and passes through */
     }
 }
 

@@ -61,7 +61,7 @@ static inline er_vf er_activatev(er_vf v, const er_act *act)
     if (!act) return v;
     if (act->kind == ER_ACT_RELU) {
         er_vf zero = er_splatv(0.0f);
-        return er_selectv(v > zero, v, zero);
+        return er_selectv(v < zero, zero, v); /* NaN passes through */
     }
     if (act->kind == ER_ACT_CLIP) {
         er_vf lo = er_splatv(act->a), hi = er_splatv(act->b);
