@@ -122,10 +122,9 @@ def _leakyrelu_into(x, y, alpha):
 
 
 def _leakyrelu_inplace(part, tmp, alpha):
-    # x + (alpha - 1) * min(x, 0)
-    np.minimum(part, 0.0, out=tmp)
-    np.multiply(tmp, np.float32(alpha - 1.0), out=tmp)
-    np.add(part, tmp, out=part)
+    # as _leakyrelu_into (x + (alpha - 1) * min(x, 0) would turn -inf into NaN)
+    np.multiply(part, np.float32(alpha), out=tmp)
+    (np.maximum if alpha <= 1 else np.minimum)(part, tmp, out=part)
 
 
 def _sigmoid_reference(x):
