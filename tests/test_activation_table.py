@@ -34,8 +34,8 @@ def test_c_enum_lists_the_table_in_order():
 
 
 def test_generated_block_of_kernels_h_is_current():
-    """Run `python -m edgerun.kernels.activations` after changing the table."""
-    assert activations.generated_block((NATIVE / "kernels.h").read_text()) == activations.c_enum()
+    assert activations.generated_block((NATIVE / "kernels.h").read_text()) == activations.c_enum(), (
+        f"kernels.h is stale: run {activations.REGENERATE}")
 
 
 def test_write_header_rewrites_only_the_generated_block(tmp_path):
