@@ -168,6 +168,7 @@ ACTIVATIONS = [
     ("Relu", {}), ("Tanh", {}), ("Sigmoid", {}), ("HardSwish", {}),
     ("HardSigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
     ("LeakyRelu", {}), ("LeakyRelu", {"alpha": 0.2}), ("LeakyRelu", {"alpha": 3.0}), ("LeakyRelu", {"alpha": -0.5}),
+    ("Elu", {}), ("Elu", {"alpha": 0.3}), ("Elu", {"alpha": 2.5}),
 ]
 
 
@@ -292,7 +293,7 @@ def test_group_one_conv_matches_reference(rng, backend, kernel_shape, strides, p
     (1024, 30, 49), (513, 17, 196), (7, 64, 12544 + 5),                                    # K blocks of 256
 ])
 @pytest.mark.parametrize("activation,params", [("", ()), ("relu", ()), ("clip", (0.0, 6.0)), ("hardswish", ()),
-                                               ("leakyrelu", (0.1,)), ("sigmoid", ())])
+                                               ("leakyrelu", (0.1,)), ("sigmoid", ()), ("elu", (1.0,))])
 def test_packed_pointwise_gemm_matches_numpy(rng, cin, cout, pixels, activation, params):
     from edgerun.kernels import Activation, native
     from edgerun.ops.activation import apply_activation

@@ -144,6 +144,20 @@ def _sigmoid_inplace(values, tmp):
     _sigmoid_into(values, values)
 
 
+def _elu_reference(x, alpha):
+    negative = np.asarray(alpha, dtype=x.dtype) * np.expm1(np.minimum(x, np.zeros((), x.dtype)))
+    return np.where(x > 0, x, negative).astype(x.dtype, copy=False)
+
+
+def _elu_inplace(part, tmp, alpha):
+    # max(x, 0) + alpha * expm1(min(x, 0)): a NaN stays NaN, -inf gives -alpha
+    np.minimum(part, 0.0, out=tmp)
+    np.expm1(tmp, out=tmp)
+    np.multiply(tmp, np.float32(alpha), out=tmp)
+    np.maximum(part, 0.0, out=part)
+    np.add(part, tmp, out=part)
+
+
 def _none_reference(x):
     return x
 
@@ -160,6 +174,7 @@ TABLE: tuple[ActivationKind, ...] = (
     ActivationKind("leakyrelu", "LeakyRelu", (("alpha", 0.01),), _leakyrelu_reference, _leakyrelu_inplace,
                    _leakyrelu_into, needs_tmp=True),
     ActivationKind("sigmoid", "Sigmoid", (), _sigmoid_reference, _sigmoid_inplace, _sigmoid_into),
+    ActivationKind("elu", "Elu", (("alpha", 1.0),), _elu_reference, _elu_inplace, None, needs_tmp=True),
 )
 
 KINDS: dict[str, ActivationKind] = {kind.name: kind for kind in TABLE}

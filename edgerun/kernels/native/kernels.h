@@ -15,6 +15,7 @@ enum er_activation {
     ER_ACT_HARDSIGMOID, /* 4: hardsigmoid (alpha, beta) */
     ER_ACT_LEAKYRELU,   /* 5: leakyrelu (alpha) */
     ER_ACT_SIGMOID,     /* 6: sigmoid (-) */
+    ER_ACT_ELU,         /* 7: elu (alpha) */
     ER_ACT_COUNT
 };
 
