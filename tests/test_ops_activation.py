@@ -97,8 +97,9 @@ def elu_block_model(alpha=0.7):
              helper.make_node("Conv", ["da", "wp", "bp"], ["p"]),
              helper.make_node("Add", ["p", "x"], ["s"]),
              helper.make_node("Elu", ["s"], ["y"])]
-    graph = helper.make_graph(nodes, "elu_block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 10, 10])], inits)
+    shape = [1, 8, 10, 10]
+    graph = helper.make_graph(nodes, "elu_block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
