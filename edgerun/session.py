@@ -13,9 +13,9 @@ from edgerun.errors import InvalidInputError, InvalidOptionError, MemoryBudgetEr
 from edgerun.executor import CompiledModel
 from edgerun.loader import load_model
 from edgerun.passes import optimize
-from edgerun.session_base import (ONNX_TYPE_NAMES, NodeArg, RunStats, Session, checked_backend,  # noqa: F401
-                                  checked_feeds, checked_output_names, checked_threads, memory_ceiling_bytes,
-                                  node_arg, run_measured)
+from edgerun.session_base import (ONNX_TYPE_NAMES, NodeArg, RunStats, Session,  # noqa: F401 (re-exported)
+                                  check_input_types, checked_backend, checked_feeds, checked_output_names,
+                                  checked_threads, memory_ceiling_bytes, node_arg, run_measured)
 from edgerun.shape_inference import infer_shapes
 from edgerun.units import parse_bytes
 from scheduler.cost import load_calibrated
@@ -39,6 +39,7 @@ class InferenceSession(Session):
                  optimize_graph: bool = True, disabled_passes=None, max_t: int = 5, cost_model=None):
         super().__init__()
         self._graph = load_model(model)
+        check_input_types(self._graph.inputs)
         self.memory_budget = parse_bytes(memory_budget)
         self.threads_given = threads is not None
         self.threads = checked_threads(threads)
@@ -106,24 +107,24 @@ class InferenceSession(Session):
                              fixed=self._fixed, max_t=self.max_t, threads=threads, cost_model=self.cost_model)
 
     def _fewer_threads(self, graph) -> CompiledModel:
-        """The plan for the most threads below the default that fits the budget (more threads need more
-        block scratch, so the fitting counts are 1..k: found by bisection); the budget error of one thread
-        when none fits."""
-        fits: CompiledModel | None = None
-        low, high = 1, self.threads - 1
-        while low <= high:
-            middle = (low + high) // 2
+        """The plan for the most threads below the default that fits the budget, tried from the most down
+        (the smallest reachable peak is not monotonic in the threads: each thread's block scratch grows the
+        peak, but blocks also switch between whole bands per thread and shared steps). One thread is tried
+        first: when even it does not fit, its budget error is raised at once."""
+        single = self._compiled_model(graph, 1)
+        for threads in range(self.threads - 1, 1, -1):
             try:
-                fits = self._compiled_model(graph, middle)
-                low = middle + 1
+                return self._noted(self._compiled_model(graph, threads))
             except MemoryBudgetError:
-                if middle == 1:
-                    raise
-                high = middle - 1
+                continue
+        return self._noted(single)
+
+    def _noted(self, compiled: CompiledModel) -> CompiledModel:
+        threads = compiled.threads
         self.notices.append(f"the plan for {self.threads} threads (the CPUs this process may use) does not fit "
-                            f"the budget of {self.memory_budget:,} bytes; planned for {fits.threads} thread(s), "
-                            f"the most that fit")
-        return fits
+                            f"the budget of {self.memory_budget:,} bytes; planned for {threads} "
+                            f"thread{'s' if threads != 1 else ''}, the most that fit")
+        return compiled
 
 
 _MAX_CACHED_PLANS = 16

@@ -100,8 +100,9 @@ class Session:
         feeds = checked_feeds(self._graph.inputs, input_feed)
         names = checked_output_names(self._graph.output_names(), output_names)
         with self._lock:
-            compiled = self._compiled_for_feeds(feeds)
+            compiled = self._compiled_for_feeds(feeds)   # refuses activations larger than memory
             self._last = compiled
+            feeds = contiguous_feeds(feeds)
             if not profile:
                 outputs, _ = compiled.run(feeds, names)
                 return outputs
@@ -143,7 +144,8 @@ def memory_ceiling_bytes() -> int:
 
 
 def checked_feeds(inputs, input_feed) -> dict[str, np.ndarray]:
-    """The caller's feeds, checked against the model's inputs (names, rank, shape, dtype, size)."""
+    """The caller's feeds, checked against the model's inputs (names, rank, shape, dtype, size) as given:
+    nothing is copied yet (see contiguous_feeds)."""
     if not isinstance(input_feed, dict):
         raise InvalidInputError(f"input_feed must be a dict of input name -> array, not {type(input_feed).__name__}")
     expected = {v.name: v for v in inputs}
@@ -175,14 +177,19 @@ def _as_array(expected, value) -> np.ndarray:
         raise InvalidInputError(f"input {expected.name!r}: cannot be read as an array ({exc})") from None
 
 
+def check_input_types(inputs) -> None:
+    """Refuse graph inputs edgerun cannot hold in its arena: strings and other object tensors."""
+    for value in inputs:
+        if np.dtype(value.dtype).kind in "OSU":
+            raise InvalidInputError(f"input {value.name!r} has type {np.dtype(value.dtype).name} (a string or object "
+                                    f"tensor), which edgerun does not run: only numeric and bool tensors")
+
+
 def _checked_array(expected, value) -> np.ndarray:
     """Shape, dtype and size are checked on the caller's array as given (a broadcast or strided view
     included), so nothing is copied before it is known to be acceptable."""
     array = _as_array(expected, value)
     want = np.dtype(expected.dtype)
-    if want.kind in "OSU":
-        raise InvalidInputError(f"input {expected.name!r} has type {want.name}, which edgerun does not run: "
-                                f"only numeric and bool tensors, not strings or objects")
     if array.dtype != want:
         raise InvalidInputError(f"input {expected.name!r}: expected dtype {want.name}, got {array.dtype.name}")
     if expected.shape is not None:
@@ -197,7 +204,13 @@ def _checked_array(expected, value) -> np.ndarray:
         raise InvalidInputError(f"input {expected.name!r} is empty (shape {list(array.shape)})")
     if not array.flags.c_contiguous:
         _check_copy_size(expected.name, array)
-    return np.ascontiguousarray(array)
+    return array
+
+
+def contiguous_feeds(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checked feeds as C-contiguous arrays (strided or broadcast ones copied, once their size is known
+    to fit in memory and the plan for their shapes exists)."""
+    return {name: np.ascontiguousarray(array) for name, array in feeds.items()}
 
 
 def _check_copy_size(name: str, array: np.ndarray) -> None:
