@@ -8,6 +8,7 @@ edgerun.loader, nor the graph passes.
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
@@ -177,3 +178,10 @@ def load(path, *, threads=None, kernels_backend=None, verify_weights: bool = Tru
     raw = read_bundle(path, verify_weights=verify_weights)
     return BundleSession(raw, threads=threads, kernels_backend=kernels_backend, max_arena_bytes=max_arena_bytes)
 
+
+def __getattr__(name):
+    # `from edgerun.bundle import compile_bundle` as before the split: resolved on use, so that loading a
+    # bundle never imports the ONNX front end that compiling needs.
+    if name in ("compile_bundle", "BundleInfo"):
+        return getattr(importlib.import_module("edgerun.compiler"), name)
+    raise AttributeError(f"module 'edgerun.bundle' has no attribute {name!r}")
