@@ -71,19 +71,12 @@ def _nbytes(info) -> int:
 
 
 def node_macs(node: Node, graph: Graph) -> int:
-    """Multiply-adds of a non-block step: convolutions and matrix products from their weight shapes,
-    other ops one per output element."""
-    out = graph.value_info[node.outputs[0]].shape
-    if out is None:
+    """Multiply-adds of a step, as the op's definition counts them (edgerun.ops.OpDef.macs)."""
+    vi = graph.value_info
+    if vi[node.outputs[0]].shape is None:
         return 0
-    out_elements = int(np.prod(out, dtype=np.int64))
-    if node.op_type in ("Conv", "FusedConv") and len(node.inputs) > 1:
-        return out_elements * int(np.prod(graph.value_info[node.inputs[1]].shape[1:], dtype=np.int64))
-    if node.op_type in ("Gemm", "MatMul") and len(node.inputs) > 1:
-        a = graph.value_info[node.inputs[0]].shape
-        transposed = node.op_type == "Gemm" and node.attrs.get("transA", 0)
-        return out_elements * int(a[-2] if transposed and len(a) >= 2 else a[-1])
-    return out_elements
+    shapes = [[vi[name].shape if name in vi else None for name in names] for names in (node.inputs, node.outputs)]
+    return ops.lookup(node, graph.opset).macs(node, *shapes)
 
 
 def _import_kernel_modules(backend: str) -> None:

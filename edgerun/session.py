@@ -1,59 +1,47 @@
-"""onnxruntime-style InferenceSession on top of the planned-arena executor."""
-from __future__ import annotations
+"""InferenceSession: an ONNX model, loaded and optimised, run with a planned activation arena.
 
-import os
-import tracemalloc
-from dataclasses import dataclass
+The front end (loader, shape inference, graph passes) runs here, once per input shape; what a
+session shares with a bundle session (introspection, checked feeds, run, thread safety) is
+edgerun.session_base.Session.
+"""
+from __future__ import annotations
 
 import numpy as np
 
 from edgerun import kernels
-from edgerun.calibrate import load_calibrated
-from edgerun.errors import InvalidInputError, InvalidOptionError
+from edgerun.errors import InvalidInputError, InvalidOptionError, MemoryBudgetError
 from edgerun.executor import CompiledModel
+from edgerun.loader import load_model
 from edgerun.passes import optimize
+from edgerun.session_base import (ONNX_TYPE_NAMES, NodeArg, RunStats, Session,  # noqa: F401 (re-exported)
+                                  check_input_types, checked_backend, checked_feeds, checked_output_names,
+                                  checked_threads, memory_ceiling_bytes, node_arg, run_measured)
 from edgerun.shape_inference import infer_shapes
 from edgerun.units import parse_bytes
-
-_ONNX_TYPE_NAMES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)",
-                    np.dtype(np.float64): "tensor(double)", np.dtype(np.int64): "tensor(int64)",
-                    np.dtype(np.int32): "tensor(int32)", np.dtype(np.int8): "tensor(int8)",
-                    np.dtype(np.uint8): "tensor(uint8)", np.dtype(np.bool_): "tensor(bool)"}
+from scheduler.cost import load_calibrated
 
 
-@dataclass(frozen=True)
-class NodeArg:
-    name: str
-    shape: list
-    type: str
-
-
-@dataclass
-class RunStats:
-    planned_peak_bytes: int
-    measured_peak_bytes: int          # arena + tracemalloc peak above it during run()
-    escaped_bytes: int                # the part of the measured peak outside the arena
-    steps: list                       # executor.StepProfile per step (profiled runs only)
-
-
-class InferenceSession:
+class InferenceSession(Session):
     """Run an ONNX model with a planned activation arena.
 
     model: path, bytes or onnx.ModelProto. memory_budget: bytes (int) or a string such as "1.2MB";
-    None picks the fastest schedule. threads: worker threads of the native kernels.
-    schedule: {block name: t or (t, band_rows)} forces a block's split (t above 5 allowed here).
-    optimize_graph=False runs the graph as loaded; disabled_passes names passes to skip (see edgerun.passes).
-    cost_model: a scheduler.CostModel; by default the one `edgerun calibrate` stored for this backend,
-    else the scheduler's built-in coefficients.
+    None picks the fastest schedule. threads: worker threads of the native kernels; by default the CPUs
+    this process may use (edgerun.cpus.usable_cpus), and fewer when a budget does not fit the plan for
+    that many (the session says so in `notices`). schedule: {block name: t or (t, band_rows)} forces a
+    block's split (t above 5 allowed here). optimize_graph=False runs the graph as loaded; disabled_passes
+    names passes to skip (see edgerun.passes). cost_model: a scheduler.CostModel; by default the one
+    `edgerun calibrate` stored for this backend, else the scheduler's built-in coefficients.
+    Thread-safe: see edgerun.session_base.
     """
 
     def __init__(self, model, sess_options=None, providers=None, *, memory_budget=None, threads=None,
                  kernels_backend=None, planner: str = "greedy", schedule: dict | None = None,
                  optimize_graph: bool = True, disabled_passes=None, max_t: int = 5, cost_model=None):
-        from edgerun.loader import load_model  # imports onnx; compiled bundles run without it
-
+        super().__init__()
         self._graph = load_model(model)
+        check_input_types(self._graph.inputs)
         self.memory_budget = parse_bytes(memory_budget)
+        self.threads_given = threads is not None
         self.threads = checked_threads(threads)
         self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
         self.planner = planner
@@ -63,56 +51,19 @@ class InferenceSession:
         self.cost_model = cost_model if cost_model is not None else load_calibrated(self.backend)
         self._fixed = _schedule_overrides(schedule)
         self._compiled: dict[tuple, CompiledModel] = {}
-        self._last: CompiledModel | None = None
-        self.last_run: RunStats | None = None
         static = self._static_input_shapes()
         if static is not None:
             self._last = self._compile(static)
 
-    # ---- onnxruntime-style introspection
-    def get_inputs(self) -> list[NodeArg]:
-        return [node_arg(v) for v in self._graph.inputs]
-
-    def get_outputs(self) -> list[NodeArg]:
-        return [node_arg(v) for v in self._graph.outputs]
-
-    def get_providers(self) -> list[str]:
-        return [f"edgerun-{self.backend}"]
-
-    @property
-    def plan(self):
-        """The plan of the most recently compiled input shape (compiled at construction when static)."""
-        if self._last is None:
-            raise InvalidInputError("the model has dynamic input dimensions: run it once (or call "
-                                    "prepare(input_shapes)) before asking for its plan")
-        return self._last.plan
-
-    @property
-    def compiled(self) -> CompiledModel | None:
-        """The executor's compiled model (graph, problem, plan, arena) of the latest input shape."""
-        return self._last
-
-    @property
-    def graph(self):
-        """The optimised graph of the most recently compiled input shape."""
-        return None if self._last is None else self._last.graph
-
     def prepare(self, input_shapes: dict[str, tuple]):
         """Compile (or fetch) the plan for these input shapes."""
-        self._last = self._compiled_for((tuple((n, tuple(s)) for n, s in sorted(input_shapes.items())), ()))
-        return self._last.plan
+        key = (tuple((n, tuple(s)) for n, s in sorted(input_shapes.items())), ())
+        with self._lock:
+            self._last = self._compiled_for(key)
+            return self._last.plan
 
-    # ---- running
-    def run(self, output_names, input_feed: dict, run_options=None, *, profile: bool = False) -> list[np.ndarray]:
-        feeds = self._checked_feeds(input_feed)
-        names = self._checked_output_names(output_names)
-        compiled = self._compiled_for(_compile_key(feeds))
-        self._last = compiled
-        if not profile:
-            outputs, _ = compiled.run(feeds, names)
-            return outputs
-        outputs, self.last_run = run_measured(compiled, feeds, names)
-        return outputs
+    def _compiled_for_feeds(self, feeds: dict) -> CompiledModel:
+        return self._compiled_for(_compile_key(feeds))
 
     # ---- compilation per input shape
     def _static_input_shapes(self):
@@ -141,19 +92,39 @@ class InferenceSession:
         shapes, values = key
         input_values = {name: np.array(data, dtype=dtype).reshape(shape) for name, dtype, shape, data in values}
         graph = infer_shapes(self._graph, dict(shapes), input_values)
+        check_activation_sizes(graph, dict(shapes))
         if self.optimize_graph:
             graph = optimize(graph, disabled=self.disabled_passes)
-        compiled = CompiledModel(graph, budget=self.memory_budget, backend=self.backend, planner=self.planner,
-                                 fixed=self._fixed, max_t=self.max_t, threads=self.threads,
-                                 cost_model=self.cost_model)
+        try:
+            return self._compiled_model(graph, self.threads)
+        except MemoryBudgetError:
+            if self.threads_given or self.threads == 1:
+                raise
+            return self._fewer_threads(graph)
+
+    def _compiled_model(self, graph, threads: int) -> CompiledModel:
+        return CompiledModel(graph, budget=self.memory_budget, backend=self.backend, planner=self.planner,
+                             fixed=self._fixed, max_t=self.max_t, threads=threads, cost_model=self.cost_model)
+
+    def _fewer_threads(self, graph) -> CompiledModel:
+        """The plan for the most threads below the default that fits the budget, tried from the most down
+        (the smallest reachable peak is not monotonic in the threads: each thread's block scratch grows the
+        peak, but blocks also switch between whole bands per thread and shared steps). One thread is tried
+        first: when even it does not fit, its budget error is raised at once."""
+        single = self._compiled_model(graph, 1)
+        for threads in range(self.threads - 1, 1, -1):
+            try:
+                return self._noted(self._compiled_model(graph, threads))
+            except MemoryBudgetError:
+                continue
+        return self._noted(single)
+
+    def _noted(self, compiled: CompiledModel) -> CompiledModel:
+        threads = compiled.threads
+        self.notices.append(f"the plan for {self.threads} threads (the CPUs this process may use) does not fit "
+                            f"the budget of {self.memory_budget:,} bytes; planned for {threads} "
+                            f"thread{'s' if threads != 1 else ''}, the most that fit")
         return compiled
-
-    # ---- input checking
-    def _checked_feeds(self, input_feed) -> dict[str, np.ndarray]:
-        return checked_feeds(self._graph.inputs, input_feed)
-
-    def _checked_output_names(self, output_names) -> list[str]:
-        return checked_output_names(self._graph.output_names(), output_names)
 
 
 _MAX_CACHED_PLANS = 16
@@ -169,85 +140,18 @@ def _compile_key(feeds: dict[str, np.ndarray]) -> tuple:
     return shapes, values
 
 
-def node_arg(value) -> NodeArg:
-    shape = list(value.shape) if value.shape is not None else None
-    return NodeArg(value.name, shape, _ONNX_TYPE_NAMES.get(np.dtype(value.dtype), str(value.dtype)))
-
-
-def run_measured(compiled: CompiledModel, feeds, names):
-    """Outputs and RunStats: measured peak = arena + tracemalloc peak above the baseline during the run."""
-    started_here = not tracemalloc.is_tracing()
-    if started_here:
-        tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        outputs, steps = compiled.run(feeds, names, profile=True, trace_base=base)
-        # the executor resets the peak at every step, so the run's peak is the largest step's
-        escaped = max([s.run_bytes for s in steps] + [tracemalloc.get_traced_memory()[1] - base])
-    finally:
-        if started_here:
-            tracemalloc.stop()
-    arena = compiled.plan.peak_bytes
-    return outputs, RunStats(arena, arena + escaped, escaped, steps)
-
-
-def checked_feeds(inputs, input_feed) -> dict[str, np.ndarray]:
-    """The caller's feeds, checked against the model's inputs (names, rank, shape, dtype)."""
-    if not isinstance(input_feed, dict):
-        raise InvalidInputError(f"input_feed must be a dict of input name -> array, not {type(input_feed).__name__}")
-    expected = {v.name: v for v in inputs}
-    unknown = sorted(set(input_feed) - set(expected))
-    if unknown:
-        raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {sorted(expected)}")
-    missing = sorted(set(expected) - set(input_feed))
-    if missing:
-        raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are {sorted(expected)}")
-    return {name: _checked_array(expected[name], value) for name, value in input_feed.items()}
-
-
-def checked_output_names(all_names: list[str], output_names) -> list[str]:
-    if output_names is None:
-        return list(all_names)
-    unknown = [n for n in output_names if n not in all_names]
-    if unknown:
-        raise InvalidInputError(f"unknown output name(s) {unknown}; the model's outputs are {all_names}")
-    return list(output_names)
-
-
-def _checked_array(expected, value) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype != expected.dtype:
-        raise InvalidInputError(f"input {expected.name!r}: expected dtype {np.dtype(expected.dtype).name}, "
-                                f"got {array.dtype.name}")
-    if expected.shape is not None:
-        if array.ndim != len(expected.shape):
-            raise InvalidInputError(f"input {expected.name!r}: expected rank {len(expected.shape)} "
-                                    f"(shape {list(expected.shape)}), got rank {array.ndim} (shape {list(array.shape)})")
-        for axis, (want, got) in enumerate(zip(expected.shape, array.shape)):
-            if isinstance(want, int) and want > 0 and want != got:
-                raise InvalidInputError(f"input {expected.name!r}: dimension {axis} must be {want}, got {got} "
-                                        f"(expected shape {list(expected.shape)}, got {list(array.shape)})")
-    if array.size == 0:
-        raise InvalidInputError(f"input {expected.name!r} is empty (shape {list(array.shape)})")
-    return np.ascontiguousarray(array)
-
-
-def checked_threads(threads) -> int:
-    if threads is None:
-        return os.cpu_count() or 1
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise InvalidOptionError(f"threads must be a positive integer, got {threads!r}")
-    return threads
-
-
-def checked_backend(name) -> str:
-    if name not in kernels.BACKENDS:
-        raise InvalidOptionError(f"kernels_backend must be one of {kernels.BACKENDS}, got {name!r}")
-    if name == "native" and not kernels.native_available():
-        raise InvalidOptionError("kernels_backend='native' but the C extension is not built; reinstall "
-                                 "edgerun with a C compiler available, or use kernels_backend='numpy'")
-    return name
+def check_activation_sizes(graph, shapes: dict) -> None:
+    """Refuse, before planning or allocating anything, inputs whose activations cannot fit in memory:
+    the arena holds at least the largest activation tensor the graph computes."""
+    ceiling = memory_ceiling_bytes()
+    constants = set(graph.initializers) | {n for n, i in graph.value_info.items() if i.value is not None}
+    for name, info in graph.value_info.items():
+        if name in constants or info.shape is None or not all(isinstance(d, int) for d in info.shape):
+            continue
+        nbytes = int(np.prod(info.shape, dtype=object)) * np.dtype(info.dtype).itemsize
+        if nbytes > ceiling:
+            raise InvalidInputError(f"input shape(s) {shapes} make tensor {name!r} {list(info.shape)} take "
+                                    f"{nbytes:,} bytes, more than the {ceiling:,} bytes of memory available")
 
 
 def _schedule_overrides(schedule) -> dict[str, tuple[int, int | None]]:

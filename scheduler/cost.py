@@ -10,6 +10,9 @@ other step seconds = macs * s_other + s_call
 from __future__ import annotations
 
 import json
+import math
+import os
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -166,3 +169,32 @@ def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
                 factor = m[r][col] / m[col][col]
                 m[r] = [x - factor * y for x, y in zip(m[r], m[col])]
     return [m[i][n] / m[i][i] for i in range(n)]
+
+
+# ---------------------------------------------------------------- the calibrated model of this machine
+def calibration_path(backend: str) -> Path:
+    """Where `edgerun calibrate` stores the fit for `backend`: $EDGERUN_COST_MODEL_DIR/cost-<backend>.json
+    if that variable is set, else $XDG_CACHE_HOME/edgerun/cost-<backend>.json (default ~/.cache)."""
+    folder = os.environ.get("EDGERUN_COST_MODEL_DIR")
+    if folder:
+        return Path(folder) / f"cost-{backend}.json"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "edgerun" / f"cost-{backend}.json"
+
+
+def load_calibrated(backend: str) -> CostModel | None:
+    """The cost model `edgerun calibrate` saved for `backend`, or None when there is none (or it is
+    for another backend, or has a negative or non-finite coefficient)."""
+    path = calibration_path(backend)
+    if not path.is_file():
+        return None
+    try:
+        model = CostModel.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"ignoring the unreadable cost model {str(path)!r} ({exc}); run `edgerun calibrate` again",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    coefficients = (model.s_pw, model.s_dw, model.s_call, model.s_other)
+    if model.backend != backend or not all(math.isfinite(c) and c >= 0 for c in coefficients):
+        return None
+    return model

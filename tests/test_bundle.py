@@ -15,8 +15,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_close_to_ort, run_ort
-from edgerun.bundle import (FORMAT_MAJOR, MAGIC, PREFIX, BundleSession, compile_bundle, compile_main,
-                            load)
+from edgerun.bundle import BundleSession, load
+from edgerun.bundle_format import FORMAT_MAJOR, MAGIC, PREFIX
+from edgerun.cli.compile import compile_main
+from edgerun.compiler import compile_bundle
 from edgerun.errors import BundleError, InvalidInputError, InvalidOptionError
 
 MOBILENET_SHAPE = (1, 3, 96, 96)
@@ -490,7 +492,7 @@ def test_mobilenet_bundle_on_the_other_kernel_backend_is_replanned_within_its_bu
 
 
 def test_every_attribute_kind_round_trips_through_the_header():
-    from edgerun.bundle import _decode_attr, _encode_attr, _TensorTable
+    from edgerun.bundle_format import TensorTable as _TensorTable, _decode_attr, _encode_attr
     from edgerun.ir import Node
 
     table = _TensorTable()

@@ -12,7 +12,7 @@ X = randn(3, 4, 5) * 4
 @pytest.mark.parametrize("op, attrs", [
     ("Relu", {}), ("Sigmoid", {}), ("Tanh", {}), ("HardSwish", {}),
     ("HardSigmoid", {}), ("HardSigmoid", dict(alpha=0.3, beta=0.4)),
-    ("LeakyRelu", {}), ("LeakyRelu", dict(alpha=0.2)),
+    ("LeakyRelu", {}), ("LeakyRelu", dict(alpha=0.2)), ("Elu", {}), ("Elu", dict(alpha=0.4)),
 ])
 @pytest.mark.parametrize("opset", [7, 13, 21])
 def test_activation_matches_onnxruntime(op, attrs, opset):
@@ -77,3 +77,46 @@ def test_apply_activation_rejects_unknown_kind_and_bad_params():
         apply_activation(X, "clip", [0.0])
     with pytest.raises(InvalidModelError, match="leakyrelu"):
         apply_activation(X, "leakyrelu", [None])
+
+
+def elu_block_model(alpha=0.7):
+    """Conv 1x1 -> Elu -> depthwise 3x3 -> Elu -> Conv 1x1 -> + x -> Elu: an inverted-residual block with
+    Elu inside (fused by the passes) and a standalone Elu after it."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(7)
+
+    def const(name, *shape, scale=0.4):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [const("we", 24, 8, 1, 1), const("be", 24), const("wd", 24, 1, 3, 3), const("bd", 24),
+             const("wp", 8, 24, 1, 1), const("bp", 8)]
+    nodes = [helper.make_node("Conv", ["x", "we", "be"], ["e"]),
+             helper.make_node("Elu", ["e"], ["ea"], alpha=alpha),
+             helper.make_node("Conv", ["ea", "wd", "bd"], ["d"], pads=[1, 1, 1, 1], group=24),
+             helper.make_node("Elu", ["d"], ["da"], alpha=alpha),
+             helper.make_node("Conv", ["da", "wp", "bp"], ["p"]),
+             helper.make_node("Add", ["p", "x"], ["s"]),
+             helper.make_node("Elu", ["s"], ["y"])]
+    shape = [1, 8, 10, 10]
+    graph = helper.make_graph(nodes, "elu_block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_elu_fuses_into_a_block_and_runs_in_the_arena(backend):
+    from conftest import assert_close_to_ort, run_ort
+    from edgerun import InferenceSession
+    from edgerun.kernels import native_available
+    if backend == "native" and not native_available():
+        pytest.skip("the native kernels are not built")
+    model = elu_block_model()
+    x = randn(1, 8, 10, 10) * 3
+    session = InferenceSession(model, kernels_backend=backend, threads=2)
+    (y,) = session.run(None, {"x": x})
+    assert_close_to_ort(y, run_ort(model, {"x": x})[0])
+    steps = {step.node.op_type: step for step in session._last.steps}
+    block = steps["InvertedResidual"].node.attrs
+    assert (block["expand_activation"], block["dw_activation"]) == ("elu", "elu")
+    assert block["expand_activation_params"] == pytest.approx([0.7])
+    assert steps["Elu"].kind == "kernel"

@@ -16,6 +16,7 @@ ONNX_ACTIVATIONS = {
     "relu": lambda p: ("Relu", {}), "hardswish": lambda p: ("HardSwish", {}),
     "sigmoid": lambda p: ("Sigmoid", {}), "leakyrelu": lambda p: ("LeakyRelu", {"alpha": p[0]}),
     "hardsigmoid": lambda p: ("HardSigmoid", {"alpha": p[0], "beta": p[1]}),
+    "elu": lambda p: ("Elu", {"alpha": p[0]}),
 }
 
 
@@ -90,7 +91,8 @@ def normal(*shape, scale=1.0):
 # ---------------------------------------------------------------- FusedConv
 
 @pytest.mark.parametrize("kind,params", [("", []), ("relu", []), ("clip", [0.0, 6.0]), ("hardswish", []),
-                                         ("hardsigmoid", [0.25, 0.5]), ("leakyrelu", [0.1]), ("sigmoid", [])])
+                                         ("hardsigmoid", [0.25, 0.5]), ("leakyrelu", [0.1]), ("sigmoid", []),
+                                         ("elu", [0.7])])
 @pytest.mark.parametrize("geometry", [
     dict(k=3, strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 1], group=1),
     dict(k=3, strides=[1, 1], pads=[2, 2, 2, 2], dilations=[2, 2], group=2),
@@ -163,10 +165,11 @@ def block_node(expand_kernel, expand_stride, expand_pads, dw_kernel, dw_stride, 
     (8, 8, 4, 0, 1, [0, 0, 0, 0], 3, 1, [1, 1, 1, 1], False, False, ("", "clip")),
     (3, 16, 8, 3, 2, [1, 1, 1, 1], 3, 1, [1, 1, 1, 1], False, True, ("clip", "clip")),   # stem fused in
     (4, 12, 6, 3, 2, [0, 1, 1, 0], 5, 2, [2, 1, 2, 2], False, True, ("leakyrelu", "")),  # asymmetric pads
+    (8, 24, 8, 1, 1, [0, 0, 0, 0], 3, 1, [1, 1, 1, 1], True, True, ("elu", "elu")),
 ])
 def test_inverted_residual_equals_its_unfused_chain(case):
     cin, hidden, cout, ke, se, pe, kd, sd, pd, residual, has_expansion, (act_e, act_d) = case
-    params = {"clip": [0.0, 6.0], "leakyrelu": [0.1], "": [], "relu": [], "hardswish": []}
+    params = {"clip": [0.0, 6.0], "leakyrelu": [0.1], "": [], "relu": [], "hardswish": [], "elu": [0.8]}
     x = normal(2, cin, 11, 10)
     we, be = normal(hidden, cin, max(ke, 1), max(ke, 1), scale=0.5), normal(hidden)
     wd, bd = normal(hidden, 1, kd, kd, scale=0.5), normal(hidden)

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgerun import InferenceSession, profiler
+from edgerun.cli import plot
 from edgerun.executor import StepProfile
 from edgerun.session import RunStats
 
@@ -193,10 +194,10 @@ def test_block_banding_recomputes_expansion_halos():
 
 # ---------------------------------------------------------------- Table 3 reference and the plot
 def test_table3_reference_is_the_papers_tensor_at_float32():
-    ref = profiler.table3_reference("mobilenet_v2_1_224_pretrained", [1, 3, 224, 224])
+    ref = plot.table3_reference("mobilenet_v2_1_224_pretrained", [1, 3, 224, 224])
     assert ref["paper_bytes_16bit"] == 16 * 112 * 112 * 2 == 401_408
     assert ref["bytes"] == 802_816
-    assert profiler.table3_reference("mobilenet_v1_1_224_seed0", [1, 3, 224, 224])["bytes"] == 64 * 112 * 112 * 4
+    assert plot.table3_reference("mobilenet_v1_1_224_seed0", [1, 3, 224, 224])["bytes"] == 64 * 112 * 112 * 4
 
 
 @pytest.mark.parametrize("name, shape", [("mobilenet_v2_0.35_224_seed0", [1, 3, 224, 224]),
@@ -204,12 +205,12 @@ def test_table3_reference_is_the_papers_tensor_at_float32():
                                          ("mobilenet_v2_1_96_seed0", [1, 3, 96, 96]),
                                          ("tiny", [1, 3, 224, 224])])
 def test_table3_reference_only_for_canonical_models(name, shape):
-    assert profiler.table3_reference(name, shape) is None
+    assert plot.table3_reference(name, shape) is None
 
 
 def test_plot_writes_a_png(tiny_report, tmp_path):
     path = tmp_path / "memory.png"
-    profiler.plot_memory(tiny_report, path, budget=20_000, reference={"bytes": 9000, "label": "reference"})
+    plot.plot_memory(tiny_report, path, budget=20_000, reference={"bytes": 9000, "label": "reference"})
     assert path.read_bytes()[:8] == PNG_SIGNATURE
 
 
@@ -217,6 +218,6 @@ def test_plot_without_matplotlib_says_how_to_install(tiny_report, tmp_path, monk
     for module in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(profiler.PlotUnavailableError, match=r"pip install 'edgerun\[plot\]'"):
-        profiler.plot_memory(tiny_report, tmp_path / "x.png")
+    with pytest.raises(plot.PlotUnavailableError, match=r"pip install 'edgerun\[plot\]'"):
+        plot.plot_memory(tiny_report, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

@@ -12,10 +12,15 @@ import pytest
 from edgerun import InferenceSession, ops, zoo
 from edgerun.ir import Node
 from edgerun.kernels import native_steps, numpy_steps
-from edgerun.kernels.numpy_steps import STEP_KERNELS, step_kernel
+from edgerun.kernels.numpy_steps import step_kernel
 from conftest import assert_close_to_ort, run_ort
 
 OPSET = 13
+
+
+def arena_kernel(op: str, domain: str = ""):
+    """The numpy arena kernel the op's definition names."""
+    return ops.definition(op, domain).step
 KERNEL_SLACK_BYTES = 16 * 1024        # what a kernel may allocate beyond its outputs and scratch
 MEASURED_SLACK_BYTES = 64 * 1024      # as tests/test_memory.py
 
@@ -73,8 +78,8 @@ POOL_GRID = [
 
 
 def pool_kernel(op, backend):
-    kernel = STEP_KERNELS[op]
-    return kernel if backend == "numpy" else native_steps.native_variant(op, kernel)
+    kernel = arena_kernel(op)
+    return kernel if backend == "numpy" else ops.native_kernel(op, kernel)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "native"])
@@ -137,7 +142,7 @@ def test_max_pool_of_all_negative_values_is_not_zero():
     # the running maximum starts from -inf, not from a zero that would beat every input
     node = Node("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2], "strides": [2, 2]}, "mp")
     x = -np.arange(1, 1 + 2 * 4 * 4, dtype=np.float32).reshape(1, 2, 4, 4)
-    (out,), _ = run_kernel(STEP_KERNELS["MaxPool"], node, [x], [(1, 2, 2, 2)])
+    (out,), _ = run_kernel(arena_kernel("MaxPool"), node, [x], [(1, 2, 2, 2)])
     assert out[0, 0].tolist() == [[-1.0, -3.0], [-9.0, -11.0]]
 
 
@@ -147,7 +152,7 @@ def test_average_pool_divisor_with_and_without_padding():
     for include, expected in ((0, 1.0), (1, 4.0 / 9.0)):
         node = Node("AveragePool", ["x"], ["y"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
                                                   "strides": [2, 2], "count_include_pad": include}, "ap")
-        (out,), _ = run_kernel(STEP_KERNELS["AveragePool"], node, [x], [(1, 1, 1, 1)])
+        (out,), _ = run_kernel(arena_kernel("AveragePool"), node, [x], [(1, 1, 1, 1)])
         assert out[0, 0, 0, 0] == pytest.approx(expected, rel=1e-6)
 
 
@@ -155,7 +160,7 @@ def test_max_pool_with_indices_runs_on_the_reference_op():
     node = Node("MaxPool", ["x"], ["y", "i"], {"kernel_shape": [2, 2]}, "mp")
     assert step_kernel(node, [np.float32], [np.float32, np.int64]) is None
     plain = Node("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2]}, "mp")
-    assert step_kernel(plain, [np.float32], [np.float32]) is STEP_KERNELS["MaxPool"]
+    assert step_kernel(plain, [np.float32], [np.float32]) is arena_kernel("MaxPool")
 
 
 # ---------------------------------------------------------------- activations
@@ -163,6 +168,7 @@ ACTIVATIONS = [
     ("Relu", {}), ("Tanh", {}), ("Sigmoid", {}), ("HardSwish", {}),
     ("HardSigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
     ("LeakyRelu", {}), ("LeakyRelu", {"alpha": 0.2}), ("LeakyRelu", {"alpha": 3.0}), ("LeakyRelu", {"alpha": -0.5}),
+    ("Elu", {}), ("Elu", {"alpha": 0.3}), ("Elu", {"alpha": 2.5}),
 ]
 
 
@@ -172,7 +178,7 @@ def test_activations_match_reference(rng, op, attrs, shape):
     node = Node(op, ["x"], ["y"], dict(attrs), op.lower())
     x = (rng.standard_normal(shape) * 6).astype(np.float32)
     x.flat[:4] = [-100.0, 100.0, 0.0, -3.0]    # saturation, sigmoid overflow, the kinks
-    check_kernel(STEP_KERNELS[op], node, [x])
+    check_kernel(arena_kernel(op), node, [x])
 
 
 @pytest.mark.parametrize("low,high", [(0.0, 6.0), (-1.5, None), (None, 0.25), (None, None), (2.0, 2.0)])
@@ -181,13 +187,13 @@ def test_clip_with_bound_inputs_matches_reference(rng, low, high):
     inputs = [x, None if low is None else np.float32(low), None if high is None else np.float32(high)]
     names = ["x", "" if low is None else "lo", "" if high is None else "hi"]
     node = Node("Clip", names, ["y"], {}, "clip")
-    check_kernel(STEP_KERNELS["Clip"], node, inputs)
+    check_kernel(arena_kernel("Clip"), node, inputs)
 
 
 def test_clip_with_bound_attributes_matches_reference(rng):
     x = (rng.standard_normal((1, 8, 6, 6)) * 4).astype(np.float32)
     node = Node("Clip", ["x"], ["y"], {"min": -0.5, "max": 1.5}, "clip")
-    check_kernel(STEP_KERNELS["Clip"], node, [x], opset=6)
+    check_kernel(arena_kernel("Clip"), node, [x], opset=6)
 
 
 # ---------------------------------------------------------------- transpose, softmax
@@ -200,14 +206,14 @@ def test_clip_with_bound_attributes_matches_reference(rng):
 def test_transpose_matches_reference(rng, shape, perm):
     attrs = {} if perm is None else {"perm": perm}
     node = Node("Transpose", ["x"], ["y"], attrs, "t")
-    check_kernel(STEP_KERNELS["Transpose"], node, [rng.standard_normal(shape).astype(np.float32)])
+    check_kernel(arena_kernel("Transpose"), node, [rng.standard_normal(shape).astype(np.float32)])
 
 
 def test_transpose_of_integers_stays_an_arena_kernel():
     node = Node("Transpose", ["x"], ["y"], {"perm": [1, 0]}, "t")
-    assert step_kernel(node, [np.int64], [np.int64]) is STEP_KERNELS["Transpose"]
+    assert step_kernel(node, [np.int64], [np.int64]) is arena_kernel("Transpose")
     x = np.arange(12, dtype=np.int64).reshape(3, 4)
-    (out,), _ = run_kernel(STEP_KERNELS["Transpose"], node, [x], [(4, 3)], np.int64)
+    (out,), _ = run_kernel(arena_kernel("Transpose"), node, [x], [(4, 3)], np.int64)
     np.testing.assert_array_equal(out, x.T)
 
 
@@ -216,7 +222,7 @@ def test_transpose_of_integers_stays_an_arena_kernel():
 def test_softmax_over_the_last_axis_matches_reference(rng, shape, opset):
     node = Node("Softmax", ["x"], ["y"], {"axis": -1}, "sm")
     x = (rng.standard_normal(shape) * 20).astype(np.float32)
-    check_kernel(STEP_KERNELS["Softmax"], node, [x], opset=opset, atol=1e-7)
+    check_kernel(arena_kernel("Softmax"), node, [x], opset=opset, atol=1e-7)
 
 
 def test_softmax_on_other_axes_runs_on_the_reference_op():
@@ -227,7 +233,7 @@ def test_softmax_on_other_axes_runs_on_the_reference_op():
 
 def test_global_average_pool_matches_reference(rng):
     node = Node("GlobalAveragePool", ["x"], ["y"], {}, "gap")
-    check_kernel(STEP_KERNELS["GlobalAveragePool"], node, [rng.standard_normal((2, 96, 14, 14)).astype(np.float32)])
+    check_kernel(arena_kernel("GlobalAveragePool"), node, [rng.standard_normal((2, 96, 14, 14)).astype(np.float32)])
 
 
 # ---------------------------------------------------------------- grouped 1x1 convolutions
@@ -287,7 +293,7 @@ def test_group_one_conv_matches_reference(rng, backend, kernel_shape, strides, p
     (1024, 30, 49), (513, 17, 196), (7, 64, 12544 + 5),                                    # K blocks of 256
 ])
 @pytest.mark.parametrize("activation,params", [("", ()), ("relu", ()), ("clip", (0.0, 6.0)), ("hardswish", ()),
-                                               ("leakyrelu", (0.1,)), ("sigmoid", ())])
+                                               ("leakyrelu", (0.1,)), ("sigmoid", ()), ("elu", (1.0,))])
 def test_packed_pointwise_gemm_matches_numpy(rng, cin, cout, pixels, activation, params):
     from edgerun.kernels import Activation, native
     from edgerun.ops.activation import apply_activation
@@ -337,7 +343,7 @@ def test_native_gemm_matches_reference(rng, rows, k, n, trans_b, alpha, beta, c_
         inputs.append(rng.standard_normal({"n": (n,), "1n": (1, n), "mn": (rows, n)}[c_shape]).astype(np.float32))
         names.append("c")
     node = Node("Gemm", names, ["y"], {"transB": trans_b, "alpha": alpha, "beta": beta}, name="classifier")
-    kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], threads)
+    kernel = ops.native_kernel("Gemm", arena_kernel("Gemm"), threads)
     kernel.prepare(node, {"b": b})
     check_kernel(kernel, node, inputs, atol=1e-5, rtol=1e-4)
 
@@ -350,7 +356,7 @@ def test_native_gemm_runs_in_c_on_the_mobilenet_classifier(rng):
     b = rng.standard_normal((1000, 1280)).astype(np.float32)
     c = rng.standard_normal(1000).astype(np.float32)
     node = Node("Gemm", ["a", "b", "c"], ["y"], {"transB": 1}, name="classifier")
-    kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], 2)
+    kernel = ops.native_kernel("Gemm", arena_kernel("Gemm"), 2)
     kernel.prepare(node, {"b": b, "c": c})
     kernel.fallback = NoFallback()
     (out,), _ = run_kernel(kernel, node, [a, b, c], [(1, 1000)])
@@ -363,7 +369,7 @@ def test_native_gemm_threads_give_the_same_bits(rng, split_every_step):
     node = Node("Gemm", ["a", "b"], ["y"], {"transB": 1}, name="classifier")
     outs = []
     for threads in (1, 2, 3):
-        kernel = native_steps.native_variant("Gemm", STEP_KERNELS["Gemm"], threads)
+        kernel = ops.native_kernel("Gemm", arena_kernel("Gemm"), threads)
         kernel.prepare(node, {"b": b})
         outs.append(run_kernel(kernel, node, [a, b], [(1, 1000)])[0][0])
     np.testing.assert_array_equal(outs[1], outs[0])

@@ -8,10 +8,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import scheduler
-from edgerun import table3, zoo
+from edgerun import zoo
+from edgerun.cli import table3
 from edgerun.loader import load_model
 from edgerun.shape_inference import infer_shapes
-from edgerun.table3 import Table3Row, cell_matches, kb_matches, table3_rows, truncated
+from edgerun.cli.table3 import Table3Row, cell_matches, kb_matches, table3_rows, truncated
 
 
 # ---------------------------------------------------------------- hand-built graphs
@@ -260,9 +261,9 @@ def test_mobilenet_v2_memory_minimal_peak_by_hand():
 
 
 # ---------------------------------------------------------------- bench and calibrate helpers
-# (edgerun.bench and edgerun.calibrate have the same owner as this file; their pure parts are pinned here)
+# (edgerun.cli.bench and edgerun.cli.calibrate have the same owner as this file; their pure parts are pinned here)
 def test_bench_summary_states_medians_as_ratios():
-    from edgerun.bench import Config, summary
+    from edgerun.cli.bench import Config, summary
     ort = Config("onnxruntime", "onnxruntime", "-", run=None, seconds=[0.003, 0.001, 0.002])
     fast = Config("edgerun native fastest", "native", "fastest", run=None, planned_peak_bytes=1000,
                   estimated_seconds=0.005, seconds=[0.004, 0.005, 0.003])
@@ -280,7 +281,7 @@ def test_bench_summary_states_medians_as_ratios():
 
 
 def test_relative_fit_recovers_the_coefficients_that_made_the_timings():
-    from edgerun.calibrate import fit_relative, median_relative_error
+    from edgerun.cli.calibrate import fit_relative, median_relative_error
     from scheduler.cost import default_calibration_cases
     truth = scheduler.CostModel("native", s_pw=3e-10, s_dw=2e-9, s_call=5e-6, s_other=1e-9)
     measured = [(g, s, truth.block_seconds(g, s)) for g, s in default_calibration_cases()]
@@ -294,11 +295,12 @@ def test_relative_fit_recovers_the_coefficients_that_made_the_timings():
 
 
 def test_calibration_path_and_round_trip(tmp_path, monkeypatch):
-    from edgerun import calibrate
+    from edgerun.cli import calibrate
+    from scheduler.cost import calibration_path, load_calibrated
     monkeypatch.setenv("EDGERUN_COST_MODEL_DIR", str(tmp_path))
-    assert calibrate.default_path("native") == tmp_path / "cost-native.json"
-    assert calibrate.load_calibrated("native") is None
+    assert calibrate.default_path("native") == calibration_path("native") == tmp_path / "cost-native.json"
+    assert load_calibrated("native") is None
     model = scheduler.CostModel("native", s_pw=1e-10, s_dw=2e-10, s_call=3e-6, s_other=4e-10)
     model.save(calibrate.default_path("native"))
-    assert calibrate.load_calibrated("native") == model
-    assert calibrate.load_calibrated("numpy") is None
+    assert load_calibrated("native") == model
+    assert load_calibrated("numpy") is None

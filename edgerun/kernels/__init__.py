@@ -14,38 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgerun.errors import EdgerunError
+# the activation table lives in its own module; re-exported here for older imports
+from edgerun.kernels.activations import _PARAM_COUNTS, ACTIVATION_KINDS, Activation  # noqa: F401
 
-ACTIVATION_KINDS = ("", "relu", "clip", "hardswish", "hardsigmoid", "leakyrelu", "sigmoid")
-_PARAM_COUNTS = {"": 0, "relu": 0, "clip": 2, "hardswish": 0, "hardsigmoid": 2, "leakyrelu": 1,
-                 "sigmoid": 0}
 BACKENDS = ("numpy", "native")
-
-
-@dataclass(frozen=True)
-class Activation:
-    """A pointwise activation: kind and its parameters (docs/architecture.md)."""
-
-    kind: str = ""
-    params: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind not in ACTIVATION_KINDS:
-            raise EdgerunError(f"unknown activation {self.kind!r}; known: {ACTIVATION_KINDS}")
-        params = tuple(float(p) for p in (self.params or ()))
-        if len(params) != _PARAM_COUNTS[self.kind]:
-            raise EdgerunError(f"activation {self.kind!r} takes {_PARAM_COUNTS[self.kind]} params, "
-                               f"got {list(params)}")
-        object.__setattr__(self, "params", params)
-
-    @property
-    def code(self) -> int:
-        """Index of the kind, as the native kernel numbers them."""
-        return ACTIVATION_KINDS.index(self.kind)
-
-    def native_params(self) -> tuple[float, float]:
-        """The two floats the native kernel reads (unused ones are 0)."""
-        padded = self.params + (0.0, 0.0)
-        return padded[0], padded[1]
 
 
 def _f32(array) -> np.ndarray:

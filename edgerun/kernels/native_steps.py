@@ -1,6 +1,8 @@
-"""Non-block steps on the C kernels: 1x1 (also grouped) and depthwise convolutions, global average pooling.
+"""Non-block steps on the C kernels: 1x1 (also grouped) and depthwise convolutions, pooling, Gemm.
 
-Anything the C kernels do not cover runs on the arena-aware numpy kernel of the same op.
+Every class here is an op's native variant, named by the op's definition (`edgerun.ops.register(...,
+native=Class)`) and built per node as `Class(numpy_kernel, threads)`; anything the C kernels do not cover
+runs on that numpy kernel (`self.fallback`). This module imports nothing of edgerun.ops.
 """
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ import numpy as np
 
 from edgerun.ir import Node
 from edgerun.kernels import Activation, native
-from edgerun.kernels.numpy_steps import (ITEMSIZE, AveragePoolKernel, FusedConvKernel, GemmKernel,
-                                         GlobalAveragePoolKernel, MaxPoolKernel, StepKernel, _im2col_fill,
-                                         _is_depthwise, _is_grouped_pointwise, _is_pointwise, _pool_geometry)
+from edgerun.kernels.numpy_steps import (ITEMSIZE, FusedConvKernel, GemmKernel, GlobalAveragePoolKernel,
+                                         StepKernel, _im2col_fill, _is_depthwise, _is_grouped_pointwise,
+                                         _is_pointwise)
 
 
 def _activation(node: Node) -> Activation:
@@ -33,8 +35,8 @@ class NativeFusedConvKernel(StepKernel):
     stem) gather their taps into the `im2col` scratch (numpy copies) and run the packed GEMM on it. The
     pixels that do not fill a whole GEMM tile go through an `edge` scratch (at most 256 x 32 floats)."""
 
-    def __init__(self, threads: int = 1):
-        self.fallback = FusedConvKernel()
+    def __init__(self, fallback: StepKernel | None = None, threads: int = 1):
+        self.fallback = fallback or FusedConvKernel()
         self.threads = threads
         # (weight, its C layout (packed weights per group for 1x1s), a zero bias): one node per instance
         self._prepared: tuple | None = None
@@ -116,8 +118,8 @@ class NativeFusedConvKernel(StepKernel):
 
 
 class NativeGlobalAveragePoolKernel(StepKernel):
-    def __init__(self, threads: int = 1):
-        self.fallback = GlobalAveragePoolKernel()
+    def __init__(self, fallback: StepKernel | None = None, threads: int = 1):
+        self.fallback = fallback or GlobalAveragePoolKernel()
         self.threads = threads
 
     def run(self, node, inputs, outputs, scratch):
@@ -131,8 +133,9 @@ class NativeGlobalAveragePoolKernel(StepKernel):
 class NativePoolKernel(StepKernel):
     """2-D MaxPool / AveragePool in C (dilation 1, pads smaller than the kernel); others on numpy."""
 
-    def __init__(self, fallback: StepKernel):
-        self.fallback = fallback
+    def __init__(self, fallback: StepKernel, threads: int = 1):
+        self.fallback = fallback   # MaxPoolKernel / AveragePoolKernel: also the op's pad rule
+        self.threads = threads
 
     def supports(self, node):
         return self.fallback.supports(node)
@@ -144,7 +147,7 @@ class NativePoolKernel(StepKernel):
         x, y = inputs[0], outputs[0]
         if x.ndim != 4:
             return self.fallback.run(node, inputs, outputs, scratch)
-        kernel, strides, dilations, pads = _pool_geometry(node, x.shape, y.shape)
+        kernel, strides, dilations, pads = self.fallback.geometry(node, x.shape, y.shape)
         top, left, bottom, right = pads
         if (dilations != [1, 1] or max(top, bottom) >= kernel[0] or max(left, right) >= kernel[1]
                 or (y.shape[2] - 1) * strides[0] >= x.shape[2] + top
@@ -163,8 +166,8 @@ class NativeGemmKernel(StepKernel):
     matrix-vector product per row; other Gemms (alpha != 1, a C that is not a vector of N, a weight
     that is an activation) on the numpy kernel."""
 
-    def __init__(self, threads: int = 1):
-        self.fallback = GemmKernel()
+    def __init__(self, fallback: StepKernel | None = None, threads: int = 1):
+        self.fallback = fallback or GemmKernel()
         self.threads = threads
         self._prepared: tuple | None = None   # (b as given, its (N, K) C-contiguous layout)
 
@@ -198,18 +201,8 @@ class NativeGemmKernel(StepKernel):
             native.gemv(weight, a[row], bias, y[row], self.threads)
 
 
-_NATIVE_VARIANTS = {"FusedConv": NativeFusedConvKernel, "Gemm": NativeGemmKernel,
-                    "GlobalAveragePool": NativeGlobalAveragePoolKernel,
-                    "MaxPool": lambda: NativePoolKernel(MaxPoolKernel()),
-                    "AveragePool": lambda: NativePoolKernel(AveragePoolKernel())}
-
-
 def native_variant(op_type: str, numpy_kernel: StepKernel, threads: int = 1) -> StepKernel:
-    """A C kernel for the op when there is one (a new instance: it keeps per-node weight layouts and the
-    session's thread count)."""
-    factory = _NATIVE_VARIANTS.get(op_type)
-    if factory is None:
-        return numpy_kernel
-    kernel = factory()
-    kernel.threads = threads
-    return kernel
+    """The op's C kernel when its definition names one (a new instance: it keeps per-node weight layouts
+    and the session's thread count), else `numpy_kernel`. See edgerun.ops.arena_kernel."""
+    from edgerun import ops   # the executor's entry point until it calls edgerun.ops.arena_kernel itself
+    return ops.native_kernel(op_type, numpy_kernel, threads)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from edgerun.kernels.activations import apply_inplace
 from scheduler.blocks import band_hidden_rows, band_row_ranges, chunk_channels, chunk_ranges, input_rows_for
 from scheduler.contract import SINGLE, KernelContract, ScratchBuffer, ThreadSplit
 from scheduler.cost import register_default
@@ -195,44 +196,5 @@ def _project_into(out, depthwise, weights, scratch, c0, c1, o0, o1) -> None:
 
 
 def apply_activation_inplace(values: np.ndarray, activation, tmp: np.ndarray) -> None:
-    """Apply the activation to a flat contiguous array in place; `tmp` is flat scratch that
-    may be smaller than `values` (the work is cut into slices of its size)."""
-    kind, params = activation.kind, activation.params
-    if kind == "":
-        return
-    if kind == "relu":
-        np.maximum(values, 0.0, out=values)
-    elif kind == "clip":
-        np.maximum(values, np.float32(params[0]), out=values)
-        np.minimum(values, np.float32(params[1]), out=values)
-    elif kind == "hardsigmoid":
-        _hardsigmoid(values, params[0], params[1], values)
-    elif kind == "sigmoid":
-        np.negative(values, out=values)
-        np.exp(values, out=values)
-        np.add(values, 1.0, out=values)
-        np.reciprocal(values, out=values)
-    else:
-        step = tmp.shape[0]
-        for start in range(0, values.shape[0], step):
-            part = values[start:start + step]
-            _two_buffer_activation(kind, params, part, tmp[: part.shape[0]])
-
-
-def _hardsigmoid(values, alpha, beta, out) -> None:
-    np.multiply(values, np.float32(alpha), out=out)
-    np.add(out, np.float32(beta), out=out)
-    np.clip(out, 0.0, 1.0, out=out)
-
-
-def _two_buffer_activation(kind, params, part, tmp) -> None:
-    if kind == "hardswish":
-        _hardsigmoid(part, 1.0 / 6.0, 0.5, tmp)
-        np.multiply(part, tmp, out=part)
-    elif kind == "leakyrelu":
-        # x + (alpha - 1) * min(x, 0)
-        np.minimum(part, 0.0, out=tmp)
-        np.multiply(tmp, np.float32(params[0] - 1.0), out=tmp)
-        np.add(part, tmp, out=part)
-    else:
-        raise AssertionError(f"unhandled activation {kind!r}")
+    """Apply the activation to a flat contiguous array in place (edgerun.kernels.activations)."""
+    apply_inplace(values, activation, tmp)

@@ -4,10 +4,13 @@ Each kernel writes into the output views it is given and keeps any temporary of 
 the scratch views the plan placed in the arena. `scratch_bytes` tells the scheduler how much each
 one needs, per image for convolutions (the executor loops over the batch).
 
-Covered: FusedConv (1x1, grouped 1x1, depthwise, im2col), Add/Sub/Mul, GlobalAveragePool, Gemm/MatMul,
-reshapes, Concat, Transpose, MaxPool/AveragePool (any rank; MaxPool's Indices output excepted),
-Relu/Clip/LeakyRelu/HardSigmoid/HardSwish/Sigmoid/Tanh and Softmax with axis=-1. `StepKernel.supports`
-turns a node down (it then runs on its reference op, copied into the arena).
+Kernels: FusedConv (1x1, grouped 1x1, depthwise, im2col), binary ufuncs, GlobalAveragePool, Gemm/MatMul,
+reshapes, Concat, Transpose, MaxPool/AveragePool (any rank; MaxPool's Indices output excepted), every
+activation of the table in edgerun.kernels.activations, unary ufuncs (Tanh) and Softmax with axis=-1.
+`StepKernel.supports` turns a node down (it then runs on its reference op, copied into the arena).
+
+Which op runs on which kernel is not decided here: each op's definition names its kernel
+(`edgerun.ops.register(..., step=...)`). This module imports nothing of edgerun.ops.
 """
 from __future__ import annotations
 
@@ -18,9 +21,7 @@ import math
 import numpy as np
 
 from edgerun.ir import Node
-from edgerun.kernels import Activation
-from edgerun.kernels.numpy_block import apply_activation_inplace
-from edgerun.ops.conv import resolve_conv_pads
+from edgerun.kernels.activations import KINDS, Activation, apply_inplace
 
 ITEMSIZE = 4
 # NumPy (2.x) ufuncs over strided or broadcast views copy through buffers of `bufsize` items per
@@ -65,7 +66,7 @@ class StepKernel:
 
 
 def _needs_act_tmp(node: Node) -> bool:
-    return node.attrs.get("activation", "") in ("hardswish", "leakyrelu")
+    return KINDS[node.attrs.get("activation", "")].needs_tmp
 
 
 def _flat(view: np.ndarray, count: int) -> np.ndarray:
@@ -112,7 +113,7 @@ class FusedConvKernel(StepKernel):
         if b is not None:
             np.add(y, b.reshape(-1, 1, 1), out=y)
         activation = Activation(node.attrs.get("activation", ""), tuple(node.attrs.get("activation_params", ())))
-        apply_activation_inplace(y.reshape(-1), activation, scratch.get("act"))
+        apply_inplace(y.reshape(-1), activation, scratch.get("act"))
 
 
 def _is_pointwise(node: Node) -> bool:
@@ -257,14 +258,15 @@ class ConcatKernel(StepKernel):
             start += x.shape[axis]
 
 
-def _pool_geometry(node: Node, x_shape, y_shape):
-    """(kernel, strides, dilations, pads) of a pool; the output shape (ceil_mode) is the planned one."""
+def _pool_geometry(node: Node, x_shape, y_shape, resolve_pads):
+    """(kernel, strides, dilations, pads) of a pool; the output shape (ceil_mode) is the planned one.
+    resolve_pads(attrs, spatial, kernel, strides, dilations): the op's own pad rule (auto_pad)."""
     rank = len(x_shape) - 2
     a = node.attrs
     kernel = [int(k) for k in a["kernel_shape"]]
     strides = [int(v) for v in a.get("strides", [1] * rank)]
     dilations = [int(v) for v in a.get("dilations", [1] * rank)]
-    pads = resolve_conv_pads(a, list(x_shape[2:]), kernel, strides, dilations)
+    pads = resolve_pads(a, list(x_shape[2:]), kernel, strides, dilations)
     return kernel, strides, dilations, pads
 
 
@@ -293,26 +295,37 @@ def _axis_divisors(k, s, d, begin, low, high, out) -> np.ndarray:
     return counts
 
 
-class MaxPoolKernel(StepKernel):
-    """MaxPool of any rank (pads, strides, dilations, ceil_mode): a running maximum over the taps."""
+class PoolKernel(StepKernel):
+    """A pool of any rank; `resolve_pads` is the op's pad rule (given by its definition in edgerun.ops)."""
+
+    def __init__(self, resolve_pads):
+        self.resolve_pads = resolve_pads
+
+    def geometry(self, node, x_shape, y_shape):
+        return _pool_geometry(node, x_shape, y_shape, self.resolve_pads)
+
+
+class MaxPoolKernel(PoolKernel):
+    """MaxPool of any rank (pads, strides, dilations, ceil_mode): a running maximum over the taps
+    (np.maximum: a NaN in a window gives NaN)."""
 
     def supports(self, node):
         return not (len(node.outputs) > 1 and node.outputs[1])   # Indices runs on the reference op
 
     def run(self, node, inputs, outputs, scratch):
         x, y = inputs[0], outputs[0]
-        kernel, strides, dilations, pads = _pool_geometry(node, x.shape, y.shape)
+        kernel, strides, dilations, pads = self.geometry(node, x.shape, y.shape)
         y.fill(-np.inf)
         for src, dst in _pool_taps(x, y, kernel, strides, dilations, pads):
             np.maximum(dst, src, out=dst)
 
 
-class AveragePoolKernel(StepKernel):
+class AveragePoolKernel(PoolKernel):
     """AveragePool of any rank: a sum over the taps, divided axis by axis by the tap counts."""
 
     def run(self, node, inputs, outputs, scratch):
         x, y = inputs[0], outputs[0]
-        kernel, strides, dilations, pads = _pool_geometry(node, x.shape, y.shape)
+        kernel, strides, dilations, pads = self.geometry(node, x.shape, y.shape)
         rank = len(kernel)
         include_pad = bool(node.attrs.get("count_include_pad", 0))
         y.fill(0)
@@ -328,45 +341,42 @@ class AveragePoolKernel(StepKernel):
 
 
 class ActivationKernel(StepKernel):
-    """A standalone activation written straight into the output (no temporary)."""
+    """A standalone activation of the table (edgerun.kernels.activations) written into the output: straight
+    from the input when the kind has `into`, else copied and applied in place with a small `act` scratch."""
+
+    TMP_ITEMS = 4096   # the in-place path works in slices of this many floats
 
     def __init__(self, kind: str):
-        self.kind = kind
+        self.kind = KINDS[kind]
+
+    def params(self, node: Node, inputs) -> tuple:
+        if self.kind.params_from_inputs:
+            return _clip_bounds(node, inputs)
+        return tuple(self.kind.params_from_attrs(node.attrs))
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        if self.kind.into is not None or not self.kind.needs_tmp:
+            return {}
+        return {"act": max(1, min(self.TMP_ITEMS, math.prod(out_shapes[0]))) * ITEMSIZE}
 
     def run(self, node, inputs, outputs, scratch):
         x, y = inputs[0], outputs[0]
-        kind, attrs = self.kind, node.attrs
-        if kind == "relu":
-            np.maximum(x, 0, out=y)
-        elif kind == "clip":
-            low, high = _clip_bounds(node, inputs)
-            if low is None and high is None:
-                np.copyto(y, x)
-            else:
-                np.clip(x, low, high, out=y)
-        elif kind == "leakyrelu":
-            alpha = float(attrs.get("alpha", 0.01))
-            np.multiply(x, np.float32(alpha), out=y)
-            (np.maximum if alpha <= 1 else np.minimum)(x, y, out=y)
-        elif kind == "hardsigmoid":
-            np.multiply(x, np.float32(attrs.get("alpha", 0.2)), out=y)
-            np.add(y, np.float32(attrs.get("beta", 0.5)), out=y)
-            np.clip(y, 0, 1, out=y)
-        elif kind == "hardswish":
-            np.multiply(x, np.float32(1 / 6), out=y)
-            np.add(y, np.float32(0.5), out=y)
-            np.clip(y, 0, 1, out=y)
-            np.multiply(y, x, out=y)
-        elif kind == "sigmoid":
-            with np.errstate(over="ignore"):
-                np.negative(x, out=y)
-                np.exp(y, out=y)
-            np.add(y, 1, out=y)
-            np.reciprocal(y, out=y)
-        elif kind == "tanh":
-            np.tanh(x, out=y)
-        else:
-            raise ValueError(f"unknown activation {kind!r}")
+        params = self.params(node, inputs)
+        if self.kind.into is not None:
+            self.kind.into(x, y, *params)
+            return
+        np.copyto(y, x)
+        apply_inplace(y.reshape(-1), Activation(self.kind.name, params), scratch.get("act"))
+
+
+class UnaryKernel(StepKernel):
+    """An elementwise ufunc of one input (Tanh) written straight into the output."""
+
+    def __init__(self, ufunc):
+        self.ufunc = ufunc
+
+    def run(self, node, inputs, outputs, scratch):
+        self.ufunc(inputs[0], out=outputs[0])
 
 
 def _clip_bounds(node: Node, inputs):
@@ -412,42 +422,7 @@ class SoftmaxKernel(StepKernel):
         np.divide(y, rows, out=y)
 
 
-STEP_KERNELS: dict[str, StepKernel] = {
-    "FusedConv": FusedConvKernel(),
-    "Add": BinaryKernel(np.add),
-    "Sub": BinaryKernel(np.subtract),
-    "Mul": BinaryKernel(np.multiply),
-    "GlobalAveragePool": GlobalAveragePoolKernel(),
-    "Gemm": GemmKernel(),
-    "MatMul": MatMulKernel(),
-    "Flatten": CopyReshapeKernel(),
-    "Reshape": CopyReshapeKernel(),
-    "Squeeze": CopyReshapeKernel(),
-    "Unsqueeze": CopyReshapeKernel(),
-    "Concat": ConcatKernel(),
-    "MaxPool": MaxPoolKernel(),
-    "AveragePool": AveragePoolKernel(),
-    "Relu": ActivationKernel("relu"),
-    "Clip": ActivationKernel("clip"),
-    "LeakyRelu": ActivationKernel("leakyrelu"),
-    "HardSigmoid": ActivationKernel("hardsigmoid"),
-    "HardSwish": ActivationKernel("hardswish"),
-    "Sigmoid": ActivationKernel("sigmoid"),
-    "Tanh": ActivationKernel("tanh"),
-    "Transpose": TransposeKernel(),
-    "Softmax": SoftmaxKernel(),
-}
-
-
 def step_kernel(node: Node, in_dtypes, out_dtypes) -> StepKernel | None:
-    """The arena kernel for `node`, or None when it must run through the reference op."""
-    kernel = STEP_KERNELS.get(node.op_type)
-    if kernel is None or not kernel.supports(node):
-        return None
-    if any(d != np.float32 for d in list(in_dtypes) + list(out_dtypes) if d is not None):
-        return kernel if node.op_type in _ANY_DTYPE else None
-    return kernel
-
-
-# ops that only move bytes, right for any dtype
-_ANY_DTYPE = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Transpose")
+    """The arena kernel of `node` as its op definition names it (see edgerun.ops.arena_kernel)."""
+    from edgerun import ops   # the executor's entry point until it calls edgerun.ops.arena_kernel itself
+    return ops.arena_kernel(node, in_dtypes, out_dtypes)

@@ -1,67 +1,28 @@
-"""Activations, plus `apply_activation`, the shared helper fused kernels use."""
+"""Activations: every kind of the activation table (edgerun.kernels.activations) as an ONNX op, plus
+Clip (bounds from inputs), Tanh and Softmax; `apply_activation` is the reference fused kernels use."""
 from __future__ import annotations
 
 import numpy as np
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
+from edgerun.kernels.activations import KINDS, TABLE
+from edgerun.kernels.numpy_steps import ActivationKernel, SoftmaxKernel, UnaryKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, invalid, require_inputs
 
 
-def _sigmoid(x):
-    # exp of a non-positive number only: no overflow for large |x|.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-
-
-def _hardsigmoid(x, alpha, beta):
-    return np.clip(alpha * x + beta, 0, 1).astype(x.dtype, copy=False)
-
-
-def _hardswish(x):
-    return (x * _hardsigmoid(x, 1 / 6, 0.5)).astype(x.dtype, copy=False)
-
-
-def _leakyrelu(x, alpha):
-    return np.where(x >= 0, x, x * np.asarray(alpha, dtype=x.dtype)).astype(x.dtype, copy=False)
-
-
-def _clip(x, low, high):
-    result = x
-    if low is not None and not np.isneginf(low):
-        result = np.maximum(result, low)
-    if high is not None and not np.isposinf(high):
-        result = np.minimum(result, high)
-    return np.array(result).astype(x.dtype, copy=result is x)
-
-
-_PARAM_COUNTS = {"": 0, "relu": 0, "clip": 2, "hardswish": 0, "hardsigmoid": 2, "leakyrelu": 1, "sigmoid": 0}
-
-
 def apply_activation(x: np.ndarray, kind: str, params) -> np.ndarray:
-    """Apply a fused activation by name; `params` as docs/architecture.md lists them."""
-    if kind not in _PARAM_COUNTS:
-        raise InvalidModelError(f"unknown fused activation {kind!r}; expected one of {sorted(_PARAM_COUNTS)}")
+    """Apply a fused activation by name (the reference of the activation table); `params` as
+    docs/architecture.md lists them."""
+    if kind not in KINDS:
+        raise InvalidModelError(f"unknown fused activation {kind!r}; expected one of {sorted(KINDS)}")
+    count = len(KINDS[kind].params)
     params = list(params or [])
-    if len(params) != _PARAM_COUNTS[kind] or not all(
+    if len(params) != count or not all(
             isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, bool) for p in params):
-        raise InvalidModelError(
-            f"activation {kind!r} takes {_PARAM_COUNTS[kind]} numeric parameter(s), got {params!r}")
-    x = np.asarray(x)
-    if kind == "":
-        return x
-    if kind == "relu":
-        return np.maximum(x, np.zeros((), x.dtype))
-    if kind == "clip":
-        return _clip(x, params[0], params[1])
-    if kind == "hardswish":
-        return _hardswish(x)
-    if kind == "hardsigmoid":
-        return _hardsigmoid(x, params[0], params[1])
-    if kind == "leakyrelu":
-        return _leakyrelu(x, params[0])
-    return _sigmoid(x)
+        raise InvalidModelError(f"activation {kind!r} takes {count} numeric parameter(s), got {params!r}")
+    return KINDS[kind].reference(np.asarray(x), *params)
 
 
 def _same_shape_infer(node, inputs, opset):
@@ -91,7 +52,7 @@ def _clip_bounds(node, inputs, opset):
 def _clip_compute(node, inputs, opset):
     require_inputs(node, inputs, 1)
     low, high = _clip_bounds(node, inputs, opset)
-    return [_clip(np.asarray(inputs[0]), low, high)]
+    return [KINDS["clip"].reference(np.asarray(inputs[0]), low, high)]
 
 
 def _softmax_axis(node, rank, opset):
@@ -128,13 +89,17 @@ def _softmax_infer(node, inputs, opset):
     return [TensorInfo(inputs[0].shape, np.dtype(inputs[0].dtype))]
 
 
-register("Relu", _same_shape_infer, _unary(lambda node, x: apply_activation(x, "relu", [])))
-register("Sigmoid", _same_shape_infer, _unary(lambda node, x: _sigmoid(x)))
-register("Tanh", _same_shape_infer, _unary(lambda node, x: np.tanh(x)))
-register("HardSwish", _same_shape_infer, _unary(lambda node, x: _hardswish(x)))
-register("HardSigmoid", _same_shape_infer, _unary(
-    lambda node, x: _hardsigmoid(x, attr_float(node, "alpha", 0.2), attr_float(node, "beta", 0.5))))
-register("LeakyRelu", _same_shape_infer, _unary(
-    lambda node, x: _leakyrelu(x, attr_float(node, "alpha", 0.01))))
-register("Clip", _same_shape_infer, _clip_compute)
-register("Softmax", _softmax_infer, _softmax_compute)
+def _table_compute(kind):
+    def compute(node, inputs, opset):
+        require_inputs(node, inputs, 1)
+        params = [attr_float(node, name, default) for name, default in kind.params]
+        return [kind.reference(np.asarray(inputs[0]), *params)]
+    return compute
+
+
+for _kind in TABLE:
+    if _kind.op_type and not _kind.params_from_inputs:
+        register(_kind.op_type, _same_shape_infer, _table_compute(_kind), step=ActivationKernel(_kind.name))
+register("Clip", _same_shape_infer, _clip_compute, step=ActivationKernel("clip"))
+register("Tanh", _same_shape_infer, _unary(lambda node, x: np.tanh(x)), step=UnaryKernel(np.tanh))
+register("Softmax", _softmax_infer, _softmax_compute, step=SoftmaxKernel())

@@ -284,5 +284,13 @@ def _conv_transpose_compute(node, inputs, opset):
     return [out.astype(x.dtype, copy=False)]
 
 
-register("Conv", _conv_infer, _conv_compute)
+def weight_macs(node, in_shapes, out_shapes) -> int:
+    """A convolution's multiply-adds: each output element takes one weight filter (W's dims after the first)."""
+    outputs = int(np.prod(out_shapes[0], dtype=np.int64))
+    if len(in_shapes) > 1 and in_shapes[1] is not None:
+        return outputs * int(np.prod(in_shapes[1][1:], dtype=np.int64))
+    return outputs
+
+
+register("Conv", _conv_infer, _conv_compute, macs=weight_macs)
 register("ConvTranspose", _conv_transpose_infer, _conv_transpose_compute)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.ir import TensorInfo
+from edgerun.kernels.numpy_steps import BinaryKernel
 from edgerun.ops import register
 from edgerun.ops._common import (  # noqa: F401  (re-exported for older imports)
     attr_float, attr_int, attr_ints, attr_str, broadcast_shapes, invalid, require_inputs,
@@ -91,7 +92,9 @@ def _sum_compute(node, inputs, opset):
     return [np.asarray(total, dtype=np.asarray(inputs[0]).dtype)]
 
 
+_ARENA_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}   # Div/Pow: integer rules differ
 for _op in _BINARY:
-    register(_op, _binary_infer, _binary_compute)
+    _ufunc = _ARENA_UFUNCS.get(_op)
+    register(_op, _binary_infer, _binary_compute, step=BinaryKernel(_ufunc) if _ufunc else None)
 register("Sqrt", _sqrt_infer, _sqrt_compute)
 register("Sum", _sum_infer, _sum_compute)

@@ -5,6 +5,8 @@ import numpy as np
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
+from edgerun.kernels.native_steps import NativeGemmKernel
+from edgerun.kernels.numpy_steps import GemmKernel, MatMulKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, broadcast_shapes, invalid, require_inputs
 
@@ -93,5 +95,15 @@ def _gemm_compute(node, inputs, opset):
     return [y.astype(a.dtype, copy=False)]
 
 
-register("MatMul", _matmul_infer, _matmul_compute)
-register("Gemm", _gemm_infer, _gemm_compute)
+def _product_macs(node, in_shapes, out_shapes) -> int:
+    """Each output element is a dot product over A's inner dimension (its last, or first for Gemm transA)."""
+    outputs = int(np.prod(out_shapes[0], dtype=np.int64))
+    a = in_shapes[0] if in_shapes else None
+    if len(in_shapes) < 2 or a is None:
+        return outputs
+    transposed = node.op_type == "Gemm" and node.attrs.get("transA", 0)
+    return outputs * int(a[-2] if transposed and len(a) >= 2 else a[-1])
+
+
+register("MatMul", _matmul_infer, _matmul_compute, macs=_product_macs, step=MatMulKernel())
+register("Gemm", _gemm_infer, _gemm_compute, macs=_product_macs, step=GemmKernel(), native=NativeGemmKernel)

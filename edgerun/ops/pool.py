@@ -7,6 +7,8 @@ import numpy as np
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
+from edgerun.kernels.native_steps import NativeGlobalAveragePoolKernel, NativePoolKernel
+from edgerun.kernels.numpy_steps import AveragePoolKernel, GlobalAveragePoolKernel, MaxPoolKernel
 from edgerun.ops import register
 from edgerun.ops.conv import int_list_attr, resolve_conv_pads, window_slices
 from edgerun.ops._common import attr_int, attr_ints, invalid, normalized_axes, require_inputs
@@ -249,7 +251,9 @@ def _reduce_mean_compute(node, inputs, opset):
     return [np.mean(x, axis=axes, keepdims=keepdims, dtype=np.float64).astype(x.dtype)]
 
 
-register("AveragePool", _pool_infer, _average_pool_compute)
-register("MaxPool", _pool_infer, _max_pool_compute)
-register("GlobalAveragePool", _global_average_infer, _global_average_compute)
+register("AveragePool", _pool_infer, _average_pool_compute, step=AveragePoolKernel(resolve_conv_pads),
+         native=NativePoolKernel)
+register("MaxPool", _pool_infer, _max_pool_compute, step=MaxPoolKernel(resolve_conv_pads), native=NativePoolKernel)
+register("GlobalAveragePool", _global_average_infer, _global_average_compute, step=GlobalAveragePoolKernel(),
+         native=NativeGlobalAveragePoolKernel)
 register("ReduceMean", _reduce_mean_infer, _reduce_mean_compute)

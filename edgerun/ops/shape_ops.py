@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from edgerun.ir import TensorInfo
+from edgerun.kernels.numpy_steps import ConcatKernel, CopyReshapeKernel, TransposeKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid, require_inputs
 
@@ -606,14 +607,15 @@ def _pad_compute(node, inputs, opset):
 
 register("Identity", _identity_infer, _identity_compute)
 register("Dropout", _dropout_infer, _dropout_compute)
-register("Flatten", _flatten_infer, _flatten_compute)
-register("Reshape", _reshape_infer, _reshape_compute)
-register("Transpose", _transpose_infer, _transpose_compute)
-register("Concat", _concat_infer, _concat_compute)
+# the arena kernels of these ops only move bytes: right for any dtype
+register("Flatten", _flatten_infer, _flatten_compute, step=CopyReshapeKernel(), any_dtype=True)
+register("Reshape", _reshape_infer, _reshape_compute, step=CopyReshapeKernel(), any_dtype=True)
+register("Transpose", _transpose_infer, _transpose_compute, step=TransposeKernel(), any_dtype=True)
+register("Concat", _concat_infer, _concat_compute, step=ConcatKernel(), any_dtype=True)
 register("Split", _split_infer, _split_compute)
 register("Slice", _slice_infer, _slice_compute)
-register("Squeeze", *_axes_reshape_op(_squeeze_shape))
-register("Unsqueeze", *_axes_reshape_op(_unsqueeze_shape))
+register("Squeeze", *_axes_reshape_op(_squeeze_shape), step=CopyReshapeKernel(), any_dtype=True)
+register("Unsqueeze", *_axes_reshape_op(_unsqueeze_shape), step=CopyReshapeKernel(), any_dtype=True)
 register("Shape", _shape_infer, _shape_compute)
 register("Gather", _gather_infer, _gather_compute)
 register("Cast", _cast_infer, _cast_compute)

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import Graph, Node
+from edgerun.kernels.activations import BY_OP_TYPE
 from edgerun.ops.conv import resolve_conv_pads
 from edgerun.passes.graph_edit import (constant_value, is_op, remove_nodes, rewrite_each, sole_consumer,
                                        static_shape)
@@ -71,21 +72,15 @@ def _absorb_activation(graph: Graph, conv: Node) -> bool:
 
 
 def activation_of(graph: Graph, node: Node) -> tuple[str, list[float]] | None:
-    """(kind, params) when `node` is an activation FusedConv can carry, else None."""
-    if is_op(node, "Relu"):
-        return "relu", []
-    if is_op(node, "HardSwish"):
-        return "hardswish", []
-    if is_op(node, "Sigmoid"):
-        return "sigmoid", []
-    if is_op(node, "HardSigmoid"):
-        return "hardsigmoid", [float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))]
-    if is_op(node, "LeakyRelu"):
-        return "leakyrelu", [float(node.attrs.get("alpha", 0.01))]
-    if is_op(node, "Clip"):
+    """(kind, params) when `node` is an activation FusedConv can carry (a kind of the activation table),
+    else None."""
+    kind = BY_OP_TYPE.get(node.op_type)
+    if kind is None or not is_op(node, node.op_type):
+        return None
+    if kind.params_from_inputs:
         bounds = _clip_bounds(graph, node)
-        return None if bounds is None else ("clip", bounds)
-    return None
+        return None if bounds is None else (kind.name, bounds)
+    return kind.name, kind.params_from_attrs(node.attrs)
 
 
 def _clip_bounds(graph: Graph, clip: Node) -> list[float] | None:

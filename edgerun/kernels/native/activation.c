@@ -9,7 +9,7 @@ static void relu(float *restrict p, long n)
 {
     for (long i = 0; i < n; i++) {
         float v = p[i];
-        p[i] = v > 0.0f ? v : 0.0f;
+        p[i] = v < 0.0f ? 0.0f : v; /* NaN fails the test and passes through */
     }
 }
 
@@ -54,6 +54,14 @@ static void sigmoid(float *restrict p, long n)
     for (long i = 0; i < n; i++) p[i] = 1.0f / (1.0f + expf(-p[i]));
 }
 
+static void elu(float *restrict p, long n, float alpha)
+{
+    for (long i = 0; i < n; i++) {
+        float v = p[i];
+        p[i] = v < 0.0f ? alpha * expm1f(v) : v;
+    }
+}
+
 void er_apply_activation(float *p, long n, const er_act *act)
 {
     switch (act->kind) {
@@ -63,6 +71,7 @@ void er_apply_activation(float *p, long n, const er_act *act)
     case ER_ACT_HARDSIGMOID: hardsigmoid(p, n, act->a, act->b); break;
     case ER_ACT_LEAKYRELU: leakyrelu(p, n, act->a); break;
     case ER_ACT_SIGMOID: sigmoid(p, n); break;
+    case ER_ACT_ELU: elu(p, n, act->a); break;
     default: break;
     }
 }

@@ -251,19 +251,20 @@ row_taps(er_vf *accp, const float *row, long c, int width, const float *wr, cons
 }
 
 /* ReLU / clip in registers, the formulas of activation.c (mode 0: nothing here):
- * relu v > 0 ? v : 0, clip v < lo ? lo : v then v > hi ? hi : v. x86 max(a, b) is a > b ? a : b
- * and min(a, b) a < b ? a : b, exactly these selects (NaN and signed zeros included). */
+ * relu v < 0 ? 0 : v, clip v < lo ? lo : v then v > hi ? hi : v. x86 max(a, b) is a > b ? a : b
+ * and min(a, b) a < b ? a : b, exactly these selects (NaN and signed zeros included: a NaN v is
+ * the second operand, so it passes through as onnxruntime's does). */
 static inline void activate(er_vf *p, int mode, const er_vf *lo, const er_vf *hi)
 {
     er_vf v = *p;
 #if defined(__AVX512F__) && ER_VL == 16
-    if (mode == 1) v = (er_vf)_mm512_max_ps((__m512)v, (__m512)*lo);
+    if (mode == 1) v = (er_vf)_mm512_max_ps((__m512)*lo, (__m512)v);
     if (mode == 2) v = (er_vf)_mm512_min_ps((__m512)*hi, _mm512_max_ps((__m512)*lo, (__m512)v));
 #elif defined(__AVX__) && ER_VL == 8
-    if (mode == 1) v = (er_vf)_mm256_max_ps((__m256)v, (__m256)*lo);
+    if (mode == 1) v = (er_vf)_mm256_max_ps((__m256)*lo, (__m256)v);
     if (mode == 2) v = (er_vf)_mm256_min_ps((__m256)*hi, _mm256_max_ps((__m256)*lo, (__m256)v));
 #else
-    if (mode == 1) v = er_selectv(v > *lo, v, *lo);
+    if (mode == 1) v = er_selectv(v < *lo, *lo, v);
     if (mode == 2) {
         v = er_selectv(v < *lo, *lo, v);
         v = er_selectv(v > *hi, *hi, v);

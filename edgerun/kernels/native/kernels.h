@@ -5,13 +5,25 @@
 
 #include <stddef.h>
 
-enum er_activation { ER_ACT_NONE = 0, ER_ACT_RELU, ER_ACT_CLIP, ER_ACT_HARDSWISH,
-                     ER_ACT_HARDSIGMOID, ER_ACT_LEAKYRELU, ER_ACT_SIGMOID, ER_ACT_COUNT };
+/* Activation codes: the table in edgerun/kernels/activations.py, in its order (do not edit by hand). */
+/* BEGIN GENERATED from the table in edgerun/kernels/activations.py by activations.write_header() */
+enum er_activation {
+    ER_ACT_NONE,        /* 0: none (-) */
+    ER_ACT_RELU,        /* 1: relu (-) */
+    ER_ACT_CLIP,        /* 2: clip (min, max) */
+    ER_ACT_HARDSWISH,   /* 3: hardswish (-) */
+    ER_ACT_HARDSIGMOID, /* 4: hardsigmoid (alpha, beta) */
+    ER_ACT_LEAKYRELU,   /* 5: leakyrelu (alpha) */
+    ER_ACT_SIGMOID,     /* 6: sigmoid (-) */
+    ER_ACT_ELU,         /* 7: elu (alpha) */
+    ER_ACT_COUNT
+};
 
 typedef struct {
     int kind;      /* enum er_activation */
-    float a, b;    /* clip: min, max; hardsigmoid: alpha, beta; leakyrelu: alpha */
+    float a, b;    /* the parameters in the order listed above; unused ones are 0 */
 } er_act;
+/* END GENERATED */
 
 /* Vectors of the GEMM kernels (gemm.c, steps.c): ER_VL floats, 16 when compiled for AVX-512,
  * else 8 (AVX2, SSE, NEON via GCC vector extensions). The helpers below need GCC and are only
@@ -61,7 +73,7 @@ static inline er_vf er_activatev(er_vf v, const er_act *act)
     if (!act) return v;
     if (act->kind == ER_ACT_RELU) {
         er_vf zero = er_splatv(0.0f);
-        return er_selectv(v > zero, v, zero);
+        return er_selectv(v < zero, zero, v); /* NaN passes through */
     }
     if (act->kind == ER_ACT_CLIP) {
         er_vf lo = er_splatv(act->a), hi = er_splatv(act->b);

@@ -333,6 +333,10 @@ const char *er_global_average_pool(const float *x, float *out, int channels, lon
 
 /* ---------------------------------------------------------------- pooling */
 
+/* max(acc, v) that keeps a NaN from either side (numpy's maximum; a NaN anywhere in a window
+ * gives NaN, whatever its place: onnxruntime's MLAS result depends on the NaN's place). */
+static inline float nan_max(float acc, float v) { return v > acc || v != v ? v : acc; }
+
 /* The average of a window whose values sum to `sum`: kind 1 counts the window's cells inside the input,
  * kind 2 also its cells in the padding (up to the padded extent). */
 static inline float window_average(float sum, int kind, int rows, int x0, int kx0, int kx1, int kw, int w,
@@ -361,12 +365,12 @@ pool_row(int kind, int KW, const float *src, int w, int y0, int ky0, int ky1, in
         if (kx0 == 0 && kx1 == kw) {
             for (int i = ky0; i < ky1; i++) {
                 const float *p = src + (long)(y0 + i) * w + x0;
-                for (int j = 0; j < kw; j++) acc = kind == 0 ? (p[j] > acc ? p[j] : acc) : acc + p[j];
+                for (int j = 0; j < kw; j++) acc = kind == 0 ? nan_max(acc, p[j]) : acc + p[j];
             }
         } else {
             for (int i = ky0; i < ky1; i++) {
                 const float *p = src + (long)(y0 + i) * w + x0;
-                for (int j = kx0; j < kx1; j++) acc = kind == 0 ? (p[j] > acc ? p[j] : acc) : acc + p[j];
+                for (int j = kx0; j < kx1; j++) acc = kind == 0 ? nan_max(acc, p[j]) : acc + p[j];
             }
         }
         row[ox] = kind == 0 ? acc : window_average(acc, kind, kh_pad_rows, x0, kx0, kx1, kw, w, left, right);
@@ -385,7 +389,7 @@ static inline __attribute__((always_inline)) void pool_row_separable(int kind, c
     for (int i = ky0 + 1; i < ky1; i++) {
         const float *in = src + (long)(y0 + i) * w;
         if (kind == 0)
-            for (int x = 0; x < w; x++) vrow[x] = in[x] > vrow[x] ? in[x] : vrow[x];
+            for (int x = 0; x < w; x++) vrow[x] = nan_max(vrow[x], in[x]);
         else
             for (int x = 0; x < w; x++) vrow[x] += in[x];
     }
@@ -395,7 +399,7 @@ static inline __attribute__((always_inline)) void pool_row_separable(int kind, c
         const float *p = vrow + x0;
         float acc = p[kx0];
         if (kind == 0) {
-            for (int j = kx0 + 1; j < kx1; j++) acc = p[j] > acc ? p[j] : acc;
+            for (int j = kx0 + 1; j < kx1; j++) acc = nan_max(acc, p[j]);
         } else {
             for (int j = kx0 + 1; j < kx1; j++) acc += p[j];
             acc = window_average(acc, kind, rows_for_count, x0, kx0, kx1, kw, w, left, right);

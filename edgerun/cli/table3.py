@@ -52,7 +52,13 @@ from dataclasses import dataclass
 import numpy as np
 
 import scheduler
+from edgerun import zoo
+from edgerun.executor import CompiledModel
 from edgerun.ir import Graph, Node
+from edgerun.loader import load_model
+from edgerun.passes import optimize
+from edgerun.progress import progress
+from edgerun.shape_inference import infer_shapes
 
 PAPER_ACTIVATION_BYTES = 2
 KB = 1000
@@ -251,7 +257,6 @@ class PaperModel:
 
 def paper_models() -> list[PaperModel]:
     """The three networks of Table 3 at 224x224, plus ShuffleNet 2x with g=2 (see MISMATCH_NOTES)."""
-    from edgerun import zoo
     return [
         PaperModel("MobileNetV1", "MobileNetV1", "MobileNetV1 1.0/224", lambda: zoo.mobilenet_v1(1.0, 224)),
         PaperModel("MobileNetV2", "MobileNetV2", "MobileNetV2 1.0/224", lambda: zoo.mobilenet_v2(1.0, 224)),
@@ -264,8 +269,6 @@ def paper_models() -> list[PaperModel]:
 
 def layer_graph(model, batch: int = 1) -> Graph:
     """The unoptimised graph with concrete shapes (batch 1, the model's own image size)."""
-    from edgerun.loader import load_model
-    from edgerun.shape_inference import infer_shapes
     graph = load_model(model)
     shapes = {v.name: (batch,) + tuple(v.shape[1:]) for v in graph.inputs}
     return infer_shapes(graph, shapes)
@@ -309,8 +312,6 @@ def half_precision_problem(problem: scheduler.Problem, dtypes: dict) -> schedule
 
 
 def _compiled(graph: Graph, backend: str, disabled=()):
-    from edgerun.executor import CompiledModel
-    from edgerun.passes import optimize
     return CompiledModel(optimize(graph, disabled=disabled), budget=None, backend=backend)
 
 
@@ -428,7 +429,6 @@ def main(argv=None) -> int:
     parser.add_argument("--no-peaks", action="store_true", help="print the Table 3 comparison only")
     args = parser.parse_args(argv)
 
-    from edgerun.progress import progress
     models = paper_models()
     columns, peaks = [], {}
     for entry in progress(models, total=len(models), label="models"):

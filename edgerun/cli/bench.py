@@ -22,6 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgerun import kernels
+from edgerun.errors import MemoryBudgetError
+from edgerun.models import batch_one_shapes, resolve_model
+from edgerun.progress import progress
+from edgerun.session import InferenceSession
+from scheduler.cost import load_calibrated
+
 DEFAULT_MODELS = ("mobilenet_v2_pretrained", "mobilenet_v1", "shufflenet_v1")
 DEFAULT_RUNS = 30
 DEFAULT_WARMUP = 3
@@ -107,7 +114,6 @@ def model_bytes(model) -> bytes:
 
 def bench_input(sess) -> dict[str, np.ndarray]:
     """One seeded standard-normal array per input, batch 1 (the same feed for every configuration)."""
-    from edgerun.cli import batch_one_shapes
     rng = np.random.default_rng(INPUT_SEED)
     return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in batch_one_shapes(sess).items()}
 
@@ -123,9 +129,6 @@ def onnxruntime_config(data: bytes, threads: int) -> tuple[Config, object]:
 
 def minimum_budget(model, backend: str, threads: int) -> int:
     """The smallest planned peak edgerun can reach, from the error a 1-byte budget raises."""
-    from edgerun.cli import batch_one_shapes
-    from edgerun.errors import MemoryBudgetError
-    from edgerun.session import InferenceSession
     try:
         sess = InferenceSession(model, memory_budget=1, threads=threads, kernels_backend=backend)
         sess.prepare(batch_one_shapes(sess))
@@ -135,8 +138,6 @@ def minimum_budget(model, backend: str, threads: int) -> int:
 
 
 def edgerun_config(model, backend: str, plan: str, threads: int, budget: int | None) -> tuple[Config, object]:
-    from edgerun.cli import batch_one_shapes
-    from edgerun.session import InferenceSession
     sess = InferenceSession(model, memory_budget=budget, threads=threads, kernels_backend=backend)
     compiled_plan = sess.prepare(batch_one_shapes(sess))
     config = Config(f"edgerun {backend} {plan}", backend, plan, run=None,
@@ -146,7 +147,6 @@ def edgerun_config(model, backend: str, plan: str, threads: int, budget: int | N
 
 
 def available_backends() -> list[str]:
-    from edgerun import kernels
     return ["numpy", "native"] if kernels.native_available() else ["numpy"]
 
 
@@ -183,7 +183,6 @@ def configurations(model, threads: int, backends: list[str]) -> tuple[list[Confi
 def calibrated_estimate(sess, backend: str, cache: dict) -> float | None:
     """The plan's seconds under the cost model `edgerun calibrate` saved for this backend (None
     when there is none): blocks by their geometry and chosen schedule, other steps by MACs."""
-    from edgerun.calibrate import load_calibrated
     if backend not in cache:
         cache[backend] = load_calibrated(backend)
     model = cache[backend]
@@ -216,7 +215,6 @@ def time_interleaved(configs: list[Config], runs: int, warmup: int, label: str =
     spreads a change in the machine's load over all configurations; the pause lets the previous
     configuration's idle threads stop spinning (onnxruntime's pool spins for tens of milliseconds after a
     run and would take a core from a multi-threaded edgerun timed right after it)."""
-    from edgerun.progress import progress
     for config in configs:
         for _ in range(warmup):
             config.run()
@@ -316,7 +314,6 @@ def parse_args(argv):
 
 
 def bench_model(spec: str, args, backends: list[str]) -> dict:
-    from edgerun.cli import resolve_model
     model, label = resolve_model(spec)
     configs, _ = configurations(model, args.threads, backends)
     time_interleaved(configs, args.runs, args.warmup, label=label)

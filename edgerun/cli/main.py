@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import inspect
 import io
 import json
 import os
@@ -19,119 +18,35 @@ from pathlib import Path
 
 import numpy as np
 
-from edgerun.errors import EdgerunError, InvalidInputError, InvalidOptionError, MemoryBudgetError
+from edgerun import profiler
+from edgerun.bundle import is_bundle, load
+from edgerun.cli.plot import plot_memory, require_matplotlib, table3_reference
+from edgerun.errors import EdgerunError, InvalidInputError, MemoryBudgetError
+from edgerun.models import (DEFAULT_MODEL, UsageError, batch_one_shape, batch_one_shapes, is_static as _is_static,
+                            numpy_dtype as _numpy_dtype, resolve_model, zoo_names)
+from edgerun.progress import progress
+from edgerun.session import InferenceSession
 from edgerun.units import format_bytes, parse_bytes
+from edgerun.zoo.images import imagenet_labels, preprocess_imagenet, sample_image
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
 
-DEFAULT_MODEL = "mobilenet_v2_pretrained"
-# zoo name -> (function in edgerun.zoo, fixed keyword arguments)
-ZOO_MODELS = {
-    "mobilenet_v2": ("mobilenet_v2", {}),
-    "mobilenet_v2_pretrained": ("mobilenet_v2", {"pretrained": True}),
-    "mobilenet_v1": ("mobilenet_v1", {}),
-    "shufflenet_v1": ("shufflenet_v1", {}),
-    "mobilenet_v3_small_like": ("mobilenet_v3_small_like", {}),
-}
 # subcommand -> (module, function, what it does); written by other modules, imported on use.
 EXTERNAL_COMMANDS = {
-    "table3": ("edgerun.table3", "main", "reproduce Table 3 of the MobileNetV2 paper beside the true peaks"),
-    "bench": ("edgerun.bench", "main", "time edgerun against onnxruntime on the same input"),
-    "compile": ("edgerun.bundle", "compile_main", "compile a model and its plan into a bundle"),
-    "calibrate": ("edgerun.calibrate", "main", "fit the scheduler's cost model on this machine"),
+    "table3": ("edgerun.cli.table3", "main", "reproduce Table 3 of the MobileNetV2 paper beside the true peaks"),
+    "bench": ("edgerun.cli.bench", "main", "time edgerun against onnxruntime on the same input"),
+    "compile": ("edgerun.cli.compile", "compile_main", "compile a model and its plan into a bundle"),
+    "calibrate": ("edgerun.cli.calibrate", "main", "fit the scheduler's cost model on this machine"),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IMAGENET_CLASSES = 1000
 MAX_NAME_WIDTH = 48
 
 
-class UsageError(InvalidOptionError):
-    """A command-line option has a value the command cannot use."""
-
-
-# ================================================================ model names
-def zoo_names() -> list[str]:
-    return sorted(ZOO_MODELS)
-
-
-def _parse_zoo_value(text: str):
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def _parse_zoo_spec(spec: str) -> tuple[str, dict]:
-    """'mobilenet_v2:width=0.35,resolution=96' -> ('mobilenet_v2', {'width': 0.35, 'resolution': 96})."""
-    name, _, options = spec.partition(":")
-    kwargs = {}
-    for item in filter(None, options.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"MODEL {spec!r}: zoo options are written name:key=value,key=value")
-        kwargs[key.strip()] = _parse_zoo_value(value.strip())
-    return name, kwargs
-
-
-def _zoo_function(function_name: str):
-    try:
-        zoo = importlib.import_module("edgerun.zoo")
-    except ImportError as exc:
-        raise UsageError(f"the model zoo is not available ({exc})") from None
-    candidate = getattr(zoo, function_name, None)
-    if callable(candidate) and not inspect.ismodule(candidate):
-        return candidate
-    try:   # the function may live in a module of the same name that the package does not re-export
-        module = importlib.import_module(f"edgerun.zoo.{function_name}")
-    except ImportError:
-        module = None
-    candidate = getattr(module, function_name, None)
-    if callable(candidate):
-        return candidate
-    raise UsageError(f"zoo model {function_name!r} is not available in this installation")
-
-
-def _call_zoo(spec: str, name: str, kwargs: dict):
-    function_name, fixed = ZOO_MODELS[name]
-    function = _zoo_function(function_name)
-    arguments = dict(fixed, **kwargs)
-    parameters = inspect.signature(function).parameters
-    if "batch" in parameters and "batch" not in arguments:
-        arguments["batch"] = 1
-    unknown = sorted(set(arguments) - set(parameters))
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-        raise UsageError(f"MODEL {spec!r}: {name} takes no option(s) {unknown}; "
-                         f"its options are {sorted(p for p in parameters if p != 'batch')}")
-    try:
-        return function(**arguments)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"MODEL {spec!r}: {exc}") from None
-
-
-def resolve_model(spec: str | None):
-    """(model for InferenceSession, display name) from a file path or a zoo name.
-
-    Zoo names: see ZOO_MODELS; options may follow a colon: 'mobilenet_v2:width=0.35,resolution=96'.
-    A path that exists wins over a zoo name."""
-    spec = DEFAULT_MODEL if spec is None else spec
-    if Path(spec).is_file():
-        return str(spec), Path(spec).name
-    name, kwargs = _parse_zoo_spec(spec)
-    if name in ZOO_MODELS:
-        return _call_zoo(spec, name, kwargs), spec
-    if Path(spec).exists():
-        raise UsageError(f"MODEL {spec!r} is a directory, not an .onnx file")
-    raise UsageError(f"MODEL {spec!r}: no such file, and not a zoo model (zoo models: {', '.join(zoo_names())})")
-
-
 # ================================================================ sessions
 def open_session(args, compile_now: bool = True):
     """An InferenceSession for args.model with --budget / --threads / --kernels. With compile_now, a model
     whose batch dimension is symbolic is compiled for batch 1 (otherwise the first run compiles it)."""
-    from edgerun.bundle import is_bundle, load
-    from edgerun.session import InferenceSession
     budget = parse_bytes(args.budget, option="--budget")
     if args.model and Path(args.model).is_file() and is_bundle(args.model):
         sess = load(args.model, threads=getattr(args, "threads", None), kernels_backend=getattr(args, "kernels", None))
@@ -147,28 +62,16 @@ def open_session(args, compile_now: bool = True):
     return sess, label, budget
 
 
-def batch_one_shape(arg) -> tuple | None:
-    """The input's shape with a symbolic first (batch) dimension set to 1; None if other dims are symbolic."""
-    if arg.shape is None:
-        return None
-    shape = tuple(1 if axis == 0 and not _is_static(d) else d for axis, d in enumerate(arg.shape))
-    return shape if all(_is_static(d) for d in shape) else None
+def kernels_text(sess) -> str:
+    """The kernels and native threads the session's plan is for, e.g. "native, 2 threads"."""
+    threads = sess.planned_threads
+    return f"{sess.backend}, {threads} thread{'s' if threads != 1 else ''}"
 
 
-def batch_one_shapes(sess) -> dict[str, tuple]:
-    """batch_one_shape of every input; dynamic dimensions beyond the batch are an error."""
-    shapes = {}
-    for arg in sess.get_inputs():
-        shape = batch_one_shape(arg)
-        if shape is None:
-            raise InvalidInputError(f"input {arg.name!r} has dynamic dimensions {arg.shape} beyond the batch: "
-                                    f"give data with `edgerun run MODEL --input FILE.npy` to fix them")
-        shapes[arg.name] = shape
-    return shapes
-
-
-def _is_static(dim) -> bool:
-    return isinstance(dim, int) and dim > 0
+def print_notices(sess) -> None:
+    """What the session decided on its own (e.g. fewer threads to fit the budget), on stderr."""
+    for notice in sess.notices:
+        print(f"edgerun: note: {notice}", file=sys.stderr)
 
 
 def graph_name(sess) -> str:
@@ -177,13 +80,6 @@ def graph_name(sess) -> str:
 
 
 # ================================================================ input data
-def _numpy_dtype(onnx_type: str):
-    names = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-    return np.dtype(names.get(onnx_type, np.float32))
-
-
 def _image_input(sess):
     """The single (1, 3, S, S) float input of an image classifier, else None."""
     inputs = sess.get_inputs()
@@ -198,7 +94,6 @@ def _image_input(sess):
 
 
 def _imagenet_tensor(photo: np.ndarray, size: int) -> np.ndarray:
-    from edgerun.zoo.images import preprocess_imagenet
     return preprocess_imagenet(photo, resize=round(size * 256 / 224), crop=size)
 
 
@@ -281,7 +176,6 @@ def default_feeds(sess) -> tuple[dict, str]:
     """The bundled sample photo for image models, else seeded random data; and what was used."""
     image_input = _image_input(sess)
     if image_input is not None:
-        from edgerun.zoo.images import sample_image
         name, size = image_input
         return {name: _imagenet_tensor(sample_image(), size)}, f"bundled sample photo (chelsea), {size}x{size}"
     rng = np.random.default_rng(0)
@@ -316,9 +210,8 @@ def top_k(logits_row: np.ndarray, k: int, labels: list[str] | None) -> list[dict
 
 def _imagenet_labels():
     try:
-        from edgerun.zoo.images import imagenet_labels
         return imagenet_labels()
-    except (ImportError, RuntimeError, OSError):
+    except (RuntimeError, OSError):
         return None
 
 
@@ -353,7 +246,6 @@ def _bytes_text(n: int) -> str:
 
 # ================================================================ run
 def command_run(args) -> int:
-    from edgerun.profiler import measured_peak_bytes
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     sess, label, budget = open_session(args, compile_now=args.input is None)
@@ -365,9 +257,10 @@ def command_run(args) -> int:
         print("\n".join(describe_output(arg.name, array, min(args.top, IMAGENET_CLASSES))))
     stats = sess.last_run
     print(f"planned peak:  {_bytes_text(stats.planned_peak_bytes)}")
-    print(f"measured peak: {_bytes_text(measured_peak_bytes(stats))}")
+    print(f"measured peak: {_bytes_text(profiler.measured_peak_bytes(stats))}")
     print(f"budget:        {_budget_text(budget)}")
-    print(f"kernels:       {sess.backend}")
+    print(f"kernels:       {kernels_text(sess)}")
+    print_notices(sess)
     return EXIT_OK
 
 
@@ -412,7 +305,7 @@ def _profile_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _totals_lines(totals: dict, budget, backend: str, runs: int) -> list[str]:
+def _totals_lines(totals: dict, budget, kernels: str, runs: int) -> list[str]:
     return [
         f"planned peak:   {_bytes_text(totals['planned_peak_bytes'])}  "
         f"(largest step {totals['max_step_planned_bytes']:,} B)",
@@ -423,29 +316,29 @@ def _totals_lines(totals: dict, budget, backend: str, runs: int) -> list[str]:
         f"estimated {totals['estimated_seconds'] * 1e3:.3f} ms)",
         f"process RSS:    {_bytes_text(totals['process_rss_bytes'])}",
         f"budget:         {_budget_text(budget)}",
-        f"kernels:        {backend}",
+        f"kernels:        {kernels}",
     ]
 
 
 def command_profile(args) -> int:
-    from edgerun import profiler
-    from edgerun.progress import progress
     if args.runs < 1:
         raise UsageError(f"--runs must be at least 1, got {args.runs}")
     if args.plot:
-        profiler.require_matplotlib()
+        require_matplotlib()
     sess, label, budget = open_session(args)
     feeds, source = default_feeds(sess)
     report = profiler.profile_report(sess, feeds, args.runs,
                                      iterate=lambda r: progress(r, label="profiling runs"))
-    header = {"model": label, "input": source, "budget_bytes": budget, "kernels": sess.backend, "runs": args.runs}
-    _print_profile(args.format, header, report)
+    header = {"model": label, "input": source, "budget_bytes": budget, "kernels": sess.backend,
+              "threads": sess.planned_threads, "runs": args.runs}
+    _print_profile(args.format, header, report, kernels_text(sess))
+    print_notices(sess)
     if args.plot:
         _write_plot(args.plot, sess, label, budget, report)
     return EXIT_OK
 
 
-def _print_profile(fmt: str, header: dict, report: dict) -> None:
+def _print_profile(fmt: str, header: dict, report: dict, kernels: str) -> None:
     if fmt == "json":
         print(json.dumps(dict(header, **report), indent=2))
     elif fmt == "csv":
@@ -454,7 +347,7 @@ def _print_profile(fmt: str, header: dict, report: dict) -> None:
     else:
         print(f"model: {header['model']}   input: {header['input']}")
         print(_profile_table(report["rows"]))
-        print("\n".join(_totals_lines(report["totals"], header["budget_bytes"], header["kernels"], header["runs"])))
+        print("\n".join(_totals_lines(report["totals"], header["budget_bytes"], kernels, header["runs"])))
 
 
 def _totals_summary(totals: dict) -> str:
@@ -464,11 +357,10 @@ def _totals_summary(totals: dict) -> str:
 
 
 def _write_plot(path: str, sess, label: str, budget, report: dict) -> None:
-    from edgerun import profiler
     input_shape = next(iter(batch_one_shapes(sess).values()), None)
-    reference = profiler.table3_reference(graph_name(sess), input_shape)
-    profiler.plot_memory(report, path, title=f"{label}: activation memory per step", budget=budget,
-                         reference=reference)
+    reference = table3_reference(graph_name(sess), input_shape)
+    plot_memory(report, path, title=f"{label}: activation memory per step", budget=budget,
+                reference=reference)
     note = f"; reference line: {reference['label']} (paper counts 16-bit values, edgerun float32)" \
         if reference else ""
     print(f"plot written to {path}{note}", file=sys.stderr)
@@ -488,19 +380,19 @@ def _plan_table(report: dict) -> str:
 
 
 def command_plan(args) -> int:
-    from edgerun import profiler
     sess, label, budget = open_session(args)
     report = profiler.plan_report(sess)
+    print_notices(sess)
     if args.json:
-        print(json.dumps(dict({"model": label, "budget_bytes": budget, "kernels": sess.backend}, **report),
-                         indent=2))
+        print(json.dumps(dict({"model": label, "budget_bytes": budget, "kernels": sess.backend,
+                               "threads": sess.planned_threads}, **report), indent=2))
         return EXIT_OK
     print(f"model: {label}")
     print(_plan_table(report))
     print(f"planned peak: {_bytes_text(report['planned_peak_bytes'])}   "
           f"estimated {report['estimated_seconds'] * 1e3:.3f} ms")
     print(f"budget:       {_budget_text(budget)}")
-    print(f"kernels:      {sess.backend}")
+    print(f"kernels:      {kernels_text(sess)}")
     return EXIT_OK
 
 

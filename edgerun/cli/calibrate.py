@@ -4,12 +4,12 @@ Times real MobileNetV2 1.0/224 blocks (five geometries, from 112x112 down to 7x7
 edgerun.kernels.run_block at several (t, band_rows) schedules, plus the other (non-block) steps
 of MobileNetV2 and MobileNetV1 1.0/224 through profiled session runs, and fits scheduler.CostModel by non-negative least squares
 (scheduler.cost.calibrate). The fit is saved as JSON (CostModel.save) to the default path of
-`default_path(backend)` or to --out.
+`scheduler.cost.calibration_path(backend)` or to --out.
 
 Default path: $EDGERUN_COST_MODEL_DIR/cost-<backend>.json if that variable is set, else
 $XDG_CACHE_HOME/edgerun/cost-<backend>.json (XDG_CACHE_HOME defaults to ~/.cache).
-`load_calibrated(backend)` reads it back (None when there is none) for the session to pass on
-to the scheduler.
+`scheduler.cost.load_calibrated(backend)` reads it back (None when there is none); the session
+passes it to the scheduler. This module is the measuring tool only: the runtime never imports it.
 """
 from __future__ import annotations
 
@@ -17,13 +17,22 @@ import argparse
 import os
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 import scheduler
+from edgerun import kernels, zoo
+from edgerun.cli.bench import cpu_model, numpy_blas
+from edgerun.executor import block_geometry
+from edgerun.kernels import Activation, BlockWeights
+from edgerun.models import batch_one_shapes
+from edgerun.progress import progress
+from edgerun.session import InferenceSession
 from scheduler import BlockGeometry, BlockSchedule, CostModel
+from scheduler.cost import block_features, calibration_path, nonnegative_least_squares
+
+default_path = calibration_path   # where the fit is written (and read back by scheduler.cost.load_calibrated)
 
 # Which of MobileNetV2's 17 blocks to time (0-based order): 16@112->24@56 s2, 24@56 residual,
 # 32@28 residual, 64@14 residual, 160@7 residual.
@@ -33,49 +42,18 @@ DEFAULT_REPEATS = 11
 WEIGHT_SEED = 0
 
 
-# ---------------------------------------------------------------- where the fit lives
-def default_path(backend: str) -> Path:
-    folder = os.environ.get("EDGERUN_COST_MODEL_DIR")
-    if folder:
-        return Path(folder) / f"cost-{backend}.json"
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "edgerun" / f"cost-{backend}.json"
-
-
-def load_calibrated(backend: str) -> CostModel | None:
-    """The cost model `edgerun calibrate` saved for `backend`, or None when there is none."""
-    path = default_path(backend)
-    if not path.is_file():
-        return None
-    try:
-        model = CostModel.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        warnings.warn(f"ignoring the unreadable cost model {str(path)!r} ({exc}); run `edgerun calibrate` again",
-                      RuntimeWarning, stacklevel=2)
-        return None
-    coefficients = (model.s_pw, model.s_dw, model.s_call, model.s_other)
-    if model.backend != backend or not all(np.isfinite(c) and c >= 0 for c in coefficients):
-        return None
-    return model
-
-
 # ---------------------------------------------------------------- what is timed
 def mobilenet_v2_session(backend: str):
-    from edgerun import zoo
-    from edgerun.session import InferenceSession
     return InferenceSession(zoo.mobilenet_v2(1.0, 224, batch=1), kernels_backend=backend, threads=1)
 
 
 def mobilenet_v1_session(backend: str):
     """MobileNetV1 has no block: its 28 layers give the non-block steps' samples (MobileNetV2 has 4)."""
-    from edgerun import zoo
-    from edgerun.session import InferenceSession
     return InferenceSession(zoo.mobilenet_v1(1.0, 224, batch=1), kernels_backend=backend, threads=1)
 
 
 def block_geometries(graph) -> list[BlockGeometry]:
     """Geometries of the optimised graph's InvertedResidual nodes, in graph order."""
-    from edgerun.executor import block_geometry
     return [block_geometry(n, graph) for n in graph.nodes if n.op_type == "InvertedResidual"]
 
 
@@ -87,7 +65,6 @@ def schedules_for(geom: BlockGeometry) -> list[BlockSchedule]:
 
 
 def random_block_weights(geom: BlockGeometry, rng):
-    from edgerun.kernels import Activation, BlockWeights
     relu6 = Activation("clip", (0.0, 6.0))
     hidden = geom.hidden_channels
     we = be = None
@@ -112,7 +89,6 @@ class BlockTimer:
         self.measured: list[tuple[BlockGeometry, BlockSchedule, float]] = []
 
     def __call__(self, geom: BlockGeometry, sched: BlockSchedule) -> float:
-        from edgerun import kernels
         weights = self._weights.setdefault(geom, random_block_weights(geom, self.rng))
         x = self.rng.standard_normal((geom.in_channels, geom.in_height, geom.in_width)).astype(np.float32)
         out = np.empty((geom.out_channels, geom.out_height, geom.out_width), np.float32)
@@ -131,7 +107,6 @@ class BlockTimer:
 
 def other_step_samples(sess, repeats: int) -> list[tuple[int, float]]:
     """(macs, median seconds) of every non-block step, from profiled runs of the session."""
-    from edgerun.cli import batch_one_shapes
     feeds = {name: np.random.default_rng(WEIGHT_SEED).standard_normal(shape).astype(np.float32)
              for name, shape in batch_one_shapes(sess).items()}
     problem = sess.compiled.problem
@@ -158,7 +133,6 @@ def median_relative_error(model: CostModel, measured) -> float:
 def fit_relative(measured, backend: str, s_other: float) -> CostModel:
     """s_pw, s_dw, s_call minimising the squared RELATIVE errors (each case's row divided by its
     measured seconds), so a 1 ms block counts as much as a 10 ms one; non-negative."""
-    from scheduler.cost import block_features, nonnegative_least_squares
     rows = [[f / seconds for f in block_features(g, s)] for g, s, seconds in measured]
     s_pw, s_dw, s_call = nonnegative_least_squares(rows, [1.0] * len(rows))
     return CostModel(backend=backend, s_pw=s_pw, s_dw=s_dw, s_call=s_call, s_other=s_other)
@@ -200,8 +174,6 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from edgerun import kernels
-    from edgerun.progress import progress
     args = parse_args(argv)
     backend = args.backend or kernels.backend()
     sess = mobilenet_v2_session(backend)
@@ -214,7 +186,6 @@ def main(argv=None) -> int:
     path = args.out or default_path(backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
-    from edgerun.bench import cpu_model, numpy_blas
     print(f"calibrated the {backend} cost model on {len(cases)} MobileNetV2 block schedules and "
           f"{len(others)} other steps of MobileNetV2 and V1 (load average {os.getloadavg()[0]:.2f})")
     print(f"machine: {cpu_model()}; numpy BLAS: {numpy_blas()} (calibrate with the BLAS threads you run with)")
