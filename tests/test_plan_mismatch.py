@@ -148,3 +148,10 @@ def test_a_plan_with_other_buffer_sizes_is_refused(model):
     wrong = Plan(**{**plan.__dict__, "buffer_sizes": dict(plan.buffer_sizes, **{name: plan.buffer_sizes[name] + 4})})
     with pytest.raises(PlanMismatchError, match=f"buffer '{name}'"):
         CompiledModel(session.compiled.graph, budget=None, backend=BACKEND, threads=1, plan=wrong)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_a_bundle_loaded_without_threads_runs_with_its_plans(bundles, threads):
+    path, info = bundles[threads]
+    session = load(path)
+    assert session.threads == threads and session.plan == info.plan and not session.replanned
