@@ -5,6 +5,7 @@ from regular files inside the model's own folder, within their declared bounds.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgerun import ops
+from edgerun import limits, ops
 from edgerun.errors import ModelLoadError, UnsupportedOperatorError
 from edgerun.ir import Graph, Node, ValueInfo, readonly
 
@@ -155,23 +156,38 @@ def _check_structure(proto: onnx.ModelProto, path=None) -> None:
 
 def _to_graph(proto: onnx.ModelProto, opset: int, base_dir) -> Graph:
     g = proto.graph
-    initializers = {t.name: _tensor_to_array(t, base_dir) for t in g.initializer}
+    weights = limits.Budget("the model's weights")
+    initializers = {}
+    for t in g.initializer:
+        weights.add(_declared_nbytes(t), f"initializer {t.name!r} (shape {list(t.dims)})")
+        initializers[t.name] = _tensor_to_array(t, base_dir)
     nodes = [_to_node(n, i, opset) for i, n in enumerate(g.node)]
-    inputs = [_value_info(v) for v in g.input if v.name not in initializers]
-    outputs = [_value_info(v) for v in g.output]
+    inputs = [_value_info(v, "graph input") for v in g.input if v.name not in initializers]
+    outputs = [_value_info(v, "graph output") for v in g.output]
     return Graph(nodes=nodes, inputs=inputs, outputs=outputs, initializers=initializers,
                  opset=opset, name=g.name or "graph")
 
 
-def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
+def _value_info(v: onnx.ValueInfoProto, role: str) -> ValueInfo:
     tt = v.type.tensor_type
     if not v.type.HasField("tensor_type"):
-        raise ModelLoadError(f"graph input/output {v.name!r} is not a tensor; only tensors are supported")
+        raise ModelLoadError(f"{role} {v.name!r} is not a tensor; only tensors are supported")
     dtype = _np_dtype(tt.elem_type, v.name)
     shape = None
     if tt.HasField("shape"):
         shape = tuple(_dim(d) for d in tt.shape.dim)
+        _check_declared_dims(shape, v.name, role)
     return ValueInfo(v.name, shape, dtype)
+
+
+def _check_declared_dims(shape: tuple, name: str, role: str) -> None:
+    """A declared dimension is a size: negative is meaningless, and edgerun runs no empty input (a 0 there
+    would also switch off the check of the fed shape)."""
+    smallest = 1 if role == "graph input" else 0
+    for axis, d in enumerate(shape):
+        if isinstance(d, int) and d < smallest:
+            raise ModelLoadError(f"{role} {name!r}: dimension {axis} is declared as {d} (shape {list(shape)}); "
+                                 f"a declared dimension must be >= {smallest}, or symbolic")
 
 
 def _dim(d):
@@ -220,6 +236,24 @@ def _tensor_to_array(t: onnx.TensorProto, base_dir) -> np.ndarray:
         raise ModelLoadError(f"initializer {t.name!r} cannot be decoded: {exc}") from None
 
 
+def _declared_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes the initializer's declared shape takes, before anything is decoded or read."""
+    dims = list(t.dims)
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"initializer {t.name!r}: negative dimension in its shape {dims}")
+    itemsize = _np_dtype(t.data_type, t.name).itemsize if t.data_type != onnx.TensorProto.STRING else 1
+    return math.prod(dims) * itemsize
+
+
+def _external_int(info: dict, key: str, default: int | None, name: str) -> int | None:
+    text = info.get(key)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit():
+        raise ModelLoadError(f"initializer {name!r}: external data {key} {text!r} is not a non-negative integer")
+    return int(text)
+
+
 def _external_tensor(t: onnx.TensorProto, base_dir) -> np.ndarray:
     info = {e.key: e.value for e in t.external_data}
     if base_dir is None:
@@ -231,14 +265,16 @@ def _external_tensor(t: onnx.TensorProto, base_dir) -> np.ndarray:
         raise ModelLoadError(f"initializer {t.name!r}: external data location {location!r} is not a file inside "
                              f"the model's folder {str(root)!r}")
     dtype = _np_dtype(t.data_type, t.name)
-    count = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
-    offset = int(info.get("offset", 0))
-    length = int(info.get("length", count * dtype.itemsize))
+    expected = _declared_nbytes(t)
+    offset = _external_int(info, "offset", 0, t.name)
+    length = _external_int(info, "length", expected, t.name)
     file_size = target.stat().st_size
-    if offset < 0 or length != count * dtype.itemsize or offset + length > file_size:
+    if length != expected or offset + length > file_size:
         raise ModelLoadError(f"initializer {t.name!r}: external data (offset {offset}, length {length}) does not "
                              f"match its shape {list(t.dims)} or lies beyond the end of {location!r} ({file_size} bytes)")
     with open(target, "rb") as f:
         f.seek(offset)
         data = f.read(length)
+    if len(data) != length:
+        raise ModelLoadError(f"initializer {t.name!r}: {location!r} ended after {len(data)} of {length} bytes")
     return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(tuple(t.dims))

@@ -11,6 +11,7 @@ from edgerun import kernels
 from edgerun.calibrate import load_calibrated
 from edgerun.errors import InvalidInputError, InvalidOptionError
 from edgerun.executor import CompiledModel
+from edgerun.options import checked_max_t, checked_planner
 from edgerun.passes import optimize
 from edgerun.shape_inference import infer_shapes
 from edgerun.units import parse_bytes
@@ -56,8 +57,8 @@ class InferenceSession:
         self.memory_budget = parse_bytes(memory_budget)
         self.threads = checked_threads(threads)
         self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
-        self.planner = planner
-        self.max_t = max_t
+        self.planner = checked_planner(planner)
+        self.max_t = checked_max_t(max_t)
         self.optimize_graph = optimize_graph
         self.disabled_passes = disabled_passes
         self.cost_model = cost_model if cost_model is not None else load_calibrated(self.backend)
