@@ -51,6 +51,8 @@ def _pool_geometry(node, spatial, opset):
         raise invalid(node, str(error)) from None
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
     ceil_mode = attr_flag(node, "ceil_mode", 0)
+    if node.op_type == "AveragePool":
+        attr_flag(node, "count_include_pad", 0)
     for i in range(rank):
         if max(pads[i], pads[i + rank]) >= (kernel[i] - 1) * dilations[i] + 1 and auto_pad == "NOTSET":
             raise invalid(node, f"pads {pads} must be smaller than the kernel {kernel}")

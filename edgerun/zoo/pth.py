@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgerun import limits
-from edgerun.errors import ModelLoadError
+from edgerun.errors import EdgerunError, ModelLoadError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -195,7 +195,7 @@ def _no_persistent_ids(pid):
 def _unpickle(stream, persistent_load):
     try:
         return _RestrictedUnpickler(stream, persistent_load).load()
-    except ModelLoadError:
+    except EdgerunError:
         raise
     except Exception as exc:  # a malformed pickle can raise almost anything
         raise ModelLoadError(f"malformed pickle: {type(exc).__name__}: {exc}") from exc
