@@ -245,6 +245,16 @@ def _declared_nbytes(t: onnx.TensorProto) -> int:
     return math.prod(dims) * itemsize
 
 
+def _is_file_inside(root: Path, location: str) -> bool:
+    if "\0" in location:
+        return False
+    try:
+        target = (root / location).resolve()
+        return root in target.parents and target.is_file()
+    except (OSError, RuntimeError, ValueError):  # unreadable path, symlink loop
+        return False
+
+
 def _external_int(info: dict, key: str, default: int | None, name: str) -> int | None:
     text = info.get(key)
     if text is None:
@@ -260,10 +270,10 @@ def _external_tensor(t: onnx.TensorProto, base_dir) -> np.ndarray:
         raise ModelLoadError(f"initializer {t.name!r} uses external data, but the model was not loaded from a file")
     root = Path(base_dir).resolve()
     location = info.get("location", "")
-    target = (root / location).resolve()
-    if not location or root not in target.parents or not target.is_file():
+    if not location or not _is_file_inside(root, location):
         raise ModelLoadError(f"initializer {t.name!r}: external data location {location!r} is not a file inside "
                              f"the model's folder {str(root)!r}")
+    target = (root / location).resolve()
     dtype = _np_dtype(t.data_type, t.name)
     expected = _declared_nbytes(t)
     offset = _external_int(info, "offset", 0, t.name)
