@@ -186,8 +186,9 @@ def _check_declared_dims(shape: tuple, name: str, role: str) -> None:
     smallest = 1 if role == "graph input" else 0
     for axis, d in enumerate(shape):
         if isinstance(d, int) and d < smallest:
+            rule = "edgerun runs no empty inputs" if d == 0 else "a size cannot be negative"
             raise ModelLoadError(f"{role} {name!r}: dimension {axis} is declared as {d} (shape {list(shape)}); "
-                                 f"a declared dimension must be >= {smallest}, or symbolic")
+                                 f"{rule}: declare a dimension >= {smallest}, or a symbolic one")
 
 
 def _dim(d):
@@ -200,9 +201,13 @@ def _dim(d):
 
 def _np_dtype(elem_type: int, what: str) -> np.dtype:
     try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
     except Exception:
         raise ModelLoadError(f"{what!r}: unsupported element type {elem_type}") from None
+    if dtype.hasobject:
+        raise ModelLoadError(f"{what!r}: element type {onnx.TensorProto.DataType.Name(elem_type)} is not supported; "
+                             f"edgerun runs numeric tensors only")
+    return dtype
 
 
 def _to_node(n: onnx.NodeProto, index: int, opset: int) -> Node:
@@ -241,7 +246,7 @@ def _declared_nbytes(t: onnx.TensorProto) -> int:
     dims = list(t.dims)
     if any(d < 0 for d in dims):
         raise ModelLoadError(f"initializer {t.name!r}: negative dimension in its shape {dims}")
-    itemsize = _np_dtype(t.data_type, t.name).itemsize if t.data_type != onnx.TensorProto.STRING else 1
+    itemsize = _np_dtype(t.data_type, t.name).itemsize
     return math.prod(dims) * itemsize
 
 

@@ -89,7 +89,12 @@ def _small_or_unknown(outputs: list[TensorInfo]) -> bool:
 
 def _check_tensor_size(node: Node, name: str, info: TensorInfo) -> None:
     """Every tensor of a plan must fit the C kernels' 32-bit dimensions and edgerun's memory ceiling."""
-    if not name or info is None or not info.is_static:
+    if not name or info is None:
+        return
+    if np.dtype(info.dtype).hasobject:
+        raise InvalidModelError(f"{node.describe()}: output {name!r} would hold {np.dtype(info.dtype)} elements "
+                                f"(strings or objects); edgerun runs numeric tensors only")
+    if not info.is_static:
         return
     if any(d < 0 or d > _MAX_DIM for d in info.shape):
         raise InvalidModelError(f"{node.describe()}: output {name!r} would have shape {list(info.shape)}; "

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KINDS = ("bytes", "struct", "bundle", "pth", "extdata")
-SELFTEST_KINDS = ("selftest-crash", "selftest-hang", "selftest-python-error", "selftest-alloc")
+SELFTEST_KINDS = ("selftest-crash", "selftest-hang", "selftest-python-error", "selftest-alloc", "selftest-rss")
 DEFAULT_MAX_BYTES = 64 * 1024**2
 ADDRESS_SPACE_HEADROOM = 1536 * 1024**2   # RLIMIT_AS = the worker's size after imports + this
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +311,10 @@ def mutate_structure(model, rng):
     applied = []
     for _ in range(rng.choice((1, 1, 2, 3))):
         name = rng.choice(sorted(STRUCT_MUTATIONS))
-        STRUCT_MUTATIONS[name](model, rng)
+        try:
+            STRUCT_MUTATIONS[name](model, rng)
+        except Exception:  # an earlier mutation left nothing this one can apply to (numpy_helper refuses it)
+            continue
         applied.append(name)
     return applied
 
@@ -414,6 +417,14 @@ def make_pth(rng: random.Random) -> bytes:
 
 # ---------------------------------------------------------------------------- external data folders
 
+def _tensor_bytes(t) -> bytes:
+    from onnx import numpy_helper
+    try:
+        return numpy_helper.to_array(t).tobytes()
+    except Exception:  # a mutated tensor numpy_helper cannot decode: its file holds nothing
+        return b""
+
+
 def make_external_data_folder(model, folder: Path, rng: random.Random) -> Path:
     """Write `model` with its initializers moved to files in `folder`, with mutated references."""
     from onnx import TensorProto
@@ -422,7 +433,7 @@ def make_external_data_folder(model, folder: Path, rng: random.Random) -> Path:
     folder.mkdir(parents=True)
     blob = bytearray()
     for t in model.graph.initializer:
-        raw = t.raw_data if t.raw_data else __import__("onnx").numpy_helper.to_array(t).tobytes()
+        raw = t.raw_data if t.raw_data else _tensor_bytes(t)
         offset = len(blob)
         blob += raw
         t.ClearField("raw_data")
@@ -466,12 +477,12 @@ def _session_options(rng):
             "memory_budget": rng.choice((None, None, 4096, 64 * 1024, 1 << 20))}
 
 
-def _feeds(session, rng):
+def _feeds(session, rng, hostile=True):
     import numpy as np
     feeds = {}
     for arg in session.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else rng.choice((1, 2, 4)) for d in (arg.shape or [1])]
-        if rng.random() < 0.05 and shape:
+        if hostile and rng.random() < 0.05 and shape:
             shape[rng.randrange(len(shape))] += 1
         dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
                  "tensor(double)": np.float64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
@@ -479,7 +490,7 @@ def _feeds(session, rng):
         if int(np.prod(shape)) > 1 << 22:
             shape = [1] * len(shape)
         values = np.random.default_rng(rng.randrange(1 << 30)).standard_normal(shape)
-        if rng.random() < 0.1:
+        if hostile and rng.random() < 0.1:
             values[...] = rng.choice(INTERESTING_FLOATS)
         feeds[arg.name] = values.astype(dtype)
     return feeds
@@ -489,6 +500,13 @@ def _run_model(model_source, rng):
     from edgerun import InferenceSession
     session = InferenceSession(model_source, **_session_options(rng))
     session.run(None, _feeds(session, rng))
+
+
+def _case_seed(worker, rng, index):
+    """A seed model as built, run on ordinary inputs: must succeed (mutations start from valid models)."""
+    from edgerun import InferenceSession
+    session = InferenceSession(worker.models[worker.names[index % len(worker.names)]].SerializeToString(), threads=1)
+    session.run(None, _feeds(session, rng, hostile=False))
 
 
 def _case_bytes(worker, rng):
@@ -575,6 +593,10 @@ def _selftest(kind):
         raise KeyError("planted")
     if kind == "selftest-alloc":
         return len(bytearray(64 * 1024**3))  # 64 GiB: beyond every cap
+    if kind == "selftest-rss":  # below the address-space cap, above the resident-memory allowance
+        block = bytearray(int(os.environ["EDGERUN_FUZZ_RSS_GROWTH"]) + 64 * 1024**2)
+        memoryview(block)[::4096] = b"\1" * len(range(0, len(block), 4096))
+        return len(block)
 
 
 CASES = {"bytes": _case_bytes, "struct": _case_struct, "bundle": _case_bundle, "pth": _case_pth,
@@ -592,6 +614,8 @@ def run_case(worker: Worker, seed: int, index: int, kind: str) -> dict:
     try:
         if kind.startswith("selftest"):
             _selftest(kind)
+        elif kind == "seed":
+            _case_seed(worker, rng, index)
         else:
             CASES[kind](worker, rng)
         return {"status": "ok"}
@@ -747,12 +771,15 @@ def worker_env(max_bytes: int, address_cap: int) -> dict:
 
 
 def run_cases(seed, indices, kinds=KINDS, timeout=30.0, max_bytes=DEFAULT_MAX_BYTES,
-              address_cap=ADDRESS_SPACE_HEADROOM, on_progress=None) -> Summary:
-    """Run the cases `indices` of `seed` in one worker stream; restart the worker after a crash or hang."""
+              address_cap=ADDRESS_SPACE_HEADROOM, on_progress=None, case_kinds=None) -> Summary:
+    """Run the cases `indices` of `seed` in one worker stream; restart the worker after a crash or hang.
+
+    The kind of each case is drawn from `kinds`, unless `case_kinds` gives it (one per index)."""
     summary = Summary(seed=seed)
     started = time.monotonic()
     env = worker_env(max_bytes, address_cap)
-    pending = [(i, case_kind(seed, i, kinds)) for i in indices]
+    pending = (list(zip(indices, case_kinds)) if case_kinds is not None
+               else [(i, case_kind(seed, i, kinds)) for i in indices])
     worker = None
     while pending:
         if worker is None:
@@ -830,7 +857,7 @@ def main(argv=None) -> int:
         return 0
     from edgerun.units import parse_bytes
     kinds = tuple(args.kinds.split(","))
-    unknown = set(kinds) - set(KINDS) - set(SELFTEST_KINDS)
+    unknown = set(kinds) - set(KINDS) - set(SELFTEST_KINDS) - {"seed"}
     if unknown:
         parser.error(f"unknown kinds {sorted(unknown)}; choose from {KINDS}")
     options = dict(kinds=kinds, timeout=args.timeout, max_bytes=parse_bytes(args.max_bytes, "--max-bytes"))

@@ -90,15 +90,16 @@ class _PendingTensor(NamedTuple):
 
 
 MAX_RANK = 32  # numpy's (and edgerun's) most dimensions a tensor may have
+MAX_EXTENT = 1 << 48  # sizes, strides and offsets above this cannot describe bytes in memory
 MAX_PICKLE_BYTES = 64 * 1024**2  # data.pkl holds names and small tuples, never tensor bytes
 
 
 def _check_int_tuple(value, what):
     if isinstance(value, tuple) and len(value) > MAX_RANK:
         raise ModelLoadError(f"tensor {what} has {len(value)} dimensions; at most {MAX_RANK} are supported")
-    if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_EXTENT
                                                for v in value):
-        raise ModelLoadError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
+        raise ModelLoadError(f"tensor {what} must be a tuple of non-negative ints up to 2**48, got {value!r}")
     return value
 
 
@@ -116,7 +117,7 @@ def _check_extent(offset, size, stride, numel, key):
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     if not isinstance(storage, _Storage):
         raise ModelLoadError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
-    if not isinstance(storage_offset, int) or storage_offset < 0:
+    if not isinstance(storage_offset, int) or isinstance(storage_offset, bool) or not 0 <= storage_offset <= MAX_EXTENT:
         raise ModelLoadError(f"tensor storage offset must be a non-negative int, got {storage_offset!r}")
     size = _check_int_tuple(size, "size")
     stride = _check_int_tuple(stride, "stride")
