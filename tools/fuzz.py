@@ -492,8 +492,28 @@ def _feeds(session, rng, hostile=True):
         values = np.random.default_rng(rng.randrange(1 << 30)).standard_normal(shape)
         if hostile and rng.random() < 0.1:
             values[...] = rng.choice(INTERESTING_FLOATS)
-        feeds[arg.name] = values.astype(dtype)
+        feeds[arg.name] = _hostile_feed(values.astype(dtype), rng) if hostile and rng.random() < 0.1 \
+            else values.astype(dtype)
+    if hostile and rng.random() < 0.03:
+        feeds[rng.choice(("extra", ""))] = np.zeros(1, np.float32)
     return feeds
+
+
+def _hostile_feed(array, rng):
+    """The same values as a view edgerun must not trust: non-contiguous, broadcast, wrong dtype or type."""
+    import numpy as np
+    choice = rng.randrange(6)
+    if choice == 0 and array.ndim >= 2:
+        return np.swapaxes(np.ascontiguousarray(np.swapaxes(array, 0, -1)), 0, -1)  # Fortran-like strides
+    if choice == 1:
+        return np.broadcast_to(array.reshape(-1)[:1].reshape((1,) * array.ndim), array.shape)
+    if choice == 2:
+        return array.astype(rng.choice((np.float64, np.int64, np.float16, np.bool_)))
+    if choice == 3:
+        return array.tolist()
+    if choice == 4:
+        return array[..., ::-1]
+    return rng.choice((None, "text", 3.5, np.array("text"), np.array([b"x"])))
 
 
 def _run_model(model_source, rng):

@@ -374,7 +374,8 @@ def load_state_dict(path_or_bytes) -> "OrderedDict[str, np.ndarray]":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 return _load_zip(archive, source)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
+                NotImplementedError, RuntimeError) as exc:  # unsupported zip features, encrypted members
             raise ModelLoadError(f"{source}: truncated or corrupt zip archive: {exc}") from exc
     if data[:2] == b"\x80\x02":
         return _load_legacy(data, source)
