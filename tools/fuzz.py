@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import select
@@ -487,7 +488,7 @@ def _feeds(session, rng, hostile=True):
         dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
                  "tensor(double)": np.float64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
                  "tensor(int8)": np.int8, "tensor(bool)": np.bool_}.get(arg.type, np.float32)
-        if int(np.prod(shape)) > 1 << 22:
+        if math.prod(shape) > 1 << 22:
             shape = [1] * len(shape)
         values = np.random.default_rng(rng.randrange(1 << 30)).standard_normal(shape)
         if hostile and rng.random() < 0.1:
