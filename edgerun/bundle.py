@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerun.errors import (BundleError, EdgerunError, InvalidInputError, InvalidModelError, InvalidOptionError,
-                            MemoryBudgetError)
+                            MemoryBudgetError, ResourceLimitError)
 from edgerun.ir import Graph, Node, TensorInfo, ValueInfo
 from edgerun.session import (checked_backend, checked_feeds, checked_output_names, checked_threads, node_arg,
                              run_measured)
@@ -565,7 +565,7 @@ def _check_shapes_by_inference(graph: Graph) -> None:
 
     try:
         inferred = infer_shapes(graph, {v.name: v.shape for v in graph.inputs}).value_info
-    except BundleError:
+    except (BundleError, ResourceLimitError):
         raise
     except EdgerunError as exc:
         raise BundleError(f"malformed bundle: the graph fails shape inference: {exc}") from None
@@ -660,6 +660,8 @@ class BundleSession:
 
         try:
             compiled = CompiledModel(self.graph, budget=None, backend=self.backend, threads=self.threads, plan=plan)
+        except ResourceLimitError:
+            raise
         except EdgerunError as exc:
             raise BundleError(f"bundle graph cannot be prepared: {exc}") from None
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
