@@ -402,3 +402,22 @@ def test_a_string_graph_input_is_refused_when_loading():
     data = model([helper.make_node("Relu", ["x"], ["y"])], [x, text], [y_info()])
     with pytest.raises(ModelLoadError, match=r"'label'.*STRING.*numeric tensors only"):
         InferenceSession(data)
+
+
+def test_a_deflated_storage_consistent_with_its_pickle_but_expanding_1000x_is_refused_as_a_zip_bomb(ceiling):
+    # what the issue found: a few MB of zip declaring (and really inflating to) gigabytes; 64 MiB here
+    ceiling(16 * GiB)
+    numel = 16 * 1024**2
+    pid = _persistent_id("FloatStorage", "0", numel, legacy=False)
+    pickled = (b"\x80\x02" + _ordered_dict() + b"(" + _str("w") + _global("torch._utils", "_rebuild_tensor_v2")
+               + _tuple([pid, _int(0), _tuple([_int(numel)]), _tuple([_int(1)]), b"\x89", _ordered_dict()])
+               + b"Ru.")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        archive.writestr("archive/data/0", bytes(4 * numel))
+    data = buffer.getvalue()
+    assert len(data) < 128 * 1024
+    error, peak = peak_bytes_during(lambda: load_state_dict(data))
+    assert isinstance(error, ModelLoadError) and "storage '0'" in str(error) and "zip bomb" in str(error)
+    assert peak < 8 * 1024**2

@@ -248,6 +248,33 @@ def _zip_byteorder(archive, prefix, names):
     return "<" if order == "little" else ">"
 
 
+MAX_EXPANSION = 64  # torch stores storages uncompressed; tensor bytes deflate far less than this
+
+
+def _check_expansion(info, key, source):
+    """A deflated storage that would expand more than MAX_EXPANSION times is a zip bomb, not weights."""
+    if info.file_size > (1 << 20) and info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
+        raise ModelLoadError(f"{source}: storage {key!r} would expand from {info.compress_size} to "
+                             f"{info.file_size} bytes (more than {MAX_EXPANSION}x): refused as a zip bomb")
+
+
+def _read_member(archive, info, key, source) -> np.ndarray:
+    """The member's bytes read into one array of its declared size (already checked against the ceiling):
+    never more than that is decompressed, and no second copy is made."""
+    out = np.empty(info.file_size, dtype=np.uint8)
+    view, filled = memoryview(out), 0
+    with archive.open(info) as member:
+        while filled < info.file_size:
+            count = member.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        if filled != info.file_size or member.read(1):
+            raise ModelLoadError(f"{source}: storage {key!r} does not hold the {info.file_size} bytes its zip "
+                                 f"entry declares")
+    return out
+
+
 def _load_zip(archive, source):
     names = set(archive.namelist())
     prefix = _zip_prefix(names, source)
@@ -264,16 +291,13 @@ def _load_zip(archive, source):
             raise ModelLoadError(f"{source}: storage {key!r} is not in the archive (no member {member!r})")
         dtype = storage_type.dtype.newbyteorder(byteorder)
         storage_bytes.add(numel * dtype.itemsize, f"{source}: storage {key!r} ({numel} x {dtype.itemsize} bytes)")
-        declared = archive.getinfo(member).file_size
-        if declared != numel * dtype.itemsize:
-            raise ModelLoadError(f"{source}: storage {key!r} holds {declared} bytes, "
+        info = archive.getinfo(member)
+        if info.file_size != numel * dtype.itemsize:
+            raise ModelLoadError(f"{source}: storage {key!r} holds {info.file_size} bytes, "
                                  f"expected {numel} x {dtype.itemsize}")
-        raw = archive.read(member)
-        if len(raw) != numel * dtype.itemsize:
-            raise ModelLoadError(f"{source}: storage {key!r} holds {len(raw)} bytes, "
-                                 f"expected {numel} x {dtype.itemsize}")
+        _check_expansion(info, key, source)
         storage = _Storage(key, storage_type, numel)
-        storage.attach(np.frombuffer(raw, dtype=dtype))
+        storage.attach(_read_member(archive, info, key, source).view(dtype))
         storages[key] = storage
         return storage
 
