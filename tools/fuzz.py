@@ -663,6 +663,7 @@ def worker_main() -> None:
     max_rss_growth = int(os.environ.get("EDGERUN_FUZZ_RSS_GROWTH", "0"))
     worker = Worker(models=seed_models(), scratch=Path(tempfile.mkdtemp(prefix="edgerun-fuzz-")))
     worker.names = sorted(worker.models)
+    _reset_peak_rss()
     base_rss = _max_rss_bytes()
     out = sys.stdout
     try:
@@ -689,7 +690,24 @@ def _address_space_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss() -> None:
+    """Linux keeps a process's peak RSS across fork and exec: a worker started by a big parent would inherit
+    the parent's peak. Writing 5 to clear_refs resets it to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _max_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
