@@ -37,6 +37,7 @@ SELFTEST_KINDS = ("selftest-crash", "selftest-hang", "selftest-python-error", "s
 DEFAULT_MAX_BYTES = 64 * 1024**2
 ADDRESS_SPACE_HEADROOM = 1536 * 1024**2   # RLIMIT_AS = the worker's size after imports + this
 ROOT = Path(__file__).resolve().parent.parent
+WALL_FACTOR = 10   # a case is a hang after `timeout` s of CPU, or WALL_FACTOR x `timeout` s of wall time
 
 INTERESTING_INTS = (0, 1, 2, 3, -1, -2, 7, 255, 2**15, 2**31 - 1, 2**31, -2**31, 2**32, 2**62, 2**63 - 1, -2**63,
                     50000, 1 << 20)
@@ -773,15 +774,33 @@ class WorkerProcess:
         self.proc.stdin.write(f"{seed} {index} {kind}\n")
         self.proc.stdin.flush()
 
-    def read_line(self, deadline):
-        """The next line, None on timeout, '' when the worker exited."""
+    def cpu_seconds(self) -> float:
+        """CPU time the worker has used (user + system), from /proc; 0 where /proc is missing."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def read_line(self, deadline, timeout=None):
+        """The next line, None on timeout, '' when the worker exited.
+
+        With `timeout`, a worker past the deadline is still waited for while it has used less than `timeout`
+        seconds of CPU since the deadline was set (a starved worker on a loaded machine is not hung), up to
+        WALL_FACTOR x timeout of wall time (a worker that sleeps forever is)."""
+        cpu_start, wall_start = self.cpu_seconds(), time.monotonic()
         while "\n" not in self.buffer:
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
+                starved = (timeout is not None and self.cpu_seconds() - cpu_start < timeout
+                           and time.monotonic() - wall_start < WALL_FACTOR * timeout)
+                if not starved:
+                    return None
+                left = 1.0
             ready, _, _ = select.select([self.proc.stdout], [], [], left)
             if not ready:
-                return None
+                continue
             chunk = os.read(self.proc.stdout.fileno(), 65536).decode()
             if not chunk:
                 return ""
@@ -828,9 +847,9 @@ def run_cases(seed, indices, kinds=KINDS, timeout=30.0, max_bytes=DEFAULT_MAX_BY
         result = None
         deadline = time.monotonic() + timeout + 60  # the start line: covers the worker's import time
         while result is None:
-            line = worker.read_line(deadline)
+            line = worker.read_line(deadline, timeout)
             if line is None:
-                summary.findings.append(Finding(index, kind, "hang", f"no answer within {timeout:.0f} s"))
+                summary.findings.append(Finding(index, kind, "hang", f"no answer after {timeout:g} s of CPU time or {WALL_FACTOR * timeout:g} s"))
                 worker.stop()
                 worker = None
                 break
