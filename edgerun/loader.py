@@ -286,7 +286,8 @@ def _external_tensor(t: onnx.TensorProto, base_dir) -> np.ndarray:
     file_size = target.stat().st_size
     if length != expected or offset + length > file_size:
         raise ModelLoadError(f"initializer {t.name!r}: external data (offset {offset}, length {length}) does not "
-                             f"match its shape {list(t.dims)} or lies beyond the end of {location!r} ({file_size} bytes)")
+                             f"match its shape {list(t.dims)} or lies beyond the end of {location!r} "
+                             f"({file_size} bytes)")
     with open(target, "rb") as f:
         f.seek(offset)
         data = f.read(length)

@@ -115,7 +115,8 @@ def seed_models():
          init("g", f32(4) + 1), init("b", f32(4)), init("mu", f32(4)), init("var", np.abs(f32(4)) + 0.5),
          init("sq", np.array([1, 2], np.int64))], opset=14)
     models["elementwise"] = make("elementwise", [
-        helper.make_node("ConstantOfShape", ["cshape"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+        helper.make_node("ConstantOfShape", ["cshape"], ["c"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
         helper.make_node("Mul", ["x", "c"], ["m"]),
         helper.make_node("Sum", ["m", "x", "c"], ["s"]),
         helper.make_node("Split", ["s"], ["a", "b"], axis=1),
@@ -127,7 +128,8 @@ def seed_models():
         helper.make_node("Cast", ["cs"], ["y"], to=TensorProto.FLOAT),
     ], [vi("x", TensorProto.FLOAT, [1, 6, 5])], [vi("y", TensorProto.FLOAT, [1, 3, 4])],
         [init("cshape", np.array([1, 6, 5], np.int64)), init("two", np.array(2, np.float32)),
-         init("st", np.array([1], np.int64)), init("en", np.array([5], np.int64)), init("axs", np.array([2], np.int64))])
+         init("st", np.array([1], np.int64)), init("en", np.array([5], np.int64)),
+         init("axs", np.array([2], np.int64))])
     return models
 
 
@@ -303,7 +305,8 @@ def _mutate_huge(model, rng):
             dims[rng.randrange(len(dims))].dim_value = rng.choice((50000, 1 << 31, 1 << 40))
 
 
-STRUCT_MUTATIONS = {"attribute": _mutate_attribute, "input-dims": lambda m, r: _mutate_dims(r.choice(list(m.graph.input)), r),
+STRUCT_MUTATIONS = {"attribute": _mutate_attribute,
+                    "input-dims": lambda m, r: _mutate_dims(r.choice(list(m.graph.input)), r),
                     "output-dims": lambda m, r: _mutate_dims(r.choice(list(m.graph.output)), r),
                     "initializer": _mutate_initializer, "wiring": _mutate_wiring, "op": _mutate_op,
                     "opset": _mutate_opset, "huge": _mutate_huge}
@@ -849,7 +852,8 @@ def run_cases(seed, indices, kinds=KINDS, timeout=30.0, max_bytes=DEFAULT_MAX_BY
         while result is None:
             line = worker.read_line(deadline, timeout)
             if line is None:
-                summary.findings.append(Finding(index, kind, "hang", f"no answer after {timeout:g} s of CPU time or {WALL_FACTOR * timeout:g} s"))
+                summary.findings.append(Finding(index, kind, "hang", f"no answer after {timeout:g} s of CPU time "
+                                                                     f"or {WALL_FACTOR * timeout:g} s"))
                 worker.stop()
                 worker = None
                 break

@@ -241,7 +241,8 @@ def _zip_byteorder(archive, prefix, names):
     if record not in names:
         return "<"
     if archive.getinfo(record).file_size > 16:
-        raise ModelLoadError(f"byteorder record of {archive.getinfo(record).file_size} bytes; expected 'little' or 'big'")
+        raise ModelLoadError(f"byteorder record of {archive.getinfo(record).file_size} bytes; "
+                             f"expected 'little' or 'big'")
     order = archive.read(record).decode("ascii", "replace").strip()
     if order not in ("little", "big"):
         raise ModelLoadError(f"unknown byteorder record {order!r}")
