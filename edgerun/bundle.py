@@ -17,7 +17,7 @@ from edgerun import kernels, ops
 from edgerun.bundle_format import (FORMAT_MAJOR, FORMAT_MINOR, MAGIC, PREFIX, MAX_TENSOR_BYTES,  # noqa: F401
                                    RawBundle, graph_from_header, header_field, int_field, is_bundle, read_bundle,
                                    require)
-from edgerun.errors import BundleError, EdgerunError, PlanMismatchError
+from edgerun.errors import BundleError, EdgerunError, PlanMismatchError, ResourceLimitError
 from edgerun.executor import CompiledModel
 from edgerun.ir import Graph
 from edgerun.session_base import Session, checked_backend, checked_threads
@@ -54,7 +54,7 @@ def _check_shapes_by_inference(graph: Graph) -> None:
     shapes and dtypes of every value to be what they infer."""
     try:
         inferred = infer_shapes(graph, {v.name: v.shape for v in graph.inputs}).value_info
-    except BundleError:
+    except (BundleError, ResourceLimitError):
         raise
     except EdgerunError as exc:
         raise BundleError(f"malformed bundle: the graph fails shape inference: {exc}") from None
@@ -155,7 +155,7 @@ class BundleSession(Session):
         try:
             compiled = CompiledModel(self._graph, budget=self.memory_budget, backend=self.backend, threads=self.threads,
                                      plan=plan, replan=self.replan)
-        except PlanMismatchError:
+        except (PlanMismatchError, ResourceLimitError):
             raise
         except EdgerunError as exc:
             raise BundleError(f"bundle graph cannot be prepared: {exc}") from None

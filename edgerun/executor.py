@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import scheduler
-from edgerun import kernels, ops
+from edgerun import kernels, limits, ops
 from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError, PlanMismatchError
 from edgerun.ir import Graph, Node
 from edgerun.kernels.native_steps import native_variant
@@ -234,6 +234,7 @@ class CompiledModel:
 
     # ---- binding buffers to the arena
     def _bind_arena(self):
+        limits.check_arena(self.plan.peak_bytes, self.activations)
         raw = np.empty(self.plan.peak_bytes + ARENA_ALIGNMENT, dtype=np.uint8)
         start = (-raw.ctypes.data) % ARENA_ALIGNMENT
         arena = raw[start:start + self.plan.peak_bytes]

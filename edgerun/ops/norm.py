@@ -60,7 +60,12 @@ def _lrn_params(node):
     size = attr_int(node, "size")
     if size < 1:
         raise invalid(node, f"attribute 'size'={size!r} must be a positive integer")
-    return size, attr_float(node, "alpha", 1e-4), attr_float(node, "beta", 0.75), attr_float(node, "bias", 1.0)
+    alpha, beta = attr_float(node, "alpha", 1e-4), attr_float(node, "beta", 0.75)
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not value > 0:
+            raise invalid(node, f"attribute {name!r}={value!r} must be positive (as onnxruntime requires: "
+                                f"the normalisation is undefined or an identity otherwise)")
+    return size, alpha, beta, attr_float(node, "bias", 1.0)
 
 
 def _lrn_infer(node, inputs, opset):
