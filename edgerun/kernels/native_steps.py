@@ -42,6 +42,8 @@ class NativeFusedConvKernel(StepKernel):
         self._prepared: tuple | None = None
 
     def _native_kind(self, node: Node, cin: int, cout: int) -> str | None:
+        if len(node.attrs["kernel_shape"]) != 2:
+            return None
         if _is_pointwise(node):
             return "pointwise"
         if _native_depthwise(node, cin, cout):
