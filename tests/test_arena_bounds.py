@@ -282,6 +282,7 @@ def _op_cases():
         "hardswish": ("HardSwish", {}, {}, 14, 1),
         "sigmoid": ("Sigmoid", {}, {}, 13, 1),
         "tanh": ("Tanh", {}, {}, 13, 1),
+        "elu": ("Elu", {"alpha": 0.5}, {}, 13, 1),
         "softmax_last": ("Softmax", {"axis": -1}, {}, 13, 1),
         "softmax_axis1": ("Softmax", {"axis": 1}, {}, 13, 1),
         "conv": ("Conv", {"pads": [1, 1, 1, 1]}, {"w": w(32, 32, 3, 3)}, 13, 1),
