@@ -3,14 +3,13 @@ option before any work is done (not a ValueError from deep inside the scheduler)
 from __future__ import annotations
 
 from edgerun.errors import InvalidOptionError
+from scheduler.planner import PLANNERS
 
 MAX_SPLIT = 1024  # the largest split factor t a plan may consider (also the bundle header's bound)
 
 
 def checked_planner(planner):
     """A planner name from scheduler.planner.PLANNERS, or a callable making a MemoryPlanner."""
-    from scheduler.planner import PLANNERS
-
     if callable(planner) or (isinstance(planner, str) and planner in PLANNERS):
         return planner
     raise InvalidOptionError(f"planner must be one of {sorted(PLANNERS)} (or a callable making a "

@@ -127,7 +127,7 @@ def run_measured(compiled, feeds, names):
         base = tracemalloc.get_traced_memory()[0]
         outputs, steps = compiled.run(feeds, names, profile=True, trace_base=base)
         # the executor resets the peak at every step, so the run's peak is the largest step's
-        escaped = max([s.run_bytes for s in steps] + [tracemalloc.get_traced_memory()[1] - base])
+        escaped = max([s.run_bytes for s in steps] + [compiled.profiled_peak_bytes])
     finally:
         if started_here:
             tracemalloc.stop()

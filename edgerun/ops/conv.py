@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
+from edgerun.kernels.steps_conv import ConvKernel, ConvTransposeKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_int, attr_ints, attr_str, check_int32_attr, invalid, require_inputs
 
@@ -296,5 +298,7 @@ def weight_macs(node, in_shapes, out_shapes) -> int:
     return outputs
 
 
-register("Conv", _conv_infer, _conv_compute, macs=weight_macs)
-register("ConvTranspose", _conv_transpose_infer, _conv_transpose_compute)
+# the kernels read their geometry with this module's functions (_conv_params, _conv_pads, _transpose_*)
+_THIS = sys.modules[__name__]
+register("Conv", _conv_infer, _conv_compute, macs=weight_macs, step=ConvKernel(_THIS))
+register("ConvTranspose", _conv_transpose_infer, _conv_transpose_compute, step=ConvTransposeKernel(_THIS))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.ir import TensorInfo
+from edgerun.kernels.steps_norm import BatchNormalizationKernel, LRNKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, invalid, require_inputs
 
@@ -90,5 +91,5 @@ def _lrn_compute(node, inputs, opset):
     return [(x / (bias + alpha / size * window_sum) ** beta).astype(x.dtype)]
 
 
-register("BatchNormalization", _bn_infer, _bn_compute)
-register("LRN", _lrn_infer, _lrn_compute)
+register("BatchNormalization", _bn_infer, _bn_compute, step=BatchNormalizationKernel())
+register("LRN", _lrn_infer, _lrn_compute, step=LRNKernel(_lrn_params))

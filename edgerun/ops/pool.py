@@ -9,6 +9,7 @@ from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.kernels.native_steps import NativeGlobalAveragePoolKernel, NativePoolKernel
 from edgerun.kernels.numpy_steps import AveragePoolKernel, GlobalAveragePoolKernel, MaxPoolKernel
+from edgerun.kernels.steps_reduce import ReduceMeanKernel
 from edgerun.ops import register
 from edgerun.ops.conv import int_list_attr, resolve_conv_pads, window_slices
 from edgerun.ops._common import attr_flag, attr_int, attr_ints, invalid, normalized_axes, require_inputs
@@ -258,4 +259,6 @@ register("AveragePool", _pool_infer, _average_pool_compute, step=AveragePoolKern
 register("MaxPool", _pool_infer, _max_pool_compute, step=MaxPoolKernel(resolve_conv_pads), native=NativePoolKernel)
 register("GlobalAveragePool", _global_average_infer, _global_average_compute, step=GlobalAveragePoolKernel(),
          native=NativeGlobalAveragePoolKernel)
-register("ReduceMean", _reduce_mean_infer, _reduce_mean_compute)
+# any_dtype: the kernel takes int64 axes beside float32 data and runs other data dtypes on this op
+register("ReduceMean", _reduce_mean_infer, _reduce_mean_compute,
+         step=ReduceMeanKernel(_reduce_axes, _reduce_mean_compute), any_dtype=True)
