@@ -10,19 +10,22 @@ tensor inside the segment lives in a ring buffer of rows: row r sits in slot r m
 Everything here is pure integer arithmetic on one image (no numpy, no ONNX).
 
 Schedule rules (see docs/segments.md):
-- iteration b drives rows [b*B, min((b+1)*B, H)) of the driving tensor, steps run in
-  order 0..n-1, and step i computes the rows [hi_i(b-1), hi_i(b)) of its output, where
-  hi_i(b) is one past the last row any consumer of tensor i reads during iterations <= b
-  (as late as possible).  Rows no consumer ever reads after the last needed one ("dead
-  tail" rows, e.g. the last row under a stride-2 kernel of 1) are never computed.
-- when step i writes its band, the ring must hold, in distinct slots, the band and every
-  older row some consumer still reads in this or a later iteration.  Hence
+- iteration b asks the last step for the rows [0, min((b+1)*B, H)) of the driving tensor.
+  A step asked for rows up to h computes the missing ones in calls of at most `cap` rows
+  (its steady rate: B times the strides of the steps below it); before each call it asks
+  its producer for exactly the rows its windows read, and its skip tensor for the rows it
+  adds (depth first, as late as possible, every row once, in increasing order).  Rows no
+  consumer reads after the last needed one (a "dead tail", e.g. the last row under a
+  stride-2 kernel of 1) are never computed.
+- when a call of step i writes rows [lo, hi), its ring must hold, in distinct slots, those
+  rows and every older row a consumer still reads (from that consumer's next output row
+  on).  Hence, over the calls of step i,
 
-      ring_rows_i = max over iterations b with a non-empty band of
-                    max(hi_i(b) - lo_i(b), hi_i(b) - oldest_needed_i(b))
+      ring_rows_i = max(hi - lo, hi - oldest_needed)
 
-  where oldest_needed_i(b) is the smallest row of tensor i read by any consumer at
-  iteration b or later.  That is the least R for which `check_rings` passes.
+  where oldest_needed is the smallest row of tensor i that any consumer c reads for its
+  output rows >= done_c (rows c has not computed yet).  That is the least R for which
+  `check_rings` passes.
 """
 
 from __future__ import annotations
@@ -101,14 +104,24 @@ class RingBuffer:
 
 
 @dataclass(frozen=True)
+class Call:
+    """One kernel call: at driving iteration `iteration`, step `step` computes rows [lo, hi)."""
+
+    iteration: int
+    step: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
 class SegmentSchedule:
     band_rows: int
-    bands: tuple[tuple[tuple[int, int], ...], ...]   # bands[b][i] = rows [lo, hi) step i computes
-    rings: tuple[RingBuffer, ...]                     # one per tensor inside the segment
+    calls: tuple[Call, ...]             # in execution order
+    rings: tuple[RingBuffer, ...]       # one per tensor inside the segment (steps 0..n-2)
 
     @property
     def iterations(self) -> int:
-        return len(self.bands)
+        return self.calls[-1].iteration + 1 if self.calls else 0
 
     @property
     def ring_bytes(self) -> int:
@@ -116,6 +129,10 @@ class SegmentSchedule:
 
     def ring_rows(self) -> dict[int, int]:
         return {ring.tensor: ring.rows for ring in self.rings}
+
+    def rows_of(self, step: int) -> list[tuple[int, int]]:
+        """The [lo, hi) row ranges step `step` computes, call by call."""
+        return [(c.lo, c.hi) for c in self.calls if c.step == step]
 
 
 # ---------------------------------------------------------------- validation
@@ -193,9 +210,9 @@ def _prefix_needed(step: RowStep, kind: str) -> list[int]:
     return need
 
 
-def _suffix_first_read(step: RowStep, kind: str) -> list[int]:
-    """first[o] = smallest input row read by output rows [o, end); a large sentinel past the end."""
-    count = _driven_rows(step)
+def _suffix_first_read(step: RowStep, kind: str, count: int) -> list[int]:
+    """first[o] = smallest input row read by output rows [o, count); a sentinel from count on
+    (rows the step never computes read nothing)."""
     sentinel = 1 << 62
     first = [sentinel] * (count + 1)
     for out_row in range(count - 1, -1, -1):
@@ -204,95 +221,132 @@ def _suffix_first_read(step: RowStep, kind: str) -> list[int]:
     return first
 
 
-def row_schedule(steps, input_height: int, band_rows: int) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """bands[b][i] = [lo, hi) output rows step i computes at iteration b (depth-first order)."""
-    validate_segment(steps, input_height)
-    height = driving_height(steps)
-    if not 1 <= band_rows:
-        raise SegmentError(f"band_rows must be >= 1, got {band_rows}")
-    iterations = -(-height // band_rows)
+def _chunk_caps(steps, band_rows: int) -> list[int]:
+    """Most rows one call of each step computes: its steady rate per driving band
+    (band_rows times the strides below it), so the warm-up is cut into calls no larger."""
     users = _consumers(steps)
-    needs = {(c, kind): _prefix_needed(steps[c], kind) for t in users for c, kind in users[t]}
-    last = len(steps) - 1
-    his: list[list[int]] = [[0] * len(steps) for _ in range(iterations)]
-    for b in range(iterations):
-        his[b][last] = min((b + 1) * band_rows, height)
-        for index in range(last - 1, -1, -1):
-            his[b][index] = max(needs[(c, kind)][his[b][c]] for c, kind in users[index])
-    bands = []
-    for b in range(iterations):
-        bands.append(tuple((his[b - 1][i] if b else 0, his[b][i]) for i in range(len(steps))))
-    return tuple(bands)
+    caps = [0] * len(steps)
+    caps[-1] = band_rows
+    for index in range(len(steps) - 2, -1, -1):
+        caps[index] = max(caps[c] * (steps[c].stride if kind == "window" and not steps[c].reduce else 1)
+                          for c, kind in users[index])
+    return caps
+
+
+def row_schedule(steps, input_height: int, band_rows: int) -> tuple[Call, ...]:
+    """The calls of a streamed run, in execution order.
+
+    Iteration b asks the last step for its rows up to min((b+1)*band_rows, H); a step asked
+    for rows up to h computes them in chunks of at most its cap, each chunk first asking its
+    producers for exactly the rows its windows (and skip) read: depth first, as late as
+    possible, each row once.
+    """
+    steps = tuple(steps)
+    validate_segment(steps, input_height)
+    if band_rows < 1:
+        raise SegmentError(f"band_rows must be >= 1, got {band_rows}")
+    height = driving_height(steps)
+    needs = [_prefix_needed(step, "window") for step in steps]
+    caps = _chunk_caps(steps, band_rows)
+    done = [0] * len(steps)
+    calls: list[Call] = []
+
+    def produce(index: int, upto: int, iteration: int) -> None:
+        step = steps[index]
+        while done[index] < upto:
+            lo = done[index]
+            hi = min(lo + caps[index], upto)
+            if index > 0:
+                produce(index - 1, needs[index][hi], iteration)
+            if step.skip is not None and step.skip != SEGMENT_INPUT:
+                produce(step.skip, hi, iteration)
+            calls.append(Call(iteration, index, lo, hi))
+            done[index] = hi
+
+    for iteration in range(-(-height // band_rows)):
+        produce(len(steps) - 1, min((iteration + 1) * band_rows, height), iteration)
+    return tuple(calls)
+
+
+def _replay(steps, calls):
+    """Yield (call, done) in order, `done[i]` being the rows step i finished before the call."""
+    done = [0] * len(steps)
+    for call in calls:
+        yield call, done
+        done[call.step] = call.hi
 
 
 def plan_segment(steps, input_height: int, band_rows: int) -> SegmentSchedule:
     """The row schedule and every inner tensor's ring buffer (minimal rows)."""
     steps = tuple(steps)
-    bands = row_schedule(steps, input_height, band_rows)
+    calls = row_schedule(steps, input_height, band_rows)
     users = _consumers(steps)
-    rings = []
-    for tensor in range(len(steps) - 1):
-        firsts = [(c, _suffix_first_read(steps[c], kind)) for c, kind in users[tensor]]
-        rows = 0
-        for band in bands:
-            lo, hi = band[tensor]
-            if hi == lo:
-                continue
-            oldest = min(first[band[c][0]] for c, first in firsts)
-            rows = max(rows, hi - lo, hi - oldest)
-        step = steps[tensor]
-        rings.append(RingBuffer(tensor, step.name, rows, step.out_height, bands[-1][tensor][1],
-                                step.row_bytes))
-    return SegmentSchedule(band_rows, bands, tuple(rings))
+    final = [0] * len(steps)
+    for call in calls:
+        final[call.step] = call.hi
+    firsts = {t: [(c, _suffix_first_read(steps[c], kind, final[c])) for c, kind in users[t]]
+              for t in range(len(steps) - 1)}
+    rows = [0] * len(steps)
+    computed = [0] * len(steps)
+    for call, done in _replay(steps, calls):
+        if call.step == len(steps) - 1 or call.hi == call.lo:
+            continue
+        # rows of this tensor any consumer still reads: those of its outputs from done[c] on
+        oldest = min(first[done[c]] for c, first in firsts[call.step])
+        rows[call.step] = max(rows[call.step], call.hi - call.lo, call.hi - oldest)
+        computed[call.step] = call.hi
+    rings = tuple(RingBuffer(t, steps[t].name, rows[t], steps[t].out_height, computed[t],
+                             steps[t].row_bytes) for t in range(len(steps) - 1))
+    return SegmentSchedule(band_rows, calls, rings)
 
 
 # ---------------------------------------------------------------- the checker
-def check_rings(steps, input_height: int, bands, ring_rows: dict[int, int]) -> None:
-    """Simulate the schedule with the given ring sizes; raise SegmentError at the first fault.
+def check_rings(steps, input_height: int, calls, ring_rows: dict[int, int]) -> None:
+    """Replay the calls with the given ring sizes; raise SegmentError at the first fault.
 
-    Faults: a row computed twice or out of order, a band wider than its ring (two rows of one
-    write would share a slot), a read of a row never computed, or a read that finds its slot
-    holding another row (overwritten while still needed).
+    Faults: a row computed twice or out of order, a call writing more rows than its ring has
+    (two rows of one write would share a slot), a read of a row never computed, a read that
+    finds its slot holding another row (overwritten while still needed), a driving tensor
+    left unfinished.
     """
     steps = tuple(steps)
     validate_segment(steps, input_height)
     slots = {t: [None] * ring_rows[t] for t in range(len(steps) - 1)}
     done = [0] * len(steps)
-    for b, band in enumerate(bands):
-        for index, step in enumerate(steps):
-            lo, hi = band[index]
-            if lo != done[index] or hi < lo:
-                raise SegmentError(f"iteration {b}: step {step.name!r} computes rows [{lo}, {hi}) "
-                                   f"after rows [0, {done[index]})")
-            for out_row in range(lo, hi):
-                _check_read(steps, slots, done, index - 1, step.rows_read(out_row), b, step.name)
-                if step.skip is not None:
-                    _check_read(steps, slots, done, step.skip, [out_row], b, step.name)
-            if index in slots and hi > lo:
-                ring = slots[index]
-                if hi - lo > len(ring):
-                    raise SegmentError(f"iteration {b}: step {step.name!r} writes {hi - lo} rows "
-                                       f"into a ring of {len(ring)}")
-                for row in range(lo, hi):
-                    ring[row % len(ring)] = row
-            done[index] = hi
-    for index, step in enumerate(steps):
-        expected = _driven_rows(step) if index == len(steps) - 1 else done[index]
-        if done[index] != expected:
-            raise SegmentError(f"step {step.name!r} computed {done[index]} of {expected} rows")
+    for call in calls:
+        step = steps[call.step]
+        lo, hi = call.lo, call.hi
+        if lo != done[call.step] or hi <= lo:
+            raise SegmentError(f"call {call}: step {step.name!r} computes rows [{lo}, {hi}) "
+                               f"after rows [0, {done[call.step]})")
+        for out_row in range(lo, hi):
+            _check_read(steps, slots, done, call.step - 1, step.rows_read(out_row), call, step.name)
+            if step.skip is not None:
+                _check_read(steps, slots, done, step.skip, [out_row], call, step.name)
+        if call.step in slots:
+            ring = slots[call.step]
+            if hi - lo > len(ring):
+                raise SegmentError(f"call {call}: step {step.name!r} writes {hi - lo} rows into "
+                                   f"a ring of {len(ring)}")
+            for row in range(lo, hi):
+                ring[row % len(ring)] = row
+        done[call.step] = hi
+    if done[-1] != driving_height(steps):
+        raise SegmentError(f"step {steps[-1].name!r} computed {done[-1]} of "
+                           f"{driving_height(steps)} rows")
 
 
-def _check_read(steps, slots, done, tensor: int, rows: list[int], b: int, reader: str) -> None:
+def _check_read(steps, slots, done, tensor: int, rows: list[int], call, reader: str) -> None:
     if tensor == SEGMENT_INPUT:
         return
     name = steps[tensor].name
     for row in rows:
         if row >= done[tensor]:
-            raise SegmentError(f"iteration {b}: {reader!r} reads row {row} of {name!r} before "
-                               f"it is computed")
+            raise SegmentError(f"call {call}: {reader!r} reads row {row} of {name!r} before it "
+                               f"is computed")
         ring = slots[tensor]
         if not ring or ring[row % len(ring)] != row:
-            raise SegmentError(f"iteration {b}: {reader!r} reads row {row} of {name!r}, but its "
+            raise SegmentError(f"call {call}: {reader!r} reads row {row} of {name!r}, but its "
                                f"slot holds {ring[row % len(ring)] if ring else None}")
 
 
@@ -308,8 +362,7 @@ def op_by_op_peak(steps, input_bytes: int, include_input: bool = True) -> tuple[
     last_use = {t: max([t] + [c for c, _ in users[t]]) for t in users}
     best, where = 0, steps[0].name
     for index, step in enumerate(steps):
-        live = sum(sizes[t] for t in sizes if t <= index <= last_use[t] or (t == SEGMENT_INPUT
-                                                                            and index <= last_use[t]))
+        live = sum(sizes[t] for t in sizes if t <= index <= last_use[t])
         if live > best:
             best, where = live, step.name
     return best, where

@@ -384,9 +384,8 @@ class SegmentRunner:
         try:
             if isinstance(self.kernels[-1], _GlobalAverageRows):
                 out.fill(0.0)
-            for band in self.schedule.bands:
-                for index, (lo, hi) in enumerate(band):
-                    self._run_rows(index, lo, hi, out)
+            for call in self.schedule.calls:
+                self._run_rows(call.step, call.lo, call.hi, out)
             if isinstance(self.kernels[-1], _GlobalAverageRows):
                 h, w = self.kernels[-1].in_height, self.kernels[-1].in_width
                 np.multiply(out, np.float32(1.0 / (h * w)), out=out)
