@@ -221,9 +221,9 @@ def _suffix_first_read(step: RowStep, kind: str, count: int) -> list[int]:
     return first
 
 
-def _chunk_caps(steps, band_rows: int) -> list[int]:
-    """Most rows one call of each step computes: its steady rate per driving band
-    (band_rows times the strides below it), so the warm-up is cut into calls no larger."""
+def steady_chunks(steps, band_rows: int) -> list[int]:
+    """Default rows per call of each step: its steady rate per driving band (band_rows times
+    the strides below it), so that the warm-up is cut into calls no larger than the rest."""
     users = _consumers(steps)
     caps = [0] * len(steps)
     caps[-1] = band_rows
@@ -233,13 +233,14 @@ def _chunk_caps(steps, band_rows: int) -> list[int]:
     return caps
 
 
-def row_schedule(steps, input_height: int, band_rows: int) -> tuple[Call, ...]:
+def row_schedule(steps, input_height: int, band_rows: int, chunks=None) -> tuple[Call, ...]:
     """The calls of a streamed run, in execution order.
 
     Iteration b asks the last step for its rows up to min((b+1)*band_rows, H); a step asked
     for rows up to h computes them in chunks of at most its cap, each chunk first asking its
     producers for exactly the rows its windows (and skip) read: depth first, as late as
-    possible, each row once.
+    possible, each row once.  `chunks[i]` caps the rows of one call of step i (default
+    `steady_chunks`; smaller chunks mean smaller rings and more calls).
     """
     steps = tuple(steps)
     validate_segment(steps, input_height)
@@ -247,7 +248,9 @@ def row_schedule(steps, input_height: int, band_rows: int) -> tuple[Call, ...]:
         raise SegmentError(f"band_rows must be >= 1, got {band_rows}")
     height = driving_height(steps)
     needs = [_prefix_needed(step, "window") for step in steps]
-    caps = _chunk_caps(steps, band_rows)
+    caps = list(steady_chunks(steps, band_rows) if chunks is None else chunks)
+    if len(caps) != len(steps) or min(caps) < 1:
+        raise SegmentError(f"chunks must give every step a positive row count, got {caps}")
     done = [0] * len(steps)
     calls: list[Call] = []
 
@@ -276,10 +279,10 @@ def _replay(steps, calls):
         done[call.step] = call.hi
 
 
-def plan_segment(steps, input_height: int, band_rows: int) -> SegmentSchedule:
+def plan_segment(steps, input_height: int, band_rows: int, chunks=None) -> SegmentSchedule:
     """The row schedule and every inner tensor's ring buffer (minimal rows)."""
     steps = tuple(steps)
-    calls = row_schedule(steps, input_height, band_rows)
+    calls = row_schedule(steps, input_height, band_rows, chunks)
     users = _consumers(steps)
     final = [0] * len(steps)
     for call in calls:

@@ -176,6 +176,22 @@ def test_global_average_pool_accumulates_rows():
     assert_minimal(steps, 4, schedule)
 
 
+def test_one_row_chunks_shrink_the_warm_up_and_the_rings():
+    """p (1x1, 8 rows) -> d (3x3 stride 2 pad 1, 8 -> 4), band 2.  Steady chunks (p: 4 rows a
+    call) give ring 5 (test_3x3_stride_2).  One-row calls for d and p: it 0: d row 0 reads
+    p 0..1: p [0,1) [1,2), d [0,1); d row 1 reads 1..3: p [2,3) (d, done 1, reads rows 1 and
+    up, so oldest 1, hi 3: 2 rows), p [3,4) (oldest 1: 3), d [1,2); it 1 alike.  Ring 3 = the
+    kernel, and d's band of 2 rows takes two calls."""
+    steps = [pointwise("p", 8), window("d", 8, 4, 3, stride=2, pad_top=1)]
+    schedule = plan_segment(steps, 8, 2, chunks=[1, 1])
+    assert schedule.calls[:6] == (Call(0, 0, 0, 1), Call(0, 0, 1, 2), Call(0, 1, 0, 1),
+                                  Call(0, 0, 2, 3), Call(0, 0, 3, 4), Call(0, 1, 1, 2))
+    assert schedule.ring_rows() == {0: 3}
+    assert_minimal(steps, 8, schedule)
+    with pytest.raises(SegmentError, match="chunks"):
+        plan_segment(steps, 8, 2, chunks=[1, 0])
+
+
 def test_dead_tail_rows_are_not_computed():
     """p (1x1, 4 rows) -> d (1x1 stride 2, 4 -> 2): d reads rows 0 and 2.  it 0: p [0,1).
     it 1: p [1,3): two rows written by one call (row 1 unread but inside it): ring 2.
@@ -245,14 +261,15 @@ def chains(draw):
     if not steps or draw(st.booleans()) and draw(st.booleans()):
         steps.append(RowStep("gap", height, 1, 2, 1, reduce=True))
     band = draw(st.integers(1, max(1, steps[-1].in_height if steps[-1].reduce else steps[-1].out_height)))
-    return steps, input_height, band
+    chunks = draw(st.none() | st.lists(st.integers(1, 6), min_size=len(steps), max_size=len(steps)))
+    return steps, input_height, band, chunks
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chains())
 def test_random_chains_have_minimal_correct_rings(chain):
-    steps, input_height, band = chain
-    schedule = plan_segment(steps, input_height, band)
+    steps, input_height, band, chunks = chain
+    schedule = plan_segment(steps, input_height, band, chunks)
     # every row read finds its row, every row is computed once and in order, the driving
     # tensor is computed whole (check_rings raises otherwise) ...
     check_rings(steps, input_height, schedule.calls, schedule.ring_rows())
@@ -272,6 +289,8 @@ def test_random_chains_have_minimal_correct_rings(chain):
     driving = steps[-1].in_height if steps[-1].reduce else steps[-1].out_height
     assert schedule.rows_of(len(steps) - 1)[-1][1] == driving
     assert all(hi - lo <= band for lo, hi in schedule.rows_of(len(steps) - 1))
+    if chunks is not None:
+        assert all(c.hi - c.lo <= chunks[c.step] for c in schedule.calls)
     # every step's calls tile [0, rows computed) in increasing order, each row once
     for index in range(len(steps)):
         ranges = schedule.rows_of(index)

@@ -208,6 +208,13 @@ class _PoolRows(_WindowKernel):
         self._bind_window(where, in_shape, tuple(op.kernel), tuple(op.strides),
                           tuple(op.dilations), tuple(op.pads))
         self.kind, self.out_channels = op.kind, in_shape[0]
+        empty_rows = [o for o in range(self.out_height)
+                      if all(self._input_row(o, ky) is None for ky in range(self.kernel[0]))]
+        empty_columns = [o for o in range(self.out_width)
+                         if not any(first <= o < stop for first, stop, _ in self.columns)]
+        if empty_rows or empty_columns:
+            raise InvalidModelError(f"{where}: a pooling window covers padding only (output rows "
+                                    f"{empty_rows[:3]}, columns {empty_columns[:3]})")
         if op.kind == "avg":
             if op.count_include_pad:
                 self.inverse_columns = np.full(self.out_width, 1.0 / (op.kernel[1]), np.float32)
@@ -325,10 +332,11 @@ class SegmentRunner:
     """A segment bound to an input shape (C, H, W) and a band height, with its arena.
 
     `run(x, out)` reads the whole input x and writes the whole output `out`; every tensor
-    between lives in a ring of `schedule.rings[i].rows` rows inside `arena`.
+    between lives in a ring of `schedule.rings[i].rows` rows inside `arena`.  `chunks`: rows
+    per call of each step (scheduler.segments.row_schedule; default its steady chunks).
     """
 
-    def __init__(self, ops, in_shape, band_rows: int, alignment: int = 64) -> None:
+    def __init__(self, ops, in_shape, band_rows: int, alignment: int = 64, chunks=None) -> None:
         if len(in_shape) != 3 or min(in_shape) < 1:
             raise InvalidInputError(f"segment input shape must be (C, H, W), got {tuple(in_shape)}")
         if not ops:
@@ -343,7 +351,7 @@ class SegmentRunner:
         self.out_shape = shapes[len(ops) - 1]
         self.steps = [k.row_step(f"{index}:{type(op).__name__}")
                       for index, (k, op) in enumerate(zip(self.kernels, ops))]
-        self.schedule = plan_segment(self.steps, self.in_shape[1], band_rows)
+        self.schedule = plan_segment(self.steps, self.in_shape[1], band_rows, chunks)
         self._layout(shapes, alignment)
 
     def _layout(self, shapes, alignment: int) -> None:
@@ -426,8 +434,8 @@ class SegmentRunner:
             raise InvalidInputError("segment output must be writeable")
 
 
-def run_segment(ops, x: np.ndarray, band_rows: int) -> np.ndarray:
+def run_segment(ops, x: np.ndarray, band_rows: int, chunks=None) -> np.ndarray:
     """Convenience: stream one (C, H, W) float32 input through `ops`; returns a new output."""
-    runner = SegmentRunner(ops, x.shape, band_rows)
+    runner = SegmentRunner(ops, x.shape, band_rows, chunks=chunks)
     out = np.empty(runner.out_shape, np.float32)
     return runner.run(np.ascontiguousarray(x, dtype=np.float32), out)
