@@ -296,3 +296,34 @@ def test_random_chains_have_minimal_correct_rings(chain):
         ranges = schedule.rows_of(index)
         assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
         assert not ranges or ranges[0][0] == 0
+
+
+# ---------------------------------------------------------------- the MobileNetV2 report
+def _report_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "segment_report.py"
+    spec = importlib.util.spec_from_file_location("segment_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mobilenet_v2_head_never_holds_a_112x112_tensor_whole(capsys):
+    """Stem + blocks 1-4 as one segment.  Op by op, block 2's depthwise holds its 96x112x112
+    input (4,816,896 B) and 96x56x56 output (1,204,224 B): 6,021,120 B.  Streamed with one-row
+    calls, the 96x112x112 tensor is a ring of 3 rows (its stride-2 3x3 consumer's window):
+    3 x 96 x 112 x 4 = 129,024 B, and the 16x112x112 one a ring of 1 row (7,168 B)."""
+    tool = _report_tool()
+    input_shape, steps = tool.mobilenet_v2_head(224, 4)
+    assert op_by_op_peak(steps, 602_112) == (6_021_120, "b2 dw 3x3 s2 (96)")
+    schedule = plan_segment(steps, 224, 1, [1] * (len(steps) - 1) + [1])
+    rings = {ring.name: ring for ring in schedule.rings}
+    assert (rings["b2 1x1 -> 96"].rows, rings["b2 1x1 -> 96"].bytes) == (3, 129_024)
+    assert (rings["b1 1x1 -> 16"].rows, rings["b1 1x1 -> 16"].bytes) == (1, 7_168)
+    check_rings(steps, 224, schedule.calls, schedule.ring_rows())
+    for ring in schedule.rings:
+        assert ring.bytes < ring.whole_bytes / 10
+    assert tool.main(["--bands", "1", "2"]) == 0
+    assert "op-by-op liveness peak: 6,021,120 B" in capsys.readouterr().out
