@@ -40,7 +40,8 @@ def _windows(x, kernel, strides, dilations, pads, fill):
     wo = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
     for ky in range(kh):
         for kx in range(kw):
-            yield ky, kx, xp[:, ky * dh:ky * dh + (ho - 1) * sh + 1:sh, kx * dw:kx * dw + (wo - 1) * sw + 1:sw]
+            rows = slice(ky * dh, ky * dh + (ho - 1) * sh + 1, sh)
+            yield ky, kx, xp[:, rows, kx * dw:kx * dw + (wo - 1) * sw + 1:sw]
 
 
 def conv2d(x, op: Conv):
@@ -119,7 +120,8 @@ def test_residual_block_and_global_average_pool_stream():
     of the pool only ever exists as a ring of `band` rows."""
     rng = np.random.default_rng(2)
     c = 4
-    ops = [Conv(rng.standard_normal((c, c, 1, 1)).astype(np.float32), rng.standard_normal(c).astype(np.float32)),
+    ops = [Conv(rng.standard_normal((c, c, 1, 1)).astype(np.float32),
+                rng.standard_normal(c).astype(np.float32)),
            Activation("clip", (0.0, 6.0)),
            Conv(rng.standard_normal((c, 1, 3, 3)).astype(np.float32), None, pads=(1, 1, 1, 1), group=c),
            Activation("relu"),

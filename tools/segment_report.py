@@ -7,9 +7,9 @@ fused into the conv before them: the stem (3x3 stride 2 to 32 channels), block 1
 3x3, 1x1 to 16), block 2 (1x1 to 96, depthwise 3x3 stride 2, 1x1 to 24), block 3 (1x1 to
 144, depthwise 3x3, 1x1 to 24, residual add of block 2's output), block 4 (1x1 to 144,
 depthwise 3x3 stride 2, 1x1 to 32).  For each band height it prints every tensor's whole
-size beside its ring (for two chunk policies), and the segment's streamed bytes (input and output whole, every inner
-tensor a ring) beside the op-by-op liveness peak (every tensor whole from its producer to
-its last consumer).  Kernel scratch is not counted on either side.
+size beside its ring (for two chunk policies), and the segment's streamed bytes (input and
+output whole, every inner tensor a ring) beside the op-by-op liveness peak (every tensor
+whole from its producer to its last consumer).  Kernel scratch is counted on neither side.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def segment_report(input_shape, steps, bands, one_row_calls: bool = False) -> st
                  f"({peak_no_input:,} B at {where_no_input!r} with the caller's input apart)")
     for band in bands:
         rings = schedules[band].ring_bytes
-        lines.append(f"band {band}: rings {rings:,} B; streamed segment {rings + input_bytes + output_bytes:,} B "
+        streamed = rings + input_bytes + output_bytes
+        lines.append(f"band {band}: rings {rings:,} B; streamed segment {streamed:,} B "
                      f"with input and output whole, {rings + output_bytes:,} B with the caller's input "
                      f"apart ({(rings + output_bytes) / peak_no_input:.1%} of op by op); "
                      f"{schedules[band].iterations} iterations, {len(schedules[band].calls)} calls")
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bands", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args(argv)
     input_shape, steps = mobilenet_v2_head(args.resolution, args.blocks)
-    title = f"MobileNetV2 {args.resolution}x{args.resolution} fp32, stem + {args.blocks} block(s) as one segment"
+    title = (f"MobileNetV2 {args.resolution}x{args.resolution} fp32, stem + {args.blocks} block(s) "
+             f"as one segment")
     print(f"{title}; steady chunks (a call computes a step's rows of one band)")
     print(segment_report(input_shape, steps, args.bands))
     print(f"\n{title}; one-row calls (every inner step computes one row per call)")
