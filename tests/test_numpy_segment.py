@@ -113,6 +113,14 @@ def test_arena_layout_of_two_3x3_convs():
     assert ring.shape == (3, 2, 8) and np.shares_memory(ring, runner.arena)
     x = rng.standard_normal((2, 8, 8)).astype(np.float32)
     assert_close(run_segment(ops, x, 1), reference(ops, x))
+    # the same layout inside a caller's arena, at an offset: nothing outside its bytes is touched
+    outer = np.full(1000, 7.0, np.float32)
+    inside = SegmentRunner(ops, (2, 8, 8), 1, arena=outer[16:16 + 208])
+    out = np.empty(inside.out_shape, np.float32)
+    assert_close(inside.run(x, out), reference(ops, x))
+    assert np.all(outer[:16] == 7.0) and np.all(outer[16 + 208:] == 7.0)
+    with pytest.raises(InvalidInputError, match="arena"):
+        SegmentRunner(ops, (2, 8, 8), 1, arena=outer[:207])
 
 
 def test_residual_block_and_global_average_pool_stream():

@@ -94,7 +94,7 @@ def _column_ranges(width: int, out_width: int, kernel: int, stride: int, dilatio
     ranges = []
     for kx in range(kernel):
         start = kx * dilation - left
-        first = max(0, -(-(-start) // stride)) if start < 0 else 0
+        first = -(start // stride) if start < 0 else 0      # ceil(-start / stride)
         stop = min(out_width, (width - 1 - start) // stride + 1) if width - 1 - start >= 0 else 0
         stop = max(stop, first)
         ranges.append((first, stop, start + first * stride))
@@ -334,9 +334,12 @@ class SegmentRunner:
     `run(x, out)` reads the whole input x and writes the whole output `out`; every tensor
     between lives in a ring of `schedule.rings[i].rows` rows inside `arena`.  `chunks`: rows
     per call of each step (scheduler.segments.row_schedule; default its steady chunks).
+    `arena`: a 1-D float32 view of at least `arena_bytes` to run in (e.g. the executor's
+    arena at the segment's offset); by default the runner allocates its own.
     """
 
-    def __init__(self, ops, in_shape, band_rows: int, alignment: int = 64, chunks=None) -> None:
+    def __init__(self, ops, in_shape, band_rows: int, alignment: int = 64, chunks=None,
+                 arena: np.ndarray | None = None) -> None:
         if len(in_shape) != 3 or min(in_shape) < 1:
             raise InvalidInputError(f"segment input shape must be (C, H, W), got {tuple(in_shape)}")
         if not ops:
@@ -352,9 +355,9 @@ class SegmentRunner:
         self.steps = [k.row_step(f"{index}:{type(op).__name__}")
                       for index, (k, op) in enumerate(zip(self.kernels, ops))]
         self.schedule = plan_segment(self.steps, self.in_shape[1], band_rows, chunks)
-        self._layout(shapes, alignment)
+        self._layout(shapes, alignment, arena)
 
-    def _layout(self, shapes, alignment: int) -> None:
+    def _layout(self, shapes, alignment: int, arena) -> None:
         last = len(self.kernels) - 1
         planner = GreedyBySizePlanner(alignment=alignment)
         ring_ids = {ring.tensor: planner.add_buffer(ring.bytes, 0, last, f"ring:{ring.name}")
@@ -370,7 +373,14 @@ class SegmentRunner:
         planner.check()
         self.planner = planner
         self.arena_bytes = planner.peak()
-        self.arena = np.empty(self.arena_bytes // ITEMSIZE, np.float32)
+        items = self.arena_bytes // ITEMSIZE
+        if arena is None:
+            arena = np.empty(items, np.float32)
+        elif not (isinstance(arena, np.ndarray) and arena.dtype == np.float32 and arena.ndim == 1
+                  and arena.flags.c_contiguous and arena.flags.writeable and arena.size >= items):
+            raise InvalidInputError(f"segment arena must be a writeable contiguous 1-D float32 "
+                                    f"array of at least {items} items")
+        self.arena = arena[:items]
 
         def view(buffer: int, items: int) -> np.ndarray:
             start = planner.offset(buffer) // ITEMSIZE
