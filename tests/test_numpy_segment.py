@@ -260,3 +260,51 @@ def test_bad_segments_are_refused():
         runner.run(np.zeros((2, 8, 7), np.float32), np.zeros((2, 8, 8), np.float32))
     with pytest.raises(InvalidInputError, match="output"):
         runner.run(np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.float64))
+
+
+def test_mobilenet_v2_stem_and_two_blocks_stream_without_a_whole_112x112_tensor():
+    """MobileNetV2 1.0/224's stem and blocks 1-2 (ReLU6 as Clip steps), one-row calls, band 1,
+    checked against edgerun.ops.conv.conv_nd in float64.  Op by op the 16x112x112 (802,816 B)
+    and 96x112x112 (4,816,896 B) tensors exist whole; streamed, the arena (every ring and the
+    largest row scratch) plus what the run allocates stays below even the smaller of them."""
+    from edgerun.ops.conv import conv_nd
+
+    rng = np.random.default_rng(4)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    relu6 = Activation("clip", (0.0, 6.0))
+    ops = [Conv(weight(32, 3, 3, 3), weight(32, 1)[:, 0], (2, 2), (1, 1, 1, 1)), relu6,
+           Conv(weight(32, 1, 3, 3), None, pads=(1, 1, 1, 1), group=32), relu6,
+           Conv(weight(16, 32, 1, 1)),
+           Conv(weight(96, 16, 1, 1)), relu6,
+           Conv(weight(96, 1, 3, 3), None, (2, 2), (1, 1, 1, 1), group=96), relu6,
+           Conv(weight(24, 96, 1, 1))]
+    x = rng.standard_normal((3, 224, 224)).astype(np.float32)
+    runner = SegmentRunner(ops, x.shape, 1, chunks=[1] * (len(ops) - 1) + [1])
+    rings = {ring.tensor: ring for ring in runner.schedule.rings}
+    assert (rings[4].rows, rings[4].whole_bytes) == (1, 802_816)      # 16x112x112: one row
+    assert (rings[6].rows, rings[6].whole_bytes) == (3, 4_816_896)    # 96x112x112 after ReLU6
+    out = np.empty(runner.out_shape, np.float32)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        runner.run(x, out)
+        allocated = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert allocated <= 64 * 1024
+    print("MobileNetV2 stem + blocks 1-2 streamed: arena", runner.arena_bytes, "B, allocated", allocated, "B")
+    assert runner.arena_bytes + allocated < 802_816
+
+    expected = x[None].astype(np.float64)
+    for op in ops:
+        if isinstance(op, Conv):
+            bias = np.zeros(op.weight.shape[0]) if op.bias is None else op.bias
+            expected = conv_nd(expected, op.weight.astype(np.float64), bias.astype(np.float64),
+                               strides=op.strides, pads=op.pads, dilations=op.dilations, group=op.group)
+        else:
+            expected = np.clip(expected, 0.0, 6.0)
+    assert_close(out, expected[0])
