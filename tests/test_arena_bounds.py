@@ -5,10 +5,13 @@ MEASURED_SLACK_BYTES of the planned peak, on both backends, with and without a b
 Swept: the zoo, the models of onnx's backend/test/data/light and backend/test/data/real folders (the
 real cases name light files in this onnx wheel; a model needing an operator edgerun lacks would be listed
 in UNSUPPORTED_MODELS and must raise UnsupportedOperatorError), and the backend-test node models edgerun
-runs (the selection of tests/test_onnx_backend.py). The light models ship constant weights (their outputs
-are constant): they run with seeded random weights of the same shapes and match onnxruntime.
+runs (the selection of tests/test_onnx_backend.py), each unbudgeted and at the smallest budget edgerun can
+plan; and every supported op at activation size (REFERENCE_PATH_CASES names the cases still on the
+reference path, each with its reason). The light models ship constant weights (their outputs are constant):
+they run with seeded random weights of the same shapes and match onnxruntime.
 
-Time: about 3 minutes on 2 busy cores (1 minute of CPU), most of it the nine light models.
+Time: 3 to 4 minutes on 2 shared cores (about 1.5 minutes of CPU), most of it the nine light models
+(VGG19 alone: its real-size random weights are 548 MB).
 """
 import functools
 import json
