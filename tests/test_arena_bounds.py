@@ -238,17 +238,34 @@ def test_node_model_runs_inside_its_plan(name):
 
 
 # ------------------------------------------------------------------ the issue's repro, through the CLI
-def test_zfnet512_under_12mb_stays_inside_its_plan_via_the_cli():
-    """`edgerun run light_zfnet512.onnx --budget 12MB` planned 11,567,168 B and measured 48,516,214 B
-    (LRN ran outside the arena)."""
-    path = os.path.join(ONNX_DATA, "light", "light_zfnet512.onnx")
-    done = subprocess.run([sys.executable, "-m", "edgerun", "run", path, "--budget", "12MB"],
-                          capture_output=True, text=True, timeout=300)
+def _cli_run(path, budget):
+    return subprocess.run([sys.executable, "-m", "edgerun", "run", path, "--budget", budget],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _assert_cli_run_within_plan(done, budget: int):
     assert done.returncode == 0, done.stderr
     planned = int(re.search(r"planned peak:\s+([\d,]+) B", done.stdout).group(1).replace(",", ""))
     measured = int(re.search(r"measured peak:\s+([\d,]+) B", done.stdout).group(1).replace(",", ""))
-    assert planned <= 12_000_000
+    assert planned <= budget
     assert 0 <= measured - planned <= MEASURED_SLACK_BYTES, done.stdout
+
+
+def test_zfnet512_under_12mb_stays_inside_its_plan_via_the_cli():
+    """`edgerun run light_zfnet512.onnx --budget 12MB` planned 11,567,168 B and measured 48,516,214 B
+    (LRN ran outside the arena). Either the plan fits and the run stays inside it, or the plan says it cannot
+    fit and names the minimum, at which the run then stays inside its plan. (Its fully connected weights are
+    ConstantOfShape nodes of 38M elements: above constfold.MAX_FOLDED_ELEMENTS they are computed into the arena
+    at run time, which makes the minimum about 313 MB.)"""
+    path = os.path.join(ONNX_DATA, "light", "light_zfnet512.onnx")
+    done = _cli_run(path, "12MB")
+    if done.returncode == 0:
+        _assert_cli_run_within_plan(done, 12_000_000)
+        return
+    assert done.returncode == 3, done.stderr
+    minimum = int(re.search(r"try --budget (\d+)", done.stderr).group(1))
+    assert minimum > 12_000_000
+    _assert_cli_run_within_plan(_cli_run(path, str(minimum)), minimum)
 
 
 # ------------------------------------------------------------------ every operator at activation size
