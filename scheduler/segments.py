@@ -7,7 +7,7 @@ rows of the driving tensor (the last step's output, or the input of a final row 
 as GlobalAveragePool), each step computes only the rows its consumers need next.  Every
 tensor inside the segment lives in a ring buffer of rows: row r sits in slot r mod R.
 
-Everything here is pure integer arithmetic on one image (no numpy, no ONNX).
+Everything here is pure integer arithmetic on one image (no arrays, no ONNX).
 
 Schedule rules (see docs/segments.md):
 - iteration b asks the last step for the rows [0, min((b+1)*B, H)) of the driving tensor.
