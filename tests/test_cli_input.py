@@ -331,3 +331,9 @@ def test_every_documented_key_is_in_the_tables_too():
         for path in key_paths(schema):
             leaf = path.rsplit(".", 1)[-1]
             assert f"`{leaf}`" in text or f".{leaf}`" in text or f"`{leaf}," in text, (command, path)
+
+
+def test_compile_reads_its_budget_by_the_same_rule(classifier, folder):
+    result = edgerun_cli("compile", classifier[1], "--budget", "2M", "-o", folder / "ambiguous.erb")
+    assert result.returncode == 2 and "--budget: '2M' is ambiguous" in result.stderr
+    assert not (folder / "ambiguous.erb").exists()
