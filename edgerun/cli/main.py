@@ -319,7 +319,7 @@ def _add_budget(parser, help_text="activation memory budget, e.g. 1200000, 512Ki
 def _add_preprocessing(parser) -> None:
     group = parser.add_argument_group(
         "image preprocessing", "a photo is resized (shorter side), center-cropped to the model's H x W, put in "
-        "channel order, scaled to 0..SCALE, then (x - mean) / std per channel; a preset sets all of these, the "
+        "channel order, scaled to 0..MAX (--scale), then (x - mean) / std per channel; a preset sets all of these, the "
         "options below override it")
     group.add_argument("--preprocess", choices=sorted(PRESETS), default=None,
                        help="imagenet (torchvision: RGB, 0..1, ImageNet mean/std; the default), caffe (BVLC models: "
