@@ -23,7 +23,7 @@ from edgerun import profiler
 from edgerun.bundle import is_bundle, load
 from edgerun.cli.inputs import (default_feeds, explicit_preprocessing, positive_float, preprocessing_from_args,
                                 run_feeds, three_floats)
-from edgerun.cli.outputs import output_lines, read_labels, summarise_output, top_k  # noqa: F401 (top_k: edgerun.cli API)
+from edgerun.cli.outputs import output_lines, read_labels, summarise_output, top_k  # noqa: F401 (edgerun.cli API)
 from edgerun.cli.plot import plot_memory, require_matplotlib, table3_reference
 from edgerun.errors import EdgerunError, MemoryBudgetError
 from edgerun.models import DEFAULT_MODEL, UsageError, batch_one_shapes, resolve_model, zoo_names
