@@ -337,3 +337,17 @@ def test_compile_reads_its_budget_by_the_same_rule(classifier, folder):
     result = edgerun_cli("compile", classifier[1], "--budget", "2M", "-o", folder / "ambiguous.erb")
     assert result.returncode == 2 and "--budget: '2M' is ambiguous" in result.stderr
     assert not (folder / "ambiguous.erb").exists()
+
+
+def test_json_of_a_nan_output_is_valid_json_with_nulls(folder):
+    graph = helper.make_graph([helper.make_node("Sqrt", ["x"], ["y"], name="root")], "roots",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), folder / "roots.onnx")
+    np.save(folder / "neg.npy", np.float32([[4.0, -1.0, 9.0, 16.0]]))
+    result = edgerun_cli("run", folder / "roots.onnx", "--input", folder / "neg.npy", "--json")
+    output = _json(result)["outputs"][0]   # json.loads would accept NaN; the text must not hold it
+    assert "NaN" not in result.stdout and "Infinity" not in result.stdout
+    assert (output["min"], output["max"], output["mean"], output["top_k"]) == (None, None, None, None)
+    text = edgerun_cli("run", folder / "roots.onnx", "--input", folder / "neg.npy")
+    assert "output 'y' [1, 4] float32: min nan max nan mean nan" in text.stdout

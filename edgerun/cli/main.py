@@ -23,7 +23,8 @@ from edgerun import profiler
 from edgerun.bundle import is_bundle, load
 from edgerun.cli.inputs import (default_feeds, explicit_preprocessing, positive_float, preprocessing_from_args,
                                 run_feeds, three_floats)
-from edgerun.cli.outputs import output_lines, read_labels, summarise_output, top_k  # noqa: F401 (edgerun.cli API)
+from edgerun.cli.outputs import (json_safe, output_lines, read_labels, summarise_output,
+                                 top_k)  # noqa: F401 (top_k is edgerun.cli API)
 from edgerun.cli.plot import plot_memory, require_matplotlib, table3_reference
 from edgerun.errors import EdgerunError, MemoryBudgetError
 from edgerun.models import DEFAULT_MODEL, UsageError, batch_one_shapes, resolve_model, zoo_names
@@ -118,7 +119,7 @@ def command_run(args) -> int:
               "measured_peak_bytes": profiler.measured_peak_bytes(stats), "budget_bytes": budget,
               "kernels": sess.backend, "threads": sess.planned_threads, "runs": len(runs), "notices": notices}
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(json_safe(report), indent=2, allow_nan=False))
     else:
         _print_run(report, kernels_text(sess))
     for notice in notices:

@@ -3,6 +3,7 @@ classifier outputs, [N, C] or [N, C, 1, 1]; min/max/mean for any other numeric o
 (docs/json-schemas.md)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,17 @@ def top_k(logits_row: np.ndarray, k: int, labels: list[str] | None) -> list[dict
             for i in order]
 
 
+def json_safe(value):
+    """The value with every NaN or infinite float replaced by None: JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def summarise_output(name: str, array: np.ndarray, k: int, labels: list[str] | None) -> dict:
     """The JSON form of one output (docs/json-schemas.md, `edgerun run --json`)."""
     scores = class_scores(array, len(labels) if labels else None)
@@ -88,7 +100,7 @@ def summarise_output(name: str, array: np.ndarray, k: int, labels: list[str] | N
         "top_k": None if scores is None else [top_k(row, min(k, scores.shape[1]), label_names) for row in scores],
         "min": float(array.min()) if numeric else None,
         "max": float(array.max()) if numeric else None,
-        "mean": float(array.mean()) if numeric else None,
+        "mean": float(array.astype(np.float64).mean()) if numeric else None,
     }
 
 
@@ -110,3 +122,4 @@ def output_lines(summary: dict, sources: list[str]) -> list[str]:
         for rank, entry in enumerate(row, 1):
             lines.append(f"  {rank}. {entry['probability']:7.4f}  {entry['label']}  (class {entry['class']})")
     return lines
+
