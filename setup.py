@@ -26,7 +26,7 @@ from setuptools.command.build_ext import build_ext
 NATIVE_DIR = os.path.join("edgerun", "kernels", "native")
 NATIVE_SOURCES = [os.path.join(NATIVE_DIR, name)
                   for name in ("module.c", "block.c", "gemm.c", "depthwise.c", "activation.c", "steps.c",
-                               "pybuffers.c")]
+                               "threadpool.c", "pybuffers.c")]
 # -fno-trapping-math lets GCC if-convert (vectorise) selects such as leaky ReLU; edgerun never
 # relies on floating-point exceptions.
 PORTABLE_FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-pthread"]
@@ -118,7 +118,7 @@ def extensions():
     if os.environ.get("EDGERUN_NO_NATIVE") == "1":
         return []
     return [Extension("edgerun.kernels._native", sources=NATIVE_SOURCES, depends=[
-        os.path.join(NATIVE_DIR, header) for header in ("kernels.h", "pybuffers.h")])]
+        os.path.join(NATIVE_DIR, header) for header in ("kernels.h", "pybuffers.h", "threadpool.h")])]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -17,7 +17,7 @@ from edgerun import kernels, ops
 from edgerun.bundle_format import (FORMAT_MAJOR, FORMAT_MINOR, MAGIC, PREFIX, MAX_TENSOR_BYTES,  # noqa: F401
                                    RawBundle, graph_from_header, header_field, int_field, is_bundle, read_bundle,
                                    require)
-from edgerun.errors import BundleError, EdgerunError
+from edgerun.errors import BundleError, EdgerunError, PlanMismatchError, ResourceLimitError
 from edgerun.executor import CompiledModel
 from edgerun.ir import Graph
 from edgerun.session_base import Session, checked_backend, checked_threads
@@ -54,7 +54,7 @@ def _check_shapes_by_inference(graph: Graph) -> None:
     shapes and dtypes of every value to be what they infer."""
     try:
         inferred = infer_shapes(graph, {v.name: v.shape for v in graph.inputs}).value_info
-    except BundleError:
+    except (BundleError, ResourceLimitError):
         raise
     except EdgerunError as exc:
         raise BundleError(f"malformed bundle: the graph fails shape inference: {exc}") from None
@@ -77,9 +77,10 @@ def _describe(info) -> str:
 
 # ---- the plan
 
-def _plan_from_header(header: dict, max_arena_bytes: int):
-    try:
-        plan = Plan.from_dict(header_field(header, "plan", dict, "header"))
+def _plan_from_header(header: dict, max_arena_bytes: int, threads: int):
+    try:  # bundles written before plans recorded backend and threads: the header's backend, the caller's threads
+        plan = Plan.from_dict(header_field(header, "plan", dict, "header"), backend=header.get("backend"),
+                              threads=threads)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"malformed bundle: header.plan cannot be read: {exc!r}") from None
     arena = int_field(header, "arena_bytes", "header", maximum=MAX_TENSOR_BYTES)
@@ -95,6 +96,14 @@ def _plan_from_header(header: dict, max_arena_bytes: int):
     require(all(0 <= o <= arena for o in offsets), "a plan offset lies outside the arena")
     require(all(s.t >= 1 and s.band_rows >= 0 for s in plan.steps), "a plan step has t < 1 or band_rows < 0")
     return plan
+
+
+def _planned_threads(header: dict) -> int | None:
+    """The threads the stored plan was made for (what a session that states none runs with), or None for a
+    plan that does not say (older bundles: then the CPUs this process may use)."""
+    plan = header.get("plan")
+    threads = plan.get("threads") if isinstance(plan, dict) else None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
 
 
 # =====================================================================================
@@ -113,7 +122,7 @@ class BundleSession(Session):
     """A compiled bundle ready to run: onnxruntime-style run / get_inputs / get_outputs (edgerun.session_base)."""
 
     def __init__(self, raw: RawBundle, *, threads=None, kernels_backend=None,
-                 max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES):
+                 max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES, replan: bool = False):
         super().__init__()
         header = raw.header
         self.file_bytes = raw.file_bytes
@@ -122,14 +131,17 @@ class BundleSession(Session):
         self.planned_backend = header_field(header, "backend", str, "header")
         require(self.planned_backend in kernels.BACKENDS, f"header.backend: unknown backend {self.planned_backend!r}")
         self.memory_budget = header.get("memory_budget")
-        self.threads = checked_threads(threads)
+        self.threads = checked_threads(threads if threads is not None else _planned_threads(header))
         self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
-        stored_plan = _plan_from_header(header, max_arena_bytes)
+        self.replan = bool(replan)
+        stored_plan = _plan_from_header(header, max_arena_bytes, self.threads)
         self.replanned = self.backend != self.planned_backend
         if self.replanned:
             self._last = self._replanned(header, max_arena_bytes)
         else:
             self._last = self._with_stored_plan(stored_plan)
+            self.replanned = bool(self._last.notices)  # threads differed and replan=True
+            self.notices.extend(self._last.notices)
 
     @property
     def arena_bytes(self) -> int:
@@ -141,7 +153,10 @@ class BundleSession(Session):
 
     def _with_stored_plan(self, plan):
         try:
-            compiled = CompiledModel(self._graph, budget=None, backend=self.backend, threads=self.threads, plan=plan)
+            compiled = CompiledModel(self._graph, budget=self.memory_budget, backend=self.backend, threads=self.threads,
+                                     plan=plan, replan=self.replan)
+        except (PlanMismatchError, ResourceLimitError):
+            raise
         except EdgerunError as exc:
             raise BundleError(f"bundle graph cannot be prepared: {exc}") from None
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
@@ -168,15 +183,19 @@ class BundleSession(Session):
 
 
 def load(path, *, threads=None, kernels_backend=None, verify_weights: bool = True,
-         max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES) -> BundleSession:
+         max_arena_bytes: int = DEFAULT_MAX_ARENA_BYTES, replan: bool = False) -> BundleSession:
     """Open a bundle written by compile_bundle; weights stay memory-mapped read-only.
 
     kernels_backend: None picks the runtime's default; if it is not the backend the bundle was planned
     for, the arena is re-planned with the bundle's budget (RuntimeWarning, `session.replanned`).
+    threads: None runs with the threads the plan was made for; other threads than the plan's raise
+    PlanMismatchError, or with replan=True plan again for the same budget (RuntimeWarning;
+    `session.compiled.notices` says why).
     verify_weights=False skips hashing the weights section (faster start, corruption there undetected).
     """
     raw = read_bundle(path, verify_weights=verify_weights)
-    return BundleSession(raw, threads=threads, kernels_backend=kernels_backend, max_arena_bytes=max_arena_bytes)
+    return BundleSession(raw, threads=threads, kernels_backend=kernels_backend, max_arena_bytes=max_arena_bytes,
+                         replan=replan)
 
 
 def __getattr__(name):

@@ -36,6 +36,10 @@ class InvalidOptionError(EdgerunError):
     """An option (budget, thread count, schedule override, ...) has a value edgerun cannot use."""
 
 
+class PlanMismatchError(InvalidOptionError):
+    """A plan (or bundle) was made for other kernels, threads or buffer sizes than it would run with."""
+
+
 class MemoryBudgetError(EdgerunError):
     """No schedule fits the requested memory budget."""
 
@@ -47,3 +51,12 @@ class MemoryBudgetError(EdgerunError):
 
 class BundleError(EdgerunError):
     """A compiled bundle is corrupted, truncated or of an unknown version."""
+
+
+class ResourceLimitError(EdgerunError):
+    """A tensor, arena or file would take more memory than edgerun's ceiling (edgerun.limits) allows."""
+
+    def __init__(self, message, requested_bytes, limit_bytes):
+        self.requested_bytes = requested_bytes
+        self.limit_bytes = limit_bytes
+        super().__init__(message)

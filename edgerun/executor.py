@@ -10,19 +10,20 @@ from __future__ import annotations
 import importlib
 import time
 import tracemalloc
+import warnings
+from collections import ChainMap
 from dataclasses import dataclass, field
 
 import numpy as np
 
 import scheduler
-from edgerun import kernels, ops
-from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError
+from edgerun import kernels, limits, ops
+from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError, PlanMismatchError
 from edgerun.ir import Graph, Node
-from edgerun.kernels.native_steps import native_variant
-from edgerun.kernels.numpy_steps import step_kernel
-from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
+from scheduler.blocks import BlockGeometry, BlockSchedule
 
 ARENA_ALIGNMENT = 64
+ACTIVATION_DTYPE = "float32"  # what the plan records: the float activations' dtype
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ExecStep:
     geometry: BlockGeometry | None = None
     weights: object = None
     schedule: BlockSchedule | None = None
+    contract: scheduler.KernelContract | None = None  # blocks: the kernel's contract for the plan's schedule
     scratch: dict = field(default_factory=dict)
     bound: tuple = ()              # blocks: (x, out, one checked call per image), see _block_calls
 
@@ -78,33 +80,42 @@ def node_macs(node: Node, graph: Graph) -> int:
 
 def _import_kernel_modules(backend: str) -> None:
     """Import the kernels now: a first run() that imported them would count the modules' memory."""
-    names = ["edgerun.kernels.numpy_block"] if backend == "numpy" else ["edgerun.kernels.native",
-                                                                        "edgerun.kernels._native"]
-    for name in names:
-        importlib.import_module(name)
+    kernels.block_kernel(backend)
+    if backend == "native":
+        importlib.import_module("edgerun.kernels._native")
 
 
 class CompiledModel:
-    """A graph with concrete shapes, its plan, its arena and the bound steps."""
+    """A graph with concrete shapes, its plan, its arena and the bound steps.
+
+    plan: a plan made elsewhere (e.g. stored in a bundle). It is verified against this model once: the
+    backend, threads and activation dtype it was made for and every buffer's size must equal this
+    model's. If they differ, replan=True plans again for the plan's budget (and says so in `notices`
+    and with a warning); otherwise PlanMismatchError says what differs."""
 
     def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
                  fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None,
-                 plan: scheduler.Plan | None = None):
+                 plan: scheduler.Plan | None = None, replan: bool = False):
         self.graph = graph
         self.backend = backend
         self.threads = threads
+        self.notices: list[str] = []
         self.constants = dict(graph.initializers)
         self.constants.update({n: i.value for n, i in graph.value_info.items()
                                if i.value is not None and n not in self.constants})
         self.activations = self._activation_buffers()
+        _import_kernel_modules(backend)
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
-        self.scratch_threads = threads  # whose block scratch the plan holds (see _verify)
-        self.problem = self._problem(threads)
-        if plan is not None:
-            self._verify(plan)
+        self.problem = self._problem()
+        if plan is not None and not self._plan_fits(plan, replan):
+            budget = budget if budget is not None else plan.budget
+            planner = plan.planner
+            plan = None
         self.plan = plan if plan is not None else self._schedule(budget, planner, fixed or {}, max_t, cost_model)
         self.arena, self.views = self._bind_arena()
-        _import_kernel_modules(backend)
+        self._bound_env = {**self.constants, **self.views}
+        self._profile_records = np.zeros((len(self.steps), 3))   # seconds, escaped bytes, bytes since run start
+        self.profiled_peak_bytes = 0    # tracemalloc peak of the last profiled run before its outputs are copied
         self._bind_block_calls()
 
     # ---- describing the graph to the scheduler
@@ -127,11 +138,7 @@ class CompiledModel:
             return ExecStep(node, "block", geometry=geom, weights=weights)
         in_dtypes = [vi[i].dtype if i else None for i in node.inputs]
         out_dtypes = [vi[o].dtype for o in node.outputs if o]
-        kernel = step_kernel(node, in_dtypes, out_dtypes)
-        if kernel is not None and node.op_type == "FusedConv" and len(vi[node.inputs[0]].shape) != 4:
-            kernel = None
-        if kernel is not None and self.backend == "native":
-            kernel = native_variant(node.op_type, kernel, self.threads)
+        kernel = ops.arena_kernel(node, in_dtypes, out_dtypes, self.backend, self.threads)
         if kernel is not None:
             kernel.prepare(node, self.constants)
         return ExecStep(node, "kernel" if kernel else "reference", kernel=kernel)
@@ -143,7 +150,8 @@ class CompiledModel:
         return step.kernel.scratch_bytes(step.node, [vi[i].shape if i else None for i in step.node.inputs],
                                          [vi[o].shape for o in step.node.outputs if o])
 
-    def _problem(self, threads: int) -> scheduler.Problem:
+    def _problem(self) -> scheduler.Problem:
+        contract = kernels.block_kernel(self.backend).block_contract
         sched_steps = []
         for step in self.steps:
             node = step.node
@@ -151,10 +159,11 @@ class CompiledModel:
                 name=node.name, kind=node.op_type,
                 reads=[i for i in node.inputs if i in self.activations],
                 writes=[o for o in node.outputs if o in self.activations],
-                macs=node_macs(node, self.graph), scratch=self._step_scratch(step), block=step.geometry))
+                macs=node_macs(node, self.graph), scratch=self._step_scratch(step), block=step.geometry,
+                contract=contract if step.kind == "block" else None))
         outputs = [o for o in self.graph.output_names() if o in self.activations]
         return scheduler.Problem(buffers=dict(self.activations), steps=sched_steps, outputs=outputs,
-                                 backend=self.backend, threads=threads)
+                                 backend=self.backend, threads=self.threads, activation_dtype=ACTIVATION_DTYPE)
 
     def _block_schedules(self, fixed: dict) -> dict[str, BlockSchedule]:
         """The caller's {block: (t, band_rows or None)} as scheduler BlockSchedules, checked against the graph."""
@@ -174,6 +183,7 @@ class CompiledModel:
 
     def _schedule(self, budget, planner, fixed, max_t, cost_model) -> scheduler.Plan:
         fixed = self._block_schedules(fixed)
+        cost_model = cost_model or scheduler.CostModel.default(self.backend)
         try:
             return scheduler.schedule(self.problem, budget=budget, alignment=ARENA_ALIGNMENT, planner=planner,
                                       fixed=fixed, max_t=max_t, cost_model=cost_model)
@@ -183,28 +193,46 @@ class CompiledModel:
                 f"this model and input shape is {exc.minimum_bytes} bytes, set by step {exc.limiting_step!r}",
                 minimum_bytes=exc.minimum_bytes, limiting_step=exc.limiting_step) from None
 
-    def _verify(self, plan: scheduler.Plan) -> None:
-        """A plan from outside (e.g. a bundle) must place every buffer and scratch inside the arena, apart.
-        A plan made for one thread (one scratch slice per block) also serves more threads: the blocks then
-        share each (band, chunk) step between the threads instead of taking whole bands."""
+    def _plan_fits(self, plan: scheduler.Plan, replan: bool) -> bool:
+        """True when `plan` is this model's (checked once: what it was made for, every buffer's size, every
+        placement); False when it is not but replan=True (a notice says why); else PlanMismatchError."""
+        try:
+            differences = scheduler.plan_differences(self.problem, plan)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidModelError(f"the given plan does not fit this graph: {exc}") from None
+        if differences:
+            if not replan:
+                raise PlanMismatchError(self._mismatch_message(plan, differences))
+            self._notice(f"the plan was made for {_made_for(plan)} but this model runs {self._runs()} "
+                         f"({'; '.join(differences[:3])}): re-planned for the same budget "
+                         f"({_budget_text(plan.budget)})")
+            return False
         try:
             scheduler.verify_plan(self.problem, plan)
-            return
         except (scheduler.SchedulerError, ValueError, KeyError, TypeError) as exc:
-            error = exc
-        if self.threads > 1:
-            single = self._problem(1)
-            try:
-                scheduler.verify_plan(single, plan)
-            except (scheduler.SchedulerError, ValueError, KeyError, TypeError):
-                pass
-            else:
-                self.problem, self.scratch_threads = single, 1
-                return
-        raise InvalidModelError(f"the given plan does not fit this graph: {error}") from None
+            if not plan.records_sizes and replan:
+                self._notice(f"the plan (from an older format that does not record its buffer sizes) does not "
+                             f"fit this model ({exc}): re-planned for the same budget")
+                return False
+            raise InvalidModelError(f"the given plan does not fit this graph: {exc}") from None
+        return True
+
+    def _mismatch_message(self, plan: scheduler.Plan, differences: list[str]) -> str:
+        shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        return (f"the plan was made for {_made_for(plan)} but this model runs {self._runs()}: {shown}. "
+                f"Run it as planned (kernels_backend={plan.backend!r}, threads={plan.threads}), or pass "
+                f"replan=True to plan again for the same budget")
+
+    def _runs(self) -> str:
+        return f"the {self.backend} kernels on {self.threads} thread(s)"
+
+    def _notice(self, text: str) -> None:
+        self.notices.append(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=4)
 
     # ---- binding buffers to the arena
     def _bind_arena(self):
+        limits.check_arena(self.plan.peak_bytes, self.activations)
         raw = np.empty(self.plan.peak_bytes + ARENA_ALIGNMENT, dtype=np.uint8)
         start = (-raw.ctypes.data) % ARENA_ALIGNMENT
         arena = raw[start:start + self.plan.peak_bytes]
@@ -224,32 +252,41 @@ class CompiledModel:
     def _scratch_sizes(self, step: ExecStep, step_plan) -> dict[str, int]:
         if step.kind == "block":
             step.schedule = BlockSchedule(step_plan.t, step_plan.band_rows)
-            return block_scratch(step.geometry, step.schedule, self.backend, self.scratch_threads)
+            sched_step = self.problem.steps[self.problem.step_index(step.node.name)]
+            step.contract = self.problem.step_contract(sched_step, step.schedule)
+            return step.contract.scratch_bytes()
         return self._step_scratch(step) or {}
 
     # ---- running
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str], profile: bool = False,
             trace_base: int = 0):
         """Outputs (copied out of the arena) and, when profiling under tracemalloc, one StepProfile a step."""
-        env = dict(self.constants)
-        env.update(self.views)
-        env.update(feeds)
-        profiles = []
-        for step in self.steps:
-            if profile:
-                profiles.append(self._run_profiled(step, env, trace_base))
-            else:
+        # the run reads constants and arena views from maps built at bind time: nothing per run grows with
+        # the graph, and profiled runs record into an array made at bind time too (a profile object per
+        # step would count hundreds of bytes a step against the measured peak)
+        env = ChainMap(feeds, self._bound_env)
+        if not profile:
+            for step in self.steps:
                 self._run_step(step, env)
-        return [np.array(env[name], copy=True) for name in output_names], profiles
+            return [np.array(env[name], copy=True) for name in output_names], []
+        records = self._profile_records
+        for index, step in enumerate(self.steps):
+            self._run_profiled(step, env, trace_base, records, index)
+        # the returned outputs are reported apart (docs/architecture.md, "Memory"): the peak is read before
+        # they are copied out of the arena
+        self.profiled_peak_bytes = tracemalloc.get_traced_memory()[1] - trace_base
+        outputs = [np.array(env[name], copy=True) for name in output_names]
+        return outputs, [StepProfile(step.node.name, step.node.op_type, float(seconds), int(extra), int(total))
+                         for step, (seconds, extra, total) in zip(self.steps, records.tolist())]
 
-    def _run_profiled(self, step: ExecStep, env, trace_base: int) -> StepProfile:
+    def _run_profiled(self, step: ExecStep, env, trace_base: int, records, index: int) -> None:
         start = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         t0 = time.perf_counter()
         self._run_step(step, env)
         seconds = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1]
-        return StepProfile(step.node.name, step.node.op_type, seconds, peak - start, peak - trace_base)
+        records[index] = (seconds, peak - start, peak - trace_base)
 
     def _bind_block_calls(self) -> None:
         """Blocks between arena buffers get their checked calls now, not inside a (measured) run."""
@@ -263,7 +300,8 @@ class CompiledModel:
         (arena views always are; a fed input may be a new array each run)."""
         if not step.bound or step.bound[0] is not x or step.bound[1] is not out:
             calls = [kernels.block_call(x[n], out[n], step.weights, step.geometry, step.schedule, step.scratch,
-                                        backend=self.backend, threads=self.threads) for n in range(x.shape[0])]
+                                        backend=self.backend, threads=self.threads, contract=step.contract)
+                     for n in range(x.shape[0])]
             step.bound = (x, out, calls)
         return step.bound[2]
 
@@ -286,6 +324,14 @@ class CompiledModel:
             raise
         except Exception as exc:
             raise InvalidModelError(f"{node.describe()} failed while running: {exc}") from None
+
+
+def _made_for(plan: scheduler.Plan) -> str:
+    return f"the {plan.backend} kernels on {plan.threads} thread(s)"
+
+
+def _budget_text(budget: int | None) -> str:
+    return "none: the fastest plan" if budget is None else f"{budget:,} bytes"
 
 
 def _block_named(name: str, blocks: dict) -> str:

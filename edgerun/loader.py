@@ -5,6 +5,7 @@ from regular files inside the model's own folder, within their declared bounds.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgerun import ops
+from edgerun import limits, ops
 from edgerun.errors import ModelLoadError, UnsupportedOperatorError
 from edgerun.ir import Graph, Node, ValueInfo, readonly
 
@@ -155,23 +156,39 @@ def _check_structure(proto: onnx.ModelProto, path=None) -> None:
 
 def _to_graph(proto: onnx.ModelProto, opset: int, base_dir) -> Graph:
     g = proto.graph
-    initializers = {t.name: _tensor_to_array(t, base_dir) for t in g.initializer}
+    weights = limits.Budget("the model's weights")
+    initializers = {}
+    for t in g.initializer:
+        weights.add(_declared_nbytes(t), f"initializer {t.name!r} (shape {list(t.dims)})")
+        initializers[t.name] = _tensor_to_array(t, base_dir)
     nodes = [_to_node(n, i, opset) for i, n in enumerate(g.node)]
-    inputs = [_value_info(v) for v in g.input if v.name not in initializers]
-    outputs = [_value_info(v) for v in g.output]
+    inputs = [_value_info(v, "graph input") for v in g.input if v.name not in initializers]
+    outputs = [_value_info(v, "graph output") for v in g.output]
     return Graph(nodes=nodes, inputs=inputs, outputs=outputs, initializers=initializers,
                  opset=opset, name=g.name or "graph")
 
 
-def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
+def _value_info(v: onnx.ValueInfoProto, role: str) -> ValueInfo:
     tt = v.type.tensor_type
     if not v.type.HasField("tensor_type"):
-        raise ModelLoadError(f"graph input/output {v.name!r} is not a tensor; only tensors are supported")
+        raise ModelLoadError(f"{role} {v.name!r} is not a tensor; only tensors are supported")
     dtype = _np_dtype(tt.elem_type, v.name)
     shape = None
     if tt.HasField("shape"):
         shape = tuple(_dim(d) for d in tt.shape.dim)
+        _check_declared_dims(shape, v.name, role)
     return ValueInfo(v.name, shape, dtype)
+
+
+def _check_declared_dims(shape: tuple, name: str, role: str) -> None:
+    """A declared dimension is a size: negative is meaningless, and edgerun runs no empty input (a 0 there
+    would also switch off the check of the fed shape)."""
+    smallest = 1 if role == "graph input" else 0
+    for axis, d in enumerate(shape):
+        if isinstance(d, int) and d < smallest:
+            rule = "edgerun runs no empty inputs" if d == 0 else "a size cannot be negative"
+            raise ModelLoadError(f"{role} {name!r}: dimension {axis} is declared as {d} (shape {list(shape)}); "
+                                 f"{rule}: declare a dimension >= {smallest}, or a symbolic one")
 
 
 def _dim(d):
@@ -184,9 +201,13 @@ def _dim(d):
 
 def _np_dtype(elem_type: int, what: str) -> np.dtype:
     try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
     except Exception:
         raise ModelLoadError(f"{what!r}: unsupported element type {elem_type}") from None
+    if dtype.hasobject:
+        raise ModelLoadError(f"{what!r}: element type {onnx.TensorProto.DataType.Name(elem_type)} is not supported; "
+                             f"edgerun runs numeric tensors only")
+    return dtype
 
 
 def _to_node(n: onnx.NodeProto, index: int, opset: int) -> Node:
@@ -220,25 +241,56 @@ def _tensor_to_array(t: onnx.TensorProto, base_dir) -> np.ndarray:
         raise ModelLoadError(f"initializer {t.name!r} cannot be decoded: {exc}") from None
 
 
+def _declared_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes the initializer's declared shape takes, before anything is decoded or read."""
+    dims = list(t.dims)
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"initializer {t.name!r}: negative dimension in its shape {dims}")
+    itemsize = _np_dtype(t.data_type, t.name).itemsize
+    return math.prod(dims) * itemsize
+
+
+def _is_file_inside(root: Path, location: str) -> bool:
+    if "\0" in location:
+        return False
+    try:
+        target = (root / location).resolve()
+        return root in target.parents and target.is_file()
+    except (OSError, RuntimeError, ValueError):  # unreadable path, symlink loop
+        return False
+
+
+def _external_int(info: dict, key: str, default: int | None, name: str) -> int | None:
+    text = info.get(key)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit():
+        raise ModelLoadError(f"initializer {name!r}: external data {key} {text!r} is not a non-negative integer")
+    return int(text)
+
+
 def _external_tensor(t: onnx.TensorProto, base_dir) -> np.ndarray:
     info = {e.key: e.value for e in t.external_data}
     if base_dir is None:
         raise ModelLoadError(f"initializer {t.name!r} uses external data, but the model was not loaded from a file")
     root = Path(base_dir).resolve()
     location = info.get("location", "")
-    target = (root / location).resolve()
-    if not location or root not in target.parents or not target.is_file():
+    if not location or not _is_file_inside(root, location):
         raise ModelLoadError(f"initializer {t.name!r}: external data location {location!r} is not a file inside "
                              f"the model's folder {str(root)!r}")
+    target = (root / location).resolve()
     dtype = _np_dtype(t.data_type, t.name)
-    count = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
-    offset = int(info.get("offset", 0))
-    length = int(info.get("length", count * dtype.itemsize))
+    expected = _declared_nbytes(t)
+    offset = _external_int(info, "offset", 0, t.name)
+    length = _external_int(info, "length", expected, t.name)
     file_size = target.stat().st_size
-    if offset < 0 or length != count * dtype.itemsize or offset + length > file_size:
+    if length != expected or offset + length > file_size:
         raise ModelLoadError(f"initializer {t.name!r}: external data (offset {offset}, length {length}) does not "
-                             f"match its shape {list(t.dims)} or lies beyond the end of {location!r} ({file_size} bytes)")
+                             f"match its shape {list(t.dims)} or lies beyond the end of {location!r} "
+                             f"({file_size} bytes)")
     with open(target, "rb") as f:
         f.seek(offset)
         data = f.read(length)
+    if len(data) != length:
+        raise ModelLoadError(f"initializer {t.name!r}: {location!r} ended after {len(data)} of {length} bytes")
     return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(tuple(t.dims))

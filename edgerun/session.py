@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun import kernels
-from edgerun.errors import InvalidInputError, InvalidOptionError, MemoryBudgetError
+from edgerun.errors import InvalidOptionError, MemoryBudgetError
 from edgerun.executor import CompiledModel
 from edgerun.loader import load_model
+from edgerun.options import checked_max_t, checked_planner
 from edgerun.passes import optimize
 from edgerun.session_base import (ONNX_TYPE_NAMES, NodeArg, RunStats, Session,  # noqa: F401 (re-exported)
-                                  check_input_types, checked_backend, checked_feeds, checked_output_names,
-                                  checked_threads, memory_ceiling_bytes, node_arg, run_measured)
+                                  checked_backend, checked_feeds, checked_output_names,
+                                  checked_threads, node_arg, run_measured)
 from edgerun.shape_inference import infer_shapes
 from edgerun.units import parse_bytes
 from scheduler.cost import load_calibrated
@@ -39,13 +40,12 @@ class InferenceSession(Session):
                  optimize_graph: bool = True, disabled_passes=None, max_t: int = 5, cost_model=None):
         super().__init__()
         self._graph = load_model(model)
-        check_input_types(self._graph.inputs)
         self.memory_budget = parse_bytes(memory_budget)
         self.threads_given = threads is not None
         self.threads = checked_threads(threads)
         self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
-        self.planner = planner
-        self.max_t = max_t
+        self.planner = checked_planner(planner)
+        self.max_t = checked_max_t(max_t)
         self.optimize_graph = optimize_graph
         self.disabled_passes = disabled_passes
         self.cost_model = cost_model if cost_model is not None else load_calibrated(self.backend)
@@ -92,7 +92,6 @@ class InferenceSession(Session):
         shapes, values = key
         input_values = {name: np.array(data, dtype=dtype).reshape(shape) for name, dtype, shape, data in values}
         graph = infer_shapes(self._graph, dict(shapes), input_values)
-        check_activation_sizes(graph, dict(shapes))
         if self.optimize_graph:
             graph = optimize(graph, disabled=self.disabled_passes)
         try:
@@ -138,20 +137,6 @@ def _compile_key(feeds: dict[str, np.ndarray]) -> tuple:
     values = tuple(sorted((n, a.dtype.str, a.shape, tuple(a.ravel().tolist())) for n, a in feeds.items()
                           if a.ndim <= 1 and a.size <= _MAX_SHAPE_TENSOR_ELEMENTS))
     return shapes, values
-
-
-def check_activation_sizes(graph, shapes: dict) -> None:
-    """Refuse, before planning or allocating anything, inputs whose activations cannot fit in memory:
-    the arena holds at least the largest activation tensor the graph computes."""
-    ceiling = memory_ceiling_bytes()
-    constants = set(graph.initializers) | {n for n, i in graph.value_info.items() if i.value is not None}
-    for name, info in graph.value_info.items():
-        if name in constants or info.shape is None or not all(isinstance(d, int) for d in info.shape):
-            continue
-        nbytes = int(np.prod(info.shape, dtype=object)) * np.dtype(info.dtype).itemsize
-        if nbytes > ceiling:
-            raise InvalidInputError(f"input shape(s) {shapes} make tensor {name!r} {list(info.shape)} take "
-                                    f"{nbytes:,} bytes, more than the {ceiling:,} bytes of memory available")
 
 
 def _schedule_overrides(schedule) -> dict[str, tuple[int, int | None]]:

@@ -16,9 +16,8 @@ import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
-import psutil
 
-from edgerun import kernels
+from edgerun import kernels, limits
 from edgerun.cpus import usable_cpus
 from edgerun.errors import InvalidInputError, InvalidOptionError
 
@@ -128,7 +127,7 @@ def run_measured(compiled, feeds, names):
         base = tracemalloc.get_traced_memory()[0]
         outputs, steps = compiled.run(feeds, names, profile=True, trace_base=base)
         # the executor resets the peak at every step, so the run's peak is the largest step's
-        escaped = max([s.run_bytes for s in steps] + [tracemalloc.get_traced_memory()[1] - base])
+        escaped = max([s.run_bytes for s in steps] + [compiled.profiled_peak_bytes])
     finally:
         if started_here:
             tracemalloc.stop()
@@ -138,9 +137,8 @@ def run_measured(compiled, feeds, names):
 
 # ---- checking what the caller gives
 def memory_ceiling_bytes() -> int:
-    """The most bytes one allocation for a feed or an arena may take: the memory available now.
-    (To be unified with the configurable ceiling of edgerun.limits.)"""
-    return int(psutil.virtual_memory().available)
+    """The most bytes one allocation for a feed or an arena may take: edgerun.limits' ceiling."""
+    return limits.max_bytes()
 
 
 def checked_feeds(inputs, input_feed) -> dict[str, np.ndarray]:
@@ -177,14 +175,6 @@ def _as_array(expected, value) -> np.ndarray:
         raise InvalidInputError(f"input {expected.name!r}: cannot be read as an array ({exc})") from None
 
 
-def check_input_types(inputs) -> None:
-    """Refuse graph inputs edgerun cannot hold in its arena: strings and other object tensors."""
-    for value in inputs:
-        if np.dtype(value.dtype).kind in "OSU":
-            raise InvalidInputError(f"input {value.name!r} has type {np.dtype(value.dtype).name} (a string or object "
-                                    f"tensor), which edgerun does not run: only numeric and bool tensors")
-
-
 def _checked_array(expected, value) -> np.ndarray:
     """Shape, dtype and size are checked on the caller's array as given (a broadcast or strided view
     included), so nothing is copied before it is known to be acceptable."""
@@ -219,8 +209,8 @@ def _check_copy_size(name: str, array: np.ndarray) -> None:
     ceiling = memory_ceiling_bytes()
     if nbytes > ceiling:
         raise InvalidInputError(f"input {name!r} of shape {list(array.shape)} is not contiguous (a broadcast or "
-                                f"strided view); its contiguous copy would take {nbytes:,} bytes, more than the "
-                                f"{ceiling:,} bytes of memory available")
+                                f"strided view); its contiguous copy would take {nbytes:,} bytes, above edgerun's "
+                                f"memory ceiling of {ceiling:,} bytes (edgerun.limits)")
 
 
 def checked_threads(threads) -> int:

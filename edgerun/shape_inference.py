@@ -5,13 +5,16 @@ Shape -> Gather -> Concat -> Reshape chains resolve on dynamic-shape exports.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from edgerun import ops
+from edgerun import limits, ops
 from edgerun.errors import EdgerunError, InvalidModelError
 from edgerun.ir import Graph, Node, TensorInfo
 
 _MAX_FOLD_ELEMENTS = 1 << 22
+_MAX_DIM = 2**31 - 1
 
 
 def topological_order(graph: Graph) -> list[Node]:
@@ -59,20 +62,45 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple], input_values: dic
 def _infer_node(node: Node, inputs: list[TensorInfo | None], opset: int) -> list[TensorInfo]:
     op = ops.lookup(node, opset)
     try:
-        if _all_constant_and_small(inputs):
+        outputs = op.infer(node, inputs, opset)
+        if _all_constant_and_small(inputs) and _small_or_unknown(outputs):
             values = op.compute(node, [i.value if i is not None else None for i in inputs], opset)
-            return [TensorInfo(v.shape, v.dtype, v) for v in map(np.asarray, values)]
-        return op.infer(node, inputs, opset)
+            outputs = [TensorInfo(v.shape, v.dtype, v) for v in map(np.asarray, values)]
     except EdgerunError:
         raise
     except Exception as exc:
         raise InvalidModelError(f"{node.describe()}: shape inference failed: {exc}") from None
+    for name, info in zip(node.outputs, outputs):
+        _check_tensor_size(node, name, info)
+    return outputs
 
 
 def _all_constant_and_small(inputs) -> bool:
     present = [i for i in inputs if i is not None]
     return (bool(present) and all(i.value is not None for i in present)
             and sum(i.value.size for i in present) <= _MAX_FOLD_ELEMENTS)
+
+
+def _small_or_unknown(outputs: list[TensorInfo]) -> bool:
+    """Evaluate a constant node only when its outputs are small: a few input bytes (ConstantOfShape, Expand,
+    Tile, Range) can describe gigabytes. An output whose shape the shape function cannot tell is evaluated."""
+    return all(not info.is_static or math.prod(info.shape) <= _MAX_FOLD_ELEMENTS for info in outputs)
+
+
+def _check_tensor_size(node: Node, name: str, info: TensorInfo) -> None:
+    """Every tensor of a plan must fit the C kernels' 32-bit dimensions and edgerun's memory ceiling."""
+    if not name or info is None:
+        return
+    if np.dtype(info.dtype).hasobject:
+        raise InvalidModelError(f"{node.describe()}: output {name!r} would hold {np.dtype(info.dtype)} elements "
+                                f"(strings or objects); edgerun runs numeric tensors only")
+    if not info.is_static:
+        return
+    if any(d < 0 or d > _MAX_DIM for d in info.shape):
+        raise InvalidModelError(f"{node.describe()}: output {name!r} would have shape {list(info.shape)}; "
+                                f"dimensions must lie in 0..{_MAX_DIM}")
+    limits.check_bytes(math.prod(info.shape) * np.dtype(info.dtype).itemsize,
+                       f"{node.describe()}: output {name!r} of shape {list(info.shape)}")
 
 
 def _check_outputs_known(graph: Graph) -> None:

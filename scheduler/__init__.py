@@ -1,8 +1,11 @@
 """Memory-aware scheduling of inverted-residual networks (knows nothing of ONNX).
 
 Input: a `Problem` (named buffers with sizes, ordered steps that read and write
-them, block geometry of splittable steps).  Output: a `Plan` (per-block split
-t and band rows, arena offsets, planned peak), from `schedule(problem, budget)`.
+them, block geometry of splittable steps and their kernel's contract function,
+which states scratch and thread split per schedule).  Output: a `Plan` (per-block
+split t and band rows, every buffer's size and arena offset, planned peak, and the
+backend label, threads and budget it was made for), from `schedule(problem, budget)`.
+Knows no kernel backend: the contracts' numbers are all it reads of them.
 """
 
 from .blocks import (
@@ -11,22 +14,33 @@ from .blocks import (
     band_ranges,
     block_calls,
     block_macs,
-    block_scratch,
     chunk_ranges,
     hidden_rows_for,
     input_rows_for,
 )
-from .cost import CostModel, calibrate
+from .contract import (
+    BY_CHANNELS,
+    BY_ROWS,
+    SINGLE,
+    WHOLE_BANDS,
+    ContractFunction,
+    KernelContract,
+    ScratchBuffer,
+    ThreadSplit,
+)
+from .cost import CostModel, calibrate, register_default
 from .errors import BudgetInfeasible, PlanOverlapError, SchedulerError
 from .plan import Plan, StepPlan
 from .planner import GreedyBySizePlanner, MemoryPlanner, NoReusePlanner, align_up, make_planner
 from .problem import Problem, Step
-from .search import memory_minimal, minimum_peak, schedule, verify_plan
+from .search import memory_minimal, minimum_peak, plan_differences, schedule, verify_plan
 
 __all__ = [
-    "BlockGeometry", "BlockSchedule", "BudgetInfeasible", "CostModel", "GreedyBySizePlanner",
-    "MemoryPlanner", "NoReusePlanner", "Plan", "PlanOverlapError", "Problem", "SchedulerError",
-    "Step", "StepPlan", "align_up", "band_ranges", "block_calls", "block_macs", "block_scratch",
-    "calibrate", "chunk_ranges", "hidden_rows_for", "input_rows_for", "make_planner",
-    "memory_minimal", "minimum_peak", "schedule", "verify_plan",
+    "BY_CHANNELS", "BY_ROWS", "SINGLE", "WHOLE_BANDS",
+    "BlockGeometry", "BlockSchedule", "BudgetInfeasible", "ContractFunction", "CostModel",
+    "GreedyBySizePlanner", "KernelContract", "MemoryPlanner", "NoReusePlanner", "Plan", "PlanOverlapError",
+    "Problem", "ScratchBuffer", "SchedulerError", "Step", "StepPlan", "ThreadSplit", "align_up",
+    "band_ranges", "block_calls", "block_macs", "calibrate", "chunk_ranges", "hidden_rows_for",
+    "input_rows_for", "make_planner", "memory_minimal", "minimum_peak", "plan_differences",
+    "register_default", "schedule", "verify_plan",
 ]

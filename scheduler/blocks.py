@@ -5,7 +5,7 @@ depthwise conv (kernel kd, stride sd), ReLU6, 1x1 linear projection (E -> Cout),
 optional residual add.  The split (MobileNetV2 paper, Section 5.1) cuts the E
 hidden channels into t chunks; banding additionally cuts the output rows into
 bands so that only a few hidden rows exist at a time.  Everything here is for
-one image; pure integer arithmetic, no numpy.
+one image; pure integer arithmetic, no arrays.
 """
 
 from __future__ import annotations
@@ -158,6 +158,11 @@ def input_rows_for(geom: BlockGeometry, hidden_row0: int, hidden_row1: int) -> t
     return i0, i1
 
 
+def band_row_ranges(geom: BlockGeometry, band_rows: int) -> list[tuple[int, int, int, int]]:
+    """(out_row0, out_row1, hidden_row0, hidden_row1) of every band: the rows kernels run."""
+    return [(o0, o1, *hidden_rows_for(geom, o0, o1)) for o0, o1 in band_ranges(geom.out_height, band_rows)]
+
+
 def band_hidden_rows(geom: BlockGeometry, band_rows: int) -> int:
     """Hidden rows a scratch band must hold: min(Hh, (r-1)*sd + kd)."""
     return min(geom.hidden_height, (band_rows - 1) * geom.dw_stride + geom.dw_kernel)
@@ -169,55 +174,6 @@ def chunk_channels(geom: BlockGeometry, t: int) -> int:
 
 def band_count(geom: BlockGeometry, band_rows: int) -> int:
     return _ceil_div(geom.out_height, band_rows)
-
-
-def scratch_slices(geom: BlockGeometry, sched: BlockSchedule, backend: str, threads: int = 1) -> int:
-    """Private scratch slices the block kernel works in: `threads` when the native kernel runs
-    whole bands per thread (threads > 1 and at least `threads` bands), else 1 (one thread, or
-    the threads share each (band, chunk) step, or the numpy kernel, which ignores threads)."""
-    if backend == "native" and threads > 1 and band_count(geom, sched.band_rows) >= threads:
-        return threads
-    return 1
-
-
-# The native kernel splits a (band, chunk) step of at most this many output pixels between its
-# threads by channels, a wider one by rows (CHANNEL_SPLIT_PIXELS in edgerun/kernels/native/block.c).
-CHANNEL_SPLIT_PIXELS = 256
-
-
-def parallel_threads(geom: BlockGeometry, sched: BlockSchedule, backend: str, threads: int = 1) -> int:
-    """Threads the native kernel keeps busy on the whole block: `threads` with whole bands per thread;
-    min(threads, chunk channels, out channels) when narrow bands are split by channels; else 1 (one
-    thread, the numpy kernel, or wide bands split by rows, whose gain is not counted on)."""
-    slices = scratch_slices(geom, sched, backend, threads)
-    if slices > 1:
-        return slices
-    if backend == "native" and threads > 1 and sched.band_rows * geom.out_width <= CHANNEL_SPLIT_PIXELS:
-        return max(1, min(threads, chunk_channels(geom, sched.t), geom.out_channels))
-    return 1
-
-
-def block_scratch(geom: BlockGeometry, sched: BlockSchedule, backend: str, threads: int = 1) -> dict[str, int]:
-    """Scratch bytes one block step needs, by name (see docs/architecture.md).
-
-    With `threads` > 1 and a native block of at least `threads` bands, `expanded` and
-    `depthwise` hold one private slice per thread: `threads` times the one-thread size."""
-    c = chunk_channels(geom, sched.t)
-    rows = sched.band_rows
-    hidden_rows = band_hidden_rows(geom, rows)
-    item = geom.itemsize
-    slices = scratch_slices(geom, sched, backend, threads)
-    scratch: dict[str, int] = {}
-    if geom.has_expansion:
-        scratch["expanded"] = slices * c * hidden_rows * geom.hidden_width * item
-    scratch["depthwise"] = slices * c * rows * geom.out_width * item
-    if backend == "numpy":
-        scratch["dw_tmp"] = scratch["depthwise"]
-        scratch["proj_tmp"] = geom.out_channels * rows * geom.out_width * item
-        if geom.expand_kernel > 1:
-            k = geom.expand_kernel
-            scratch["im2col"] = geom.in_channels * k * k * hidden_rows * geom.hidden_width * item
-    return scratch
 
 
 def expansion_rows_computed(geom: BlockGeometry, band_rows: int) -> int:

@@ -1,12 +1,10 @@
 """A linear cost model for block schedules and other steps.
 
-block seconds = dense_macs * s_pw + depthwise_macs * s_dw + calls * s_call
+block seconds = (dense_macs * s_pw + depthwise_macs * s_dw + calls * s_call) / busy threads
   dense_macs: expansion (halo rows recomputed by overlapping bands included)
-              plus projection; calls: chunks * bands inner iterations.
+              plus projection; calls: chunks * bands inner iterations; busy threads:
+              what the block kernel's contract says it keeps busy (ThreadSplit.busy).
 other step seconds = macs * s_other + s_call
-With threads T > 1 on the native backend, a block of at least T bands runs whole bands per
-thread, and narrow bands (CHANNEL_SPLIT_PIXELS) are split by channels: their seconds are
-divided by the threads kept busy (blocks.parallel_threads).
 """
 
 from __future__ import annotations
@@ -19,29 +17,33 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .blocks import BlockGeometry, BlockSchedule, block_calls, block_macs_split, parallel_threads
+from .blocks import BlockGeometry, BlockSchedule, block_calls, block_macs_split
 
-# numpy: measured on a 2-core x86 box (BLAS float32 matmul ~2.5e-11 s/MAC,
-# depthwise as 9 strided multiply-adds ~1.2e-9 s/MAC, ~25 numpy calls per
-# (chunk, band) iteration ~3e-5 s).  native: a fused C loop without BLAS,
-# guessed; run calibrate() on the target for real figures.
-_DEFAULTS = {
-    "numpy": dict(s_pw=2.5e-11, s_dw=1.2e-9, s_call=3.0e-5, s_other=1.0e-10),
-    "native": dict(s_pw=1.5e-10, s_dw=3.0e-10, s_call=1.0e-6, s_other=1.0e-10),
-}
+# Coefficients for a label nobody registered (measured for unfused array kernels on a 2-core x86 box:
+# BLAS float32 matmul ~2.5e-11 s/MAC, depthwise as 9 strided multiply-adds ~1.2e-9 s/MAC, ~25 calls
+# per (chunk, band) iteration ~3e-5 s).
+GENERIC_COEFFICIENTS = dict(s_pw=2.5e-11, s_dw=1.2e-9, s_call=3.0e-5, s_other=1.0e-10)
+# label -> coefficients, registered by the kernels that run the plans (register_default)
+_DEFAULTS: dict[str, dict[str, float]] = {}
+
+
+def register_default(label: str, s_pw: float, s_dw: float, s_call: float, s_other: float) -> None:
+    """Default coefficients of the kernels called `label` (CostModel.default(label) returns them)."""
+    _DEFAULTS[label] = dict(s_pw=s_pw, s_dw=s_dw, s_call=s_call, s_other=s_other)
 
 
 @dataclass(frozen=True)
 class CostModel:
-    backend: str
+    backend: str  # a label: whose kernels the coefficients describe
     s_pw: float
     s_dw: float
     s_call: float
     s_other: float
 
     @classmethod
-    def default(cls, backend: str = "numpy") -> "CostModel":
-        coefficients = _DEFAULTS.get(backend, _DEFAULTS["numpy"])
+    def default(cls, backend: str = "") -> "CostModel":
+        """The coefficients registered for `backend`, else GENERIC_COEFFICIENTS."""
+        coefficients = _DEFAULTS.get(backend, GENERIC_COEFFICIENTS)
         return cls(backend=backend, **coefficients)
 
     @classmethod
@@ -58,19 +60,18 @@ class CostModel:
     def block_features(self, geom: BlockGeometry, sched: BlockSchedule) -> tuple[int, int, int]:
         return block_features(geom, sched)
 
-    def block_seconds(self, geom: BlockGeometry, sched: BlockSchedule, threads: int = 1) -> float:
-        """One-thread seconds divided by the threads the native kernel keeps busy on the block
-        (blocks.parallel_threads: whole bands per thread, or narrow bands split by channels; wide
-        bands split by rows are estimated at their one-thread time)."""
+    def block_seconds(self, geom: BlockGeometry, sched: BlockSchedule, busy_threads: int = 1) -> float:
+        """One-thread seconds divided by the threads the block kernel keeps busy (its contract's
+        ThreadSplit.busy)."""
         dense, depthwise, calls = block_features(geom, sched)
         seconds = dense * self.s_pw + depthwise * self.s_dw + calls * self.s_call
-        return seconds / parallel_threads(geom, sched, self.backend, threads)
+        return seconds / busy_threads
 
     def step_seconds(self, macs: int) -> float:
         return macs * self.s_other + self.s_call
 
     @classmethod
-    def calibrate(cls, measure_fn, cases=None, backend: str = "numpy", other_samples=None) -> "CostModel":
+    def calibrate(cls, measure_fn, cases=None, backend: str = "", other_samples=None) -> "CostModel":
         return calibrate(measure_fn, cases, backend, other_samples)
 
 
@@ -104,7 +105,7 @@ def default_calibration_cases() -> list[tuple[BlockGeometry, BlockSchedule]]:
 def calibrate(
     measure_fn: Callable[[BlockGeometry, BlockSchedule], float],
     cases: Iterable[tuple[BlockGeometry, BlockSchedule]] | None = None,
-    backend: str = "numpy",
+    backend: str = "",
     other_samples: Iterable[tuple[int, float]] | None = None,
 ) -> CostModel:
     """Fit s_pw, s_dw, s_call (non-negative least squares) to measured seconds.

@@ -1,4 +1,5 @@
-"""The scheduler's output: per-step schedules, arena offsets and the planned peak."""
+"""The scheduler's output: per-step schedules, every buffer's size and arena offset, the planned peak,
+and what the plan was made for (backend label, threads, activation dtype, budget)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ class StepPlan:
     bytes: int  # aligned bytes alive at this step, its own scratch included
     scratch_offsets: dict[str, int] = field(default_factory=dict)
     estimated_seconds: float = 0.0
+    scratch_sizes: dict[str, int] | None = None  # bytes of each scratch buffer (None: not recorded)
 
     @property
     def schedule(self) -> BlockSchedule | None:
         return BlockSchedule(self.t, self.band_rows) if self.band_rows > 0 else None
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "name": self.name,
             "kind": self.kind,
             "t": self.t,
@@ -31,9 +33,13 @@ class StepPlan:
             "scratch_offsets": dict(self.scratch_offsets),
             "estimated_seconds": self.estimated_seconds,
         }
+        if self.scratch_sizes is not None:
+            data["scratch_sizes"] = dict(self.scratch_sizes)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "StepPlan":
+        sizes = data.get("scratch_sizes")
         return cls(
             name=str(data["name"]),
             kind=str(data["kind"]),
@@ -42,17 +48,28 @@ class StepPlan:
             bytes=int(data["bytes"]),
             scratch_offsets={str(k): int(v) for k, v in data["scratch_offsets"].items()},
             estimated_seconds=float(data["estimated_seconds"]),
+            scratch_sizes=None if sizes is None else {str(k): int(v) for k, v in sizes.items()},
         )
 
 
 @dataclass(frozen=True)
 class Plan:
+    """`offsets` / `buffer_sizes`: arena buffers by name; each step's scratch is in its StepPlan.
+    `backend`, `threads` and `activation_dtype` are what the problem stated (the scheduler does not
+    interpret them); `budget` is the budget the plan was made for (None: the fastest plan).
+    `buffer_sizes` None: a plan read from an older dict that did not record sizes."""
+
     peak_bytes: int
     offsets: dict[str, int]
     steps: list[StepPlan]
     alignment: int
     estimated_seconds: float
     planner: str = "greedy"
+    backend: str = ""
+    threads: int = 1
+    activation_dtype: str = "float32"
+    budget: int | None = None
+    buffer_sizes: dict[str, int] | None = None
 
     def step(self, name: str) -> StepPlan:
         for step in self.steps:
@@ -64,18 +81,35 @@ class Plan:
         """Block schedules by step name (can be fed back as `schedule(fixed=...)`)."""
         return {s.name: s.schedule for s in self.steps if s.schedule is not None}
 
+    @property
+    def records_sizes(self) -> bool:
+        """Whether every buffer's and every scratch's size is recorded (plans from older dicts: no)."""
+        return self.buffer_sizes is not None and all(s.scratch_sizes is not None for s in self.steps)
+
     def to_dict(self) -> dict:
-        return {
+        data = {
             "peak_bytes": self.peak_bytes,
             "offsets": dict(self.offsets),
             "steps": [s.to_dict() for s in self.steps],
             "alignment": self.alignment,
             "estimated_seconds": self.estimated_seconds,
             "planner": self.planner,
+            "backend": self.backend,
+            "threads": self.threads,
+            "activation_dtype": self.activation_dtype,
+            "budget": self.budget,
         }
+        if self.buffer_sizes is not None:
+            data["buffer_sizes"] = dict(self.buffer_sizes)
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
+    def from_dict(cls, data: dict, backend: str | None = None, threads: int | None = None) -> "Plan":
+        """The plan of `to_dict`. A dict written before plans recorded their backend and threads
+        takes them from `backend` / `threads` (what the caller states it was made for); without
+        those it is refused (KeyError)."""
+        sizes = data.get("buffer_sizes")
+        budget = data.get("budget")
         return cls(
             peak_bytes=int(data["peak_bytes"]),
             offsets={str(k): int(v) for k, v in data["offsets"].items()},
@@ -83,6 +117,11 @@ class Plan:
             alignment=int(data["alignment"]),
             estimated_seconds=float(data["estimated_seconds"]),
             planner=str(data.get("planner", "greedy")),
+            backend=str(_recorded(data, "backend", backend)),
+            threads=int(_recorded(data, "threads", threads)),
+            activation_dtype=str(data.get("activation_dtype", "float32")),
+            budget=None if budget is None else int(budget),
+            buffer_sizes=None if sizes is None else {str(k): int(v) for k, v in sizes.items()},
         )
 
     def describe(self) -> str:
@@ -101,3 +140,11 @@ class Plan:
             f"estimated {self.estimated_seconds * 1e3:.3f} ms"
         )
         return "\n".join(lines)
+
+
+def _recorded(data: dict, key: str, stated):
+    if key in data:
+        return data[key]
+    if stated is None:
+        raise KeyError(f"the plan does not record its {key} and the caller did not state it")
+    return stated

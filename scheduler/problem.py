@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .blocks import BlockGeometry, BlockSchedule, block_scratch
+from .blocks import BlockGeometry, BlockSchedule
+from .contract import ContractFunction, KernelContract
 
 
 @dataclass
@@ -12,8 +13,9 @@ class Step:
     """One step of the execution order.
 
     `scratch`: fixed scratch bytes by name for this step.  A block step (with
-    `block`) gets the scratch of `block_scratch` for its chosen schedule, plus
-    these fixed entries.  `macs` is used for non-block steps only; a block's
+    `block`) also has `contract`, the kernel's function (geometry, schedule,
+    threads) -> KernelContract: its scratch for the chosen schedule is added to
+    the fixed entries.  `macs` is used for non-block steps only; a block's
     multiply-adds follow from its geometry and schedule.
     """
 
@@ -24,16 +26,23 @@ class Step:
     macs: int = 0
     scratch: dict[str, int] | None = None
     block: BlockGeometry | None = None
+    contract: ContractFunction | None = None
 
     @property
     def is_block(self) -> bool:
         return self.block is not None
 
-    def scratch_for(self, sched: BlockSchedule | None, backend: str, threads: int = 1) -> dict[str, int]:
+    def kernel_contract(self, sched: BlockSchedule, threads: int = 1) -> KernelContract:
+        """The block kernel's contract for `sched` run by `threads` threads."""
+        if self.contract is None:
+            raise ValueError(f"block step {self.name!r} has no kernel contract")
+        return self.contract(self.block, sched, threads)
+
+    def scratch_for(self, sched: BlockSchedule | None, threads: int = 1) -> dict[str, int]:
         fixed = dict(self.scratch or {})
         if self.block is None:
             return fixed
-        sizes = block_scratch(self.block, sched, backend, threads)
+        sizes = self.kernel_contract(sched, threads).scratch_bytes()
         clash = set(sizes) & set(fixed)
         if clash:
             raise ValueError(f"step {self.name!r}: fixed scratch {sorted(clash)} clashes with block scratch")
@@ -44,16 +53,18 @@ class Step:
 @dataclass
 class Problem:
     """Buffers (name -> bytes, batch already applied), steps in execution order,
-    and the buffers that must survive to the end.  `threads`: threads of the block
-    kernels; with the native backend a block run by whole bands per thread declares
-    one scratch slice per thread (see blocks.block_scratch)."""
+    and the buffers that must survive to the end.  `threads`: threads the kernels
+    run on (block kernels state in their contract what that means for their
+    scratch).  `backend` and `activation_dtype` are labels the plan records for
+    whoever runs it; the scheduler never interprets them."""
 
     buffers: dict[str, int]
     steps: list[Step]
     outputs: list[str]
-    backend: str = "numpy"
+    backend: str = ""
     batch: int = 1
     threads: int = 1
+    activation_dtype: str = "float32"
     _lifetimes: dict[str, tuple[int, int]] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +74,8 @@ class Problem:
     def _validate(self) -> None:
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"threads must be a positive int, got {self.threads!r}")
+        if not isinstance(self.backend, str) or not isinstance(self.activation_dtype, str):
+            raise ValueError("backend and activation_dtype are labels (str)")
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ValueError("step names must be unique")
@@ -70,6 +83,8 @@ class Problem:
             for buf in list(step.reads) + list(step.writes):
                 if buf not in self.buffers:
                     raise ValueError(f"step {step.name!r} uses unknown buffer {buf!r}")
+            if step.is_block and step.contract is None:
+                raise ValueError(f"block step {step.name!r} has no kernel contract")
         for out in self.outputs:
             if out not in self.buffers:
                 raise ValueError(f"output {out!r} is not a buffer")
@@ -109,10 +124,12 @@ class Problem:
         return [n for n, (a, b) in self._lifetimes.items() if a <= index <= b]
 
     def step_scratch(self, step: Step, sched: BlockSchedule | None) -> dict[str, int]:
-        """Scratch of `step` under `sched` for this problem's backend and threads."""
-        if self.threads == 1:  # Step subclasses may override scratch_for(sched, backend)
-            return step.scratch_for(sched, self.backend)
-        return step.scratch_for(sched, self.backend, threads=self.threads)
+        """Scratch of `step` under `sched` with this problem's threads."""
+        return step.scratch_for(sched, self.threads)
+
+    def step_contract(self, step: Step, sched: BlockSchedule) -> KernelContract:
+        """The block kernel's contract of `step` under `sched` with this problem's threads."""
+        return step.kernel_contract(sched, self.threads)
 
     def block_steps(self) -> list[Step]:
         return [s for s in self.steps if s.is_block]

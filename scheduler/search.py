@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from .blocks import BlockGeometry, BlockSchedule, band_ranges, chunk_ranges
+from .contract import KernelContract
 from .cost import CostModel
 from .errors import BudgetInfeasible, PlanOverlapError
 from .plan import Plan, StepPlan
@@ -53,7 +54,7 @@ def band_choices_for(out_height: int, band_choices: Iterable[int] | None = None,
     """All rows, plus powers of two below out_height (or the caller's choices, clipped).
 
     With threads > 1 also ceil(out_height / (k * threads)) rows for k = 1..4: balanced cuts of
-    at least `threads` bands where possible, which the native kernel runs whole bands per thread."""
+    at least `threads` bands where possible, for kernels that give each thread whole bands."""
     if band_choices is None:
         rows, choices = 1, {out_height}
         while rows < out_height:
@@ -75,22 +76,31 @@ def block_candidates(step: Step, problem: Problem, alignment: int, cost: CostMod
         schedules = [
             BlockSchedule(t, rows)
             for t in t_choices(geom.hidden_channels, space.max_t, space.allowed_t)
-            for rows in band_choices_for(geom.out_height, space.band_choices,
-                                         problem.threads if problem.backend == "native" else 1)
+            for rows in band_choices_for(geom.out_height, space.band_choices, band_threads(step, problem))
         ]
     return [
         Candidate(s, aligned_total(problem.step_scratch(step, s), alignment),
-                  block_seconds(cost, geom, s, problem.threads))
+                  block_seconds(cost, geom, problem.step_contract(step, s)))
         for s in schedules
     ]
 
 
-def block_seconds(cost, geom: BlockGeometry, sched: BlockSchedule, threads: int) -> float:
-    """The cost model's estimate for the block run by `threads` threads (a model without a
-    threads argument is asked for the one-thread figure)."""
-    if threads == 1:
-        return cost.block_seconds(geom, sched)
-    return cost.block_seconds(geom, sched, threads=threads)
+def band_threads(step: Step, problem: Problem) -> int:
+    """The problem's threads when the step's kernel gives each thread whole bands once there are
+    enough of them (asked with one-row bands), else 1."""
+    if problem.threads == 1:
+        return 1
+    finest = problem.step_contract(step, BlockSchedule(1, 1))
+    return problem.threads if finest.split.whole_bands else 1
+
+
+def block_seconds(cost, geom: BlockGeometry, contract: KernelContract) -> float:
+    """The cost model's estimate for the block, divided by the threads its kernel keeps busy (a
+    model without a busy_threads argument is asked for the one-thread figure)."""
+    busy = contract.split.busy
+    if busy == 1:
+        return cost.block_seconds(geom, contract.schedule)
+    return cost.block_seconds(geom, contract.schedule, busy_threads=busy)
 
 
 def _validated(geom: BlockGeometry, sched: BlockSchedule, step_name: str) -> BlockSchedule:
@@ -127,15 +137,18 @@ class _Layout:
         self.choices = dict(choices)
         self.planner: MemoryPlanner = make_planner(planner, alignment)
         self.buffer_index: dict[str, int] = {}
+        self.sizes: list[int] = []  # unaligned bytes by planner index
         for name, size in problem.buffers.items():
             first, last = problem.lifetime(name)
-            self.buffer_index[name] = self.planner.add_buffer(size, first, last, name)
+            self.buffer_index[name] = self._add(size, first, last, name)
         self.scratch_index: list[dict[str, int]] = []
         for i, step in enumerate(problem.steps):
             sizes = problem.step_scratch(step, self.choices.get(step.name))
-            self.scratch_index.append(
-                {n: self.planner.add_buffer(size, i, i, f"{step.name}:{n}") for n, size in sizes.items()}
-            )
+            self.scratch_index.append({n: self._add(size, i, i, f"{step.name}:{n}") for n, size in sizes.items()})
+
+    def _add(self, size: int, first: int, last: int, name: str) -> int:
+        self.sizes.append(size)
+        return self.planner.add_buffer(size, first, last, name)
 
     def peak(self) -> int:
         return self.planner.peak()
@@ -159,21 +172,23 @@ class _Layout:
         best = max(at_peak, key=lambda i: (self.live_bytes(i), -i)) if at_peak else 0
         return self.problem.steps[best].name if self.problem.steps else ""
 
-    def to_plan(self, cost: CostModel) -> Plan:
+    def to_plan(self, cost: CostModel, budget: int | None) -> Plan:
         p = self.planner
         steps = []
         for i, step in enumerate(self.problem.steps):
             sched = self.choices.get(step.name)
             if step.is_block:
-                seconds = block_seconds(cost, step.block, sched, self.problem.threads)
+                seconds = block_seconds(cost, step.block, self.problem.step_contract(step, sched))
                 t, rows = sched.t, sched.band_rows
             else:
                 seconds = cost.step_seconds(step.macs)
                 t, rows = 1, 0
+            scratch = self.scratch_index[i]
             steps.append(StepPlan(
                 name=step.name, kind=step.kind, t=t, band_rows=rows, bytes=self.live_bytes(i),
-                scratch_offsets={n: p.offset(k) for n, k in self.scratch_index[i].items()},
+                scratch_offsets={n: p.offset(k) for n, k in scratch.items()},
                 estimated_seconds=seconds,
+                scratch_sizes={n: self.sizes[k] for n, k in scratch.items()},
             ))
         return Plan(
             peak_bytes=self.peak(),
@@ -182,6 +197,11 @@ class _Layout:
             alignment=p.alignment,
             estimated_seconds=sum(s.estimated_seconds for s in steps),
             planner=p.name,
+            backend=self.problem.backend,
+            threads=self.problem.threads,
+            activation_dtype=self.problem.activation_dtype,
+            budget=budget,
+            buffer_sizes=dict(self.problem.buffers),
         )
 
 
@@ -212,7 +232,7 @@ def schedule(problem: Problem, budget: int | None = None, alignment: int = 64, p
     fastest_choice = {name: fastest(c).schedule for name, c in candidates.items()}
     layout = _Layout(problem, fastest_choice, alignment, planner)
     if budget is None or layout.peak() <= budget:
-        return layout.to_plan(cost)
+        return layout.to_plan(cost, budget)
 
     minimal = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
     if minimal.peak() > budget:
@@ -233,10 +253,11 @@ def _fit_budget(problem: Problem, candidates: dict[str, list[Candidate]], budget
         chosen = _choose_within(candidates, limit)
         layout = _Layout(problem, {n: c.schedule for n, c in chosen.items()}, alignment, planner)
         if layout.peak() <= budget:
-            return _relax(problem, candidates, chosen, first_limit, budget, alignment, planner, layout).to_plan(cost)
+            return _relax(problem, candidates, chosen, first_limit, budget, alignment, planner,
+                          layout).to_plan(cost, budget)
         if not _tighten(layout, chosen, candidates, limit, index, budget):
             break
-    return minimal.to_plan(cost)
+    return minimal.to_plan(cost, budget)
 
 
 def _choose_within(candidates: dict[str, list[Candidate]], limit: Mapping[str, int]) -> dict[str, Candidate]:
@@ -279,7 +300,7 @@ def memory_minimal(problem: Problem, alignment: int = 64, planner="greedy", cost
     cost = cost_model or CostModel.default(problem.backend)
     candidates = _candidates_by_step(problem, alignment, cost, _space(max_t, allowed_t, band_choices, fixed))
     layout = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
-    return layout.to_plan(cost)
+    return layout.to_plan(cost, None)
 
 
 def minimum_peak(problem: Problem, alignment: int = 64, planner="greedy", max_t: int = 5,
@@ -291,6 +312,33 @@ def minimum_peak(problem: Problem, alignment: int = 64, planner="greedy", max_t:
     layout = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
     return layout.peak(), layout.limiting_step()
 
+
+
+def plan_differences(problem: Problem, plan: Plan) -> list[str]:
+    """What differs between what `plan` was made for and `problem`: backend, threads, activation
+    dtype, then (where the plan records sizes) every arena buffer's and scratch buffer's bytes.
+    Empty when the plan is the problem's."""
+    differences = [f"{what} {planned!r} in the plan, {here!r} here"
+                   for what, planned, here in (("backend", plan.backend, problem.backend),
+                                               ("threads", plan.threads, problem.threads),
+                                               ("activation dtype", plan.activation_dtype,
+                                                problem.activation_dtype))
+                   if planned != here]
+    if differences or not plan.records_sizes:
+        return differences
+    if plan.buffer_sizes != problem.buffers:
+        differences += _size_differences("buffer", plan.buffer_sizes, problem.buffers)
+    for step in problem.steps:
+        step_plan = plan.step(step.name)
+        needed = problem.step_scratch(step, step_plan.schedule if step.is_block else None)
+        if step_plan.scratch_sizes != needed:
+            differences += _size_differences(f"step {step.name!r} scratch", step_plan.scratch_sizes, needed)
+    return differences
+
+
+def _size_differences(what: str, planned: Mapping[str, int], here: Mapping[str, int]) -> list[str]:
+    return [f"{what} {name!r}: {planned.get(name, 'none')} bytes in the plan, {here.get(name, 'none')} here"
+            for name in sorted(set(planned) | set(here)) if planned.get(name) != here.get(name)]
 
 
 def verify_plan(problem: Problem, plan: Plan) -> None:

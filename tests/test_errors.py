@@ -18,8 +18,9 @@ def tiny_model(op="Relu", opset=13):
 
 
 def test_errors_share_one_base_class():
+    from edgerun.errors import ResourceLimitError
     for cls in (ModelLoadError, UnsupportedOperatorError, InvalidInputError, InvalidOptionError,
-                edgerun.MemoryBudgetError):
+                edgerun.MemoryBudgetError, ResourceLimitError):
         assert issubclass(cls, EdgerunError)
 
 

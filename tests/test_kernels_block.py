@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from edgerun.errors import EdgerunError
 from edgerun.ir import Node
-from edgerun.kernels import Activation, BlockWeights, numpy_block
-from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
+from edgerun.kernels import Activation, BlockWeights, block_scratch, numpy_block
+from scheduler.blocks import BlockGeometry, BlockSchedule
 
 ACTIVATIONS = [
     Activation(""), Activation("relu"), Activation("clip", (0.0, 6.0)), Activation("clip", (-0.5, 0.25)),
@@ -133,9 +133,10 @@ def random_weights(geom: BlockGeometry, rng, expand_act=Activation("clip", (0.0,
         expand_act, dw_act)
 
 
-def make_scratch(geom, sched, backend, fill=np.nan):
-    """Scratch views into one flat arena, filled with `fill` so reads of stale scratch show up."""
-    sizes = block_scratch(geom, sched, backend)
+def make_scratch(geom, sched, backend, fill=np.nan, threads=1):
+    """Scratch views into one flat arena, filled with `fill` so reads of stale scratch show up (the sizes
+    the backend's contract declares for `threads`)."""
+    sizes = block_scratch(geom, sched, backend, threads)
     arena = np.full(sum(sizes.values()) // 4 + 1, fill, np.float32)
     views, offset = {}, 1  # views start off the arena's base, as in a real plan
     for name, nbytes in sizes.items():
@@ -144,12 +145,12 @@ def make_scratch(geom, sched, backend, fill=np.nan):
     return views
 
 
-def run_case(case: BlockCase, backend: str, **kwargs) -> np.ndarray:
+def run_case(case: BlockCase, backend: str, threads: int = 1) -> np.ndarray:
     from edgerun.kernels import run_block
     g = case.geom
     out = np.full((g.out_channels, g.out_height, g.out_width), np.nan, np.float32)
-    run_block(case.x, out, case.weights, g, case.sched, make_scratch(g, case.sched, backend),
-              backend=backend, **kwargs)
+    run_block(case.x, out, case.weights, g, case.sched, make_scratch(g, case.sched, backend, threads=threads),
+              backend=backend, threads=threads)
     return out
 
 

@@ -59,8 +59,8 @@ def test_native_expansion_paths(in_channels, width):
     assert_close(run_case(case, "native", threads=2), reference_block(case))
 
 
-def _native_args(case):
-    scratch = make_scratch(case.geom, case.sched, "native")
+def _native_args(case, threads=1):
+    scratch = make_scratch(case.geom, case.sched, "native", threads=threads)
     out = np.empty((case.geom.out_channels, case.geom.out_height, case.geom.out_width), np.float32)
     return out, scratch
 
@@ -86,13 +86,15 @@ def test_extension_itself_checks_sizes_and_types():
     case = mobilenet_block_case()
     out, scratch = _native_args(case)
     w = case.weights
+    contract = native.block_contract(case.geom, case.sched)
     geometry = native._geometry_tuple(case.geom)
+    bands = native._band_table(case.geom, contract)
     act = (2, 0.0, 6.0)
 
-    def call(x=case.x, out=out, expanded=scratch["expanded"], depthwise=scratch["depthwise"], t=3, rows=7,
-             wd=w.wd, geometry=geometry):
+    def call(x=case.x, out=out, expanded=scratch["expanded"], depthwise=scratch["depthwise"], chunk=48,
+             bands=bands, wd=w.wd, geometry=geometry, split=native._split_tuple(contract)):
         _native.run_block(x, out, w.we, w.we_t, w.be, wd, w.bd, w.wp_t, w.bp, expanded, depthwise,
-                          geometry, t, rows, act, act, 1)
+                          geometry, chunk, bands, act, act, split)
 
     with pytest.raises(ValueError, match="expanded"):
         call(expanded=scratch["expanded"][:100])
@@ -104,12 +106,62 @@ def test_extension_itself_checks_sizes_and_types():
         readonly = out.copy()
         readonly.flags.writeable = False
         call(out=readonly)
-    with pytest.raises(ValueError, match="t must be"):
-        call(t=0)
+    with pytest.raises(ValueError, match="chunk"):
+        call(chunk=0)
     with pytest.raises(ValueError, match="residual"):
-        call(geometry=geometry[:10] + (32, True))
+        call(geometry=geometry[:10] + (32, True, geometry[12]))
     with pytest.raises(ValueError, match="overlaps"):
         call(depthwise=scratch["expanded"])
+    call()
+    assert_close(out, reference_block(case))
+
+
+def test_extension_asserts_the_geometry_bands_and_split_python_derived():
+    """block.c runs the bands and split it is given; it refuses (ValueError, no crash) any that are
+    inconsistent with the geometry or do not fit the scratch."""
+    from edgerun.kernels import _native
+    case = mobilenet_block_case(t=3, band_rows=7)  # 56 output rows: 8 bands; chunk 48
+    out, scratch = _native_args(case)
+    w = case.weights
+    contract = native.block_contract(case.geom, case.sched)
+    geometry = native._geometry_tuple(case.geom)
+    good = native._band_table(case.geom, contract)
+    assert good.shape == (8, 5) and good[0].tolist()[:4] == [0, 7, 0, 8] and good[1].tolist()[:4] == [7, 14, 6, 15]
+    split = native._split_tuple(contract)
+    assert split == (0, 1, 1, 48 * 9 * 56, 48 * 7 * 56)
+
+    def call(bands=good, geometry=geometry, split=split, chunk=48):
+        _native.run_block(case.x, out, w.we, w.we_t, w.be, w.wd, w.bd, w.wp_t, w.bp, scratch["expanded"],
+                          scratch["depthwise"], geometry, chunk, bands, (2, 0.0, 6.0), (2, 0.0, 6.0), split)
+
+    with pytest.raises(ValueError, match="hidden height given is 55, the kernel derives 56"):
+        call(geometry=geometry[:12] + ((55, 56, 56, 56),))
+    with pytest.raises(ValueError, match="output width given is 57"):
+        call(geometry=geometry[:12] + ((56, 56, 56, 57),))
+    gap = good.copy()
+    gap[3, 0] += 1  # band 3 starts a row after band 2 ends
+    with pytest.raises(ValueError, match="contiguous"):
+        call(bands=gap)
+    with pytest.raises(ValueError, match="cover"):
+        call(bands=good[:-1])
+    short = good.copy()
+    short[2, 3] -= 1  # band 2's depthwise reads one hidden row more than it is given
+    with pytest.raises(ValueError, match="miss rows"):
+        call(bands=short)
+    wide = good.copy()
+    wide[2, 2] -= 1  # an extra hidden row: in bounds, but the chunk no longer fits one slice
+    with pytest.raises(ValueError, match="slice"):
+        call(bands=wide)
+    with pytest.raises(ValueError, match="int32"):
+        call(bands=good.astype(np.int64))
+    with pytest.raises(ValueError, match="chunk"):
+        call(chunk=145)
+    with pytest.raises(ValueError, match="one slice per thread"):
+        call(split=(1, 2, 1) + split[3:])  # whole bands for two threads with one slice
+    with pytest.raises(ValueError, match="one-thread split"):
+        call(split=(0, 2) + split[2:])
+    with pytest.raises(ValueError, match="expanded"):
+        call(split=split[:2] + (2,) + split[3:])  # two slices claimed, the buffer holds one
     call()
     assert_close(out, reference_block(case))
 
@@ -185,7 +237,7 @@ def test_native_global_average_pool_with_threads_gives_the_same_bits(split_every
 def test_native_block_allocates_nothing_of_activation_size(threads):
     import tracemalloc
     case = mobilenet_block_case(t=3, band_rows=8)
-    out, scratch = _native_args(case)
+    out, scratch = _native_args(case, threads)
     native.run_block(case.x, out, case.weights, case.geom, case.sched, scratch, threads=threads)
     tracemalloc.start()
     try:
@@ -219,3 +271,29 @@ def test_native_calls_from_two_python_threads_do_not_interfere():
     for worker in workers:
         worker.join()
     assert failures == []
+
+
+def test_native_sources_call_each_other_without_a_circle():
+    """Which C file calls a non-static er_ function defined in which other file: the graph has no cycle
+    (the thread pool has its own file; block.c uses depthwise.c, never the other way round)."""
+    import re
+    from pathlib import Path
+
+    from edgerun.kernels import native as native_module
+
+    folder = Path(native_module.__file__).parent / "native"
+    sources = {path.name: path.read_text() for path in folder.glob("*.c")}
+    defined = {}
+    for name, text in sources.items():
+        for function in re.findall(r"^(?!static)[A-Za-z][\w \*]*?\b(er_\w+)\([^;]*?\)\s*\{", text, re.M):
+            defined[function] = name
+    assert {"er_team_begin", "er_block_run", "er_depthwise_rows", "er_share"} <= set(defined)
+    assert defined["er_team_begin"] == defined["er_share"] == "threadpool.c"
+    uses = {name: {defined[f] for f in re.findall(r"\b(er_\w+)\(", text) if defined.get(f, name) != name}
+            for name, text in sources.items()}
+    assert "depthwise.c" in uses["block.c"] and "threadpool.c" in uses["block.c"]
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, seen + (n,))) for n in uses[start])
+
+    assert [name for name in sources if reaches(name, name)] == []

@@ -4,14 +4,18 @@ same bits whatever the thread count."""
 import multiprocessing
 import os
 import threading
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edgerun.kernels import native
-from scheduler.blocks import BlockGeometry, BlockSchedule, block_scratch
+from edgerun.errors import EdgerunError
+from edgerun.kernels import block_scratch, native
+from scheduler import BY_ROWS, ThreadSplit
+from scheduler.blocks import BlockGeometry, BlockSchedule
 from test_kernels_block import (BlockCase, assert_close, block_cases, make_scratch, random_weights,
                                 reference_block, reference_conv, run_case)
 
@@ -34,8 +38,21 @@ LARGE_BLOCKS = [
 LARGE_BLOCK_IDS = ["56x56-residual", "28x28-stride2", "7x7", "stem-im2col", "no-expansion", "direct-expansion"]
 
 
+def _shared_contract(geom, sched, threads):
+    """The native contract with `threads` threads sharing one scratch slice and splitting each
+    (band, chunk) step (by channels or rows, as each band says), whatever the band count: the split
+    the contract itself chooses only for fewer bands than threads."""
+    one = native.block_contract(geom, sched, 1)
+    return one if threads == 1 else replace(one, split=ThreadSplit(BY_ROWS, threads, 1))
+
+
 def _run(case, threads):
-    return run_case(case, "native", threads=threads)
+    """The block with threads sharing each step (one thread's scratch)."""
+    g = case.geom
+    out = np.full((g.out_channels, g.out_height, g.out_width), np.nan, np.float32)
+    scratch = make_scratch(g, case.sched, "native")
+    native.block_call(case.x, out, case.weights, g, _shared_contract(g, case.sched, threads), scratch)()
+    return out
 
 
 def _case(geom, sched, seed):
@@ -110,10 +127,14 @@ def test_too_small_band_scratch_is_refused_by_the_extension():
     w = case.weights
     out = np.empty((16, 24, 24), np.float32)
     scratch = _thread_scratch(geom, case.sched, 1)
+    two = native.block_contract(geom, case.sched, 2)
+    assert two.split.whole_bands and two.buffer("expanded").slices == 2
     with pytest.raises(ValueError, match="expanded"):
         _native.run_block(case.x, out, w.we, w.we_t, w.be, w.wd, w.bd, w.wp_t, w.bp, scratch["expanded"],
-                          scratch["depthwise"], native._geometry_tuple(geom), 2, 6, (2, 0.0, 6.0),
-                          (2, 0.0, 6.0), 2, 2)
+                          scratch["depthwise"], native._geometry_tuple(geom), 24, native._band_table(geom, two),
+                          (2, 0.0, 6.0), (2, 0.0, 6.0), native._split_tuple(two))
+    with pytest.raises(EdgerunError, match="expanded"):  # the Python check says it first
+        native.run_block(case.x, out, w, geom, case.sched, scratch, threads=2)
 
 
 def test_mobilenet_v2_with_two_threads_plans_and_measures_its_scratch():
@@ -184,7 +205,7 @@ def test_calls_from_two_python_threads_with_native_threads(split_every_step):
     def repeat(case, want, threads):
         g = case.geom
         out = np.empty((g.out_channels, g.out_height, g.out_width), np.float32)
-        scratch = make_scratch(g, case.sched, "native")
+        scratch = make_scratch(g, case.sched, "native", threads=threads)
         for _ in range(60):
             out.fill(np.nan)
             native.run_block(case.x, out, case.weights, g, case.sched, scratch, threads=threads)
@@ -305,21 +326,84 @@ def test_workers_beyond_the_thread_count_stay_asleep(split_every_step):
     assert len(busy) <= 1  # worker 1; the 14 others were not woken per phase
 
 
-def test_a_one_thread_plan_runs_with_two_threads():
-    """A plan made for one thread (e.g. from a bundle) has one scratch slice per block: two threads then
-    split each step instead of taking whole bands, with the same bits."""
+def test_a_one_thread_plan_is_refused_or_replanned_with_two_threads():
+    """A plan made for one thread (e.g. from a bundle) is not run on two in silence: PlanMismatchError says
+    so; replan=True plans again for two threads (whole bands where the plan allows), with the same bits."""
     from edgerun import InferenceSession, zoo
+    from edgerun.errors import PlanMismatchError
     from edgerun.executor import CompiledModel
     from scheduler import memory_minimal
     one = InferenceSession(zoo.mobilenet_v2(1.0, 96, batch=1), kernels_backend="native", threads=1)
     plan = memory_minimal(one.compiled.problem, alignment=64)  # banded blocks, one slice each
+    assert plan.threads == 1 and plan.backend == "native"
     heights = {s.name: s.block.out_height for s in one.compiled.problem.block_steps()}
     assert any(-(-heights[s.name] // s.band_rows) >= 2 for s in plan.steps if s.name in heights)
     x = np.random.default_rng(1).standard_normal((1, 3, 96, 96)).astype(np.float32)
     want = one.run(None, {"input": x})[0]
-    compiled = CompiledModel(one.compiled.graph, budget=None, backend="native", threads=2, plan=plan)
-    assert compiled.scratch_threads == 1 and compiled.problem.threads == 1
+    with pytest.raises(PlanMismatchError, match=r"threads 1 in the plan, 2 here.*threads=1.*replan=True"):
+        CompiledModel(one.compiled.graph, budget=None, backend="native", threads=2, plan=plan)
+    with pytest.warns(RuntimeWarning, match="re-planned"):
+        compiled = CompiledModel(one.compiled.graph, budget=None, backend="native", threads=2, plan=plan, replan=True)
+    assert compiled.plan.threads == 2 and len(compiled.notices) == 1 and "re-planned" in compiled.notices[0]
     np.testing.assert_array_equal(compiled.run({"input": x}, ["logits"])[0][0], want)
+    same = CompiledModel(one.compiled.graph, budget=None, backend="native", threads=1, plan=plan)
+    assert same.plan is plan and same.notices == []
+
+
+# ---------------------------------------------------------------- the pool: N threads or an error
+def test_a_second_caller_waits_for_the_pool_and_gets_its_threads():
+    """While one caller's job holds the pool, another caller asking for 3 threads waits and then runs
+    on a team of 3 (it used to run alone, in silence)."""
+    from edgerun.kernels import _native
+    case = _case(BlockGeometry(16, 32, 32, 64, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
+                 BlockSchedule(2, 8), 3)
+    want = _run(case, 1)
+    result = {}
+
+    def second_caller():
+        result["out"] = _run_by_bands(case, 3)[0]
+        result["stats"] = _module().pool_stats()
+
+    _native.pool_hold(2)
+    try:
+        before = _module().pool_stats()
+        worker = threading.Thread(target=second_caller)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while _module().pool_stats()["waiting"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _module().pool_stats()["waiting"] == 1  # the second caller waits, it does not run alone
+        assert "out" not in result
+    finally:
+        _native.pool_release()
+    worker.join(timeout=60)
+    stats = result["stats"]
+    assert stats["waits"] == before["waits"] + 1 and stats["jobs"] == before["jobs"] + 1
+    assert stats["last_threads"] == 3 and stats["waiting"] == 0
+    np.testing.assert_array_equal(result["out"], want)
+
+
+def test_a_nested_or_oversized_request_is_an_error_not_one_thread():
+    from edgerun.kernels import _native
+    case = _case(BlockGeometry(16, 32, 32, 64, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 16, True),
+                 BlockSchedule(2, 8), 3)
+    want = _run(case, 1)
+    _native.pool_hold(2)
+    try:  # this thread holds the pool: asking it for threads again would wait forever
+        with pytest.raises(EdgerunError, match="already holds the kernel thread pool"):
+            _run_by_bands(case, 2)
+        np.testing.assert_array_equal(_run_by_bands(case, 1)[0], want)  # one thread needs no pool
+    finally:
+        _native.pool_release()
+    with pytest.raises(RuntimeError, match="does not hold"):
+        _native.pool_release()
+    assert _native.MAX_THREADS == native.MAX_THREADS == 128
+    with pytest.raises(EdgerunError, match="threads must be in 1..128"):
+        _run_by_bands(case, 129)
+    with pytest.raises(EdgerunError, match="threads must be in 1..128"):
+        native.gemv(np.ones((4096, 512), np.float32), np.ones(512, np.float32), None, np.empty(4096, np.float32),
+                    threads=129)
+    np.testing.assert_array_equal(_run_by_bands(case, 2)[0], want)
 
 
 # ---------------------------------------------------------------- plain steps: packed 1x1 and depthwise

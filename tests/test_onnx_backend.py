@@ -24,7 +24,7 @@ from onnx import helper
 
 from edgerun import loader
 from edgerun.backend import EdgerunBackend
-from edgerun.errors import InvalidInputError, InvalidModelError, ModelLoadError, UnsupportedOperatorError
+from edgerun.errors import InvalidModelError, ModelLoadError, UnsupportedOperatorError
 
 PASSED_COUNT = 366
 EXCLUDED_COUNT = 89
@@ -88,13 +88,13 @@ EXCLUDED_GROUPS = {
     # Graph inputs of optional / sequence type: edgerun's graphs carry tensors only.
     "optional and sequence graph inputs": ([r"^test_identity_opt_cpu$", r"^test_identity_sequence_cpu$"],
                                            ModelLoadError, "is not a tensor"),
-    # Zero-sized tensors: the session refuses empty inputs. Here the empty tensor is a graph input: the
-    # empty `axes` of ReduceMean (the op itself reduces over all axes for a constant empty `axes`), an
-    # empty Split input, a Reshape input with a 0 dimension.
+    # Zero-sized tensors: edgerun runs no empty inputs, and refuses a graph input declared with a 0 dimension
+    # when loading. Here the empty tensor is a graph input: the empty `axes` of ReduceMean (the op itself
+    # reduces over all axes for a constant empty `axes`), an empty Split input, a Reshape input with a 0 dimension.
     "zero-sized graph inputs": ([r"^test_reduce_mean_default_axes_keepdims_(example|random)_cpu$",
                                  r"^test_split_zero_size_splits_opset1[38]_cpu$",
                                  r"^test_reshape_allowzero_reordered_cpu$"],
-                                InvalidInputError, r"is empty \(shape"),
+                                ModelLoadError, r"graph input .* is declared as 0 .* edgerun runs no empty inputs"),
     # Resize, align_corners, downsampling by a scale: the spec defines length_resized as the length of the
     # resized axis (floor(length * scale)); onnx's reference uses the unrounded length * scale. edgerun
     # follows the spec and agrees with onnxruntime 1.32 ([1, 4] for the linear case, where onnx expects

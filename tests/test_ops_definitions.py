@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from edgerun import ops
 from edgerun.executor import node_macs
 from edgerun.ir import Graph, Node, TensorInfo
-from edgerun.kernels import native_steps, numpy_steps
+from edgerun.kernels import native_steps
 from edgerun.kernels.numpy_steps import StepKernel
 
 
@@ -43,20 +43,16 @@ def test_arena_kernel_follows_the_dtype_rule_and_supports():
     assert ops.arena_kernel(relu, [np.int64], [np.int64]) is None            # float32 only
     transpose = Node("Transpose", ["x"], ["y"], {"perm": [1, 0]}, "t")
     assert ops.arena_kernel(transpose, [np.int64], [np.int64]) is ops.definition("Transpose").step
+    shape = Node("Shape", ["x"], ["y"], {}, "s")
+    assert ops.arena_kernel(shape, [np.float32], [np.int64]) is None         # no arena kernel: reference op
     div = Node("Div", ["a", "b"], ["y"], {}, "d")
-    assert ops.arena_kernel(div, [np.float32] * 2, [np.float32]) is None     # no arena kernel: reference op
+    assert ops.arena_kernel(div, [np.float32] * 2, [np.float32]) is ops.definition("Div").step
+    assert ops.arena_kernel(div, [np.int64] * 2, [np.int64]) is None         # integer Div truncates: reference
     softmax = Node("Softmax", ["x"], ["y"], {"axis": 1}, "s")
     assert ops.arena_kernel(softmax, [np.float32], [np.float32]) is None     # supports() turns it down
     gemm = Node("Gemm", ["a", "b"], ["y"], {}, "g")
     native = ops.arena_kernel(gemm, [np.float32] * 2, [np.float32], backend="native", threads=2)
     assert isinstance(native, native_steps.NativeGemmKernel) and native.threads == 2
-
-
-def test_executor_entry_points_agree_with_the_definitions():
-    maxpool = Node("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2]}, "m")
-    assert numpy_steps.step_kernel(maxpool, [np.float32], [np.float32]) is ops.definition("MaxPool").step
-    native = native_steps.native_variant("MaxPool", ops.definition("MaxPool").step, 2)
-    assert isinstance(native, native_steps.NativePoolKernel) and native.threads == 2
 
 
 def graph_of(nodes, shapes):
@@ -90,16 +86,21 @@ def test_kernel_modules_import_nothing_of_ops():
 def test_a_session_runs_each_step_on_its_definitions_kernel():
     from edgerun import InferenceSession
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Div", ["r", "two"], ["d"]),
-             helper.make_node("Transpose", ["d"], ["y"], perm=[1, 0])]
+             helper.make_node("Transpose", ["d"], ["y"], perm=[1, 0]),
+             helper.make_node("Softmax", ["d"], ["s"], axis=0)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [3, 4])],
                               [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     session = InferenceSession(model, kernels_backend="numpy", optimize_graph=False)
     x = np.arange(-6, 6, dtype=np.float32).reshape(3, 4)
-    (y,) = session.run(None, {"x": x})
-    np.testing.assert_array_equal(y, (np.maximum(x, 0) / 2).T)
+    y, s = session.run(None, {"x": x})
+    d = np.maximum(x, 0) / 2
+    np.testing.assert_array_equal(y, d.T)
+    np.testing.assert_allclose(s, np.exp(d) / np.exp(d).sum(axis=0), rtol=1e-6)
     steps = {step.node.op_type: step for step in session._last.steps}
     assert steps["Relu"].kernel is ops.definition("Relu").step
     assert steps["Transpose"].kernel is ops.definition("Transpose").step
-    assert steps["Div"].kind == "reference"
+    assert steps["Div"].kernel is ops.definition("Div").step
+    assert steps["Softmax"].kind == "reference"     # axis 0: supports() turns it down

@@ -1,4 +1,5 @@
-"""Block geometry, split ranges and scratch sizes on hand-worked MobileNetV2 cases."""
+"""Block geometry and split ranges on hand-worked MobileNetV2 cases (the kernels' scratch sizes are in
+test_kernel_contracts.py)."""
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,6 @@ from scheduler import (
     band_ranges,
     block_calls,
     block_macs,
-    block_scratch,
     chunk_ranges,
     hidden_rows_for,
     input_rows_for,
@@ -87,40 +87,6 @@ def test_rows_for_stride2_depthwise_and_no_expansion():
     assert input_rows_for(NO_EXPAND, 5, 11) == (5, 11)
 
 
-def test_scratch_expand_stride2_t6_band4():
-    # c = 96/6 = 16; hidden rows of a 4-row band: min(112, 3*2+3) = 9
-    sched = BlockSchedule(6, 4)
-    assert block_scratch(EXPAND_S2, sched, "numpy") == {
-        "expanded": 16 * 9 * 112 * 4,  # 64512
-        "depthwise": 16 * 4 * 56 * 4,  # 14336
-        "dw_tmp": 14336,
-        "proj_tmp": 24 * 4 * 56 * 4,  # 21504
-    }
-    assert block_scratch(EXPAND_S2, sched, "native") == {"expanded": 64512, "depthwise": 14336}
-
-
-def test_scratch_unsplit_block_holds_the_whole_hidden_tensor():
-    sched = BlockSchedule(1, 56)
-    scratch = block_scratch(RESIDUAL, sched, "native")
-    assert scratch == {"expanded": 144 * 56 * 56 * 4, "depthwise": 144 * 56 * 56 * 4}
-
-
-def test_scratch_no_expansion_and_stem_im2col():
-    assert block_scratch(NO_EXPAND, BlockSchedule(2, 112), "numpy") == {
-        "depthwise": 16 * 112 * 112 * 4,
-        "dw_tmp": 16 * 112 * 112 * 4,
-        "proj_tmp": 16 * 112 * 112 * 4,
-    }
-    # c = 8, hidden rows of an 8-row band: 7 + 3 = 10
-    assert block_scratch(STEM_FUSED, BlockSchedule(4, 8), "numpy") == {
-        "expanded": 8 * 10 * 112 * 4,  # 35840
-        "depthwise": 8 * 8 * 112 * 4,  # 28672
-        "dw_tmp": 28672,
-        "proj_tmp": 16 * 8 * 112 * 4,  # 57344
-        "im2col": 3 * 9 * 10 * 112 * 4,  # 120960
-    }
-
-
 def test_block_macs_counts_recomputed_halo_rows():
     # 14 bands of 4 rows; band 0 needs hidden rows [0, 8), the other 13 need 9 rows each.
     expand_rows = 8 + 13 * 9
@@ -172,36 +138,3 @@ def test_rows_for_match_brute_force(geom, band_rows):
     sched = BlockSchedule(1, band_rows)
     per_row = geom.hidden_width * 4 * 4 * geom.expand_kernel ** 2
     assert block_macs(geom, sched) == total_expand_rows * per_row + geom.depthwise_macs() + geom.projection_macs()
-
-
-def test_scratch_with_two_threads_holds_one_slice_per_thread():
-    # t=6, 4-row bands: 14 bands of the 56 output rows, so two threads take whole bands, each in
-    # its own slice of one thread's size: expanded 16 * 9 * 112 * 4 = 64512, depthwise 16 * 4 * 56 * 4 = 14336
-    sched = BlockSchedule(6, 4)
-    assert block_scratch(EXPAND_S2, sched, "native", threads=2) == {
-        "expanded": 2 * 64512,  # 129024
-        "depthwise": 2 * 14336,  # 28672
-    }
-    # no expansion: c = 16, 8-row bands of 112 rows (14 bands); three threads, three slices
-    assert block_scratch(NO_EXPAND, BlockSchedule(2, 8), "native", threads=3) == {"depthwise": 3 * 16 * 8 * 112 * 4}
-    # one band (unbanded), or fewer bands than threads: the threads share each step, one slice
-    assert block_scratch(EXPAND_S2, BlockSchedule(6, 56), "native", threads=2) == {
-        "expanded": 16 * 112 * 112 * 4, "depthwise": 16 * 56 * 56 * 4}
-    assert block_scratch(EXPAND_S2, BlockSchedule(6, 28), "native", threads=3) == \
-        block_scratch(EXPAND_S2, BlockSchedule(6, 28), "native")
-    # the numpy kernel ignores threads
-    assert block_scratch(EXPAND_S2, sched, "numpy", threads=2) == block_scratch(EXPAND_S2, sched, "numpy")
-
-
-def test_threads_the_native_kernel_keeps_busy():
-    from scheduler.blocks import parallel_threads
-    # 14 bands of 4 rows: whole bands per thread
-    assert parallel_threads(EXPAND_S2, BlockSchedule(6, 4), "native", 2) == 2
-    # one band of 56 x 56 pixels: split by rows, not counted on
-    assert parallel_threads(EXPAND_S2, BlockSchedule(6, 56), "native", 2) == 1
-    # MobileNetV2's 7x7 block 160 -> 960 -> 160, unbanded: 49 pixels split by channels
-    late = BlockGeometry(160, 7, 7, 960, 1, 1, (0, 0, 0, 0), 3, 1, (1, 1, 1, 1), 160, True)
-    assert parallel_threads(late, BlockSchedule(1, 7), "native", 2) == 2
-    assert parallel_threads(late, BlockSchedule(960, 7), "native", 3) == 1  # one hidden channel a chunk
-    assert parallel_threads(late, BlockSchedule(1, 7), "numpy", 2) == 1
-    assert parallel_threads(late, BlockSchedule(1, 7), "native", 1) == 1

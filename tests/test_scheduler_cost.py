@@ -19,12 +19,25 @@ def test_block_seconds_by_hand():
 
 
 def test_defaults_favour_fewer_calls_and_no_halo():
-    for backend in ("numpy", "native"):
+    import edgerun.kernels.native  # noqa: F401  the kernels register their default coefficients
+    import edgerun.kernels.numpy_block  # noqa: F401
+    for backend in ("numpy", "native", "unregistered"):
         model = CostModel.default(backend)
         assert model.backend == backend
         unsplit = model.block_seconds(EXPAND_S2, BlockSchedule(1, 56))
         assert unsplit < model.block_seconds(EXPAND_S2, BlockSchedule(2, 56))
         assert unsplit < model.block_seconds(EXPAND_S2, BlockSchedule(1, 8))
+
+
+def test_registered_defaults_and_busy_threads():
+    from scheduler.cost import GENERIC_COEFFICIENTS, register_default
+    assert CostModel.default("never-registered") == CostModel("never-registered", **GENERIC_COEFFICIENTS)
+    register_default("test-kernels", s_pw=1.0, s_dw=2.0, s_call=3.0, s_other=4.0)
+    model = CostModel.default("test-kernels")
+    assert (model.s_pw, model.s_dw, model.s_call, model.s_other) == (1.0, 2.0, 3.0, 4.0)
+    # a block whose kernel keeps 3 threads busy takes a third of its one-thread time
+    one = model.block_seconds(EXPAND_S2, BlockSchedule(6, 4))
+    assert model.block_seconds(EXPAND_S2, BlockSchedule(6, 4), busy_threads=3) == pytest.approx(one / 3, rel=1e-12)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -17,7 +17,6 @@ from scheduler import (
     Problem,
     Step,
     align_up,
-    block_scratch,
     memory_minimal,
     minimum_peak,
     schedule,
@@ -25,7 +24,12 @@ from scheduler import (
 )
 from scheduler.search import band_choices_for, t_choices
 
+from edgerun.kernels import block_scratch, native, numpy_block
 from mobilenet_blocks import EXPAND_S2, NO_EXPAND, RESIDUAL
+
+# the kernels' contracts, by the backend label the problems carry (importing the modules also
+# registers their default cost coefficients under those labels)
+CONTRACTS = {"numpy": numpy_block.block_contract, "native": native.block_contract}
 
 X0, X1, X2 = 32 * 112 * 112 * 4, 16 * 112 * 112 * 4, 24 * 56 * 56 * 4  # 1605632, 802816, 301056
 
@@ -36,9 +40,9 @@ def mobilenet_head(backend="native"):
         buffers={"input": 3 * 224 * 224 * 4, "x0": X0, "x1": X1, "x2": X2, "x3": X2, "out": 24 * 4},
         steps=[
             Step("stem", "conv", ["input"], ["x0"], macs=112 * 112 * 32 * 27),
-            Step("block1", "block", ["x0"], ["x1"], block=NO_EXPAND),
-            Step("block2", "block", ["x1"], ["x2"], block=EXPAND_S2),
-            Step("block3", "block", ["x2"], ["x3"], block=RESIDUAL),
+            Step("block1", "block", ["x0"], ["x1"], block=NO_EXPAND, contract=CONTRACTS[backend]),
+            Step("block2", "block", ["x1"], ["x2"], block=EXPAND_S2, contract=CONTRACTS[backend]),
+            Step("block3", "block", ["x2"], ["x3"], block=RESIDUAL, contract=CONTRACTS[backend]),
             Step("head", "pool", ["x3"], ["out"], macs=24 * 56 * 56),
         ],
         outputs=["out"],
@@ -240,7 +244,7 @@ def random_chain(specs, backend):
         geom = BlockGeometry(channels, size, size, hidden, 0 if expand == 1 else 1, 1, (0, 0, 0, 0),
                              3, stride, (1, 1, 1, 1), cout, residual=(stride == 1 and cout == channels))
         buffers[f"x{i + 1}"] = cout * geom.out_height * geom.out_width * 4
-        steps.append(Step(f"b{i}", "block", [f"x{i}"], [f"x{i + 1}"], block=geom))
+        steps.append(Step(f"b{i}", "block", [f"x{i}"], [f"x{i + 1}"], block=geom, contract=CONTRACTS[backend]))
         channels, size = cout, geom.out_height
     return Problem(buffers, steps, [f"x{len(specs)}"], backend=backend)
 

@@ -93,7 +93,7 @@ class BlockTimer:
         x = self.rng.standard_normal((geom.in_channels, geom.in_height, geom.in_width)).astype(np.float32)
         out = np.empty((geom.out_channels, geom.out_height, geom.out_width), np.float32)
         scratch = {name: np.empty(size // 4, np.float32)
-                   for name, size in scheduler.block_scratch(geom, sched, self.backend).items()}
+                   for name, size in kernels.block_scratch(geom, sched, self.backend).items()}
         kernels.run_block(x, out, weights, geom, sched, scratch, backend=self.backend)   # warm-up
         times = []
         for _ in range(self.repeats):

@@ -291,8 +291,8 @@ class PeakRow:
 class _HalfPrecisionStep(scheduler.Step):
     """The same step with every scratch buffer at 2 bytes per value instead of 4."""
 
-    def scratch_for(self, sched, backend):
-        return {name: _halved(size, name) for name, size in super().scratch_for(sched, backend).items()}
+    def scratch_for(self, sched, threads=1):
+        return {name: _halved(size, name) for name, size in super().scratch_for(sched, threads).items()}
 
 
 def _halved(size: int, name: str) -> int:
@@ -305,9 +305,10 @@ def half_precision_problem(problem: scheduler.Problem, dtypes: dict) -> schedule
     """`problem` with every float32 activation and scratch buffer at 16 bits (other dtypes unchanged)."""
     buffers = {name: _halved(size, name) if np.dtype(dtypes[name]) == np.float32 else size
                for name, size in problem.buffers.items()}
-    steps = [_HalfPrecisionStep(s.name, s.kind, list(s.reads), list(s.writes), s.macs, s.scratch, s.block)
+    steps = [_HalfPrecisionStep(s.name, s.kind, list(s.reads), list(s.writes), s.macs, s.scratch, s.block, s.contract)
              for s in problem.steps]
-    return scheduler.Problem(buffers=buffers, steps=steps, outputs=list(problem.outputs), backend=problem.backend)
+    return scheduler.Problem(buffers=buffers, steps=steps, outputs=list(problem.outputs), backend=problem.backend,
+                             threads=problem.threads)
 
 
 def _compiled(graph: Graph, backend: str, disabled=()):

@@ -1,7 +1,9 @@
 """Kernels that run one fused inverted-residual block inside the arena.
 
-Two backends share `run_block(x, out, weights, geom, sched, scratch)`:
-`numpy` (the oracle) and `native` (the C extension `edgerun.kernels._native`).
+Two backends, `numpy` (the oracle, numpy_block.py) and `native` (the C extension
+`edgerun.kernels._native`, native.py), each declare their block kernel's contract beside it,
+`block_contract(geom, sched, threads) -> scheduler.KernelContract` (scratch buffers and thread
+split), and share `run_block(x, out, weights, geom, sched, scratch)` / `block_call(..., contract)`.
 """
 from __future__ import annotations
 
@@ -155,26 +157,48 @@ def _choose_backend() -> str:
     return "native"
 
 
+def block_kernel(backend_name: str):
+    """The module of a backend's block kernel: it defines block_contract(geom, sched, threads) and
+    block_call / run_block honouring it."""
+    if backend_name == "numpy":
+        from edgerun.kernels import numpy_block
+        return numpy_block
+    if backend_name == "native":
+        from edgerun.kernels import native
+        return native
+    raise EdgerunError(f"unknown kernel backend {backend_name!r}; expected one of {BACKENDS}")
+
+
+def block_contract(geom, sched, backend_name: str, threads: int = 1):
+    """The backend block kernel's contract (scheduler.KernelContract) for this geometry, schedule, threads."""
+    return block_kernel(backend_name).block_contract(geom, sched, threads)
+
+
+def block_scratch(geom, sched, backend_name: str, threads: int = 1) -> dict[str, int]:
+    """Scratch bytes by name the backend's block kernel needs (its contract's scratch)."""
+    return block_contract(geom, sched, backend_name, threads).scratch_bytes()
+
+
 def run_block(x, out, weights, geom, sched, scratch, backend=None, threads=1):
     """Run one inverted-residual block for one image; `out` is fully written.
 
     backend: "numpy" / "native" / None (see backend()); threads: pthreads of the native kernel
-    (the numpy kernel ignores it); the scratch is block_scratch(geom, sched, backend, threads) (or,
-    native, one thread's: the threads then split each step by rows)."""
+    (the numpy kernel runs on one); the scratch is what block_contract(geom, sched, backend, threads)
+    declares."""
     block_call(x, out, weights, geom, sched, scratch, backend, threads)()
 
 
-def block_call(x, out, weights, geom, sched, scratch, backend=None, threads=1):
-    """A function of no arguments that runs the block; the native kernel's arguments are checked here,
-    once (a model runs the same block on the same arena buffers every time)."""
-    chosen = backend or _choose_backend()
-    if chosen == "numpy":
-        from edgerun.kernels import numpy_block
-        return lambda: numpy_block.run_block(x, out, weights, geom, sched, scratch)
-    if chosen == "native":
-        from edgerun.kernels import native
-        return native.block_call(x, out, weights, geom, sched, scratch, threads=threads)
-    raise EdgerunError(f"unknown kernel backend {chosen!r}; expected one of {BACKENDS}")
+def block_call(x, out, weights, geom, sched, scratch, backend=None, threads=1, contract=None):
+    """A function of no arguments that runs the block; the arguments are checked here, once, against
+    `contract` (default: the backend's block_contract(geom, sched, threads)), which must be for `sched`
+    and `threads` (a model runs the same block on the same arena buffers every time)."""
+    kernel = block_kernel(backend or _choose_backend())
+    if contract is None:
+        contract = kernel.block_contract(geom, sched, threads)
+    elif contract.schedule != sched or contract.threads != threads:
+        raise EdgerunError(f"the contract is for schedule {contract.schedule} on {contract.threads} thread(s), "
+                           f"not {sched} on {threads}")
+    return kernel.block_call(x, out, weights, geom, contract, scratch)
 
 
 def _check_array(name: str, array, shape: tuple[int, ...]) -> None:
@@ -188,25 +212,20 @@ def _check_array(name: str, array, shape: tuple[int, ...]) -> None:
         raise EdgerunError(f"{name}: expected shape {shape}, got {array.shape}")
 
 
-def holds_scratch(scratch, geom, sched, backend_name: str, threads: int = 1) -> bool:
-    """Whether `scratch` has every buffer block_scratch(geom, sched, backend_name, threads) names, big enough."""
-    from scheduler.blocks import block_scratch
-
+def holds_scratch(scratch, contract) -> bool:
+    """Whether `scratch` has every buffer the contract (scheduler.KernelContract) declares, big enough."""
     if not isinstance(scratch, dict):
         return False
-    for name, nbytes in block_scratch(geom, sched, backend_name, threads).items():
-        buf = scratch.get(name)
-        if not isinstance(buf, np.ndarray) or buf.nbytes < nbytes:
+    for buf in contract.scratch:
+        view = scratch.get(buf.name)
+        if not isinstance(view, np.ndarray) or view.nbytes < buf.nbytes:
             return False
     return True
 
 
-def check_block_args(x, out, weights, geom, sched, scratch, backend_name: str, threads: int = 1) -> None:
-    """Raise EdgerunError unless the arrays match the geometry and the scratch is big enough
-    (block_scratch(geom, sched, backend_name, threads): one slice per thread where the native kernel
-    runs whole bands per thread)."""
-    from scheduler.blocks import block_scratch
-
+def check_block_args(x, out, weights, geom, contract, scratch) -> None:
+    """Raise EdgerunError unless the arrays match the geometry and the scratch holds every buffer the
+    contract (scheduler.KernelContract) declares, big enough (all its per-thread slices)."""
     _check_array("x", x, (geom.in_channels, geom.in_height, geom.in_width))
     _check_array("out", out, (geom.out_channels, geom.out_height, geom.out_width))
     if np.may_share_memory(x, out):
@@ -219,12 +238,14 @@ def check_block_args(x, out, weights, geom, sched, scratch, backend_name: str, t
         raise EdgerunError(f"weights (hidden {weights.hidden_channels}, dw kernel {weights.dw_kernel}, "
                            f"expand kernel {weights.expand_kernel}, out {weights.wp.shape[0]}) "
                            f"do not match the block geometry {geom}")
-    for name, nbytes in block_scratch(geom, sched, backend_name, threads).items():
-        buf = scratch.get(name) if isinstance(scratch, dict) else None
-        if buf is None:
-            raise EdgerunError(f"scratch {name!r} ({nbytes} bytes) is missing")
-        if not isinstance(buf, np.ndarray) or buf.dtype != np.float32 or buf.ndim != 1 \
-                or not buf.flags.c_contiguous:
-            raise EdgerunError(f"scratch {name!r}: expected a 1-D C-contiguous float32 array")
-        if buf.nbytes < nbytes:
-            raise EdgerunError(f"scratch {name!r} holds {buf.nbytes} bytes, the block needs {nbytes}")
+    for buf in contract.scratch:
+        view = scratch.get(buf.name) if isinstance(scratch, dict) else None
+        if view is None:
+            raise EdgerunError(f"scratch {buf.name!r} ({buf.nbytes} bytes) is missing")
+        if not isinstance(view, np.ndarray) or view.dtype != np.float32 or view.ndim != 1 \
+                or not view.flags.c_contiguous:
+            raise EdgerunError(f"scratch {buf.name!r}: expected a 1-D C-contiguous float32 array")
+        if view.nbytes < buf.nbytes:
+            slices = f" ({buf.slices} slices of {buf.slice_bytes})" if buf.slices > 1 else ""
+            raise EdgerunError(f"scratch {buf.name!r} holds {view.nbytes} bytes, the block needs "
+                               f"{buf.nbytes}{slices}")

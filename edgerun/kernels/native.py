@@ -9,8 +9,57 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.errors import EdgerunError
-from edgerun.kernels import Activation, check_block_args, holds_scratch
-from scheduler.blocks import scratch_slices
+from edgerun.kernels import Activation, check_block_args
+from scheduler.blocks import band_count, band_hidden_rows, band_row_ranges, chunk_channels
+from scheduler.contract import (BY_CHANNELS, BY_ROWS, SINGLE, WHOLE_BANDS, KernelContract, ScratchBuffer,
+                                ThreadSplit)
+from scheduler.cost import register_default
+
+# A fused C loop without BLAS, guessed; `edgerun calibrate` measures the target's figures.
+register_default("native", s_pw=1.5e-10, s_dw=3.0e-10, s_call=1.0e-6, s_other=1.0e-10)
+
+# Threads sharing one (band, chunk) step split a band of at most this many output pixels by
+# channels (a row split would leave each thread too few columns for the GEMM tiles), a wider one
+# by rows. block.c follows the per-band choice it is given.
+CHANNEL_SPLIT_PIXELS = 256
+# Threads a native kernel may be asked for (ER_MAX_THREADS in threadpool.h; a test checks they agree)
+MAX_THREADS = 128
+# The C side's split codes (er_block_split.mode in kernels.h)
+_SPLIT_CODES = {SINGLE: 0, WHOLE_BANDS: 1, BY_CHANNELS: 2, BY_ROWS: 2}
+
+
+def block_contract(geom, sched, threads: int = 1) -> KernelContract:
+    """The fused C block's contract. With threads > 1 and at least `threads` bands each thread takes
+    whole bands (k, k + T, ...) into its own slice of `expanded` and `depthwise` (T slices); otherwise
+    the threads share one slice and split each (band, chunk) step: by channels when the band has at
+    most CHANNEL_SPLIT_PIXELS output pixels (min(threads, chunk channels, out channels) busy), else by
+    rows (counted as one busy thread: the gain is not counted on). One slice: `expanded`
+    ceil(E/t) * hidden rows of a band * Wh (with an expansion), `depthwise` ceil(E/t) * band_rows * Wo."""
+    threads = _threads(threads)
+    split = _block_split(geom, sched, threads)
+    slices = threads if split.whole_bands else 1
+    c, rows, item = chunk_channels(geom, sched.t), sched.band_rows, geom.itemsize
+    scratch = []
+    if geom.has_expansion:
+        expanded = c * band_hidden_rows(geom, rows) * geom.hidden_width * item
+        scratch.append(ScratchBuffer("expanded", slices * expanded, slices))
+    scratch.append(ScratchBuffer("depthwise", slices * c * rows * geom.out_width * item, slices))
+    return KernelContract(sched, tuple(scratch), split)
+
+
+def _block_split(geom, sched, threads: int) -> ThreadSplit:
+    if threads == 1:
+        return ThreadSplit(SINGLE, 1, 1)
+    if band_count(geom, sched.band_rows) >= threads:
+        return ThreadSplit(WHOLE_BANDS, threads, threads)
+    if _by_channels(geom, sched.band_rows):
+        busy = max(1, min(threads, chunk_channels(geom, sched.t), geom.out_channels))
+        return ThreadSplit(BY_CHANNELS, threads, busy)
+    return ThreadSplit(BY_ROWS, threads, 1)
+
+
+def _by_channels(geom, rows: int) -> bool:
+    return rows * geom.out_width <= CHANNEL_SPLIT_PIXELS
 
 
 def _module():
@@ -26,44 +75,57 @@ def _act(activation: Activation) -> tuple[int, float, float]:
 
 
 def _geometry_tuple(geom) -> tuple:
+    """The geometry as block.c takes it: the attributes, then the sizes Python derived (asserted there)."""
     return (geom.in_channels, geom.in_height, geom.in_width, geom.hidden_channels, geom.expand_kernel,
             geom.expand_stride, tuple(geom.expand_pads), geom.dw_kernel, geom.dw_stride,
-            tuple(geom.dw_pads), geom.out_channels, bool(geom.residual))
+            tuple(geom.dw_pads), geom.out_channels, bool(geom.residual),
+            (geom.hidden_height, geom.hidden_width, geom.out_height, geom.out_width))
+
+
+def _band_table(geom, contract: KernelContract) -> np.ndarray:
+    """int32 (bands, 5): output rows [o0, o1), hidden rows [h0, h1) of every band, and 1 where threads
+    sharing the band split it by channels (0: by rows)."""
+    rows = [(o0, o1, h0, h1, int(_by_channels(geom, o1 - o0)))
+            for o0, o1, h0, h1 in band_row_ranges(geom, contract.schedule.band_rows)]
+    return np.array(rows, dtype=np.int32).reshape(-1, 5)
+
+
+def _split_tuple(contract: KernelContract) -> tuple:
+    """(mode, threads, slices, floats of one `expanded` slice, floats of one `depthwise` slice)."""
+    depthwise = contract.buffer("depthwise")
+    expanded = contract.buffer("expanded").slice_bytes // 4 if "expanded" in contract.scratch_bytes() else 0
+    return (_SPLIT_CODES[contract.split.kind], contract.threads, depthwise.slices, expanded,
+            depthwise.slice_bytes // 4)
 
 
 def _call(function, *args):
     try:
         return function(*args)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise EdgerunError(f"native kernel {function.__name__}: {exc}") from exc
 
 
 def _threads(threads) -> int:
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise EdgerunError(f"threads must be an integer >= 1, got {threads!r}")
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise EdgerunError(f"threads must be in 1..{MAX_THREADS}, got {threads!r}")
     return threads
 
 
 def run_block(x, out, weights, geom, sched, scratch, threads: int = 1) -> None:
-    """The fused block for one image on `threads` pthreads (see block_call)."""
-    block_call(x, out, weights, geom, sched, scratch, threads)()
+    """The fused block for one image on `threads` pthreads, with the scratch block_contract declares."""
+    block_call(x, out, weights, geom, block_contract(geom, sched, threads), scratch)()
 
 
-def block_call(x, out, weights, geom, sched, scratch, threads: int = 1):
-    """The fused block for one image on `threads` pthreads, checked now, run by calling the result.
-
-    With block_scratch(geom, sched, "native", threads) scratch (one slice per thread when the block
-    has at least `threads` bands) each thread takes whole bands into its own slice; with one thread's
-    scratch (a plan made for one thread) the threads share each (band, chunk) step by rows. The C side
-    checks every buffer's size again on each call."""
-    _threads(threads)
-    slices = scratch_slices(geom, sched, "native", threads)
-    if slices > 1 and not holds_scratch(scratch, geom, sched, "native", threads):
-        slices = 1
-    check_block_args(x, out, weights, geom, sched, scratch, "native", threads=threads if slices > 1 else 1)
+def block_call(x, out, weights, geom, contract: KernelContract, scratch):
+    """The fused block for one image as `contract` (block_contract(geom, sched, threads)) states it,
+    checked now, run by calling the result. block.c receives the derived geometry, the chunk size,
+    every band's rows and the thread split, asserts them and checks every buffer's size again on
+    each call."""
+    check_block_args(x, out, weights, geom, contract, scratch)
     args = (x, out, weights.we, weights.we_t, weights.be, weights.wd, weights.bd, weights.wp_t, weights.bp,
-            scratch.get("expanded"), scratch["depthwise"], _geometry_tuple(geom), sched.t, sched.band_rows,
-            _act(weights.expand_act), _act(weights.dw_act), int(threads), slices)
+            scratch.get("expanded"), scratch["depthwise"], _geometry_tuple(geom),
+            chunk_channels(geom, contract.schedule.t), _band_table(geom, contract),
+            _act(weights.expand_act), _act(weights.dw_act), _split_tuple(contract))
     function = _module().run_block
     return lambda: _call(function, *args)
 

@@ -42,6 +42,8 @@ class NativeFusedConvKernel(StepKernel):
         self._prepared: tuple | None = None
 
     def _native_kind(self, node: Node, cin: int, cout: int) -> str | None:
+        if len(node.attrs["kernel_shape"]) != 2:
+            return None
         if _is_pointwise(node):
             return "pointwise"
         if _native_depthwise(node, cin, cout):
@@ -199,10 +201,3 @@ class NativeGemmKernel(StepKernel):
             return self.fallback.run(node, inputs, outputs, scratch)
         for row in range(a.shape[0]):
             native.gemv(weight, a[row], bias, y[row], self.threads)
-
-
-def native_variant(op_type: str, numpy_kernel: StepKernel, threads: int = 1) -> StepKernel:
-    """The op's C kernel when its definition names one (a new instance: it keeps per-node weight layouts
-    and the session's thread count), else `numpy_kernel`. See edgerun.ops.arena_kernel."""
-    from edgerun import ops   # the executor's entry point until it calls edgerun.ops.arena_kernel itself
-    return ops.native_kernel(op_type, numpy_kernel, threads)

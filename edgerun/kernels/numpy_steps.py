@@ -420,9 +420,3 @@ class SoftmaxKernel(StepKernel):
         np.exp(y, out=y)
         np.sum(y, axis=-1, keepdims=True, out=rows)
         np.divide(y, rows, out=y)
-
-
-def step_kernel(node: Node, in_dtypes, out_dtypes) -> StepKernel | None:
-    """The arena kernel of `node` as its op definition names it (see edgerun.ops.arena_kernel)."""
-    from edgerun import ops   # the executor's entry point until it calls edgerun.ops.arena_kernel itself
-    return ops.arena_kernel(node, in_dtypes, out_dtypes)

@@ -26,6 +26,23 @@ def attr_int(node, name: str, default=_MISSING) -> int:
     return int(value)
 
 
+def attr_flag(node, name: str, default: int) -> int:
+    """A 0/1 attribute (keepdims, ceil_mode, ...): the ONNX spec gives no meaning to other values."""
+    value = attr_int(node, name, default)
+    if value not in (0, 1):
+        raise invalid(node, f"attribute {name!r}={value!r} must be 0 or 1")
+    return value
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def check_int32_attr(node, name: str, values) -> None:
+    """Geometry attributes (pads, strides, kernel_shape, dilations) reach the C kernels as 32-bit ints."""
+    if any(abs(int(v)) > _INT32_MAX for v in values):
+        raise invalid(node, f"attribute {name!r}={list(values)!r} has a value beyond 2**31-1")
+
+
 def attr_float(node, name: str, default: float) -> float:
     value = node.attrs.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
 
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
+from edgerun.kernels.steps_conv import ConvKernel, ConvTransposeKernel
 from edgerun.ops import register
-from edgerun.ops._common import attr_int, attr_ints, attr_str, invalid, require_inputs
+from edgerun.ops._common import attr_int, attr_ints, attr_str, check_int32_attr, invalid, require_inputs
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -24,13 +26,16 @@ def resolve_conv_pads(node_attrs, input_spatial_shape, kernel_shape, strides, di
     auto_pad = node_attrs.get("auto_pad", "NOTSET")
     if not isinstance(auto_pad, str) or auto_pad not in _AUTO_PADS:
         raise InvalidModelError(f"auto_pad {auto_pad!r} is not one of {_AUTO_PADS}")
+    if auto_pad != "NOTSET" and any(node_attrs.get("pads") or ()):
+        raise InvalidModelError(f"attribute 'pads'={list(node_attrs['pads'])!r} cannot be used together with "
+                                f"auto_pad={auto_pad!r} (ONNX: pads and auto_pad are exclusive)")
     if auto_pad == "VALID":
         return [0] * (2 * rank)
     if auto_pad == "NOTSET":
         pads = node_attrs.get("pads", [0] * (2 * rank))
         if not isinstance(pads, (list, tuple)) or len(pads) != 2 * rank or \
-                not all(isinstance(p, (int, np.integer)) and p >= 0 for p in pads):
-            raise InvalidModelError(f"pads {pads!r} must be {2 * rank} non-negative integers")
+                not all(isinstance(p, (int, np.integer)) and 0 <= p <= 2**31 - 1 for p in pads):
+            raise InvalidModelError(f"pads {pads!r} must be {2 * rank} non-negative integers below 2**31")
         return [int(p) for p in pads]
     begins, ends = [], []
     for size, k, s, d in zip(input_spatial_shape, kernel_shape, strides, dilations):
@@ -123,6 +128,7 @@ def int_list_attr(node, name, default, length):
     if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != length or \
             not all(isinstance(v, (int, np.integer)) for v in value):
         raise invalid(node, f"attribute {name!r}={value!r} must be {length} integers")
+    check_int32_attr(node, name, value)
     return [int(v) for v in value]
 
 
@@ -292,5 +298,7 @@ def weight_macs(node, in_shapes, out_shapes) -> int:
     return outputs
 
 
-register("Conv", _conv_infer, _conv_compute, macs=weight_macs)
-register("ConvTranspose", _conv_transpose_infer, _conv_transpose_compute)
+# the kernels read their geometry with this module's functions (_conv_params, _conv_pads, _transpose_*)
+_THIS = sys.modules[__name__]
+register("Conv", _conv_infer, _conv_compute, macs=weight_macs, step=ConvKernel(_THIS))
+register("ConvTranspose", _conv_transpose_infer, _conv_transpose_compute, step=ConvTransposeKernel(_THIS))

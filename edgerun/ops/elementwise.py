@@ -5,6 +5,8 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.kernels.numpy_steps import BinaryKernel
+from edgerun.kernels.steps_elementwise import QuietUfuncKernel
+from edgerun.kernels.steps_variadic import SumKernel
 from edgerun.ops import register
 from edgerun.ops._common import (  # noqa: F401  (re-exported for older imports)
     attr_float, attr_int, attr_ints, attr_str, broadcast_shapes, invalid, require_inputs,
@@ -92,9 +94,10 @@ def _sum_compute(node, inputs, opset):
     return [np.asarray(total, dtype=np.asarray(inputs[0]).dtype)]
 
 
-_ARENA_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}   # Div/Pow: integer rules differ
+# float32 only (the dtype rule): integer Div truncates and integer Pow rounds, unlike the ufuncs
+_ARENA_KERNELS = {"Add": BinaryKernel(np.add), "Sub": BinaryKernel(np.subtract), "Mul": BinaryKernel(np.multiply),
+                  "Div": QuietUfuncKernel(np.divide), "Pow": QuietUfuncKernel(np.power)}
 for _op in _BINARY:
-    _ufunc = _ARENA_UFUNCS.get(_op)
-    register(_op, _binary_infer, _binary_compute, step=BinaryKernel(_ufunc) if _ufunc else None)
-register("Sqrt", _sqrt_infer, _sqrt_compute)
-register("Sum", _sum_infer, _sum_compute)
+    register(_op, _binary_infer, _binary_compute, step=_ARENA_KERNELS[_op])
+register("Sqrt", _sqrt_infer, _sqrt_compute, step=QuietUfuncKernel(np.sqrt))
+register("Sum", _sum_infer, _sum_compute, step=SumKernel())

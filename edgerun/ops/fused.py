@@ -10,7 +10,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import Node, TensorInfo
 from edgerun.kernels.native_steps import NativeFusedConvKernel
-from edgerun.kernels.numpy_steps import FusedConvKernel
+from edgerun.kernels.steps_conv import FusedConvAnyRankKernel
 from edgerun.ops import register
 from edgerun.ops.activation import apply_activation
 from edgerun.ops.conv import conv_nd, weight_macs
@@ -234,5 +234,5 @@ def _inverted_residual_compute(node, inputs, opset):
 
 
 register("FusedConv", _fused_conv_infer, _fused_conv_compute, domain=DOMAIN, macs=weight_macs,
-         step=FusedConvKernel(), native=NativeFusedConvKernel)
+         step=FusedConvAnyRankKernel(), native=NativeFusedConvKernel)
 register("InvertedResidual", _inverted_residual_infer, _inverted_residual_compute, domain=DOMAIN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.ir import TensorInfo
+from edgerun.kernels.steps_norm import BatchNormalizationKernel, LRNKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, invalid, require_inputs
 
@@ -60,7 +61,12 @@ def _lrn_params(node):
     size = attr_int(node, "size")
     if size < 1:
         raise invalid(node, f"attribute 'size'={size!r} must be a positive integer")
-    return size, attr_float(node, "alpha", 1e-4), attr_float(node, "beta", 0.75), attr_float(node, "bias", 1.0)
+    alpha, beta = attr_float(node, "alpha", 1e-4), attr_float(node, "beta", 0.75)
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not value > 0:
+            raise invalid(node, f"attribute {name!r}={value!r} must be positive (as onnxruntime requires: "
+                                f"the normalisation is undefined or an identity otherwise)")
+    return size, alpha, beta, attr_float(node, "bias", 1.0)
 
 
 def _lrn_infer(node, inputs, opset):
@@ -85,5 +91,5 @@ def _lrn_compute(node, inputs, opset):
     return [(x / (bias + alpha / size * window_sum) ** beta).astype(x.dtype)]
 
 
-register("BatchNormalization", _bn_infer, _bn_compute)
-register("LRN", _lrn_infer, _lrn_compute)
+register("BatchNormalization", _bn_infer, _bn_compute, step=BatchNormalizationKernel())
+register("LRN", _lrn_infer, _lrn_compute, step=LRNKernel(_lrn_params))

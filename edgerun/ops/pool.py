@@ -9,9 +9,10 @@ from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.kernels.native_steps import NativeGlobalAveragePoolKernel, NativePoolKernel
 from edgerun.kernels.numpy_steps import AveragePoolKernel, GlobalAveragePoolKernel, MaxPoolKernel
+from edgerun.kernels.steps_reduce import ReduceMeanKernel
 from edgerun.ops import register
 from edgerun.ops.conv import int_list_attr, resolve_conv_pads, window_slices
-from edgerun.ops._common import attr_int, attr_ints, invalid, normalized_axes, require_inputs
+from edgerun.ops._common import attr_flag, attr_int, attr_ints, invalid, normalized_axes, require_inputs
 
 
 def _pool_params(node, rank, opset):
@@ -52,7 +53,9 @@ def _pool_geometry(node, spatial, opset):
     except InvalidModelError as error:
         raise invalid(node, str(error)) from None
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    ceil_mode = attr_int(node, "ceil_mode", 0)
+    ceil_mode = attr_flag(node, "ceil_mode", 0)
+    if node.op_type == "AveragePool":
+        attr_flag(node, "count_include_pad", 0)
     for i in range(rank):
         if max(pads[i], pads[i + rank]) >= (kernel[i] - 1) * dilations[i] + 1 and auto_pad == "NOTSET":
             raise invalid(node, f"pads {pads} must be smaller than the kernel {kernel}")
@@ -133,7 +136,7 @@ def _average_pool_compute(node, inputs, opset):
     total = np.zeros(x.shape[:2] + tuple(out), dtype=np.float64 if x.dtype == np.float64 else np.float32)
     for window in _windows(xp, kernel, strides, dilations, out):
         total += window
-    include_pad = bool(attr_int(node, "count_include_pad", 0))
+    include_pad = bool(attr_flag(node, "count_include_pad", 0))
     divisor = _average_divisor(x.shape[2:], kernel, strides, dilations, pads, out, include_pad)
     return [(total / np.maximum(divisor, 1)).astype(x.dtype)]
 
@@ -218,7 +221,7 @@ def _reduce_axes(node, axes_input, rank, opset):
     else:
         axes = attr_ints(node, "axes", [])
     if not axes:
-        return () if attr_int(node, "noop_with_empty_axes", 0) else tuple(range(rank))
+        return () if attr_flag(node, "noop_with_empty_axes", 0) else tuple(range(rank))
     return tuple(sorted(normalized_axes(node, axes, rank)))
 
 
@@ -238,7 +241,7 @@ def _reduce_mean_infer(node, inputs, opset):
     axes = _reduce_axes(node, axes_input, len(x.shape), opset)
     if axes is None:
         return [TensorInfo(None, np.dtype(x.dtype))]
-    return [TensorInfo(_reduced_shape(x.shape, axes, attr_int(node, "keepdims", 1)), np.dtype(x.dtype))]
+    return [TensorInfo(_reduced_shape(x.shape, axes, attr_flag(node, "keepdims", 1)), np.dtype(x.dtype))]
 
 
 def _reduce_mean_compute(node, inputs, opset):
@@ -247,7 +250,7 @@ def _reduce_mean_compute(node, inputs, opset):
     axes = _reduce_axes(node, inputs[1] if len(inputs) > 1 else None, x.ndim, opset)
     if axes == ():
         return [x.copy()]
-    keepdims = bool(attr_int(node, "keepdims", 1))
+    keepdims = bool(attr_flag(node, "keepdims", 1))
     return [np.mean(x, axis=axes, keepdims=keepdims, dtype=np.float64).astype(x.dtype)]
 
 
@@ -256,4 +259,6 @@ register("AveragePool", _pool_infer, _average_pool_compute, step=AveragePoolKern
 register("MaxPool", _pool_infer, _max_pool_compute, step=MaxPoolKernel(resolve_conv_pads), native=NativePoolKernel)
 register("GlobalAveragePool", _global_average_infer, _global_average_compute, step=GlobalAveragePoolKernel(),
          native=NativeGlobalAveragePoolKernel)
-register("ReduceMean", _reduce_mean_infer, _reduce_mean_compute)
+# any_dtype: the kernel takes int64 axes beside float32 data and runs other data dtypes on this op
+register("ReduceMean", _reduce_mean_infer, _reduce_mean_compute,
+         step=ReduceMeanKernel(_reduce_axes, _reduce_mean_compute), any_dtype=True)

@@ -6,9 +6,12 @@ so ties in nearest rounding fall the same way.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from edgerun.ir import TensorInfo
+from edgerun.kernels.steps_resize import ResizeKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid, normalized_axes
 
@@ -257,4 +260,6 @@ def _resize_infer(node, inputs, opset):
     return [TensorInfo(tuple(out), np.dtype(x.dtype))]
 
 
-register("Resize", _resize_infer, _resize_compute)
+# the kernel computes its taps with this module's functions; any_dtype: it takes int64 sizes beside float32
+# data and runs other data dtypes on this op
+register("Resize", _resize_infer, _resize_compute, step=ResizeKernel(sys.modules[__name__]), any_dtype=True)

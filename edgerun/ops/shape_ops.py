@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.kernels.numpy_steps import ConcatKernel, CopyReshapeKernel, TransposeKernel
+from edgerun.kernels.steps_shape import (CastKernel, DropoutKernel, GatherKernel, IdentityKernel, PadKernel,
+                                         SliceKernel, SplitKernel)
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid, require_inputs
 
@@ -605,20 +608,21 @@ def _pad_compute(node, inputs, opset):
     return [np.pad(cropped, grow, mode=_PAD_MODES[mode])]
 
 
-register("Identity", _identity_infer, _identity_compute)
-register("Dropout", _dropout_infer, _dropout_compute)
+_THIS = sys.modules[__name__]   # the data movers parse their nodes with this module's functions
+register("Identity", _identity_infer, _identity_compute, step=IdentityKernel(), any_dtype=True)
+register("Dropout", _dropout_infer, _dropout_compute, step=DropoutKernel(_THIS), any_dtype=True)
 # the arena kernels of these ops only move bytes: right for any dtype
 register("Flatten", _flatten_infer, _flatten_compute, step=CopyReshapeKernel(), any_dtype=True)
 register("Reshape", _reshape_infer, _reshape_compute, step=CopyReshapeKernel(), any_dtype=True)
 register("Transpose", _transpose_infer, _transpose_compute, step=TransposeKernel(), any_dtype=True)
 register("Concat", _concat_infer, _concat_compute, step=ConcatKernel(), any_dtype=True)
-register("Split", _split_infer, _split_compute)
-register("Slice", _slice_infer, _slice_compute)
+register("Split", _split_infer, _split_compute, step=SplitKernel(_THIS), any_dtype=True)
+register("Slice", _slice_infer, _slice_compute, step=SliceKernel(_THIS), any_dtype=True)
 register("Squeeze", *_axes_reshape_op(_squeeze_shape), step=CopyReshapeKernel(), any_dtype=True)
 register("Unsqueeze", *_axes_reshape_op(_unsqueeze_shape), step=CopyReshapeKernel(), any_dtype=True)
 register("Shape", _shape_infer, _shape_compute)
-register("Gather", _gather_infer, _gather_compute)
-register("Cast", _cast_infer, _cast_compute)
+register("Gather", _gather_infer, _gather_compute, step=GatherKernel(_THIS), any_dtype=True)
+register("Cast", _cast_infer, _cast_compute, step=CastKernel(), any_dtype=True)
 register("Constant", _constant_infer, _constant_compute)
 register("ConstantOfShape", _constant_of_shape_infer, _constant_of_shape_compute)
-register("Pad", _pad_infer, _pad_compute)
+register("Pad", _pad_infer, _pad_compute, step=PadKernel(_THIS), any_dtype=True)

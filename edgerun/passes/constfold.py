@@ -6,8 +6,11 @@ constants, in which case its reference kernel computes the value here.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from edgerun import limits
 from edgerun.ir import Graph, Node, TensorInfo, readonly
 from edgerun.reference import evaluate_node
 from edgerun.passes.graph_edit import constant_value, is_graph_output, remove_nodes
@@ -43,9 +46,23 @@ def _known_outputs(graph: Graph, node: Node) -> list[np.ndarray] | None:
     inputs = [constant_value(graph, i) if i else None for i in node.inputs]
     if any(v is None for v, i in zip(inputs, node.inputs) if i):
         return None
-    if sum(v.size for v in inputs if v is not None) > MAX_FOLDED_ELEMENTS:
+    if sum(v.size for v in inputs if v is not None) > MAX_FOLDED_ELEMENTS or _outputs_too_large(graph, node):
         return None
     return _evaluate(graph, node, inputs)
+
+
+def _outputs_too_large(graph: Graph, node: Node) -> bool:
+    """Outputs above MAX_FOLDED_ELEMENTS stay computed at run time (inside the planned arena, under its ceiling):
+    a few constant bytes can describe gigabytes (ConstantOfShape, Expand, Tile), so the shapes are checked
+    before evaluating. Outputs of unknown shape are not folded either."""
+    for name in node.outputs:
+        info = graph.value_info.get(name) if name else None
+        if name and (info is None or not info.is_static or math.prod(info.shape) > MAX_FOLDED_ELEMENTS):
+            return True
+        if name:
+            limits.check_bytes(math.prod(info.shape) * np.dtype(info.dtype).itemsize,
+                               f"{node.describe()}: folded constant {name!r} of shape {list(info.shape)}")
+    return False
 
 
 def _evaluate(graph: Graph, node: Node, inputs: list) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ ModelLoadError naming it. Nothing from the file is ever executed.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import zlib
@@ -24,7 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgerun.errors import ModelLoadError
+from edgerun import limits
+from edgerun.errors import EdgerunError, ModelLoadError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -87,10 +89,17 @@ class _PendingTensor(NamedTuple):
     stride: tuple
 
 
+MAX_RANK = 32  # numpy's (and edgerun's) most dimensions a tensor may have
+MAX_EXTENT = 1 << 48  # sizes, strides and offsets above this cannot describe bytes in memory
+MAX_PICKLE_BYTES = 64 * 1024**2  # data.pkl holds names and small tuples, never tensor bytes
+
+
 def _check_int_tuple(value, what):
-    if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if isinstance(value, tuple) and len(value) > MAX_RANK:
+        raise ModelLoadError(f"tensor {what} has {len(value)} dimensions; at most {MAX_RANK} are supported")
+    if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_EXTENT
                                                for v in value):
-        raise ModelLoadError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
+        raise ModelLoadError(f"tensor {what} must be a tuple of non-negative ints up to 2**48, got {value!r}")
     return value
 
 
@@ -108,7 +117,7 @@ def _check_extent(offset, size, stride, numel, key):
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     if not isinstance(storage, _Storage):
         raise ModelLoadError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
-    if not isinstance(storage_offset, int) or storage_offset < 0:
+    if not isinstance(storage_offset, int) or isinstance(storage_offset, bool) or not 0 <= storage_offset <= MAX_EXTENT:
         raise ModelLoadError(f"tensor storage offset must be a non-negative int, got {storage_offset!r}")
     size = _check_int_tuple(size, "size")
     stride = _check_int_tuple(stride, "stride")
@@ -141,8 +150,25 @@ def _materialize(tensor):
     return out
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals of a tensor state dict; refuses everything else."""
+def _load_build(unpickler):
+    """BUILD sets an object's state. torch uses it on one kind of object only: the OrderedDicts the pickle
+    itself made (a state dict's `_metadata`, a tensor's hooks), whose state edgerun never reads, so it is
+    checked and dropped. BUILD on anything else (an allowed global such as one of this module's functions,
+    a storage type) would let a file rewrite edgerun's own objects, and is refused."""
+    state = unpickler.stack.pop()
+    target = unpickler.stack[-1]
+    if type(target) is not OrderedDict or not isinstance(state, (dict, tuple, type(None))):
+        raise ModelLoadError(f"refused BUILD (set state) on a {type(target).__name__}: it is read-only to the "
+                             f"pickle, which may only set the state of the OrderedDicts it made")
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only the globals of a tensor state dict; refuses everything else.
+
+    The pure-Python unpickler, because its opcode table can be changed: BUILD goes through _load_build."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def __init__(self, file, persistent_load):
         super().__init__(file)
@@ -170,7 +196,7 @@ def _no_persistent_ids(pid):
 def _unpickle(stream, persistent_load):
     try:
         return _RestrictedUnpickler(stream, persistent_load).load()
-    except ModelLoadError:
+    except EdgerunError:
         raise
     except Exception as exc:  # a malformed pickle can raise almost anything
         raise ModelLoadError(f"malformed pickle: {type(exc).__name__}: {exc}") from exc
@@ -214,10 +240,40 @@ def _zip_byteorder(archive, prefix, names):
     record = prefix + "byteorder"
     if record not in names:
         return "<"
+    if archive.getinfo(record).file_size > 16:
+        raise ModelLoadError(f"byteorder record of {archive.getinfo(record).file_size} bytes; "
+                             f"expected 'little' or 'big'")
     order = archive.read(record).decode("ascii", "replace").strip()
     if order not in ("little", "big"):
         raise ModelLoadError(f"unknown byteorder record {order!r}")
     return "<" if order == "little" else ">"
+
+
+MAX_EXPANSION = 64  # torch stores storages uncompressed; tensor bytes deflate far less than this
+
+
+def _check_expansion(info, key, source):
+    """A deflated storage that would expand more than MAX_EXPANSION times is a zip bomb, not weights."""
+    if info.file_size > (1 << 20) and info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
+        raise ModelLoadError(f"{source}: storage {key!r} would expand from {info.compress_size} to "
+                             f"{info.file_size} bytes (more than {MAX_EXPANSION}x): refused as a zip bomb")
+
+
+def _read_member(archive, info, key, source) -> np.ndarray:
+    """The member's bytes read into one array of its declared size (already checked against the ceiling):
+    never more than that is decompressed, and no second copy is made."""
+    out = np.empty(info.file_size, dtype=np.uint8)
+    view, filled = memoryview(out), 0
+    with archive.open(info) as member:
+        while filled < info.file_size:
+            count = member.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        if filled != info.file_size or member.read(1):
+            raise ModelLoadError(f"{source}: storage {key!r} does not hold the {info.file_size} bytes its zip "
+                                 f"entry declares")
+    return out
 
 
 def _load_zip(archive, source):
@@ -225,6 +281,7 @@ def _load_zip(archive, source):
     prefix = _zip_prefix(names, source)
     byteorder = _zip_byteorder(archive, prefix, names)
     storages = {}
+    storage_bytes = limits.Budget(f"{source}: the decompressed storages")
 
     def persistent_load(pid):
         storage_type, key, numel = _parse_storage_id(pid, 5)
@@ -234,19 +291,21 @@ def _load_zip(archive, source):
         if member not in names:
             raise ModelLoadError(f"{source}: storage {key!r} is not in the archive (no member {member!r})")
         dtype = storage_type.dtype.newbyteorder(byteorder)
-        declared = archive.getinfo(member).file_size
-        if declared != numel * dtype.itemsize:
-            raise ModelLoadError(f"{source}: storage {key!r} holds {declared} bytes, "
+        storage_bytes.add(numel * dtype.itemsize, f"{source}: storage {key!r} ({numel} x {dtype.itemsize} bytes)")
+        info = archive.getinfo(member)
+        if info.file_size != numel * dtype.itemsize:
+            raise ModelLoadError(f"{source}: storage {key!r} holds {info.file_size} bytes, "
                                  f"expected {numel} x {dtype.itemsize}")
-        raw = archive.read(member)
-        if len(raw) != numel * dtype.itemsize:
-            raise ModelLoadError(f"{source}: storage {key!r} holds {len(raw)} bytes, "
-                                 f"expected {numel} x {dtype.itemsize}")
+        _check_expansion(info, key, source)
         storage = _Storage(key, storage_type, numel)
-        storage.attach(np.frombuffer(raw, dtype=dtype))
+        storage.attach(_read_member(archive, info, key, source).view(dtype))
         storages[key] = storage
         return storage
 
+    pickle_size = archive.getinfo(prefix + "data.pkl").file_size
+    if pickle_size > MAX_PICKLE_BYTES:
+        raise ModelLoadError(f"{source}: data.pkl declares {pickle_size} bytes, more than a state dict's pickle "
+                             f"needs (at most {MAX_PICKLE_BYTES})")
     state = _unpickle(io.BytesIO(archive.read(prefix + "data.pkl")), persistent_load)
     return _require_state_dict(state, source)
 
@@ -266,7 +325,7 @@ def _legacy_header(stream, source):
     return "<" if sys_info.get("little_endian", True) else ">"
 
 
-def _read_legacy_storage(stream, storage, byteorder, source):
+def _read_legacy_storage(stream, storage, byteorder, source, storage_bytes):
     header = stream.read(8)
     if len(header) != 8:
         raise ModelLoadError(f"{source}: file truncated before storage {storage.key!r}")
@@ -275,6 +334,7 @@ def _read_legacy_storage(stream, storage, byteorder, source):
         raise ModelLoadError(f"{source}: storage {storage.key!r} holds {numel} elements, "
                              f"the pickle says {storage.numel}")
     dtype = storage.storage_type.dtype.newbyteorder(byteorder)
+    storage_bytes.add(numel * dtype.itemsize, f"{source}: storage {storage.key!r} ({numel} x {dtype.itemsize} bytes)")
     raw = stream.read(numel * dtype.itemsize)
     if len(raw) != numel * dtype.itemsize:
         raise ModelLoadError(f"{source}: file truncated inside storage {storage.key!r}")
@@ -315,8 +375,9 @@ def _load_legacy(data, source):
             or set(keys) != set(roots) or len(keys) != len(roots)):
         raise ModelLoadError(f"{source}: storage key list {keys!r} does not match the storages "
                              f"the state dict uses")
+    storage_bytes = limits.Budget(f"{source}: the storages")
     for key in keys:
-        _read_legacy_storage(stream, roots[key], byteorder, source)
+        _read_legacy_storage(stream, roots[key], byteorder, source, storage_bytes)
     return _require_state_dict(state, source)
 
 
@@ -329,6 +390,7 @@ def load_state_dict(path_or_bytes) -> "OrderedDict[str, np.ndarray]":
     else:
         source = str(path_or_bytes)
         try:
+            limits.check_bytes(os.stat(path_or_bytes).st_size, f".pth file {source!r}")
             with open(path_or_bytes, "rb") as f:
                 data = f.read()
         except OSError as exc:
@@ -337,7 +399,8 @@ def load_state_dict(path_or_bytes) -> "OrderedDict[str, np.ndarray]":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 return _load_zip(archive, source)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
+                NotImplementedError, RuntimeError) as exc:  # unsupported zip features, encrypted members
             raise ModelLoadError(f"{source}: truncated or corrupt zip archive: {exc}") from exc
     if data[:2] == b"\x80\x02":
         return _load_legacy(data, source)

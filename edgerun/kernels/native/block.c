@@ -2,38 +2,27 @@
  * band by band: for each band of output rows and each chunk of hidden channels, expand the
  * hidden rows the band needs, depthwise them, and accumulate their projection into out.
  *
- * Threads: a persistent pool (created on first use, torn down at exit, reset in a forked
- * child) runs the block one of two ways.
- * - Whole bands per thread, when the block has at least as many bands as threads and the
- *   caller gave one private slice of `expanded` and `depthwise` per thread (block_scratch
- *   with threads=T declares them): each thread takes whole bands, all their chunks, in its
- *   own slices; a band's projection writes only that band's output rows. One hand-over per
- *   block, and each thread keeps its data in its own core's cache.
- * - Otherwise the threads share every phase of one (band, chunk) step in the chunk's single
- *   buffers; the phases of a step are separated by waits. A narrow band (at most
- *   CHANNEL_SPLIT_PIXELS output pixels, e.g. the 7x7 and 14x14 blocks) is split by channels:
- *   expansion and depthwise by hidden channels, projection by output channels, so each thread
- *   reads part of the weights and the GEMMs keep every column; a wider band by rows: the
- *   expansion over hidden rows, the depthwise and projection over output rows.
+ * Python derives everything about the run (edgerun/kernels/native.py, block_contract and
+ * block_call): the geometry's sizes, the chunk size, every band's output and hidden rows, and the
+ * thread split; er_block_check asserts it is consistent and in bounds before anything runs.
+ * Threads (the pool of threadpool.c) run the block one of two ways.
+ * - Whole bands per thread (split mode ER_SPLIT_BANDS): each thread takes whole bands, all
+ *   their chunks, in its own slice of `expanded` and `depthwise`; a band's projection writes
+ *   only that band's output rows. One hand-over per block, and each thread keeps its data in
+ *   its own core's cache.
+ * - Shared (ER_SPLIT_SHARED): the threads share every phase of one (band, chunk) step in the
+ *   chunk's single buffers; the phases of a step are separated by waits. A band marked "by
+ *   channels" (narrow: the 7x7 and 14x14 blocks) is split by channels: expansion and depthwise
+ *   by hidden channels, projection by output channels, so each thread reads part of the weights
+ *   and the GEMMs keep every column; other bands by rows: the expansion over hidden rows, the
+ *   depthwise and projection over output rows.
  * Every output element is computed by the same operations in the same order whatever the
- * split, so any thread count gives the same bits. Waits spin briefly, then sleep on a
- * condition variable. */
-#define _POSIX_C_SOURCE 200809L /* clock_gettime, pthread_sigmask */
-#include <pthread.h>
-#include <signal.h>
-#include <math.h>
+ * split, so any thread count gives the same bits. */
 #include <string.h>
-#include <time.h>
-#if defined(__linux__)
-#include <sys/prctl.h>
-#endif
 
 #include "kernels.h"
-#ifndef CHANNEL_SPLIT_PIXELS
-#define CHANNEL_SPLIT_PIXELS 256
-#endif
+#include "threadpool.h"
 
-int er_ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 static int min_int(int a, int b) { return a < b ? a : b; }
 static int max_int(int a, int b) { return a > b ? a : b; }
@@ -76,272 +65,50 @@ const char *er_block_derive(er_block_geom *g)
     return NULL;
 }
 
-int er_block_hidden_rows(const er_block_geom *g, int band_rows)
+const char *er_block_check(const er_block_geom *g, int chunk, const er_band *bands, int nbands,
+                           const er_block_split *split)
 {
-    return min_int(g->hidden_height, (band_rows - 1) * g->dw_stride + g->dw_kernel);
-}
-
-/* ======================= persistent thread pool =======================
- * The caller's thread drives a job phase by phase: it posts a phase (a function and up to
- * MAX_THREADS independent items), runs items itself, and waits until every item is done.
- * Item k is first offered to participant k (the caller is 0, worker k is k), so the same
- * thread handles the same part of every phase and its data stays in its core's cache; an
- * item nobody has claimed yet is taken by whoever is free, so a worker the OS has not
- * scheduled holds nothing up (there is no barrier every thread must reach).
- * Claims: claims[i] holds the last phase that claimed item i. Phases only advance once every
- * item is done, so an item of the current phase is unclaimed exactly while claims[i] is
- * older than the phase; a late thread that claims for a phase that is over notices it and
- * drops the claim (a stale claim is older than the current phase, so it claims nothing). */
-#define MAX_THREADS 64
-#define DONE_SPIN_NS 200000L  /* items last microseconds: spin through them */
-#define PHASE_SPIN_NS 300000L /* and through the Python code between two block calls */
-
-#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
-#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
-
-typedef struct {
-    er_item_fn fn;
-    void *ctx;
-    int items;
-    int done;
-} phase_slot;
-
-struct er_team {
-    pthread_mutex_t lock; /* sleeping waiters and worker creation */
-    pthread_cond_t cv;    /* every state change a sleeper waits for is broadcast here */
-    pthread_cond_t idle_cv; /* workers beyond the current job's thread count sleep here */
-    int idle_sleepers;
-    pthread_t ids[MAX_THREADS];
-    int started;          /* workers 1..started exist */
-    int busy;             /* a job owns the pool (other callers run inline) */
-    int shutdown;
-    int sleepers;
-    int max_worker;       /* workers 1..max_worker take part in the current job */
-    unsigned phase;       /* the last phase posted */
-    phase_slot slots[2];  /* phase p is described in slots[p & 1] */
-    unsigned claims[MAX_THREADS];
-};
-
-static er_team pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
-                       .idle_cv = PTHREAD_COND_INITIALIZER};
-static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
-
-typedef struct {
-    int tid;
-    unsigned seen; /* the phase when the worker was created */
-} worker_start;
-
-static worker_start worker_starts[MAX_THREADS];
-
-/* Not PAUSE: under KVM a pausing loop can make the host deschedule the virtual CPU. */
-static void cpu_relax(void) { __asm__ __volatile__("" ::: "memory"); }
-
-static long elapsed_ns(const struct timespec *t0)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (now.tv_sec - t0->tv_sec) * 1000000000L + (now.tv_nsec - t0->tv_nsec);
-}
-
-typedef int (*predicate)(const void *arg);
-
-/* Spins up to spin_ns, then sleeps on the pool's condition variable until ready(arg).
- * Wakers change state (seq_cst) and then broadcast when sleepers > 0 (seq_cst): one of the
- * two always sees the other, so no wake-up is lost. */
-static void wait_for(predicate ready, const void *arg, long spin_ns)
-{
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (unsigned i = 1;; i++) {
-        if (ready(arg)) return;
-        cpu_relax();
-        if ((i & 127) == 0 && elapsed_ns(&t0) > spin_ns) break;
+    if (chunk < 1 || chunk > g->hidden_channels) return "the chunk must hold 1..E hidden channels";
+    if (nbands < 1 || bands[0].o0 != 0 || bands[nbands - 1].o1 != g->out_height)
+        return "the bands must cover the output rows from 0 to the output height";
+    if (split->slices < 1 || split->expanded_slice < 0 || split->depthwise_slice < 0)
+        return "the split needs at least one slice of non-negative size";
+    for (int b = 0; b < nbands; b++) {
+        const er_band *band = &bands[b];
+        if (band->o1 <= band->o0 || (b > 0 && band->o0 != bands[b - 1].o1))
+            return "bands must be non-empty, in order and contiguous";
+        /* the hidden rows the depthwise of output rows [o0, o1) reads must all be in the band */
+        int need0 = max_int(0, band->o0 * g->dw_stride - g->dw_pads[0]);
+        int need1 = min_int(g->hidden_height, (band->o1 - 1) * g->dw_stride - g->dw_pads[0] + g->dw_kernel);
+        if (band->h0 < 0 || band->h1 > g->hidden_height || band->h0 >= band->h1 || band->h0 > need0 ||
+            band->h1 < need1)
+            return "a band's hidden rows lie outside the hidden rows or miss rows its output reads";
+        if (band->by_channels != 0 && band->by_channels != 1) return "a band's by_channels flag must be 0 or 1";
+        if ((g->expand_kernel && (long)chunk * (band->h1 - band->h0) * g->hidden_width > split->expanded_slice) ||
+            (long)chunk * (band->o1 - band->o0) * g->out_width > split->depthwise_slice)
+            return "a band's chunk does not fit one scratch slice";
     }
-    pthread_mutex_lock(&pool.lock);
-    ADD(&pool.sleepers, 1);
-    while (!ready(arg)) pthread_cond_wait(&pool.cv, &pool.lock);
-    ADD(&pool.sleepers, -1);
-    pthread_mutex_unlock(&pool.lock);
-}
-
-static void wake_sleepers(void)
-{
-    if (LOAD(&pool.sleepers) > 0) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_broadcast(&pool.cv);
-        pthread_mutex_unlock(&pool.lock);
-    }
-}
-
-/* Runs the items of `phase` participant `me` can claim: its own first, then the others. */
-static void run_items(unsigned phase, int me)
-{
-    phase_slot *slot = &pool.slots[phase & 1];
-    er_item_fn fn = LOAD(&slot->fn);
-    void *ctx = LOAD(&slot->ctx);
-    int items = LOAD(&slot->items);
-    if (items < 1 || items > MAX_THREADS) return; /* read while rewritten: the phase is over */
-    for (int n = 0; n < items; n++) {
-        int i = (me + n) % items;
-        unsigned seen = LOAD(&pool.claims[i]);
-        if ((int)(seen - phase) >= 0) continue; /* claimed in this phase */
-        if (!__atomic_compare_exchange_n(&pool.claims[i], &seen, phase, 0, __ATOMIC_SEQ_CST,
-                                         __ATOMIC_SEQ_CST))
-            continue;
-        if (LOAD(&pool.phase) != phase) return; /* the phase was over: the claim is stale */
-        fn(ctx, i);
-        if (ADD(&slot->done, 1) == items) wake_sleepers();
-    }
-}
-
-static int phase_moved(const void *arg)
-{
-    return LOAD(&pool.shutdown) || LOAD(&pool.phase) != *(const unsigned *)arg;
-}
-
-static void *worker_main(void *arg)
-{
-    int tid = ((const worker_start *)arg)->tid;
-    unsigned seen = ((const worker_start *)arg)->seen;
-#if defined(__linux__)
-    prctl(PR_SET_NAME, "edgerun-pool", 0, 0, 0); /* as ps / top / /proc show it */
-#endif
-    for (;;) {
-        if (tid > LOAD(&pool.max_worker)) {
-            /* not needed by the current job: sleep until a job wants this many threads (the
-             * phase broadcasts do not wake this condition variable) */
-            pthread_mutex_lock(&pool.lock);
-            ADD(&pool.idle_sleepers, 1);
-            while (tid > LOAD(&pool.max_worker) && !LOAD(&pool.shutdown))
-                pthread_cond_wait(&pool.idle_cv, &pool.lock);
-            ADD(&pool.idle_sleepers, -1);
-            pthread_mutex_unlock(&pool.lock);
-        }
-        wait_for(phase_moved, &seen, PHASE_SPIN_NS);
-        if (LOAD(&pool.shutdown)) return NULL;
-        seen = LOAD(&pool.phase);
-        if (tid <= LOAD(&pool.max_worker)) run_items(seen, tid);
-    }
-}
-
-static void reset_in_child(void)
-{
-    /* the workers do not exist in a forked child: start afresh */
-    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    pthread_cond_t cv = PTHREAD_COND_INITIALIZER, idle_cv = PTHREAD_COND_INITIALIZER;
-    pool.lock = lock;
-    pool.cv = cv;
-    pool.idle_cv = idle_cv;
-    pool.started = pool.busy = pool.sleepers = pool.idle_sleepers = pool.shutdown = 0;
-}
-
-static void register_fork_handler(void) { pthread_atfork(NULL, NULL, reset_in_child); }
-
-/* Workers up to `wanted` (caller owns the pool). Threads block all signals: CPython's handlers
- * belong to its own threads. A thread that fails to start just means fewer workers. */
-static void grow_pool(int wanted)
-{
-    if (pool.started >= wanted) return;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    while (pool.started < wanted) {
-        int tid = pool.started + 1;
-        worker_starts[tid].tid = tid;
-        worker_starts[tid].seen = pool.phase;
-        if (pthread_create(&pool.ids[tid], NULL, worker_main, &worker_starts[tid]) != 0) break;
-        pool.started = tid;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-}
-
-er_team *er_team_begin(int threads)
-{
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads <= 1 || LOAD(&pool.shutdown) || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_SEQ_CST))
-        return NULL; /* one thread, or the pool serves another caller: same result inline */
-    pthread_once(&pool_once, register_fork_handler);
-    int previous = pool.max_worker;
-    STORE(&pool.max_worker, threads - 1); /* before new workers start: they join at once */
-    grow_pool(threads - 1);
-    if (pool.started == 0) {
-        STORE(&pool.busy, 0);
+    if (split->threads < 1 || split->threads > ER_MAX_THREADS) return "threads must be in 1..128";
+    switch (split->mode) {
+    case ER_SPLIT_SINGLE:
+        return split->threads == 1 ? NULL : "a one-thread split with more than one thread";
+    case ER_SPLIT_BANDS:
+        if (split->threads < 2 || split->slices != split->threads || nbands < split->threads)
+            return "whole bands per thread need threads >= 2, one slice per thread and a band per thread";
         return NULL;
+    case ER_SPLIT_SHARED:
+        return split->threads >= 2 ? NULL : "a shared split needs threads >= 2";
+    default:
+        return "unknown split mode";
     }
-    /* idle workers all have tid > previous: only a larger job needs any of them */
-    if (threads - 1 > previous && LOAD(&pool.idle_sleepers) > 0) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_broadcast(&pool.idle_cv);
-        pthread_mutex_unlock(&pool.lock);
-    }
-    return &pool;
-}
-
-static int phase_done(const void *arg)
-{
-    const phase_slot *slot = (const phase_slot *)arg;
-    return LOAD(&slot->done) == LOAD(&slot->items);
-}
-
-void er_team_run(er_team *team, er_item_fn fn, void *ctx, int items)
-{
-    if (team == NULL || items <= 1) {
-        for (int i = 0; i < items; i++) fn(ctx, i);
-        return;
-    }
-    if (items > MAX_THREADS) { /* more items than claim slots (kernels.h asks items <= threads) */
-        for (int i = 0; i < items; i++) fn(ctx, i);
-        return;
-    }
-    unsigned phase = team->phase + 1;
-    phase_slot *slot = &team->slots[phase & 1];
-    STORE(&slot->fn, fn);
-    STORE(&slot->ctx, ctx);
-    STORE(&slot->items, items);
-    STORE(&slot->done, 0);
-    /* every item unclaimed for the new phase, and claims never lag far behind it, so the
-     * wrapping comparison in run_items holds however many phases a process runs */
-    for (int i = 0; i < items; i++) STORE(&team->claims[i], phase - 1);
-    STORE(&team->phase, phase);
-    wake_sleepers();
-    run_items(phase, 0);
-    wait_for(phase_done, slot, DONE_SPIN_NS);
-}
-
-void er_team_end(er_team *team)
-{
-    if (team) STORE(&team->busy, 0);
-}
-
-void er_run_parts(er_item_fn fn, void *ctx, int parts)
-{
-    er_team *team = parts > 1 ? er_team_begin(parts) : NULL;
-    er_team_run(team, fn, ctx, parts);
-    er_team_end(team);
-}
-
-int er_pool_threads(void) { return LOAD(&pool.started) + 1; }
-
-void er_pool_shutdown(void)
-{
-    struct timespec pause = {0, 100000};
-    while (__atomic_exchange_n(&pool.busy, 1, __ATOMIC_SEQ_CST)) nanosleep(&pause, NULL);
-    STORE(&pool.shutdown, 1);
-    pthread_mutex_lock(&pool.lock);
-    pthread_cond_broadcast(&pool.cv);
-    pthread_cond_broadcast(&pool.idle_cv);
-    pthread_mutex_unlock(&pool.lock);
-    for (int i = 1; i <= pool.started; i++) pthread_join(pool.ids[i], NULL);
-    pool.started = 0;
-    STORE(&pool.busy, 0); /* later jobs run inline */
 }
 
 /* ======================= the block ======================= */
 typedef struct {
     const er_block_geom *g;
     const er_block_weights *w;
-    int t, band_rows;
+    int chunk;            /* hidden channels per chunk */
+    const er_band *bands; /* the bands Python derived, checked by er_block_check */
     const float *x;
     float *out, *expanded, *depthwise;
     /* the current (band, chunk) step, cut into `parts` ranges of output rows */
@@ -455,24 +222,6 @@ static void expand_rows_im2col(block_job *job, int c0, int c1, int h0, int h1, i
 }
 
 
-/* A part smaller than about 10 us of work costs more in hand-overs than it saves. */
-static long long min_part_macs = 300000;
-
-long long er_block_min_part_macs(long long value)
-{
-    long long old = LOAD(&min_part_macs);
-    if (value >= 0) STORE(&min_part_macs, value);
-    return old;
-}
-
-int er_worth_parts(double macs, int threads, int most)
-{
-    double fit = macs / ((double)LOAD(&min_part_macs) + 1.0);
-    int parts = threads < most ? threads : most;
-    if (fit < parts) parts = (int)fit;
-    return parts < 1 ? 1 : parts;
-}
-
 /* Output rows [*p0, *p1) of part k of the step's band. */
 static void part_rows(const block_job *job, int k, int *p0, int *p1)
 {
@@ -583,21 +332,20 @@ static void rows_item(void *ctx, int k)
                job->out + (long)job->o0 * g->out_width + n0, plane, 1, NULL, NULL);
 }
 
-/* Sets the job's band to output rows [o0, o0 + band_rows) and the hidden rows it reads. */
-static void set_band(block_job *job, int o0)
+/* Sets the job's band to band b: its output rows [o0, o1) and the hidden rows [h0, h1) they read. */
+static void set_band(block_job *job, int b)
 {
-    const er_block_geom *g = job->g;
-    job->o0 = o0;
-    job->o1 = min_int(o0 + job->band_rows, g->out_height);
-    job->h0 = max_int(0, o0 * g->dw_stride - g->dw_pads[0]);
-    job->h1 = min_int(g->hidden_height, (job->o1 - 1) * g->dw_stride - g->dw_pads[0] + g->dw_kernel);
+    job->o0 = job->bands[b].o0;
+    job->o1 = job->bands[b].o1;
+    job->h0 = job->bands[b].h0;
+    job->h1 = job->bands[b].h1;
 }
 
 /* Multiply-adds of one (band, chunk) step of the job's current band. */
 static double step_macs(const block_job *job)
 {
     const er_block_geom *g = job->g;
-    int chunk = er_ceil_div(g->hidden_channels, job->t);
+    int chunk = job->chunk;
     int band_out = (job->o1 - job->o0) * g->out_width, k2 = g->expand_kernel * g->expand_kernel;
     return (double)chunk * ((double)g->in_channels * k2 * (job->h1 - job->h0) * g->hidden_width +
                             (double)(g->dw_kernel * g->dw_kernel + g->out_channels) * band_out);
@@ -607,11 +355,6 @@ static double step_macs(const block_job *job)
  * thread too few columns for the GEMM tiles. Phase 1, part k: expansion and depthwise of its
  * share of the chunk's hidden channels; phase 2, part k: the projection of its share of the
  * output channels over all the band's pixels. Scratch layouts are those of one part. */
-void er_share(int n, int parts, int k, int *a, int *b)
-{
-    *a = (int)((long)n * k / parts);
-    *b = (int)((long)n * (k + 1) / parts);
-}
 
 static void hidden_item(void *ctx, int k)
 {
@@ -672,23 +415,19 @@ static void project_item(void *ctx, int k)
                plane, 1, NULL, NULL);
 }
 
-/* Bands of at most this many output pixels are split by channels, wider ones by rows
- * (scheduler.blocks.CHANNEL_SPLIT_PIXELS says the same to the cost model). */
-static int channel_split_pixels = CHANNEL_SPLIT_PIXELS;
-
-/* Row split: each (band, chunk) step is [expansion of the hidden rows, split by rows] then
- * [depthwise and projection, split by output rows]; each phase completes before the next
+/* Shared split: each (band, chunk) step of a band split by rows is [expansion of the hidden
+ * rows, split by rows] then [depthwise and projection, split by output rows]; a band split by
+ * channels runs [hidden_item] then [project_item]; each phase completes before the next
  * starts. Part k of both phases goes to the same thread, so its rows stay in its cache. */
-static void run_steps(er_team *team, block_job *job, int threads)
+static void run_steps(er_team *team, block_job *job, int nbands, int threads)
 {
     const er_block_geom *g = job->g;
-    int chunk = er_ceil_div(g->hidden_channels, job->t);
-    for (int o0 = 0; o0 < g->out_height; o0 += job->band_rows) {
-        set_band(job, o0);
-        int by_channels = (job->o1 - o0) * g->out_width <= channel_split_pixels;
-        int most = by_channels ? min_int(g->out_channels, chunk) : job->o1 - o0;
-        job->parts = team ? max_int(1, min_int(min_int(min_int(threads, MAX_THREADS), most),
-                                               (int)fmin(1e9, step_macs(job) / ((double)LOAD(&min_part_macs) + 1.0)))) : 1;
+    int chunk = job->chunk;
+    for (int b = 0; b < nbands; b++) {
+        set_band(job, b);
+        int by_channels = job->bands[b].by_channels;
+        int most = by_channels ? min_int(g->out_channels, chunk) : job->o1 - job->o0;
+        job->parts = team ? er_worth_parts(step_macs(job), threads, most) : 1;
         by_channels = by_channels && job->parts > 1;
         for (int c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
             job->c0 = c0;
@@ -720,12 +459,12 @@ static void band_item(void *ctx, int k)
     band_job *bands = (band_job *)ctx;
     block_job job = *bands->base;
     const er_block_geom *g = job.g;
-    int chunk = er_ceil_div(g->hidden_channels, job.t);
+    int chunk = job.chunk;
     job.parts = 1;
     if (job.expanded) job.expanded += (long)k * bands->expanded_slice;
     job.depthwise += (long)k * bands->depthwise_slice;
     for (int b = k; b < bands->bands; b += bands->items) {
-        set_band(&job, b * job.band_rows);
+        set_band(&job, b);
         for (int c0 = 0; c0 < g->hidden_channels; c0 += chunk) {
             job.c0 = c0;
             job.c1 = min_int(c0 + chunk, g->hidden_channels);
@@ -735,34 +474,33 @@ static void band_item(void *ctx, int k)
     }
 }
 
-static void run_bands(er_team *team, block_job *job, int items)
+static void run_bands(er_team *team, block_job *job, int nbands, const er_block_split *split)
 {
-    const er_block_geom *g = job->g;
-    int chunk = er_ceil_div(g->hidden_channels, job->t);
-    band_job bands = {.base = job, .bands = er_ceil_div(g->out_height, job->band_rows)};
-    bands.expanded_slice = (long)chunk * er_block_hidden_rows(g, job->band_rows) * g->hidden_width;
-    bands.depthwise_slice = (long)chunk * job->band_rows * g->out_width;
+    band_job bands = {.base = job, .bands = nbands, .expanded_slice = split->expanded_slice,
+                      .depthwise_slice = split->depthwise_slice};
+    int items = split->threads;
     /* a block too small to pay for the hand-over runs on the caller (slice 0) */
     set_band(job, 0);
-    double macs = step_macs(job) * er_ceil_div(g->hidden_channels, chunk) * bands.bands;
-    if (macs < 2.0 * (double)LOAD(&min_part_macs)) items = 1;
-    bands.items = min_int(items, bands.bands);
+    double macs = step_macs(job) * er_ceil_div(job->g->hidden_channels, job->chunk) * nbands;
+    if (macs < 2.0 * (double)er_min_part_macs(-1)) items = 1;
+    bands.items = min_int(items, nbands);
     er_team_run(team, band_item, &bands, bands.items);
 }
 
-void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
-                  const float *x, float *out, float *expanded, float *depthwise, int threads,
-                  int slices)
+const char *er_block_run(const er_block_geom *g, int chunk, const er_band *bands, int nbands,
+                         const er_block_weights *w, const float *x, float *out, float *expanded,
+                         float *depthwise, const er_block_split *split)
 {
-    block_job job = {.g = g, .w = w, .t = t, .band_rows = band_rows, .x = x, .out = out,
+    const char *error = er_block_check(g, chunk, bands, nbands, split);
+    if (error) return error;
+    block_job job = {.g = g, .w = w, .chunk = chunk, .bands = bands, .x = x, .out = out,
                      .expanded = expanded, .depthwise = depthwise};
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    int parallel_bands = threads > 1 && slices >= threads &&
-                         er_ceil_div(g->out_height, band_rows) >= threads;
-    er_team *team = er_team_begin(threads);
-    if (parallel_bands)
-        run_bands(team, &job, threads);
+    er_team *team = NULL;
+    if ((error = er_team_begin(split->threads, &team)) != NULL) return error;
+    if (split->mode == ER_SPLIT_BANDS)
+        run_bands(team, &job, nbands, split);
     else
-        run_steps(team, &job, threads);
+        run_steps(team, &job, nbands, split->threads);
     er_team_end(team);
+    return NULL;
 }

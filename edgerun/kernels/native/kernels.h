@@ -93,9 +93,25 @@ typedef struct {
     int dw_pads[4];
     int out_channels;
     int residual;
-    /* derived by er_block_derive */
+    /* derived by er_block_derive (the binding asserts they equal what Python derived) */
     int hidden_height, hidden_width, out_height, out_width;
 } er_block_geom;
+
+/* One band of a block run, as Python derives it (scheduler.blocks.band_row_ranges): output rows
+ * [o0, o1), the hidden rows [h0, h1) they read, and by_channels (1: threads sharing the band split
+ * it by channels, 0: by rows). Laid out as a row of the int32 (bands, 5) table of the binding. */
+typedef struct {
+    int o0, o1, h0, h1, by_channels;
+} er_band;
+
+/* How the threads share the block (the kernel contract's ThreadSplit, edgerun/kernels/native.py). */
+enum er_split_mode { ER_SPLIT_SINGLE = 0, ER_SPLIT_BANDS = 1, ER_SPLIT_SHARED = 2 };
+typedef struct {
+    int mode;                              /* enum er_split_mode */
+    int threads;
+    int slices;                            /* per-thread slices of `expanded` and `depthwise` */
+    long expanded_slice, depthwise_slice;  /* floats of one slice */
+} er_block_split;
 
 typedef struct {
     const float *we;     /* (E, Cin, ke, ke) or NULL */
@@ -110,45 +126,25 @@ typedef struct {
 
 /* Fills the derived sizes; returns NULL when the geometry is valid, else a message. */
 const char *er_block_derive(er_block_geom *g);
-int er_block_hidden_rows(const er_block_geom *g, int band_rows);
-int er_ceil_div(int a, int b);
 
-/* Runs the block for one image. expanded: slices * ceil(E/t) * hidden_rows(band_rows) * Wh
- * floats (unused without expansion); depthwise: slices * ceil(E/t) * band_rows * Wo floats.
- * With threads > 1, slices >= threads and at least `threads` bands, each thread takes whole
- * bands into its own slice (slice k: the k-th run of ceil(E/t) * ... floats); otherwise only
- * slice 0 is used and the threads split each (band, chunk) step by channels (narrow bands) or
- * by rows. The result has the same bits for any thread count. */
-void er_block_run(const er_block_geom *g, int t, int band_rows, const er_block_weights *w,
-                  const float *x, float *out, float *expanded, float *depthwise, int threads,
-                  int slices);
+static inline int er_ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
-/* Persistent thread pool (workers start on first use and stay; waits spin briefly, then sleep).
- * A job: team = er_team_begin(threads) (NULL: run on the calling thread alone, also while the
- * pool serves another caller); er_team_run(team, fn, ctx, items) runs fn(ctx, i) for every
- * i in [0, items) (items <= threads), on the caller and up to threads - 1 workers, and
- * returns when all are done; item i goes to participant i (the caller is 0) unless another
- * is free first. er_team_end(team). Items of one call must be independent of each other. */
-typedef struct er_team er_team;
-typedef void (*er_item_fn)(void *ctx, int item);
-er_team *er_team_begin(int threads);
-void er_team_run(er_team *team, er_item_fn fn, void *ctx, int items);
-void er_team_end(er_team *team);
-/* One phase of `parts` items on a team of that many threads (begin, run, end). */
-void er_run_parts(er_item_fn fn, void *ctx, int parts);
-int er_pool_threads(void);     /* 1 + workers started so far */
-void er_pool_shutdown(void);   /* joins the workers (at exit); later jobs run on one thread */
+/* NULL when the chunk size, bands and split Python derived are consistent with the (derived)
+ * geometry and in bounds: bands contiguous from row 0 to the output height, each band's hidden
+ * rows inside the hidden rows and holding every row its depthwise reads, each band's chunk
+ * inside one slice, the split mode matching threads and slices. Else a message. */
+const char *er_block_check(const er_block_geom *g, int chunk, const er_band *bands, int nbands,
+                           const er_block_split *split);
 
-/* Steps whose work is under 2 * this many multiply-adds run on one thread; value >= 0 sets
- * it (tests set 0 to split every step), returns the previous value. */
-long long er_block_min_part_macs(long long value);
-
-/* How many parts (1 ..min(threads, most)) `macs` multiply-adds are worth splitting into: each
- * part gets at least about er_block_min_part_macs of them. */
-int er_worth_parts(double macs, int threads, int most);
-
-/* Part k of `parts` near-equal contiguous ranges of [0, n): [*a, *b). */
-void er_share(int n, int parts, int k, int *a, int *b);
+/* Runs the block for one image (after er_block_check; NULL, or why it did not run).
+ * expanded: split->slices slices of split->expanded_slice floats (unused without expansion);
+ * depthwise: split->slices slices of split->depthwise_slice floats. ER_SPLIT_BANDS: each thread
+ * takes whole bands into its own slice (slice k); otherwise only slice 0 is used and the threads
+ * split each (band, chunk) step as the band says (by channels or rows). The result has the same
+ * bits for any thread count. */
+const char *er_block_run(const er_block_geom *g, int chunk, const er_band *bands, int nbands,
+                         const er_block_weights *w, const float *x, float *out, float *expanded,
+                         float *depthwise, const er_block_split *split);
 
 /* C[m*ldc + n] (+)= sum_k A[k*lda + m] * B[k*ldb + n]; without accumulate C starts from
  * bias[m] (or 0 when bias is NULL); act is applied to the result. */
@@ -160,8 +156,8 @@ int er_gemm_vector_floats(void);
 
 void er_apply_activation(float *p, long n, const er_act *act);
 
-/* out[c] = mean of x[c * pixels ...]; threads take ranges of channels. */
-void er_global_average_pool(const float *x, float *out, int channels, long pixels, int threads);
+/* out[c] = mean of x[c * pixels ...]; threads take ranges of channels. NULL, or the pool's error. */
+const char *er_global_average_pool(const float *x, float *out, int channels, long pixels, int threads);
 
 /* Depthwise conv of one channel plane (H, W) -> (Ho, Wo), bias + activation. */
 void er_depthwise_plane(const float *src, int height, int width, const float *w, int k, int stride,

@@ -8,45 +8,69 @@
 
 #include "kernels.h"
 #include "pybuffers.h"
+#include "threadpool.h"
 
+/* The geometry and the sizes Python derived from it; the sizes must equal er_block_derive's. */
 static int parse_geometry(PyObject *spec, er_block_geom *g)
 {
+    int given[4];
     memset(g, 0, sizeof *g);
-    if (!PyArg_ParseTuple(spec, "iiiiii(iiii)ii(iiii)ip", &g->in_channels, &g->in_height,
+    if (!PyArg_ParseTuple(spec, "iiiiii(iiii)ii(iiii)ip(iiii)", &g->in_channels, &g->in_height,
                           &g->in_width, &g->hidden_channels, &g->expand_kernel, &g->expand_stride,
                           &g->expand_pads[0], &g->expand_pads[1], &g->expand_pads[2],
                           &g->expand_pads[3], &g->dw_kernel, &g->dw_stride, &g->dw_pads[0],
                           &g->dw_pads[1], &g->dw_pads[2], &g->dw_pads[3], &g->out_channels,
-                          &g->residual))
+                          &g->residual, &given[0], &given[1], &given[2], &given[3]))
         return -1;
     const char *problem = er_block_derive(g);
     if (problem) {
         PyErr_Format(PyExc_ValueError, "block geometry: %s", problem);
         return -1;
     }
+    int derived[4] = {g->hidden_height, g->hidden_width, g->out_height, g->out_width};
+    static const char *names[4] = {"hidden height", "hidden width", "output height", "output width"};
+    for (int i = 0; i < 4; i++)
+        if (given[i] != derived[i]) {
+            PyErr_Format(PyExc_ValueError, "block geometry: the %s given is %d, the kernel derives %d",
+                         names[i], given[i], derived[i]);
+            return -1;
+        }
     return 0;
 }
 
+static int parse_split(PyObject *spec, er_block_split *split)
+{
+    if (!PyTuple_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "split must be a tuple");
+        return -1;
+    }
+    return PyArg_ParseTuple(spec, "iiill", &split->mode, &split->threads, &split->slices,
+                            &split->expanded_slice, &split->depthwise_slice) ? 0 : -1;
+}
+
 PyDoc_STRVAR(run_block_doc,
-"run_block(x, out, we, we_t, be, wd, bd, wp_t, bp, expanded, depthwise, geometry, t, band_rows,\n"
-"          expand_act, dw_act, threads, slices=1)\n\n"
-"Fused inverted-residual block for one image. geometry = (Cin, H, W, E, ke, se, (4 pads), kd,\n"
-"sd, (4 pads), Cout, residual); activations are (code, a, b). we/we_t/be are None when ke == 0.\n"
-"expanded and depthwise hold `slices` per-thread slices of one thread's size; threads take whole\n"
-"bands into their own slice when slices >= threads and the block has >= threads bands.");
+"run_block(x, out, we, we_t, be, wd, bd, wp_t, bp, expanded, depthwise, geometry, chunk, bands,\n"
+"          expand_act, dw_act, split)\n\n"
+"Fused inverted-residual block for one image, run as Python derived it (edgerun/kernels/native.py).\n"
+"geometry = (Cin, H, W, E, ke, se, (4 pads), kd, sd, (4 pads), Cout, residual, (Hh, Wh, Ho, Wo));\n"
+"chunk: hidden channels per chunk; bands: int32 (bands, 5) rows (o0, o1, h0, h1, by_channels);\n"
+"activations are (code, a, b); split = (mode 0 one thread / 1 whole bands / 2 shared, threads,\n"
+"slices, floats of one expanded slice, floats of one depthwise slice). we/we_t/be are None when\n"
+"ke == 0. Every one of these is checked (ValueError) before the block runs.");
 
 static PyObject *py_run_block(PyObject *self, PyObject *args)
 {
     PyObject *x, *out, *we, *we_t, *be, *wd, *bd, *wp_t, *bp, *expanded, *depthwise, *geom_spec;
-    PyObject *expand_spec, *dw_spec;
-    int t, band_rows, threads, slices = 1;
+    PyObject *bands_obj, *expand_spec, *dw_spec, *split_spec;
+    int chunk;
     er_block_geom g;
+    er_block_split split;
     er_block_weights w;
     er_buffer_set set = {.count = 0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiiOOi|i", &x, &out, &we, &we_t, &be, &wd, &bd, &wp_t, &bp,
-                          &expanded, &depthwise, &geom_spec, &t, &band_rows, &expand_spec, &dw_spec,
-                          &threads, &slices))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiOOOO", &x, &out, &we, &we_t, &be, &wd, &bd, &wp_t, &bp,
+                          &expanded, &depthwise, &geom_spec, &chunk, &bands_obj, &expand_spec, &dw_spec,
+                          &split_spec))
         return NULL;
     if (!PyTuple_Check(geom_spec) || parse_geometry(geom_spec, &g) != 0) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "geometry must be a tuple");
@@ -54,22 +78,36 @@ static PyObject *py_run_block(PyObject *self, PyObject *args)
     }
     memset(&w, 0, sizeof w);
     if (er_parse_activation(expand_spec, &w.expand_act, "expand_act") != 0 ||
-        er_parse_activation(dw_spec, &w.dw_act, "dw_act") != 0)
+        er_parse_activation(dw_spec, &w.dw_act, "dw_act") != 0 || parse_split(split_spec, &split) != 0)
         return NULL;
-    if (t < 1 || t > g.hidden_channels || band_rows < 1 || band_rows > g.out_height) {
-        PyErr_Format(PyExc_ValueError, "t must be in 1..%d and band_rows in 1..%d, got %d and %d",
-                     g.hidden_channels, g.out_height, t, band_rows);
-        return NULL;
-    }
-    if (slices < 1 || slices > 4096) {
-        PyErr_Format(PyExc_ValueError, "slices must be in 1..4096, got %d", slices);
+    if (split.slices < 1 || split.slices > ER_MAX_THREADS || split.expanded_slice < 0 ||
+        split.depthwise_slice < 0 || split.expanded_slice > PY_SSIZE_T_MAX / ER_MAX_THREADS ||
+        split.depthwise_slice > PY_SSIZE_T_MAX / ER_MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "split: slices must be in 1..%d and slice sizes non-negative",
+                     ER_MAX_THREADS);
         return NULL;
     }
     Py_ssize_t E = g.hidden_channels, Cin = g.in_channels, Cout = g.out_channels;
     Py_ssize_t k2 = (Py_ssize_t)g.expand_kernel * g.expand_kernel;
     Py_ssize_t kd2 = (Py_ssize_t)g.dw_kernel * g.dw_kernel;
-    Py_ssize_t chunk = er_ceil_div(g.hidden_channels, t);
-    Py_ssize_t hidden_rows = er_block_hidden_rows(&g, band_rows);
+    Py_buffer band_view;
+    if (PyObject_GetBuffer(bands_obj, &band_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return NULL;
+    int nbands = (int)(band_view.len / (Py_ssize_t)sizeof(er_band));
+    if (band_view.itemsize != 4 || !band_view.format || (strcmp(band_view.format, "i") && strcmp(band_view.format, "=i")
+        && strcmp(band_view.format, "<i")) || band_view.len % (Py_ssize_t)sizeof(er_band) || nbands < 1 ||
+        nbands > g.out_height) {
+        PyBuffer_Release(&band_view);
+        PyErr_SetString(PyExc_ValueError, "bands must be a C-contiguous int32 array of (o0, o1, h0, h1, "
+                                          "by_channels) rows, one per band");
+        return NULL;
+    }
+    const er_band *bands = (const er_band *)band_view.buf;
+    const char *problem = er_block_check(&g, chunk, bands, nbands, &split);
+    if (problem) {
+        PyBuffer_Release(&band_view);
+        PyErr_Format(PyExc_ValueError, "block run: %s", problem);
+        return NULL;
+    }
     const float *xp = er_acquire(&set, x, "x", Cin * g.in_height * g.in_width, 0, 0);
     float *outp = xp ? er_acquire(&set, out, "out", Cout * g.out_height * g.out_width, 0, 1) : NULL;
     if (!outp) goto fail;
@@ -87,22 +125,23 @@ static PyObject *py_run_block(PyObject *self, PyObject *args)
     float *expanded_p = NULL;
     if (g.expand_kernel &&
         !(expanded_p = er_acquire(&set, expanded, "scratch 'expanded'",
-                                  slices * chunk * hidden_rows * g.hidden_width,
-                                  1, 1)))
+                                  (Py_ssize_t)split.slices * split.expanded_slice, 1, 1)))
         goto fail;
     float *depthwise_p = er_acquire(&set, depthwise, "scratch 'depthwise'",
-                                    slices * chunk * band_rows * g.out_width, 1, 1);
+                                    (Py_ssize_t)split.slices * split.depthwise_slice, 1, 1);
     if (!depthwise_p || er_check_no_overlap(&set) != 0) goto fail;
 
     Py_BEGIN_ALLOW_THREADS
-    er_block_run(&g, t, band_rows, &w, xp, outp, expanded_p, depthwise_p, threads,
-                 slices);
+    problem = er_block_run(&g, chunk, bands, nbands, &w, xp, outp, expanded_p, depthwise_p, &split);
     Py_END_ALLOW_THREADS
 
     er_release_all(&set);
+    PyBuffer_Release(&band_view);
+    if (problem) return PyErr_Format(PyExc_RuntimeError, "block run: %s", problem);
     Py_RETURN_NONE;
 fail:
     er_release_all(&set);
+    PyBuffer_Release(&band_view);
     return NULL;
 }
 
@@ -179,7 +218,8 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
         return NULL;
     int ho = (h + pads[0] + pads[2] - k) / s + 1, wo = (wd + pads[1] + pads[3] - k) / s + 1;
     if (c < 1 || h < 1 || wd < 1 || k < 1 || s < 1 || pads[0] < 0 || pads[1] < 0 || pads[2] < 0 ||
-        pads[3] < 0 || h + pads[0] + pads[2] < k || wd + pads[1] + pads[3] < k || threads < 1) {
+        pads[3] < 0 || h + pads[0] + pads[2] < k || wd + pads[1] + pads[3] < k || threads < 1 ||
+        threads > ER_MAX_THREADS) {
         PyErr_SetString(PyExc_ValueError, "depthwise_conv: invalid sizes, kernel, stride, pads or threads");
         return NULL;
     }
@@ -193,11 +233,13 @@ static PyObject *py_depthwise_conv(PyObject *self, PyObject *args)
     }
     depthwise_job job = {.x = xp, .w = wp, .bias = bp, .out = op, .channels = c, .h = h, .wd = wd, .k = k,
                          .s = s, .ho = ho, .wo = wo, .pads = pads, .act = &act};
+    const char *error;
     Py_BEGIN_ALLOW_THREADS
     job.parts = er_worth_parts((double)c * ho * wo * k * k, threads, c);
-    er_run_parts(depthwise_item, &job, job.parts);
+    error = er_run_parts(depthwise_item, &job, job.parts);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
+    if (error) return PyErr_Format(PyExc_RuntimeError, "depthwise_conv: %s", error);
     Py_RETURN_NONE;
 }
 
@@ -211,8 +253,8 @@ static PyObject *py_global_average_pool(PyObject *self, PyObject *args)
     er_buffer_set set = {.count = 0};
     (void)self;
     if (!PyArg_ParseTuple(args, "OOin|i", &x, &out, &c, &pixels, &threads)) return NULL;
-    if (c < 1 || pixels < 1 || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "global_average_pool: sizes and threads must be positive");
+    if (c < 1 || pixels < 1 || threads < 1 || threads > ER_MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "global_average_pool: sizes must be positive and threads in 1..128");
         return NULL;
     }
     const float *xp = er_acquire(&set, x, "x", c * pixels, 0, 0);
@@ -221,10 +263,12 @@ static PyObject *py_global_average_pool(PyObject *self, PyObject *args)
         er_release_all(&set);
         return NULL;
     }
+    const char *error;
     Py_BEGIN_ALLOW_THREADS
-    er_global_average_pool(xp, op, c, (long)pixels, threads);
+    error = er_global_average_pool(xp, op, c, (long)pixels, threads);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
+    if (error) return PyErr_Format(PyExc_RuntimeError, "global_average_pool: %s", error);
     Py_RETURN_NONE;
 }
 
@@ -251,7 +295,7 @@ static PyObject *py_block_min_part_macs(PyObject *self, PyObject *args)
     long long value = -1;
     (void)self;
     if (!PyArg_ParseTuple(args, "|L", &value)) return NULL;
-    return PyLong_FromLongLong(er_block_min_part_macs(value));
+    return PyLong_FromLongLong(er_min_part_macs(value));
 }
 
 static PyObject *py_pool_threads(PyObject *self, PyObject *unused)
@@ -259,6 +303,37 @@ static PyObject *py_pool_threads(PyObject *self, PyObject *unused)
     (void)self;
     (void)unused;
     return PyLong_FromLong(er_pool_threads());
+}
+
+static PyObject *py_pool_stats(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    er_pool_stats stats = er_pool_statistics();
+    return Py_BuildValue("{s:L,s:L,s:i,s:i}", "jobs", stats.jobs, "waits", stats.waits, "waiting",
+                         stats.waiting, "last_threads", stats.last_threads);
+}
+
+static PyObject *py_pool_hold(PyObject *self, PyObject *args)
+{
+    int threads;
+    const char *error;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "i", &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS /* waits while another caller's job runs */
+    error = er_pool_hold(threads);
+    Py_END_ALLOW_THREADS
+    if (error) return PyErr_Format(PyExc_RuntimeError, "pool_hold: %s", error);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_pool_release(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    const char *error = er_pool_release();
+    if (error) return PyErr_Format(PyExc_RuntimeError, "pool_release: %s", error);
+    Py_RETURN_NONE;
 }
 
 /* steps.c: kernels of non-block steps */
@@ -279,6 +354,12 @@ static PyMethodDef methods[] = {
      "at least this many multiply-adds; sets it when value >= 0; returns the previous value."},
     {"pool_threads", py_pool_threads, METH_NOARGS,
      "Threads of the persistent kernel pool so far (the caller's thread + started workers)."},
+    {"pool_stats", py_pool_stats, METH_NOARGS,
+     "The pool's counters: jobs begun on a team, jobs that waited for another caller's, callers waiting\n"
+     "now, and the threads of the last team begun."},
+    {"pool_hold", py_pool_hold, METH_VARARGS,
+     "pool_hold(threads): (test hook) hold the pool from this thread as a job of that many threads would."},
+    {"pool_release", py_pool_release, METH_NOARGS, "(test hook) let go of the pool pool_hold took."},
     {"pw_info", er_py_pw_info, METH_VARARGS, "pw_info(M, N, K) -> (packed floats, edge floats)."},
     {"pw_pack", er_py_pw_pack, METH_VARARGS, "pw_pack(w (M, K), packed, M, K): weights in GEMM panels."},
     {"pw_conv", er_py_pw_conv, METH_VARARGS,
@@ -302,6 +383,10 @@ PyMODINIT_FUNC PyInit__native(void)
 {
     static int pool_exit_registered = 0;
     PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "MAX_THREADS", ER_MAX_THREADS) != 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (m && !pool_exit_registered) /* join the pool's workers when the interpreter exits */
         pool_exit_registered = Py_AtExit(er_pool_shutdown) == 0;
     return m;

@@ -16,6 +16,7 @@
 #define ER_VECTOR_HELPERS
 #include "kernels.h"
 #include "pybuffers.h"
+#include "threadpool.h"
 
 #define PKC 256 /* rows of K per block */
 
@@ -184,12 +185,14 @@ static void fill_edge(float *edge, const float *x, int N, int k0, int kc)
 /* out (M, N) = act(W x (K, N) + bias), W packed by er_pw_pack; edge: er_pw_edge_floats(N, K) floats.
  * With threads > 1 the panels (output channels) are shared out; every element is computed the
  * same way whatever the thread count. */
-void er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float *out, const float *bias,
-                const er_act *act, float *edge, int threads)
+static const char *er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float *out,
+                              const float *bias, const er_act *act, float *edge, int threads)
 {
     int panels = (M + PMR - 1) / PMR;
     int parts = er_worth_parts((double)M * N * K, threads, panels);
-    er_team *team = parts > 1 ? er_team_begin(parts) : NULL;
+    er_team *team = NULL;
+    const char *error = er_team_begin(parts, &team);
+    if (error) return error;
     for (int k0 = 0; k0 < K; k0 += PKC) {
         int kc = K - k0 < PKC ? K - k0 : PKC;
         if (N % PNR) fill_edge(edge, x, N, k0, kc);
@@ -198,6 +201,7 @@ void er_pw_gemm(int M, int N, int K, const float *packed, const float *x, float 
         er_team_run(team, pw_item, &job, parts);
     }
     er_team_end(team);
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- matrix-vector (classifiers) */
@@ -251,11 +255,12 @@ static void gemv_item(void *ctx, int part)
 }
 
 /* y (rows) = w (rows, K) x (K) + bias; threads take ranges of rows. */
-void er_gemv(int rows, int K, const float *w, const float *x, const float *bias, float *y, int threads)
+static const char *er_gemv(int rows, int K, const float *w, const float *x, const float *bias, float *y,
+                           int threads)
 {
     gemv_job job = {.w = w, .x = x, .bias = bias, .y = y, .rows = rows, .K = K};
     job.parts = er_worth_parts((double)rows * K, threads, (rows + GEMV_ROWS - 1) / GEMV_ROWS);
-    er_run_parts(gemv_item, &job, job.parts);
+    return er_run_parts(gemv_item, &job, job.parts);
 }
 
 PyObject *er_py_gemv(PyObject *self, PyObject *args)
@@ -265,8 +270,8 @@ PyObject *er_py_gemv(PyObject *self, PyObject *args)
     int rows, K, threads = 1;
     er_buffer_set set = {.count = 0};
     if (!PyArg_ParseTuple(args, "OOOOii|i", &w, &x, &bias, &y, &rows, &K, &threads)) return NULL;
-    if (rows < 1 || K < 1 || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "gemv: sizes and threads must be positive");
+    if (rows < 1 || K < 1 || threads < 1 || threads > ER_MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "gemv: sizes must be positive and threads in 1..128");
         return NULL;
     }
     const float *wp = er_acquire(&set, w, "w", (Py_ssize_t)rows * K, 0, 0);
@@ -278,10 +283,12 @@ PyObject *er_py_gemv(PyObject *self, PyObject *args)
         er_release_all(&set);
         return NULL;
     }
+    const char *error;
     Py_BEGIN_ALLOW_THREADS
-    er_gemv(rows, K, wp, xp, bp, yp, threads);
+    error = er_gemv(rows, K, wp, xp, bp, yp, threads);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
+    if (error) return PyErr_Format(PyExc_RuntimeError, "gemv: %s", error);
     Py_RETURN_NONE;
 }
 
@@ -317,11 +324,11 @@ static void gap_item(void *ctx, int part)
     for (int c = c0; c < c1; c++) job->out[c] = mean_of(job->x + c * job->pixels, job->pixels);
 }
 
-void er_global_average_pool(const float *x, float *out, int channels, long pixels, int threads)
+const char *er_global_average_pool(const float *x, float *out, int channels, long pixels, int threads)
 {
     gap_job job = {.x = x, .out = out, .channels = channels, .pixels = pixels};
     job.parts = er_worth_parts((double)channels * pixels, threads, channels);
-    er_run_parts(gap_item, &job, job.parts);
+    return er_run_parts(gap_item, &job, job.parts);
 }
 
 /* ---------------------------------------------------------------- pooling */
@@ -478,8 +485,8 @@ PyObject *er_py_pw_conv(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOiiiO|i", &x, &packed, &bias, &out, &edge, &M, &N, &K, &act_spec, &threads) ||
         er_parse_activation(act_spec, &act, "act") != 0)
         return NULL;
-    if (M < 1 || N < 1 || K < 1 || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "pw_conv: sizes and threads must be positive");
+    if (M < 1 || N < 1 || K < 1 || threads < 1 || threads > ER_MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "pw_conv: sizes must be positive and threads in 1..128");
         return NULL;
     }
     long edge_floats = er_pw_edge_floats(N, K);
@@ -494,10 +501,12 @@ PyObject *er_py_pw_conv(PyObject *self, PyObject *args)
         er_release_all(&set);
         return NULL;
     }
+    const char *error;
     Py_BEGIN_ALLOW_THREADS
-    er_pw_gemm(M, N, K, pp, xp, op, bp, &act, ep, threads);
+    error = er_pw_gemm(M, N, K, pp, xp, op, bp, &act, ep, threads);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
+    if (error) return PyErr_Format(PyExc_RuntimeError, "pw_conv: %s", error);
     Py_RETURN_NONE;
 }
 
