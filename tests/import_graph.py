@@ -1,8 +1,8 @@
 """The import graph of edgerun/ and scheduler/, read from the source with ast (nothing is imported).
 
 Every `import` and `from ... import` counts, at module level or inside a function; `from package
-import name` counts as an import of `package.name` when that is a module of the tree, else of
-`package`. Relative imports are resolved against the importing module.
+import name` counts as an import of `package.name` when that is a module of the tree, nothing when it
+is the compiled extension, else of `package`. Relative imports are resolved against the importing module.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("edgerun", "scheduler")
+# compiled from edgerun/kernels/native/*.c; a leaf that imports nothing of the tree
+EXTENSION_MODULES = ("edgerun.kernels._native",)
 
 
 def module_files() -> dict[str, Path]:
@@ -62,7 +64,7 @@ def imports_of(name: str, modules: dict[str, Path]) -> list[tuple[str, int, bool
         elif isinstance(node, ast.ImportFrom):
             source = _absolute(node, name, modules)
             targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source
-                       for alias in node.names]
+                       for alias in node.names if f"{source}.{alias.name}" not in EXTENSION_MODULES]
         for target in targets:
             known = _known(target, modules)
             if known is not None and known != name:

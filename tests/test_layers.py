@@ -16,15 +16,10 @@ ENTRY_POINT = "edgerun.__main__"   # `python -m edgerun`: the command line's sec
 # What running a bundle must never load: the ONNX front end, onnx itself, the tools.
 FRONT_END_AND_TOOLS = ("onnx", "onnxruntime", "edgerun.passes", "edgerun.loader", "edgerun.session",
                        "edgerun.compiler", "edgerun.models", "edgerun.zoo", APP_PREFIX)
-# Function-level imports of the tree's own modules that remain, each owned by another part of the code:
-# the kernel dispatcher imports its backends on first use (edgerun.kernels, under restructuring by the
-# kernel-contract work), and the zoo reads .pth files only for pretrained weights.
-KNOWN_LOCAL_IMPORTS = {
-    ("edgerun.kernels", "edgerun.kernels.native"), ("edgerun.kernels", "edgerun.kernels.numpy_block"),
-    ("edgerun.kernels", "scheduler.blocks"), ("edgerun.kernels.numpy_block", "edgerun.kernels"),
-    ("edgerun.kernels.native", "edgerun.kernels"), ("edgerun.zoo.mobilenet_v2", "edgerun.zoo.pth"),
-}
-KNOWN_CYCLES = [["edgerun.kernels", "edgerun.kernels.native", "edgerun.kernels.numpy_block"]]
+# The one function-level import of the tree's own modules that remains: the zoo reads .pth files only
+# for pretrained weights.
+KNOWN_LOCAL_IMPORTS = {("edgerun.zoo.mobilenet_v2", "edgerun.zoo.pth")}
+
 OPTIONAL_DEPENDENCIES = ("onnxruntime", "matplotlib", "PIL", "psutil")
 
 
@@ -109,9 +104,9 @@ def test_the_bundle_format_knows_only_the_ir_and_the_errors():
     assert graph["edgerun.bundle_format"] == {"edgerun.ir", "edgerun.errors"}
 
 
-def test_the_import_graph_has_no_cycle_but_the_kernel_dispatchers():
+def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert cycles(graph) == KNOWN_CYCLES
+    assert cycles(graph) == []
 
 
 def test_function_level_imports_are_only_optional_dependencies_and_the_known_ones():
@@ -136,5 +131,5 @@ def test_the_graph_reader_sees_function_level_imports():
     modules = module_files()
     found = {(target, top) for target, _, top in imports_of("edgerun.cli.main", modules)}
     assert ("edgerun.session", True) in found and ("edgerun.cli.plot", True) in found
-    local = {(target, top) for target, _, top in imports_of("edgerun.kernels", modules)}
-    assert ("edgerun.kernels.numpy_block", False) in local
+    local = {(target, top) for target, _, top in imports_of("edgerun.zoo.mobilenet_v2", modules)}
+    assert ("edgerun.zoo.pth", False) in local

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerun.errors import EdgerunError
+from edgerun import limits
+from edgerun.errors import EdgerunError, ResourceLimitError
 from edgerun.loader import load_model
-from edgerun.passes import ENV_VAR, PASS_NAMES, UnknownPassError, constfold, disabled_passes, optimize
+from edgerun.passes import ENV_VAR, PASS_NAMES, UnknownPassError, disabled_passes, optimize
 from edgerun.reference import run_graph
 from edgerun.shape_inference import infer_shapes
 
@@ -511,17 +512,21 @@ def test_constant_subgraph_over_initializers_is_evaluated():
     np.testing.assert_array_equal(graph.initializers[graph.nodes[1].inputs[1]].ravel(), [0, 2, 4, 6])
 
 
-def test_folding_is_bounded_in_size(monkeypatch):
-    monkeypatch.setattr(constfold, "MAX_FOLDED_ELEMENTS", 10)
+def test_folding_is_bounded_by_the_memory_ceiling():
+    """A constant output is folded into a weight whatever its size, but never past edgerun's ceiling."""
     b = ModelBuilder(seed=21)
-    big = b.node("ConstantOfShape", [b.const(np.array([1, 4, 5, 5], np.int64))],
+    big = b.node("ConstantOfShape", [b.const(np.array([64, 4, 5, 5], np.int64))],
                  value=numpy_helper.from_array(np.array([1.5], np.float32)))
     y = b.node("Add", [b.conv("x", 3, 4, 3, act="relu"), big])
-    graph = optimised_and_checked(b.model({"x": (1, 3, 5, 5)}, {y: 4}), {"x": (1, 3, 5, 5)})
-    assert sorted(op_types(graph)) == ["Add", "ConstantOfShape", "FusedConv"]
-    monkeypatch.setattr(constfold, "MAX_FOLDED_ELEMENTS", 100)
-    graph = optimised_and_checked(b.model({"x": (1, 3, 5, 5)}, {y: 4}), {"x": (1, 3, 5, 5)})
+    model = b.model({"x": (1, 3, 5, 5)}, {y: 4})
+    graph = optimised_and_checked(model, {"x": (1, 3, 5, 5)})
     assert op_types(graph) == ["FusedConv", "Add"]
+    limits.set_max_bytes(10_000)   # the constant takes 64*4*5*5*4 = 25,600 bytes
+    try:
+        with pytest.raises(ResourceLimitError, match=r"ConstantOfShape.*25,600 bytes"):
+            optimised_and_checked(model, {"x": (1, 3, 5, 5)})
+    finally:
+        limits.set_max_bytes(None)
 
 
 # ---------------------------------------------------------------- driver

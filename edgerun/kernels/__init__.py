@@ -9,107 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from edgerun.errors import EdgerunError
 # the activation table lives in its own module; re-exported here for older imports
 from edgerun.kernels.activations import _PARAM_COUNTS, ACTIVATION_KINDS, Activation  # noqa: F401
+from edgerun.kernels.block_args import BlockWeights, check_block_args, holds_scratch  # noqa: F401
+from edgerun.kernels import native, numpy_block
 
 BACKENDS = ("numpy", "native")
-
-
-def _f32(array) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class BlockWeights:
-    """Weights of one inverted-residual block, plus layouts the kernels want.
-
-    we (E, Cin, ke, ke) or None, be (E,), wd (E, kd, kd), bd (E,), wp (Cout, E), bp (Cout,).
-    Derived (weights are not activation memory, so copies are fine):
-    we_t (Cin*ke*ke, E), wd_taps (kd*kd, E), wp_t (E, Cout): any chunk of hidden channels is
-    a contiguous slice of the taps / rows the kernels walk.
-    """
-
-    we: np.ndarray | None
-    be: np.ndarray | None
-    wd: np.ndarray
-    bd: np.ndarray
-    wp: np.ndarray
-    bp: np.ndarray
-    expand_act: Activation = Activation()
-    dw_act: Activation = Activation()
-    we_t: np.ndarray | None = field(init=False, repr=False)
-    wd_taps: np.ndarray = field(init=False, repr=False)
-    wp_t: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        hidden = self.wd.shape[0]
-        if self.we is not None:
-            put("we", _f32(self.we))
-            put("be", _f32(self.be if self.be is not None else np.zeros(hidden)))
-            if self.we.ndim != 4 or self.we.shape[0] != hidden or self.be.shape != (hidden,):
-                raise EdgerunError(f"expansion weights {self.we.shape} do not match {hidden} hidden channels")
-            put("we_t", _f32(self.we.reshape(hidden, -1).T))
-        else:
-            put("be", None)
-            put("we_t", None)
-        put("wd", _f32(np.reshape(self.wd, (hidden,) + tuple(self.wd.shape[-2:]))))
-        put("bd", _f32(self.bd))
-        put("wp", _f32(np.reshape(self.wp, self.wp.shape[:2])))
-        put("bp", _f32(self.bp))
-        if self.wd.shape[1] != self.wd.shape[2] or self.bd.shape != (hidden,):
-            raise EdgerunError(f"depthwise weights {self.wd.shape} / bias {self.bd.shape} are inconsistent")
-        if self.wp.shape[1] != hidden or self.bp.shape != (self.wp.shape[0],):
-            raise EdgerunError(f"projection weights {self.wp.shape} / bias {self.bp.shape} do not match "
-                               f"{hidden} hidden channels")
-        put("wd_taps", _f32(self.wd.reshape(hidden, -1).T))
-        put("wp_t", _f32(self.wp.T))
-
-    @property
-    def hidden_channels(self) -> int:
-        return self.wd.shape[0]
-
-    @property
-    def dw_kernel(self) -> int:
-        return self.wd.shape[1]
-
-    @property
-    def expand_kernel(self) -> int:
-        return 0 if self.we is None else self.we.shape[2]
-
-    @classmethod
-    def from_arrays(cls, we, be, wd, bd, wp, bp, expand_act=Activation(), dw_act=Activation()):
-        """From ONNX-layout arrays: We (E,Cin,ke,ke) or None, Wd (E,1,kd,kd), Wp (Cout,E,1,1)."""
-        return cls(we=we, be=be, wd=wd, bd=bd, wp=wp, bp=bp, expand_act=expand_act, dw_act=dw_act)
-
-    @classmethod
-    def from_node(cls, node, arrays: dict[str, np.ndarray]) -> "BlockWeights":
-        """From an `edgerun.InvertedResidual` node; `arrays` maps its weight input names to arrays."""
-        def tensor(i):
-            name = node.input(i)
-            if not name:
-                return None
-            if name not in arrays:
-                raise EdgerunError(f"{node.describe()}: weight {name!r} is not a known constant")
-            return arrays[name]
-
-        def activation(prefix):
-            return Activation(node.attrs.get(f"{prefix}_activation", ""),
-                              tuple(node.attrs.get(f"{prefix}_activation_params", ())))
-
-        wd, bd, wp, bp = tensor(3), tensor(4), tensor(5), tensor(6)
-        if bd is None:
-            bd = np.zeros(np.shape(wd)[0], np.float32)
-        if bp is None:
-            bp = np.zeros(np.shape(wp)[0], np.float32)
-        return cls.from_arrays(tensor(1), tensor(2), wd, bd, wp, bp,
-                               activation("expand"), activation("dw"))
-
 
 _native_state: dict = {}
 
@@ -161,10 +68,8 @@ def block_kernel(backend_name: str):
     """The module of a backend's block kernel: it defines block_contract(geom, sched, threads) and
     block_call / run_block honouring it."""
     if backend_name == "numpy":
-        from edgerun.kernels import numpy_block
         return numpy_block
     if backend_name == "native":
-        from edgerun.kernels import native
         return native
     raise EdgerunError(f"unknown kernel backend {backend_name!r}; expected one of {BACKENDS}")
 
@@ -199,53 +104,3 @@ def block_call(x, out, weights, geom, sched, scratch, backend=None, threads=1, c
         raise EdgerunError(f"the contract is for schedule {contract.schedule} on {contract.threads} thread(s), "
                            f"not {sched} on {threads}")
     return kernel.block_call(x, out, weights, geom, contract, scratch)
-
-
-def _check_array(name: str, array, shape: tuple[int, ...]) -> None:
-    if not isinstance(array, np.ndarray):
-        raise EdgerunError(f"{name}: expected a numpy array, got {type(array).__name__}")
-    if array.dtype != np.float32:
-        raise EdgerunError(f"{name}: expected float32, got {array.dtype}")
-    if not array.flags.c_contiguous:
-        raise EdgerunError(f"{name}: must be C-contiguous")
-    if array.shape != shape:
-        raise EdgerunError(f"{name}: expected shape {shape}, got {array.shape}")
-
-
-def holds_scratch(scratch, contract) -> bool:
-    """Whether `scratch` has every buffer the contract (scheduler.KernelContract) declares, big enough."""
-    if not isinstance(scratch, dict):
-        return False
-    for buf in contract.scratch:
-        view = scratch.get(buf.name)
-        if not isinstance(view, np.ndarray) or view.nbytes < buf.nbytes:
-            return False
-    return True
-
-
-def check_block_args(x, out, weights, geom, contract, scratch) -> None:
-    """Raise EdgerunError unless the arrays match the geometry and the scratch holds every buffer the
-    contract (scheduler.KernelContract) declares, big enough (all its per-thread slices)."""
-    _check_array("x", x, (geom.in_channels, geom.in_height, geom.in_width))
-    _check_array("out", out, (geom.out_channels, geom.out_height, geom.out_width))
-    if np.may_share_memory(x, out):
-        raise EdgerunError("x and out must not overlap")
-    if not isinstance(weights, BlockWeights):
-        raise EdgerunError(f"weights: expected BlockWeights, got {type(weights).__name__}")
-    if (weights.hidden_channels != geom.hidden_channels or weights.dw_kernel != geom.dw_kernel
-            or weights.expand_kernel != geom.expand_kernel or weights.wp.shape[0] != geom.out_channels
-            or (weights.we is not None and weights.we.shape[1] != geom.in_channels)):
-        raise EdgerunError(f"weights (hidden {weights.hidden_channels}, dw kernel {weights.dw_kernel}, "
-                           f"expand kernel {weights.expand_kernel}, out {weights.wp.shape[0]}) "
-                           f"do not match the block geometry {geom}")
-    for buf in contract.scratch:
-        view = scratch.get(buf.name) if isinstance(scratch, dict) else None
-        if view is None:
-            raise EdgerunError(f"scratch {buf.name!r} ({buf.nbytes} bytes) is missing")
-        if not isinstance(view, np.ndarray) or view.dtype != np.float32 or view.ndim != 1 \
-                or not view.flags.c_contiguous:
-            raise EdgerunError(f"scratch {buf.name!r}: expected a 1-D C-contiguous float32 array")
-        if view.nbytes < buf.nbytes:
-            slices = f" ({buf.slices} slices of {buf.slice_bytes})" if buf.slices > 1 else ""
-            raise EdgerunError(f"scratch {buf.name!r} holds {view.nbytes} bytes, the block needs "
-                               f"{buf.nbytes}{slices}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.errors import EdgerunError
-from edgerun.kernels import Activation, check_block_args
+from edgerun.kernels.activations import Activation
+from edgerun.kernels.block_args import check_block_args
 from scheduler.blocks import band_count, band_hidden_rows, band_row_ranges, chunk_channels
 from scheduler.contract import (BY_CHANNELS, BY_ROWS, SINGLE, WHOLE_BANDS, KernelContract, ScratchBuffer,
                                 ThreadSplit)

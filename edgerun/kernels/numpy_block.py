@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from edgerun.kernels.activations import apply_inplace
+from edgerun.kernels.block_args import check_block_args
 from scheduler.blocks import band_hidden_rows, band_row_ranges, chunk_channels, chunk_ranges, input_rows_for
 from scheduler.contract import SINGLE, KernelContract, ScratchBuffer, ThreadSplit
 from scheduler.cost import register_default
@@ -50,7 +51,6 @@ def run_block(x, out, weights, geom, sched, scratch) -> None:
 
 def block_call(x, out, weights, geom, contract: KernelContract, scratch):
     """The block for one image, checked now against `contract`, run by calling the result."""
-    from edgerun.kernels import check_block_args
 
     check_block_args(x, out, weights, geom, contract, scratch)
     sched = contract.schedule

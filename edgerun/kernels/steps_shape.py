@@ -38,6 +38,13 @@ class DropoutKernel(ShapeOpKernel):
             mask.fill(1)
 
 
+class ConstantOfShapeKernel(ShapeOpKernel):
+    """A ConstantOfShape too large to fold (edgerun.passes.constfold) is filled in the arena at run time."""
+
+    def run(self, node, inputs, outputs, scratch):
+        outputs[0].fill(self.reference._fill_value(node))
+
+
 class CastKernel(StepKernel):
     """numpy's cast, as the reference op's astype (NaN or out-of-range values to integers are unspecified
     by ONNX; both give numpy's result)."""

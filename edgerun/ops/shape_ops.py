@@ -8,8 +8,8 @@ import numpy as np
 
 from edgerun.ir import TensorInfo
 from edgerun.kernels.numpy_steps import ConcatKernel, CopyReshapeKernel, TransposeKernel
-from edgerun.kernels.steps_shape import (CastKernel, DropoutKernel, GatherKernel, IdentityKernel, PadKernel,
-                                         SliceKernel, SplitKernel)
+from edgerun.kernels.steps_shape import (CastKernel, ConstantOfShapeKernel, DropoutKernel, GatherKernel,
+                                         IdentityKernel, PadKernel, SliceKernel, SplitKernel)
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, attr_ints, attr_str, invalid, require_inputs
 
@@ -624,5 +624,6 @@ register("Shape", _shape_infer, _shape_compute)
 register("Gather", _gather_infer, _gather_compute, step=GatherKernel(_THIS), any_dtype=True)
 register("Cast", _cast_infer, _cast_compute, step=CastKernel(), any_dtype=True)
 register("Constant", _constant_infer, _constant_compute)
-register("ConstantOfShape", _constant_of_shape_infer, _constant_of_shape_compute)
+register("ConstantOfShape", _constant_of_shape_infer, _constant_of_shape_compute, step=ConstantOfShapeKernel(_THIS),
+         any_dtype=True)
 register("Pad", _pad_infer, _pad_compute, step=PadKernel(_THIS), any_dtype=True)

@@ -26,7 +26,7 @@ def run(graph: Graph) -> bool:
         if not _may_fold(graph, node):
             continue
         values = _known_outputs(graph, node)
-        if values is None or any(v is not None and v.size > MAX_FOLDED_ELEMENTS for v in values):
+        if values is None:
             continue
         _replace_by_constants(graph, node, values)
         changed = True
@@ -52,12 +52,12 @@ def _known_outputs(graph: Graph, node: Node) -> list[np.ndarray] | None:
 
 
 def _outputs_too_large(graph: Graph, node: Node) -> bool:
-    """Outputs above MAX_FOLDED_ELEMENTS stay computed at run time (inside the planned arena, under its ceiling):
-    a few constant bytes can describe gigabytes (ConstantOfShape, Expand, Tile), so the shapes are checked
-    before evaluating. Outputs of unknown shape are not folded either."""
+    """Whether the outputs must stay computed at run time: when their shapes are unknown. A constant output is a
+    weight however large (kept out of the activation arena), but a few constant bytes can describe gigabytes
+    (ConstantOfShape, Expand, Tile): its size is checked against edgerun's ceiling before it is evaluated."""
     for name in node.outputs:
         info = graph.value_info.get(name) if name else None
-        if name and (info is None or not info.is_static or math.prod(info.shape) > MAX_FOLDED_ELEMENTS):
+        if name and (info is None or not info.is_static):
             return True
         if name:
             limits.check_bytes(math.prod(info.shape) * np.dtype(info.dtype).itemsize,

@@ -1,0 +1,451 @@
+"""Run a segment of plain steps depth-first, row by row, with ring buffers in one arena.
+
+The numpy oracle of streaming (docs/segments.md): `scheduler.segments` gives the row
+schedule and each inner tensor's ring rows; this module lays the rings and the per-row
+scratch out in one float32 arena with the scheduler's planner, then runs the schedule.
+Each step computes one output row at a time from rows of its input (a ring, or the whole
+segment input), so nothing of activation size is ever allocated: row work goes through
+`out=` into ring slots or small per-row scratch views of the arena.
+
+Steps: `Conv` (any kernel, stride, dilation, pads, groups incl. depthwise), `Pool` (max /
+average), `Activation` (a row of the activation table with an `into` form), `Add` (residual:
+the previous tensor plus an earlier one, row for row) and `GlobalAveragePool` (last step
+only: it accumulates rows as they arrive, so its input never exists whole).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgerun.errors import InvalidInputError, InvalidModelError
+from edgerun.kernels.activations import KINDS
+from scheduler.planner import GreedyBySizePlanner
+from scheduler.segments import SEGMENT_INPUT, RowStep, plan_segment
+
+ITEMSIZE = 4
+UFUNC_BUFFER_ITEMS = 1024  # as numpy_steps: keeps numpy's strided-copy buffers small
+
+
+# ---------------------------------------------------------------- step descriptions
+@dataclass(frozen=True, eq=False)
+class Conv:
+    weight: np.ndarray               # (M, C / group, kh, kw)
+    bias: np.ndarray | None = None   # (M,)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)   # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+
+
+@dataclass(frozen=True)
+class Pool:
+    kind: str                        # "max" or "avg"
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    count_include_pad: bool = False
+
+
+@dataclass(frozen=True)
+class Activation:
+    kind: str                        # a name of edgerun.kernels.activations.KINDS
+    params: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Add:
+    skip: int                        # index of an earlier step of the segment, or -1: its input
+
+
+@dataclass(frozen=True)
+class GlobalAveragePool:
+    pass
+
+
+# ---------------------------------------------------------------- row sources
+class _WholeRows:
+    """The segment input: every row present."""
+
+    def __init__(self) -> None:
+        self.array = None
+
+    def row(self, r: int) -> np.ndarray:
+        return self.array[:, r, :]
+
+
+class _RingRows:
+    def __init__(self, ring: np.ndarray) -> None:
+        self.ring = ring             # (R, C, W)
+
+    def row(self, r: int) -> np.ndarray:
+        return self.ring[r % self.ring.shape[0]]
+
+
+def _out_size(size: int, kernel: int, stride: int, dilation: int, begin: int, end: int) -> int:
+    return (size + begin + end - ((kernel - 1) * dilation + 1)) // stride + 1
+
+
+def _column_ranges(width: int, out_width: int, kernel: int, stride: int, dilation: int, left: int):
+    """Per kernel column kx: (first, stop) output columns whose tap is inside the input, and
+    the input column read by the first of them."""
+    ranges = []
+    for kx in range(kernel):
+        start = kx * dilation - left
+        first = -(start // stride) if start < 0 else 0      # ceil(-start / stride)
+        stop = min(out_width, (width - 1 - start) // stride + 1) if width - 1 - start >= 0 else 0
+        stop = max(stop, first)
+        ranges.append((first, stop, start + first * stride))
+    return ranges
+
+
+def _check_window(where: str, kernel, strides, dilations, pads) -> None:
+    if len(kernel) != 2 or len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
+        raise InvalidModelError(f"{where}: 2-D kernel, strides, dilations and 4 pads expected")
+    if min(kernel) < 1 or min(strides) < 1 or min(dilations) < 1 or min(pads) < 0:
+        raise InvalidModelError(f"{where}: kernel, strides, dilations must be >= 1 and pads >= 0")
+    for axis in range(2):
+        effective = (kernel[axis] - 1) * dilations[axis] + 1
+        if pads[axis] >= effective or pads[axis + 2] >= effective:
+            raise InvalidModelError(f"{where}: pads {list(pads)} must be smaller than the "
+                                    f"effective kernel {effective}")
+
+
+# ---------------------------------------------------------------- row kernels
+class _RowKernel:
+    """One step bound to its input shape: output shape, RowStep, scratch items, row compute."""
+
+    scratch_items = 0
+    skip: int | None = None
+
+    def row_step(self, name: str) -> RowStep:
+        raise NotImplementedError
+
+    def compute(self, out_row: int, src, skip_src, dst: np.ndarray, scratch: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class _WindowKernel(_RowKernel):
+    def _bind_window(self, where, in_shape, kernel, strides, dilations, pads) -> None:
+        _check_window(where, kernel, strides, dilations, pads)
+        c, h, w = in_shape
+        self.kernel, self.strides, self.dilations, self.pads = kernel, strides, dilations, pads
+        self.in_height, self.in_width = h, w
+        self.out_height = _out_size(h, kernel[0], strides[0], dilations[0], pads[0], pads[2])
+        self.out_width = _out_size(w, kernel[1], strides[1], dilations[1], pads[1], pads[3])
+        if self.out_height < 1 or self.out_width < 1:
+            raise InvalidModelError(f"{where}: empty output for input {in_shape}")
+        self.columns = _column_ranges(w, self.out_width, kernel[1], strides[1], dilations[1], pads[1])
+
+    def _input_row(self, out_row: int, ky: int) -> int | None:
+        r = out_row * self.strides[0] - self.pads[0] + ky * self.dilations[0]
+        return r if 0 <= r < self.in_height else None
+
+    def _tap(self, row: np.ndarray, kx: int):
+        """(first, stop, input columns) of kernel column kx, or None when no tap is inside."""
+        first, stop, x0 = self.columns[kx]
+        if stop == first:
+            return None
+        return first, stop, row[:, x0:x0 + (stop - first - 1) * self.strides[1] + 1:self.strides[1]]
+
+    def row_step(self, name: str) -> RowStep:
+        return RowStep(name, self.in_height, self.out_height, self.out_channels, self.out_width,
+                       kernel=self.kernel[0], stride=self.strides[0], dilation=self.dilations[0],
+                       pad_top=self.pads[0])
+
+
+class _ConvRows(_WindowKernel):
+    def __init__(self, op: Conv, in_shape, where: str) -> None:
+        weight = np.ascontiguousarray(op.weight, dtype=np.float32)
+        if weight.ndim != 4:
+            raise InvalidModelError(f"{where}: conv weight must be (M, C/group, kh, kw)")
+        m, cg, kh, kw = weight.shape
+        c = in_shape[0]
+        if op.group < 1 or c != cg * op.group or m % op.group:
+            raise InvalidModelError(f"{where}: input channels {c} and weight {weight.shape} do not "
+                                    f"match group {op.group}")
+        self._bind_window(where, in_shape, (kh, kw), tuple(op.strides), tuple(op.dilations),
+                          tuple(op.pads))
+        self.out_channels, self.group = m, op.group
+        self.taps = cg * kh * kw
+        self.w3 = weight.reshape(op.group, m // op.group, self.taps)
+        bias = np.zeros(m, np.float32) if op.bias is None else np.asarray(op.bias, np.float32)
+        if bias.shape != (m,):
+            raise InvalidModelError(f"{where}: bias must have {m} values")
+        self.bias = bias.reshape(m, 1).copy()
+        self.scratch_items = c * kh * kw * self.out_width   # one output row's im2col
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        kh, kw = self.kernel
+        cols = scratch.reshape(-1, kh, kw, self.out_width)
+        for ky in range(kh):
+            r = self._input_row(out_row, ky)
+            if r is None:
+                cols[:, ky].fill(0.0)
+                continue
+            row = src.row(r)
+            for kx in range(kw):
+                tap = self._tap(row, kx)
+                if tap is None:
+                    cols[:, ky, kx].fill(0.0)
+                    continue
+                first, stop, taps = tap
+                cols[:, ky, kx, :first].fill(0.0)
+                cols[:, ky, kx, stop:].fill(0.0)
+                np.copyto(cols[:, ky, kx, first:stop], taps)
+        cols3 = scratch.reshape(self.group, self.taps, self.out_width)
+        out3 = dst.reshape(self.group, self.out_channels // self.group, self.out_width)
+        np.matmul(self.w3, cols3, out=out3)
+        np.add(dst, self.bias, out=dst)
+
+
+class _PoolRows(_WindowKernel):
+    def __init__(self, op: Pool, in_shape, where: str) -> None:
+        if op.kind not in ("max", "avg"):
+            raise InvalidModelError(f"{where}: pool kind must be 'max' or 'avg', got {op.kind!r}")
+        self._bind_window(where, in_shape, tuple(op.kernel), tuple(op.strides),
+                          tuple(op.dilations), tuple(op.pads))
+        self.kind, self.out_channels = op.kind, in_shape[0]
+        empty_rows = [o for o in range(self.out_height)
+                      if all(self._input_row(o, ky) is None for ky in range(self.kernel[0]))]
+        empty_columns = [o for o in range(self.out_width)
+                         if not any(first <= o < stop for first, stop, _ in self.columns)]
+        if empty_rows or empty_columns:
+            raise InvalidModelError(f"{where}: a pooling window covers padding only (output rows "
+                                    f"{empty_rows[:3]}, columns {empty_columns[:3]})")
+        if op.kind == "avg":
+            if op.count_include_pad:
+                self.inverse_columns = np.full(self.out_width, 1.0 / (op.kernel[1]), np.float32)
+            else:
+                counts = np.zeros(self.out_width, np.float32)
+                for first, stop, _ in self.columns:
+                    counts[first:stop] += 1.0
+                self.inverse_columns = (1.0 / counts).astype(np.float32)
+            self.include_pad = op.count_include_pad
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        is_max = self.kind == "max"
+        dst.fill(-np.inf if is_max else 0.0)
+        combine = np.maximum if is_max else np.add
+        valid_rows = 0
+        for ky in range(self.kernel[0]):
+            r = self._input_row(out_row, ky)
+            if r is None:
+                continue
+            valid_rows += 1
+            row = src.row(r)
+            for kx in range(self.kernel[1]):
+                tap = self._tap(row, kx)
+                if tap is None:
+                    continue
+                first, stop, taps = tap
+                part = dst[:, first:stop]
+                combine(part, taps, out=part)
+        if not is_max:
+            rows = self.kernel[0] if self.include_pad else valid_rows
+            np.multiply(dst, self.inverse_columns, out=dst)
+            np.multiply(dst, np.float32(1.0 / rows), out=dst)
+
+
+class _AlignedRows(_RowKernel):
+    """Row-aligned steps: output row r reads input row r only."""
+
+    def __init__(self, in_shape) -> None:
+        self.out_channels, self.height, self.out_width = in_shape
+
+    def row_step(self, name: str) -> RowStep:
+        return RowStep(name, self.height, self.height, self.out_channels, self.out_width,
+                       skip=self.skip)
+
+
+class _ActivationRows(_AlignedRows):
+    def __init__(self, op: Activation, in_shape, where: str) -> None:
+        super().__init__(in_shape)
+        kind = KINDS.get(op.kind)
+        if kind is None or kind.into is None:
+            raise InvalidModelError(f"{where}: activation {op.kind!r} has no streaming form; "
+                                    f"choose one of {sorted(k for k, v in KINDS.items() if v.into)}")
+        if len(op.params) != len(kind.params):
+            raise InvalidModelError(f"{where}: activation {op.kind!r} takes {len(kind.params)} "
+                                    f"parameters, got {len(op.params)}")
+        self.into, self.params = kind.into, tuple(float(p) for p in op.params)
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        self.into(src.row(out_row), dst, *self.params)
+
+
+class _AddRows(_AlignedRows):
+    def __init__(self, op: Add, in_shape, skip_shape, where: str) -> None:
+        super().__init__(in_shape)
+        if tuple(skip_shape) != tuple(in_shape):
+            raise InvalidModelError(f"{where}: Add of shapes {tuple(in_shape)} and skip "
+                                    f"{tuple(skip_shape)}")
+        self.skip = op.skip
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        np.add(src.row(out_row), skip_src.row(out_row), out=dst)
+
+
+class _GlobalAverageRows(_RowKernel):
+    """Sums each input row as it arrives into the output (C,); scales once at the end."""
+
+    def __init__(self, in_shape) -> None:
+        self.out_channels, self.in_height, self.in_width = in_shape
+        self.scratch_items = self.out_channels   # one row's sums
+
+    def row_step(self, name: str) -> RowStep:
+        return RowStep(name, self.in_height, 1, self.out_channels, 1, reduce=True)
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        np.add.reduce(src.row(out_row), axis=1, out=scratch)
+        np.add(dst, scratch, out=dst)
+
+
+def _bind(op, index: int, in_shape, shapes, last: bool) -> _RowKernel:
+    where = f"segment step {index} ({type(op).__name__})"
+    if isinstance(op, Conv):
+        return _ConvRows(op, in_shape, where)
+    if isinstance(op, Pool):
+        return _PoolRows(op, in_shape, where)
+    if isinstance(op, Activation):
+        return _ActivationRows(op, in_shape, where)
+    if isinstance(op, Add):
+        if not SEGMENT_INPUT <= op.skip < index:
+            raise InvalidModelError(f"{where}: skip {op.skip} must name an earlier step or -1")
+        return _AddRows(op, in_shape, shapes[op.skip], where)
+    if isinstance(op, GlobalAveragePool):
+        if not last:
+            raise InvalidModelError(f"{where}: GlobalAveragePool must end the segment")
+        return _GlobalAverageRows(in_shape)
+    raise InvalidModelError(f"{where}: {type(op).__name__} cannot stream")
+
+
+def _output_shape(kernel: _RowKernel) -> tuple[int, int, int]:
+    step = kernel.row_step("")
+    return step.channels, step.out_height, step.width
+
+
+# ---------------------------------------------------------------- the runner
+class SegmentRunner:
+    """A segment bound to an input shape (C, H, W) and a band height, with its arena.
+
+    `run(x, out)` reads the whole input x and writes the whole output `out`; every tensor
+    between lives in a ring of `schedule.rings[i].rows` rows inside `arena`.  `chunks`: rows
+    per call of each step (scheduler.segments.row_schedule; default its steady chunks).
+    `arena`: a 1-D float32 view of at least `arena_bytes` to run in (e.g. the executor's
+    arena at the segment's offset); by default the runner allocates its own.
+    """
+
+    def __init__(self, ops, in_shape, band_rows: int, alignment: int = 64, chunks=None,
+                 arena: np.ndarray | None = None) -> None:
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise InvalidInputError(f"segment input shape must be (C, H, W), got {tuple(in_shape)}")
+        if not ops:
+            raise InvalidModelError("a segment needs at least one step")
+        self.in_shape = tuple(int(d) for d in in_shape)
+        shapes = {SEGMENT_INPUT: self.in_shape}
+        self.kernels: list[_RowKernel] = []
+        for index, op in enumerate(ops):
+            kernel = _bind(op, index, shapes[index - 1], shapes, last=index == len(ops) - 1)
+            self.kernels.append(kernel)
+            shapes[index] = _output_shape(kernel)
+        self.out_shape = shapes[len(ops) - 1]
+        self.steps = [k.row_step(f"{index}:{type(op).__name__}")
+                      for index, (k, op) in enumerate(zip(self.kernels, ops))]
+        self.schedule = plan_segment(self.steps, self.in_shape[1], band_rows, chunks)
+        self._layout(shapes, alignment, arena)
+
+    def _layout(self, shapes, alignment: int, arena) -> None:
+        last = len(self.kernels) - 1
+        planner = GreedyBySizePlanner(alignment=alignment)
+        ring_ids = {ring.tensor: planner.add_buffer(ring.bytes, 0, last, f"ring:{ring.name}")
+                    for ring in self.schedule.rings}
+        scratch_ids = {}
+        for index, kernel in enumerate(self.kernels):
+            items = kernel.scratch_items
+            if index == last and not isinstance(kernel, _GlobalAverageRows):
+                items += self.out_shape[0] * self.out_shape[2]   # the row before it goes out
+            if items:
+                scratch_ids[index] = planner.add_buffer(items * ITEMSIZE, index, index,
+                                                        f"scratch:{self.steps[index].name}")
+        planner.check()
+        self.planner = planner
+        self.arena_bytes = planner.peak()
+        items = self.arena_bytes // ITEMSIZE
+        if arena is None:
+            arena = np.empty(items, np.float32)
+        elif not (isinstance(arena, np.ndarray) and arena.dtype == np.float32 and arena.ndim == 1
+                  and arena.flags.c_contiguous and arena.flags.writeable and arena.size >= items):
+            raise InvalidInputError(f"segment arena must be a writeable contiguous 1-D float32 "
+                                    f"array of at least {items} items")
+        self.arena = arena[:items]
+
+        def view(buffer: int, items: int) -> np.ndarray:
+            start = planner.offset(buffer) // ITEMSIZE
+            return self.arena[start:start + items]
+
+        self.sources = {SEGMENT_INPUT: _WholeRows()}
+        for ring in self.schedule.rings:
+            c, _, w = shapes[ring.tensor]
+            self.sources[ring.tensor] = _RingRows(
+                view(ring_ids[ring.tensor], ring.rows * c * w).reshape(ring.rows, c, w))
+        self.scratch = {}
+        for index, buffer in scratch_ids.items():
+            self.scratch[index] = view(buffer, planner.aligned_size(buffer) // ITEMSIZE)
+
+    def run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        self._check_io(x, out)
+        self.sources[SEGMENT_INPUT].array = x
+        old = np.setbufsize(UFUNC_BUFFER_ITEMS)
+        try:
+            if isinstance(self.kernels[-1], _GlobalAverageRows):
+                out.fill(0.0)
+            for call in self.schedule.calls:
+                self._run_rows(call.step, call.lo, call.hi, out)
+            if isinstance(self.kernels[-1], _GlobalAverageRows):
+                h, w = self.kernels[-1].in_height, self.kernels[-1].in_width
+                np.multiply(out, np.float32(1.0 / (h * w)), out=out)
+        finally:
+            np.setbufsize(old)
+            self.sources[SEGMENT_INPUT].array = None
+        return out
+
+    def _run_rows(self, index: int, lo: int, hi: int, out: np.ndarray) -> None:
+        kernel = self.kernels[index]
+        src = self.sources[index - 1]
+        skip_src = self.sources.get(kernel.skip) if kernel.skip is not None else None
+        scratch = self.scratch.get(index)
+        last = index == len(self.kernels) - 1
+        if last and isinstance(kernel, _GlobalAverageRows):
+            sums = scratch[:kernel.scratch_items]
+            acc = out.reshape(-1)
+            for r in range(lo, hi):
+                kernel.compute(r, src, skip_src, acc, sums)
+            return
+        work = scratch[:kernel.scratch_items] if kernel.scratch_items else None
+        for r in range(lo, hi):
+            if last:
+                c, _, w = self.out_shape
+                row = scratch[kernel.scratch_items:kernel.scratch_items + c * w].reshape(c, w)
+                kernel.compute(r, src, skip_src, row, work)
+                np.copyto(out[:, r, :], row)
+            else:
+                kernel.compute(r, src, skip_src, self.sources[index].row(r), work)
+
+    def _check_io(self, x, out) -> None:
+        for name, array, shape in (("input", x, self.in_shape), ("output", out, self.out_shape)):
+            if not isinstance(array, np.ndarray) or array.dtype != np.float32 \
+                    or tuple(array.shape) != shape or not array.flags.c_contiguous:
+                raise InvalidInputError(f"segment {name} must be a C-contiguous float32 array of "
+                                        f"shape {shape}, got {getattr(array, 'shape', type(array))}")
+        if not out.flags.writeable:
+            raise InvalidInputError("segment output must be writeable")
+
+
+def run_segment(ops, x: np.ndarray, band_rows: int, chunks=None) -> np.ndarray:
+    """Convenience: stream one (C, H, W) float32 input through `ops`; returns a new output."""
+    runner = SegmentRunner(ops, x.shape, band_rows, chunks=chunks)
+    out = np.empty(runner.out_shape, np.float32)
+    return runner.run(np.ascontiguousarray(x, dtype=np.float32), out)

@@ -1,0 +1,310 @@
+"""Streamed segments on the numpy kernels (edgerun/kernels/numpy_segment.py) against an
+unsplit float64 reference computed layer by layer with the plain numpy below."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from edgerun.errors import InvalidInputError, InvalidModelError
+from edgerun.kernels.numpy_segment import (
+    Activation,
+    Add,
+    Conv,
+    GlobalAveragePool,
+    Pool,
+    SegmentRunner,
+    run_segment,
+)
+from scheduler.segments import check_rings
+
+
+# ---------------------------------------------------------------- the float64 oracle
+def _padded(x, pads, fill):
+    c, h, w = x.shape
+    top, left, bottom, right = pads
+    out = np.full((c, h + top + bottom, w + left + right), fill, np.float64)
+    out[:, top:top + h, left:left + w] = x
+    return out
+
+
+def _windows(x, kernel, strides, dilations, pads, fill):
+    """Yield (ky, kx, view): the padded input under tap (ky, kx) of every output position."""
+    xp = _padded(x, pads, fill)
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    ho = (xp.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    wo = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = slice(ky * dh, ky * dh + (ho - 1) * sh + 1, sh)
+            yield ky, kx, xp[:, rows, kx * dw:kx * dw + (wo - 1) * sw + 1:sw]
+
+
+def conv2d(x, op: Conv):
+    m, cg, kh, kw = op.weight.shape
+    per_group = m // op.group
+    out = None
+    for ky, kx, view in _windows(x, (kh, kw), op.strides, op.dilations, op.pads, 0.0):
+        if out is None:
+            out = np.zeros((m,) + view.shape[1:])
+        for o in range(m):
+            g = o // per_group
+            out[o] += np.tensordot(op.weight[o, :, ky, kx].astype(np.float64),
+                                   view[g * cg:(g + 1) * cg], axes=1)
+    bias = np.zeros(m) if op.bias is None else op.bias.astype(np.float64)
+    return out + bias[:, None, None]
+
+
+def pool2d(x, op: Pool):
+    if op.kind == "max":
+        taps = [v for _, _, v in _windows(x, op.kernel, op.strides, op.dilations, op.pads, -np.inf)]
+        return np.max(taps, axis=0)
+    total = sum(v for _, _, v in _windows(x, op.kernel, op.strides, op.dilations, op.pads, 0.0))
+    ones = np.ones((1,) + x.shape[1:])
+    count = sum(v for _, _, v in _windows(ones, op.kernel, op.strides, op.dilations, op.pads, 0.0))
+    return total / count
+
+
+def reference(ops, x):
+    tensors = {-1: x.astype(np.float64)}
+    current = tensors[-1]
+    for index, op in enumerate(ops):
+        if isinstance(op, Conv):
+            current = conv2d(current, op)
+        elif isinstance(op, Pool):
+            current = pool2d(current, op)
+        elif isinstance(op, Activation):
+            current = np.maximum(current, 0) if op.kind == "relu" else np.clip(current, *op.params)
+        elif isinstance(op, Add):
+            current = current + tensors[op.skip]
+        elif isinstance(op, GlobalAveragePool):
+            current = current.mean(axis=(1, 2), keepdims=True)
+        tensors[index] = current
+    return current
+
+
+def assert_close(actual, expected):
+    assert actual.shape == expected.shape
+    scale = max(np.abs(expected).max(), 1e-30)
+    assert np.abs(actual - expected).max() <= 1e-5 * scale
+
+
+# ---------------------------------------------------------------- hand-worked layout
+def test_arena_layout_of_two_3x3_convs():
+    """x (2, 8, 8) -> c1, c2 (3x3 pad 1, 2 -> 2 channels), band 1.
+    Ring c1: 3 rows x 2 ch x 8 px x 4 B = 192 B, alive at both steps.  Scratch of c1: one
+    output row's im2col, 2 ch x 9 taps x 8 px x 4 B = 576 B (step 0 only); of c2: the same
+    576 B plus the output row it builds before copying it out, 2 x 8 x 4 = 64 B: 640 B (step 1
+    only).  Greedy by size: c2's 640 at 0, c1's 576 at 0 (never alive with it), the ring
+    clear of both at 640: arena 832 B."""
+    rng = np.random.default_rng(1)
+    ops = [Conv(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), None, pads=(1, 1, 1, 1)),
+           Conv(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), None, pads=(1, 1, 1, 1))]
+    runner = SegmentRunner(ops, (2, 8, 8), 1)
+    assert runner.schedule.ring_rows() == {0: 3}
+    assert [runner.planner.aligned_size(i) for i in range(len(runner.planner))] == [192, 576, 640]
+    assert [runner.planner.offset(i) for i in range(len(runner.planner))] == [640, 0, 0]
+    assert runner.arena_bytes == 832 and runner.arena.nbytes == 832
+    ring = runner.sources[0].ring
+    assert ring.shape == (3, 2, 8) and np.shares_memory(ring, runner.arena)
+    x = rng.standard_normal((2, 8, 8)).astype(np.float32)
+    assert_close(run_segment(ops, x, 1), reference(ops, x))
+    # the same layout inside a caller's arena, at an offset: nothing outside its bytes is touched
+    outer = np.full(1000, 7.0, np.float32)
+    inside = SegmentRunner(ops, (2, 8, 8), 1, arena=outer[16:16 + 208])
+    out = np.empty(inside.out_shape, np.float32)
+    assert_close(inside.run(x, out), reference(ops, x))
+    assert np.all(outer[:16] == 7.0) and np.all(outer[16 + 208:] == 7.0)
+    with pytest.raises(InvalidInputError, match="arena"):
+        SegmentRunner(ops, (2, 8, 8), 1, arena=outer[:207])
+
+
+def test_residual_block_and_global_average_pool_stream():
+    """A MobileNetV2-like block with a residual add, ending in GlobalAveragePool: the input
+    of the pool only ever exists as a ring of `band` rows."""
+    rng = np.random.default_rng(2)
+    c = 4
+    ops = [Conv(rng.standard_normal((c, c, 1, 1)).astype(np.float32),
+                rng.standard_normal(c).astype(np.float32)),
+           Activation("clip", (0.0, 6.0)),
+           Conv(rng.standard_normal((c, 1, 3, 3)).astype(np.float32), None, pads=(1, 1, 1, 1), group=c),
+           Activation("relu"),
+           Conv(rng.standard_normal((c, c, 1, 1)).astype(np.float32), None),
+           Add(skip=-1),
+           GlobalAveragePool()]
+    x = rng.standard_normal((c, 9, 7)).astype(np.float32)
+    for band in (1, 2, 9):
+        runner = SegmentRunner(ops, x.shape, band)
+        assert runner.schedule.rings[-1].rows == band
+        out = np.empty(runner.out_shape, np.float32)
+        assert_close(runner.run(x, out), reference(ops, x))
+
+
+# ---------------------------------------------------------------- random chains
+@st.composite
+def segments(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    channels, height, width = draw(st.integers(1, 5)), draw(st.integers(1, 18)), draw(st.integers(1, 12))
+    in_shape = (channels, height, width)
+    shapes = {-1: in_shape}
+    ops = []
+    for _ in range(draw(st.integers(1, 5))):
+        c, h, w = shapes[len(ops) - 1]
+        kind = draw(st.sampled_from(["conv", "conv", "conv", "pool", "act", "add"]))
+        if kind == "add":
+            same = [j for j in range(-1, len(ops)) if shapes[j] == (c, h, w)]
+            op, shape = Add(draw(st.sampled_from(same))), (c, h, w)
+        elif kind == "act":
+            op = draw(st.sampled_from([Activation("relu"), Activation("clip", (-0.5, 0.5))]))
+            shape = (c, h, w)
+        else:
+            kernel = (draw(st.integers(1, 7)), draw(st.integers(1, 4)))
+            strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+            dilations = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+            effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+            pads = tuple(draw(st.integers(0, effective[i % 2] - 1)) for i in range(4))
+            ho = (h + pads[0] + pads[2] - effective[0]) // strides[0] + 1
+            wo = (w + pads[1] + pads[3] - effective[1]) // strides[1] + 1
+            if ho < 1 or wo < 1:
+                continue
+            if kind == "pool":
+                op = Pool(draw(st.sampled_from(["max", "avg"])), kernel, strides, pads, dilations)
+                if any(p >= k for p, k in zip(pads, kernel * 2)):
+                    continue   # ONNX pooling asks pads < kernel
+                shape = (c, ho, wo)
+            else:
+                group = draw(st.sampled_from([1, c]))
+                m = group * draw(st.integers(1, 3)) if group > 1 else draw(st.integers(1, 6))
+                weight = rng.standard_normal((m, c // group) + kernel).astype(np.float32)
+                bias = rng.standard_normal(m).astype(np.float32) if draw(st.booleans()) else None
+                op, shape = Conv(weight, bias, strides, pads, dilations, group), (m, ho, wo)
+        ops.append(op)
+        shapes[len(ops) - 1] = shape
+    if not ops or draw(st.booleans()):
+        ops.append(GlobalAveragePool())
+        shapes[len(ops) - 1] = (shapes[len(ops) - 2][0], 1, 1)
+    driving = shapes[len(ops) - 2][1] if isinstance(ops[-1], GlobalAveragePool) else shapes[len(ops) - 1][1]
+    band = draw(st.integers(1, driving))
+    chunks = draw(st.none() | st.lists(st.integers(1, 4), min_size=len(ops), max_size=len(ops)))
+    x = rng.standard_normal(in_shape).astype(np.float32)
+    return ops, x, band, chunks
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(segments())
+def test_random_segments_match_the_unsplit_reference(segment):
+    ops, x, band, chunks = segment
+    try:
+        runner = SegmentRunner(ops, x.shape, band, chunks=chunks)
+    except InvalidModelError as error:   # only a pool window made of padding alone is refused
+        assert "padding only" in str(error)
+        assume(False)
+    check_rings(runner.steps, x.shape[1], runner.schedule.calls, runner.schedule.ring_rows())
+    out = np.full(runner.out_shape, np.nan, np.float32)
+    runner.arena.fill(np.nan)   # nothing may read a slot no row was written to
+    assert_close(runner.run(x, out), reference(ops, x))
+
+
+# ---------------------------------------------------------------- memory
+def test_streamed_run_allocates_nothing_of_activation_size():
+    """A stem-like chain on a 16 x 64 x 64 input: whole inner tensors would be 256 KiB each;
+    the run allocates at most 64 KiB beyond the arena (which is allocated beforehand)."""
+    rng = np.random.default_rng(3)
+    ops = [Conv(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), None, pads=(1, 1, 1, 1)),
+           Activation("relu"),
+           Conv(rng.standard_normal((16, 1, 3, 3)).astype(np.float32), None, strides=(2, 2),
+                pads=(1, 1, 1, 1), group=16),
+           Conv(rng.standard_normal((48, 16, 1, 1)).astype(np.float32), None),
+           Pool("max", (3, 3), (1, 1), (1, 1, 1, 1)),
+           GlobalAveragePool()]
+    x = rng.standard_normal((16, 64, 64)).astype(np.float32)
+    runner = SegmentRunner(ops, x.shape, 2)
+    out = np.empty(runner.out_shape, np.float32)
+    assert runner.arena_bytes < 256 * 1024   # rings and row scratch: less than one whole tensor
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        runner.run(x, out)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    print("streamed run: arena", runner.arena_bytes, "B, tracemalloc peak beyond it", peak, "B")
+    assert peak <= 64 * 1024, peak
+    assert_close(out, reference(ops, x))
+
+
+# ---------------------------------------------------------------- refusals
+def test_bad_segments_are_refused():
+    w = np.ones((2, 2, 3, 3), np.float32)
+    with pytest.raises(InvalidModelError, match="group"):
+        SegmentRunner([Conv(w, group=2)], (3, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match="pads"):
+        SegmentRunner([Conv(w, pads=(3, 0, 0, 0))], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match="must end"):
+        SegmentRunner([GlobalAveragePool(), Activation("relu")], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match="skip"):
+        SegmentRunner([Conv(w, pads=(1, 1, 1, 1)), Add(skip=1)], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match="Add of shapes"):
+        SegmentRunner([Conv(w, strides=(2, 2)), Add(skip=-1)], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match="padding only"):
+        SegmentRunner([Pool("max", (2, 1), pads=(1, 0, 1, 0), dilations=(3, 1))], (1, 2, 1), 1)
+    with pytest.raises(InvalidModelError, match="streaming form"):
+        SegmentRunner([Activation("elu", (1.0,))], (2, 8, 8), 1)
+    runner = SegmentRunner([Conv(w, pads=(1, 1, 1, 1))], (2, 8, 8), 1)
+    with pytest.raises(InvalidInputError, match="input"):
+        runner.run(np.zeros((2, 8, 7), np.float32), np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(InvalidInputError, match="output"):
+        runner.run(np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.float64))
+
+
+def test_mobilenet_v2_stem_and_two_blocks_stream_without_a_whole_112x112_tensor():
+    """MobileNetV2 1.0/224's stem and blocks 1-2 (ReLU6 as Clip steps), one-row calls, band 1,
+    checked against edgerun.ops.conv.conv_nd in float64.  Op by op the 16x112x112 (802,816 B)
+    and 96x112x112 (4,816,896 B) tensors exist whole; streamed, the arena (every ring and the
+    largest row scratch) plus what the run allocates stays below even the smaller of them."""
+    from edgerun.ops.conv import conv_nd
+
+    rng = np.random.default_rng(4)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    relu6 = Activation("clip", (0.0, 6.0))
+    ops = [Conv(weight(32, 3, 3, 3), weight(32, 1)[:, 0], (2, 2), (1, 1, 1, 1)), relu6,
+           Conv(weight(32, 1, 3, 3), None, pads=(1, 1, 1, 1), group=32), relu6,
+           Conv(weight(16, 32, 1, 1)),
+           Conv(weight(96, 16, 1, 1)), relu6,
+           Conv(weight(96, 1, 3, 3), None, (2, 2), (1, 1, 1, 1), group=96), relu6,
+           Conv(weight(24, 96, 1, 1))]
+    x = rng.standard_normal((3, 224, 224)).astype(np.float32)
+    runner = SegmentRunner(ops, x.shape, 1, chunks=[1] * (len(ops) - 1) + [1])
+    rings = {ring.tensor: ring for ring in runner.schedule.rings}
+    assert (rings[4].rows, rings[4].whole_bytes) == (1, 802_816)      # 16x112x112: one row
+    assert (rings[6].rows, rings[6].whole_bytes) == (3, 4_816_896)    # 96x112x112 after ReLU6
+    out = np.empty(runner.out_shape, np.float32)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        runner.run(x, out)
+        allocated = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert allocated <= 64 * 1024
+    print("MobileNetV2 stem + blocks 1-2 streamed: arena", runner.arena_bytes, "B, allocated", allocated, "B")
+    assert runner.arena_bytes + allocated < 802_816
+
+    expected = x[None].astype(np.float64)
+    for op in ops:
+        if isinstance(op, Conv):
+            bias = np.zeros(op.weight.shape[0]) if op.bias is None else op.bias
+            expected = conv_nd(expected, op.weight.astype(np.float64), bias.astype(np.float64),
+                               strides=op.strides, pads=op.pads, dilations=op.dilations, group=op.group)
+        else:
+            expected = np.clip(expected, 0.0, 6.0)
+    assert_close(out, expected[0])
