@@ -168,10 +168,10 @@ class CompiledModel:
     def _block_schedules(self, fixed: dict) -> dict[str, BlockSchedule]:
         """The caller's {block: (t, band_rows or None)} as scheduler BlockSchedules, checked against the graph."""
         blocks = {step.node.name: step.geometry for step in self.steps if step.kind == "block"}
-        unknown = sorted(set(fixed) - set(blocks))
-        if unknown:
-            raise InvalidOptionError(f"schedule names {unknown}, which are not inverted-residual blocks of this "
-                                     f"graph; its blocks are {sorted(blocks)}")
+        named = {_block_named(name, blocks): value for name, value in fixed.items()}
+        if len(named) != len(fixed):
+            raise InvalidOptionError(f"schedule names one block twice: {sorted(fixed)}")
+        fixed = named
         schedules = {}
         for name, (t, band) in fixed.items():
             geom = blocks[name]
@@ -332,3 +332,17 @@ def _made_for(plan: scheduler.Plan) -> str:
 
 def _budget_text(budget: int | None) -> str:
     return "none: the fastest plan" if budget is None else f"{budget:,} bytes"
+
+
+def _block_named(name: str, blocks: dict) -> str:
+    """The block a schedule key means: its full node name as `edgerun plan` prints it, or a prefix of it that
+    ends at a '.' or '/' and names one block only ("features.2" for "features.2.conv.1.0/Conv/InvertedResidual")."""
+    if name in blocks:
+        return name
+    matches = [b for b in blocks if isinstance(name, str) and name and b.startswith((name + ".", name + "/"))]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise InvalidOptionError(f"schedule key {name!r} is ambiguous: it names the blocks {sorted(matches)}")
+    raise InvalidOptionError(f"schedule names {[name]}, which are not inverted-residual blocks of this graph; "
+                             f"its blocks are {sorted(blocks)} (or a prefix naming one of them, e.g. 'features.2')")

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edgerun import zoo
-from edgerun.errors import InvalidInputError, InvalidOptionError
+from edgerun.bundle_format import is_bundle
+from edgerun.errors import InvalidInputError, InvalidOptionError, ModelLoadError
 from edgerun.session_base import ONNX_TYPE_NAMES
 
 DEFAULT_MODEL = "mobilenet_v2_pretrained"
@@ -89,6 +90,7 @@ def resolve_model(spec: str | None):
     A path that exists wins over a zoo name."""
     spec = DEFAULT_MODEL if spec is None else spec
     if Path(spec).is_file():
+        _refuse_what_is_not_onnx(Path(spec))
         return str(spec), Path(spec).name
     name, kwargs = _parse_zoo_spec(spec)
     if name in ZOO_MODELS:
@@ -96,6 +98,50 @@ def resolve_model(spec: str | None):
     if Path(spec).exists():
         raise UsageError(f"MODEL {spec!r} is a directory, not an .onnx file")
     raise UsageError(f"MODEL {spec!r}: no such file, and not a zoo model (zoo models: {', '.join(zoo_names())})")
+
+
+# ================================================================ what a file is
+SNIFF_BYTES = 4096
+_MAGICS = [  # (leading bytes, what the file is)
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"\x93NUMPY", "a numpy .npy array"), (b"PK\x03\x04", "a zip archive (.npz, .pth, ...)"),
+    (b"\x1f\x8b", "a gzip archive"), (b"\x80\x02", "a Python pickle"), (b"\x80\x04", "a Python pickle"),
+]
+
+
+def file_kind(path: Path) -> str | None:
+    """What a file that cannot be an ONNX model is ("an edgerun bundle", "a text file", "a PNG image", ...),
+    or None when it may be one (an ONNX protobuf starts with a field tag, never with these bytes)."""
+    if is_bundle(path):
+        return "an edgerun bundle"
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if not head:
+        return "an empty file"
+    for magic, kind in _MAGICS:
+        if head.startswith(magic):
+            return kind
+    return "a text file" if _is_text(head) else None
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:   # a multi-byte character cut at the end of the sniffed bytes is still text
+        if exc.start < len(head) - 3:
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\n\r\f" for ch in text)
+
+
+def _refuse_what_is_not_onnx(path: Path) -> None:
+    kind = file_kind(path)
+    if kind == "an edgerun bundle":
+        raise ModelLoadError(f"MODEL {str(path)!r} is an edgerun bundle (already compiled), not an ONNX model: "
+                             f"run it with `edgerun run {path}` or edgerun.load(), or compile the .onnx it came from")
+    if kind is not None:
+        raise ModelLoadError(f"MODEL {str(path)!r} is {kind}, not an ONNX model; give an .onnx file, a bundle "
+                             f"or a zoo name ({', '.join(zoo_names())})")
 
 
 # ================================================================ batch defaults

@@ -163,7 +163,7 @@ def test_run_reads_a_png_with_imagenet_preprocessing(files, tmp_path):
 def test_run_image_without_pillow_says_how_to_install_it(files, tmp_path):
     (tmp_path / "cat.png").write_bytes(PNG_SIGNATURE)
     result = edgerun("run", files["classifier"], "--input", tmp_path / "cat.png", block=["PIL"])
-    assert_one_line_error(result, 2, "--input", "pip install pillow")
+    assert_one_line_error(result, 2, "--input", "pip install 'edgerun[image]'")
 
 
 @pytest.mark.parametrize("name, content, fragment", [("junk.png", b"junk", "not a readable image"),

@@ -24,7 +24,7 @@ import numpy as np
 
 from edgerun import kernels
 from edgerun.errors import MemoryBudgetError
-from edgerun.models import batch_one_shapes, resolve_model
+from edgerun.models import UsageError, batch_one_shapes, resolve_model
 from edgerun.progress import progress
 from edgerun.session import InferenceSession
 from scheduler.cost import load_calibrated
@@ -320,8 +320,17 @@ def bench_model(spec: str, args, backends: list[str]) -> dict:
     return summary(label, configs)
 
 
+def require_onnxruntime() -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UsageError("edgerun bench times edgerun against onnxruntime, which is not installed: "
+                         "pip install 'edgerun[parity]'") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    require_onnxruntime()
     backends = available_backends() if args.kernels == "both" else [args.kernels]
     machine = machine_description(args.threads)
     if not args.json:

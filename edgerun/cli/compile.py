@@ -7,7 +7,7 @@ import sys
 from edgerun.compiler import compile_bundle
 from edgerun.errors import EdgerunError, InvalidOptionError, MemoryBudgetError
 from edgerun.models import resolve_model
-from edgerun.units import format_bytes
+from edgerun.units import format_bytes, parse_bytes
 
 EXIT_USAGE, EXIT_BUDGET = 2, 3   # as edgerun.cli.main: bad usage or input / does not fit the budget
 
@@ -16,12 +16,13 @@ def compile_main(argv=None) -> int:
     parser = _compile_parser()
     args = parser.parse_args(argv)
     try:
+        budget = parse_bytes(args.budget, option="--budget")
         shapes = dict(_parse_input_shape(text) for text in args.input_shape)
         model = _resolve_model(args.model)
         options = {} if args.kernels is None else {"kernels_backend": args.kernels}
         if args.threads is not None:
             options["threads"] = args.threads
-        info = compile_bundle(model, args.output, memory_budget=args.budget, input_shapes=shapes,
+        info = compile_bundle(model, args.output, memory_budget=budget, input_shapes=shapes,
                               planner=args.planner, **options)
     except EdgerunError as exc:
         print(f"edgerun compile: error: {exc}", file=sys.stderr)

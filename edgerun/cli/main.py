@@ -18,16 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+import edgerun
 from edgerun import profiler
 from edgerun.bundle import is_bundle, load
+from edgerun.cli.inputs import (default_feeds, explicit_preprocessing, positive_float, preprocessing_from_args,
+                                run_feeds, three_floats)
+from edgerun.cli.outputs import (json_safe, output_lines, read_labels, summarise_output,
+                                 top_k)  # noqa: F401 (top_k is edgerun.cli API)
 from edgerun.cli.plot import plot_memory, require_matplotlib, table3_reference
-from edgerun.errors import EdgerunError, InvalidInputError, MemoryBudgetError
-from edgerun.models import (DEFAULT_MODEL, UsageError, batch_one_shape, batch_one_shapes, is_static as _is_static,
-                            numpy_dtype as _numpy_dtype, resolve_model, zoo_names)
+from edgerun.errors import EdgerunError, MemoryBudgetError
+from edgerun.models import DEFAULT_MODEL, UsageError, batch_one_shapes, resolve_model, zoo_names
 from edgerun.progress import progress
 from edgerun.session import InferenceSession
 from edgerun.units import format_bytes, parse_bytes
-from edgerun.zoo.images import imagenet_labels, preprocess_imagenet, sample_image
+from edgerun.zoo.images import PRESETS
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
 
@@ -38,28 +42,36 @@ EXTERNAL_COMMANDS = {
     "compile": ("edgerun.cli.compile", "compile_main", "compile a model and its plan into a bundle"),
     "calibrate": ("edgerun.cli.calibrate", "main", "fit the scheduler's cost model on this machine"),
 }
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-IMAGENET_CLASSES = 1000
 MAX_NAME_WIDTH = 48
 
 
 # ================================================================ sessions
 def open_session(args, compile_now: bool = True):
-    """An InferenceSession for args.model with --budget / --threads / --kernels. With compile_now, a model
-    whose batch dimension is symbolic is compiled for batch 1 (otherwise the first run compiles it)."""
+    """(session, display name, budget) for args.model with --budget / --threads / --kernels. With compile_now,
+    a model whose batch dimension is symbolic is compiled for batch 1 (otherwise the first run compiles it).
+    A bundle's plan was fixed when it was compiled: --budget is then only checked against it, and a note
+    says that it was not used to plan."""
     budget = parse_bytes(args.budget, option="--budget")
     if args.model and Path(args.model).is_file() and is_bundle(args.model):
-        sess = load(args.model, threads=getattr(args, "threads", None), kernels_backend=getattr(args, "kernels", None))
-        if budget is not None and sess.plan.peak_bytes > budget:
-            raise UsageError(f"--budget {args.budget}: the bundle {args.model!r} was compiled for an arena of "
-                             f"{sess.plan.peak_bytes:,} bytes; compile it again with this budget")
-        return sess, Path(args.model).name, sess.memory_budget
+        return _open_bundle(args, budget)
     model, label = resolve_model(args.model)
     sess = InferenceSession(model, memory_budget=budget, threads=getattr(args, "threads", None),
                             kernels_backend=getattr(args, "kernels", None))
     if compile_now and sess.compiled is None:
         sess.prepare(batch_one_shapes(sess))
     return sess, label, budget
+
+
+def _open_bundle(args, budget):
+    sess = load(args.model, threads=getattr(args, "threads", None), kernels_backend=getattr(args, "kernels", None))
+    if budget is not None:
+        if sess.plan.peak_bytes > budget:
+            raise UsageError(f"--budget {args.budget}: the bundle {args.model!r} was compiled for an arena of "
+                             f"{sess.plan.peak_bytes:,} bytes; compile it again with this budget")
+        print(f"edgerun: note: --budget {args.budget} is not used to plan: the bundle's plan was fixed when it was "
+              f"compiled (arena {sess.plan.peak_bytes:,} B, within {budget:,} B); `edgerun compile --budget` "
+              f"plans for another budget", file=sys.stderr)
+    return sess, Path(args.model).name, sess.memory_budget
 
 
 def kernels_text(sess) -> str:
@@ -79,163 +91,7 @@ def graph_name(sess) -> str:
     return getattr(graph, "name", "") or ""
 
 
-# ================================================================ input data
-def _image_input(sess):
-    """The single (1, 3, S, S) float input of an image classifier, else None."""
-    inputs = sess.get_inputs()
-    if len(inputs) != 1:
-        return None
-    arg = inputs[0]
-    shape = batch_one_shape(arg)
-    if shape is not None and len(shape) == 4 and shape[0] == 1 and shape[1] == 3 and shape[2] == shape[3] \
-            and _numpy_dtype(arg.type) == np.float32:
-        return arg.name, shape[2]
-    return None
-
-
-def _imagenet_tensor(photo: np.ndarray, size: int) -> np.ndarray:
-    return preprocess_imagenet(photo, resize=round(size * 256 / 224), crop=size)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise InvalidInputError(f"--input {path}: reading image files needs Pillow (pip install pillow); "
-                                f"or give the preprocessed tensor as .npy/.npz") from None
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidInputError(f"--input {path}: not a readable image ({exc})") from None
-
-
-def _load_arrays(path: Path) -> dict | np.ndarray:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InvalidInputError(f"--input {path}: cannot read it as {path.suffix} ({exc})") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        return {key: loaded[key] for key in loaded.files}
-
-
-def _arrays_by_input(path: Path, loaded, names: list[str]) -> dict:
-    if isinstance(loaded, np.ndarray):
-        if len(names) != 1:
-            raise InvalidInputError(f"--input {path}: the model has inputs {names}; give an .npz holding "
-                                    f"one array per input name")
-        return {names[0]: loaded}
-    if len(names) == 1 and len(loaded) == 1:
-        return {names[0]: next(iter(loaded.values()))}
-    missing = sorted(set(names) - set(loaded))
-    if missing:
-        raise InvalidInputError(f"--input {path}: no array for input(s) {missing} (the file holds {sorted(loaded)})")
-    return {name: loaded[name] for name in names}
-
-
-def _check_against_model(path: Path, feeds: dict, sess) -> dict:
-    for arg in sess.get_inputs():
-        array = feeds[arg.name]
-        want = _numpy_dtype(arg.type)
-        if array.dtype != want:
-            raise InvalidInputError(f"--input {path}: input {arg.name!r} must be {want.name}, "
-                                    f"the file holds {array.dtype.name}")
-        if arg.shape is None:
-            continue
-        expected = arg.shape
-        mismatch = len(expected) != array.ndim or any(
-            _is_static(d) and d != got for d, got in zip(expected, array.shape))
-        if mismatch:
-            raise InvalidInputError(f"--input {path}: input {arg.name!r} expects shape {list(expected)}, "
-                                    f"the file holds {list(array.shape)}")
-    return feeds
-
-
-def feeds_from_file(sess, path_text: str) -> dict:
-    path = Path(path_text)
-    if not path.is_file():
-        raise InvalidInputError(f"--input {path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in (".npy", ".npz"):
-        names = [a.name for a in sess.get_inputs()]
-        return _check_against_model(path, _arrays_by_input(path, _load_arrays(path), names), sess)
-    if suffix in IMAGE_SUFFIXES:
-        image_input = _image_input(sess)
-        if image_input is None:
-            raise InvalidInputError(f"--input {path}: an image can only feed a model with one (N, 3, S, S) float "
-                                    f"input; give this model's inputs as .npy/.npz")
-        name, size = image_input
-        return {name: _imagenet_tensor(_read_image(path), size)}
-    raise InvalidInputError(f"--input {path}: unknown file type {suffix!r}; give .npy, .npz or an image "
-                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-
-
-def default_feeds(sess) -> tuple[dict, str]:
-    """The bundled sample photo for image models, else seeded random data; and what was used."""
-    image_input = _image_input(sess)
-    if image_input is not None:
-        name, size = image_input
-        return {name: _imagenet_tensor(sample_image(), size)}, f"bundled sample photo (chelsea), {size}x{size}"
-    rng = np.random.default_rng(0)
-    shapes = batch_one_shapes(sess)
-    feeds = {a.name: rng.standard_normal(shapes[a.name]).astype(_numpy_dtype(a.type)) for a in sess.get_inputs()}
-    return feeds, "random normal data (seed 0)"
-
-
-def feeds_for(sess, input_path: str | None) -> tuple[dict, str]:
-    if input_path is None:
-        return default_feeds(sess)
-    return feeds_from_file(sess, input_path), input_path
-
-
-# ================================================================ output summaries
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    looks_normalised = x.min() >= 0 and np.allclose(x.sum(axis=-1), 1.0, atol=1e-3)
-    if looks_normalised:
-        return x
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top_k(logits_row: np.ndarray, k: int, labels: list[str] | None) -> list[dict]:
-    probs = _probabilities(logits_row)
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"class": int(i), "label": labels[i] if labels else str(i), "probability": float(probs[i])}
-            for i in order]
-
-
-def _imagenet_labels():
-    try:
-        return imagenet_labels()
-    except (RuntimeError, OSError):
-        return None
-
-
-def _is_classifier_output(array: np.ndarray) -> bool:
-    return array.ndim >= 1 and array.shape[-1] == IMAGENET_CLASSES and np.issubdtype(array.dtype, np.floating)
-
-
-def describe_output(name: str, array: np.ndarray, k: int) -> list[str]:
-    if _is_classifier_output(array):
-        labels = _imagenet_labels()
-        rows = array.reshape(-1, IMAGENET_CLASSES)
-        lines = [f"output {name!r} {list(array.shape)}: top-{k} (softmax probabilities)"]
-        for item, row in enumerate(rows):
-            if len(rows) > 1:
-                lines.append(f"  item {item}:")
-            for rank, entry in enumerate(top_k(row, k, labels), 1):
-                lines.append(f"  {rank}. {entry['probability']:7.4f}  {entry['label']}  (class {entry['class']})")
-        return lines
-    if array.size == 0 or not np.issubdtype(array.dtype, np.number):
-        return [f"output {name!r} {list(array.shape)} {array.dtype}"]
-    return [f"output {name!r} {list(array.shape)} {array.dtype}: min {array.min():.6g} max {array.max():.6g} "
-            f"mean {array.mean():.6g}"]
-
-
+# ================================================================ text
 def _budget_text(budget: int | None) -> str:
     return "none (fastest schedule)" if budget is None else f"{budget:,} B ({format_bytes(budget)})"
 
@@ -246,22 +102,49 @@ def _bytes_text(n: int) -> str:
 
 # ================================================================ run
 def command_run(args) -> int:
-    if args.top < 1:
-        raise UsageError(f"--top must be at least 1, got {args.top}")
-    sess, label, budget = open_session(args, compile_now=args.input is None)
-    feeds, source = feeds_for(sess, args.input)
-    outputs = sess.run(None, feeds, profile=True)
-    print(f"model: {label}")
-    print(f"input: {source}")
-    for arg, array in zip(sess.get_outputs(), outputs):
-        print("\n".join(describe_output(arg.name, array, min(args.top, IMAGENET_CLASSES))))
+    labels = read_labels(args.labels) if args.labels else None
+    settings = preprocessing_from_args(args)
+    sess, label, budget = open_session(args, compile_now=not args.input)
+    runs = run_feeds(sess, args.input or [], settings, explicit_preprocessing(args))
+    per_run = [sess.run(None, feeds.arrays, profile=True) for feeds in runs]
+    outputs = [np.concatenate(arrays, axis=0) if len(runs) > 1 else arrays[0] for arrays in zip(*per_run)]
+    sources = [source for feeds in runs for source in feeds.sources]
+    summaries = [summarise_output(arg.name, array, args.top, labels)
+                 for arg, array in zip(sess.get_outputs(), outputs)]
+    notices = list(sess.notices) + _labels_notice(labels, summaries)
     stats = sess.last_run
-    print(f"planned peak:  {_bytes_text(stats.planned_peak_bytes)}")
-    print(f"measured peak: {_bytes_text(profiler.measured_peak_bytes(stats))}")
-    print(f"budget:        {_budget_text(budget)}")
-    print(f"kernels:       {kernels_text(sess)}")
-    print_notices(sess)
+    images = any(feeds.from_images for feeds in runs)
+    report = {"model": label, "inputs": sources, "preprocess": settings.as_dict() if images else None,
+              "outputs": summaries, "planned_peak_bytes": stats.planned_peak_bytes,
+              "measured_peak_bytes": profiler.measured_peak_bytes(stats), "budget_bytes": budget,
+              "kernels": sess.backend, "threads": sess.planned_threads, "runs": len(runs), "notices": notices}
+    if args.json:
+        print(json.dumps(json_safe(report), indent=2, allow_nan=False))
+    else:
+        _print_run(report, kernels_text(sess))
+    for notice in notices:
+        print(f"edgerun: note: {notice}", file=sys.stderr)
     return EXIT_OK
+
+
+def _labels_notice(labels, summaries) -> list[str]:
+    if labels is None or any(s["top_k"] is not None for s in summaries):
+        return []
+    shapes = {s["name"]: s["shape"] for s in summaries}
+    return [f"--labels holds {len(labels)} labels, but no output has {len(labels)} classes ({shapes}): "
+            f"no top-k shown"]
+
+
+def _print_run(report: dict, kernels: str) -> None:
+    sources = report["inputs"]
+    print(f"model: {report['model']}")
+    print(f"input: {sources[0]}" if len(sources) == 1 else f"input: {len(sources)} items: {', '.join(sources)}")
+    for summary in report["outputs"]:
+        print("\n".join(output_lines(summary, sources)))
+    print(f"planned peak:  {_bytes_text(report['planned_peak_bytes'])}")
+    print(f"measured peak: {_bytes_text(report['measured_peak_bytes'])}")
+    print(f"budget:        {_budget_text(report['budget_bytes'])}")
+    print(f"kernels:       {kernels}")
 
 
 # ================================================================ profile
@@ -434,23 +317,49 @@ def _add_budget(parser, help_text="activation memory budget, e.g. 1200000, 512Ki
     parser.add_argument("--budget", metavar="SIZE", help=help_text)
 
 
+def _add_preprocessing(parser) -> None:
+    group = parser.add_argument_group(
+        "image preprocessing", "a photo is resized (shorter side), center-cropped to the model's H x W, put in "
+        "channel order, scaled to 0..MAX (--scale), then (x - mean) / std per channel; a preset sets all of these, the "
+        "options below override it")
+    group.add_argument("--preprocess", choices=sorted(PRESETS), default=None,
+                       help="imagenet (torchvision: RGB, 0..1, ImageNet mean/std; the default), caffe (BVLC models: "
+                            "BGR, 0..255, mean 104,117,123 subtracted), raw (RGB, 0..255)")
+    group.add_argument("--resize", type=_positive_int("--resize"), metavar="PIXELS",
+                       help="shorter side before the crop (default: 256/224 of the crop)")
+    group.add_argument("--mean", type=three_floats("--mean"), metavar="A,B,C",
+                       help="subtracted per channel, in the tensor's channel order, after scaling")
+    group.add_argument("--std", type=three_floats("--std", nonzero=True), metavar="A,B,C",
+                       help="divides per channel, in the tensor's channel order")
+    group.add_argument("--channel-order", choices=["rgb", "bgr"], help="channel order of the tensor")
+    group.add_argument("--scale", type=positive_float("--scale"), metavar="MAX",
+                       help="pixel values are scaled to 0..MAX before mean and std (1 or 255)")
+
+
 def _model_help() -> str:
     return f"an .onnx file or a zoo model ({', '.join(zoo_names())}); zoo options as name:width=0.35,resolution=96"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgerun", description="Memory-aware ONNX inference for edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgerun {edgerun.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
     run = commands.add_parser("run", help="classify a photo / run a model, with planned and measured peaks")
     run.add_argument("model", nargs="?", metavar="MODEL", help=_model_help() + f" (default: {DEFAULT_MODEL})")
-    run.add_argument("--input", metavar="FILE", help="an image (.jpg/.png, needs Pillow) or .npy/.npz "
-                                                     "(default: the bundled sample photo)")
+    run.add_argument("--input", metavar="FILE", action="append",
+                     help="an image (.jpg/.png, needs Pillow: pip install 'edgerun[image]') or .npy/.npz; repeat "
+                          "for a batch, one file per batch row (default: the bundled sample photo)")
     _add_budget(run)
     run.add_argument("--top", type=_positive_int("--top"), default=5, metavar="K", help="classes to show (5)")
+    run.add_argument("--labels", metavar="FILE", help="class names, one per line (line i names class i); top-k "
+                                                      "is shown for outputs with that many classes "
+                                                      "(default: ImageNet's 1000)")
+    run.add_argument("--json", action="store_true", help="print one JSON document (docs/json-schemas.md)")
     run.add_argument("--threads", type=_positive_int("--threads"), metavar="N", help="native kernel threads")
     run.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend (default: native if built)")
+    _add_preprocessing(run)
     run.set_defaults(handler=command_run)
 
     profile = commands.add_parser("profile", help="per-step memory and time profile")
@@ -498,6 +407,9 @@ def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in EXTERNAL_COMMANDS:
         return run_external(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        args.preprocess_given = args.preprocess is not None
+        args.preprocess = args.preprocess or "imagenet"
     return args.handler(args)
 
 

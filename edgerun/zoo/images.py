@@ -1,7 +1,9 @@
-"""ImageNet class names, a bundled sample photo and the standard ImageNet preprocessing (numpy only)."""
+"""ImageNet class names, a bundled sample photo and image preprocessing (numpy only): ImageNet's
+(torchvision's) standard one, and the presets `edgerun run --preprocess` offers."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ SAMPLE_FILE = _HERE / "sample_chelsea.npy"
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)   # BVLC's ILSVRC-2012 mean image, per channel, rounded
+RESIZE_RATIO = 256 / 224                   # shorter side before a center crop, as torchvision's ImageNet eval
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,3 +103,55 @@ def make_square_thumbnail(image_uint8_hwc, size: int = 224) -> np.ndarray:
     side = min(image.shape[:2])
     resized = resize_bilinear(center_crop(image, side), size, size)
     return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+# ================================================================ configurable preprocessing
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes a (1, 3, H, W) float32 tensor: resize the shorter side to `resize` (default
+    round(max(H, W) * 256 / 224)), center-crop H x W, put the channels in `channel_order`, scale pixel values
+    to 0..`scale`, subtract `mean` and divide by `std` (both given in the tensor's channel order)."""
+
+    mean: tuple = (0.0, 0.0, 0.0)
+    std: tuple = (1.0, 1.0, 1.0)
+    channel_order: str = "rgb"
+    scale: float = 255.0
+    resize: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "channel_order": self.channel_order, "scale": float(self.scale), "resize": self.resize}
+
+
+PRESETS = {
+    # torchvision's ImageNet models (the zoo's MobileNetV2): RGB, 0..1, ImageNet mean and std
+    "imagenet": Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "rgb", 1.0),
+    # Caffe-trained models (bvlc_alexnet, zfnet512, googlenet, ... in onnx's backend test data): BGR, 0..255,
+    # the ILSVRC mean subtracted, no division
+    "caffe": Preprocessing(CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), "bgr", 255.0),
+    # resized and cropped pixel values only: RGB, 0..255
+    "raw": Preprocessing((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "rgb", 255.0),
+}
+
+
+def preprocess(image_uint8_hwc, height: int, width: int, settings: Preprocessing = PRESETS["imagenet"]) -> np.ndarray:
+    """The (1, 3, height, width) float32 tensor `settings` make of an (H, W, 3) uint8 RGB photo."""
+    image = _check_photo(image_uint8_hwc)
+    resize = settings.resize or round(max(height, width) * RESIZE_RATIO)
+    x = _center_crop_hw(resize_shorter_side(image, resize), height, width)
+    if settings.channel_order == "bgr":
+        x = x[:, :, ::-1]
+    if settings.scale != 255:
+        x = x / 255.0 if settings.scale == 1 else x / 255.0 * np.float32(settings.scale)
+    x = (x - np.asarray(settings.mean, dtype=np.float32)) / np.asarray(settings.std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def _center_crop_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if h < height or w < width:
+        raise InvalidInputError(f"cannot crop {height}x{width} from an image resized to {h}x{w}: "
+                                f"resize the shorter side to at least {max(height, width)}")
+    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+    return image[top:top + height, left:left + width]
+
