@@ -205,11 +205,19 @@ static inline void store_cols(float *d, er_vf v, int n)
 }
 
 #if VL == 16
-#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
-#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
+#define EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define ODD_LANES 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
 #else
-#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14}
-#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15}
+#define EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14
+#define ODD_LANES 1, 3, 5, 7, 9, 11, 13, 15
+#endif
+
+/* Lanes LANES (a list of constants) of the 2 VL lanes of a followed by b. GCC's
+ * __builtin_shuffle takes an index vector, clang's __builtin_shufflevector the constants. */
+#if defined(__clang__)
+#define SHUFFLE(a, b, LANES) __builtin_shufflevector(a, b, LANES)
+#else
+#define SHUFFLE(a, b, LANES) __builtin_shuffle(a, b, (er_vi){LANES})
 #endif
 
 /* Masks of every load of a block whose first tap column is c: stride 1, tap kx loads at
@@ -237,14 +245,13 @@ row_taps(er_vf *accp, const float *row, long c, int width, const float *wr, cons
             acc += (wv ? wv[kx] : er_splatv(wr[kx])) * x;
         }
     } else {
-        const er_vi even = EVEN_LANES, odd = ODD_LANES;
         for (int p = 0; 2 * p < k; p++) {
             er_vf a = edge ? load_edge(row, c + 2 * p, m[2 * p]) : er_loadv(row + c + 2 * p);
             er_vf b = edge ? load_edge(row, c + 2 * p + VL, m[2 * p + 1])
                            : er_loadv(row + c + 2 * p + VL);
-            acc += (wv ? wv[2 * p] : er_splatv(wr[2 * p])) * __builtin_shuffle(a, b, even);
+            acc += (wv ? wv[2 * p] : er_splatv(wr[2 * p])) * SHUFFLE(a, b, EVEN_LANES);
             if (2 * p + 1 < k)
-                acc += (wv ? wv[2 * p + 1] : er_splatv(wr[2 * p + 1])) * __builtin_shuffle(a, b, odd);
+                acc += (wv ? wv[2 * p + 1] : er_splatv(wr[2 * p + 1])) * SHUFFLE(a, b, ODD_LANES);
         }
     }
     *accp = acc;
@@ -298,13 +305,12 @@ group_block(const float *src, int src_row0, int height, int width, const er_vf *
                 }
             }
         } else {
-            const er_vi even = EVEN_LANES, odd = ODD_LANES;
 #pragma GCC unroll 16
             for (int p = 0; 2 * p < K; p++) {
                 er_vf a = edge ? load_edge(row, c + 2 * p, m[2 * p]) : er_loadv(row + c + 2 * p);
                 er_vf b = edge ? load_edge(row, c + 2 * p + VL, m[2 * p + 1])
                                : er_loadv(row + c + 2 * p + VL);
-                er_vf e = __builtin_shuffle(a, b, even), o = __builtin_shuffle(a, b, odd);
+                er_vf e = SHUFFLE(a, b, EVEN_LANES), o = SHUFFLE(a, b, ODD_LANES);
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) {
                     int ky = i - 2 * r;
@@ -412,13 +418,12 @@ rows_vector(const float *src, int src_row0, int height, int width, const float *
                             acc += er_splatv(w[ky * k + kx]) * load_edge(row, c + kx, mk);
                         }
                     } else {
-                        const er_vi even = EVEN_LANES, odd = ODD_LANES;
                         for (int p = 0; 2 * p < k; p++) {
                             er_vf xa = load_edge(row, c + 2 * p, lanes_inside(c + 2 * p, width));
                             er_vf xb = load_edge(row, c + 2 * p + VL, lanes_inside(c + 2 * p + VL, width));
-                            acc += er_splatv(w[ky * k + 2 * p]) * __builtin_shuffle(xa, xb, even);
+                            acc += er_splatv(w[ky * k + 2 * p]) * SHUFFLE(xa, xb, EVEN_LANES);
                             if (2 * p + 1 < k)
-                                acc += er_splatv(w[ky * k + 2 * p + 1]) * __builtin_shuffle(xa, xb, odd);
+                                acc += er_splatv(w[ky * k + 2 * p + 1]) * SHUFFLE(xa, xb, ODD_LANES);
                         }
                     }
                 }
@@ -458,9 +463,9 @@ rows_vector(const float *src, int src_row0, int height, int width, const float *
 #define RING_VECTORS (9 * STRIP_BLOCKS) /* 2.3 KB */
 
 #if VL == 16
-#define NEXT_LANES {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+#define NEXT_LANES 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
 #else
-#define NEXT_LANES {1, 2, 3, 4, 5, 6, 7, 8}
+#define NEXT_LANES 1, 2, 3, 4, 5, 6, 7, 8
 #endif
 
 /* Row split into slot[0 .. NB) = E, slot[NB .. 2 NB) = O, slot[2 NB .. 3 NB) = E1; the loads of
@@ -468,18 +473,17 @@ rows_vector(const float *src, int src_row0, int height, int width, const float *
 static inline __attribute__((always_inline)) void
 k3s2_split(er_vf *restrict slot, const float *row, long c0, int NB, const lane_mask *ma, const lane_mask *mb)
 {
-    const er_vi even = EVEN_LANES, odd = ODD_LANES, next = NEXT_LANES;
     er_vf prev = {0};
 #pragma GCC unroll 16
     for (int t = 0; t <= NB; t++) {
         long c = c0 + (long)t * 2 * VL;
         er_vf a = ma[t] == below[VL] ? er_loadv(row + c) : load_edge(row, c, ma[t]);
         er_vf b = mb[t] == below[VL] ? er_loadv(row + c + VL) : load_edge(row, c + VL, mb[t]);
-        er_vf e = __builtin_shuffle(a, b, even);
-        if (t > 0) slot[2 * NB + t - 1] = __builtin_shuffle(prev, e, next);
+        er_vf e = SHUFFLE(a, b, EVEN_LANES);
+        if (t > 0) slot[2 * NB + t - 1] = SHUFFLE(prev, e, NEXT_LANES);
         if (t < NB) {
             slot[t] = e;
-            slot[NB + t] = __builtin_shuffle(a, b, odd);
+            slot[NB + t] = SHUFFLE(a, b, ODD_LANES);
         }
         prev = e;
     }
