@@ -136,11 +136,6 @@ def run_measured(compiled, feeds, names):
 
 
 # ---- checking what the caller gives
-def memory_ceiling_bytes() -> int:
-    """The most bytes one allocation for a feed or an arena may take: edgerun.limits' ceiling."""
-    return limits.max_bytes()
-
-
 def checked_feeds(inputs, input_feed) -> dict[str, np.ndarray]:
     """The caller's feeds, checked against the model's inputs (names, rank, shape, dtype, size) as given:
     nothing is copied yet (see contiguous_feeds)."""
@@ -206,7 +201,7 @@ def contiguous_feeds(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _check_copy_size(name: str, array: np.ndarray) -> None:
     """A strided or broadcast feed is copied into one contiguous array: refuse a copy larger than memory."""
     nbytes = int(array.size) * array.dtype.itemsize
-    ceiling = memory_ceiling_bytes()
+    ceiling = limits.max_bytes()
     if nbytes > ceiling:
         raise InvalidInputError(f"input {name!r} of shape {list(array.shape)} is not contiguous (a broadcast or "
                                 f"strided view); its contiguous copy would take {nbytes:,} bytes, above edgerun's "

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from edgerun import InferenceSession, InvalidInputError
 from edgerun.errors import ModelLoadError, ResourceLimitError
-from edgerun.session_base import memory_ceiling_bytes
+from edgerun.limits import max_bytes
 
 HUGE = (1, 3, 50000, 50000)    # 30,000,000,000 bytes of float32
 
@@ -56,7 +56,7 @@ def test_a_string_graph_input_is_refused_by_name(shape):
 def test_a_huge_broadcast_input_on_a_dynamic_model_is_refused_before_any_copy():
     session = InferenceSession(relu_sigmoid([1, 3, "h", "w"]))
     huge = np.broadcast_to(np.float32(1.0), HUGE)
-    assert 30_000_000_000 > memory_ceiling_bytes()   # the premise: this machine cannot hold the copy
+    assert 30_000_000_000 > max_bytes()   # the premise: this machine cannot hold the copy
     peak, error = peak_bytes_during(lambda: session.run(None, {"x": huge}))
     assert isinstance(error, InvalidInputError), error
     assert "input 'x'" in str(error) and "30,000,000,000 bytes" in str(error)
