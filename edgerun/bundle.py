@@ -170,8 +170,10 @@ class BundleSession(Session):
         require(isinstance(planner, str) and planner in PLANNERS, f"header.planner: unknown planner {planner!r}")
         require(isinstance(max_t, int) and not isinstance(max_t, bool) and 1 <= max_t <= 1024,
                 f"header.max_t: expected an int in 1..1024, got {max_t!r}")
-        warnings.warn(f"bundle was planned for the {self.planned_backend} kernels but the {self.backend} kernels "
-                      f"run here: re-planning the arena with the same budget", RuntimeWarning, stacklevel=4)
+        notice = (f"bundle was planned for the {self.planned_backend} kernels but the {self.backend} kernels "
+                  f"run here: re-planning the arena with the same budget")
+        self.notices.append(notice)
+        warnings.warn(notice, RuntimeWarning, stacklevel=4)
         budget = self.memory_budget if self.memory_budget is not None else max_arena_bytes
         try:
             return CompiledModel(self._graph, budget=budget, backend=self.backend, planner=planner, max_t=max_t,

@@ -196,6 +196,7 @@ def test_a_bundle_planned_for_another_backend_is_replanned_with_a_warning(tiny_b
     with pytest.warns(RuntimeWarning, match="re-planning"):
         session = load(copy, kernels_backend=info.backend)
     assert session.replanned and session.backend == info.backend
+    assert len(session.notices) == 1 and f"planned for the {other} kernels" in session.notices[0]
     x = np.random.default_rng(5).standard_normal(TINY_SHAPE).astype(np.float32)
     assert_close_to_ort(session.run(None, {"x": x})[0], run_ort(model, {"x": x})[0])
 
