@@ -25,6 +25,8 @@ ZOO_MODELS = {
     "mobilenet_v1": ("mobilenet_v1", {}),
     "shufflenet_v1": ("shufflenet_v1", {}),
     "mobilenet_v3_small_like": ("mobilenet_v3_small_like", {}),
+    "ssdlite_mobilenet_v2": ("ssdlite_mobilenet_v2", {}),
+    "mobile_deeplabv3": ("mobile_deeplabv3", {}),
 }
 _NUMPY_DTYPES = {name: dtype for dtype, name in ONNX_TYPE_NAMES.items()}
 

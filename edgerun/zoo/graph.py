@@ -102,16 +102,19 @@ class GraphBuilder:
         return output
 
     # ------------------------------------------------------------------ layers
-    def conv(self, x, prefix, cin, cout, kernel, stride=1, group=1, bias=False, gain=math.sqrt(2.0)):
+    def conv(self, x, prefix, cin, cout, kernel, stride=1, group=1, bias=False, gain=math.sqrt(2.0),
+             dilation=1, pads=None):
+        """`pads` [top, left, bottom, right] defaults to the symmetric dilation * (kernel // 2)."""
         shape = (cout, cin // group, kernel, kernel)
         weight = self.params.weight(f"{prefix}.weight", shape, fan_in=(cin // group) * kernel * kernel,
                                     gain=gain)
         inputs = [x, self.add_initializer(f"{prefix}.weight", weight)]
         if bias:
             inputs.append(self.add_initializer(f"{prefix}.bias", self.params.bias(f"{prefix}.bias", (cout,))))
-        pad = kernel // 2
+        if pads is None:
+            pads = [dilation * (kernel // 2)] * 4
         return self.node("Conv", inputs, prefix, kernel_shape=[kernel, kernel], strides=[stride, stride],
-                         pads=[pad, pad, pad, pad], dilations=[1, 1], group=group)
+                         pads=list(pads), dilations=[dilation, dilation], group=group)
 
     def batchnorm(self, x, prefix, channels):
         names = [self.add_initializer(f"{prefix}.{field}", value) for field, value in
@@ -166,17 +169,30 @@ class GraphBuilder:
         """Wrap the nodes into a checked ModelProto: graph input INPUT_NAME, and the last node's
         output (nothing else consumes it, the nodes being in topological order) becomes "logits"."""
         self.nodes[-1].output[0] = OUTPUT_NAME
+        return self.model_with_outputs(name, channels, resolution, batch, [(OUTPUT_NAME, [batch, num_classes])],
+                                       opset)
+
+    def model_with_outputs(self, name, channels, resolution, batch, outputs, opset=DEFAULT_OPSET):
+        """Like `model`, with graph outputs [(tensor name, shape)] already produced by the nodes."""
         graph = helper.make_graph(
             self.nodes, name,
             [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
                                            [batch, channels, resolution, resolution])],
-            [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, num_classes])],
+            [helper.make_tensor_value_info(output, TensorProto.FLOAT, shape) for output, shape in outputs],
             initializer=list(self.initializers.values()))
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                                   producer_name="edgerun.zoo", producer_version="0.1.0")
         model.ir_version = 8
         onnx.checker.check_model(model)
         return model
+
+
+def tf_same_pads(size, kernel, stride, dilation=1):
+    """[top, left, bottom, right] of TensorFlow's "SAME" padding for a square input of `size`:
+    the output has ceil(size / stride) rows and the odd padding row goes at the bottom/right."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return [total // 2, total // 2, total - total // 2, total - total // 2]
 
 
 def make_divisible(value, divisor=8, min_value=None):

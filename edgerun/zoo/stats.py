@@ -70,3 +70,54 @@ def count_macs(model: onnx.ModelProto, batch: int = 1) -> int:
             total += _gemm_macs(node, shapes, weights)
     return total
 
+
+
+def _tensor_bytes(value) -> tuple[str, int | None]:
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    if None in dims or not tensor.HasField("shape"):
+        return value.name, None
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    return value.name, math.prod(dims) * itemsize
+
+
+# Per-element ops a runtime computes in place when their input dies with them (every runtime fuses
+# BatchNormalization and activations into the convolution before them).
+IN_PLACE_OPS = {"BatchNormalization", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu",
+                "Elu", "Tanh", "Dropout", "Identity"}
+
+
+def op_by_op_peak(model: onnx.ModelProto, batch: int = 1) -> tuple[int, str]:
+    """(bytes, node) of an op-by-op runtime's activation peak: the graph's nodes run one by one in
+    file order, every node output is alive from its producer to its last consumer (a graph output
+    to the end), and the peak is the largest sum of alive tensors while one node runs (its inputs
+    and outputs together). Per-element ops (IN_PLACE_OPS) whose input has no later use overwrite it.
+    The caller's input and the initializers are not counted."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_param"):
+            dims[0].dim_value = batch
+    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+    sizes = dict(_tensor_bytes(v) for v in list(inferred.graph.value_info) + list(inferred.graph.output))
+    nodes = list(inferred.graph.node)
+    last_use = {o.name: len(nodes) for o in inferred.graph.output}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            last_use[name] = max(last_use.get(name, index), index)
+    alive: dict[str, int] = {}
+    peak, where = 0, ""
+    for index, node in enumerate(nodes):
+        source = node.input[0] if node.input else ""
+        if node.op_type in IN_PLACE_OPS and source in alive and last_use[source] == index:
+            alive.pop(source)
+        for name in filter(None, node.output):
+            if sizes.get(name) is None:
+                raise InvalidModelError(f"node {node.name!r}: output {name!r} has no static shape")
+            alive[name] = sizes[name]
+        if sum(alive.values()) > peak:
+            peak, where = sum(alive.values()), node.name
+        for name in [n for n in alive if last_use.get(n, index) <= index]:
+            del alive[name]
+    return peak, where
