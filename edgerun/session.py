@@ -53,7 +53,7 @@ class InferenceSession(Session):
         self._compiled: dict[tuple, CompiledModel] = {}
         static = self._static_input_shapes()
         if static is not None:
-            self._last = self._compile(static)
+            self._last = self._compiled_for(static)
 
     def prepare(self, input_shapes: dict[str, tuple]):
         """Compile (or fetch) the plan for these input shapes."""

@@ -89,3 +89,15 @@ def test_broadcast_and_strided_inputs_that_fit_run_like_their_copies():
         assert not feed.flags.c_contiguous
         expected = 1 / (1 + np.exp(-np.maximum(feed, 0)))
         np.testing.assert_allclose(session.run(None, {"x": feed})[0], expected, rtol=1e-6)
+
+
+def test_the_plan_made_at_construction_is_the_one_the_first_run_uses():
+    """A static-shape session plans once: the first run must not compile the model a second time
+    (that cost the first run a full compile and held two copies of the packed weights)."""
+    from edgerun import zoo
+    session = InferenceSession(zoo.mobilenet_v2(0.35, 96, batch=1), memory_budget="300KB")
+    plan, compiled = session.plan, session._last
+    x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    session.run(None, {"input": x})
+    assert session._last is compiled and session.plan is plan
+    assert list(session._compiled.values()) == [compiled]

@@ -1,0 +1,85 @@
+"""The whole memory bill of running a model, not only its activation arena: RSS growth per runtime.
+
+    python tools/memory_bill.py [--budget 1.2MB] [--threads 1] [--runs 10]
+
+Each runtime runs in a fresh interpreter on MobileNetV2 1.0/224 (pretrained, batch 1): the RSS after
+importing numpy, onnx, onnxruntime and edgerun and preparing the input is the baseline; the bill is
+the RSS after creating the session and running it `--runs` times, minus that baseline. Rows:
+onnxruntime on the .onnx file, edgerun.InferenceSession on the same file (planned under the budget),
+and edgerun.load of a bundle compiled from it for the same budget and threads. The weights' bytes
+(fp32 initializers) and the plan's arena are printed beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import onnx
+
+from edgerun import zoo
+from edgerun.compiler import compile_bundle
+
+CHILD = r"""
+import gc, sys
+import numpy as np, onnx, onnxruntime, psutil
+import edgerun
+from edgerun import zoo
+kind, path, budget, threads, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+x = zoo.preprocess_imagenet(zoo.sample_image())
+gc.collect()
+process = psutil.Process()
+base = process.memory_info().rss
+if kind == "onnxruntime":
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+elif kind == "InferenceSession":
+    session = edgerun.InferenceSession(path, memory_budget=budget, threads=threads)
+else:
+    session = edgerun.load(path, threads=threads)
+for _ in range(runs):
+    session.run(None, {"input": x})
+gc.collect()
+arena = getattr(getattr(session, "plan", None), "peak_bytes", 0)
+print(process.memory_info().rss - base, arena)
+"""
+
+
+def measure(kind: str, path: str, budget: str, threads: int, runs: int) -> tuple[int, int]:
+    result = subprocess.run([sys.executable, "-c", CHILD, kind, path, budget, str(threads), str(runs)],
+                            check=True, capture_output=True, text=True)
+    growth, arena = result.stdout.split()
+    return int(growth), int(arena)
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(onnx.numpy_helper.to_array(init).nbytes for init in model.graph.initializer)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="1.2MB")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args(argv)
+    model = zoo.mobilenet_v2(pretrained=True, batch=1)
+    with tempfile.TemporaryDirectory(prefix="edgerun-bill-") as folder:
+        onnx_path = os.path.join(folder, "mobilenet_v2.onnx")
+        bundle_path = os.path.join(folder, "mobilenet_v2.erb")
+        onnx.save(model, onnx_path)
+        compile_bundle(onnx_path, bundle_path, memory_budget=args.budget, threads=args.threads)
+        print(f"MobileNetV2 1.0/224, budget {args.budget}, {args.threads} thread(s), {args.runs} runs; "
+              f"weights {weight_bytes(model):,} B")
+        print(f"{'runtime':<32} {'RSS growth':>14} {'arena':>12}")
+        for kind, path in (("onnxruntime", onnx_path), ("InferenceSession", onnx_path), ("bundle", bundle_path)):
+            growth, arena = measure(kind, path, args.budget, args.threads, args.runs)
+            label = {"bundle": "edgerun.load(bundle)", "InferenceSession": "edgerun.InferenceSession(.onnx)"}
+            print(f"{label.get(kind, kind):<32} {growth:>14,} {arena:>12,}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
