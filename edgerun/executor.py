@@ -137,6 +137,8 @@ class CompiledModel:
             planner = plan.planner
             plan = None
         self.plan = plan if plan is not None else self._schedule(budget, planner, fixed or {}, max_t, cost_model)
+        self.planned_problem = self.problem.with_segments({s.name: s.bytes for s in self.plan.segments}) \
+            if self.plan.segments else self.problem     # the problem as the plan runs it: one step a segment
         self.steps = self._with_segments(self.steps)
         self.arena, self.views = self._bind_arena()
         self._bound_env = {**self.constants, **self.views}
@@ -225,6 +227,9 @@ class CompiledModel:
         calls = runner.schedule.calls
         return scheduler.SegmentLayout(runner.arena_bytes, rings, len(calls), sum(c.hi - c.lo for c in calls))
 
+    def _node(self, name: str) -> Node:
+        return next(step.node for step in self.steps if step.node.name == name)
+
     def _with_segments(self, steps: list[ExecStep]) -> list[ExecStep]:
         """The executor's steps as the plan runs them: each segment's member steps replaced by one step."""
         if not self.plan.segments:
@@ -232,7 +237,9 @@ class CompiledModel:
         first = {}
         for segment in self.plan.segments:
             candidate = self.segment_candidates[segment.name]
-            node = Node("Segment", [candidate.input], [candidate.output], {}, segment.name, "edgerun")
+            weights = [n for unit in candidate.units for n in self._node(unit.step).inputs if n in self.constants]
+            node = Node("Segment", [candidate.input] + list(dict.fromkeys(weights)), [candidate.output], {},
+                        segment.name, "edgerun")
             first[segment.steps[0]] = ExecStep(node, "segment", segment=candidate)
         members = {name for segment in self.plan.segments for name in segment.steps}
         return [first[s.node.name] if s.node.name in first else s for s in steps if s.node.name not in members

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .blocks import BlockGeometry, BlockSchedule
+from .blocks import BlockGeometry, BlockSchedule, block_macs
 from .contract import ContractFunction, KernelContract
 
 SEGMENT_KIND = "segment"
@@ -102,6 +102,13 @@ class Step:
             raise ValueError(f"step {self.name!r}: fixed scratch {sorted(clash)} clashes with block scratch")
         sizes.update(fixed)
         return sizes
+
+
+def unsplit_macs(step: Step) -> int:
+    """Multiply-adds of a step run whole (a block: t = 1, one band; rows are computed once either way)."""
+    if step.is_block:
+        return block_macs(step.block, BlockSchedule(1, step.block.out_height))
+    return step.macs
 
 
 @dataclass
@@ -226,7 +233,7 @@ class Problem:
         reads = [b for b in dict.fromkeys(b for s in steps for b in s.reads) if b not in inner]
         writes = [b for b in dict.fromkeys(b for s in steps for b in s.writes) if b not in inner]
         return Step(name=option.name, kind=SEGMENT_KIND, reads=reads, writes=writes,
-                    macs=sum(s.macs for s in steps), scratch={"segment": arena_bytes})
+                    macs=sum(unsplit_macs(s) for s in steps), scratch={"segment": arena_bytes})
 
     def with_segments(self, arenas: dict[str, int]) -> "Problem":
         """This problem with each named segment (name -> its arena bytes) run as one step, its inner
