@@ -2,7 +2,7 @@
 get a streamed plan that runs, or MemoryBudgetError with the minimum over segmentations."""
 import dataclasses
 import json
-import tracemalloc
+import re
 
 import numpy as np
 import onnx
@@ -310,3 +310,46 @@ def test_segment_runs_inside_the_executor_arena(small_mobilenet):
         for ring, source in zip(segment.rings, rings):
             assert source.ring.ctypes.data == base + ring.offset
             assert source.ring.nbytes == ring.bytes
+
+
+# ---------------------------------------------------------------- visible: edgerun plan, the profile
+def test_cli_plan_lists_segments_and_rings(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = plain_conv_chain()
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, str(path))
+    minimum, _ = scheduler.minimum_peak(InferenceSession(model, kernels_backend="numpy").compiled.problem)
+    plan = InferenceSession(model, memory_budget=minimum, kernels_backend="numpy").plan
+    root = Path(__file__).resolve().parents[1]
+
+    def edgerun(*args):
+        result = subprocess.run([sys.executable, "-m", "edgerun", "plan", str(path), "--budget", str(minimum),
+                                 "--kernels", "numpy", *args], capture_output=True, text=True, cwd=root, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    data = json.loads(edgerun("--json"))
+    assert data["segments"] == [s.to_dict() for s in plan.segments] and data["segments"]
+    assert data["planned_peak_bytes"] == plan.peak_bytes
+    text = edgerun()
+    for segment in plan.segments:
+        assert f"segment {segment.name}: {len(segment.steps)} steps streamed in bands of {segment.band_rows}" in text
+        for ring in segment.rings:
+            assert re.search(rf"ring {re.escape(ring.name)}\s+{ring.rows}\s+of\s+{ring.height} rows\s+{ring.bytes:,} B",
+                             text), ring
+
+
+def test_profile_rows_count_the_rings_at_the_segment_step():
+    from edgerun import profiler
+    model = resnet_style()
+    minimum, _ = scheduler.minimum_peak(InferenceSession(model, kernels_backend="numpy").compiled.problem)
+    sess = InferenceSession(model, memory_budget=minimum, kernels_backend="numpy")
+    rows = {row["name"]: row for row in profiler.plan_rows(sess)}
+    for segment in sess.plan.segments:
+        row = rows[segment.name]
+        assert row["op"] == "Segment" and row["planned_bytes"] == sess.plan.step(segment.name).bytes
+        assert row["planned_bytes"] >= segment.bytes >= segment.ring_bytes > 0
+        assert row["params"] > 0 and row["macs"] > 0
