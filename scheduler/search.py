@@ -26,7 +26,7 @@ from .contract import KernelContract
 from .cost import CostModel
 from .errors import BudgetInfeasible, PlanOverlapError
 from .plan import Plan, SegmentPlan, StepPlan
-from .planner import MemoryPlanner, align_up, make_planner
+from .planner import SEGMENT_PLANNER_ALTERNATIVES, MemoryPlanner, align_up, make_planner
 from .problem import Problem, RingPlacement, Step
 from .streaming import Segmentation, SegmentSearch
 
@@ -250,8 +250,14 @@ def schedule(problem: Problem, budget: int | None = None, alignment: int = 64, p
 
 # ---------------------------------------------------------------- segments
 def _segmented_layout(problem: Problem, found: Segmentation, alignment: int, planner) -> _Layout:
+    """The segmentation laid out; with greedy-by-size asked, also the other first-fit orders
+    (SEGMENT_PLANNER_ALTERNATIVES): a segment's large one-step arena fragments greedy-by-size's packing
+    easily. The smallest peak wins (ties: the order asked)."""
     derived = problem.with_segments(found.arenas())
-    return _Layout(derived, {n: c.schedule for n, c in found.blocks.items()}, alignment, planner)
+    choices = {n: c.schedule for n, c in found.blocks.items()}
+    names = SEGMENT_PLANNER_ALTERNATIVES.get(planner, (planner,)) if isinstance(planner, str) else (planner,)
+    layouts = [_Layout(derived, choices, alignment, name) for name in names]
+    return min(layouts, key=lambda layout: layout.peak())
 
 
 def _segmented_plan(layout: _Layout, found: Segmentation, cost: CostModel, budget: int | None) -> Plan:
@@ -272,24 +278,55 @@ def _segmented_plan(layout: _Layout, found: Segmentation, cost: CostModel, budge
 def _streamed(problem: Problem, candidates, budget: int, alignment: int, planner, cost: CostModel, fixed,
               unstreamed_minimal: _Layout) -> Plan:
     """The fastest segmented plan within `budget`; the segmentation's own live-bytes bound is lowered by
-    any overshoot of the planner (fragmentation) a few times, then the memory-minimal segmentation is
+    any overshoot of the planner (fragmentation) a few times, then the memory-minimal segmented layout is
     the last resort.  BudgetInfeasible names the smallest peak over segmentations."""
     search = SegmentSearch(problem, candidates, alignment, cost, fixed)
+    found, layout = _fastest_layout_within(problem, search, budget, alignment, planner)
+    if found is not None:
+        return _segmented_plan(layout, found, cost, budget)
+    found, layout = _minimal_segmented_layout(problem, search, alignment, planner)
+    if found is not None and layout.peak() <= budget:
+        return _segmented_plan(layout, found, cost, budget)
+    best = unstreamed_minimal if found is None else min(unstreamed_minimal, layout, key=lambda lay: lay.peak())
+    raise BudgetInfeasible(best.peak(), best.limiting_step(), budget)
+
+
+def _fastest_layout_within(problem: Problem, search: SegmentSearch, budget: int, alignment: int, planner,
+                           rounds: int = 4) -> tuple[Segmentation | None, _Layout | None]:
+    """The fastest segmentation whose laid-out peak fits `budget`: its pieces' bound is lowered by the
+    planner's overshoot (fragmentation) for a few rounds.  (None, None) when none is found."""
     target = budget
-    for _ in range(4):
+    for _ in range(rounds):
         found = search.fastest_within(target)
         if found is None:
             break
         layout = _segmented_layout(problem, found, alignment, planner)
         if layout.peak() <= budget:
-            return _segmented_plan(layout, found, cost, budget)
+            return found, layout
         target -= layout.peak() - budget
+    return None, None
+
+
+LADDER_STEPS = 8   # bounds tried between the smallest largest piece and the per-block minimum
+
+
+def _minimal_segmented_layout(problem: Problem, search: SegmentSearch, alignment: int, planner,
+                              ceiling: int | None = None) -> tuple[Segmentation | None, _Layout | None]:
+    """The smallest laid-out peak over segmentations.  The pieces' live bytes bound the peak from below,
+    but greedy placement may fragment, and which segmentation packs best is not the one with the
+    smallest largest piece alone: tried are that one, and the fastest segmentation within each of a
+    ladder of bounds from it up to `ceiling` (default: the per-block minimum); whichever the planner
+    packs smallest (ties: faster)."""
     minimal = search.minimal()
-    layout = _segmented_layout(problem, minimal, alignment, planner)
-    if layout.peak() <= budget:
-        return _segmented_plan(layout, minimal, cost, budget)
-    best = min(unstreamed_minimal, layout, key=lambda lay: lay.peak())
-    raise BudgetInfeasible(best.peak(), best.limiting_step(), budget)
+    if minimal.bound == float("inf"):
+        return None, None
+    tried = [(minimal, _segmented_layout(problem, minimal, alignment, planner))]
+    top = max(minimal.bound, tried[0][1].peak() if ceiling is None else ceiling)
+    for k in range(LADDER_STEPS):
+        fitting = search.fastest_within(minimal.bound + (top - minimal.bound) * k // LADDER_STEPS)
+        if fitting is not None and all(fitting != found for found, _ in tried):
+            tried.append((fitting, _segmented_layout(problem, fitting, alignment, planner)))
+    return min(tried, key=lambda pair: (pair[1].peak(), pair[0].seconds))
 
 
 def streamed_minimal(problem: Problem, alignment: int = 64, planner="greedy", cost_model: CostModel | None = None,
@@ -300,9 +337,9 @@ def streamed_minimal(problem: Problem, alignment: int = 64, planner="greedy", co
     unstreamed = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
     if not problem.segments:
         return unstreamed.to_plan(cost, None)
-    found = SegmentSearch(problem, candidates, alignment, cost).minimal()
-    layout = _segmented_layout(problem, found, alignment, planner)
-    if layout.peak() >= unstreamed.peak():
+    found, layout = _minimal_segmented_layout(problem, SegmentSearch(problem, candidates, alignment, cost),
+                                              alignment, planner)
+    if found is None or layout.peak() >= unstreamed.peak():
         return unstreamed.to_plan(cost, None)
     return _segmented_plan(layout, found, cost, None)
 
@@ -380,9 +417,10 @@ def minimum_peak(problem: Problem, alignment: int = 64, planner="greedy", max_t:
     layout = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
     best = (layout.peak(), layout.limiting_step())
     if problem.segments:
-        streamed = _segmented_layout(problem, SegmentSearch(problem, candidates, alignment, cost, fixed).minimal(),
-                                     alignment, planner)
-        best = min(best, (streamed.peak(), streamed.limiting_step()), key=lambda found: found[0])
+        found, streamed = _minimal_segmented_layout(problem, SegmentSearch(problem, candidates, alignment, cost, fixed),
+                                                    alignment, planner)
+        if found is not None:
+            best = min(best, (streamed.peak(), streamed.limiting_step()), key=lambda pair: pair[0])
     return best
 
 

@@ -196,8 +196,12 @@ def test_the_headline_budget_fits_on_any_core_count(monkeypatch, headline_model,
 
 def test_explicit_threads_are_never_changed(monkeypatch, headline_model):
     fake_machine(monkeypatch, 2)
+    # no per-block plan for 4 threads fits 1.2 MB: the session streams the first blocks instead of taking fewer
+    # threads, and below the streamed minimum it refuses
+    session = InferenceSession(headline_model, memory_budget=HEADLINE_BUDGET, threads=4, kernels_backend="native")
+    assert session.planned_threads == 4 and session.plan.segments and session.notices == []
     with pytest.raises(MemoryBudgetError):
-        InferenceSession(headline_model, memory_budget=HEADLINE_BUDGET, threads=4, kernels_backend="native")
+        InferenceSession(headline_model, memory_budget=800_000, threads=4, kernels_backend="native")
 
 
 @needs_native
