@@ -114,11 +114,12 @@ class CompiledModel:
     plan: a plan made elsewhere (e.g. stored in a bundle). It is verified against this model once: the
     backend, threads and activation dtype it was made for and every buffer's size must equal this
     model's. If they differ, replan=True plans again for the plan's budget (and says so in `notices`
-    and with a warning); otherwise PlanMismatchError says what differs."""
+    and with a warning); otherwise PlanMismatchError says what differs.
+    segments: False plans without streaming (no segment options: the per-block plans of before)."""
 
     def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
                  fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None,
-                 plan: scheduler.Plan | None = None, replan: bool = False):
+                 plan: scheduler.Plan | None = None, replan: bool = False, segments: bool = True):
         self.graph = graph
         self.backend = backend
         self.threads = threads
@@ -130,7 +131,7 @@ class CompiledModel:
         _import_kernel_modules(backend)
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
         self.segment_candidates = {c.name: c for c in segments_graph.segment_candidates(
-            graph, [s.node for s in self.steps], self.constants)}
+            graph, [s.node for s in self.steps], self.constants)} if segments or plan is not None else {}
         self.problem = self._problem()
         if plan is not None and not self._plan_fits(plan, replan):
             budget = budget if budget is not None else plan.budget
