@@ -212,7 +212,7 @@ class CompiledModel:
             runner = segment_runner_class(self.backend)(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT,
                                                         chunks=segment_chunks(chunking, len(ops_), band_rows),
                                                         arena=arena)
-        except (EdgerunError, scheduler.SchedulerError) as exc:
+        except (EdgerunError, scheduler.SchedulerError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise ValueError(f"{candidate.name} cannot stream: {exc}") from None
         if tuple(runner.out_shape) != out_shape:
             raise ValueError(f"{candidate.name} streams {tuple(runner.out_shape)} rows where the graph has "

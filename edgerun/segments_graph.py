@@ -98,7 +98,7 @@ def stream_unit(node: Node, graph: Graph, constants: dict) -> Unit | None:
     """The unit of `node`, or None when it cannot stream."""
     try:
         return _unit(node, graph, constants)
-    except (_CannotStream, KeyError, IndexError, TypeError, ValueError):
+    except (_CannotStream, KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
 
 
