@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import scheduler
-from edgerun import kernels, limits, ops
+from edgerun import kernels, limits, ops, segments_graph
 from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError, PlanMismatchError
 from edgerun.ir import Graph, Node
+from edgerun.kernels.numpy_segment import SegmentRunner
 from scheduler.blocks import BlockGeometry, BlockSchedule
 
 ARENA_ALIGNMENT = 64
@@ -29,7 +30,7 @@ ACTIVATION_DTYPE = "float32"  # what the plan records: the float activations' dt
 @dataclass
 class ExecStep:
     node: Node
-    kind: str                      # "block", "kernel" or "reference"
+    kind: str                      # "block", "kernel", "reference" or "segment"
     kernel: object = None
     geometry: BlockGeometry | None = None
     weights: object = None
@@ -37,6 +38,7 @@ class ExecStep:
     contract: scheduler.KernelContract | None = None  # blocks: the kernel's contract for the plan's schedule
     scratch: dict = field(default_factory=dict)
     bound: tuple = ()              # blocks: (x, out, one checked call per image), see _block_calls
+    segment: object = None         # segments: the segments_graph.Candidate it runs (`kernel`: its runner)
 
 
 @dataclass
@@ -78,6 +80,27 @@ def node_macs(node: Node, graph: Graph) -> int:
     return ops.lookup(node, graph.opset).macs(node, *shapes)
 
 
+def segment_runner_class(backend: str):
+    """The class that runs segments on `backend`: edgerun.kernels.native_segment.NativeSegmentRunner for
+    "native" when that module exists, else the numpy SegmentRunner (same interface)."""
+    if backend == "native":
+        try:
+            return importlib.import_module("edgerun.kernels.native_segment").NativeSegmentRunner
+        except ModuleNotFoundError as exc:
+            if exc.name != "edgerun.kernels.native_segment":
+                raise
+    return SegmentRunner
+
+
+def segment_chunks(chunking: str, steps: int, band_rows: int):
+    """Rows per call of each of a segment's steps: one-row calls ("rows") or the steady rates (None)."""
+    if chunking == "rows":
+        return [1] * (steps - 1) + [band_rows]
+    if chunking == "steady":
+        return None
+    raise InvalidModelError(f"unknown segment chunking {chunking!r}; the plan may come from a newer edgerun")
+
+
 def _import_kernel_modules(backend: str) -> None:
     """Import the kernels now: a first run() that imported them would count the modules' memory."""
     kernels.block_kernel(backend)
@@ -91,11 +114,12 @@ class CompiledModel:
     plan: a plan made elsewhere (e.g. stored in a bundle). It is verified against this model once: the
     backend, threads and activation dtype it was made for and every buffer's size must equal this
     model's. If they differ, replan=True plans again for the plan's budget (and says so in `notices`
-    and with a warning); otherwise PlanMismatchError says what differs."""
+    and with a warning); otherwise PlanMismatchError says what differs.
+    segments: False plans without streaming (no segment options: the per-block plans of before)."""
 
     def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
                  fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None,
-                 plan: scheduler.Plan | None = None, replan: bool = False):
+                 plan: scheduler.Plan | None = None, replan: bool = False, segments: bool = True):
         self.graph = graph
         self.backend = backend
         self.threads = threads
@@ -106,12 +130,17 @@ class CompiledModel:
         self.activations = self._activation_buffers()
         _import_kernel_modules(backend)
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
+        self.segment_candidates = {c.name: c for c in segments_graph.segment_candidates(
+            graph, [s.node for s in self.steps], self.constants)} if segments or plan is not None else {}
         self.problem = self._problem()
         if plan is not None and not self._plan_fits(plan, replan):
             budget = budget if budget is not None else plan.budget
             planner = plan.planner
             plan = None
         self.plan = plan if plan is not None else self._schedule(budget, planner, fixed or {}, max_t, cost_model)
+        self.planned_problem = self.problem.with_segments({s.name: s.bytes for s in self.plan.segments}) \
+            if self.plan.segments else self.problem     # the problem as the plan runs it: one step a segment
+        self.steps = self._with_segments(self.steps)
         self.arena, self.views = self._bind_arena()
         self._bound_env = {**self.constants, **self.views}
         self._profile_records = np.zeros((len(self.steps), 3))   # seconds, escaped bytes, bytes since run start
@@ -163,7 +192,59 @@ class CompiledModel:
                 contract=contract if step.kind == "block" else None))
         outputs = [o for o in self.graph.output_names() if o in self.activations]
         return scheduler.Problem(buffers=dict(self.activations), steps=sched_steps, outputs=outputs,
-                                 backend=self.backend, threads=self.threads, activation_dtype=ACTIVATION_DTYPE)
+                                 backend=self.backend, threads=self.threads, activation_dtype=ACTIVATION_DTYPE,
+                                 segments=[self._segment_option(c) for c in self.segment_candidates.values()])
+
+    # ---- segments
+    def _segment_option(self, candidate: segments_graph.Candidate) -> scheduler.SegmentOption:
+        out_shape = self.graph.value_info[candidate.output].shape
+        in_shape = self.graph.value_info[candidate.input].shape
+        height = in_shape[2] if candidate.units[-1].reduces else out_shape[2]
+        return scheduler.SegmentOption(candidate.name, candidate.steps, height,
+                                       lambda band, chunking: self._segment_layout(candidate, band, chunking))
+
+    def _segment_runner(self, candidate: segments_graph.Candidate, band_rows: int, chunking: str, arena=None):
+        """The candidate's runner for one image; ValueError when it cannot run this graph's shapes."""
+        ops_, _ = candidate.ops()
+        in_shape = tuple(self.graph.value_info[candidate.input].shape[1:])
+        out_shape = tuple(self.graph.value_info[candidate.output].shape[1:])
+        try:
+            runner = segment_runner_class(self.backend)(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT,
+                                                        chunks=segment_chunks(chunking, len(ops_), band_rows),
+                                                        arena=arena)
+        except (EdgerunError, scheduler.SchedulerError, ValueError, TypeError, IndexError, KeyError) as exc:
+            raise ValueError(f"{candidate.name} cannot stream: {exc}") from None
+        if tuple(runner.out_shape) != out_shape:
+            raise ValueError(f"{candidate.name} streams {tuple(runner.out_shape)} rows where the graph has "
+                             f"{out_shape}")
+        return runner
+
+    def _segment_layout(self, candidate, band_rows: int, chunking: str) -> scheduler.SegmentLayout:
+        runner = self._segment_runner(candidate, band_rows, chunking)
+        _, labels = candidate.ops()
+        offsets = {runner.planner.buffer_name(k): runner.planner.offset(k) for k in range(len(runner.planner))}
+        rings = tuple(scheduler.RingPlacement(labels[ring.tensor], ring.rows, ring.height, ring.bytes,
+                                              offsets[f"ring:{ring.name}"]) for ring in runner.schedule.rings)
+        calls = runner.schedule.calls
+        return scheduler.SegmentLayout(runner.arena_bytes, rings, len(calls), sum(c.hi - c.lo for c in calls))
+
+    def _node(self, name: str) -> Node:
+        return next(step.node for step in self.steps if step.node.name == name)
+
+    def _with_segments(self, steps: list[ExecStep]) -> list[ExecStep]:
+        """The executor's steps as the plan runs them: each segment's member steps replaced by one step."""
+        if not self.plan.segments:
+            return steps
+        first = {}
+        for segment in self.plan.segments:
+            candidate = self.segment_candidates[segment.name]
+            weights = [n for unit in candidate.units for n in self._node(unit.step).inputs if n in self.constants]
+            node = Node("Segment", [candidate.input] + list(dict.fromkeys(weights)), [candidate.output], {},
+                        segment.name, "edgerun")
+            first[segment.steps[0]] = ExecStep(node, "segment", segment=candidate)
+        members = {name for segment in self.plan.segments for name in segment.steps}
+        return [first[s.node.name] if s.node.name in first else s for s in steps if s.node.name not in members
+                or s.node.name in first]
 
     def _block_schedules(self, fixed: dict) -> dict[str, BlockSchedule]:
         """The caller's {block: (t, band_rows or None)} as scheduler BlockSchedules, checked against the graph."""
@@ -238,6 +319,8 @@ class CompiledModel:
         arena = raw[start:start + self.plan.peak_bytes]
         views = {}
         for name in self.activations:
+            if name not in self.plan.offsets:
+                continue        # an inner tensor of a segment: only its ring exists
             info = self.graph.value_info[name]
             offset = self.plan.offsets[name]
             views[name] = arena[offset:offset + self.activations[name]].view(info.dtype).reshape(info.shape)
@@ -246,10 +329,25 @@ class CompiledModel:
             sizes = self._scratch_sizes(step, step_plan)
             step.scratch = {key: arena[step_plan.scratch_offsets[key]:step_plan.scratch_offsets[key] + size]
                             .view(np.float32) for key, size in sizes.items()}
+            if step.kind == "segment":
+                self._bind_segment(step)
         self._raw = raw
         return arena, views
 
+    def _bind_segment(self, step: ExecStep) -> None:
+        segment = self.plan.segment(step.node.name)
+        try:
+            step.kernel = self._segment_runner(step.segment, segment.band_rows, segment.chunking,
+                                               arena=step.scratch["segment"])
+        except ValueError as exc:
+            raise InvalidModelError(f"the plan's segment does not run here: {exc}") from None
+        if step.kernel.arena_bytes != segment.bytes:
+            raise InvalidModelError(f"{segment.name}: its runner needs {step.kernel.arena_bytes} arena bytes, "
+                                    f"the plan gives {segment.bytes}")
+
     def _scratch_sizes(self, step: ExecStep, step_plan) -> dict[str, int]:
+        if step.kind == "segment":
+            return dict(step_plan.scratch_sizes or {"segment": self.plan.segment(step.node.name).bytes})
         if step.kind == "block":
             step.schedule = BlockSchedule(step_plan.t, step_plan.band_rows)
             sched_step = self.problem.steps[self.problem.step_index(step.node.name)]
@@ -315,6 +413,9 @@ class CompiledModel:
                     call()
             elif step.kind == "kernel":
                 step.kernel.run(node, args, outs, step.scratch)
+            elif step.kind == "segment":
+                for x, out in zip(args[0], outs[0]):
+                    step.kernel.run(np.ascontiguousarray(x), out)
             else:
                 results = ops.lookup(node, self.graph.opset).compute(node, args, self.graph.opset)
                 for name, result in zip(node.outputs, results):

@@ -63,7 +63,7 @@ def plan_rows(sess) -> list[dict]:
     compiled = compiled_model(sess)
     graph, constants = compiled.graph, compiled.constants
     rows = []
-    for index, (exec_step, problem_step) in enumerate(zip(compiled.steps, compiled.problem.steps)):
+    for index, (exec_step, problem_step) in enumerate(zip(compiled.steps, compiled.planned_problem.steps)):
         node = exec_step.node
         step_plan = compiled.plan.step(node.name)
         rows.append({

@@ -94,26 +94,36 @@ class InferenceSession(Session):
         graph = infer_shapes(self._graph, dict(shapes), input_values)
         if self.optimize_graph:
             graph = optimize(graph, disabled=self.disabled_passes)
+        if self.threads_given or self.threads == 1:
+            return self._compiled_model(graph, self.threads)
+        # fewer threads with whole tensors run faster than streaming (segments) with all of them
+        try:
+            return self._compiled_model(graph, self.threads, segments=False)
+        except MemoryBudgetError:
+            pass
+        try:
+            return self._fewer_threads(graph, segments=False)
+        except MemoryBudgetError:
+            pass
         try:
             return self._compiled_model(graph, self.threads)
         except MemoryBudgetError:
-            if self.threads_given or self.threads == 1:
-                raise
             return self._fewer_threads(graph)
 
-    def _compiled_model(self, graph, threads: int) -> CompiledModel:
+    def _compiled_model(self, graph, threads: int, segments: bool = True) -> CompiledModel:
         return CompiledModel(graph, budget=self.memory_budget, backend=self.backend, planner=self.planner,
-                             fixed=self._fixed, max_t=self.max_t, threads=threads, cost_model=self.cost_model)
+                             fixed=self._fixed, max_t=self.max_t, threads=threads, cost_model=self.cost_model,
+                             segments=segments)
 
-    def _fewer_threads(self, graph) -> CompiledModel:
+    def _fewer_threads(self, graph, segments: bool = True) -> CompiledModel:
         """The plan for the most threads below the default that fits the budget, tried from the most down
         (the smallest reachable peak is not monotonic in the threads: each thread's block scratch grows the
         peak, but blocks also switch between whole bands per thread and shared steps). One thread is tried
         first: when even it does not fit, its budget error is raised at once."""
-        single = self._compiled_model(graph, 1)
+        single = self._compiled_model(graph, 1, segments)
         for threads in range(self.threads - 1, 1, -1):
             try:
-                return self._noted(self._compiled_model(graph, threads))
+                return self._noted(self._compiled_model(graph, threads, segments))
             except MemoryBudgetError:
                 continue
         return self._noted(single)

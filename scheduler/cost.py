@@ -5,6 +5,12 @@ block seconds = (dense_macs * s_pw + depthwise_macs * s_dw + calls * s_call) / b
               plus projection; calls: chunks * bands inner iterations; busy threads:
               what the block kernel's contract says it keeps busy (ThreadSplit.busy).
 other step seconds = macs * s_other + s_call
+segment seconds = unstreamed seconds + (row_calls + calls) * s_call
+  a segment does its steps' work (their seconds run whole, blocks at their fastest schedule) and
+  computes every row of every step in its own small kernel call (row_calls: the rows all its steps
+  compute), driven through its schedule's calls: each costs what a block's inner iteration does.
+  Streaming is therefore never cheaper than running the same steps whole, so the no-budget plan
+  stays the unstreamed fastest one.
 """
 
 from __future__ import annotations
@@ -69,6 +75,11 @@ class CostModel:
 
     def step_seconds(self, macs: int) -> float:
         return macs * self.s_other + self.s_call
+
+    def segment_seconds(self, unstreamed_seconds: float, row_calls: int, calls: int) -> float:
+        """A streamed segment: its steps' seconds run whole plus one call's overhead per row computed
+        and per scheduled call."""
+        return unstreamed_seconds + (row_calls + calls) * self.s_call
 
     @classmethod
     def calibrate(cls, measure_fn, cases=None, backend: str = "", other_samples=None) -> "CostModel":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .blocks import BlockSchedule
+from .problem import RingPlacement
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,36 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class SegmentPlan:
+    """A segment of the plan: the steps it runs depth first (replaced in `Plan.steps` by one step of
+    kind "segment" named `name`), its band rows and chunking, its arena (`offset`, `bytes`: rings and
+    row scratch) and every ring buffer with its rows, bytes and offset in the whole arena."""
+
+    name: str
+    steps: tuple[str, ...]
+    band_rows: int
+    chunking: str
+    offset: int
+    bytes: int
+    rings: tuple[RingPlacement, ...]
+
+    @property
+    def ring_bytes(self) -> int:
+        return sum(r.bytes for r in self.rings)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "steps": list(self.steps), "band_rows": self.band_rows,
+                "chunking": self.chunking, "offset": self.offset, "bytes": self.bytes,
+                "rings": [r.to_dict() for r in self.rings]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SegmentPlan":
+        return cls(str(data["name"]), tuple(str(s) for s in data["steps"]), int(data["band_rows"]),
+                   str(data["chunking"]), int(data["offset"]), int(data["bytes"]),
+                   tuple(RingPlacement.from_dict(r) for r in data["rings"]))
+
+
+@dataclass(frozen=True)
 class Plan:
     """`offsets` / `buffer_sizes`: arena buffers by name; each step's scratch is in its StepPlan.
     `backend`, `threads` and `activation_dtype` are what the problem stated (the scheduler does not
@@ -70,6 +101,13 @@ class Plan:
     activation_dtype: str = "float32"
     budget: int | None = None
     buffer_sizes: dict[str, int] | None = None
+    segments: tuple[SegmentPlan, ...] = ()
+
+    def segment(self, name: str) -> SegmentPlan:
+        for segment in self.segments:
+            if segment.name == name:
+                return segment
+        raise KeyError(f"no segment named {name!r} in the plan")
 
     def step(self, name: str) -> StepPlan:
         for step in self.steps:
@@ -101,6 +139,8 @@ class Plan:
         }
         if self.buffer_sizes is not None:
             data["buffer_sizes"] = dict(self.buffer_sizes)
+        if self.segments:
+            data["segments"] = [s.to_dict() for s in self.segments]
         return data
 
     @classmethod
@@ -122,6 +162,7 @@ class Plan:
             activation_dtype=str(data.get("activation_dtype", "float32")),
             budget=None if budget is None else int(budget),
             buffer_sizes=None if sizes is None else {str(k): int(v) for k, v in sizes.items()},
+            segments=tuple(SegmentPlan.from_dict(s) for s in data.get("segments", ())),
         )
 
     def describe(self) -> str:
@@ -139,7 +180,18 @@ class Plan:
             f"peak {self.peak_bytes:,} bytes (planner {self.planner}, alignment {self.alignment}), "
             f"estimated {self.estimated_seconds * 1e3:.3f} ms"
         )
+        lines += [line for segment in self.segments for line in _describe_segment(segment)]
         return "\n".join(lines)
+
+
+def _describe_segment(segment: SegmentPlan) -> list[str]:
+    lines = [f"{segment.name}: {len(segment.steps)} steps streamed in bands of {segment.band_rows} row(s) "
+             f"({segment.chunking} calls), arena {segment.bytes:,} B at {segment.offset:,} of which rings "
+             f"{segment.ring_bytes:,} B"]
+    lines += [f"  step {name}" for name in segment.steps]
+    lines += [f"  ring {ring.name[:48]:<48} {ring.rows:>4} of {ring.height:>4} rows {ring.bytes:>10,} B "
+              f"at {ring.offset:,}" for ring in segment.rings]
+    return lines
 
 
 def _recorded(data: dict, key: str, stated):

@@ -160,7 +160,42 @@ class GreedyBySizePlanner(MemoryPlanner):
         return candidate
 
 
-PLANNERS = {"greedy": GreedyBySizePlanner, "noreuse": NoReusePlanner}
+class GreedyLongLivedFirstPlanner(GreedyBySizePlanner):
+    """First fit as greedy-by-size, but buffers alive over several steps (tensors) are placed before
+    one-step buffers (scratch, segment arenas), largest first in each group: the one-step buffers then
+    fill the gaps the tensors leave.  The segment search tries it beside greedy-by-size (plans without
+    segments never use it unless asked)."""
+
+    name = "greedy-long"
+
+    def _place(self, buffers: list[BufferRequest]) -> list[int]:
+        offsets = [0] * len(buffers)
+        placed: list[BufferRequest] = []
+        order = sorted(buffers, key=lambda b: (b.first_step == b.last_step, -b.size, b.first_step, b.index))
+        for buf in order:
+            offsets[buf.index] = self._first_fit(buf, placed, offsets)
+            placed.append(buf)
+        return offsets
+
+
+class GreedyByStartPlanner(GreedyBySizePlanner):
+    """First fit in execution order (first step, then largest first): a linear scan."""
+
+    name = "greedy-start"
+
+    def _place(self, buffers: list[BufferRequest]) -> list[int]:
+        offsets = [0] * len(buffers)
+        placed: list[BufferRequest] = []
+        for buf in sorted(buffers, key=lambda b: (b.first_step, -b.size, b.index)):
+            offsets[buf.index] = self._first_fit(buf, placed, offsets)
+            placed.append(buf)
+        return offsets
+
+
+PLANNERS = {"greedy": GreedyBySizePlanner, "noreuse": NoReusePlanner, "greedy-long": GreedyLongLivedFirstPlanner,
+            "greedy-start": GreedyByStartPlanner}
+# what the segment search tries beside greedy-by-size when it lays out a segmented plan
+SEGMENT_PLANNER_ALTERNATIVES = {"greedy": ("greedy", "greedy-long", "greedy-start")}
 
 
 def make_planner(kind, alignment: int = 64) -> MemoryPlanner:

@@ -9,20 +9,26 @@ bounded number of rounds, falling back to the memory-minimal schedule, which
 is checked against the budget up front); tightened blocks then get their first
 choice back wherever the layout still fits.  A returned plan never exceeds
 the budget.
+
+Below the smallest per-block peak, a problem that offers segments (`Problem.segments`) is
+searched again with them (scheduler.streaming): the fastest cover of the steps by single steps
+and segments whose every piece fits, laid out by the same planner; the minimum is then the
+smallest over segmentations.  Plans that fit without segments are exactly those of before.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 from .blocks import BlockGeometry, BlockSchedule, band_ranges, chunk_ranges
 from .contract import KernelContract
 from .cost import CostModel
 from .errors import BudgetInfeasible, PlanOverlapError
-from .plan import Plan, StepPlan
-from .planner import MemoryPlanner, align_up, make_planner
-from .problem import Problem, Step
+from .plan import Plan, SegmentPlan, StepPlan
+from .planner import SEGMENT_PLANNER_ALTERNATIVES, MemoryPlanner, align_up, make_planner
+from .problem import Problem, RingPlacement, Step
+from .streaming import Segmentation, SegmentSearch
 
 
 @dataclass(frozen=True)
@@ -236,8 +242,106 @@ def schedule(problem: Problem, budget: int | None = None, alignment: int = 64, p
 
     minimal = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
     if minimal.peak() > budget:
+        if problem.segments:
+            return _streamed(problem, candidates, budget, alignment, planner, cost, fixed, minimal)
         raise BudgetInfeasible(minimal.peak(), minimal.limiting_step(), budget)
     return _fit_budget(problem, candidates, budget, alignment, planner, cost, minimal)
+
+
+# ---------------------------------------------------------------- segments
+def _segmented_layout(problem: Problem, found: Segmentation, alignment: int, planner) -> _Layout:
+    """The segmentation laid out; with greedy-by-size asked, also the other first-fit orders
+    (SEGMENT_PLANNER_ALTERNATIVES): a segment's large one-step arena fragments greedy-by-size's packing
+    easily. The smallest peak wins (ties: the order asked)."""
+    derived = problem.with_segments(found.arenas())
+    choices = {n: c.schedule for n, c in found.blocks.items()}
+    names = SEGMENT_PLANNER_ALTERNATIVES.get(planner, (planner,)) if isinstance(planner, str) else (planner,)
+    layouts = [_Layout(derived, choices, alignment, name) for name in names]
+    return min(layouts, key=lambda layout: layout.peak())
+
+
+def _segmented_plan(layout: _Layout, found: Segmentation, cost: CostModel, budget: int | None) -> Plan:
+    """The layout's plan with each segment's seconds, band, chunking and rings."""
+    plan = layout.to_plan(cost, budget)
+    by_name = {c.option.name: c for c in found.segments}
+    steps = [replace(s, estimated_seconds=by_name[s.name].seconds) if s.name in by_name else s for s in plan.steps]
+    segments = []
+    for choice in found.segments:
+        offset = plan.step(choice.option.name).scratch_offsets["segment"]
+        rings = tuple(replace(r, offset=offset + r.offset) for r in choice.layout.rings)
+        segments.append(SegmentPlan(choice.option.name, tuple(choice.option.steps), choice.band_rows,
+                                    choice.chunking, offset, choice.layout.arena_bytes, rings))
+    return replace(plan, steps=steps, segments=tuple(segments),
+                   estimated_seconds=sum(s.estimated_seconds for s in steps))
+
+
+def _streamed(problem: Problem, candidates, budget: int, alignment: int, planner, cost: CostModel, fixed,
+              unstreamed_minimal: _Layout) -> Plan:
+    """The fastest segmented plan within `budget`; the segmentation's own live-bytes bound is lowered by
+    any overshoot of the planner (fragmentation) a few times, then the memory-minimal segmented layout is
+    the last resort.  BudgetInfeasible names the smallest peak over segmentations."""
+    search = SegmentSearch(problem, candidates, alignment, cost, fixed)
+    found, layout = _fastest_layout_within(problem, search, budget, alignment, planner)
+    if found is not None:
+        return _segmented_plan(layout, found, cost, budget)
+    found, layout = _minimal_segmented_layout(problem, search, alignment, planner)
+    if found is not None and layout.peak() <= budget:
+        return _segmented_plan(layout, found, cost, budget)
+    best = unstreamed_minimal if found is None else min(unstreamed_minimal, layout, key=lambda lay: lay.peak())
+    raise BudgetInfeasible(best.peak(), best.limiting_step(), budget)
+
+
+def _fastest_layout_within(problem: Problem, search: SegmentSearch, budget: int, alignment: int, planner,
+                           rounds: int = 4) -> tuple[Segmentation | None, _Layout | None]:
+    """The fastest segmentation whose laid-out peak fits `budget`: its pieces' bound is lowered by the
+    planner's overshoot (fragmentation) for a few rounds.  (None, None) when none is found."""
+    target = budget
+    for _ in range(rounds):
+        found = search.fastest_within(target)
+        if found is None:
+            break
+        layout = _segmented_layout(problem, found, alignment, planner)
+        if layout.peak() <= budget:
+            return found, layout
+        target -= layout.peak() - budget
+    return None, None
+
+
+LADDER_STEPS = 8   # bounds tried between the smallest largest piece and the per-block minimum
+
+
+def _minimal_segmented_layout(problem: Problem, search: SegmentSearch, alignment: int, planner,
+                              ceiling: int | None = None) -> tuple[Segmentation | None, _Layout | None]:
+    """The smallest laid-out peak over segmentations.  The pieces' live bytes bound the peak from below,
+    but greedy placement may fragment, and which segmentation packs best is not the one with the
+    smallest largest piece alone: tried are that one, and the fastest segmentation within each of a
+    ladder of bounds from it up to `ceiling` (default: the per-block minimum); whichever the planner
+    packs smallest (ties: faster)."""
+    minimal = search.minimal()
+    if minimal.bound == float("inf"):
+        return None, None
+    tried = [(minimal, _segmented_layout(problem, minimal, alignment, planner))]
+    top = max(minimal.bound, tried[0][1].peak() if ceiling is None else ceiling)
+    for k in range(LADDER_STEPS):
+        fitting = search.fastest_within(minimal.bound + (top - minimal.bound) * k // LADDER_STEPS)
+        if fitting is not None and all(fitting != found for found, _ in tried):
+            tried.append((fitting, _segmented_layout(problem, fitting, alignment, planner)))
+    return min(tried, key=lambda pair: (pair[1].peak(), pair[0].seconds))
+
+
+def streamed_minimal(problem: Problem, alignment: int = 64, planner="greedy", cost_model: CostModel | None = None,
+                     max_t: int = 5) -> Plan:
+    """The memory-minimal plan over segmentations (the per-block minimal one when it is not larger)."""
+    cost = cost_model or CostModel.default(problem.backend)
+    candidates = _candidates_by_step(problem, alignment, cost, _space(max_t, None, None, None))
+    unstreamed = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
+    if not problem.segments:
+        return unstreamed.to_plan(cost, None)
+    found, layout = _minimal_segmented_layout(problem, SegmentSearch(problem, candidates, alignment, cost),
+                                              alignment, planner)
+    if found is None or layout.peak() >= unstreamed.peak():
+        return unstreamed.to_plan(cost, None)
+    return _segmented_plan(layout, found, cost, None)
 
 
 def _fit_budget(problem: Problem, candidates: dict[str, list[Candidate]], budget: int, alignment: int,
@@ -306,11 +410,18 @@ def memory_minimal(problem: Problem, alignment: int = 64, planner="greedy", cost
 def minimum_peak(problem: Problem, alignment: int = 64, planner="greedy", max_t: int = 5,
                  allowed_t: Iterable[int] | None = None, band_choices: Iterable[int] | None = None,
                  fixed: Mapping[str, BlockSchedule] | None = None) -> tuple[int, str]:
-    """(smallest reachable planned peak, the step that sets it)."""
+    """(smallest reachable planned peak, the step that sets it): over segmentations too when the
+    problem offers segments (the step is then possibly a segment's name)."""
     cost = CostModel.default(problem.backend)
     candidates = _candidates_by_step(problem, alignment, cost, _space(max_t, allowed_t, band_choices, fixed))
     layout = _Layout(problem, {n: smallest(c).schedule for n, c in candidates.items()}, alignment, planner)
-    return layout.peak(), layout.limiting_step()
+    best = (layout.peak(), layout.limiting_step())
+    if problem.segments:
+        found, streamed = _minimal_segmented_layout(problem, SegmentSearch(problem, candidates, alignment, cost, fixed),
+                                                    alignment, planner)
+        if found is not None:
+            best = min(best, (streamed.peak(), streamed.limiting_step()), key=lambda pair: pair[0])
+    return best
 
 
 
@@ -324,8 +435,12 @@ def plan_differences(problem: Problem, plan: Plan) -> list[str]:
                                                ("activation dtype", plan.activation_dtype,
                                                 problem.activation_dtype))
                    if planned != here]
+    if differences:
+        return differences
+    differences = _segment_differences(problem, plan)
     if differences or not plan.records_sizes:
         return differences
+    problem = _as_planned(problem, plan)
     if plan.buffer_sizes != problem.buffers:
         differences += _size_differences("buffer", plan.buffer_sizes, problem.buffers)
     for step in problem.steps:
@@ -334,6 +449,42 @@ def plan_differences(problem: Problem, plan: Plan) -> list[str]:
         if step_plan.scratch_sizes != needed:
             differences += _size_differences(f"step {step.name!r} scratch", step_plan.scratch_sizes, needed)
     return differences
+
+
+def _segment_differences(problem: Problem, plan: Plan) -> list[str]:
+    """Each segment of the plan must be one this problem offers, over the same steps, with the arena and
+    rings its layout gives for the plan's band and chunking."""
+    found = []
+    offered = {o.name: o for o in problem.segments}
+    for segment in plan.segments:
+        option = offered.get(segment.name)
+        if option is None:
+            found.append(f"segment {segment.name!r} of the plan is not a segment this model offers")
+            continue
+        if tuple(option.steps) != tuple(segment.steps):
+            found.append(f"segment {segment.name!r}: steps {list(segment.steps)} in the plan, "
+                         f"{list(option.steps)} here")
+            continue
+        try:
+            layout = option.layout(segment.band_rows, segment.chunking)
+        except (ValueError, KeyError) as exc:
+            found.append(f"segment {segment.name!r}: band {segment.band_rows} ({segment.chunking}) does not fit "
+                         f"here: {exc}")
+            continue
+        if layout.arena_bytes != segment.bytes:
+            found.append(f"segment {segment.name!r}: arena {segment.bytes} bytes in the plan, "
+                         f"{layout.arena_bytes} here")
+        planned = [(r.name, r.rows, r.bytes, r.offset - segment.offset) for r in segment.rings]
+        if planned != [(r.name, r.rows, r.bytes, r.offset) for r in layout.rings]:
+            found.append(f"segment {segment.name!r}: its rings differ from this model's")
+    return found
+
+
+def _as_planned(problem: Problem, plan: Plan) -> Problem:
+    """`problem` as the plan runs it: each of the plan's segments one step, its inner buffers gone."""
+    if not plan.segments:
+        return problem
+    return problem.with_segments({s.name: s.bytes for s in plan.segments})
 
 
 def _size_differences(what: str, planned: Mapping[str, int], here: Mapping[str, int]) -> list[str]:
@@ -347,6 +498,11 @@ def verify_plan(problem: Problem, plan: Plan) -> None:
     common step.  Raises PlanOverlapError or ValueError."""
     if not isinstance(plan.alignment, int) or plan.alignment < 1 or plan.alignment & (plan.alignment - 1):
         raise ValueError(f"plan alignment must be a positive power of two, got {plan.alignment!r}")
+    problem = _as_planned(problem, plan)
+    for segment in plan.segments:
+        for ring in segment.rings:
+            if not segment.offset <= ring.offset <= ring.offset + ring.bytes <= segment.offset + segment.bytes:
+                raise ValueError(f"segment {segment.name!r}: ring {ring.name!r} lies outside the segment's arena")
     for i, step in enumerate(problem.steps):
         step_plan = plan.step(step.name)
         regions = [(plan.offsets[n], problem.buffers[n], n) for n in problem.alive_at(i)]

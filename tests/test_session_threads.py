@@ -181,8 +181,9 @@ def test_the_headline_budget_fits_on_any_core_count(monkeypatch, headline_model,
                                 threads=chosen)
     assert explicit.plan.peak_bytes == session.plan.peak_bytes
     for more in range(chosen + 1, cores + 1):
+        # no per-block plan for more threads fits (asked explicitly, such a session streams instead)
         with pytest.raises(MemoryBudgetError):
-            InferenceSession(headline_model, kernels_backend="native", memory_budget=HEADLINE_BUDGET, threads=more)
+            session._compiled_model(session.compiled.graph, more, segments=False)
     if chosen == cores:
         assert session.notices == []
     else:
@@ -196,8 +197,12 @@ def test_the_headline_budget_fits_on_any_core_count(monkeypatch, headline_model,
 
 def test_explicit_threads_are_never_changed(monkeypatch, headline_model):
     fake_machine(monkeypatch, 2)
+    # no per-block plan for 4 threads fits 1.2 MB: the session streams the first blocks instead of taking fewer
+    # threads, and below the streamed minimum it refuses
+    session = InferenceSession(headline_model, memory_budget=HEADLINE_BUDGET, threads=4, kernels_backend="native")
+    assert session.planned_threads == 4 and session.plan.segments and session.notices == []
     with pytest.raises(MemoryBudgetError):
-        InferenceSession(headline_model, memory_budget=HEADLINE_BUDGET, threads=4, kernels_backend="native")
+        InferenceSession(headline_model, memory_budget=800_000, threads=4, kernels_backend="native")
 
 
 @needs_native

@@ -190,7 +190,7 @@ def calibrated_estimate(sess, backend: str, cache: dict) -> float | None:
         return None
     plan = sess.plan
     total = 0.0
-    for step in sess.compiled.problem.steps:
+    for step in sess.compiled.planned_problem.steps:      # a segment is one step there
         chosen = plan.step(step.name)
         total += (model.block_seconds(step.block, chosen.schedule) if step.is_block
                   else model.step_seconds(step.macs))

@@ -262,16 +262,34 @@ def _plan_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _segments_text(segments: list[dict]) -> list[str]:
+    """Each segment of the plan: its steps, band rows and every ring buffer's rows and bytes."""
+    lines = []
+    for segment in segments:
+        rings = segment["rings"]
+        lines.append(f"segment {segment['name']}: {len(segment['steps'])} steps streamed in bands of "
+                     f"{segment['band_rows']} row(s) ({segment['chunking']} calls); arena {segment['bytes']:,} B "
+                     f"at offset {segment['offset']:,}, {len(rings)} rings {sum(r['bytes'] for r in rings):,} B")
+        lines += [f"    step {name}" for name in segment["steps"]]
+        width = max((len(r["name"]) for r in rings), default=4)
+        lines += [f"    ring {r['name']:<{width}} {r['rows']:>4} of {r['height']:>4} rows {r['bytes']:>10,} B"
+                  for r in rings]
+    return lines
+
+
 def command_plan(args) -> int:
     sess, label, budget = open_session(args)
     report = profiler.plan_report(sess)
     print_notices(sess)
+    segments = [segment.to_dict() for segment in sess.plan.segments]
     if args.json:
         print(json.dumps(dict({"model": label, "budget_bytes": budget, "kernels": sess.backend,
-                               "threads": sess.planned_threads}, **report), indent=2))
+                               "threads": sess.planned_threads}, **report, segments=segments), indent=2))
         return EXIT_OK
     print(f"model: {label}")
     print(_plan_table(report))
+    for line in _segments_text(segments):
+        print(line)
     print(f"planned peak: {_bytes_text(report['planned_peak_bytes'])}   "
           f"estimated {report['estimated_seconds'] * 1e3:.3f} ms")
     print(f"budget:       {_budget_text(budget)}")

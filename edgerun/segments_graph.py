@@ -1,0 +1,297 @@
+"""Graph side of segments (docs/segments.md): which steps of an optimised graph can stream, and
+the row ops of edgerun.kernels.numpy_segment they become.
+
+A *unit* is one executor step that can stream: a convolution (FusedConv or Conv, any kernel,
+stride, dilation, group; its fused activation as a following Activation op), a max/average
+pool, a standalone activation, a residual Add of two same-shaped tensors, a GlobalAveragePool
+(last only), or an InvertedResidual block (unfolded into its member ops by `unfold_block`, the
+one place to swap for a fused block member later).  A *segment candidate* is a run of
+consecutive units, each reading the previous one's output, whose inner tensors no other step
+reads; `segment_candidates` lists every such run (up to MAX_UNITS units) and the scheduler
+chooses among them.  Anything else ends a run, with the reason `why_not_streamable` gives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgerun.errors import EdgerunError
+from edgerun.ir import Graph, Node
+from edgerun.kernels import numpy_segment as rows
+from edgerun.kernels.activations import BY_OP_TYPE, KINDS
+from edgerun.ops.conv import resolve_conv_pads
+
+MAX_UNITS = 24   # longest run of units one segment may span (bounds the candidates the search weighs)
+_FLOAT32 = np.finfo(np.float32)
+
+
+@dataclass(frozen=True)
+class SkipFrom:
+    """A residual Add whose second operand is the graph tensor `buffer` (resolved to a segment
+    index when the units are joined into one segment)."""
+
+    buffer: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One streamable step: its node name, the tensor it streams from and the one it writes, and
+    its member ops with a label each (the labels name the rings in the plan)."""
+
+    step: str
+    input: str
+    output: str
+    ops: tuple
+    labels: tuple[str, ...]
+
+    @property
+    def reduces(self) -> bool:
+        return isinstance(self.ops[-1], rows.GlobalAveragePool)
+
+    @property
+    def skips(self) -> tuple[str, ...]:
+        return tuple(op.buffer for op in self.ops if isinstance(op, SkipFrom))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A run of units that may stream as one segment."""
+
+    units: tuple[Unit, ...]
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return tuple(u.step for u in self.units)
+
+    @property
+    def input(self) -> str:
+        return self.units[0].input
+
+    @property
+    def output(self) -> str:
+        return self.units[-1].output
+
+    @property
+    def inner(self) -> tuple[str, ...]:
+        return tuple(u.output for u in self.units[:-1])
+
+    @property
+    def name(self) -> str:
+        first, last = self.units[0].step, self.units[-1].step
+        return f"segment[{first}..{last}]" if len(self.units) > 1 else f"segment[{first}]"
+
+    def ops(self) -> tuple[list, list[str]]:
+        """The numpy_segment ops of the whole run (skips resolved to indices) and their labels."""
+        produced = {self.units[0].input: rows.SEGMENT_INPUT}
+        ops, labels = [], []
+        for unit in self.units:
+            for op, label in zip(unit.ops, unit.labels):
+                ops.append(rows.Add(produced[op.buffer]) if isinstance(op, SkipFrom) else op)
+                labels.append(label)
+            produced[unit.output] = len(ops) - 1
+        return ops, labels
+
+
+# ---------------------------------------------------------------- one node -> a unit
+def stream_unit(node: Node, graph: Graph, constants: dict) -> Unit | None:
+    """The unit of `node`, or None when it cannot stream."""
+    try:
+        return _unit(node, graph, constants)
+    except (_CannotStream, KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def why_not_streamable(node: Node, graph: Graph, constants: dict) -> str | None:
+    """None when `node` streams, else why it ends a segment."""
+    try:
+        _unit(node, graph, constants)
+        return None
+    except _CannotStream as exc:
+        return str(exc)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return f"{node.describe()}: {exc}"
+
+
+class _CannotStream(EdgerunError):
+    pass
+
+
+def _unit(node: Node, graph: Graph, constants: dict) -> Unit:
+    vi = graph.value_info
+    outputs = [o for o in node.outputs if o]
+    if len(outputs) != 1 or not node.inputs or not node.inputs[0]:
+        raise _CannotStream(f"{node.describe()}: one input and one output tensor stream")
+    x, y = node.inputs[0], outputs[0]
+    for name in (x, y):
+        info = vi.get(name)
+        if info is None or info.shape is None or len(info.shape) != 4 or np.dtype(info.dtype) != np.float32:
+            raise _CannotStream(f"{node.describe()}: {name!r} is not a float32 NCHW tensor")
+    kind = (node.domain, node.op_type)
+    if kind == ("edgerun", "InvertedResidual"):
+        ops, labels = unfold_block(node, constants)
+    elif kind in (("edgerun", "FusedConv"), ("", "Conv")):
+        ops, labels = _conv_ops(node, graph, constants)
+    elif kind in (("", "MaxPool"), ("", "AveragePool")):
+        ops, labels = [_pool_op(node, graph)], [node.name]
+    elif kind == ("", "GlobalAveragePool"):
+        ops, labels = [rows.GlobalAveragePool()], [node.name]
+    elif kind == ("", "Add"):
+        x, ops, labels = _add_ops(node, graph)
+    elif node.domain == "" and node.op_type in BY_OP_TYPE:
+        ops, labels = [_activation_op(node, graph, constants)], [node.name]
+    else:
+        raise _CannotStream(f"{node.describe()}: {node.op_type} needs its whole input")
+    return Unit(node.name, x, y, tuple(ops), tuple(labels))
+
+
+def unfold_block(node: Node, constants: dict) -> tuple[list, list[str]]:
+    """An InvertedResidual as its member ops: expand conv (+ activation), depthwise conv
+    (+ activation), projection conv, residual Add.  The one place to swap for a fused member."""
+    a = node.attrs
+    w = [constants.get(name) if name else None for name in node.inputs[1:7]]
+    if any(w[i] is None for i in (2, 4)):
+        raise _CannotStream(f"{node.describe()}: its depthwise and projection weights are not constant")
+    ops, labels = [], []
+    if node.input(1):
+        if w[0] is None:
+            raise _CannotStream(f"{node.describe()}: its expansion weights are not constant")
+        s, p = a.get("expand_stride", 1), list(a.get("expand_pads", [0, 0, 0, 0]))
+        ops.append(rows.Conv(w[0], w[1], (s, s), tuple(p)))
+        labels.append(f"{node.name}:expand")
+        _append_activation(ops, labels, a.get("expand_activation", ""), a.get("expand_activation_params", []),
+                           f"{node.name}:expand_act")
+    hidden = w[2].shape[0]
+    s = a["dw_stride"]
+    ops.append(rows.Conv(np.reshape(w[2], (hidden, 1) + tuple(w[2].shape[-2:])), w[3], (s, s),
+                         tuple(a["dw_pads"]), group=hidden))
+    labels.append(f"{node.name}:depthwise")
+    _append_activation(ops, labels, a.get("dw_activation", ""), a.get("dw_activation_params", []),
+                       f"{node.name}:dw_act")
+    ops.append(rows.Conv(np.reshape(w[4], tuple(w[4].shape[:2]) + (1, 1)), w[5]))
+    labels.append(f"{node.name}:project")
+    if a.get("residual", 0):
+        ops.append(SkipFrom(node.inputs[0]))
+        labels.append(f"{node.name}:add")
+    return ops, labels
+
+
+def _append_activation(ops: list, labels: list, kind: str, params, label: str) -> None:
+    if kind:
+        ops.append(_activation(kind, params, label))
+        labels.append(label)
+
+
+def _activation(kind: str, params, where: str) -> rows.Activation:
+    row = KINDS.get(kind)
+    if row is None or row.into is None:
+        raise _CannotStream(f"{where}: activation {kind!r} has no row form")
+    return rows.Activation(kind, tuple(float(p) for p in params))
+
+
+def _conv_ops(node: Node, graph: Graph, constants: dict) -> tuple[list, list[str]]:
+    weight = constants.get(node.input(1))
+    bias = constants.get(node.input(2)) if node.input(2) else None
+    if weight is None or weight.ndim != 4 or (node.input(2) and bias is None):
+        raise _CannotStream(f"{node.describe()}: a 2-D convolution by constant weights streams")
+    a = node.attrs
+    kernel = list(weight.shape[2:])
+    strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    if node.domain == "edgerun":
+        pads = list(a["pads"])
+    else:
+        pads = resolve_conv_pads(a, graph.value_info[node.inputs[0]].shape[2:], kernel, strides, dilations)
+    ops = [rows.Conv(weight, bias, tuple(strides), (pads[0], pads[1], pads[2], pads[3]), tuple(dilations),
+                     int(a.get("group", 1)))]
+    labels = [node.name]
+    _append_activation(ops, labels, a.get("activation", ""), a.get("activation_params", []), f"{node.name}:act")
+    return ops, labels
+
+
+def _pool_op(node: Node, graph: Graph) -> rows.Pool:
+    a = node.attrs
+    if a.get("ceil_mode", 0) or a.get("storage_order", 0):
+        raise _CannotStream(f"{node.describe()}: ceil_mode / storage_order do not stream")
+    kernel = list(a["kernel_shape"])
+    strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    if len(kernel) != 2:
+        raise _CannotStream(f"{node.describe()}: 2-D pooling streams")
+    pads = resolve_conv_pads(a, graph.value_info[node.inputs[0]].shape[2:], kernel, strides, dilations)
+    kind = "max" if node.op_type == "MaxPool" else "avg"
+    return rows.Pool(kind, tuple(kernel), tuple(strides), (pads[0], pads[1], pads[2], pads[3]), tuple(dilations),
+                     bool(a.get("count_include_pad", 0)))
+
+
+def _add_ops(node: Node, graph: Graph) -> tuple[str, list, list[str]]:
+    """(streamed input, [SkipFrom(other)], labels): an Add of two same-shaped activations."""
+    vi = graph.value_info
+    if len(node.inputs) != 2 or not all(node.inputs) or node.inputs[0] == node.inputs[1]:
+        raise _CannotStream(f"{node.describe()}: an Add of two distinct tensors streams")
+    a, b = node.inputs
+    if vi[a].shape != vi[b].shape or vi[a].value is not None or vi[b].value is not None:
+        raise _CannotStream(f"{node.describe()}: an Add of two same-shaped activations streams (no broadcast)")
+    producers = graph.producers()
+    # stream from the operand produced later (the chain's previous step); the other is the skip
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    late = max((a, b), key=lambda t: order.get(producers[t].name, -1) if t in producers else -1)
+    early = b if late == a else a
+    return late, [SkipFrom(early)], [node.name]
+
+
+def _activation_op(node: Node, graph: Graph, constants: dict) -> rows.Activation:
+    kind = BY_OP_TYPE[node.op_type]
+    if kind.params_from_inputs and graph.opset >= 11:
+        params = []
+        for index, default in ((1, _FLOAT32.min), (2, _FLOAT32.max)):
+            name = node.input(index)
+            value = constants.get(name) if name else np.float32(default)
+            if value is None or np.size(value) != 1:
+                raise _CannotStream(f"{node.describe()}: Clip bounds must be constant")
+            params.append(float(np.reshape(value, -1)[0]))
+    else:
+        params = kind.params_from_attrs(node.attrs)
+    return _activation(kind.name, params, node.describe())
+
+
+# ---------------------------------------------------------------- runs and candidates
+def segment_candidates(graph: Graph, step_nodes: list[Node], constants: dict,
+                       max_units: int = MAX_UNITS) -> list[Candidate]:
+    """Every run of consecutive streamable steps (in `step_nodes` order) that may stream as one
+    segment: each unit reads the previous one's output, inner tensors are read by no other step
+    and are not graph outputs, every skip comes from inside the run or its input, a
+    GlobalAveragePool only last."""
+    readers: dict[str, set[str]] = {}
+    for node in step_nodes:
+        for name in node.inputs:
+            if name:
+                readers.setdefault(name, set()).add(node.name)
+    graph_outputs = set(graph.output_names())
+    units = [stream_unit(node, graph, constants) for node in step_nodes]
+    found = []
+    for start, first in enumerate(units):
+        if first is None:
+            continue
+        run = [first]
+        for unit in units[start + 1:start + max_units]:
+            prev = run[-1]
+            if unit is None or unit.input != prev.output or prev.reduces:
+                break
+            run.append(unit)
+        for end in range(1, len(run) + 1):
+            candidate = Candidate(tuple(run[:end]))
+            if _valid(candidate, readers, graph_outputs):
+                found.append(candidate)
+    return found
+
+
+def _valid(candidate: Candidate, readers: dict[str, set[str]], graph_outputs: set[str]) -> bool:
+    members = set(candidate.steps)
+    for name in candidate.inner:
+        if name in graph_outputs or not readers.get(name, set()) <= members:
+            return False
+    available = {candidate.input}
+    for unit in candidate.units:
+        if not set(unit.skips) <= available:
+            return False
+        available.add(unit.output)
+    return True
