@@ -22,7 +22,8 @@ import numpy as np
 from edgerun.errors import InvalidInputError, InvalidModelError
 from edgerun.kernels.activations import KINDS
 from scheduler.planner import GreedyBySizePlanner
-from scheduler.segments import SEGMENT_INPUT, RowStep, plan_segment
+from scheduler.segments import (SEGMENT_INPUT, RowStep, SegmentError, block_geometry,
+                                block_row_step, plan_segment)
 
 ITEMSIZE = 4
 UFUNC_BUFFER_ITEMS = 1024  # as numpy_steps: keeps numpy's strided-copy buffers small
@@ -63,6 +64,54 @@ class Add:
 @dataclass(frozen=True)
 class GlobalAveragePool:
     pass
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """A fused inverted-residual block with the weights of the edgerun InvertedResidual node:
+    we (E, Cin, ke, ke) / be (E,) or None (no expansion: the hidden tensor is the input),
+    wd (E, 1, kd, kd) / bd, wp (Cout, E, 1, 1) / bp; expand and dw strides and pads (top,
+    left, bottom, right) and activations (names of edgerun.kernels.activations.KINDS);
+    `residual` adds the block's input.  `chunks` (t): hidden channels computed in t slices."""
+
+    we: np.ndarray | None
+    be: np.ndarray | None
+    wd: np.ndarray
+    bd: np.ndarray | None
+    wp: np.ndarray
+    bp: np.ndarray | None
+    expand_stride: int = 1
+    expand_pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    expand_activation: str = ""
+    expand_activation_params: tuple[float, ...] = ()
+    dw_stride: int = 1
+    dw_pads: tuple[int, int, int, int] = (1, 1, 1, 1)
+    dw_activation: str = ""
+    dw_activation_params: tuple[float, ...] = ()
+    residual: bool = False
+    chunks: int = 1
+
+    @classmethod
+    def from_node(cls, node, arrays: dict, chunks: int = 1) -> "Block":
+        """From an edgerun.InvertedResidual node; `arrays` maps its weight names to arrays."""
+        def tensor(i):
+            name = node.inputs[i] if i < len(node.inputs) else ""
+            if not name:
+                return None
+            if name not in arrays:
+                raise InvalidModelError(f"{node.describe()}: weight {name!r} is not a known constant")
+            return arrays[name]
+
+        a = node.attrs
+        return cls(tensor(1), tensor(2), tensor(3), tensor(4), tensor(5), tensor(6),
+                   expand_stride=a.get("expand_stride", 1),
+                   expand_pads=tuple(a.get("expand_pads", (0, 0, 0, 0))),
+                   expand_activation=a.get("expand_activation", ""),
+                   expand_activation_params=tuple(a.get("expand_activation_params", ())),
+                   dw_stride=a.get("dw_stride", 1), dw_pads=tuple(a.get("dw_pads", (0, 0, 0, 0))),
+                   dw_activation=a.get("dw_activation", ""),
+                   dw_activation_params=tuple(a.get("dw_activation_params", ())),
+                   residual=bool(a.get("residual", 0)), chunks=chunks)
 
 
 # ---------------------------------------------------------------- row sources
@@ -118,7 +167,11 @@ class _RowKernel:
     """One step bound to its input shape: output shape, RowStep, scratch items, row compute."""
 
     scratch_items = 0
+    state_items = 0                  # kept across calls (alive for the whole segment)
     skip: int | None = None
+
+    def bind_state(self, state: np.ndarray) -> None:
+        self.state = state
 
     def row_step(self, name: str) -> RowStep:
         raise NotImplementedError
@@ -176,8 +229,18 @@ class _ConvRows(_WindowKernel):
             raise InvalidModelError(f"{where}: bias must have {m} values")
         self.bias = bias.reshape(m, 1).copy()
         self.scratch_items = c * kh * kw * self.out_width   # one output row's im2col
+        self.macs = 0
 
     def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        self.fill_columns(out_row, src, scratch)
+        cols3 = scratch.reshape(self.group, self.taps, self.out_width)
+        out3 = dst.reshape(self.group, self.out_channels // self.group, self.out_width)
+        np.matmul(self.w3, cols3, out=out3)
+        np.add(dst, self.bias, out=dst)
+        self.macs += self.out_channels * self.taps * self.out_width
+
+    def fill_columns(self, out_row, src, scratch) -> None:
+        """The im2col of one output row: (C, kh, kw, Wo) taps, zeros for padding."""
         kh, kw = self.kernel
         cols = scratch.reshape(-1, kh, kw, self.out_width)
         for ky in range(kh):
@@ -195,10 +258,6 @@ class _ConvRows(_WindowKernel):
                 cols[:, ky, kx, :first].fill(0.0)
                 cols[:, ky, kx, stop:].fill(0.0)
                 np.copyto(cols[:, ky, kx, first:stop], taps)
-        cols3 = scratch.reshape(self.group, self.taps, self.out_width)
-        out3 = dst.reshape(self.group, self.out_channels // self.group, self.out_width)
-        np.matmul(self.w3, cols3, out=out3)
-        np.add(dst, self.bias, out=dst)
 
 
 class _PoolRows(_WindowKernel):
@@ -303,6 +362,199 @@ class _GlobalAverageRows(_RowKernel):
         np.add(dst, scratch, out=dst)
 
 
+def _activation_kind(where: str, name: str, params, what: str):
+    kind = KINDS.get(name)
+    if kind is None or (name and kind.inplace is None):
+        raise InvalidModelError(f"{where}: {what} activation {name!r} is not one of "
+                                f"{sorted(k for k, v in KINDS.items() if v.inplace or not k)}")
+    if len(params) != len(kind.params):
+        raise InvalidModelError(f"{where}: {what} activation {name!r} takes {len(kind.params)} "
+                                f"parameters, got {len(params)}")
+    return kind, tuple(float(p) for p in params)
+
+
+def _pair(where: str, name: str, value, count: int) -> tuple[int, ...]:
+    values = tuple(int(v) for v in (value if isinstance(value, (tuple, list)) else [value]))
+    if len(values) != count or min(values) < 0:
+        raise InvalidModelError(f"{where}: {name} must be {count} non-negative ints, got {value!r}")
+    return values
+
+
+class _BlockRows(_RowKernel):
+    """A fused inverted-residual block by scatter: each hidden row, computed once (one slice of
+    t at a time), is added into the depthwise accumulators of the output rows whose windows
+    hold it; output row o is finished (activation, projection, bias, residual) right after its
+    last hidden row, so neither the hidden tensor nor the depthwise output has a ring of rows."""
+
+    def __init__(self, op: Block, in_shape, index: int, where: str) -> None:
+        wd = np.ascontiguousarray(op.wd, dtype=np.float32)
+        wp = np.ascontiguousarray(op.wp, dtype=np.float32)
+        if wd.ndim != 4 or wd.shape[1] != 1 or wd.shape[2] != wd.shape[3]:
+            raise InvalidModelError(f"{where}: depthwise weight must be (E, 1, k, k), got {wd.shape}")
+        hidden, kd = wd.shape[0], wd.shape[2]
+        if wp.ndim != 4 or wp.shape[1:] != (hidden, 1, 1):
+            raise InvalidModelError(f"{where}: projection weight must be (Cout, {hidden}, 1, 1), "
+                                    f"got {wp.shape}")
+        cout = wp.shape[0]
+        cin = in_shape[0]
+        expand = None
+        if op.we is not None:
+            we = np.ascontiguousarray(op.we, dtype=np.float32)
+            if we.ndim != 4 or we.shape[0] != hidden or we.shape[1] != cin or we.shape[2] != we.shape[3]:
+                raise InvalidModelError(f"{where}: expansion weight {we.shape} does not match "
+                                        f"input channels {cin} and {hidden} hidden channels")
+            expand = (we.shape[2], _pair(where, "expand_stride", op.expand_stride, 1)[0],
+                      _pair(where, "expand_pads", op.expand_pads, 4))
+            self.we2 = we.reshape(hidden, -1)
+            self.be = self._bias(where, op.be, hidden, "expansion")
+            self.expand_act = _activation_kind(where, op.expand_activation,
+                                               op.expand_activation_params, "expansion")
+            _check_window(where, (expand[0],) * 2, (expand[1],) * 2, (1, 1), expand[2])
+        elif cin != hidden:
+            raise InvalidModelError(f"{where}: without expansion the input's {cin} channels must "
+                                    f"be the {hidden} hidden ones")
+        dw = (kd, _pair(where, "dw_stride", op.dw_stride, 1)[0], _pair(where, "dw_pads", op.dw_pads, 4))
+        _check_window(where, (kd, kd), (dw[1],) * 2, (1, 1), dw[2])
+        if min(expand[1] if expand else 1, dw[1]) < 1:
+            raise InvalidModelError(f"{where}: strides must be >= 1")
+        if not isinstance(op.chunks, int) or not 1 <= op.chunks <= hidden:
+            raise InvalidModelError(f"{where}: chunks must be an int in 1..{hidden}, got {op.chunks!r}")
+        try:
+            self.geometry = block_geometry(in_shape, hidden, cout, expand, dw, op.chunks)
+        except SegmentError as exc:
+            raise InvalidModelError(f"{where}: {exc}") from None
+        if op.residual and self.geometry.out_shape != tuple(in_shape):
+            raise InvalidModelError(f"{where}: a residual block needs output shape "
+                                    f"{self.geometry.out_shape} equal to its input {tuple(in_shape)}")
+        self.wd = wd.reshape(hidden, kd, kd)
+        self.bd = self._bias(where, op.bd, hidden, "depthwise")
+        self.wp2 = wp.reshape(cout, hidden)
+        self.bp = self._bias(where, op.bp, cout, "projection")
+        self.dw_act = _activation_kind(where, op.dw_activation, op.dw_activation_params, "depthwise")
+        self.skip = index - 1 if op.residual else None
+        self.out_channels, self.out_width = cout, self.geometry.out_shape[2]
+        g = self.geometry
+        self.scratch_parts = g.scratch_items()
+        self.scratch_items = sum(self.scratch_parts.values())
+        self.state_items = g.state_items()
+        step = block_row_step("", g)
+        self.windows = [step._window(o) for o in range(g.out_shape[1])]
+        self.readers: dict[int, list[int]] = {}
+        for o, rows in enumerate(self.windows):
+            for r in rows:
+                self.readers.setdefault(r, []).append(o)
+        self.dw_columns = _column_ranges(g.hidden_shape[2], g.out_shape[2], kd, dw[1], 1, dw[2][1])
+        if expand is not None and not g.direct_expansion:
+            self.expansion = _ConvRows(Conv(op.we, None, (expand[1],) * 2, expand[2]), in_shape, where)
+        self.slices = [(c, min(c + g.chunk_channels, hidden)) for c in range(0, hidden, g.chunk_channels)]
+        self.macs = 0
+
+    @staticmethod
+    def _bias(where, bias, count, what) -> np.ndarray:
+        if bias is None:
+            return np.zeros((count, 1), np.float32)
+        bias = np.asarray(bias, np.float32)
+        if bias.shape != (count,):
+            raise InvalidModelError(f"{where}: {what} bias must have {count} values, got {bias.shape}")
+        return bias.reshape(count, 1).copy()
+
+    def row_step(self, name: str) -> RowStep:
+        return block_row_step(name, self.geometry, self.skip)
+
+    def _views(self, scratch: np.ndarray) -> dict[str, np.ndarray]:
+        views, start = {}, 0
+        for part, items in self.scratch_parts.items():
+            views[part] = scratch[start:start + items]
+            start += items
+        return views
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        g = self.geometry
+        views = self._views(scratch)
+        hidden_channels, _, wh = g.hidden_shape
+        wo = g.out_shape[2]
+        slots = self.state.reshape(g.state_rows, hidden_channels, wo)
+        finished = False
+        for h in self._new_rows(out_row):
+            cols = self._expansion_input(h, src, views)
+            for c0, c1 in self.slices:
+                hidden = self._hidden_slice(h, c0, c1, cols, src, views)
+                for reader in self.readers[h]:
+                    slot = slots[reader % g.state_rows, c0:c1]
+                    self._scatter(hidden, slot, c0, c1, h - (reader * g.dw[1] - g.dw[2][0]),
+                                  first=h == self.windows[reader][0], views=views)
+                    if reader == out_row and h == self.windows[out_row][-1]:
+                        self._finish(slot, c0, c1, dst, views)
+                        finished = True
+        if not finished:
+            for c0, c1 in self.slices:
+                self._finish(slots[out_row % g.state_rows, c0:c1], c0, c1, dst, views)
+        np.add(dst, self.bp, out=dst)
+        if self.skip is not None:
+            np.add(dst, skip_src.row(out_row), out=dst)
+
+    def _new_rows(self, out_row: int) -> list[int]:
+        rows = self.windows[out_row]
+        before = self.windows[out_row - 1][-1] if out_row > 0 else -1
+        return [r for r in rows if r > before]
+
+    def _expansion_input(self, h: int, src, views):
+        """(K, Wh) columns of hidden row h: the input row itself for a direct 1x1, else its im2col."""
+        g = self.geometry
+        if g.expand is None:
+            return None
+        if g.direct_expansion:
+            return src.row(h)
+        im2col = views["im2col"]
+        self.expansion_fill(h, src, im2col)
+        return im2col.reshape(-1, g.hidden_shape[2])
+
+    def expansion_fill(self, h, src, im2col) -> None:
+        self.expansion.fill_columns(h, src, im2col)
+
+    def _hidden_slice(self, h, c0, c1, cols, src, views) -> np.ndarray:
+        g = self.geometry
+        if cols is None:
+            return src.row(h)[c0:c1]
+        wh = g.hidden_shape[2]
+        hidden = views["hidden"][:(c1 - c0) * wh].reshape(c1 - c0, wh)
+        np.matmul(self.we2[c0:c1], cols, out=hidden)
+        self.macs += (c1 - c0) * cols.shape[0] * wh
+        np.add(hidden, self.be[c0:c1], out=hidden)
+        kind, params = self.expand_act
+        if kind.inplace is not None:
+            kind.inplace(hidden, views["product"] if kind.needs_tmp else None, *params)
+        return hidden
+
+    def _scatter(self, hidden, slot, c0, c1, ky, first, views) -> None:
+        stride = self.geometry.dw[1]
+        if first:
+            slot[...] = self.bd[c0:c1]
+        product = views["product"]
+        for kx, (lo, hi, x0) in enumerate(self.dw_columns):
+            if hi == lo:
+                continue
+            n = hi - lo
+            tmp = product[:(c1 - c0) * n].reshape(c1 - c0, n)
+            np.multiply(hidden[:, x0:x0 + (n - 1) * stride + 1:stride],
+                        self.wd[c0:c1, ky, kx, None], out=tmp)
+            part = slot[:, lo:hi]
+            np.add(part, tmp, out=part)
+            self.macs += (c1 - c0) * n
+
+    def _finish(self, slot, c0, c1, dst, views) -> None:
+        kind, params = self.dw_act
+        if kind.inplace is not None:
+            kind.inplace(slot, views["product"] if kind.needs_tmp else None, *params)
+        self.macs += dst.shape[0] * (c1 - c0) * dst.shape[1]
+        if c0 == 0:
+            np.matmul(self.wp2[:, c0:c1], slot, out=dst)
+        else:
+            projection = views["projection"].reshape(dst.shape)
+            np.matmul(self.wp2[:, c0:c1], slot, out=projection)
+            np.add(dst, projection, out=dst)
+
+
 def _bind(op, index: int, in_shape, shapes, last: bool) -> _RowKernel:
     where = f"segment step {index} ({type(op).__name__})"
     if isinstance(op, Conv):
@@ -315,6 +567,8 @@ def _bind(op, index: int, in_shape, shapes, last: bool) -> _RowKernel:
         if not SEGMENT_INPUT <= op.skip < index:
             raise InvalidModelError(f"{where}: skip {op.skip} must name an earlier step or -1")
         return _AddRows(op, in_shape, shapes[op.skip], where)
+    if isinstance(op, Block):
+        return _BlockRows(op, in_shape, index, where)
     if isinstance(op, GlobalAveragePool):
         if not last:
             raise InvalidModelError(f"{where}: GlobalAveragePool must end the segment")
@@ -362,6 +616,9 @@ class SegmentRunner:
         planner = GreedyBySizePlanner(alignment=alignment)
         ring_ids = {ring.tensor: planner.add_buffer(ring.bytes, 0, last, f"ring:{ring.name}")
                     for ring in self.schedule.rings}
+        state_ids = {index: planner.add_buffer(kernel.state_items * ITEMSIZE, 0, last,
+                                               f"state:{self.steps[index].name}")
+                     for index, kernel in enumerate(self.kernels) if kernel.state_items}
         scratch_ids = {}
         for index, kernel in enumerate(self.kernels):
             items = kernel.scratch_items
@@ -391,6 +648,8 @@ class SegmentRunner:
             c, _, w = shapes[ring.tensor]
             self.sources[ring.tensor] = _RingRows(
                 view(ring_ids[ring.tensor], ring.rows * c * w).reshape(ring.rows, c, w))
+        for index, buffer in state_ids.items():
+            self.kernels[index].bind_state(view(buffer, self.kernels[index].state_items))
         self.scratch = {}
         for index, buffer in scratch_ids.items():
             self.scratch[index] = view(buffer, planner.aligned_size(buffer) // ITEMSIZE)
@@ -433,6 +692,12 @@ class SegmentRunner:
                 np.copyto(out[:, r, :], row)
             else:
                 kernel.compute(r, src, skip_src, self.sources[index].row(r), work)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the convolutions and blocks run so far (im2col taps over padding
+        count, as in an unstreamed im2col conv; a scatter depthwise counts its taps inside)."""
+        return sum(getattr(kernel, "macs", 0) for kernel in self.kernels)
 
     def _check_io(self, x, out) -> None:
         for name, array, shape in (("input", x, self.in_shape), ("output", out, self.out_shape)):
