@@ -14,13 +14,20 @@ from edgerun.errors import InvalidInputError, InvalidModelError
 from edgerun.kernels.numpy_segment import (
     Activation,
     Add,
+    Binary,
+    Block,
+    ChannelShuffle,
+    Concat,
     Conv,
+    From,
     GlobalAveragePool,
     Pool,
+    Resize,
+    Scale,
     SegmentRunner,
     run_segment,
 )
-from scheduler.segments import check_rings
+from scheduler.segments import check_rings, minimal_streamed_peak, streamed_peak
 
 
 # ---------------------------------------------------------------- the float64 oracle
@@ -69,16 +76,79 @@ def pool2d(x, op: Pool):
     return total / count
 
 
-def reference(ops, x):
-    tensors = {-1: x.astype(np.float64)}
+def activation(x, kind, params):
+    if kind == "relu":
+        return np.maximum(x, 0)
+    if kind == "clip":
+        return np.clip(x, *params)
+    if kind == "hardswish":
+        return x * np.clip(x / 6 + 0.5, 0, 1)
+    assert kind == ""
+    return x
+
+
+def block(x, op: Block):
+    """The inverted-residual block op by op: expand, act, depthwise, act, project (+ input)."""
+    hidden = x
+    if op.we is not None:
+        hidden = conv2d(x, Conv(op.we, op.be, (op.expand_stride,) * 2, op.expand_pads))
+        hidden = activation(hidden, op.expand_activation, op.expand_activation_params)
+    dw = conv2d(hidden, Conv(op.wd, op.bd, (op.dw_stride,) * 2, op.dw_pads, group=op.wd.shape[0]))
+    dw = activation(dw, op.dw_activation, op.dw_activation_params)
+    y = conv2d(dw, Conv(op.wp, op.bp))
+    return y + x if op.residual else y
+
+
+def linear_matrix(size, factor):
+    """(size * factor, size) half-pixel linear interpolation weights, clamped at the edges."""
+    out = np.zeros((size * factor, size))
+    for o in range(size * factor):
+        position = min(max((o + 0.5) / factor - 0.5, 0.0), size - 1.0)
+        low = int(np.floor(position))
+        high = min(low + 1, size - 1)
+        out[o, low] += 1 - (position - low)
+        out[o, high] += position - low
+    return out
+
+
+def resize(x, op: Resize):
+    fy, fx = op.factors
+    if op.mode == "nearest":
+        return x.repeat(fy, axis=1).repeat(fx, axis=2)
+    return np.einsum("oh,chw,pw->cop", linear_matrix(x.shape[1], fy), x, linear_matrix(x.shape[2], fx))
+
+
+def reference(ops, x, tensors=None):
+    """The chain layer by layer in float64; `tensors` (a dict) receives every tensor."""
+    tensors = {} if tensors is None else tensors
+    tensors[-1] = x.astype(np.float64)
     current = tensors[-1]
     for index, op in enumerate(ops):
-        if isinstance(op, Conv):
+        if isinstance(op, From):
+            current, op = tensors[op.source], op.op
+        if isinstance(op, Block):
+            current = block(current, op)
+        elif isinstance(op, Concat):
+            parts = [tensors[op.skip], current] if op.skip_first else [current, tensors[op.skip]]
+            current = np.concatenate(parts, axis=0)
+        elif isinstance(op, Binary):
+            current = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum,
+                       "min": np.minimum}[op.kind](current, tensors[op.skip])
+        elif isinstance(op, Scale):
+            current = current * op.scale.astype(np.float64)[:, None, None]
+            if op.bias is not None:
+                current = current + op.bias.astype(np.float64)[:, None, None]
+        elif isinstance(op, ChannelShuffle):
+            c, h, w = current.shape
+            current = current.reshape(op.groups, c // op.groups, h, w).transpose(1, 0, 2, 3).reshape(c, h, w)
+        elif isinstance(op, Resize):
+            current = resize(current, op)
+        elif isinstance(op, Conv):
             current = conv2d(current, op)
         elif isinstance(op, Pool):
             current = pool2d(current, op)
         elif isinstance(op, Activation):
-            current = np.maximum(current, 0) if op.kind == "relu" else np.clip(current, *op.params)
+            current = activation(current, op.kind, op.params)
         elif isinstance(op, Add):
             current = current + tensors[op.skip]
         elif isinstance(op, GlobalAveragePool):
@@ -87,9 +157,12 @@ def reference(ops, x):
     return current
 
 
-def assert_close(actual, expected):
+def assert_close(actual, expected, scale=None):
+    """Max error at most 1e-5 of `scale` (default the largest reference value; a chain whose
+    activation clips passes the largest value before the clip, as float32 rounding of the
+    unclipped sums is what reaches the output)."""
     assert actual.shape == expected.shape
-    scale = max(np.abs(expected).max(), 1e-30)
+    scale = max(np.abs(expected).max() if scale is None else scale, 1e-30)
     assert np.abs(actual - expected).max() <= 1e-5 * scale
 
 
@@ -206,7 +279,9 @@ def test_random_segments_match_the_unsplit_reference(segment):
     check_rings(runner.steps, x.shape[1], runner.schedule.calls, runner.schedule.ring_rows())
     out = np.full(runner.out_shape, np.nan, np.float32)
     runner.arena.fill(np.nan)   # nothing may read a slot no row was written to
-    assert_close(runner.run(x, out), reference(ops, x))
+    tensors = {}
+    expected = reference(ops, x, tensors)
+    assert_close(runner.run(x, out), expected, max(np.abs(t).max() for t in tensors.values()))
 
 
 # ---------------------------------------------------------------- memory
@@ -308,3 +383,201 @@ def test_mobilenet_v2_stem_and_two_blocks_stream_without_a_whole_112x112_tensor(
         else:
             expected = np.clip(expected, 0.0, 6.0)
     assert_close(out, expected[0])
+
+
+# ---------------------------------------------------------------- fused blocks and the other members
+def _block(rng, cin, hidden, cout, expand=(1, 1, (0, 0, 0, 0)), dw=(3, 1, (1, 1, 1, 1)),
+           residual=False, chunks=1, act=("clip", (0.0, 6.0))):
+    def weight(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    ke = expand[0] if expand else 0
+    return Block(weight(hidden, cin, ke, ke) if expand else None,
+                 weight(hidden, 1)[:, 0] if expand else None,
+                 weight(hidden, 1, dw[0], dw[0]), weight(hidden, 1)[:, 0],
+                 weight(cout, hidden, 1, 1), weight(cout, 1)[:, 0],
+                 expand_stride=expand[1] if expand else 1,
+                 expand_pads=expand[2] if expand else (0, 0, 0, 0),
+                 expand_activation=act[0] if expand else "",
+                 expand_activation_params=act[1] if expand else (),
+                 dw_stride=dw[1], dw_pads=dw[2], dw_activation=act[0], dw_activation_params=act[1],
+                 residual=residual, chunks=chunks)
+
+
+def test_block_state_scratch_and_input_ring_by_hand():
+    """Block 16 -> 96 (1x1) -> dw 3x3 stride 2 pad 1 -> 24 on 16 x 8 x 8, two hidden slices
+    (t = 2, 48 channels each), then a 1x1 conv.  Output row o finishes with hidden row 2o+1,
+    which also opens row o+1: one accumulator row of 96 x 4 px (1,536 B, the block's state).
+    Scratch (items): product 48 x 4 + hidden slice 48 x 8 + projection 24 x 4 = 672 (2,688 B).
+    The block reads input rows 2o and 2o+1 for output row o (nothing older: the rest is in the
+    accumulators), so the segment input needs no ring and the block's own output ring holds
+    one row of 24 x 4 px (384 B) for the 1x1 conv."""
+    rng = np.random.default_rng(5)
+    b = _block(rng, 16, 96, 24, dw=(3, 2, (1, 1, 1, 1)), chunks=2)
+    ops = [b, Conv(rng.standard_normal((8, 24, 1, 1)).astype(np.float32))]
+    runner = SegmentRunner(ops, (16, 8, 8), 1, chunks=[1, 1])
+    step = runner.steps[0]
+    assert (step.state_bytes, step.scratch_bytes) == (1_536, 2_688)
+    assert [step.rows_read(o) for o in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert runner.schedule.ring_rows() == {0: 1} and runner.schedule.rings[0].bytes == 384
+    assert runner.kernels[0].state.nbytes == 1_536
+    x = rng.standard_normal((16, 8, 8)).astype(np.float32)
+    runner.arena.fill(np.nan)
+    out = np.empty(runner.out_shape, np.float32)
+    assert_close(runner.run(x, out), reference(ops, x))
+    # a stride-1 block keeps two accumulator rows; with a 3x3 stride-2 expansion (the stem
+    # fused in) output row o reads the input rows of hidden row o+1 only: 2o+1 .. 2o+3; the
+    # last output row's window ends in padding, so it reads nothing new
+    stem = _block(rng, 3, 8, 4, expand=(3, 2, (1, 1, 1, 1)))
+    runner = SegmentRunner([stem], (3, 16, 16), 1)
+    assert runner.steps[0].state_bytes == 2 * 8 * 8 * 4
+    assert [runner.steps[0].rows_read(o) for o in (0, 1, 6, 7)] == \
+        [[0, 1, 2, 3], [3, 4, 5], [13, 14, 15], []]
+
+
+def test_block_chain_streams_with_line_buffers_and_counts_every_multiply_add_once():
+    """Two blocks (stride 2, then stride 1 with residual) and a 1x1 conv, one-row calls: the
+    output equals the float64 reference and the multiply-adds equal the unstreamed count."""
+    rng = np.random.default_rng(6)
+    ops = [_block(rng, 4, 24, 6, dw=(3, 2, (1, 1, 1, 1)), chunks=3),
+           _block(rng, 6, 36, 6, residual=True, chunks=4, act=("hardswish", ())),
+           Conv(rng.standard_normal((5, 6, 1, 1)).astype(np.float32))]
+    x = rng.standard_normal((4, 14, 10)).astype(np.float32)
+    runner = SegmentRunner(ops, x.shape, 1, chunks=[1, 1, 1])
+    runner.arena.fill(np.nan)
+    out = np.empty(runner.out_shape, np.float32)
+    tensors = {}
+    expected = reference(ops, x, tensors)
+    assert_close(runner.run(x, out), expected, max(np.abs(t).max() for t in tensors.values()))
+    # unstreamed: block 1 expands 14 x 10 px, dw 7 x 5 px, projects 7 x 5; block 2 on 7 x 5
+    unstreamed = (24 * 4 * 140 + 24 * 9 * 35 + 6 * 24 * 35) + (36 * 6 * 35 + 36 * 9 * 35 + 6 * 36 * 35) \
+        + 5 * 6 * 35
+    assert runner.macs == unstreamed
+    peak = streamed_peak(runner.steps, x.nbytes, runner.schedule)
+    assert peak == x.nbytes + runner.schedule.ring_bytes + out.nbytes + sum(
+        s.state_bytes for s in runner.steps) + max(s.scratch_bytes for s in runner.steps)
+    assert minimal_streamed_peak(runner.steps, 14, x.nbytes, bands=(1,)).bytes <= peak
+
+
+def test_branches_concat_shuffle_scale_and_resize_stream():
+    """A ShuffleNet-like stride-2 unit (a shortcut pool beside a conv branch, Concat), a
+    channel shuffle, a per-channel Scale, a Binary max, and both Resize modes."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((6, 6, 1, 1)).astype(np.float32)
+    ops = [Conv(w),                                                       # 0
+           Conv(rng.standard_normal((6, 1, 3, 3)).astype(np.float32), None, (2, 2), (1, 1, 1, 1), group=6),
+           From(-1, Pool("avg", (3, 3), (2, 2), (1, 1, 1, 1))),   # 2: a shortcut beside 0-1
+           Concat(skip=1, skip_first=True),                               # 3: 12 channels
+           ChannelShuffle(3),
+           Scale(rng.standard_normal(12).astype(np.float32), rng.standard_normal(12).astype(np.float32)),
+           Binary("max", skip=3),
+           Resize((2, 3), "linear"),
+           Resize((3, 1), "nearest")]
+    x = rng.standard_normal((6, 9, 7)).astype(np.float32)
+    for band in (1, 4):
+        runner = SegmentRunner(ops, x.shape, band)
+        check_rings(runner.steps, 9, runner.schedule.calls, runner.schedule.ring_rows())
+        runner.arena.fill(np.nan)
+        out = np.empty(runner.out_shape, np.float32)
+        assert out.shape == (12, 30, 12)
+        assert_close(runner.run(x, out), reference(ops, x))
+
+
+def test_new_members_refuse_bad_shapes_naming_the_step():
+    rng = np.random.default_rng(8)
+    w = np.ones((2, 2, 1, 1), np.float32)
+    with pytest.raises(InvalidModelError, match=r"step 1 \(Concat\).*rows and columns"):
+        SegmentRunner([Conv(w, strides=(2, 2)), Concat(skip=-1)], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 1 \(Binary\)"):
+        SegmentRunner([Conv(w), Binary("pow", skip=-1)], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 0 \(Scale\).*one per channel"):
+        SegmentRunner([Scale(np.ones(3, np.float32))], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 0 \(Resize\).*integer factors"):
+        SegmentRunner([Resize((1.5, 2))], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 0 \(ChannelShuffle\)"):
+        SegmentRunner([ChannelShuffle(3)], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 0 \(Block\).*residual"):
+        SegmentRunner([_block(rng, 2, 4, 3, residual=True)], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 0 \(Block\).*chunks"):
+        SegmentRunner([_block(rng, 2, 4, 2, chunks=5)], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 0 \(Block\).*activation"):
+        SegmentRunner([_block(rng, 2, 4, 2, act=("gelu", ()))], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match=r"step 0 \(From\).*source"):
+        SegmentRunner([From(0, Conv(w))], (2, 8, 8), 1)
+    with pytest.raises(InvalidModelError, match="read by no later step"):
+        SegmentRunner([Conv(w), From(-1, Conv(w))], (2, 8, 8), 1)
+
+
+@st.composite
+def block_chains(draw):
+    """Chains of Blocks (random expansion kernel/stride/pads, dw kernel/stride/pads, t,
+    residual where shapes allow) mixed with 1x1 convs, Scale, Binary, Concat and Resize."""
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    shape = (draw(st.integers(1, 4)), draw(st.integers(1, 14)), draw(st.integers(1, 9)))
+    shapes = {-1: shape}
+    ops = []
+    for _ in range(draw(st.integers(1, 4))):
+        c, h, w = shapes[len(ops) - 1]
+        kind = draw(st.sampled_from(["block", "block", "block", "conv", "scale", "binary",
+                                     "concat", "resize"]))
+        if kind == "block":
+            hidden = draw(st.integers(1, 8))
+            expand = None if draw(st.booleans()) and hidden == c else None
+            if hidden != c or draw(st.booleans()):
+                ke = draw(st.sampled_from([1, 1, 3]))
+                pads = tuple(draw(st.integers(0, ke - 1)) for _ in range(4))
+                expand = (ke, draw(st.integers(1, 2)), pads)
+            kd = draw(st.sampled_from([1, 3, 5]))
+            dw = (kd, draw(st.integers(1, 3)), tuple(draw(st.integers(0, kd - 1)) for _ in range(4)))
+            hh, wh = (h, w) if expand is None else (
+                (h + expand[2][0] + expand[2][2] - expand[0]) // expand[1] + 1,
+                (w + expand[2][1] + expand[2][3] - expand[0]) // expand[1] + 1)
+            ho = (hh + dw[2][0] + dw[2][2] - kd) // dw[1] + 1 if hh >= 1 else 0
+            wo = (wh + dw[2][1] + dw[2][3] - kd) // dw[1] + 1 if wh >= 1 else 0
+            if min(hh, wh, ho, wo) < 1:
+                continue
+            cout = draw(st.integers(1, 5))
+            residual = (cout, ho, wo) == (c, h, w) and draw(st.booleans())
+            act = draw(st.sampled_from([("clip", (0.0, 6.0)), ("relu", ()), ("", ()), ("hardswish", ())]))
+            op = _block(rng, c, hidden, cout, expand, dw, residual, draw(st.integers(1, hidden)), act)
+            new = (cout, ho, wo)
+        elif kind == "conv":
+            m = draw(st.integers(1, 5))
+            op, new = Conv(rng.standard_normal((m, c, 1, 1)).astype(np.float32)), (m, h, w)
+        elif kind == "scale":
+            op, new = Scale(rng.standard_normal(c).astype(np.float32)), (c, h, w)
+        elif kind == "resize":
+            factors = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+            op = Resize(factors, draw(st.sampled_from(["nearest", "linear"])))
+            new = (c, h * factors[0], w * factors[1])
+        else:
+            same = [j for j in range(-1, len(ops)) if shapes[j][1:] == (h, w)
+                    and (kind == "concat" or shapes[j] == (c, h, w))]
+            skip = draw(st.sampled_from(same))
+            if kind == "concat":
+                op, new = Concat(skip, draw(st.booleans())), (c + shapes[skip][0], h, w)
+            else:
+                op, new = Binary(draw(st.sampled_from(["add", "sub", "mul", "max"])), skip), (c, h, w)
+        ops.append(op)
+        shapes[len(ops) - 1] = new
+    assume(ops)
+    if draw(st.booleans()):
+        ops.append(GlobalAveragePool())
+        shapes[len(ops) - 1] = (shapes[len(ops) - 2][0], 1, 1)
+    driving = shapes[len(ops) - 2][1] if isinstance(ops[-1], GlobalAveragePool) else shapes[len(ops) - 1][1]
+    band = draw(st.integers(1, driving))
+    chunks = draw(st.none() | st.lists(st.integers(1, 3), min_size=len(ops), max_size=len(ops)))
+    return ops, rng.standard_normal(shape).astype(np.float32), band, chunks
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(block_chains())
+def test_random_block_chains_match_the_unsplit_reference(segment):
+    ops, x, band, chunks = segment
+    runner = SegmentRunner(ops, x.shape, band, chunks=chunks)
+    check_rings(runner.steps, x.shape[1], runner.schedule.calls, runner.schedule.ring_rows())
+    out = np.full(runner.out_shape, np.nan, np.float32)
+    runner.arena.fill(np.nan)
+    tensors = {}
+    expected = reference(ops, x, tensors)
+    assert_close(runner.run(x, out), expected, max(np.abs(t).max() for t in tensors.values()))

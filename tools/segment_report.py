@@ -194,7 +194,11 @@ class _ChainBuilder:
         m, ho, wo = _shape(self.graph, out)
         kh, kw = self.graph.initializers[node.inputs[1]].shape[2:]
         a = node.attrs
-        scratch = c * kh * kw * wo * 4           # the numpy runner's im2col of one output row
+        if kh != kw or a.get("strides", [1, 1])[0] != a.get("strides", [1, 1])[1]:
+            raise NotStreamable(f"node {name!r}: only square kernels and strides are reported")
+        depthwise = a.get("group", 1) == c == m
+        # the numpy runner's scratch: one tap's products (depthwise) or one output row's im2col
+        scratch = (c * wo if depthwise else c * kh * kw * wo) * 4
         self.add(node, out, RowStep(name, h, ho, m, wo, kernel=kh, stride=a.get("strides", [1, 1])[0],
                                     dilation=a.get("dilations", [1, 1])[0], pad_top=a.get("pads", [0] * 4)[0],
                                     source=self.ref(x), scratch_bytes=scratch))

@@ -15,7 +15,7 @@ only: it accumulates rows as they arrive, so its input never exists whole).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,6 +64,61 @@ class Add:
 @dataclass(frozen=True)
 class GlobalAveragePool:
     pass
+
+
+@dataclass(frozen=True)
+class Concat:
+    """The previous tensor and an earlier one (`skip`) joined along channels, row for row
+    (`skip_first`: the earlier tensor's channels come first)."""
+
+    skip: int
+    skip_first: bool = False
+
+
+BINARY_KINDS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum,
+                "min": np.minimum}
+
+
+@dataclass(frozen=True)
+class Binary:
+    """previous (op) skip, elementwise, of equal shapes: kind add / sub / mul / max / min."""
+
+    kind: str
+    skip: int
+
+
+@dataclass(frozen=True, eq=False)
+class Scale:
+    """Mul (and optional Add) by constant per-channel vectors (C,): y = x * scale + bias."""
+
+    scale: np.ndarray
+    bias: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Upsampling by integer factors (rows, columns): "nearest" (row o reads o // f) or
+    "linear" (half-pixel bilinear, source coordinates clamped to the input as onnxruntime and
+    PyTorch's align_corners=False do)."""
+
+    factors: tuple[int, int]
+    mode: str = "nearest"
+
+
+@dataclass(frozen=True)
+class ChannelShuffle:
+    """ShuffleNet's Reshape (g, C/g) -> Transpose -> Reshape: channel c*g + j <- j*(C/g) + c."""
+
+    groups: int
+
+
+@dataclass(frozen=True)
+class From:
+    """Run `op` on the output of step `source` (or -1: the segment input) instead of the
+    previous step's: a branch beside the main chain (a shortcut pool, a second conv)."""
+
+    source: int
+    op: object
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,6 +222,7 @@ class _RowKernel:
     """One step bound to its input shape: output shape, RowStep, scratch items, row compute."""
 
     scratch_items = 0
+    source: int | None = None        # the tensor the window reads (None: the previous step's)
     state_items = 0                  # kept across calls (alive for the whole segment)
     skip: int | None = None
 
@@ -228,15 +284,41 @@ class _ConvRows(_WindowKernel):
         if bias.shape != (m,):
             raise InvalidModelError(f"{where}: bias must have {m} values")
         self.bias = bias.reshape(m, 1).copy()
-        self.scratch_items = c * kh * kw * self.out_width   # one output row's im2col
+        self.depthwise = op.group == c == m
+        if self.depthwise:        # tap by tap into the output row: one tap's products as scratch
+            self.w_taps = weight.reshape(m, kh, kw)
+            self.scratch_items = c * self.out_width
+        else:
+            self.scratch_items = c * kh * kw * self.out_width   # one output row's im2col
         self.macs = 0
 
     def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        if self.depthwise:
+            self._depthwise(out_row, src, dst, scratch)
+            return
         self.fill_columns(out_row, src, scratch)
         cols3 = scratch.reshape(self.group, self.taps, self.out_width)
         out3 = dst.reshape(self.group, self.out_channels // self.group, self.out_width)
         np.matmul(self.w3, cols3, out=out3)
         np.add(dst, self.bias, out=dst)
+        self.macs += self.out_channels * self.taps * self.out_width
+
+    def _depthwise(self, out_row, src, dst, scratch) -> None:
+        dst[...] = self.bias
+        for ky in range(self.kernel[0]):
+            r = self._input_row(out_row, ky)
+            if r is None:
+                continue
+            row = src.row(r)
+            for kx in range(self.kernel[1]):
+                tap = self._tap(row, kx)
+                if tap is None:
+                    continue
+                first, stop, taps = tap
+                product = scratch[:self.out_channels * (stop - first)].reshape(self.out_channels, -1)
+                np.multiply(taps, self.w_taps[:, ky, kx, None], out=product)
+                part = dst[:, first:stop]
+                np.add(part, product, out=part)
         self.macs += self.out_channels * self.taps * self.out_width
 
     def fill_columns(self, out_row, src, scratch) -> None:
@@ -362,6 +444,122 @@ class _GlobalAverageRows(_RowKernel):
         np.add(dst, scratch, out=dst)
 
 
+class _ConcatRows(_AlignedRows):
+    def __init__(self, op: Concat, in_shape, skip_shape, where: str) -> None:
+        c, h, w = in_shape
+        if tuple(skip_shape[1:]) != (h, w):
+            raise InvalidModelError(f"{where}: Concat of shapes {tuple(in_shape)} and skip "
+                                    f"{tuple(skip_shape)}: rows and columns must match")
+        super().__init__((c + skip_shape[0], h, w))
+        self.skip, self.first = op.skip, op.skip_first
+        self.split = skip_shape[0] if op.skip_first else c
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        a, b = src.row(out_row), skip_src.row(out_row)
+        if self.first:
+            a, b = b, a
+        np.copyto(dst[:self.split], a)
+        np.copyto(dst[self.split:], b)
+
+
+class _BinaryRows(_AlignedRows):
+    def __init__(self, op: Binary, in_shape, skip_shape, where: str) -> None:
+        super().__init__(in_shape)
+        if op.kind not in BINARY_KINDS:
+            raise InvalidModelError(f"{where}: binary kind must be one of {sorted(BINARY_KINDS)}, "
+                                    f"got {op.kind!r}")
+        if tuple(skip_shape) != tuple(in_shape):
+            raise InvalidModelError(f"{where}: {op.kind} of shapes {tuple(in_shape)} and skip "
+                                    f"{tuple(skip_shape)}")
+        self.skip, self.ufunc = op.skip, BINARY_KINDS[op.kind]
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        self.ufunc(src.row(out_row), skip_src.row(out_row), out=dst)
+
+
+class _ScaleRows(_AlignedRows):
+    def __init__(self, op: Scale, in_shape, where: str) -> None:
+        super().__init__(in_shape)
+        c = in_shape[0]
+        scale = np.asarray(op.scale, np.float32).reshape(-1)
+        bias = None if op.bias is None else np.asarray(op.bias, np.float32).reshape(-1)
+        if scale.shape != (c,) or (bias is not None and bias.shape != (c,)):
+            raise InvalidModelError(f"{where}: scale and bias must have {c} values (one per "
+                                    f"channel), got {np.shape(op.scale)} and {np.shape(op.bias)}")
+        self.scale = scale.reshape(c, 1).copy()
+        self.bias = None if bias is None else bias.reshape(c, 1).copy()
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        np.multiply(src.row(out_row), self.scale, out=dst)
+        if self.bias is not None:
+            np.add(dst, self.bias, out=dst)
+
+
+class _ChannelShuffleRows(_AlignedRows):
+    def __init__(self, op: ChannelShuffle, in_shape, where: str) -> None:
+        super().__init__(in_shape)
+        c = in_shape[0]
+        if not isinstance(op.groups, int) or op.groups < 1 or c % op.groups:
+            raise InvalidModelError(f"{where}: {c} channels do not split into {op.groups!r} groups")
+        self.groups = op.groups
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        c, w = dst.shape
+        np.copyto(dst.reshape(c // self.groups, self.groups, w),
+                  src.row(out_row).reshape(self.groups, c // self.groups, w).transpose(1, 0, 2))
+
+
+def _linear_sources(size: int, factor: int, index: int):
+    """(first, second, weight of second) of half-pixel linear interpolation, clamped."""
+    position = min(max((index + 0.5) / factor - 0.5, 0.0), size - 1.0)
+    first = int(np.floor(position))
+    second = min(first + 1, size - 1)
+    weight = position - first
+    return first, (second if weight > 0 else first), weight
+
+
+class _ResizeRows(_RowKernel):
+    def __init__(self, op: Resize, in_shape, where: str) -> None:
+        factors = tuple(op.factors) if isinstance(op.factors, (tuple, list)) else ()
+        if len(factors) != 2 or not all(isinstance(f, int) and f >= 1 for f in factors):
+            raise InvalidModelError(f"{where}: Resize needs two integer factors >= 1, got {op.factors!r}")
+        if op.mode not in ("nearest", "linear"):
+            raise InvalidModelError(f"{where}: Resize mode must be 'nearest' or 'linear', got {op.mode!r}")
+        self.out_channels, self.in_height, self.in_width = in_shape
+        self.factors, self.mode = factors, op.mode
+        self.out_width = self.in_width * factors[1]
+        if op.mode == "linear":
+            columns = [_linear_sources(self.in_width, factors[1], x) for x in range(self.out_width)]
+            self.first_columns = np.array([c[0] for c in columns], np.intp)
+            self.second_columns = np.array([c[1] for c in columns], np.intp)
+            self.column_weights = np.array([c[2] for c in columns], np.float32)
+            self.scratch_items = self.out_channels * (self.in_width + self.out_width)
+
+    def row_step(self, name: str) -> RowStep:
+        fy = self.factors[0]
+        return RowStep(name, self.in_height, self.in_height * fy, self.out_channels, self.out_width,
+                       upsample=fy, resize=self.mode)
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        c, fx = self.out_channels, self.factors[1]
+        if self.mode == "nearest":
+            np.copyto(dst.reshape(c, self.in_width, fx), src.row(out_row // self.factors[0])[:, :, None])
+            return
+        first, second, weight = _linear_sources(self.in_height, self.factors[0], out_row)
+        rows = scratch[:c * self.in_width].reshape(c, self.in_width)
+        np.multiply(src.row(first), np.float32(1.0 - weight), out=rows)
+        if weight > 0:        # the second row's share, where `right` goes later (Wo >= Wi)
+            other = scratch[c * self.in_width:2 * c * self.in_width].reshape(c, self.in_width)
+            np.multiply(src.row(second), np.float32(weight), out=other)
+            np.add(rows, other, out=rows)
+        right = scratch[c * self.in_width:].reshape(c, self.out_width)
+        np.take(rows, self.first_columns, axis=1, out=dst, mode="clip")
+        np.take(rows, self.second_columns, axis=1, out=right, mode="clip")
+        np.multiply(dst, 1.0 - self.column_weights, out=dst)
+        np.multiply(right, self.column_weights, out=right)
+        np.add(dst, right, out=dst)
+
+
 def _activation_kind(where: str, name: str, params, what: str):
     kind = KINDS.get(name)
     if kind is None or (name and kind.inplace is None):
@@ -371,6 +569,22 @@ def _activation_kind(where: str, name: str, params, what: str):
         raise InvalidModelError(f"{where}: {what} activation {name!r} takes {len(kind.params)} "
                                 f"parameters, got {len(params)}")
     return kind, tuple(float(p) for p in params)
+
+
+def _activate(activation, values: np.ndarray, tmp: np.ndarray) -> None:
+    """The activation in place on (C, W) values; a kind that needs a temporary gets views of
+    `tmp` (C * w' items, w' <= W) over column blocks of the values."""
+    kind, params = activation
+    if kind.inplace is None:
+        return
+    if not kind.needs_tmp:
+        kind.inplace(values, None, *params)
+        return
+    rows, width = values.shape
+    block = max(1, min(width, tmp.size // rows))
+    for start in range(0, width, block):
+        part = values[:, start:start + block]
+        kind.inplace(part, tmp[:part.size].reshape(part.shape), *params)
 
 
 def _pair(where: str, name: str, value, count: int) -> tuple[int, ...]:
@@ -521,9 +735,7 @@ class _BlockRows(_RowKernel):
         np.matmul(self.we2[c0:c1], cols, out=hidden)
         self.macs += (c1 - c0) * cols.shape[0] * wh
         np.add(hidden, self.be[c0:c1], out=hidden)
-        kind, params = self.expand_act
-        if kind.inplace is not None:
-            kind.inplace(hidden, views["product"] if kind.needs_tmp else None, *params)
+        _activate(self.expand_act, hidden, views["product"])
         return hidden
 
     def _scatter(self, hidden, slot, c0, c1, ky, first, views) -> None:
@@ -540,13 +752,11 @@ class _BlockRows(_RowKernel):
                         self.wd[c0:c1, ky, kx, None], out=tmp)
             part = slot[:, lo:hi]
             np.add(part, tmp, out=part)
-            self.macs += (c1 - c0) * n
 
     def _finish(self, slot, c0, c1, dst, views) -> None:
-        kind, params = self.dw_act
-        if kind.inplace is not None:
-            kind.inplace(slot, views["product"] if kind.needs_tmp else None, *params)
-        self.macs += dst.shape[0] * (c1 - c0) * dst.shape[1]
+        _activate(self.dw_act, slot, views["product"])
+        kd = self.geometry.dw[0]
+        self.macs += (c1 - c0) * (kd * kd + dst.shape[0]) * dst.shape[1]   # depthwise + projection
         if c0 == 0:
             np.matmul(self.wp2[:, c0:c1], slot, out=dst)
         else:
@@ -555,8 +765,33 @@ class _BlockRows(_RowKernel):
             np.add(dst, projection, out=dst)
 
 
+def _check_skip(where: str, skip, index: int, shapes) -> tuple:
+    if not isinstance(skip, int) or not SEGMENT_INPUT <= skip < index:
+        raise InvalidModelError(f"{where}: skip {skip!r} must name an earlier step or -1")
+    return shapes[skip]
+
+
 def _bind(op, index: int, in_shape, shapes, last: bool) -> _RowKernel:
     where = f"segment step {index} ({type(op).__name__})"
+    if isinstance(op, From):
+        if not isinstance(op.source, int) or not SEGMENT_INPUT <= op.source < index:
+            raise InvalidModelError(f"{where}: source {op.source!r} must name an earlier step or -1")
+        if isinstance(op.op, (From, Block, GlobalAveragePool)) or \
+                (isinstance(op.op, (Add, Concat, Binary)) and op.op.skip == op.source):
+            raise InvalidModelError(f"{where}: {type(op.op).__name__} cannot read another source")
+        kernel = _bind(op.op, index, shapes[op.source], shapes, last)
+        kernel.source = op.source
+        return kernel
+    if isinstance(op, Concat):
+        return _ConcatRows(op, in_shape, _check_skip(where, op.skip, index, shapes), where)
+    if isinstance(op, Binary):
+        return _BinaryRows(op, in_shape, _check_skip(where, op.skip, index, shapes), where)
+    if isinstance(op, Scale):
+        return _ScaleRows(op, in_shape, where)
+    if isinstance(op, ChannelShuffle):
+        return _ChannelShuffleRows(op, in_shape, where)
+    if isinstance(op, Resize):
+        return _ResizeRows(op, in_shape, where)
     if isinstance(op, Conv):
         return _ConvRows(op, in_shape, where)
     if isinstance(op, Pool):
@@ -606,10 +841,18 @@ class SegmentRunner:
             self.kernels.append(kernel)
             shapes[index] = _output_shape(kernel)
         self.out_shape = shapes[len(ops) - 1]
-        self.steps = [k.row_step(f"{index}:{type(op).__name__}")
+        self.steps = [self._row_step(k, f"{index}:{type(op).__name__}")
                       for index, (k, op) in enumerate(zip(self.kernels, ops))]
-        self.schedule = plan_segment(self.steps, self.in_shape[1], band_rows, chunks)
+        try:
+            self.schedule = plan_segment(self.steps, self.in_shape[1], band_rows, chunks)
+        except SegmentError as exc:
+            raise InvalidModelError(str(exc)) from None
         self._layout(shapes, alignment, arena)
+
+    @staticmethod
+    def _row_step(kernel, name: str) -> RowStep:
+        step = kernel.row_step(name)
+        return step if kernel.source is None else replace(step, source=kernel.source)
 
     def _layout(self, shapes, alignment: int, arena) -> None:
         last = len(self.kernels) - 1
@@ -673,7 +916,7 @@ class SegmentRunner:
 
     def _run_rows(self, index: int, lo: int, hi: int, out: np.ndarray) -> None:
         kernel = self.kernels[index]
-        src = self.sources[index - 1]
+        src = self.sources[index - 1 if kernel.source is None else kernel.source]
         skip_src = self.sources.get(kernel.skip) if kernel.skip is not None else None
         scratch = self.scratch.get(index)
         last = index == len(self.kernels) - 1
