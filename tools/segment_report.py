@@ -1,6 +1,7 @@
 """Whole tensors vs ring buffers for a streamed segment: MobileNetV2's first layers.
 
     python tools/segment_report.py [--resolution 224] [--blocks 4] [--bands 1 2 4]
+    python tools/segment_report.py --network mobilenet_v2 [--width 1.0] [--resolution 224] [--slice 8]
 
 The chain is given as plain row geometry (scheduler.segments.RowStep), fp32, activations
 fused into the conv before them: the stem (3x3 stride 2 to 32 channels), block 1 (depthwise
@@ -272,6 +273,23 @@ class _ChainBuilder:
         self.add(node, out, step)
 
 
+def _zoo(name):
+    def build(width, resolution):
+        from edgerun import zoo
+
+        if name == "mobilenet_v2":
+            return zoo.mobilenet_v2(width, resolution, batch=1)
+        if name == "mobilenet_v1":
+            return zoo.mobilenet_v1(width, resolution, batch=1)
+        if name == "shufflenet":
+            return zoo.shufflenet_v1(width=2.0 * width, resolution=resolution, batch=1)
+        return zoo.mobilenet_v3_small_like(resolution, batch=1)
+    return build
+
+
+NETWORKS = {name: _zoo(name) for name in ("mobilenet_v2", "mobilenet_v1", "shufflenet", "mobilenet_v3")}
+
+
 def network_chain(model, chunks_of=lambda hidden: 1):
     """(input shape, steps, tail bytes) of a zoo model at batch 1."""
     from edgerun.loader import load_model
@@ -317,7 +335,17 @@ def main(argv=None) -> int:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--blocks", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--bands", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--network", choices=sorted(NETWORKS),
+                        help="instead: the whole network's streamed minimum, segment by segment")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (--network)")
+    parser.add_argument("--slice", type=int, default=8,
+                        help="hidden channels per slice of a fused block (t = hidden / slice; 0: t = 1)")
     args = parser.parse_args(argv)
+    if args.network:
+        model = NETWORKS[args.network](args.width, args.resolution)
+        label = f"{args.network} {args.width}/{args.resolution} fp32"
+        print(network_report(label, model, args.slice))
+        return 0
     input_shape, steps = mobilenet_v2_head(args.resolution, args.blocks)
     title = (f"MobileNetV2 {args.resolution}x{args.resolution} fp32, stem + {args.blocks} block(s) "
              f"as one segment")
