@@ -95,7 +95,7 @@ def block(x, op: Block):
         hidden = activation(hidden, op.expand_activation, op.expand_activation_params)
     dw = conv2d(hidden, Conv(op.wd, op.bd, (op.dw_stride,) * 2, op.dw_pads, group=op.wd.shape[0]))
     dw = activation(dw, op.dw_activation, op.dw_activation_params)
-    y = conv2d(dw, Conv(op.wp, op.bp))
+    y = activation(conv2d(dw, Conv(op.wp, op.bp)), op.project_activation, op.project_activation_params)
     return y + x if op.residual else y
 
 
@@ -387,7 +387,7 @@ def test_mobilenet_v2_stem_and_two_blocks_stream_without_a_whole_112x112_tensor(
 
 # ---------------------------------------------------------------- fused blocks and the other members
 def _block(rng, cin, hidden, cout, expand=(1, 1, (0, 0, 0, 0)), dw=(3, 1, (1, 1, 1, 1)),
-           residual=False, chunks=1, act=("clip", (0.0, 6.0))):
+           residual=False, chunks=1, act=("clip", (0.0, 6.0)), project=("", ())):
     def weight(*shape):
         return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
 
@@ -401,7 +401,8 @@ def _block(rng, cin, hidden, cout, expand=(1, 1, (0, 0, 0, 0)), dw=(3, 1, (1, 1,
                  expand_activation=act[0] if expand else "",
                  expand_activation_params=act[1] if expand else (),
                  dw_stride=dw[1], dw_pads=dw[2], dw_activation=act[0], dw_activation_params=act[1],
-                 residual=residual, chunks=chunks)
+                 residual=residual, chunks=chunks, project_activation=project[0],
+                 project_activation_params=project[1])
 
 
 def test_block_state_scratch_and_input_ring_by_hand():
@@ -539,7 +540,9 @@ def block_chains(draw):
             cout = draw(st.integers(1, 5))
             residual = (cout, ho, wo) == (c, h, w) and draw(st.booleans())
             act = draw(st.sampled_from([("clip", (0.0, 6.0)), ("relu", ()), ("", ()), ("hardswish", ())]))
-            op = _block(rng, c, hidden, cout, expand, dw, residual, draw(st.integers(1, hidden)), act)
+            project = draw(st.sampled_from([("", ()), ("relu", ()), ("hardswish", ())]))
+            op = _block(rng, c, hidden, cout, expand, dw, residual, draw(st.integers(1, hidden)), act,
+                        project)
             new = (cout, ho, wo)
         elif kind == "conv":
             m = draw(st.integers(1, 5))
@@ -581,3 +584,73 @@ def test_random_block_chains_match_the_unsplit_reference(segment):
     tensors = {}
     expected = reference(ops, x, tensors)
     assert_close(runner.run(x, out), expected, max(np.abs(t).max() for t in tensors.values()))
+
+
+def test_mobilenet_v2_first_segment_of_blocks_runs_in_its_planned_arena():
+    """MobileNetV2 1.0/224's blocks 1-4 as fused Blocks (the stem as block 1's 3x3 stride-2
+    expansion, slices of 8 hidden channels, one-row calls), the segment that sets the
+    whole-network streamed minimum of tools/segment_report.py.  The arena the runner lays out
+    holds every ring, every block's accumulator rows and the largest scratch, and stays below
+    the 293,440 B streamed figure less the 100,352 B output (which is the caller's array
+    here); the run allocates at most 64 KiB beyond it; the output matches the float64
+    reference."""
+    rng = np.random.default_rng(9)
+    relu6 = ("clip", (0.0, 6.0))
+    s1, s2 = (3, 1, (1, 1, 1, 1)), (3, 2, (1, 1, 1, 1))
+    ops = [_block(rng, 3, 32, 16, (3, 2, (1, 1, 1, 1)), s1, chunks=4, act=relu6),
+           _block(rng, 16, 96, 24, dw=s2, chunks=12, act=relu6),
+           _block(rng, 24, 144, 24, dw=s1, residual=True, chunks=18, act=relu6),
+           _block(rng, 24, 144, 32, dw=s2, chunks=18, act=relu6)]
+    x = rng.standard_normal((3, 224, 224)).astype(np.float32)
+    runner = SegmentRunner(ops, x.shape, 1, chunks=[1, 1, 1, 1])
+    rings = runner.schedule.ring_bytes
+    states = sum(step.state_bytes for step in runner.steps)
+    assert (rings, states) == (35_840, 130_816)
+    scratch = max(step.scratch_bytes for step in runner.steps[:-1])
+    last = runner.steps[-1].scratch_bytes + 32 * 28 * 4      # + the row it builds for `out`
+    assert runner.arena_bytes == rings + states + max(scratch, last)
+    assert runner.arena_bytes <= 293_440 - 100_352
+    out = np.empty(runner.out_shape, np.float32)
+    runner.arena.fill(np.nan)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        runner.run(x, out)
+        allocated = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    print("MobileNetV2 blocks 1-4 as Blocks: arena", runner.arena_bytes, "B, allocated", allocated, "B")
+    assert allocated <= 64 * 1024
+    tensors = {}
+    expected = reference(ops, x, tensors)
+    assert_close(out, expected, max(np.abs(t).max() for t in tensors.values()))
+
+
+def test_blocks_from_edgerun_inverted_residual_nodes_match_the_node_op():
+    """The first five InvertedResidual nodes of MobileNetV2 0.35/32 after edgerun's passes
+    (block 1 with the stem fused in as its 3x3 stride-2 expansion, residual blocks included)
+    become Blocks with the node's own weights and attributes, and stream as one segment: the
+    output equals the nodes run one after the other by edgerun's op (float64)."""
+    from edgerun import zoo
+    from edgerun.loader import load_model
+    from edgerun.ops.fused import _inverted_residual_compute
+    from edgerun.passes import optimize
+    from edgerun.shape_inference import infer_shapes
+
+    graph = load_model(zoo.mobilenet_v2(0.35, 32, batch=1))
+    shapes = {graph.inputs[0].name: (1, 3, 32, 32)}
+    graph = infer_shapes(optimize(infer_shapes(graph, shapes)), shapes)
+    nodes = [n for n in graph.nodes if n.op_type == "InvertedResidual"][:5]
+    assert nodes[0].attrs["expand_stride"] == 2 and any(n.attrs.get("residual") for n in nodes)
+    ops = [Block.from_node(n, graph.initializers, chunks=2) for n in nodes]
+    x = np.random.default_rng(10).standard_normal((3, 32, 32)).astype(np.float32)
+    expected = x[None].astype(np.float64)
+    for node in nodes:
+        weights = [None if not name else graph.initializers[name].astype(np.float64)
+                   for name in node.inputs[1:]]
+        expected = _inverted_residual_compute(node, [expected] + weights, graph.opset)[0]
+    runner = SegmentRunner(ops, x.shape, 1)
+    runner.arena.fill(np.nan)
+    out = np.empty(runner.out_shape, np.float32)
+    assert_close(runner.run(x, out), expected[0])

@@ -130,8 +130,8 @@ class _ChainBuilder:
     squeeze-excitation vector a `broadcast`.  The tail after the last GlobalAveragePool
     (Flatten, Gemm) is kept apart: its tensors are vectors."""
 
-    def __init__(self, graph, chunks_of) -> None:
-        self.graph, self.chunks_of = graph, chunks_of
+    def __init__(self, graph, chunks_of, fuse_pairs=True) -> None:
+        self.graph, self.chunks_of, self.fuse_pairs = graph, chunks_of, fuse_pairs
         self.index = {graph.inputs[0].name: -1}
         self.steps: list[RowStep] = []
         self.tail: list = []
@@ -189,7 +189,33 @@ class _ChainBuilder:
         else:
             raise NotStreamable(f"node {name!r} ({op}) cannot stream")
 
+    def depthwise_pair(self, node, name) -> bool:
+        """A depthwise FusedConv whose only reader is a 1x1 FusedConv (MobileNetV1's layers,
+        ShuffleNet's dw + gconv2 with group 1): one Block without expansion, its projection
+        activated, so the depthwise output needs no ring."""
+        a = node.attrs
+        c, h, w = _shape(self.graph, node.inputs[0])
+        weight = self.graph.initializers.get(node.inputs[1])
+        users = self.consumers.get(node.outputs[0], [])
+        if weight is None or a.get("group", 1) != c or weight.shape[0] != c or len(users) != 1:
+            return False
+        pw = users[0]
+        pw_weight = self.graph.initializers.get(pw.inputs[1]) if pw.op_type == "FusedConv" else None
+        if pw_weight is None or pw_weight.shape[2:] != (1, 1) or pw.attrs.get("group", 1) != 1 \
+                or list(pw.attrs.get("strides", [1, 1])) != [1, 1] or any(pw.attrs.get("pads", [0] * 4)) \
+                or weight.shape[2] != weight.shape[3] or len(set(a.get("strides", [1, 1]))) != 1:
+            return False
+        geometry = block_geometry((c, h, w), c, pw_weight.shape[0], None,
+                                  (weight.shape[2], a.get("strides", [1, 1])[0], tuple(a.get("pads", [0] * 4))),
+                                  self.chunks_of(c))
+        self.skipped.add(id(pw))
+        self.add(pw, pw.outputs[0], replace(block_row_step(name + " + pointwise", geometry),
+                                            source=self.ref(node.inputs[0])))
+        return True
+
     def conv(self, node, name):
+        if self.fuse_pairs and self.depthwise_pair(node, name):
+            return
         x, out = node.inputs[0], node.outputs[0]
         c, h, w = _shape(self.graph, x)
         m, ho, wo = _shape(self.graph, out)
@@ -290,7 +316,7 @@ def _zoo(name):
 NETWORKS = {name: _zoo(name) for name in ("mobilenet_v2", "mobilenet_v1", "shufflenet", "mobilenet_v3")}
 
 
-def network_chain(model, chunks_of=lambda hidden: 1):
+def network_chain(model, chunks_of=lambda hidden: 1, fuse_pairs=True):
     """(input shape, steps, tail bytes) of a zoo model at batch 1."""
     from edgerun.loader import load_model
     from edgerun.passes import optimize
@@ -299,7 +325,7 @@ def network_chain(model, chunks_of=lambda hidden: 1):
     graph = load_model(model)
     shapes = {graph.inputs[0].name: (1,) + tuple(graph.inputs[0].shape[1:])}
     graph = infer_shapes(optimize(infer_shapes(graph, shapes)), shapes)
-    builder = _ChainBuilder(graph, chunks_of)
+    builder = _ChainBuilder(graph, chunks_of, fuse_pairs)
     steps = builder.build()
     tail = 0
     for node in builder.tail:      # vectors: the node's inputs and outputs whole
@@ -312,9 +338,14 @@ def network_chain(model, chunks_of=lambda hidden: 1):
 def network_report(label: str, model, chunk_channels: int = 0) -> str:
     """The whole-network streamed minimum (caller's input apart) beside the op-by-op peak."""
     chunks_of = (lambda hidden: max(1, hidden // chunk_channels)) if chunk_channels else (lambda hidden: 1)
-    (c, h, w), steps, tail = network_chain(model, chunks_of)
-    input_bytes = c * h * w * FP32
-    seg = minimal_segmentation(steps, h, input_bytes, include_input=False)
+    candidates = []
+    for fuse_pairs in (False, True):      # depthwise + pointwise pairs as Blocks, or apart
+        (c, h, w), steps, tail = network_chain(model, chunks_of, fuse_pairs)
+        input_bytes = c * h * w * FP32
+        seg = minimal_segmentation(steps, h, input_bytes, include_input=False)
+        candidates.append((seg.peak, fuse_pairs, steps, tail, seg))
+    _, fuse_pairs, steps, tail, seg = min(candidates, key=lambda c: c[:2])
+    label += ", depthwise + pointwise pairs fused" if fuse_pairs and len(candidates[0][2]) != len(steps) else ""
     op_peak, op_where = op_by_op_peak(steps, input_bytes, include_input=False)
     lo, hi, minimum = seg.setter
     peak = max(seg.peak, tail)

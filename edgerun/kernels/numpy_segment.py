@@ -145,6 +145,8 @@ class Block:
     dw_activation_params: tuple[float, ...] = ()
     residual: bool = False
     chunks: int = 1
+    project_activation: str = ""     # after the projection's bias, before the residual
+    project_activation_params: tuple[float, ...] = ()   # (a dw + pointwise pair of MobileNetV1)
 
     @classmethod
     def from_node(cls, node, arrays: dict, chunks: int = 1) -> "Block":
@@ -573,7 +575,7 @@ def _activation_kind(where: str, name: str, params, what: str):
 
 def _activate(activation, values: np.ndarray, tmp: np.ndarray) -> None:
     """The activation in place on (C, W) values; a kind that needs a temporary gets views of
-    `tmp` (C * w' items, w' <= W) over column blocks of the values."""
+    `tmp` (any size >= 1) over blocks of the values."""
     kind, params = activation
     if kind.inplace is None:
         return
@@ -581,10 +583,12 @@ def _activate(activation, values: np.ndarray, tmp: np.ndarray) -> None:
         kind.inplace(values, None, *params)
         return
     rows, width = values.shape
-    block = max(1, min(width, tmp.size // rows))
-    for start in range(0, width, block):
-        part = values[:, start:start + block]
-        kind.inplace(part, tmp[:part.size].reshape(part.shape), *params)
+    row_block = min(rows, tmp.size)
+    block = max(1, min(width, tmp.size // row_block))
+    for top in range(0, rows, row_block):
+        for start in range(0, width, block):
+            part = values[top:top + row_block, start:start + block]
+            kind.inplace(part, tmp[:part.size].reshape(part.shape), *params)
 
 
 def _pair(where: str, name: str, value, count: int) -> tuple[int, ...]:
@@ -645,6 +649,8 @@ class _BlockRows(_RowKernel):
         self.wp2 = wp.reshape(cout, hidden)
         self.bp = self._bias(where, op.bp, cout, "projection")
         self.dw_act = _activation_kind(where, op.dw_activation, op.dw_activation_params, "depthwise")
+        self.project_act = _activation_kind(where, op.project_activation,
+                                            op.project_activation_params, "projection")
         self.skip = index - 1 if op.residual else None
         self.out_channels, self.out_width = cout, self.geometry.out_shape[2]
         g = self.geometry
@@ -704,6 +710,7 @@ class _BlockRows(_RowKernel):
             for c0, c1 in self.slices:
                 self._finish(slots[out_row % g.state_rows, c0:c1], c0, c1, dst, views)
         np.add(dst, self.bp, out=dst)
+        _activate(self.project_act, dst, views["product"])
         if self.skip is not None:
             np.add(dst, skip_src.row(out_row), out=dst)
 
