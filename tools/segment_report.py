@@ -374,7 +374,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.network:
         model = NETWORKS[args.network](args.width, args.resolution)
-        label = f"{args.network} {args.width}/{args.resolution} fp32"
+        width = f"g=3 {2.0 * args.width}x" if args.network == "shufflenet" else args.width
+        label = f"{args.network} {width}/{args.resolution} fp32"
         print(network_report(label, model, args.slice))
         return 0
     input_shape, steps = mobilenet_v2_head(args.resolution, args.blocks)
