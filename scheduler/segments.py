@@ -26,6 +26,13 @@ Schedule rules (see docs/segments.md):
   where oldest_needed is the smallest row of tensor i that any consumer c reads for its
   output rows >= done_c (rows c has not computed yet).  That is the least R for which
   `check_rings` passes.
+- an incremental step (a fused block run by scatter) reads, for output row o, only the rows
+  no earlier output row read (its partial sums are its state), through a composite window
+  when it has an inner (expansion) window; a step may read another source than the previous
+  step, a skip, and a broadcast tensor read whole (a mid-chain reducer's one row).
+
+`minimal_streamed_peak` and `minimal_segmentation` give the least bytes of a chain streamed
+as one segment, and cut into segments, for the scheduler's search.
 """
 
 from __future__ import annotations

@@ -422,6 +422,13 @@ def test_block_state_scratch_and_input_ring_by_hand():
     assert [step.rows_read(o) for o in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert runner.schedule.ring_rows() == {0: 1} and runner.schedule.rings[0].bytes == 384
     assert runner.kernels[0].state.nbytes == 1_536
+    # arena, greedy by size: block scratch 2,688 at 0 (step 0), the state (both steps) at
+    # 2,688, the conv's scratch (im2col 24 x 4 + its output row 8 x 4: 512 B, step 1) at 0
+    # beside it in time, the ring (both steps) above the state at 4,224: 4,608 B
+    planner = runner.planner
+    assert [(planner.aligned_size(i), planner.offset(i)) for i in range(len(planner))] == \
+        [(384, 4_224), (1_536, 2_688), (2_688, 0), (512, 0)]
+    assert runner.arena_bytes == 4_608
     x = rng.standard_normal((16, 8, 8)).astype(np.float32)
     runner.arena.fill(np.nan)
     out = np.empty(runner.out_shape, np.float32)

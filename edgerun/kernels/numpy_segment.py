@@ -7,9 +7,15 @@ Each step computes one output row at a time from rows of its input (a ring, or t
 segment input), so nothing of activation size is ever allocated: row work goes through
 `out=` into ring slots or small per-row scratch views of the arena.
 
-Steps: `Conv` (any kernel, stride, dilation, pads, groups incl. depthwise), `Pool` (max /
-average), `Activation` (a row of the activation table with an `into` form), `Add` (residual:
-the previous tensor plus an earlier one, row for row) and `GlobalAveragePool` (last step
+Steps: `Conv` (any kernel, stride, dilation, pads, groups; depthwise tap by tap), `Pool`
+(max / average), `Activation` (a row of the activation table with an `into` form), `Add`
+(residual: the previous tensor plus an earlier one, row for row), `Binary` (add, sub, mul,
+max, min of two tensors), `Concat` (channels of two tensors), `Scale` (per-channel constant
+multiply and add), `ChannelShuffle`, `Resize` (integer factors, nearest or half-pixel
+linear), `From` (a step reading an earlier tensor: a branch), `Block` (a fused
+inverted-residual block run by scatter: every hidden row computed once, one slice of t at a
+time, added into the depthwise accumulators of the output rows that read it; its accumulator
+rows are state kept in the arena for the whole segment) and `GlobalAveragePool` (last step
 only: it accumulates rows as they arrive, so its input never exists whole).
 """
 
