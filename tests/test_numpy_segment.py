@@ -16,6 +16,7 @@ from edgerun.kernels.numpy_segment import (
     Add,
     Binary,
     Block,
+    ChannelMul,
     ChannelShuffle,
     Concat,
     Conv,
@@ -25,6 +26,7 @@ from edgerun.kernels.numpy_segment import (
     Resize,
     Scale,
     SegmentRunner,
+    SqueezeExcite,
     run_segment,
 )
 from scheduler.segments import check_rings, minimal_streamed_peak, streamed_peak
@@ -77,6 +79,8 @@ def pool2d(x, op: Pool):
 
 
 def activation(x, kind, params):
+    if kind == "hardsigmoid":
+        return np.clip(params[0] * x + params[1], 0, 1)
     if kind == "relu":
         return np.maximum(x, 0)
     if kind == "clip":
@@ -143,6 +147,12 @@ def reference(ops, x, tensors=None):
             current = current.reshape(op.groups, c // op.groups, h, w).transpose(1, 0, 2, 3).reshape(c, h, w)
         elif isinstance(op, Resize):
             current = resize(current, op)
+        elif isinstance(op, SqueezeExcite):
+            pooled = current.mean(axis=(1, 2))
+            hidden = activation(op.w1.astype(np.float64) @ pooled + op.b1, *op.act1)
+            current = activation(op.w2.astype(np.float64) @ hidden + op.b2, *op.act2)[:, None, None]
+        elif isinstance(op, ChannelMul):
+            current = current * tensors[op.vector]
         elif isinstance(op, Conv):
             current = conv2d(current, op)
         elif isinstance(op, Pool):
@@ -661,3 +671,29 @@ def test_blocks_from_edgerun_inverted_residual_nodes_match_the_node_op():
     runner.arena.fill(np.nan)
     out = np.empty(runner.out_shape, np.float32)
     assert_close(runner.run(x, out), expected[0])
+
+
+def test_squeeze_excitation_streams_around_its_whole_input():
+    """MobileNetV3's SE inside one segment: x = a 1x1 conv; se pools x and runs its two small
+    layers once x's last row is in; From(x) ChannelMul(se) scales x row by row; a 1x1 conv
+    follows.  x's ring holds all its rows (the Mul's first row needs the finished vector);
+    the vector is a ring of one row; the pooled sums are the SE's state."""
+    rng = np.random.default_rng(11)
+    ops = [Conv(rng.standard_normal((6, 3, 1, 1)).astype(np.float32)),
+           SqueezeExcite(rng.standard_normal((2, 6)).astype(np.float32), rng.standard_normal(2).astype(np.float32),
+                         rng.standard_normal((6, 2)).astype(np.float32), rng.standard_normal(6).astype(np.float32)),
+           From(0, ChannelMul(vector=1)),
+           Conv(rng.standard_normal((4, 6, 3, 3)).astype(np.float32), pads=(1, 1, 1, 1))]
+    x = rng.standard_normal((3, 7, 5)).astype(np.float32)
+    runner = SegmentRunner(ops, x.shape, 1)
+    assert runner.schedule.ring_rows() == {0: 7, 1: 1, 2: 3}
+    assert runner.steps[1].state_bytes == 6 * 4 and runner.steps[2].broadcast == 1
+    runner.arena.fill(np.nan)
+    out = np.empty(runner.out_shape, np.float32)
+    tensors = {}
+    expected = reference(ops, x, tensors)
+    assert_close(runner.run(x, out), expected, max(np.abs(t).max() for t in tensors.values()))
+    with pytest.raises(InvalidModelError, match=r"step 1 \(SqueezeExcite\).*later ChannelMul"):
+        SegmentRunner(ops[:2], x.shape, 1)
+    with pytest.raises(InvalidModelError, match=r"step 1 \(ChannelMul\).*vector"):
+        SegmentRunner([ops[0], ChannelMul(vector=-1)], x.shape, 1)

@@ -101,6 +101,28 @@ class Scale:
     bias: np.ndarray | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class SqueezeExcite:
+    """Squeeze-excitation's vector: act2(W2 act1(W1 mean(x) + b1) + b2), W1 (H, C), W2 (C2, H).
+    It folds its input's rows as they arrive and emits one row of C2 values (a reducer), read
+    whole by a later `ChannelMul`; the tensor it pools must then stay whole (a ring of all its
+    rows) until the Mul has read it, as without recomputation it must."""
+
+    w1: np.ndarray
+    b1: np.ndarray | None
+    w2: np.ndarray
+    b2: np.ndarray | None
+    act1: tuple = ("relu", ())
+    act2: tuple = ("hardsigmoid", (1.0 / 6.0, 0.5))
+
+
+@dataclass(frozen=True)
+class ChannelMul:
+    """The previous tensor times the per-channel vector of step `vector` (a SqueezeExcite)."""
+
+    vector: int
+
+
 @dataclass(frozen=True)
 class Resize:
     """Upsampling by integer factors (rows, columns): "nearest" (row o reads o // f) or
@@ -778,6 +800,67 @@ class _BlockRows(_RowKernel):
             np.add(dst, projection, out=dst)
 
 
+class _SqueezeExciteRows(_RowKernel):
+    """Sums each input row into its state; at the last row, the two small layers into its ring."""
+
+    def __init__(self, op: SqueezeExcite, in_shape, where: str) -> None:
+        c, self.in_height, self.in_width = in_shape
+        w1 = np.ascontiguousarray(np.reshape(op.w1, np.shape(op.w1)[:2]), dtype=np.float32)
+        w2 = np.ascontiguousarray(np.reshape(op.w2, np.shape(op.w2)[:2]), dtype=np.float32)
+        if w1.shape[1] != c or w2.shape[1] != w1.shape[0]:
+            raise InvalidModelError(f"{where}: squeeze weights {w1.shape} and {w2.shape} do not "
+                                    f"chain from {c} channels")
+        self.w1, self.w2 = w1, w2
+        self.b1 = _BlockRows._bias(where, op.b1, w1.shape[0], "squeeze")
+        self.b2 = _BlockRows._bias(where, op.b2, w2.shape[0], "excite")
+        self.act1 = _activation_kind(where, op.act1[0], op.act1[1], "squeeze")
+        self.act2 = _activation_kind(where, op.act2[0], op.act2[1], "excite")
+        self.in_channels, self.out_channels = c, w2.shape[0]
+        self.state_items = c
+        self.scratch_items = c + w1.shape[0] + 1
+
+    def row_step(self, name: str) -> RowStep:
+        return RowStep(name, self.in_height, 1, self.out_channels, 1, reduce=True,
+                       state_bytes=self.state_items * ITEMSIZE,
+                       scratch_bytes=self.scratch_items * ITEMSIZE)
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        c, hidden = self.in_channels, self.w1.shape[0]
+        sums = self.state.reshape(c, 1)
+        row_sums = scratch[:c].reshape(c, 1)
+        np.add.reduce(src.row(out_row), axis=1, out=row_sums[:, 0])
+        if out_row == 0:
+            np.copyto(sums, row_sums)
+        else:
+            np.add(sums, row_sums, out=sums)
+        if out_row < self.in_height - 1:
+            return
+        np.multiply(sums, np.float32(1.0 / (self.in_height * self.in_width)), out=sums)
+        tmp = scratch[c + hidden:]
+        inner = scratch[c:c + hidden].reshape(hidden, 1)
+        np.matmul(self.w1, sums, out=inner)
+        np.add(inner, self.b1, out=inner)
+        _activate(self.act1, inner, tmp)
+        np.matmul(self.w2, inner, out=dst)
+        np.add(dst, self.b2, out=dst)
+        _activate(self.act2, dst, tmp)
+
+
+class _ChannelMulRows(_AlignedRows):
+    def __init__(self, op: ChannelMul, in_shape, vector_shape, where: str) -> None:
+        super().__init__(in_shape)
+        if tuple(vector_shape) != (in_shape[0], 1, 1):
+            raise InvalidModelError(f"{where}: vector of shape {tuple(vector_shape)} for "
+                                    f"{in_shape[0]} channels")
+        self.broadcast = op.vector
+
+    def row_step(self, name: str) -> RowStep:
+        return replace(super().row_step(name), broadcast=self.broadcast)
+
+    def compute(self, out_row, src, skip_src, dst, scratch) -> None:
+        np.multiply(src.row(out_row), skip_src.row(0), out=dst)
+
+
 def _check_skip(where: str, skip, index: int, shapes) -> tuple:
     if not isinstance(skip, int) or not SEGMENT_INPUT <= skip < index:
         raise InvalidModelError(f"{where}: skip {skip!r} must name an earlier step or -1")
@@ -805,6 +888,13 @@ def _bind(op, index: int, in_shape, shapes, last: bool) -> _RowKernel:
         return _ChannelShuffleRows(op, in_shape, where)
     if isinstance(op, Resize):
         return _ResizeRows(op, in_shape, where)
+    if isinstance(op, SqueezeExcite):
+        if last:
+            raise InvalidModelError(f"{where}: SqueezeExcite must be read by a later ChannelMul")
+        return _SqueezeExciteRows(op, in_shape, where)
+    if isinstance(op, ChannelMul):
+        vector = _check_skip(where, op.vector, index, shapes)
+        return _ChannelMulRows(op, in_shape, vector, where)
     if isinstance(op, Conv):
         return _ConvRows(op, in_shape, where)
     if isinstance(op, Pool):
@@ -930,7 +1020,8 @@ class SegmentRunner:
     def _run_rows(self, index: int, lo: int, hi: int, out: np.ndarray) -> None:
         kernel = self.kernels[index]
         src = self.sources[index - 1 if kernel.source is None else kernel.source]
-        skip_src = self.sources.get(kernel.skip) if kernel.skip is not None else None
+        second = kernel.skip if kernel.skip is not None else getattr(kernel, "broadcast", None)
+        skip_src = self.sources.get(second) if second is not None else None
         scratch = self.scratch.get(index)
         last = index == len(self.kernels) - 1
         if last and isinstance(kernel, _GlobalAverageRows):
