@@ -13,15 +13,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import itertools
+
 from scheduler.segments import (
     Call,
     RowStep,
     SegmentError,
+    block_geometry,
+    block_row_step,
     check_rings,
+    minimal_segmentation,
+    minimal_streamed_peak,
+    one_row_chunks,
     op_by_op_peak,
     plan_segment,
     row_schedule,
+    scatter_state_rows,
     streamed_peak,
+    sub_chain,
 )
 
 
@@ -327,3 +336,263 @@ def test_mobilenet_v2_head_never_holds_a_112x112_tensor_whole(capsys):
         assert ring.bytes < ring.whole_bytes / 10
     assert tool.main(["--bands", "1", "2"]) == 0
     assert "op-by-op liveness peak: 6,021,120 B" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- incremental, composite, new members
+def test_incremental_stride_2_window_reads_only_new_rows():
+    """p (1x1, 8 rows) -> c: 3x3 stride 2 pad 1, incremental (partial sums kept by c).
+    c row o reads only rows no earlier row read: 0..1, then 2..3, 4..5, 6..7.  One-row calls:
+    p writes row 2o+1 while c (done o) still needs row 2o: ring 2 (the gathering 3x3 stride 2
+    keeps row 2o-1 too: 3)."""
+    gather = [pointwise("p", 8), window("c", 8, 4, 3, stride=2, pad_top=1)]
+    scatter = [pointwise("p", 8), RowStep("c", 8, 4, 4, 8, kernel=3, stride=2, pad_top=1, incremental=True)]
+    assert [scatter[1].rows_read(o) for o in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    for steps, rows in ((gather, 3), (scatter, 2)):
+        schedule = plan_segment(steps, 8, 1, [1, 1])
+        assert schedule.ring_rows() == {0: rows}
+        assert_minimal(steps, 8, schedule)
+
+
+def test_composite_block_window_by_hand():
+    """A block on a 16-row input: expansion 3x3 stride 2 pad 1 (inner 8 rows), depthwise 3x3
+    stride 1 pad 1, incremental.  Row 0 needs hidden rows 0 and 1 (input rows 0..3), row o
+    (1..6) hidden row o+1 only (input rows 2o+1..2o+3), row 7 nothing new.  Fed by a 1x1 p
+    with one-row calls, p's ring is 4 rows, set by the first call (rows 0..3 all unread), then
+    3 in steady state."""
+    block = RowStep("b", 16, 8, 4, 8, kernel=3, stride=1, pad_top=1, inner=(8, 3, 2, 1), incremental=True)
+    assert [block.rows_read(o) for o in (0, 1, 2, 6, 7)] == \
+        [[0, 1, 2, 3], [3, 4, 5], [5, 6, 7], [13, 14, 15], []]
+    steps = [pointwise("p", 16), block]
+    schedule = plan_segment(steps, 16, 1, [1, 1])
+    assert schedule.ring_rows() == {0: 4}
+    assert_minimal(steps, 16, schedule)
+    assert block.total_stride == 2 and plan_segment(steps, 16, 1).rows_of(0)[:2] == [(0, 2), (2, 4)]
+
+
+def test_scatter_state_rows_and_block_geometry_by_hand():
+    """Accumulator rows: 3x3 stride 1 -> 2 (rows o, o+1 pending when o+2 opens on o's slot);
+    3x3 stride 2 -> 1; 5x5 stride 1 -> 4; 5x5 stride 2 -> 2.  MobileNetV2 block 3 (24 -> 144,
+    56x56, t = 9): state 2 x 144 x 56 x 4 = 64,512 B; scratch (items) product 16 x 56 +
+    hidden slice 16 x 56 + projection 24 x 56 = 3,136 (12,544 B)."""
+    assert [scatter_state_rows(56, 56, 3, 1, 1), scatter_state_rows(112, 56, 3, 2, 1),
+            scatter_state_rows(14, 14, 5, 1, 2), scatter_state_rows(14, 7, 5, 2, 2)] == [2, 1, 4, 2]
+    g = block_geometry((24, 56, 56), 144, 24, (1, 1, (0, 0, 0, 0)), (3, 1, (1, 1, 1, 1)), chunks=9)
+    step = block_row_step("b3", g, skip=-1)
+    assert (g.state_rows, step.state_bytes, step.scratch_bytes) == (2, 64_512, 12_544)
+    assert step.inner is None and step.incremental and step.skip == -1
+    # the stem fused in as expansion: composite window over the 224-row input
+    g1 = block_geometry((3, 224, 224), 32, 16, (3, 2, (1, 1, 1, 1)), (3, 1, (1, 1, 1, 1)))
+    assert block_row_step("b1", g1).inner == (112, 3, 2, 1)
+    with pytest.raises(SegmentError, match="without expansion"):
+        block_geometry((24, 56, 56), 144, 24, None)
+
+
+def test_resize_rows_by_hand():
+    """p (1x1, 4 rows) -> r: upsampling by 2.  Nearest: row o reads o // 2, so p's ring is one
+    row.  Half-pixel linear: row o reads rows floor((o + 0.5) / 2 - 0.5) and the next, clamped:
+    0 -> {0}, 1, 2 -> {0, 1}, 3, 4 -> {1, 2}, 5, 6 -> {2, 3}, 7 -> {3}; p's ring holds 2."""
+    nearest = RowStep("r", 4, 8, 4, 16, upsample=2, resize="nearest")
+    linear = RowStep("r", 4, 8, 4, 16, upsample=2, resize="linear")
+    assert [nearest.rows_read(o) for o in range(8)] == [[0], [0], [1], [1], [2], [2], [3], [3]]
+    assert [linear.rows_read(o) for o in range(8)] == \
+        [[0], [0, 1], [0, 1], [1, 2], [1, 2], [2, 3], [2, 3], [3]]
+    for step, rows in ((nearest, 1), (linear, 2)):
+        steps = [pointwise("p", 4), step]
+        schedule = plan_segment(steps, 4, 1, [1, 1])
+        assert schedule.ring_rows() == {0: rows} and schedule.rows_of(0) == [(r, r + 1) for r in range(4)]
+        assert_minimal(steps, 4, schedule)
+    assert plan_segment([pointwise("p", 4), nearest], 4, 4).rows_of(0) == [(0, 2), (2, 4)]
+
+
+def test_branch_and_concat_by_hand():
+    """ShuffleNet's stride-2 unit on an 8-row input x: a (1x1), d (3x3 stride 2 pad 1 on a),
+    s (3x3 stride 2 pad 1 average pool on x itself: source -1), concat (d, skip s), one-row
+    calls.  d row o reads a rows 2o-1..2o+1: a's ring 3.  s is computed right before the
+    concat reads it: ring 1.  d's ring 1 (read at once by the concat)."""
+    steps = [pointwise("a", 8), window("d", 8, 4, 3, stride=2, pad_top=1),
+             RowStep("s", 8, 4, 4, 8, kernel=3, stride=2, pad_top=1, source=-1),
+             RowStep("cat", 4, 4, 8, 8, source=1, skip=2)]
+    schedule = plan_segment(steps, 8, 1, [1, 1, 1, 1])
+    assert schedule.ring_rows() == {0: 3, 1: 1, 2: 1}
+    assert schedule.calls[:6] == (Call(0, 0, 0, 1), Call(0, 0, 1, 2), Call(0, 1, 0, 1),
+                                  Call(0, 2, 0, 1), Call(0, 3, 0, 1), Call(1, 0, 2, 3))
+    assert_minimal(steps, 8, schedule)
+    # op by op: at d, x (read again by s), a and d are alive: 1024 + 1024 + 512
+    assert op_by_op_peak(steps, 1024) == (2560, "d")
+
+
+def test_squeeze_excitation_broadcast_holds_its_input_whole():
+    """x = p (1x1, 6 rows); se reduces p to one row (the scale vector); m = p * se row for
+    row, reading se whole (broadcast).  m's row 0 waits for se, so p is a ring of all 6 rows
+    (the SE input exists whole, as it must) and se a ring of 1 row."""
+    steps = [pointwise("p", 6), RowStep("se", 6, 1, 4, 1, reduce=True),
+             RowStep("m", 6, 6, 4, 8, source=0, broadcast=1)]
+    schedule = plan_segment(steps, 6, 1, [1, 1, 1])
+    assert schedule.ring_rows() == {0: 6, 1: 1}
+    assert [c.step for c in schedule.calls[:8]] == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert schedule.calls[12] == Call(0, 2, 0, 1)
+    assert_minimal(steps, 6, schedule)
+
+
+@pytest.mark.parametrize("steps, message", [
+    ([pointwise("p", 8), RowStep("g", 8, 1, 4, 1, reduce=True), RowStep("q", 1, 1, 4, 1)], "must end"),
+    ([pointwise("p", 8), RowStep("q", 8, 8, 4, 8, source=-1)], "read by no later step"),
+    ([RowStep("r", 8, 12, 4, 8, upsample=2, resize="nearest")], "row factor 2"),
+    ([RowStep("r", 8, 16, 4, 8, upsample=2, resize="cubic")], "nearest"),
+    ([RowStep("b", 8, 4, 4, 8, kernel=3, inner=(4, 3, 2, 3))], "inner window"),
+    ([RowStep("b", 8, 4, 4, 8, kernel=3, pad_top=1, inner=(6, 3, 2, 1))], "inner height too large"),
+    ([pointwise("p", 8), RowStep("m", 8, 8, 4, 8, broadcast=3)], "broadcast"),
+    ([pointwise("p", 8), RowStep("m", 8, 8, 4, 8, source=1)], "source"),
+])
+def test_new_geometry_is_refused(steps, message):
+    with pytest.raises(SegmentError, match=message):
+        plan_segment(steps, 8, 1)
+
+
+# ---------------------------------------------------------------- minimal peaks and segmentations
+def test_minimal_streamed_peak_prefers_one_row_calls_and_counts_state_and_scratch():
+    """p (1x1) -> c (3x3 pad 1), 8 rows of 128 B, c with 100 B of state and 60 B of scratch,
+    p 40 B of scratch.  One-row calls: ring 3 rows (384 B); steady chunks at band 2: p's calls
+    of 2 rows make the ring 4 rows.  Minimum: input 1024 + 384 + output 1024 + 100 + 60."""
+    steps = [RowStep("p", 8, 8, 4, 8, scratch_bytes=40),
+             RowStep("c", 8, 8, 4, 8, kernel=3, pad_top=1, state_bytes=100, scratch_bytes=60)]
+    best = minimal_streamed_peak(steps, 8, 1024, bands=(1, 2))
+    assert (best.bytes, best.band_rows, best.chunks) == (1024 + 384 + 1024 + 160, 1, (1, 1))
+    assert (best.ring_bytes, best.state_bytes, best.scratch_bytes) == (384, 100, 60)
+    assert minimal_streamed_peak(steps, 8, 1024, include_input=False).bytes == 384 + 1024 + 160
+    assert one_row_chunks(steps, 3) == (1, 3)
+
+
+def test_minimal_segmentation_by_hand():
+    """A wide 3x3 conv (64 ch x 8 px x 4 B = 2,048 B a row, 8 rows) between two narrow 1x1s
+    (128 B a row).  As one segment: rings of a (3 rows: 384) and w (1 row: 2,048) + output
+    1,024 = 3,456 B (input apart).  Cut after w: w whole (16,384) is far worse.  The DP keeps
+    the single segment."""
+    steps = [pointwise("a", 8), window("w", 8, 8, 3, pad_top=1, channels=64), pointwise("b", 8)]
+    seg = minimal_segmentation(steps, 8, 1024)
+    assert seg.peak == 384 + 2048 + 1024 and [(lo, hi) for lo, hi, _ in seg.segments] == [(0, 3)]
+    # with a step that needs its input whole (a reducer read whole by a later step), the best
+    # plan cuts around it and names the segment that sets the peak
+    chain, externals = sub_chain(steps, 1, 3)
+    assert externals == {-1: 0} and chain[0].source == -1 and chain[1].source == 0
+
+
+@st.composite
+def general_chains(draw):
+    """Chains with branches (any earlier source of the right height), incremental windows,
+    composite windows, resizes, skips and broadcast reducers."""
+    input_height = draw(st.integers(1, 24))
+    heights = {-1: input_height}
+    steps = []
+    for index in range(draw(st.integers(1, 6))):
+        source = draw(st.sampled_from(sorted(t for t, h in heights.items() if h is not None)))
+        height = heights[source]
+        kind = draw(st.sampled_from(["window", "window", "resize", "skip", "se"]))
+        step = None
+        if kind == "resize":
+            factor = draw(st.integers(1, 3))
+            step = RowStep(f"r{index}", height, height * factor, 2, 3, upsample=factor,
+                           resize=draw(st.sampled_from(["nearest", "linear"])), source=source)
+        elif kind == "skip":
+            same = [t for t in heights if heights[t] == height and t != source]
+            if same:
+                step = RowStep(f"add{index}", height, height, 2, 3, source=source,
+                               skip=draw(st.sampled_from(same)))
+        elif kind == "se" and height > 1 and index < 5:
+            steps.append(RowStep(f"se{index}", height, 1, 2, 1, reduce=True, source=source))
+            heights[len(steps) - 1] = None
+            step = RowStep(f"m{index}", height, height, 2, 3, source=source, broadcast=len(steps) - 1)
+        else:
+            inner = None
+            window_height = height
+            if draw(st.booleans()):
+                ke, se = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+                pe = draw(st.integers(0, ke - 1))
+                window_height = (height + 2 * pe - ke) // se + 1
+                if window_height < 1 or (window_height - 1) * se - pe > height - 1:
+                    continue
+                inner = (window_height, ke, se, pe)
+            kernel, stride, dilation = draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
+            effective = (kernel - 1) * dilation + 1
+            top, bottom = draw(st.integers(0, effective - 1)), draw(st.integers(0, effective - 1))
+            out = (window_height + top + bottom - effective) // stride + 1
+            if out < 1 or (out - 1) * stride - top > window_height - 1:
+                continue
+            step = RowStep(f"w{index}", height, out, 2, 3, kernel=kernel, stride=stride,
+                           dilation=dilation if inner is None else 1, pad_top=top, inner=inner,
+                           incremental=draw(st.booleans()), source=source)
+            if inner is not None and dilation != 1:
+                step = None
+        if step is None:
+            if kind == "se" and steps and steps[-1].reduce and heights.get(len(steps) - 1, 0) is None:
+                steps.pop()
+                del heights[len(steps)]
+            continue
+        steps.append(step)
+        heights[len(steps) - 1] = step.out_height
+    heights = {t: h for t, h in heights.items() if h is not None}
+    try:
+        plan_segment(steps, input_height, 1) if steps else None
+    except SegmentError as error:
+        assert "read by no later step" in str(error) or "must end" in str(error)
+        steps = []
+    from hypothesis import assume
+    assume(steps)
+    last = steps[-1]
+    band = draw(st.integers(1, max(1, last.in_height if last.reduce else last.out_height)))
+    chunks = draw(st.none() | st.lists(st.integers(1, 4), min_size=len(steps), max_size=len(steps)))
+    return steps, input_height, band, chunks
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.filter_too_much])
+@given(general_chains())
+def test_random_general_chains_have_minimal_correct_rings(chain):
+    steps, input_height, band, chunks = chain
+    schedule = plan_segment(steps, input_height, band, chunks)
+    check_rings(steps, input_height, schedule.calls, schedule.ring_rows())
+    for ring in schedule.rings:
+        assert 0 <= ring.rows <= max(ring.rows_computed, 1)
+        if ring.rows == 0:
+            continue
+        smaller = dict(schedule.ring_rows())
+        smaller[ring.tensor] -= 1
+        with pytest.raises(SegmentError):
+            check_rings(steps, input_height, schedule.calls, smaller)
+    for index in range(len(steps)):
+        ranges = schedule.rows_of(index)
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.filter_too_much])
+@given(general_chains())
+def test_minimal_segmentation_equals_brute_force(chain):
+    """The DP's peak equals the best over every set of cut points, each segment's peak being
+    its minimal streamed peak plus the whole tensors alive across it (checked independently:
+    a cut is allowed when no tensor but a segment's last output is read after it)."""
+    steps, input_height, _, _ = chain
+    n = len(steps)
+    sizes = {-1: 0, **{i: s.row_bytes * s.out_height for i, s in enumerate(steps)}}
+    readers = {t: [i for i, s in enumerate(steps)
+                   if t in ((i - 1 if s.source is None else s.source), s.skip, s.broadcast)]
+               for t in sizes}
+    heights = {-1: input_height, **{i: s.out_height for i, s in enumerate(steps)}}
+    best = None
+    for cuts in itertools.product([False, True], repeat=n - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+        peak = 0
+        for lo, hi in zip(bounds, bounds[1:]):
+            if any(r >= hi for t in range(lo, hi - 1) for r in readers[t]):
+                peak = None
+                break
+            part, ext = sub_chain(steps, lo, hi)
+            read = set(ext.values())
+            across = sum(sizes[t] for t in sizes if t < lo and t not in read
+                         and any(r >= hi for r in readers[t]))
+            m = minimal_streamed_peak(part, {k: heights[t] for k, t in ext.items()},
+                                      {k: sizes[t] for k, t in ext.items()}, True, (1,))
+            peak = max(peak, m.bytes + across)
+        if peak is not None and (best is None or peak < best):
+            best = peak
+    assert minimal_segmentation(steps, input_height, 999).peak == best
