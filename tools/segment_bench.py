@@ -11,7 +11,8 @@ norms after every conv) and run three ways on one 3 x R x R input:
   step computes one row per call, the smallest rings) or steady chunks, at band height b;
 - `numpy band b`: the numpy SegmentRunner on the same plan (one thread).
 The segment's ops are the graph's, batch norms folded into the convs by hand, and every output is
-checked against the session's before it is timed. Times are medians of --runs runs.
+checked against the session's before it is timed. Times are medians of --runs runs, "wall / cpu"
+ms (cpu: the process's CPU time over all its threads).
 """
 
 from __future__ import annotations
@@ -85,14 +86,17 @@ def segment_ops(model):
     return ops
 
 
-def median_ms(fn, runs: int) -> float:
+def median_ms(fn, runs: int) -> str:
+    """'wall / cpu' medians in ms: wall clock, and the CPU time of the whole process (every thread),
+    which a loaded machine disturbs less."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return f"{statistics.median(wall) * 1000.0:7.2f} / {statistics.median(cpu) * 1000.0:6.2f}"
 
 
 def main(argv=None) -> int:
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
     ops = segment_ops(model)
     x = np.random.default_rng(1).standard_normal((3, args.resolution, args.resolution)).astype(np.float32)
     print(f"MobileNetV2 1.0/{args.resolution} stem + blocks 1-{args.blocks} ({len(ops)} segment steps), "
-          f"medians of {args.runs} runs, ms")
+          f"medians of {args.runs} runs, wall / cpu ms")
     reference = None
     for threads in args.threads:
         session = InferenceSession(model.SerializeToString(), threads=threads, kernels_backend="native")
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
         out = session.run(None, feeds)[0][0]
         reference = out if reference is None else reference
         print(f"  session (op by op, fused blocks), {threads} thread(s): "
-              f"{median_ms(lambda: session.run(None, feeds), args.runs):8.2f}")
+              f"{median_ms(lambda: session.run(None, feeds), args.runs)}")
     scale = float(np.abs(reference).max())
     for policy in ("one-row", "steady"):
         for band in args.bands:
@@ -131,7 +135,7 @@ def main(argv=None) -> int:
                 runner.run(x, out)
                 error = float(np.abs(out - reference).max())
                 assert error <= 1e-4 * scale, (name, band, error)
-                cells.append(f"{name} {median_ms(lambda: runner.run(x, out), args.runs):8.2f}")
+                cells.append(f"{name} {median_ms(lambda: runner.run(x, out), args.runs)}")
             print(f"  segment {policy:>7} calls, band {band}: arena {runners[0][1].arena_bytes:>9,} B; "
                   + "; ".join(cells))
     return 0

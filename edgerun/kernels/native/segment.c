@@ -15,6 +15,7 @@
 #include <math.h>
 #include <string.h>
 
+#define ER_VECTOR_HELPERS
 #include "kernels.h"
 #include "threadpool.h"
 
@@ -105,15 +106,137 @@ static void pointwise_rows(const seg_job *job, int m0, int m1)
     }
 }
 
+#define SEG_STACK_WIDTH 4096 /* input rows up to this wide are split into stride phases on the stack */
+
+/* phases[p * n + j] = in[p + j * stride] for the `width` floats of in (n = ceil(width / stride)). */
+static void split_phases(const float *restrict in, int width, int stride, float *restrict phases)
+{
+    int n = (width + stride - 1) / stride;
+    if (stride == 2) { /* the common case, in a loop the compiler vectorises */
+        float *restrict even = phases, *restrict odd = phases + n;
+        int half = width / 2;
+        for (int j = 0; j < half; j++) {
+            even[j] = in[2 * j];
+            odd[j] = in[2 * j + 1];
+        }
+        if (width & 1) even[half] = in[width - 1];
+        return;
+    }
+    for (int p = 0; p < stride; p++)
+        for (int j = 0, x = p; x < width; j++, x += stride) phases[p * n + j] = in[x];
+}
+
+#define SEG_MAX_TAPS 64 /* depthwise kernels up to this many taps keep their sums in registers */
+
+/* One depthwise output row from its taps: out[x] = b + sum over taps t (in order) of w[t] * p[t][x],
+ * tap t counting only for columns [first[t], stop[t]). The columns every tap covers go vector by
+ * vector with the sums in registers; the edge columns one by one, in the same order. */
+static void depthwise_taps(float *restrict out, int width, float b, const float *const *p, const float *w,
+                           const int *first, const int *stop, int ntaps)
+{
+    int lo = 0, hi = width;
+    for (int t = 0; t < ntaps; t++) {
+        if (first[t] > lo) lo = first[t];
+        if (stop[t] < hi) hi = stop[t];
+    }
+    if (lo > width) lo = width;
+    if (hi < lo) hi = lo;
+    for (int x = 0; x < width; x++) {
+        if (x == lo) x = hi;
+        if (x >= width) break;
+        float acc = b;
+        for (int t = 0; t < ntaps; t++)
+            if (x >= first[t] && x < stop[t]) acc += w[t] * p[t][x];
+        out[x] = acc;
+    }
+    int x = lo;
+#if defined(__GNUC__)
+    for (; x + 4 * ER_VL <= hi; x += 4 * ER_VL) { /* 4 vectors per tap: one broadcast of its weight */
+        er_vf acc[4];
+        for (int i = 0; i < 4; i++) acc[i] = er_splatv(b);
+        for (int t = 0; t < ntaps; t++) {
+            er_vf wv = er_splatv(w[t]);
+            const float *q = p[t] + x;
+            for (int i = 0; i < 4; i++) acc[i] += wv * er_loadv(q + i * ER_VL);
+        }
+        for (int i = 0; i < 4; i++) er_storev(out + x + i * ER_VL, acc[i]);
+    }
+    for (; x + ER_VL <= hi; x += ER_VL) {
+        er_vf acc = er_splatv(b);
+        for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
+        er_storev(out + x, acc);
+    }
+    if (x < hi && hi - lo >= ER_VL) { /* the last columns: one vector ending at hi (recomputes a few) */
+        x = hi - ER_VL;
+        er_vf acc = er_splatv(b);
+        for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
+        er_storev(out + x, acc);
+        x = hi;
+    }
+#endif
+    for (; x < hi; x++) {
+        float acc = b;
+        for (int t = 0; t < ntaps; t++) acc += w[t] * p[t][x];
+        out[x] = acc;
+    }
+}
+
+/* Depthwise with at most SEG_MAX_TAPS taps whose rows' stride phases fit SEG_STACK_WIDTH: every
+ * tap becomes a unit-stride pointer (into the row, or into its phases for a strided kernel). */
+static void depthwise_rows_by_taps(const seg_job *job, int m0, int m1)
+{
+    const er_seg_step *s = job->s;
+    const float *rows[ER_SEG_MAX_KERNEL], *p[SEG_MAX_TAPS];
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    float w[SEG_MAX_TAPS], phases[SEG_STACK_WIDTH];
+    int first[SEG_MAX_TAPS], stop[SEG_MAX_TAPS];
+    int mult = s->out_channels / job->cin, width = s->out_width, kk = s->kh * s->kw, in_width = job->src->width;
+    int n = (in_width + s->sw - 1) / s->sw, phase_row = n * s->sw;
+    long scs = seg_channel_stride(job->src), dcs = seg_channel_stride(job->dst);
+    column_ranges(in_width, width, s->kw, s->sw, s->dw, s->pad_left, cols);
+    for (int o = job->lo; o < job->hi; o++) {
+        window_rows(s, job->src, o, rows);
+        float *out_row = (float *)seg_row(job->dst, o);
+        for (int m = m0; m < m1; m++) {
+            int ntaps = 0;
+            for (int ky = 0; ky < s->kh; ky++) {
+                if (!rows[ky]) continue;
+                const float *in = rows[ky] + (long)(m / mult) * scs;
+                if (s->sw > 1 && (m == m0 || m % mult == 0)) split_phases(in, in_width, s->sw, phases + ky * phase_row);
+                for (int kx = 0; kx < s->kw; kx++) {
+                    const seg_columns *c = &cols[kx];
+                    if (c->stop == c->first) continue;
+                    p[ntaps] = s->sw > 1 ? phases + ky * phase_row + (c->x0 % s->sw) * n + c->x0 / s->sw - c->first
+                                         : in + c->x0 - c->first;
+                    w[ntaps] = s->weights[(long)m * kk + ky * s->kw + kx];
+                    first[ntaps] = c->first;
+                    stop[ntaps++] = c->stop;
+                }
+            }
+            float *out = out_row + m * dcs;
+            depthwise_taps(out, width, s->bias ? s->bias[m] : 0.0f, p, w, first, stop, ntaps);
+            activate(out, width, &s->act);
+        }
+    }
+}
+
 /* Depthwise (group == input channels, any multiplier): output channel m reads input channel
- * m / multiplier; bias first, then the taps in (ky, kx) order. */
+ * m / multiplier; bias first, then the taps in (ky, kx) order. A strided row is first split into
+ * its stride phases so that every tap is a unit-stride loop. */
 static void depthwise_rows(const seg_job *job, int m0, int m1)
 {
     const er_seg_step *s = job->s;
+    int in_width = job->src->width, phase_row = (in_width + s->sw - 1) / s->sw * s->sw;
+    if (s->kh * s->kw <= SEG_MAX_TAPS && (long)s->kh * phase_row <= SEG_STACK_WIDTH) {
+        depthwise_rows_by_taps(job, m0, m1);
+        return;
+    }
+
     const float *rows[ER_SEG_MAX_KERNEL];
     seg_columns cols[ER_SEG_MAX_KERNEL];
     int mult = s->out_channels / job->cin, width = s->out_width, kk = s->kh * s->kw;
     long scs = seg_channel_stride(job->src), dcs = seg_channel_stride(job->dst);
+    float phases[SEG_STACK_WIDTH];
     column_ranges(job->src->width, width, s->kw, s->sw, s->dw, s->pad_left, cols);
     for (int o = job->lo; o < job->hi; o++) {
         window_rows(s, job->src, o, rows);
@@ -126,10 +249,15 @@ static void depthwise_rows(const seg_job *job, int m0, int m1)
             for (int ky = 0; ky < s->kh; ky++) {
                 if (!rows[ky]) continue;
                 const float *in = rows[ky] + (long)(m / mult) * scs;
+                int phased = s->sw > 1 && in_width <= SEG_STACK_WIDTH, n = (in_width + s->sw - 1) / s->sw;
+                if (phased) split_phases(in, in_width, s->sw, phases);
                 for (int kx = 0; kx < s->kw; kx++) {
                     const seg_columns *c = &cols[kx];
                     float wv = w[ky * s->kw + kx];
-                    if (s->sw == 1) {
+                    if (phased) {
+                        const float *restrict p = phases + (c->x0 % s->sw) * n + c->x0 / s->sw - c->first;
+                        for (int x = c->first; x < c->stop; x++) out[x] += wv * p[x];
+                    } else if (s->sw == 1) {
                         const float *restrict p = in + c->x0 - c->first;
                         for (int x = c->first; x < c->stop; x++) out[x] += wv * p[x];
                     } else {
