@@ -186,6 +186,37 @@ def test_a_step_the_c_tables_cannot_hold_runs_on_numpy_between_native_calls():
     assert_close(out, run_numpy(ops, x, 1, [1, 1, 1, 1, 1]).astype(np.float64))
 
 
+def test_member_kinds_the_runner_does_not_know_run_on_numpy(monkeypatch):
+    """A member kind NativeSegmentRunner does not know (here: a conv kernel of another class, as a
+    fused Block or a Concat member would be) runs on its own numpy row kernel; no activation is
+    fused into a step whose output such a member might read."""
+    from edgerun.kernels import numpy_segment
+
+    class UnknownMember(numpy_segment._ConvRows):
+        pass
+
+    bind = numpy_segment._bind
+
+    def bind_unknown(op, index, *args, **kwargs):
+        kernel = bind(op, index, *args, **kwargs)
+        if index == 3:
+            kernel.__class__ = UnknownMember
+        return kernel
+
+    monkeypatch.setattr(numpy_segment, "_bind", bind_unknown)
+    rng = np.random.default_rng(8)
+    ops = [Conv(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), None, pads=(1, 1, 1, 1)),
+           Activation("relu"),
+           Conv(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), None, (2, 2), (1, 1, 1, 1), group=4),
+           Conv(rng.standard_normal((3, 4, 1, 1)).astype(np.float32)),
+           Activation("relu")]
+    x = rng.standard_normal((2, 11, 13)).astype(np.float32)
+    runner, out = run_native(ops, x, 2, None, threads=1)
+    assert runner.native_steps == [0, 1, 2, 4] and runner.fused == set()
+    assert any(not native and {step for step, _, _ in calls} == {3} for native, calls in runner.program)
+    assert_close(out, run_numpy(ops, x, 2, None).astype(np.float64))
+
+
 # ---------------------------------------------------------------- MobileNetV2 and memory
 def mobilenet_v2_stem_and_blocks(rng, blocks: int):
     def weight(*shape):
