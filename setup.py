@@ -27,6 +27,7 @@ NATIVE_DIR = os.path.join("edgerun", "kernels", "native")
 NATIVE_SOURCES = [os.path.join(NATIVE_DIR, name)
                   for name in ("module.c", "block.c", "gemm.c", "depthwise.c", "activation.c", "steps.c",
                                "threadpool.c", "pybuffers.c")]
+NATIVE_SOURCES.append(os.path.join(NATIVE_DIR, "segment.c"))  # streamed segments (native_segment.py)
 # -fno-trapping-math lets GCC if-convert (vectorise) selects such as leaky ReLU; edgerun never
 # relies on floating-point exceptions.
 PORTABLE_FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-pthread"]

@@ -170,4 +170,55 @@ void er_depthwise_rows(const float *src, int src_row0, int height, int width, co
                        int stride, const int pads[4], float bias, const er_act *act, float *dst,
                        int o0, int o1, int out_width);
 
+/* ---------------------------------------------------------------- streamed segments (segment.c)
+ * Row kernels of a segment's calls (edgerun/kernels/native_segment.py). A tensor is whole
+ * (ring 0: row r of channel c at base + c*H*W + r*W) or a ring of `ring` rows (row r in slot
+ * r mod ring; a slot holds C x W floats, channel c at slot + c*W); base NULL: not present. */
+#define ER_SEG_MAX_KERNEL 64 /* kernel extents the row tables (on the stack) hold */
+
+enum er_seg_kind {
+    ER_SEG_POINTWISE = 1, /* 1x1 conv, horizontal stride 1, no pads: GEMM on the input row in place */
+    ER_SEG_DEPTHWISE = 2, /* group == input channels, any multiplier, kernel, stride, dilation */
+    ER_SEG_IM2COL = 3,    /* any conv: one output row's im2col (scratch) then a GEMM per group */
+    ER_SEG_MAXPOOL = 4,
+    ER_SEG_AVGPOOL = 5,
+    ER_SEG_ACTIVATION = 6,
+    ER_SEG_ADD = 7,       /* input + skip tensor, row for row */
+    ER_SEG_GAP = 8        /* last step: adds each input row's sums into a whole (C, 1, 1) output */
+};
+
+typedef struct {
+    float *base;
+    int ring; /* 0: whole; > 0: rows of the ring; -1: a ring of no rows (every row reads as padding) */
+    int channels, height, width;
+} er_seg_tensor;
+
+typedef struct {
+    int kind;                                /* enum er_seg_kind; 0: the step does not run here */
+    int src, skip, dst;                      /* tensor indices (skip -1: none) */
+    int out_channels, out_height, out_width;
+    int kh, kw, sh, sw, dh, dw, pad_top, pad_left;
+    int group, include_pad;
+    const float *weights; /* conv: per group (Cin/group * kh * kw, M/group), k-major; depthwise (M, kh, kw) */
+    const float *bias;    /* (M) or NULL */
+    const float *aux;     /* average pooling: 1 / the window's columns, per output column */
+    float *scratch;       /* im2col: (Cin * kh * kw, out_width) floats */
+    long scratch_floats;
+    er_act act;           /* applied to each output row (an Activation step fused into its producer) */
+} er_seg_step;
+
+typedef struct {
+    int step, lo, hi; /* step computes its output rows [lo, hi) (GlobalAveragePool: input rows) */
+} er_seg_call;
+
+/* NULL when the steps and calls are consistent with the tensors (shapes, kinds, extents, scratch,
+ * rows), else a message. Every read and write then stays inside the tensors and the scratch. */
+const char *er_seg_check(const er_seg_tensor *tensors, int ntensors, const er_seg_step *steps, int nsteps,
+                         const er_seg_call *calls, int ncalls);
+
+/* Runs the calls in order on a team of `threads` (after er_seg_check); NULL, or the pool's error. */
+const char *er_seg_run(const er_seg_tensor *tensors, const er_seg_step *steps, const er_seg_call *calls,
+                       int ncalls, int threads);
+/* ---------------------------------------------------------------- end of streamed segments */
+
 #endif

@@ -343,6 +343,17 @@ PyObject *er_py_pw_conv(PyObject *self, PyObject *args);
 PyObject *er_py_pool2d(PyObject *self, PyObject *args);
 PyObject *er_py_gemv(PyObject *self, PyObject *args);
 
+/* streamed segments: py_segment_run at the end of this file */
+static PyObject *py_segment_run(PyObject *self, PyObject *args);
+PyDoc_STRVAR(segment_run_doc,
+"segment_run(arena, x, out, params, tensors, steps, calls, threads)\n\n"
+"Runs calls of a streamed segment on the native row kernels (edgerun/kernels/native_segment.py).\n"
+"arena: float32 (rings and scratch); x / out: the segment's whole input and output; params: float32\n"
+"(weights, biases, pooling scales, activation parameters); tensors: int64 (n, 6) rows (place 0 absent /\n"
+"1 x / 2 out / 3 ring in the arena, arena offset, ring rows, C, H, W); steps: int64 (n, 24) rows (see\n"
+"SEG_FIELDS in native_segment.py); calls: int32 (n, 3) rows (step, lo, hi). Everything is checked\n"
+"(ValueError) before the calls run.");
+
 static PyMethodDef methods[] = {
     {"run_block", py_run_block, METH_VARARGS, run_block_doc},
     {"pointwise_conv", py_pointwise_conv, METH_VARARGS, pointwise_doc},
@@ -366,6 +377,7 @@ static PyMethodDef methods[] = {
      "pw_conv(x (K, N), packed, bias, out (M, N), edge, M, N, K, act, threads=1): 1x1 conv on packed weights."},
     {"gemv", er_py_gemv, METH_VARARGS,
      "gemv(w (rows, K), x (K), bias or None, y (rows), rows, K, threads=1): y = w @ x + bias."},
+    {"segment_run", py_segment_run, METH_VARARGS, segment_run_doc},
     {"pool2d", er_py_pool2d, METH_VARARGS,
      "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
     {NULL, NULL, 0, NULL},
@@ -391,3 +403,180 @@ PyMODINIT_FUNC PyInit__native(void)
         pool_exit_registered = Py_AtExit(er_pool_shutdown) == 0;
     return m;
 }
+
+/* ---------------------------------------------------------------- streamed segments (segment.c) */
+#define SEG_TENSOR_FIELDS 6
+#define SEG_STEP_FIELDS 24
+
+/* A C-contiguous table of `columns` items of itemsize bytes per row ('i' int32 or 'q' int64). */
+static int get_table(PyObject *obj, Py_buffer *view, int itemsize, int columns, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return -1;
+    const char *f = view->format ? view->format : "?";
+    if (*f == '=' || *f == '<' || *f == '@') f++;
+    int ok = view->itemsize == itemsize && (itemsize == 4 ? (!strcmp(f, "i") || (!strcmp(f, "l") && sizeof(long) == 4))
+                                                          : (!strcmp(f, "q") || (!strcmp(f, "l") && sizeof(long) == 8)));
+    if (!ok || view->len % ((Py_ssize_t)itemsize * columns) || view->len == 0) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "segment_run: %s must be a non-empty C-contiguous int%d array of %d "
+                     "columns", name, itemsize * 8, columns);
+        return -1;
+    }
+    return 0;
+}
+
+/* params[offset .. offset + count) when inside params (offset -1: NULL if allowed), else set *bad. */
+static const float *param_span(const float *params, Py_ssize_t nparams, long long offset, long long count,
+                               int optional, int *bad)
+{
+    if (offset == -1 && optional) return NULL;
+    if (offset < 0 || count < 0 || offset > nparams || count > nparams - offset) {
+        *bad = 1;
+        return NULL;
+    }
+    return params + offset;
+}
+
+/* Weight floats a step reads, from its kind and input channels. */
+static long long seg_weight_floats(const long long *r, int in_channels)
+{
+    long long m = r[4], kk = r[7] * r[8], group = r[15] > 0 ? r[15] : 1;
+    if (r[0] == ER_SEG_POINTWISE || r[0] == ER_SEG_IM2COL) return in_channels / group * kk * m;
+    if (r[0] == ER_SEG_DEPTHWISE) return m * kk;
+    return 0;
+}
+
+static int fits_int(long long v) { return v >= -1 && v <= 0x7fffffff; }
+
+static PyObject *py_segment_run(PyObject *self, PyObject *args)
+{
+    PyObject *arena, *x, *out, *params, *tensors_obj, *steps_obj, *calls_obj;
+    int threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOOi", &arena, &x, &out, &params, &tensors_obj, &steps_obj, &calls_obj,
+                          &threads))
+        return NULL;
+    if (threads < 1 || threads > ER_MAX_THREADS)
+        return PyErr_Format(PyExc_ValueError, "segment_run: threads must be in 1..%d", ER_MAX_THREADS);
+    Py_buffer tv, sv, cv;
+    if (get_table(tensors_obj, &tv, 8, SEG_TENSOR_FIELDS, "tensors") != 0) return NULL;
+    if (get_table(steps_obj, &sv, 8, SEG_STEP_FIELDS, "steps") != 0) {
+        PyBuffer_Release(&tv);
+        return NULL;
+    }
+    if (get_table(calls_obj, &cv, 4, 3, "calls") != 0) {
+        PyBuffer_Release(&tv);
+        PyBuffer_Release(&sv);
+        return NULL;
+    }
+    int ntensors = (int)(tv.len / (8 * SEG_TENSOR_FIELDS)), nsteps = (int)(sv.len / (8 * SEG_STEP_FIELDS));
+    int ncalls = (int)(cv.len / (4 * 3));
+    const long long *tt = (const long long *)tv.buf, *st = (const long long *)sv.buf;
+    er_buffer_set set = {.count = 0};
+    er_seg_tensor *tensors = PyMem_Calloc((size_t)ntensors, sizeof *tensors);
+    er_seg_step *steps = PyMem_Calloc((size_t)nsteps, sizeof *steps);
+    const char *problem = NULL;
+    if (!tensors || !steps) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    /* the whole input and output: sizes from their (single) rows of the table */
+    long long sizes[3] = {-1, -1, -1};
+    for (int i = 0; i < ntensors; i++) {
+        const long long *r = tt + (long)i * SEG_TENSOR_FIELDS;
+        for (int j = 2; j < 6; j++)
+            if (r[j] < 0 || r[j] > 0x7fffffff) problem = "tensor sizes must be non-negative int32";
+        if (r[0] < 0 || r[0] > 3) problem = "tensor place must be 0..3";
+        if (problem) break;
+        if (r[0] == 1 || r[0] == 2) {
+            long long n = r[3] * r[4] * r[5];
+            if (r[2] != 0 || (sizes[r[0]] != -1 && sizes[r[0]] != n)) problem = "the segment input and output are whole, "
+                                                                            "one size each";
+            sizes[r[0]] = n;
+        }
+    }
+    if (problem || sizes[1] < 1 || sizes[2] < 1) {
+        PyErr_Format(PyExc_ValueError, "segment_run: %s", problem ? problem : "a segment input and output are needed");
+        goto fail;
+    }
+    float *arena_p = er_acquire(&set, arena, "arena", 0, 1, 1);
+    Py_ssize_t arena_n = arena_p ? set.views[set.count - 1].len / 4 : 0;
+    const float *x_p = arena_p ? er_acquire(&set, x, "x", (Py_ssize_t)sizes[1], 0, 0) : NULL;
+    float *out_p = x_p ? er_acquire(&set, out, "out", (Py_ssize_t)sizes[2], 0, 1) : NULL;
+    const float *params_p = out_p ? er_acquire(&set, params, "params", 0, 1, 0) : NULL;
+    if (!params_p || er_check_no_overlap(&set) != 0) goto fail;
+    Py_ssize_t nparams = set.views[set.count - 1].len / 4;
+    for (int i = 0; i < ntensors && !problem; i++) {
+        const long long *r = tt + (long)i * SEG_TENSOR_FIELDS;
+        er_seg_tensor *t = &tensors[i];
+        t->ring = (int)r[2];
+        t->channels = (int)r[3];
+        t->height = (int)r[4];
+        t->width = (int)r[5];
+        if (r[0] == 1) t->base = (float *)x_p;
+        if (r[0] == 2) t->base = out_p;
+        if (r[0] == 3) {
+            long long floats = r[2] * r[3] * r[5];
+            if (r[2] < 0 || r[1] < 0 || r[1] > arena_n || floats > arena_n - r[1])
+                problem = "a ring is not inside the arena";
+            else
+                t->base = arena_p + r[1];
+            if (r[2] == 0) t->ring = -1; /* a ring of no rows: every row reads as padding */
+        }
+    }
+    for (int i = 0; i < nsteps && !problem; i++) {
+        const long long *r = st + (long)i * SEG_STEP_FIELDS;
+        er_seg_step *s = &steps[i];
+        for (int j = 0; j < 17; j++)
+            if (!fits_int(r[j])) problem = "step fields must be int32";
+        if (problem) break;
+        int *fields[17] = {&s->kind, &s->src, &s->skip, &s->dst, &s->out_channels, &s->out_height, &s->out_width,
+                           &s->kh, &s->kw, &s->sh, &s->sw, &s->dh, &s->dw, &s->pad_top, &s->pad_left, &s->group,
+                           &s->include_pad};
+        for (int j = 0; j < 17; j++) *fields[j] = (int)r[j];
+        if (s->kind == 0) continue; /* a step that does not run here (numpy, or fused into another) */
+        if (s->src < 0 || s->src >= ntensors || !tensors[s->src].base) {
+            problem = "a step's input tensor is missing";
+            break;
+        }
+        int bad = 0;
+        long long wf = seg_weight_floats(r, tensors[s->src].channels);
+        s->weights = wf ? param_span(params_p, nparams, r[17], wf, 0, &bad) : NULL;
+        s->bias = param_span(params_p, nparams, r[18], r[4], 1, &bad);
+        s->aux = param_span(params_p, nparams, r[19], r[6], 1, &bad);
+        if (r[20] != -1) {
+            if (r[20] < 0 || r[21] < 0 || r[20] > arena_n || r[21] > arena_n - r[20])
+                bad = 1;
+            else {
+                s->scratch = arena_p + r[20];
+                s->scratch_floats = (long)r[21];
+            }
+        }
+        const float *ap = param_span(params_p, nparams, r[23], 2, 1, &bad);
+        if (r[22] < 0 || r[22] >= ER_ACT_COUNT) bad = 1;
+        s->act.kind = (int)r[22];
+        s->act.a = ap ? ap[0] : 0.0f;
+        s->act.b = ap ? ap[1] : 0.0f;
+        if (bad) problem = "a step's weights, bias, scales, scratch or activation are out of bounds";
+    }
+    const er_seg_call *calls = (const er_seg_call *)cv.buf;
+    if (!problem) problem = er_seg_check(tensors, ntensors, steps, nsteps, calls, ncalls);
+    if (problem) {
+        PyErr_Format(PyExc_ValueError, "segment_run: %s", problem);
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    problem = er_seg_run(tensors, steps, calls, ncalls, threads);
+    Py_END_ALLOW_THREADS
+    if (problem) PyErr_Format(PyExc_RuntimeError, "segment_run: %s", problem);
+fail:
+    er_release_all(&set);
+    PyMem_Free(tensors);
+    PyMem_Free(steps);
+    PyBuffer_Release(&tv);
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&cv);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+/* ---------------------------------------------------------------- end of streamed segments */

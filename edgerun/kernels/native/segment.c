@@ -1,0 +1,553 @@
+/* Row kernels of streamed segments (edgerun/kernels/native_segment.py, docs/segments.md).
+ *
+ * A segment runs a list of calls "step s computes its output rows [lo, hi)". Every tensor of the
+ * segment is either whole (the segment's input and output: row r of channel c at
+ * base + c*H*W + r*W) or a ring of R rows (row r in slot r mod R, a slot holding the row's C x W
+ * floats: channel c at slot + c*W). A kernel never indexes a tensor itself: for each output row it
+ * looks its input rows up in a small table of row pointers (NULL for a padding row), each with the
+ * tensor's channel stride, so a ring's wrap-around costs nothing and nothing is copied between
+ * steps. Output rows are written the same way into the consumer's ring slot (or the whole output).
+ *
+ * Threads split every call by output channels; each output value is computed by one thread in the
+ * same order whatever the split, so results have the same bits for any thread count. The only
+ * scratch (one output row's im2col for a general convolution) comes from the caller's arena; the
+ * row-pointer and column tables live on the stack (kernel extents are at most ER_SEG_MAX_KERNEL). */
+#include <math.h>
+#include <string.h>
+
+#define ER_VECTOR_HELPERS
+#include "kernels.h"
+#include "threadpool.h"
+
+/* ---------------------------------------------------------------- rows of a tensor */
+static inline const float *seg_row(const er_seg_tensor *t, int r)
+{
+    if (r < 0 || r >= t->height || t->ring < 0) return NULL;
+    if (t->ring) return t->base + (long)(r % t->ring) * t->channels * t->width;
+    return t->base + (long)r * t->width;
+}
+
+static inline long seg_channel_stride(const er_seg_tensor *t)
+{
+    return t->ring > 0 ? t->width : (long)t->height * t->width;
+}
+
+/* Per kernel column kx: output columns [first, stop) whose tap is inside the input, and the input
+ * column x0 read by output column `first` (numpy_segment._column_ranges). */
+typedef struct {
+    int first, stop, x0;
+} seg_columns;
+
+static void column_ranges(int width, int out_width, int kernel, int stride, int dilation, int left,
+                          seg_columns *cols)
+{
+    for (int kx = 0; kx < kernel; kx++) {
+        int start = kx * dilation - left;
+        int first = start < 0 ? (-start + stride - 1) / stride : 0;
+        int stop = 0;
+        if (width - 1 - start >= 0) {
+            stop = (width - 1 - start) / stride + 1;
+            if (stop > out_width) stop = out_width;
+        }
+        if (stop < first) stop = first;
+        cols[kx].first = first;
+        cols[kx].stop = stop;
+        cols[kx].x0 = start + first * stride;
+    }
+}
+
+/* The input rows output row o reads, tap by tap (NULL: padding); returns how many are inside. */
+static int window_rows(const er_seg_step *s, const er_seg_tensor *src, int o, const float **rows)
+{
+    int valid = 0;
+    for (int ky = 0; ky < s->kh; ky++) {
+        rows[ky] = seg_row(src, o * s->sh - s->pad_top + ky * s->dh);
+        valid += rows[ky] != NULL;
+    }
+    return valid;
+}
+
+static inline void activate(float *p, long n, const er_act *act)
+{
+    if (act->kind != ER_ACT_NONE) er_apply_activation(p, n, act);
+}
+
+/* ---------------------------------------------------------------- one call, shared out */
+typedef struct {
+    const er_seg_step *s;
+    const er_seg_tensor *src, *skip, *dst;
+    int lo, hi, parts, row; /* row: the one output row of an im2col phase */
+    int cin;                /* input channels */
+} seg_job;
+
+/* 1x1 convolution, horizontal stride 1, no side pads: per group, W (Mg x Cg) times the input row
+ * read in place (channel stride of its tensor), output channels [m0, m1). */
+static void pointwise_rows(const seg_job *job, int m0, int m1)
+{
+    const er_seg_step *s = job->s;
+    int groups = s->group, mg = s->out_channels / groups, cg = job->cin / groups, width = s->out_width;
+    long scs = seg_channel_stride(job->src), dcs = seg_channel_stride(job->dst);
+    for (int o = job->lo; o < job->hi; o++) {
+        const float *in = seg_row(job->src, o * s->sh);
+        float *out = (float *)seg_row(job->dst, o);
+        for (int g = m0 / mg; g < groups && g * mg < m1; g++) {
+            int a = m0 > g * mg ? m0 : g * mg, b = m1 < (g + 1) * mg ? m1 : (g + 1) * mg;
+            if (!in) { /* a row below the input (never for a valid geometry): bias only */
+                for (int m = a; m < b; m++) {
+                    for (int x = 0; x < width; x++) out[m * dcs + x] = s->bias ? s->bias[m] : 0.0f;
+                    activate(out + m * dcs, width, &s->act);
+                }
+                continue;
+            }
+            er_gemm_tn(b - a, width, cg, s->weights + (long)g * cg * mg + (a - g * mg), mg,
+                       in + (long)g * cg * scs, scs, out + a * dcs, dcs, 0, s->bias ? s->bias + a : NULL,
+                       &s->act);
+        }
+    }
+}
+
+#define SEG_STACK_WIDTH 4096 /* input rows up to this wide are split into stride phases on the stack */
+
+/* phases[p * n + j] = in[p + j * stride] for the `width` floats of in (n = ceil(width / stride)). */
+static void split_phases(const float *restrict in, int width, int stride, float *restrict phases)
+{
+    int n = (width + stride - 1) / stride;
+    if (stride == 2) { /* the common case, in a loop the compiler vectorises */
+        float *restrict even = phases, *restrict odd = phases + n;
+        int half = width / 2;
+        for (int j = 0; j < half; j++) {
+            even[j] = in[2 * j];
+            odd[j] = in[2 * j + 1];
+        }
+        if (width & 1) even[half] = in[width - 1];
+        return;
+    }
+    for (int p = 0; p < stride; p++)
+        for (int j = 0, x = p; x < width; j++, x += stride) phases[p * n + j] = in[x];
+}
+
+#define SEG_MAX_TAPS 64 /* depthwise kernels up to this many taps keep their sums in registers */
+
+/* One depthwise output row from its taps: out[x] = b + sum over taps t (in order) of w[t] * p[t][x],
+ * tap t counting only for columns [first[t], stop[t]). The columns every tap covers go vector by
+ * vector with the sums in registers; the edge columns one by one, in the same order. */
+static void depthwise_taps(float *restrict out, int width, float b, const float *const *p, const float *w,
+                           const int *first, const int *stop, int ntaps)
+{
+    int lo = 0, hi = width;
+    for (int t = 0; t < ntaps; t++) {
+        if (first[t] > lo) lo = first[t];
+        if (stop[t] < hi) hi = stop[t];
+    }
+    if (lo > width) lo = width;
+    if (hi < lo) hi = lo;
+    for (int x = 0; x < width; x++) {
+        if (x == lo) x = hi;
+        if (x >= width) break;
+        float acc = b;
+        for (int t = 0; t < ntaps; t++)
+            if (x >= first[t] && x < stop[t]) acc += w[t] * p[t][x];
+        out[x] = acc;
+    }
+    int x = lo;
+#if defined(__GNUC__)
+    for (; x + 4 * ER_VL <= hi; x += 4 * ER_VL) { /* 4 vectors per tap: one broadcast of its weight */
+        er_vf acc[4];
+        for (int i = 0; i < 4; i++) acc[i] = er_splatv(b);
+        for (int t = 0; t < ntaps; t++) {
+            er_vf wv = er_splatv(w[t]);
+            const float *q = p[t] + x;
+            for (int i = 0; i < 4; i++) acc[i] += wv * er_loadv(q + i * ER_VL);
+        }
+        for (int i = 0; i < 4; i++) er_storev(out + x + i * ER_VL, acc[i]);
+    }
+    for (; x + ER_VL <= hi; x += ER_VL) {
+        er_vf acc = er_splatv(b);
+        for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
+        er_storev(out + x, acc);
+    }
+    if (x < hi && hi - lo >= ER_VL) { /* the last columns: one vector ending at hi (recomputes a few) */
+        x = hi - ER_VL;
+        er_vf acc = er_splatv(b);
+        for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
+        er_storev(out + x, acc);
+        x = hi;
+    }
+#endif
+    for (; x < hi; x++) {
+        float acc = b;
+        for (int t = 0; t < ntaps; t++) acc += w[t] * p[t][x];
+        out[x] = acc;
+    }
+}
+
+/* Depthwise with at most SEG_MAX_TAPS taps whose rows' stride phases fit SEG_STACK_WIDTH: every
+ * tap becomes a unit-stride pointer (into the row, or into its phases for a strided kernel). */
+static void depthwise_rows_by_taps(const seg_job *job, int m0, int m1)
+{
+    const er_seg_step *s = job->s;
+    const float *rows[ER_SEG_MAX_KERNEL], *p[SEG_MAX_TAPS];
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    float w[SEG_MAX_TAPS], phases[SEG_STACK_WIDTH];
+    int first[SEG_MAX_TAPS], stop[SEG_MAX_TAPS];
+    int mult = s->out_channels / job->cin, width = s->out_width, kk = s->kh * s->kw, in_width = job->src->width;
+    int n = (in_width + s->sw - 1) / s->sw, phase_row = n * s->sw;
+    long scs = seg_channel_stride(job->src), dcs = seg_channel_stride(job->dst);
+    column_ranges(in_width, width, s->kw, s->sw, s->dw, s->pad_left, cols);
+    for (int o = job->lo; o < job->hi; o++) {
+        window_rows(s, job->src, o, rows);
+        float *out_row = (float *)seg_row(job->dst, o);
+        for (int m = m0; m < m1; m++) {
+            int ntaps = 0;
+            for (int ky = 0; ky < s->kh; ky++) {
+                if (!rows[ky]) continue;
+                const float *in = rows[ky] + (long)(m / mult) * scs;
+                if (s->sw > 1 && (m == m0 || m % mult == 0)) split_phases(in, in_width, s->sw, phases + ky * phase_row);
+                for (int kx = 0; kx < s->kw; kx++) {
+                    const seg_columns *c = &cols[kx];
+                    if (c->stop == c->first) continue;
+                    p[ntaps] = s->sw > 1 ? phases + ky * phase_row + (c->x0 % s->sw) * n + c->x0 / s->sw - c->first
+                                         : in + c->x0 - c->first;
+                    w[ntaps] = s->weights[(long)m * kk + ky * s->kw + kx];
+                    first[ntaps] = c->first;
+                    stop[ntaps++] = c->stop;
+                }
+            }
+            float *out = out_row + m * dcs;
+            depthwise_taps(out, width, s->bias ? s->bias[m] : 0.0f, p, w, first, stop, ntaps);
+            activate(out, width, &s->act);
+        }
+    }
+}
+
+/* Depthwise (group == input channels, any multiplier): output channel m reads input channel
+ * m / multiplier; bias first, then the taps in (ky, kx) order. A strided row is first split into
+ * its stride phases so that every tap is a unit-stride loop. */
+static void depthwise_rows(const seg_job *job, int m0, int m1)
+{
+    const er_seg_step *s = job->s;
+    int in_width = job->src->width, phase_row = (in_width + s->sw - 1) / s->sw * s->sw;
+    if (s->kh * s->kw <= SEG_MAX_TAPS && (long)s->kh * phase_row <= SEG_STACK_WIDTH) {
+        depthwise_rows_by_taps(job, m0, m1);
+        return;
+    }
+
+    const float *rows[ER_SEG_MAX_KERNEL];
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    int mult = s->out_channels / job->cin, width = s->out_width, kk = s->kh * s->kw;
+    long scs = seg_channel_stride(job->src), dcs = seg_channel_stride(job->dst);
+    float phases[SEG_STACK_WIDTH];
+    column_ranges(job->src->width, width, s->kw, s->sw, s->dw, s->pad_left, cols);
+    for (int o = job->lo; o < job->hi; o++) {
+        window_rows(s, job->src, o, rows);
+        float *out_row = (float *)seg_row(job->dst, o);
+        for (int m = m0; m < m1; m++) {
+            float *restrict out = out_row + m * dcs;
+            const float *w = s->weights + (long)m * kk;
+            float b = s->bias ? s->bias[m] : 0.0f;
+            for (int x = 0; x < width; x++) out[x] = b;
+            for (int ky = 0; ky < s->kh; ky++) {
+                if (!rows[ky]) continue;
+                const float *in = rows[ky] + (long)(m / mult) * scs;
+                int phased = s->sw > 1 && in_width <= SEG_STACK_WIDTH, n = (in_width + s->sw - 1) / s->sw;
+                if (phased) split_phases(in, in_width, s->sw, phases);
+                for (int kx = 0; kx < s->kw; kx++) {
+                    const seg_columns *c = &cols[kx];
+                    float wv = w[ky * s->kw + kx];
+                    if (phased) {
+                        const float *restrict p = phases + (c->x0 % s->sw) * n + c->x0 / s->sw - c->first;
+                        for (int x = c->first; x < c->stop; x++) out[x] += wv * p[x];
+                    } else if (s->sw == 1) {
+                        const float *restrict p = in + c->x0 - c->first;
+                        for (int x = c->first; x < c->stop; x++) out[x] += wv * p[x];
+                    } else {
+                        const float *restrict p = in + c->x0;
+                        for (int x = c->first; x < c->stop; x++) out[x] += wv * p[(long)(x - c->first) * s->sw];
+                    }
+                }
+            }
+            activate(out, width, &s->act);
+        }
+    }
+}
+
+/* im2col of output row job->row for input channels [c0, c1): scratch (C, kh, kw, Wo). */
+static void im2col_row(const seg_job *job, int c0, int c1)
+{
+    const er_seg_step *s = job->s;
+    const float *rows[ER_SEG_MAX_KERNEL];
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    int width = s->out_width;
+    long scs = seg_channel_stride(job->src);
+    column_ranges(job->src->width, width, s->kw, s->sw, s->dw, s->pad_left, cols);
+    window_rows(s, job->src, job->row, rows);
+    for (int c = c0; c < c1; c++) {
+        for (int ky = 0; ky < s->kh; ky++) {
+            for (int kx = 0; kx < s->kw; kx++) {
+                float *dst = s->scratch + (((long)c * s->kh + ky) * s->kw + kx) * width;
+                const seg_columns *r = &cols[kx];
+                if (!rows[ky] || r->stop == r->first) {
+                    memset(dst, 0, (size_t)width * sizeof(float));
+                    continue;
+                }
+                const float *in = rows[ky] + (long)c * scs + r->x0;
+                memset(dst, 0, (size_t)r->first * sizeof(float));
+                for (int x = r->first; x < r->stop; x++) dst[x] = in[(long)(x - r->first) * s->sw];
+                memset(dst + r->stop, 0, (size_t)(width - r->stop) * sizeof(float));
+            }
+        }
+    }
+}
+
+/* The GEMM of output row job->row over the im2col scratch, output channels [m0, m1). */
+static void im2col_gemm(const seg_job *job, int m0, int m1)
+{
+    const er_seg_step *s = job->s;
+    int groups = s->group, mg = s->out_channels / groups, taps = job->cin / groups * s->kh * s->kw;
+    long dcs = seg_channel_stride(job->dst);
+    float *out = (float *)seg_row(job->dst, job->row);
+    for (int g = m0 / mg; g < groups && g * mg < m1; g++) {
+        int a = m0 > g * mg ? m0 : g * mg, b = m1 < (g + 1) * mg ? m1 : (g + 1) * mg;
+        er_gemm_tn(b - a, s->out_width, taps, s->weights + (long)g * taps * mg + (a - g * mg), mg,
+                   s->scratch + (long)g * taps * s->out_width, s->out_width, out + a * dcs, dcs, 0,
+                   s->bias ? s->bias + a : NULL, &s->act);
+    }
+}
+
+/* max(acc, v) keeping a NaN from either side, as numpy's maximum does. */
+static inline float nan_max(float acc, float v) { return v > acc || v != v ? v : acc; }
+
+/* Max or average pooling, channels [c0, c1); average: the sum times aux[x] (1 / the window's columns)
+ * times 1 / its rows (inside the input, or all kh with include_pad), as numpy_segment. */
+static void pool_rows(const seg_job *job, int c0, int c1)
+{
+    const er_seg_step *s = job->s;
+    const float *rows[ER_SEG_MAX_KERNEL];
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    int width = s->out_width, is_max = s->kind == ER_SEG_MAXPOOL;
+    long scs = seg_channel_stride(job->src), dcs = seg_channel_stride(job->dst);
+    column_ranges(job->src->width, width, s->kw, s->sw, s->dw, s->pad_left, cols);
+    for (int o = job->lo; o < job->hi; o++) {
+        int valid = window_rows(s, job->src, o, rows);
+        float *out_row = (float *)seg_row(job->dst, o);
+        float row_scale = 1.0f / (float)(s->include_pad ? s->kh : (valid ? valid : 1));
+        for (int c = c0; c < c1; c++) {
+            float *restrict out = out_row + c * dcs;
+            for (int x = 0; x < width; x++) out[x] = is_max ? -INFINITY : 0.0f;
+            for (int ky = 0; ky < s->kh; ky++) {
+                if (!rows[ky]) continue;
+                const float *in = rows[ky] + (long)c * scs;
+                for (int kx = 0; kx < s->kw; kx++) {
+                    const seg_columns *r = &cols[kx];
+                    const float *restrict p = in + r->x0;
+                    if (is_max)
+                        for (int x = r->first; x < r->stop; x++)
+                            out[x] = nan_max(out[x], p[(long)(x - r->first) * s->sw]);
+                    else
+                        for (int x = r->first; x < r->stop; x++) out[x] += p[(long)(x - r->first) * s->sw];
+                }
+            }
+            if (!is_max) {
+                for (int x = 0; x < width; x++) out[x] *= s->aux[x];
+                for (int x = 0; x < width; x++) out[x] *= row_scale;
+            }
+            activate(out, width, &s->act);
+        }
+    }
+}
+
+/* Activation alone, Add (the step's input plus its skip tensor, row for row), channels [c0, c1). */
+static void aligned_rows(const seg_job *job, int c0, int c1)
+{
+    const er_seg_step *s = job->s;
+    int width = s->out_width;
+    long scs = seg_channel_stride(job->src), dcs = seg_channel_stride(job->dst);
+    long kcs = job->skip ? seg_channel_stride(job->skip) : 0;
+    for (int o = job->lo; o < job->hi; o++) {
+        const float *in = seg_row(job->src, o);
+        const float *skip = job->skip ? seg_row(job->skip, o) : NULL;
+        float *out_row = (float *)seg_row(job->dst, o);
+        for (int c = c0; c < c1; c++) {
+            float *restrict out = out_row + c * dcs;
+            if (!in || (job->skip && !skip)) { /* a row never stored (not for a valid schedule) */
+                memset(out, 0, (size_t)width * sizeof(float));
+                continue;
+            }
+            const float *restrict a = in + c * scs;
+            if (skip) {
+                const float *restrict b = skip + c * kcs;
+                for (int x = 0; x < width; x++) out[x] = a[x] + b[x];
+            } else {
+                memcpy(out, a, (size_t)width * sizeof(float));
+            }
+            activate(out, width, &s->act);
+        }
+    }
+}
+
+/* GlobalAveragePool, last step: adds the sums of input rows [lo, hi) into out[c] (the caller
+ * zeroes out first and scales it once at the end). */
+static void gap_rows(const seg_job *job, int c0, int c1)
+{
+    int width = job->src->width;
+    long scs = seg_channel_stride(job->src);
+    float *out = (float *)job->dst->base;
+    for (int o = job->lo; o < job->hi; o++) {
+        const float *in = seg_row(job->src, o);
+        if (!in) continue; /* a row never stored (not for a valid schedule) */
+        for (int c = c0; c < c1; c++) {
+            const float *p = in + c * scs;
+            float sum = 0.0f;
+            for (int x = 0; x < width; x++) sum += p[x];
+            out[c] += sum;
+        }
+    }
+}
+
+typedef void (*seg_range_fn)(const seg_job *job, int a, int b);
+
+typedef struct {
+    const seg_job *job;
+    seg_range_fn fn;
+    int n;
+} seg_phase;
+
+static void phase_item(void *ctx, int k)
+{
+    const seg_phase *phase = (const seg_phase *)ctx;
+    int a, b;
+    er_share(phase->n, phase->job->parts, k, &a, &b);
+    if (a < b) phase->fn(phase->job, a, b);
+}
+
+/* fn over [0, n) in job->parts contiguous ranges on the team. */
+static void run_phase(er_team *team, const seg_job *job, seg_range_fn fn, int n)
+{
+    seg_phase phase = {.job = job, .fn = fn, .n = n};
+    er_team_run(team, phase_item, &phase, job->parts);
+}
+
+static void run_call(er_team *team, int threads, const er_seg_tensor *tensors, const er_seg_step *s,
+                     const er_seg_call *call)
+{
+    seg_job job = {.s = s, .src = &tensors[s->src], .skip = s->skip >= 0 ? &tensors[s->skip] : NULL,
+                   .dst = &tensors[s->dst], .lo = call->lo, .hi = call->hi, .row = call->lo};
+    job.cin = job.src->channels;
+    int kind = s->kind, channels = s->out_channels, rows = call->hi - call->lo;
+    double row_work = (double)s->out_width * s->kh * s->kw;
+    if (kind == ER_SEG_POINTWISE || kind == ER_SEG_IM2COL) row_work *= (double)job.cin / s->group;
+    if (kind == ER_SEG_GAP) row_work = job.src->width;
+    job.parts = er_worth_parts(row_work * channels * rows, threads, channels);
+    if (kind == ER_SEG_POINTWISE) {
+        run_phase(team, &job, pointwise_rows, channels);
+    } else if (kind == ER_SEG_DEPTHWISE) {
+        run_phase(team, &job, depthwise_rows, channels);
+    } else if (kind == ER_SEG_IM2COL) {
+        seg_job build = job;
+        build.parts = er_worth_parts((double)job.cin * s->kh * s->kw * s->out_width, threads, job.cin);
+        job.parts = er_worth_parts(row_work * channels, threads, channels);
+        for (int o = call->lo; o < call->hi; o++) {
+            build.row = job.row = o;
+            run_phase(team, &build, im2col_row, job.cin);
+            run_phase(team, &job, im2col_gemm, channels);
+        }
+    } else if (kind == ER_SEG_MAXPOOL || kind == ER_SEG_AVGPOOL) {
+        run_phase(team, &job, pool_rows, channels);
+    } else if (kind == ER_SEG_ACTIVATION || kind == ER_SEG_ADD) {
+        run_phase(team, &job, aligned_rows, channels);
+    } else if (kind == ER_SEG_GAP) {
+        run_phase(team, &job, gap_rows, channels);
+    }
+}
+
+/* ---------------------------------------------------------------- checks and the run */
+static int same_shape(const er_seg_tensor *t, int c, int h, int w)
+{
+    return t->channels == c && t->height == h && t->width == w;
+}
+
+/* Is tensor index i usable (in range, present)? */
+static int tensor_ok(const er_seg_tensor *tensors, int ntensors, int i)
+{
+    return i >= 0 && i < ntensors && tensors[i].base != NULL;
+}
+
+static const char *check_step(const er_seg_tensor *tensors, int ntensors, const er_seg_step *s)
+{
+    if (s->kind < ER_SEG_POINTWISE || s->kind > ER_SEG_GAP) return "unknown step kind";
+    if (!tensor_ok(tensors, ntensors, s->src) || !tensor_ok(tensors, ntensors, s->dst))
+        return "a step's input or output tensor is missing";
+    if ((s->kind == ER_SEG_ADD) != (s->skip >= 0)) return "only an Add has (and needs) a skip tensor";
+    if (s->skip >= 0 && !tensor_ok(tensors, ntensors, s->skip)) return "an Add's skip tensor is missing";
+    if (s->kh < 1 || s->kw < 1 || s->kh > ER_SEG_MAX_KERNEL || s->kw > ER_SEG_MAX_KERNEL || s->sh < 1 ||
+        s->sw < 1 || s->dh < 1 || s->dw < 1 || s->pad_top < 0 || s->pad_left < 0)
+        return "kernel extents must be in 1..ER_SEG_MAX_KERNEL, strides and dilations >= 1, pads >= 0";
+    const er_seg_tensor *src = &tensors[s->src], *dst = &tensors[s->dst];
+    if (s->out_channels < 1 || s->out_height < 1 || s->out_width < 1) return "empty step output";
+    if (s->kind == ER_SEG_GAP) {
+        if (!same_shape(dst, src->channels, 1, 1) || s->out_channels != src->channels || dst->ring != 0)
+            return "GlobalAveragePool must write a whole (C, 1, 1) output";
+        return NULL;
+    }
+    if (!same_shape(dst, s->out_channels, s->out_height, s->out_width))
+        return "a step's output tensor does not have the step's output shape";
+    if (s->kind == ER_SEG_ACTIVATION || s->kind == ER_SEG_ADD) {
+        if (!same_shape(src, s->out_channels, s->out_height, s->out_width) ||
+            (s->skip >= 0 && !same_shape(&tensors[s->skip], s->out_channels, s->out_height, s->out_width)))
+            return "an Activation or Add must keep its input's shape";
+        return NULL;
+    }
+    if (s->kind == ER_SEG_MAXPOOL || s->kind == ER_SEG_AVGPOOL) {
+        if (src->channels != s->out_channels) return "pooling must keep the channels";
+        if (s->kind == ER_SEG_AVGPOOL && !s->aux) return "average pooling needs its column scales";
+        return NULL;
+    }
+    if (!s->weights) return "a convolution needs weights";
+    if (s->group < 1 || src->channels % s->group || s->out_channels % s->group)
+        return "convolution channels do not divide into the groups";
+    if (s->kind == ER_SEG_POINTWISE &&
+        (s->kh != 1 || s->kw != 1 || s->sw != 1 || s->pad_left || s->pad_top || s->out_width != src->width))
+        return "a pointwise step must be 1x1 with horizontal stride 1 and no pads";
+    if (s->kind == ER_SEG_DEPTHWISE && s->group != src->channels)
+        return "a depthwise step needs one group per input channel";
+    if (s->kind == ER_SEG_IM2COL &&
+        (!s->scratch || s->scratch_floats < (long)src->channels * s->kh * s->kw * s->out_width))
+        return "an im2col step needs one output row's im2col of scratch";
+    return NULL;
+}
+
+const char *er_seg_check(const er_seg_tensor *tensors, int ntensors, const er_seg_step *steps, int nsteps,
+                         const er_seg_call *calls, int ncalls)
+{
+    for (int i = 0; i < ntensors; i++) {
+        const er_seg_tensor *t = &tensors[i];
+        if (t->base && (t->channels < 1 || t->height < 1 || t->width < 1 || t->ring < -1))
+            return "tensor sizes must be positive";
+    }
+    for (int i = 0; i < nsteps; i++) {
+        if (steps[i].kind == 0) continue; /* not run here */
+        const char *problem = check_step(tensors, ntensors, &steps[i]);
+        if (problem) return problem;
+    }
+    for (int i = 0; i < ncalls; i++) {
+        const er_seg_call *c = &calls[i];
+        if (c->step < 0 || c->step >= nsteps) return "a call names a step that does not exist";
+        const er_seg_step *s = &steps[c->step];
+        if (s->kind == 0) return "a call names a step that does not run here";
+        if (tensors[s->dst].ring < 0) return "a call writes rows into a ring that holds none";
+        int rows = s->kind == ER_SEG_GAP ? tensors[s->src].height : s->out_height;
+        if (c->lo < 0 || c->lo >= c->hi || c->hi > rows) return "a call's rows are outside its step's rows";
+    }
+    return NULL;
+}
+
+const char *er_seg_run(const er_seg_tensor *tensors, const er_seg_step *steps, const er_seg_call *calls,
+                       int ncalls, int threads)
+{
+    er_team *team = NULL;
+    const char *error = er_team_begin(threads, &team);
+    if (error) return error;
+    for (int i = 0; i < ncalls; i++) run_call(team, threads, tensors, &steps[calls[i].step], &calls[i]);
+    er_team_end(team);
+    return NULL;
+}
