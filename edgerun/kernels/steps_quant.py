@@ -1,0 +1,498 @@
+"""Integer arithmetic of the quantised ops, and their arena kernels (int8 / uint8 activations).
+
+One arithmetic, shared by the oracle (edgerun/ops/quant.py) and the kernels, as onnxruntime does it:
+- quantize(x) = saturate(round_half_even(x / scale) + zero_point), in float32;
+- dequantize(q) = float32(int32(q) - zero_point) * scale;
+- a product accumulates exactly ((x - x_zp) * (w - w_zp) summed in int64 by the oracle; in float64, which is
+  exact below 2**53, by the kernels) and is requantised by
+  saturate(round_half_even(float32(acc) * M) + y_zp), M = float32(x_scale) * float32(w_scale) / float32(y_scale);
+- an elementwise function of one int8 tensor is a 256-entry table indexed by the byte's bit pattern.
+
+The kernels work tile by tile (a few thousand elements, or an output-row band of a convolution) in scratch the
+plan places in the arena; none allocates a temporary of activation size.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+
+from edgerun.kernels.numpy_steps import StepKernel
+
+CHUNK = 4096                     # elements of one elementwise tile
+CONV_TILE_BYTES = 48 * 1024      # target bytes of a convolution tile's scratch (at least one output row)
+
+
+# ---- the arithmetic
+
+def _f32(value) -> np.ndarray:
+    return np.asarray(value, dtype=np.float32)
+
+
+def saturate(values: np.ndarray, dtype, low=None, high=None) -> np.ndarray:
+    info = np.iinfo(dtype)
+    low = info.min if low is None else max(int(low), info.min)
+    high = info.max if high is None else min(int(high), info.max)
+    return np.clip(values, low, high).astype(dtype)
+
+
+def quantize(x, scale, zero_point, dtype) -> np.ndarray:
+    value = np.rint(_f32(x) / _f32(scale)) + _f32(zero_point)
+    return saturate(value, dtype)
+
+
+def dequantize(q, scale, zero_point) -> np.ndarray:
+    centred = np.asarray(q).astype(np.int32) - np.asarray(zero_point).astype(np.int32)
+    return centred.astype(np.float32) * _f32(scale)
+
+
+def multiplier(x_scale, w_scale, y_scale) -> np.ndarray:
+    return (_f32(x_scale) * _f32(w_scale)) / _f32(y_scale)
+
+
+def mean_multiplier(x_scale, y_scale, count: int) -> np.ndarray:
+    return _f32(x_scale) / _f32(y_scale) / np.float32(count)
+
+
+def requantize(acc, mult, zero_point, dtype, low=None, high=None) -> np.ndarray:
+    value = np.rint(np.asarray(acc).astype(np.float32) * _f32(mult)) + _f32(zero_point)
+    return saturate(value, dtype, low, high)
+
+
+def byte_values(dtype) -> np.ndarray:
+    """The 256 values of an 8-bit type, in the order of their bit patterns (the table index)."""
+    return np.arange(256, dtype=np.uint8).view(dtype)
+
+
+def lookup(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return table[x.view(np.uint8)]
+
+
+def requant_table(in_dtype, in_scale, in_zero, out_scale, out_zero, out_dtype, function=None) -> np.ndarray:
+    """The table of q -> quantize(function(dequantize(q))) for every byte q."""
+    values = dequantize(byte_values(in_dtype), in_scale, in_zero)
+    if function is not None:
+        values = _f32(function(values))
+    return quantize(values, out_scale, out_zero, out_dtype)
+
+
+# ---- tiling
+
+def blocks(shape: tuple, limit: int = CHUNK):
+    """Index tuples cutting an array of `shape` into C-order blocks of at most `limit` elements (the last axis
+    is cut too when one row alone is longer)."""
+    shape = tuple(shape)
+    k = len(shape)
+    while k > 0 and math.prod(shape[k - 1:]) <= limit:
+        k -= 1
+    if k == len(shape):      # the last axis alone exceeds the limit
+        for lead in np.ndindex(*shape[:-1]):
+            for start in range(0, shape[-1], limit):
+                yield lead + (slice(start, min(start + limit, shape[-1])),)
+        return
+    if k == 0:
+        yield ()
+        return
+    inner = math.prod(shape[k:])
+    step = max(1, limit // inner)
+    for lead in np.ndindex(*shape[:k - 1]):
+        for start in range(0, shape[k - 1], step):
+            yield lead + (slice(start, min(start + step, shape[k - 1])),)
+
+
+def _tmp(scratch_view: np.ndarray, shape, dtype=np.float32) -> np.ndarray:
+    count = math.prod(shape)
+    return scratch_view.view(dtype)[:count].reshape(shape)
+
+
+def _scalar(value) -> bool:
+    return np.size(value) == 1
+
+
+def _store(y_block, values, zero_point, low, high) -> None:
+    """values (float32, rounded in place) + zero point, saturated, into the int8/uint8 block y_block."""
+    np.rint(values, out=values)
+    np.add(values, np.float32(zero_point), out=values)
+    np.clip(values, low, high, out=values)
+    np.copyto(y_block, values, casting="unsafe")
+
+
+def _range(dtype, node=None):
+    info = np.iinfo(dtype)
+    if node is None:
+        return info.min, info.max
+    return max(info.min, node.attrs.get("out_min", info.min)), min(info.max, node.attrs.get("out_max", info.max))
+
+
+class DerivedWeights:
+    """Weight layouts a kernel derives once from a constant (centred, widened), kept exactly as long as that
+    constant lives: one kernel instance serves every node and session, so they are keyed by the weight array
+    (and a tag), never by node name."""
+
+    def __init__(self):
+        self._store = {}
+
+    def get(self, array: np.ndarray, tag, make):
+        key = (id(array), tag)
+        entry = self._store.get(key)
+        if entry is None or entry[0]() is not array:
+            entry = (weakref.ref(array, lambda _, key=key: self._store.pop(key, None)), make())
+            self._store[key] = entry
+        return entry[1]
+
+
+# ---- QuantizeLinear / DequantizeLinear
+
+class QuantizeKernel(StepKernel):
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return {"tmp": CHUNK * 4}
+
+    def run(self, node, inputs, outputs, scratch):
+        x, scale, y = inputs[0], inputs[1], outputs[0]
+        zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else np.zeros((), y.dtype)
+        if not (_scalar(scale) and _scalar(zero)):
+            np.copyto(y, quantize(x, _per_axis(node, scale, x.ndim), _per_axis(node, zero, x.ndim), y.dtype))
+            return
+        low, high = _range(y.dtype)
+        for index in blocks(x.shape):
+            xb = x[index]
+            t = _tmp(scratch["tmp"], xb.shape)
+            np.divide(xb, np.float32(np.asarray(scale).reshape(())), out=t)
+            _store(y[index], t, np.asarray(zero).reshape(()), low, high)
+
+
+def _per_axis(node, value, rank):
+    value = np.asarray(value)
+    if value.size == 1:
+        return value.reshape(())
+    shape = [1] * rank
+    shape[node.attrs.get("axis", 1) % rank] = value.size
+    return value.reshape(shape)
+
+
+class DequantizeKernel(StepKernel):
+    def run(self, node, inputs, outputs, scratch):
+        x, scale, y = inputs[0], inputs[1], outputs[0]
+        zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else np.zeros((), x.dtype)
+        if not (_scalar(scale) and _scalar(zero)) or x.dtype.itemsize > 1:
+            np.copyto(y, dequantize(x, _per_axis(node, scale, x.ndim), _per_axis(node, zero, x.ndim)))
+            return
+        for index in blocks(x.shape):
+            np.subtract(x[index], np.float32(np.asarray(zero).reshape(())), out=y[index])
+            np.multiply(y[index], np.float32(np.asarray(scale).reshape(())), out=y[index])
+
+
+# ---- QLinearConv (int8 in, exact accumulation, requantised int8 out)
+
+class QLinearConvKernel(StepKernel):
+    """Depthwise convs tap by tap in int32 over (channel, row) tiles; every other conv as a float64 (exact)
+    matrix product over bands of output rows, im2col'd tap by tap into scratch."""
+
+    def __init__(self, conv_params, conv_pads):
+        self._conv_params = conv_params
+        self._conv_pads = conv_pads
+        self._derived = DerivedWeights()
+
+    def _geometry(self, node, x_shape, w_shape):
+        kernel, strides, dilations, group = self._conv_params(node, x_shape, w_shape)
+        pads = self._conv_pads(node, x_shape[2:], kernel, strides, dilations)
+        return kernel, strides, dilations, group, pads
+
+    def supports(self, node):
+        kernel = node.attrs.get("kernel_shape")
+        return kernel is None or len(kernel) == 2
+
+    @staticmethod
+    def _is_depthwise(group, cin, cout, w_shape):
+        return group == cin == cout and w_shape[1] == 1
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        geometry = self._geometry(node, in_shapes[0], in_shapes[3])
+        kind, a, rows = self._tiles(geometry, in_shapes, out_shapes[0])
+        wo = out_shapes[0][3]
+        if kind == "depthwise":
+            size = a * rows * wo * 4
+            return {"acc": size, "tap": size}
+        og = out_shapes[0][1] // geometry[3]
+        return {"cols": a * rows * wo * 8, "acc": og * rows * wo * 8, "tmp": og * rows * wo * 4}
+
+    def _weights(self, w, wzp):
+        def make():
+            zero = np.asarray(wzp, dtype=np.int64)
+            centred = w.astype(np.int64) - (zero.reshape((-1,) + (1,) * (w.ndim - 1)) if zero.ndim else zero)
+            return centred.astype(np.int32), centred.astype(np.float64)
+        return self._derived.get(w, ("conv", np.asarray(wzp).tobytes()), make)
+
+    def prepare(self, node, constants):
+        w, wzp = constants.get(node.inputs[3]), constants.get(node.inputs[5])
+        if w is not None and wzp is not None:
+            self._weights(w, wzp)
+
+    def run(self, node, inputs, outputs, scratch):
+        x, xs, xzp, w, ws, wzp, ys, yzp = inputs[:8]
+        bias = inputs[8] if len(inputs) > 8 else None
+        y = outputs[0]
+        geometry = self._geometry(node, x.shape, w.shape)
+        w32, w64 = self._weights(w, wzp)
+        mult = multiplier(xs, ws, ys).reshape(-1)
+        mult = np.broadcast_to(mult, (y.shape[1],))
+        low, high = _range(y.dtype, node)
+        zero = np.asarray(yzp).reshape(())
+        xzp = int(np.asarray(xzp).reshape(()))
+        for n in range(x.shape[0]):
+            if self._is_depthwise(geometry[3], x.shape[1], y.shape[1], w.shape):
+                self._depthwise(x[n], xzp, w32, bias, y[n], geometry, mult, zero, low, high, scratch)
+            else:
+                self._gemm(x[n], xzp, w64, bias, y[n], geometry, mult, zero, low, high, scratch)
+
+    def _depthwise(self, x, xzp, w32, bias, y, geometry, mult, zero, low, high, scratch):
+        (kh, kw), (sh, sw), (dh, dw), _, pads = geometry
+        cout, ho, wo = y.shape
+        _, channels, rows = self._tiles_of(x, y, w32, geometry)
+        h, wi = x.shape[1], x.shape[2]
+        for c0 in range(0, cout, channels):
+            c1 = min(cout, c0 + channels)
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                acc = _tmp(scratch["acc"], (c1 - c0, r1 - r0, wo), np.int32)
+                acc[...] = 0 if bias is None else np.asarray(bias[c0:c1], dtype=np.int32).reshape(-1, 1, 1)
+                for i in range(kh):
+                    oh0, oh1 = _valid(r0, r1, i * dh - pads[0], sh, h)
+                    for j in range(kw):
+                        ow0, ow1 = _valid(0, wo, j * dw - pads[1], sw, wi)
+                        if oh0 >= oh1 or ow0 >= ow1:
+                            continue
+                        src = x[c0:c1, oh0 * sh + i * dh - pads[0]:(oh1 - 1) * sh + i * dh - pads[0] + 1:sh,
+                                ow0 * sw + j * dw - pads[1]:(ow1 - 1) * sw + j * dw - pads[1] + 1:sw]
+                        tap = _tmp(scratch["tap"], src.shape, np.int32)
+                        np.subtract(src, np.int32(xzp), out=tap, dtype=np.int32)
+                        np.multiply(tap, w32[c0:c1, 0, i, j].reshape(-1, 1, 1), out=tap)
+                        np.add(acc[:, oh0 - r0:oh1 - r0, ow0:ow1], tap, out=acc[:, oh0 - r0:oh1 - r0, ow0:ow1])
+                values = _tmp(scratch["tap"], acc.shape)
+                np.multiply(acc, mult[c0:c1].reshape(-1, 1, 1), out=values, dtype=np.float32)
+                _store(y[c0:c1, r0:r1], values, zero, low, high)
+
+    def _tiles_of(self, x, y, w, geometry):
+        in_shapes = [(1,) + x.shape, None, None, tuple(w.shape)]
+        return self._tiles(geometry, in_shapes, (1,) + y.shape)
+
+    def _tiles(self, geometry, in_shapes, out_shape):
+        (kh, kw), _, _, group, _ = geometry
+        x_shape, w_shape = in_shapes[0], in_shapes[3]
+        _, cout, ho, wo = out_shape
+        if self._is_depthwise(group, x_shape[1], cout, w_shape):
+            per_row = wo * 4 * 2
+            rows = max(1, min(ho, CONV_TILE_BYTES // per_row))
+            return "depthwise", max(1, min(cout, CONV_TILE_BYTES // (per_row * rows))), rows
+        k = (x_shape[1] // group) * kh * kw
+        og = cout // group
+        rows = max(1, min(ho, CONV_TILE_BYTES // (wo * (k * 8 + og * 8 + og * 4))))
+        return "gemm", k, rows
+
+    def _gemm(self, x, xzp, w64, bias, y, geometry, mult, zero, low, high, scratch):
+        (kh, kw), (sh, sw), (dh, dw), group, pads = geometry
+        cout, ho, wo = y.shape
+        cg, og = x.shape[0] // group, cout // group
+        _, k, rows = self._tiles_of(x, y, w64, geometry)
+        weights = w64.reshape(group, og, k)
+        bias64 = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(group, og, 1)
+        for g in range(group):
+            xg = x[g * cg:(g + 1) * cg]
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                pixels = (r1 - r0) * wo
+                cols = _tmp(scratch["cols"], (cg, kh, kw, r1 - r0, wo), np.float64)
+                _im2col_band(xg, xzp, cols, r0, r1, (kh, kw), (sh, sw), (dh, dw), pads)
+                acc = _tmp(scratch["acc"], (og, pixels), np.float64)
+                np.matmul(weights[g], cols.reshape(k, pixels), out=acc)
+                if bias64 is not None:
+                    np.add(acc, bias64[g], out=acc)
+                values = _tmp(scratch["tmp"], (og, pixels))
+                np.multiply(acc, mult[g * og:(g + 1) * og].reshape(-1, 1), out=values, dtype=np.float32,
+                            casting="unsafe")
+                _store(y[g * og:(g + 1) * og, r0:r1], values.reshape(og, r1 - r0, wo), zero, low, high)
+
+
+def _valid(o0: int, o1: int, offset: int, stride: int, size: int) -> tuple[int, int]:
+    """The outputs o in [o0, o1) whose input index o * stride + offset lies in [0, size)."""
+    lo = max(o0, -(offset // stride)) if offset < 0 else o0
+    hi = min(o1, (size - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+def _im2col_band(x, xzp, cols, r0, r1, kernel, strides, dilations, pads) -> None:
+    """cols[c, i, j, r, q] = x[c, (r0 + r) * sh + i * dh - pt, q * sw + j * dw - pl] - xzp (0 in the padding)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    h, w = x.shape[1], x.shape[2]
+    wo = cols.shape[4]
+    for i in range(kh):
+        oh0, oh1 = _valid(r0, r1, i * dh - pads[0], sh, h)
+        for j in range(kw):
+            ow0, ow1 = _valid(0, wo, j * dw - pads[1], sw, w)
+            target = cols[:, i, j]
+            if oh0 > r0 or oh1 < r1 or ow0 > 0 or ow1 < wo:
+                target[...] = 0.0
+            if oh0 >= oh1 or ow0 >= ow1:
+                continue
+            src = x[:, oh0 * sh + i * dh - pads[0]:(oh1 - 1) * sh + i * dh - pads[0] + 1:sh,
+                    ow0 * sw + j * dw - pads[1]:(ow1 - 1) * sw + j * dw - pads[1] + 1:sw]
+            np.subtract(src, np.float64(xzp), out=target[:, oh0 - r0:oh1 - r0, ow0:ow1])
+
+
+# ---- elementwise: QLinearAdd / QLinearMul, tables, global average pool, concat
+
+class QBinaryKernel(StepKernel):
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return {"a": CHUNK * 4, "b": CHUNK * 4}
+
+    def run(self, node, inputs, outputs, scratch):
+        a, as_, azp, b, bs, bzp, cs = inputs[:7]
+        y = outputs[0]
+        czp = inputs[7] if len(inputs) > 7 and inputs[7] is not None else np.zeros((), y.dtype)
+        a, b = np.broadcast_to(a, y.shape), np.broadcast_to(b, y.shape)
+        low, high = _range(y.dtype)
+        add = node.op_type == "QLinearAdd"
+        for index in blocks(y.shape):
+            ta = _tmp(scratch["a"], y[index].shape)
+            tb = _tmp(scratch["b"], y[index].shape)
+            _dequantize_into(a[index], as_, azp, ta)
+            _dequantize_into(b[index], bs, bzp, tb)
+            (np.add if add else np.multiply)(ta, tb, out=ta)
+            np.divide(ta, np.float32(cs), out=ta)
+            _store(y[index], ta, np.asarray(czp).reshape(()), low, high)
+
+
+def _dequantize_into(q, scale, zero, out) -> None:
+    np.subtract(q, np.float32(np.asarray(zero).reshape(())), out=out)
+    np.multiply(out, np.float32(np.asarray(scale).reshape(())), out=out)
+
+
+def _apply_table(x, table, y) -> None:
+    for index in blocks(x.shape):
+        np.take(table, x[index].view(np.uint8), out=y[index], mode="clip")
+
+
+class LookupKernel(StepKernel):
+    def run(self, node, inputs, outputs, scratch):
+        _apply_table(inputs[0], np.asarray(inputs[1]), outputs[0])
+
+
+class QUnaryTableKernel(StepKernel):
+    """QLinearSigmoid / QLinearLeakyRelu: the op's float function, tabulated for the 256 input bytes."""
+
+    def __init__(self, function_of):
+        self._function_of = function_of
+
+    def run(self, node, inputs, outputs, scratch):
+        x, xs, xzp, ys = inputs[:4]
+        y = outputs[0]
+        yzp = inputs[4] if len(inputs) > 4 and inputs[4] is not None else np.zeros((), y.dtype)
+        table = requant_table(x.dtype, xs, xzp, ys, yzp, y.dtype, self._function_of(node))
+        _apply_table(x, table, y)
+
+
+class QGlobalAveragePoolKernel(StepKernel):
+    def run(self, node, inputs, outputs, scratch):
+        x, xs, xzp, ys, yzp = inputs[:5]
+        y = outputs[0]
+        count = math.prod(x.shape[2:])
+        for n in range(x.shape[0]):
+            totals = x[n].reshape(x.shape[1], count).sum(axis=1, dtype=np.int64)
+            totals -= int(np.asarray(xzp).reshape(())) * count
+            y[n].reshape(-1)[...] = requantize(totals, mean_multiplier(xs, ys, count), yzp, y.dtype)
+
+
+class QConcatKernel(StepKernel):
+    def run(self, node, inputs, outputs, scratch):
+        ys, yzp = inputs[0], inputs[1]
+        y = outputs[0]
+        axis = node.attrs["axis"] % y.ndim
+        offset = 0
+        for x, xs, xzp in (inputs[i:i + 3] for i in range(2, len(inputs), 3)):
+            part = y[(slice(None),) * axis + (slice(offset, offset + x.shape[axis]),)]
+            _apply_table(x, requant_table(x.dtype, xs, xzp, ys, yzp, y.dtype), part)
+            offset += x.shape[axis]
+
+
+# ---- QLinearMatMul / QGemm by a constant weight matrix: float64 (exact) products over row tiles
+
+class QMatMulKernel(StepKernel):
+    """A (..., K) int8 times a constant (K, N) int8 matrix (QGemm: transA 0, any transB, alpha 1), an optional
+    int32 bias, requantised (QGemm without y_scale: float32 output)."""
+
+    def __init__(self):
+        self._derived = DerivedWeights()
+
+    @staticmethod
+    def _operands(node):
+        """(a, a_scale, a_zp, b, b_scale, b_zp, bias, y_scale, y_zp) input positions."""
+        if node.op_type == "QGemm":
+            return 0, 1, 2, 3, 4, 5, 6, 7, 8
+        return 0, 1, 2, 3, 4, 5, None, 6, 7
+
+    def supports(self, node):
+        return node.op_type != "QGemm" or (node.attrs.get("transA", 0) == 0 and node.attrs.get("alpha", 1.0) == 1.0)
+
+    def _shape(self, node, in_shapes):
+        a, b = in_shapes[0], in_shapes[3]
+        if node.op_type == "QGemm" and node.attrs.get("transB", 0):
+            b = (b[1], b[0])
+        return math.prod(a[:-1]), a[-1], b[-1]
+
+    def _rows(self, k, n, m):
+        return max(1, min(m, CONV_TILE_BYTES // (k * 8 + n * 12)))
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        if in_shapes[3] is None or len(in_shapes[3]) != 2:
+            return {}
+        m, k, n = self._shape(node, in_shapes)
+        rows = self._rows(k, n, m)
+        return {"cols": rows * k * 8, "acc": rows * n * 8, "tmp": rows * n * 4}
+
+    def _weights(self, node, b, bzp):
+        transposed = node.op_type == "QGemm" and bool(node.attrs.get("transB", 0))
+
+        def make():
+            zero = np.asarray(bzp, dtype=np.float64)
+            centred = b.astype(np.float64) - (zero.reshape(-1, 1) if transposed and zero.ndim else zero)
+            return np.ascontiguousarray(centred.T) if transposed else centred
+        return self._derived.get(b, ("matmul", transposed, np.asarray(bzp).tobytes()), make)
+
+    def prepare(self, node, constants):
+        b, bzp = constants.get(node.inputs[3]), constants.get(node.inputs[5])
+        if b is not None and bzp is not None and b.ndim == 2:
+            self._weights(node, b, bzp)
+
+    def run(self, node, inputs, outputs, scratch):
+        ia, ias, iaz, ib, ibs, ibz, ibias, iys, iyz = self._operands(node)
+        b = self._weights(node, inputs[ib], inputs[ibz])
+        k, n = b.shape
+        a, y = inputs[ia], outputs[0]
+        a2, y2 = a.reshape(-1, k), y.reshape(-1, n)
+        bias = _input(inputs, ibias)
+        y_scale = _input(inputs, iys)
+        azp = np.float64(np.asarray(inputs[iaz]).reshape(()))
+        mult = (multiplier(inputs[ias], inputs[ibs], y_scale) if y_scale is not None
+                else _f32(inputs[ias]) * _f32(inputs[ibs])).reshape(-1)
+        yzp = _input(inputs, iyz)
+        low, high = _range(y.dtype) if y.dtype.kind in "iu" else (None, None)
+        rows = self._rows(k, n, a2.shape[0])
+        for r0 in range(0, a2.shape[0], rows):
+            r1 = min(a2.shape[0], r0 + rows)
+            cols = _tmp(scratch["cols"], (r1 - r0, k), np.float64)
+            np.subtract(a2[r0:r1], azp, out=cols)
+            acc = _tmp(scratch["acc"], (r1 - r0, n), np.float64)
+            np.matmul(cols, b, out=acc)
+            if bias is not None:
+                np.add(acc, np.asarray(bias, dtype=np.float64), out=acc)
+            if low is None:
+                np.multiply(acc, mult, out=y2[r0:r1], dtype=np.float32, casting="unsafe")
+                continue
+            values = _tmp(scratch["tmp"], (r1 - r0, n))
+            np.multiply(acc, mult, out=values, dtype=np.float32, casting="unsafe")
+            _store(y2[r0:r1], values, np.asarray(0 if yzp is None else yzp).reshape(()), low, high)
+
+
+def _input(inputs, index):
+    return inputs[index] if index is not None and len(inputs) > index and inputs[index] is not None else None
