@@ -26,6 +26,7 @@ import numpy as np
 
 from edgerun import ops
 from edgerun.ir import Graph, Node, TensorInfo
+from edgerun.kernels.steps_quant import requant_table
 from edgerun.passes.graph_edit import (
     add_initializer, constant_value, is_graph_output, is_op, unique_name, unique_node_name,
 )
@@ -288,7 +289,6 @@ def _same_quantisation(graph, x: _Q, q: Node) -> bool:
 
 
 def _table(graph, x: _Q, q: Node, function=None) -> np.ndarray:
-    from edgerun.kernels.steps_quant import requant_table
     zero = constant_value(graph, q.inputs[2])
     return requant_table(graph.value_info[x.tensor].dtype, constant_value(graph, x.scale),
                          constant_value(graph, x.zero), constant_value(graph, q.inputs[1]), zero, zero.dtype, function)
