@@ -11,11 +11,14 @@ raise UnsupportedOperatorError naming the node.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from edgerun.errors import UnsupportedOperatorError
 from edgerun.ir import TensorInfo
 from edgerun.kernels import steps_quant as sq
+from edgerun.ops import lookup as ops_lookup
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, attr_ints, broadcast_shapes, invalid, require_inputs
 from edgerun.ops.conv import _conv_params, _conv_pads, conv_nd, conv_output_shape, weight_macs
@@ -403,6 +406,35 @@ def _lookup_compute(node, inputs, opset):
     return [sq.lookup(np.asarray(inputs[0]), np.asarray(inputs[1]))]
 
 
+# ---- QLinearAveragePool (com.microsoft): the float AveragePool between a dequantize and a quantize, as
+# onnxruntime computes it
+
+def _float_pool_node(node):
+    if attr_int(node, "channels_last", 0):
+        raise unsupported(node, "channels_last=1")
+    attrs = {k: v for k, v in node.attrs.items() if k != "channels_last"}
+    return dataclasses.replace(node, op_type="AveragePool", domain="", inputs=node.inputs[:1], attrs=attrs)
+
+
+def _qavgpool_infer(node, inputs, opset):
+    require_inputs(node, inputs, 4, " (X, x_scale, x_zero_point, y_scale)")
+    check_quant_dtype(node, inputs[0].dtype)
+    pool = _float_pool_node(node)
+    shape = ops_lookup(pool, opset).infer(pool, [TensorInfo(inputs[0].shape, np.dtype(np.float32))], opset)[0].shape
+    out_dtype = check_quant_dtype(node, inputs[4].dtype) if len(inputs) > 4 and inputs[4] is not None \
+        else np.dtype(inputs[0].dtype)
+    return [TensorInfo(shape, out_dtype)]
+
+
+def _qavgpool_compute(node, inputs, opset):
+    require_inputs(node, inputs, 4, " (X, x_scale, x_zero_point, y_scale)")
+    x, xs, xzp, ys = (np.asarray(i) for i in inputs[:4])
+    yzp = _optional(inputs, 4, np.zeros((), x.dtype))
+    pool = _float_pool_node(node)
+    pooled = ops_lookup(pool, opset).compute(pool, [sq.dequantize(x, xs, xzp)], opset)[0]
+    return [sq.quantize(pooled, ys, yzp, yzp.dtype)]
+
+
 def _matmul_macs(node, in_shapes, out_shapes) -> int:
     a = in_shapes[0]
     k = a[-1] if a else 1
@@ -435,4 +467,5 @@ register("QLinearConcat", _qconcat_infer, _qconcat_compute, domain=MS, step=sq.Q
 for _op in ("QLinearSigmoid", "QLinearLeakyRelu"):
     register(_op, _qunary_infer, _qunary_compute, domain=MS, step=sq.QUnaryTableKernel(_qunary_function),
              any_dtype=True)
+register("QLinearAveragePool", _qavgpool_infer, _qavgpool_compute, domain=MS)
 register("QLookup", _lookup_infer, _lookup_compute, domain="edgerun", step=sq.LookupKernel(), any_dtype=True)

@@ -7,6 +7,8 @@ whose inputs and output are the int8 / uint8 tensors, so the float tensor betwee
     DQ(a), DQ(b) -> Add | Mul -> Q                         com.microsoft QLinearAdd | QLinearMul
     DQ(x_i) ... -> Concat -> Q                             com.microsoft QLinearConcat
     DQ(x) -> GlobalAveragePool -> Q                        com.microsoft QLinearGlobalAveragePool
+    DQ(x) -> AveragePool -> Q                              com.microsoft QLinearAveragePool (float inside, as
+                                                           onnxruntime computes it)
     DQ(x) -> MaxPool | Reshape | Transpose | Flatten | Squeeze | Unsqueeze | Identity -> Q
                                                            the op on the int8 tensor (+ a QLookup requantisation
                                                            when the scales differ)
@@ -15,7 +17,7 @@ whose inputs and output are the int8 / uint8 tensors, so the float tensor betwee
 
 Requantisation of a monotonic function commutes with it (quantize(clip(v)) = clip(quantize(v))), which is why
 a Relu or Clip folds into the conv's output clamp exactly. Activations must be quantised per tensor; a pattern
-that does not match (per-axis activation scales, a Resize, an AveragePool, ...) stays in float: DQ, the float
+that does not match (per-axis activation scales, a linear Resize, ...) stays in float: DQ, the float
 op and Q run as they are, and the pass says which nodes with one warning line.
 """
 from __future__ import annotations
@@ -334,9 +336,21 @@ def _rewrite_table(graph, node, producers, consumers) -> bool:
     return True
 
 
+def _rewrite_average_pool(graph, node, producers, consumers) -> bool:
+    x = _activation(graph, node.input(0), producers)
+    q = _sole_quantize(graph, node.outputs[0], consumers)
+    if x is None or q is None:
+        return False
+    new = _new_node(graph, "QLinearAveragePool", "com.microsoft", [x.tensor, x.scale, x.zero, q.inputs[1], q.inputs[2]],
+                    q.outputs[0], dict(node.attrs), node.name)
+    _replace(graph, [node, q], [new])
+    return True
+
+
 _REWRITES = {
     "Conv": _rewrite_conv, "MatMul": _rewrite_matmul, "Gemm": _rewrite_gemm, "Add": _rewrite_binary,
     "Mul": _rewrite_binary, "Concat": _rewrite_concat, "GlobalAveragePool": _rewrite_global_pool,
+    "AveragePool": _rewrite_average_pool,
 }
 
 
