@@ -144,9 +144,13 @@ class DerivedWeights:
 
 # ---- QuantizeLinear / DequantizeLinear
 
+def _chunk_bytes(shape) -> int:
+    return min(CHUNK, math.prod(shape)) * 4
+
+
 class QuantizeKernel(StepKernel):
     def scratch_bytes(self, node, in_shapes, out_shapes):
-        return {"tmp": CHUNK * 4}
+        return {"tmp": _chunk_bytes(out_shapes[0])}
 
     def run(self, node, inputs, outputs, scratch):
         x, scale, y = inputs[0], inputs[1], outputs[0]
@@ -344,7 +348,7 @@ def _im2col_band(x, xzp, cols, r0, r1, kernel, strides, dilations, pads) -> None
 
 class QBinaryKernel(StepKernel):
     def scratch_bytes(self, node, in_shapes, out_shapes):
-        return {"a": CHUNK * 4, "b": CHUNK * 4}
+        return {"a": _chunk_bytes(out_shapes[0]), "b": _chunk_bytes(out_shapes[0])}
 
     def run(self, node, inputs, outputs, scratch):
         a, as_, azp, b, bs, bzp, cs = inputs[:7]

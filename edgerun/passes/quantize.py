@@ -36,6 +36,9 @@ from edgerun.passes.graph_edit import (
 QUANT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 MOVERS = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 TABLE_OPS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh"}
+INTEGER_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
+               "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLookup", "QLinearSigmoid",
+               "QLinearLeakyRelu", "ConvInteger", "MatMulInteger"}
 FLOAT_NOTE = "edgerun: these QDQ nodes have no integer form and run in float: "
 
 
@@ -55,7 +58,7 @@ def float_islands(graph: Graph) -> list[str]:
     consumers = graph.consumers()
     names = []
     for node in graph.nodes:
-        if node.domain not in ("", "ai.onnx") or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if node.op_type in INTEGER_OPS:
             continue
         fed = any(is_op(producers.get(i), "DequantizeLinear") and constant_value(graph, i) is None
                   for i in node.inputs if i)
@@ -82,14 +85,15 @@ class _Q:
 
 def _dequantized(graph: Graph, name: str, producers) -> _Q | None:
     dq = producers.get(name)
-    if not is_op(dq, "DequantizeLinear") or len(dq.inputs) < 3 or not dq.input(2):
+    if not is_op(dq, "DequantizeLinear"):
         return None
     info = graph.value_info.get(dq.inputs[0])
     if info is None or np.dtype(info.dtype) not in QUANT_DTYPES + (np.dtype(np.int32),):
         return None
     if dq.attrs.get("block_size", 0):
         return None
-    return _Q(dq.inputs[0], dq.inputs[1], dq.inputs[2])
+    zero = dq.input(2) or add_initializer(graph, dq.inputs[0] + "_zero_point", np.zeros((), info.dtype))
+    return _Q(dq.inputs[0], dq.inputs[1], zero)
 
 
 def _per_tensor(graph: Graph, q: _Q) -> bool:
@@ -183,6 +187,8 @@ def _rewrite_conv(graph, node, producers, consumers) -> bool:
         b = _constant(graph, node.input(2), producers)
         if b is None or constant_value(graph, b.tensor).dtype != np.int32 or np.any(constant_value(graph, b.zero)):
             return False
+        if not _bias_scale_matches(graph, b, x, w):
+            return False
         bias = b.tensor
     clamp = _clamp_after(graph, node.outputs[0], consumers)
     tail = clamp[0].outputs[0] if clamp else node.outputs[0]
@@ -201,6 +207,14 @@ def _rewrite_conv(graph, node, producers, consumers) -> bool:
     new = _new_node(graph, "QLinearConv", "edgerun", inputs, q.outputs[0], attrs, node.name)
     _replace(graph, [node, q] + ([clamp[0]] if clamp else []), [new])
     return True
+
+
+def _bias_scale_matches(graph, bias: _Q, x: _Q, w: _Q) -> bool:
+    """An int32 bias joins the accumulator only when its scale is x_scale * w_scale (as quantizers write it)."""
+    expected = np.float32(constant_value(graph, x.scale).reshape(())) * \
+        np.asarray(constant_value(graph, w.scale), dtype=np.float32).reshape(-1)
+    actual = np.asarray(constant_value(graph, bias.scale), dtype=np.float32).reshape(-1)
+    return actual.size in (1, expected.size) and bool(np.allclose(actual, expected, rtol=1e-6, atol=0.0))
 
 
 def _rewrite_matmul(graph, node, producers, consumers) -> bool:
@@ -228,7 +242,8 @@ def _rewrite_gemm(graph, node, producers, consumers) -> bool:
     if node.input(2):
         c = _constant(graph, node.input(2), producers)
         if c is None or node.attrs.get("beta", 1.0) != 1.0 or constant_value(graph, c.tensor).dtype != np.int32 \
-                or np.any(constant_value(graph, c.zero)) or constant_value(graph, c.tensor).ndim != 1:
+                or np.any(constant_value(graph, c.zero)) or constant_value(graph, c.tensor).ndim != 1 \
+                or not _bias_scale_matches(graph, c, a, b):
             return False
         bias = c.tensor
     q = _sole_quantize(graph, node.outputs[0], consumers)
