@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -187,135 +188,204 @@ class DequantizeKernel(StepKernel):
             np.multiply(y[index], np.float32(np.asarray(scale).reshape(())), out=y[index])
 
 
-# ---- QLinearConv (int8 in, exact accumulation, requantised int8 out)
+# ---- convolutions: int8 in, exact accumulation, requantised int8 out, computed row range by row range
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A 2-D convolution's geometry; pads are (top, left) here: the bottom and right follow from the sizes."""
+    kernel: tuple
+    strides: tuple
+    dilations: tuple
+    group: int
+    pads: tuple
+
+    def kind(self, cin: int, cout: int) -> str:
+        if self.group == cin == cout:
+            return "depthwise"
+        if self.group == 1 and self.kernel == (1, 1) and self.strides == (1, 1) and self.pads == (0, 0):
+            return "pointwise"
+        return "gemm"
+
+
+@dataclass
+class Requant:
+    """How an accumulator becomes the int8 output: per-channel multiplier, zero point, clamp."""
+    mult: np.ndarray
+    zero: object
+    low: int
+    high: int
+
+
+def conv_tile_bytes(spec: ConvSpec, cin: int, cout: int, ho: int, wo: int, target: int = CONV_TILE_BYTES):
+    """Bytes of the three tiles (a, b, c) a conv of this shape works in."""
+    kind = spec.kind(cin, cout)
+    if kind == "depthwise":
+        rows = max(1, min(ho, target // (wo * 8)))
+        channels = max(1, min(cout, target // (rows * wo * 8)))
+        size = channels * rows * wo * 4
+        return size, size, 0
+    k = (cin // spec.group) * spec.kernel[0] * spec.kernel[1]
+    og = cout // spec.group
+    if kind == "pointwise":
+        pixels = max(1, min(ho * wo, target // (k * 8 + og * 12)))
+    else:
+        pixels = max(1, min(ho, target // (wo * (k * 8 + og * 12)))) * wo
+    return k * pixels * 8, og * pixels * 8, og * pixels * 4
+
+
+def conv_rows(x, xzp: int, spec: ConvSpec, w32, w64, bias, req: Requant, out, r0: int, r1: int, tiles) -> None:
+    """Output rows [r0, r1) of the conv of x (C, H, W) into out (Cout, r1 - r0, Wo): tiles (a, b, c) are 1-D
+    byte arrays of at least conv_tile_bytes."""
+    kind = spec.kind(x.shape[0], out.shape[0])
+    if kind == "depthwise":
+        _depthwise_rows(x, xzp, spec, w32, bias, req, out, r0, r1, tiles)
+    elif kind == "pointwise":
+        _pointwise_rows(x[:, r0:r1], xzp, w64, bias, req, out, tiles)
+    else:
+        _gemm_rows(x, xzp, spec, w64, bias, req, out, r0, r1, tiles)
+
+
+def _depthwise_rows(x, xzp, spec, w32, bias, req, out, r0, r1, tiles):
+    (kh, kw), (sh, sw), (dh, dw), pads = spec.kernel, spec.strides, spec.dilations, spec.pads
+    cout, _, wo = out.shape
+    h, wi = x.shape[1], x.shape[2]
+    capacity = min(tiles[0].nbytes, tiles[1].nbytes) // 4
+    rows = max(1, min(r1 - r0, capacity // wo))
+    channels = max(1, min(cout, capacity // (rows * wo)))
+    for c0 in range(0, cout, channels):
+        c1 = min(cout, c0 + channels)
+        for t0 in range(r0, r1, rows):
+            t1 = min(r1, t0 + rows)
+            acc = _tmp(tiles[0], (c1 - c0, t1 - t0, wo), np.int32)
+            acc[...] = 0 if bias is None else np.asarray(bias[c0:c1], dtype=np.int32).reshape(-1, 1, 1)
+            for i in range(kh):
+                oh0, oh1 = _valid(t0, t1, i * dh - pads[0], sh, h)
+                for j in range(kw):
+                    ow0, ow1 = _valid(0, wo, j * dw - pads[1], sw, wi)
+                    if oh0 >= oh1 or ow0 >= ow1:
+                        continue
+                    src = x[c0:c1, oh0 * sh + i * dh - pads[0]:(oh1 - 1) * sh + i * dh - pads[0] + 1:sh,
+                            ow0 * sw + j * dw - pads[1]:(ow1 - 1) * sw + j * dw - pads[1] + 1:sw]
+                    tap = _tmp(tiles[1], src.shape, np.int32)
+                    np.subtract(src, np.int32(xzp), out=tap, dtype=np.int32)
+                    np.multiply(tap, w32[c0:c1, 0, i, j].reshape(-1, 1, 1), out=tap)
+                    window = acc[:, oh0 - t0:oh1 - t0, ow0:ow1]
+                    np.add(window, tap, out=window)
+            values = _tmp(tiles[1], acc.shape)
+            np.multiply(acc, req.mult[c0:c1].reshape(-1, 1, 1), out=values, dtype=np.float32)
+            _store(out[c0:c1, t0 - r0:t1 - r0], values, req.zero, req.low, req.high)
+
+
+def _pointwise_rows(x, xzp, w64, bias, req, out, tiles):
+    """out (Cout, R, W) = requant(w64 (Cout, Cin) @ (x (Cin, R, W) - xzp) + bias), in pixel tiles."""
+    cin, rows, width = x.shape
+    cout = out.shape[0]
+    pixels = min(tiles[0].nbytes // (cin * 8), tiles[1].nbytes // (cout * 8), tiles[2].nbytes // (cout * 4))
+    bias64 = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1, 1)
+    if pixels >= width:
+        spans = [(r, min(rows, r + pixels // width), 0, width) for r in range(0, rows, pixels // width)]
+    else:
+        spans = [(r, r + 1, c, min(width, c + pixels)) for r in range(rows) for c in range(0, width, pixels)]
+    for a0, a1, b0, b1 in spans:
+        shape = (cin, a1 - a0, b1 - b0)
+        n = (a1 - a0) * (b1 - b0)
+        cols = _tmp(tiles[0], shape, np.float64)
+        np.subtract(x[:, a0:a1, b0:b1], np.float64(xzp), out=cols)
+        acc = _tmp(tiles[1], (cout, n), np.float64)
+        np.matmul(w64, cols.reshape(cin, n), out=acc)
+        if bias64 is not None:
+            np.add(acc, bias64, out=acc)
+        values = _tmp(tiles[2], (cout, n))
+        np.multiply(acc, req.mult.reshape(-1, 1), out=values, dtype=np.float32, casting="unsafe")
+        _store(out[:, a0:a1, b0:b1], values.reshape(cout, a1 - a0, b1 - b0), req.zero, req.low, req.high)
+
+
+def _gemm_rows(x, xzp, spec, w64, bias, req, out, r0, r1, tiles):
+    (kh, kw), group = spec.kernel, spec.group
+    cout, _, wo = out.shape
+    cg, og = x.shape[0] // group, cout // group
+    k = cg * kh * kw
+    rows = max(1, min(r1 - r0, tiles[0].nbytes // (k * wo * 8), tiles[1].nbytes // (og * wo * 8),
+                      tiles[2].nbytes // (og * wo * 4)))
+    weights = w64.reshape(group, og, k)
+    bias64 = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(group, og, 1)
+    for g in range(group):
+        xg = x[g * cg:(g + 1) * cg]
+        for t0 in range(r0, r1, rows):
+            t1 = min(r1, t0 + rows)
+            pixels = (t1 - t0) * wo
+            cols = _tmp(tiles[0], (cg, kh, kw, t1 - t0, wo), np.float64)
+            _im2col_band(xg, xzp, cols, t0, t1, spec.kernel, spec.strides, spec.dilations, spec.pads)
+            acc = _tmp(tiles[1], (og, pixels), np.float64)
+            np.matmul(weights[g], cols.reshape(k, pixels), out=acc)
+            if bias64 is not None:
+                np.add(acc, bias64[g], out=acc)
+            values = _tmp(tiles[2], (og, pixels))
+            np.multiply(acc, req.mult[g * og:(g + 1) * og].reshape(-1, 1), out=values, dtype=np.float32,
+                        casting="unsafe")
+            _store(out[g * og:(g + 1) * og, t0 - r0:t1 - r0], values.reshape(og, t1 - t0, wo), req.zero,
+                   req.low, req.high)
+
+
+def centred_weights(derived: DerivedWeights, w, wzp):
+    """(int32, float64) copies of w - w_zero_point (per output channel or per tensor), derived once."""
+    def make():
+        zero = np.asarray(wzp, dtype=np.int64)
+        centred = w.astype(np.int64) - (zero.reshape((-1,) + (1,) * (w.ndim - 1)) if zero.ndim else zero)
+        return centred.astype(np.int32), centred.astype(np.float64).reshape(centred.shape[0], -1)
+    return derived.get(w, ("conv", np.asarray(wzp).tobytes()), make)
+
+
+def requant_of(x_scale, w_scale, y_scale, y_zero, channels: int, out_dtype, node=None, prefix="out") -> Requant:
+    mult = np.broadcast_to(multiplier(x_scale, w_scale, y_scale).reshape(-1), (channels,))
+    info = np.iinfo(out_dtype)
+    low, high = info.min, info.max
+    if node is not None:
+        low = max(low, node.attrs.get(prefix + "_min", low))
+        high = min(high, node.attrs.get(prefix + "_max", high))
+    return Requant(mult, np.asarray(y_zero).reshape(()), low, high)
+
 
 class QLinearConvKernel(StepKernel):
-    """Depthwise convs tap by tap in int32 over (channel, row) tiles; every other conv as a float64 (exact)
-    matrix product over bands of output rows, im2col'd tap by tap into scratch."""
+    """Depthwise convs tap by tap in int32 over (channel, row) tiles; 1x1 convs as float64 (exact) matrix
+    products over pixel tiles; every other conv the same over bands of output rows im2col'd into scratch."""
 
     def __init__(self, conv_params, conv_pads):
         self._conv_params = conv_params
         self._conv_pads = conv_pads
         self._derived = DerivedWeights()
 
-    def _geometry(self, node, x_shape, w_shape):
+    def spec(self, node, x_shape, w_shape) -> ConvSpec:
         kernel, strides, dilations, group = self._conv_params(node, x_shape, w_shape)
         pads = self._conv_pads(node, x_shape[2:], kernel, strides, dilations)
-        return kernel, strides, dilations, group, pads
+        return ConvSpec(tuple(kernel), tuple(strides), tuple(dilations), group, (pads[0], pads[1]))
 
     def supports(self, node):
         kernel = node.attrs.get("kernel_shape")
         return kernel is None or len(kernel) == 2
 
-    @staticmethod
-    def _is_depthwise(group, cin, cout, w_shape):
-        return group == cin == cout and w_shape[1] == 1
-
     def scratch_bytes(self, node, in_shapes, out_shapes):
-        geometry = self._geometry(node, in_shapes[0], in_shapes[3])
-        kind, a, rows = self._tiles(geometry, in_shapes, out_shapes[0])
-        wo = out_shapes[0][3]
-        if kind == "depthwise":
-            size = a * rows * wo * 4
-            return {"acc": size, "tap": size}
-        og = out_shapes[0][1] // geometry[3]
-        return {"cols": a * rows * wo * 8, "acc": og * rows * wo * 8, "tmp": og * rows * wo * 4}
-
-    def _weights(self, w, wzp):
-        def make():
-            zero = np.asarray(wzp, dtype=np.int64)
-            centred = w.astype(np.int64) - (zero.reshape((-1,) + (1,) * (w.ndim - 1)) if zero.ndim else zero)
-            return centred.astype(np.int32), centred.astype(np.float64)
-        return self._derived.get(w, ("conv", np.asarray(wzp).tobytes()), make)
+        spec = self.spec(node, in_shapes[0], in_shapes[3])
+        _, cout, ho, wo = out_shapes[0]
+        a, b, c = conv_tile_bytes(spec, in_shapes[0][1], cout, ho, wo)
+        return {name: size for name, size in (("a", a), ("b", b), ("c", c)) if size}
 
     def prepare(self, node, constants):
         w, wzp = constants.get(node.inputs[3]), constants.get(node.inputs[5])
         if w is not None and wzp is not None:
-            self._weights(w, wzp)
+            centred_weights(self._derived, w, wzp)
 
     def run(self, node, inputs, outputs, scratch):
         x, xs, xzp, w, ws, wzp, ys, yzp = inputs[:8]
         bias = inputs[8] if len(inputs) > 8 else None
         y = outputs[0]
-        geometry = self._geometry(node, x.shape, w.shape)
-        w32, w64 = self._weights(w, wzp)
-        mult = multiplier(xs, ws, ys).reshape(-1)
-        mult = np.broadcast_to(mult, (y.shape[1],))
-        low, high = _range(y.dtype, node)
-        zero = np.asarray(yzp).reshape(())
+        spec = self.spec(node, x.shape, w.shape)
+        w32, w64 = centred_weights(self._derived, w, wzp)
+        req = requant_of(xs, ws, ys, yzp, y.shape[1], y.dtype, node)
+        tiles = [scratch[name].view(np.uint8) if name in scratch else None for name in ("a", "b", "c")]
         xzp = int(np.asarray(xzp).reshape(()))
         for n in range(x.shape[0]):
-            if self._is_depthwise(geometry[3], x.shape[1], y.shape[1], w.shape):
-                self._depthwise(x[n], xzp, w32, bias, y[n], geometry, mult, zero, low, high, scratch)
-            else:
-                self._gemm(x[n], xzp, w64, bias, y[n], geometry, mult, zero, low, high, scratch)
-
-    def _depthwise(self, x, xzp, w32, bias, y, geometry, mult, zero, low, high, scratch):
-        (kh, kw), (sh, sw), (dh, dw), _, pads = geometry
-        cout, ho, wo = y.shape
-        _, channels, rows = self._tiles_of(x, y, w32, geometry)
-        h, wi = x.shape[1], x.shape[2]
-        for c0 in range(0, cout, channels):
-            c1 = min(cout, c0 + channels)
-            for r0 in range(0, ho, rows):
-                r1 = min(ho, r0 + rows)
-                acc = _tmp(scratch["acc"], (c1 - c0, r1 - r0, wo), np.int32)
-                acc[...] = 0 if bias is None else np.asarray(bias[c0:c1], dtype=np.int32).reshape(-1, 1, 1)
-                for i in range(kh):
-                    oh0, oh1 = _valid(r0, r1, i * dh - pads[0], sh, h)
-                    for j in range(kw):
-                        ow0, ow1 = _valid(0, wo, j * dw - pads[1], sw, wi)
-                        if oh0 >= oh1 or ow0 >= ow1:
-                            continue
-                        src = x[c0:c1, oh0 * sh + i * dh - pads[0]:(oh1 - 1) * sh + i * dh - pads[0] + 1:sh,
-                                ow0 * sw + j * dw - pads[1]:(ow1 - 1) * sw + j * dw - pads[1] + 1:sw]
-                        tap = _tmp(scratch["tap"], src.shape, np.int32)
-                        np.subtract(src, np.int32(xzp), out=tap, dtype=np.int32)
-                        np.multiply(tap, w32[c0:c1, 0, i, j].reshape(-1, 1, 1), out=tap)
-                        np.add(acc[:, oh0 - r0:oh1 - r0, ow0:ow1], tap, out=acc[:, oh0 - r0:oh1 - r0, ow0:ow1])
-                values = _tmp(scratch["tap"], acc.shape)
-                np.multiply(acc, mult[c0:c1].reshape(-1, 1, 1), out=values, dtype=np.float32)
-                _store(y[c0:c1, r0:r1], values, zero, low, high)
-
-    def _tiles_of(self, x, y, w, geometry):
-        in_shapes = [(1,) + x.shape, None, None, tuple(w.shape)]
-        return self._tiles(geometry, in_shapes, (1,) + y.shape)
-
-    def _tiles(self, geometry, in_shapes, out_shape):
-        (kh, kw), _, _, group, _ = geometry
-        x_shape, w_shape = in_shapes[0], in_shapes[3]
-        _, cout, ho, wo = out_shape
-        if self._is_depthwise(group, x_shape[1], cout, w_shape):
-            per_row = wo * 4 * 2
-            rows = max(1, min(ho, CONV_TILE_BYTES // per_row))
-            return "depthwise", max(1, min(cout, CONV_TILE_BYTES // (per_row * rows))), rows
-        k = (x_shape[1] // group) * kh * kw
-        og = cout // group
-        rows = max(1, min(ho, CONV_TILE_BYTES // (wo * (k * 8 + og * 8 + og * 4))))
-        return "gemm", k, rows
-
-    def _gemm(self, x, xzp, w64, bias, y, geometry, mult, zero, low, high, scratch):
-        (kh, kw), (sh, sw), (dh, dw), group, pads = geometry
-        cout, ho, wo = y.shape
-        cg, og = x.shape[0] // group, cout // group
-        _, k, rows = self._tiles_of(x, y, w64, geometry)
-        weights = w64.reshape(group, og, k)
-        bias64 = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(group, og, 1)
-        for g in range(group):
-            xg = x[g * cg:(g + 1) * cg]
-            for r0 in range(0, ho, rows):
-                r1 = min(ho, r0 + rows)
-                pixels = (r1 - r0) * wo
-                cols = _tmp(scratch["cols"], (cg, kh, kw, r1 - r0, wo), np.float64)
-                _im2col_band(xg, xzp, cols, r0, r1, (kh, kw), (sh, sw), (dh, dw), pads)
-                acc = _tmp(scratch["acc"], (og, pixels), np.float64)
-                np.matmul(weights[g], cols.reshape(k, pixels), out=acc)
-                if bias64 is not None:
-                    np.add(acc, bias64[g], out=acc)
-                values = _tmp(scratch["tmp"], (og, pixels))
-                np.multiply(acc, mult[g * og:(g + 1) * og].reshape(-1, 1), out=values, dtype=np.float32,
-                            casting="unsafe")
-                _store(y[g * og:(g + 1) * og, r0:r1], values.reshape(og, r1 - r0, wo), zero, low, high)
+            conv_rows(x[n], xzp, spec, w32, w64, bias, req, y[n], 0, y.shape[2], tiles)
 
 
 def _valid(o0: int, o1: int, offset: int, stride: int, size: int) -> tuple[int, int]:
