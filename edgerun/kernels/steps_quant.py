@@ -103,8 +103,11 @@ def blocks(shape: tuple, limit: int = CHUNK):
 
 
 def _tmp(scratch_view: np.ndarray, shape, dtype=np.float32) -> np.ndarray:
+    """The first prod(shape) items of a scratch buffer, as `dtype` (the buffer's tail beyond a whole item unused)."""
     count = math.prod(shape)
-    return scratch_view.view(dtype)[:count].reshape(shape)
+    raw = scratch_view.view(np.uint8)
+    itemsize = np.dtype(dtype).itemsize
+    return raw[:count * itemsize].view(dtype).reshape(shape)
 
 
 def _scalar(value) -> bool:
@@ -570,3 +573,155 @@ class QMatMulKernel(StepKernel):
 
 def _input(inputs, index):
     return inputs[index] if index is not None and len(inputs) > index and inputs[index] is not None else None
+
+
+# ---- the int8 inverted-residual block: expand (any group-1 conv, the stem too), depthwise, project,
+# residual add, run band of output rows by band so that only a few rows of the expanded tensor ever exist
+
+BLOCK_BAND_BYTES = 32 * 1024     # int8 bytes of one band's expanded rows, depthwise rows and projection rows
+BLOCK_TILE_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class QBlockGeometry:
+    cin: int
+    height: int
+    width: int
+    hidden: int
+    cout: int
+    expand: ConvSpec | None
+    dw: ConvSpec
+    hidden_height: int
+    hidden_width: int
+    out_height: int
+    out_width: int
+    residual: bool
+
+    def hidden_rows(self, band_rows: int) -> int:
+        return min(self.hidden_height, (band_rows - 1) * self.dw.strides[0] + self.dw.kernel[0])
+
+    def band_bytes(self, band_rows: int) -> int:
+        rows = self.hidden_rows(band_rows)
+        return (self.hidden * rows * self.hidden_width + self.hidden * band_rows * self.out_width
+                + (self.cout * band_rows * self.out_width if self.residual else 0))
+
+    def band_rows(self) -> int:
+        rows = 1
+        while rows < self.out_height and self.band_bytes(rows + 1) <= BLOCK_BAND_BYTES:
+            rows += 1
+        return rows
+
+
+def _out_size(size, kernel, stride, begin, end):
+    return (size + begin + end - kernel) // stride + 1
+
+
+def block_geometry(node, x_shape, we_shape, wd_shape, wp_shape) -> QBlockGeometry:
+    a = node.attrs
+    _, cin, height, width = x_shape
+    expand = None
+    hh, hw = height, width
+    if we_shape is not None:
+        k, s, p = a["expand_kernel"], a["expand_stride"], a["expand_pads"]
+        expand = ConvSpec((k, k), (s, s), (1, 1), 1, (p[0], p[1]))
+        hh, hw = _out_size(height, k, s, p[0], p[2]), _out_size(width, k, s, p[1], p[3])
+    k, s, p = a["dw_kernel"], a["dw_stride"], a["dw_pads"]
+    hidden = wd_shape[0]
+    dw = ConvSpec((k, k), (s, s), (1, 1), hidden, (p[0], p[1]))
+    ho, wo = _out_size(hh, k, s, p[0], p[2]), _out_size(hw, k, s, p[1], p[3])
+    return QBlockGeometry(cin, height, width, hidden, wp_shape[0], expand, dw, hh, hw, ho, wo,
+                          bool(a.get("residual", 0)))
+
+
+POINTWISE = ConvSpec((1, 1), (1, 1), (1, 1), 1, (0, 0))
+
+
+class QInvertedResidualKernel(StepKernel):
+    """Inputs: x, x_scale, x_zp; then (W, w_scale, w_zp, y_scale, y_zp, B) for expand (all "" without one),
+    depthwise and project; then the residual add's y_scale, y_zp. Attributes as edgerun.ops.quant documents."""
+
+    def __init__(self):
+        self._derived = DerivedWeights()
+
+    @staticmethod
+    def _geometry(node, shapes):
+        return block_geometry(node, shapes[0], shapes[3] if node.inputs[3] else None, shapes[9], shapes[15])
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        g = self._geometry(node, in_shapes)
+        rows = g.band_rows()
+        hidden_rows = g.hidden_rows(rows)
+        tiles = [conv_tile_bytes(g.dw, g.hidden, g.hidden, rows, g.out_width, BLOCK_TILE_BYTES),
+                 conv_tile_bytes(POINTWISE, g.hidden, g.cout, rows, g.out_width, BLOCK_TILE_BYTES)]
+        if g.expand is not None:
+            tiles.append(conv_tile_bytes(g.expand, g.cin, g.hidden, hidden_rows, g.hidden_width, BLOCK_TILE_BYTES))
+        a, b, c = (max(t[i] for t in tiles) for i in range(3))
+        need = {"hidden": g.hidden * hidden_rows * g.hidden_width if g.expand is not None else 0,
+                "dw": g.hidden * rows * g.out_width, "proj": g.cout * rows * g.out_width if g.residual else 0,
+                "a": a, "b": max(b, 4 * 256), "c": max(c, 4 * 256)}
+        return {k: v for k, v in need.items() if v}
+
+    def prepare(self, node, constants):
+        for w, zp in ((3, 5), (9, 11), (15, 17)):
+            if node.inputs[w] and node.inputs[w] in constants and node.inputs[zp] in constants:
+                centred_weights(self._derived, constants[node.inputs[w]], constants[node.inputs[zp]])
+
+    def _stage(self, inputs, first, in_scale, dtype, node, prefix):
+        w, ws, wz, ys, yz, b = inputs[first:first + 6]
+        w32, w64 = centred_weights(self._derived, w, wz)
+        return w32, w64, b, requant_of(in_scale, ws, ys, yz, w.shape[0], dtype, node, prefix)
+
+    def run(self, node, inputs, outputs, scratch):
+        x, xs, xz = inputs[:3]
+        y = outputs[0]
+        g = self._geometry(node, [None if v is None else v.shape for v in inputs])
+        has_expand = g.expand is not None
+        hidden_scale, hidden_zero = (inputs[6], inputs[7]) if has_expand else (xs, xz)
+        hidden_dtype = np.asarray(hidden_zero).dtype
+        expand = self._stage(inputs, 3, xs, hidden_dtype, node, "expand") if has_expand else None
+        dw = self._stage(inputs, 9, hidden_scale, np.asarray(inputs[13]).dtype, node, "dw")
+        proj_dtype = np.asarray(inputs[19]).dtype
+        proj = self._stage(inputs, 15, inputs[12], proj_dtype, node, "proj")
+        tiles = [scratch[name].view(np.uint8) for name in ("a", "b", "c")]
+        for n in range(x.shape[0]):
+            self._image(x[n], y[n], inputs, g, expand, dw, proj, hidden_dtype, proj_dtype, tiles, scratch)
+
+    def _image(self, x, y, inputs, g, expand, dw, proj, hidden_dtype, proj_dtype, tiles, scratch):
+        xz = int(np.asarray(inputs[2]).reshape(()))
+        hz = int(np.asarray(inputs[7]).reshape(())) if expand else xz
+        dz = int(np.asarray(inputs[13]).reshape(()))
+        rows = g.band_rows()
+        (kd, _), (sd, _), (pdt, pdl) = g.dw.kernel, g.dw.strides, g.dw.pads
+        for o0 in range(0, g.out_height, rows):
+            o1 = min(g.out_height, o0 + rows)
+            h0 = max(0, o0 * sd - pdt)
+            h1 = min(g.hidden_height, (o1 - 1) * sd - pdt + kd)
+            if expand:
+                hidden = _tmp(scratch["hidden"], (g.hidden, h1 - h0, g.hidden_width), hidden_dtype)
+                conv_rows(x, xz, g.expand, expand[0], expand[1], expand[2], expand[3], hidden, h0, h1, tiles)
+            else:
+                hidden = x[:, h0:h1]
+            band_spec = ConvSpec(g.dw.kernel, g.dw.strides, (1, 1), g.hidden, (h0 - o0 * sd + pdt, pdl))
+            depthwise = _tmp(scratch["dw"], (g.hidden, o1 - o0, g.out_width), np.asarray(inputs[13]).dtype)
+            conv_rows(hidden, hz, band_spec, dw[0], dw[1], dw[2], dw[3], depthwise, 0, o1 - o0, tiles)
+            if not g.residual:
+                conv_rows(depthwise, dz, POINTWISE, proj[0], proj[1], proj[2], proj[3], y[:, o0:o1], 0, o1 - o0, tiles)
+                continue
+            projected = _tmp(scratch["proj"], (g.cout, o1 - o0, g.out_width), proj_dtype)
+            conv_rows(depthwise, dz, POINTWISE, proj[0], proj[1], proj[2], proj[3], projected, 0, o1 - o0, tiles)
+            add_requant(x[:, o0:o1], inputs[1], inputs[2], projected, inputs[18], inputs[19], y[:, o0:o1],
+                        inputs[21], inputs[22], tiles[1], tiles[2])
+
+
+def add_requant(a, a_scale, a_zero, b, b_scale, b_zero, out, scale, zero, tmp_a, tmp_b) -> None:
+    """out = quantize(dequantize(a) + dequantize(b)) (QLinearAdd), in blocks of the two float32 scratch tiles."""
+    low, high = _range(out.dtype)
+    limit = min(tmp_a.nbytes, tmp_b.nbytes) // 4
+    for index in blocks(out.shape, limit):
+        ta = _tmp(tmp_a, out[index].shape)
+        tb = _tmp(tmp_b, out[index].shape)
+        _dequantize_into(a[index], a_scale, a_zero, ta)
+        _dequantize_into(b[index], b_scale, b_zero, tb)
+        np.add(ta, tb, out=ta)
+        np.divide(ta, np.float32(np.asarray(scale).reshape(())), out=ta)
+        _store(out[index], ta, np.asarray(zero).reshape(()), low, high)

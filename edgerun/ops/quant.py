@@ -435,6 +435,90 @@ def _qavgpool_compute(node, inputs, opset):
     return [sq.quantize(pooled, ys, yzp, yzp.dtype)]
 
 
+# ---- edgerun QInvertedResidual: the int8 block (see edgerun/passes/quantize.py), as its three QLinearConv
+# stages and the residual QLinearAdd
+
+def _block_stage(node, prefix: str, inputs: list, first: int, in_scale: str, in_zero: str, x: str, channels=None):
+    a = node.attrs
+    k, s = a[prefix + "_kernel"], a[prefix + "_stride"]
+    attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": list(a[prefix + "_pads"]),
+             "group": channels if channels else 1}
+    for bound in ("_min", "_max"):
+        if prefix + bound in a:
+            attrs["out" + bound] = a[prefix + bound]
+    names = [x, in_scale, in_zero] + list(inputs[first:first + 5]) + ([inputs[first + 5]] if inputs[first + 5] else [])
+    return dataclasses.replace(node, op_type="QLinearConv", domain="edgerun", inputs=names, attrs=attrs)
+
+
+def _block_stages(node, shapes):
+    """(stage node, output name) for expand (if any), depthwise, project, over symbolic names."""
+    i = node.inputs
+    if len(i) not in (21, 23):
+        raise invalid(node, f"expects 21 inputs (23 with a residual add), got {len(i)}")
+    stages = []
+    current, scale, zero = i[0], i[1], i[2]
+    if i[3]:
+        stages.append(_block_stage(node, "expand", i, 3, scale, zero, current))
+        current, scale, zero = "#expanded", i[6], i[7]
+    stages.append(_block_stage(node, "dw", i, 9, scale, zero, current, channels=shapes[9][0]))
+    current, scale, zero = "#depthwise", i[12], i[13]
+    project = dict(node.attrs, proj_kernel=1, proj_stride=1, proj_pads=[0, 0, 0, 0])
+    stages.append(_block_stage(dataclasses.replace(node, attrs=project), "proj", i, 15, scale, zero, current))
+    return stages
+
+
+def _qblock_values(node, values: dict, opset):
+    """Run the stages by the oracle ops over a dict name -> value (TensorInfo or array)."""
+    shapes = [None if n == "" else np.shape(values[n]) if not isinstance(values[n], TensorInfo) else values[n].shape
+              for n in node.inputs]
+    outputs = ["#expanded", "#depthwise", "#projected"]
+    stages = _block_stages(node, shapes)
+    for stage, name in zip(stages, outputs[-len(stages):]):
+        values[name] = yield stage, [values[n] if n else None for n in stage.inputs]
+    if node.attrs.get("residual", 0):
+        i = node.inputs
+        add = dataclasses.replace(node, op_type="QLinearAdd", domain=MS, attrs={},
+                                  inputs=[i[0], i[1], i[2], "#projected", i[18], i[19], i[21], i[22]])
+        values["#out"] = yield add, [values[n] for n in add.inputs]
+    else:
+        values["#out"] = values["#projected"]
+
+
+def _drive_block(node, inputs, opset, step):
+    values = dict(zip(node.inputs, inputs))
+    values.pop("", None)
+    run = _qblock_values(node, values, opset)
+    try:
+        stage, args = next(run)
+        while True:
+            stage, args = run.send(step(stage, args))
+    except StopIteration:
+        return values["#out"]
+
+
+def _qblock_infer(node, inputs, opset):
+    return [_drive_block(node, inputs, opset,
+                         lambda stage, args: (_qconv_infer if stage.op_type == "QLinearConv" else _qbinary_infer)(
+                             stage, args, opset)[0])]
+
+
+def _qblock_compute(node, inputs, opset):
+    return [_drive_block(node, [None if v is None else np.asarray(v) for v in inputs], opset,
+                         lambda stage, args: (_qconv_compute if stage.op_type == "QLinearConv" else _qbinary_compute)(
+                             stage, args, opset)[0])]
+
+
+def _qblock_macs(node, in_shapes, out_shapes) -> int:
+    stages = _block_stages(node, in_shapes)
+    x = in_shapes[0]
+    g = sq.block_geometry(node, x, in_shapes[3] if node.inputs[3] else None, in_shapes[9], in_shapes[15])
+    hidden = g.hidden * g.hidden_height * g.hidden_width
+    outs = g.hidden * g.out_height * g.out_width
+    expand = hidden * g.cin * g.expand.kernel[0] ** 2 if g.expand is not None else 0
+    return int(expand + outs * g.dw.kernel[0] ** 2 + g.cout * g.out_height * g.out_width * g.hidden) \
+        if stages else 0
+
+
 def _matmul_macs(node, in_shapes, out_shapes) -> int:
     a = in_shapes[0]
     k = a[-1] if a else 1
@@ -468,4 +552,6 @@ for _op in ("QLinearSigmoid", "QLinearLeakyRelu"):
     register(_op, _qunary_infer, _qunary_compute, domain=MS, step=sq.QUnaryTableKernel(_qunary_function),
              any_dtype=True)
 register("QLinearAveragePool", _qavgpool_infer, _qavgpool_compute, domain=MS)
+register("QInvertedResidual", _qblock_infer, _qblock_compute, domain="edgerun", macs=_qblock_macs,
+         step=sq.QInvertedResidualKernel(), any_dtype=True)
 register("QLookup", _lookup_infer, _lookup_compute, domain="edgerun", step=sq.LookupKernel(), any_dtype=True)

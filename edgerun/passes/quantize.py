@@ -49,6 +49,9 @@ def run(graph: Graph) -> bool:
             changed = True
     if changed:
         _drop_dead_dequantize(graph)
+    for node in list(graph.nodes):
+        if any(n is node for n in graph.nodes) and _fuse_block(graph, node):
+            changed = True
     return changed
 
 
@@ -377,3 +380,97 @@ def _drop_dead_dequantize(graph: Graph) -> None:
         if not dead:
             return
         graph.nodes = [n for n in graph.nodes if n not in dead]
+
+
+# ---- int8 inverted-residual blocks: [expand conv] -> depthwise conv -> 1x1 projection [-> QLinearAdd(x, .)]
+
+def _qconv(node) -> bool:
+    return is_op(node, "QLinearConv", "edgerun") and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
+
+
+def _square(node, graph) -> tuple | None:
+    """(kernel, stride, pads) of a square, dilation-1 conv whose pads are smaller than its kernel."""
+    w = constant_value(graph, node.inputs[3])
+    if w is None or w.ndim != 4 or w.shape[2] != w.shape[3]:
+        return None
+    k = int(w.shape[2])
+    strides = node.attrs.get("strides", [1, 1])
+    pads = node.attrs.get("pads", [0, 0, 0, 0])
+    if list(node.attrs.get("dilations", [1, 1])) != [1, 1] or strides[0] != strides[1] or any(p >= k for p in pads):
+        return None
+    return k, int(strides[0]), [int(p) for p in pads]
+
+
+def _is_depthwise(graph, node) -> bool:
+    w = constant_value(graph, node.inputs[3])
+    return w is not None and w.shape[1] == 1 and node.attrs.get("group", 1) == w.shape[0] == \
+        graph.value_info[node.inputs[0]].shape[1]
+
+
+def _is_projection(graph, node) -> bool:
+    info = np.iinfo(graph.value_info[node.outputs[0]].dtype)
+    geometry = _square(node, graph)
+    return geometry is not None and geometry[:2] == (1, 1) and not any(geometry[2]) \
+        and node.attrs.get("group", 1) == 1 and node.attrs.get("out_min", info.min) == info.min \
+        and node.attrs.get("out_max", info.max) == info.max
+
+
+def _stage_inputs(node) -> list:
+    return list(node.inputs[3:8]) + [node.input(8)]
+
+
+def _bounds(node, prefix) -> dict:
+    return {prefix + k[3:]: node.attrs[k] for k in ("out_min", "out_max") if k in node.attrs}
+
+
+def _same_value(graph, a: str, b: str) -> bool:
+    va, vb = constant_value(graph, a), constant_value(graph, b)
+    return va is not None and vb is not None and va.dtype == vb.dtype and np.array_equal(va, vb)
+
+
+def _fuse_block(graph: Graph, project: Node) -> bool:
+    if not _qconv(project) or not _is_projection(graph, project):
+        return False
+    producers, consumers = graph.producers(), graph.consumers()
+    dw = producers.get(project.inputs[0])
+    if not _qconv(dw) or not _is_depthwise(graph, dw) or _sole_user(graph, dw.outputs[0], consumers) is not project:
+        return False
+    dw_geometry = _square(dw, graph)
+    expand = producers.get(dw.inputs[0])
+    expand_geometry = None
+    if _qconv(expand) and expand.attrs.get("group", 1) == 1 and \
+            _sole_user(graph, expand.outputs[0], consumers) is dw:
+        expand_geometry = _square(expand, graph)
+    if dw_geometry is None:
+        return False
+    if expand_geometry is None:
+        expand = None
+    first = expand if expand is not None else dw
+    x, xs, xz = first.inputs[:3]
+    if graph.value_info.get(x) is None or len(graph.value_info[x].shape) != 4:
+        return False
+    inputs = [x, xs, xz] + (_stage_inputs(expand) if expand else [""] * 6) + _stage_inputs(dw) + \
+        _stage_inputs(project)
+    attrs = {"dw_kernel": dw_geometry[0], "dw_stride": dw_geometry[1], "dw_pads": dw_geometry[2], "residual": 0}
+    attrs.update(_bounds(dw, "dw_"))
+    if expand is not None:
+        attrs.update({"expand_kernel": expand_geometry[0], "expand_stride": expand_geometry[1],
+                      "expand_pads": expand_geometry[2]})
+        attrs.update(_bounds(expand, "expand_"))
+    doomed = [n for n in (expand, dw, project) if n is not None]
+    output = project.outputs[0]
+    add = _sole_user(graph, output, consumers)
+    if is_op(add, "QLinearAdd", "com.microsoft") and graph.value_info[add.outputs[0]].shape == \
+            graph.value_info[x].shape:
+        sides = {add.inputs[0]: add.inputs[1:3], add.inputs[3]: add.inputs[4:6]}
+        if set(sides) == {x, output} and all(_same_value(graph, a, b) for a, b in zip(sides[x], (xs, xz))) and \
+                all(_same_value(graph, a, b) for a, b in zip(sides[output], project.inputs[6:8])) and \
+                len(add.inputs) > 7 and add.input(7):
+            inputs += [add.inputs[6], add.inputs[7]]
+            attrs["residual"] = 1
+            doomed.append(add)
+            output = add.outputs[0]
+    block = Node("QInvertedResidual", inputs, [output], attrs, unique_node_name(graph, dw.name + "/QInvertedResidual"),
+                 "edgerun")
+    _replace(graph, doomed, [block])
+    return True
