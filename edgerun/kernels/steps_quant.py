@@ -3,8 +3,9 @@
 One arithmetic, shared by the oracle (edgerun/ops/quant.py) and the kernels, as onnxruntime does it:
 - quantize(x) = saturate(round_half_even(x / scale) + zero_point), in float32;
 - dequantize(q) = float32(int32(q) - zero_point) * scale;
-- a product accumulates exactly ((x - x_zp) * (w - w_zp) summed in int64 by the oracle; in float64, which is
-  exact below 2**53, by the kernels) and is requantised by
+- a product accumulates exactly ((x - x_zp) * (w - w_zp) summed in int64 by the oracle; by the kernels in
+  int32 (depthwise), or in float32 while every partial sum stays below 2**24 (at most 258 terms), else float64,
+  both exact) and is requantised by
   saturate(round_half_even(float32(acc) * M) + y_zp), M = float32(x_scale) * float32(w_scale) / float32(y_scale);
 - an elementwise function of one int8 tensor is a 256-entry table indexed by the byte's bit pattern.
 
@@ -219,6 +220,14 @@ class Requant:
     high: int
 
 
+EXACT_FLOAT32_TERMS = (1 << 24) // (255 * 255)   # products of two centred 8-bit values summed exactly in float32
+
+
+def accumulator_dtype(terms: int):
+    """float32 while a sum of `terms` products of centred 8-bit values stays below 2**24 (exact), else float64."""
+    return np.dtype(np.float32) if terms <= EXACT_FLOAT32_TERMS else np.dtype(np.float64)
+
+
 def conv_tile_bytes(spec: ConvSpec, cin: int, cout: int, ho: int, wo: int, target: int = CONV_TILE_BYTES):
     """Bytes of the three tiles (a, b, c) a conv of this shape works in."""
     kind = spec.kind(cin, cout)
@@ -229,11 +238,12 @@ def conv_tile_bytes(spec: ConvSpec, cin: int, cout: int, ho: int, wo: int, targe
         return size, size, 0
     k = (cin // spec.group) * spec.kernel[0] * spec.kernel[1]
     og = cout // spec.group
+    item = accumulator_dtype(k).itemsize
     if kind == "pointwise":
-        pixels = max(1, min(ho * wo, target // (k * 8 + og * 12)))
+        pixels = max(1, min(ho * wo, target // (k * item + og * (item + 4))))
     else:
-        pixels = max(1, min(ho, target // (wo * (k * 8 + og * 12)))) * wo
-    return k * pixels * 8, og * pixels * 8, og * pixels * 4
+        pixels = max(1, min(ho, target // (wo * (k * item + og * (item + 4))))) * wo
+    return k * pixels * item, og * pixels * item, og * pixels * 4
 
 
 def conv_rows(x, xzp: int, spec: ConvSpec, w32, w64, bias, req: Requant, out, r0: int, r1: int, tiles) -> None:
@@ -283,7 +293,9 @@ def _pointwise_rows(x, xzp, w64, bias, req, out, tiles):
     """out (Cout, R, W) = requant(w64 (Cout, Cin) @ (x (Cin, R, W) - xzp) + bias), in pixel tiles."""
     cin, rows, width = x.shape
     cout = out.shape[0]
-    pixels = min(tiles[0].nbytes // (cin * 8), tiles[1].nbytes // (cout * 8), tiles[2].nbytes // (cout * 4))
+    acc_dtype = w64.dtype
+    item = acc_dtype.itemsize
+    pixels = min(tiles[0].nbytes // (cin * item), tiles[1].nbytes // (cout * item), tiles[2].nbytes // (cout * 4))
     bias64 = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1, 1)
     if pixels >= width:
         spans = [(r, min(rows, r + pixels // width), 0, width) for r in range(0, rows, pixels // width)]
@@ -292,12 +304,12 @@ def _pointwise_rows(x, xzp, w64, bias, req, out, tiles):
     for a0, a1, b0, b1 in spans:
         shape = (cin, a1 - a0, b1 - b0)
         n = (a1 - a0) * (b1 - b0)
-        cols = _tmp(tiles[0], shape, np.float64)
-        np.subtract(x[:, a0:a1, b0:b1], np.float64(xzp), out=cols)
-        acc = _tmp(tiles[1], (cout, n), np.float64)
+        cols = _tmp(tiles[0], shape, acc_dtype)
+        np.subtract(x[:, a0:a1, b0:b1], acc_dtype.type(xzp), out=cols)
+        acc = _tmp(tiles[1], (cout, n), acc_dtype)
         np.matmul(w64, cols.reshape(cin, n), out=acc)
-        if bias64 is not None:
-            np.add(acc, bias64, out=acc)
+        if bias64 is not None:     # one rounding of the exact sum, as float(int32 accumulator) rounds it
+            np.add(acc, bias64, out=acc, casting="same_kind")
         values = _tmp(tiles[2], (cout, n))
         np.multiply(acc, req.mult.reshape(-1, 1), out=values, dtype=np.float32, casting="unsafe")
         _store(out[:, a0:a1, b0:b1], values.reshape(cout, a1 - a0, b1 - b0), req.zero, req.low, req.high)
@@ -308,7 +320,9 @@ def _gemm_rows(x, xzp, spec, w64, bias, req, out, r0, r1, tiles):
     cout, _, wo = out.shape
     cg, og = x.shape[0] // group, cout // group
     k = cg * kh * kw
-    rows = max(1, min(r1 - r0, tiles[0].nbytes // (k * wo * 8), tiles[1].nbytes // (og * wo * 8),
+    acc_dtype = w64.dtype
+    item = acc_dtype.itemsize
+    rows = max(1, min(r1 - r0, tiles[0].nbytes // (k * wo * item), tiles[1].nbytes // (og * wo * item),
                       tiles[2].nbytes // (og * wo * 4)))
     weights = w64.reshape(group, og, k)
     bias64 = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(group, og, 1)
@@ -317,12 +331,12 @@ def _gemm_rows(x, xzp, spec, w64, bias, req, out, r0, r1, tiles):
         for t0 in range(r0, r1, rows):
             t1 = min(r1, t0 + rows)
             pixels = (t1 - t0) * wo
-            cols = _tmp(tiles[0], (cg, kh, kw, t1 - t0, wo), np.float64)
+            cols = _tmp(tiles[0], (cg, kh, kw, t1 - t0, wo), acc_dtype)
             _im2col_band(xg, xzp, cols, t0, t1, spec.kernel, spec.strides, spec.dilations, spec.pads)
-            acc = _tmp(tiles[1], (og, pixels), np.float64)
+            acc = _tmp(tiles[1], (og, pixels), acc_dtype)
             np.matmul(weights[g], cols.reshape(k, pixels), out=acc)
             if bias64 is not None:
-                np.add(acc, bias64[g], out=acc)
+                np.add(acc, bias64[g], out=acc, casting="same_kind")
             values = _tmp(tiles[2], (og, pixels))
             np.multiply(acc, req.mult[g * og:(g + 1) * og].reshape(-1, 1), out=values, dtype=np.float32,
                         casting="unsafe")
@@ -331,11 +345,13 @@ def _gemm_rows(x, xzp, spec, w64, bias, req, out, r0, r1, tiles):
 
 
 def centred_weights(derived: DerivedWeights, w, wzp):
-    """(int32, float64) copies of w - w_zero_point (per output channel or per tensor), derived once."""
+    """(int32, float) copies of w - w_zero_point (per output channel or per tensor), derived once; the float
+    copy is float32 when its sums stay exact in float32 (accumulator_dtype), else float64."""
     def make():
         zero = np.asarray(wzp, dtype=np.int64)
         centred = w.astype(np.int64) - (zero.reshape((-1,) + (1,) * (w.ndim - 1)) if zero.ndim else zero)
-        return centred.astype(np.int32), centred.astype(np.float64).reshape(centred.shape[0], -1)
+        matrix = centred.reshape(centred.shape[0], -1)
+        return centred.astype(np.int32), matrix.astype(accumulator_dtype(matrix.shape[1]))
     return derived.get(w, ("conv", np.asarray(wzp).tobytes()), make)
 
 
@@ -350,7 +366,7 @@ def requant_of(x_scale, w_scale, y_scale, y_zero, channels: int, out_dtype, node
 
 
 class QLinearConvKernel(StepKernel):
-    """Depthwise convs tap by tap in int32 over (channel, row) tiles; 1x1 convs as float64 (exact) matrix
+    """Depthwise convs tap by tap in int32 over (channel, row) tiles; 1x1 convs as exact float matrix
     products over pixel tiles; every other conv the same over bands of output rows im2col'd into scratch."""
 
     def __init__(self, conv_params, conv_pads):
@@ -414,7 +430,7 @@ def _im2col_band(x, xzp, cols, r0, r1, kernel, strides, dilations, pads) -> None
                 continue
             src = x[:, oh0 * sh + i * dh - pads[0]:(oh1 - 1) * sh + i * dh - pads[0] + 1:sh,
                     ow0 * sw + j * dw - pads[1]:(ow1 - 1) * sw + j * dw - pads[1] + 1:sw]
-            np.subtract(src, np.float64(xzp), out=target[:, oh0 - r0:oh1 - r0, ow0:ow1])
+            np.subtract(src, target.dtype.type(xzp), out=target[:, oh0 - r0:oh1 - r0, ow0:ow1])
 
 
 # ---- elementwise: QLinearAdd / QLinearMul, tables, global average pool, concat
@@ -578,8 +594,8 @@ def _input(inputs, index):
 # ---- the int8 inverted-residual block: expand (any group-1 conv, the stem too), depthwise, project,
 # residual add, run band of output rows by band so that only a few rows of the expanded tensor ever exist
 
-BLOCK_BAND_BYTES = 32 * 1024     # int8 bytes of one band's expanded rows, depthwise rows and projection rows
-BLOCK_TILE_BYTES = 16 * 1024
+BLOCK_BAND_BYTES = 16 * 1024     # int8 bytes of one band's expanded rows, depthwise rows and projection rows
+BLOCK_TILE_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -599,6 +615,10 @@ class QBlockGeometry:
 
     def hidden_rows(self, band_rows: int) -> int:
         return min(self.hidden_height, (band_rows - 1) * self.dw.strides[0] + self.dw.kernel[0])
+
+    def input_rows(self, band_rows: int) -> int:
+        """Input rows one band's expansion reads (the block quantises them itself when its input is float)."""
+        return min(self.height, (self.hidden_rows(band_rows) - 1) * self.expand.strides[0] + self.expand.kernel[0])
 
     def band_bytes(self, band_rows: int) -> int:
         rows = self.hidden_rows(band_rows)
@@ -647,6 +667,10 @@ class QInvertedResidualKernel(StepKernel):
     def _geometry(node, shapes):
         return block_geometry(node, shapes[0], shapes[3] if node.inputs[3] else None, shapes[9], shapes[15])
 
+    @staticmethod
+    def _quantizes_input(node) -> bool:
+        return bool(node.attrs.get("quantize_input", 0))
+
     def scratch_bytes(self, node, in_shapes, out_shapes):
         g = self._geometry(node, in_shapes)
         rows = g.band_rows()
@@ -658,6 +682,7 @@ class QInvertedResidualKernel(StepKernel):
         a, b, c = (max(t[i] for t in tiles) for i in range(3))
         need = {"hidden": g.hidden * hidden_rows * g.hidden_width if g.expand is not None else 0,
                 "dw": g.hidden * rows * g.out_width, "proj": g.cout * rows * g.out_width if g.residual else 0,
+                "xq": g.cin * g.input_rows(rows) * g.width if self._quantizes_input(node) else 0,
                 "a": a, "b": max(b, 4 * 256), "c": max(c, 4 * 256)}
         return {k: v for k, v in need.items() if v}
 
@@ -698,7 +723,10 @@ class QInvertedResidualKernel(StepKernel):
             h1 = min(g.hidden_height, (o1 - 1) * sd - pdt + kd)
             if expand:
                 hidden = _tmp(scratch["hidden"], (g.hidden, h1 - h0, g.hidden_width), hidden_dtype)
-                conv_rows(x, xz, g.expand, expand[0], expand[1], expand[2], expand[3], hidden, h0, h1, tiles)
+                source, spec = x, g.expand
+                if "xq" in scratch:
+                    source, spec = self._quantized_rows(x, inputs, g, h0, h1, scratch["xq"], tiles[2])
+                conv_rows(source, xz, spec, expand[0], expand[1], expand[2], expand[3], hidden, h0, h1, tiles)
             else:
                 hidden = x[:, h0:h1]
             band_spec = ConvSpec(g.dw.kernel, g.dw.strides, (1, 1), g.hidden, (h0 - o0 * sd + pdt, pdl))
@@ -711,6 +739,24 @@ class QInvertedResidualKernel(StepKernel):
             conv_rows(depthwise, dz, POINTWISE, proj[0], proj[1], proj[2], proj[3], projected, 0, o1 - o0, tiles)
             add_requant(x[:, o0:o1], inputs[1], inputs[2], projected, inputs[18], inputs[19], y[:, o0:o1],
                         inputs[21], inputs[22], tiles[1], tiles[2])
+
+
+    @staticmethod
+    def _quantized_rows(x, inputs, g, h0, h1, buffer, tmp):
+        """The float input rows hidden rows [h0, h1) read, quantised into `buffer`, and the expansion's geometry
+        over that band (its top padding shifted by the band's first row)."""
+        (ke, _), (se, _), (pt, pl) = g.expand.kernel, g.expand.strides, g.expand.pads
+        i0 = max(0, h0 * se - pt)
+        i1 = min(g.height, (h1 - 1) * se - pt + ke)
+        band = _tmp(buffer, (g.cin, i1 - i0, g.width), np.asarray(inputs[2]).dtype)
+        scale = np.float32(np.asarray(inputs[1]).reshape(()))
+        zero = np.asarray(inputs[2]).reshape(())
+        low, high = _range(band.dtype)
+        for index in blocks(band.shape, tmp.nbytes // 4):
+            values = _tmp(tmp, band[index].shape)
+            np.divide(x[:, i0:i1][index], scale, out=values)
+            _store(band[index], values, zero, low, high)
+        return band, ConvSpec(g.expand.kernel, g.expand.strides, (1, 1), 1, (pt + i0, pl))
 
 
 def add_requant(a, a_scale, a_zero, b, b_scale, b_zero, out, scale, zero, tmp_a, tmp_b) -> None:

@@ -470,7 +470,23 @@ def _fuse_block(graph: Graph, project: Node) -> bool:
             attrs["residual"] = 1
             doomed.append(add)
             output = add.outputs[0]
+    quantize = producers.get(x)
+    if expand is not None and not attrs["residual"] and _quantizes_a_graph_input(graph, quantize, consumers):
+        # the block quantises the rows of the (float) model input it reads: the int8 copy never exists whole
+        inputs[:3] = quantize.inputs[:3]
+        attrs["quantize_input"] = 1
+        doomed.append(quantize)
     block = Node("QInvertedResidual", inputs, [output], attrs, unique_node_name(graph, dw.name + "/QInvertedResidual"),
                  "edgerun")
     _replace(graph, doomed, [block])
     return True
+
+
+def _quantizes_a_graph_input(graph: Graph, node: Node | None, consumers) -> bool:
+    if not is_op(node, "QuantizeLinear") or len(node.inputs) < 3 or not node.input(2):
+        return False
+    if node.inputs[0] not in {v.name for v in graph.inputs} or len(consumers.get(node.outputs[0], [])) != 1:
+        return False
+    if is_graph_output(graph, node.outputs[0]) or graph.value_info[node.inputs[0]].dtype != np.float32:
+        return False
+    return _per_tensor(graph, _Q(node.outputs[0], node.inputs[1], node.inputs[2]))
