@@ -149,13 +149,18 @@ class DerivedWeights:
 
 # ---- QuantizeLinear / DequantizeLinear
 
+def _whole_words(sizes: dict) -> dict:
+    """Scratch sizes rounded up to whole 8-byte words (the executor views scratch as float32; tiles hold float64)."""
+    return {name: -(-size // 8) * 8 for name, size in sizes.items() if size}
+
+
 def _chunk_bytes(shape) -> int:
     return min(CHUNK, math.prod(shape)) * 4
 
 
 class QuantizeKernel(StepKernel):
     def scratch_bytes(self, node, in_shapes, out_shapes):
-        return {"tmp": _chunk_bytes(out_shapes[0])}
+        return _whole_words({"tmp": _chunk_bytes(out_shapes[0])})
 
     def run(self, node, inputs, outputs, scratch):
         x, scale, y = inputs[0], inputs[1], outputs[0]
@@ -387,7 +392,7 @@ class QLinearConvKernel(StepKernel):
         spec = self.spec(node, in_shapes[0], in_shapes[3])
         _, cout, ho, wo = out_shapes[0]
         a, b, c = conv_tile_bytes(spec, in_shapes[0][1], cout, ho, wo)
-        return {name: size for name, size in (("a", a), ("b", b), ("c", c)) if size}
+        return _whole_words({"a": a, "b": b, "c": c})
 
     def prepare(self, node, constants):
         w, wzp = constants.get(node.inputs[3]), constants.get(node.inputs[5])
@@ -437,7 +442,7 @@ def _im2col_band(x, xzp, cols, r0, r1, kernel, strides, dilations, pads) -> None
 
 class QBinaryKernel(StepKernel):
     def scratch_bytes(self, node, in_shapes, out_shapes):
-        return {"a": _chunk_bytes(out_shapes[0]), "b": _chunk_bytes(out_shapes[0])}
+        return _whole_words({"a": _chunk_bytes(out_shapes[0]), "b": _chunk_bytes(out_shapes[0])})
 
     def run(self, node, inputs, outputs, scratch):
         a, as_, azp, b, bs, bzp, cs = inputs[:7]
@@ -541,7 +546,7 @@ class QMatMulKernel(StepKernel):
             return {}
         m, k, n = self._shape(node, in_shapes)
         rows = self._rows(k, n, m)
-        return {"cols": rows * k * 8, "acc": rows * n * 8, "tmp": rows * n * 4}
+        return _whole_words({"cols": rows * k * 8, "acc": rows * n * 8, "tmp": rows * n * 4})
 
     def _weights(self, node, b, bzp):
         transposed = node.op_type == "QGemm" and bool(node.attrs.get("transB", 0))
@@ -594,7 +599,7 @@ def _input(inputs, index):
 # ---- the int8 inverted-residual block: expand (any group-1 conv, the stem too), depthwise, project,
 # residual add, run band of output rows by band so that only a few rows of the expanded tensor ever exist
 
-BLOCK_BAND_BYTES = 16 * 1024     # int8 bytes of one band's expanded rows, depthwise rows and projection rows
+BLOCK_BAND_BYTES = 12 * 1024     # int8 bytes of one band's expanded rows, depthwise rows and projection rows
 BLOCK_TILE_BYTES = 8 * 1024
 
 
@@ -620,16 +625,28 @@ class QBlockGeometry:
         """Input rows one band's expansion reads (the block quantises them itself when its input is float)."""
         return min(self.height, (self.hidden_rows(band_rows) - 1) * self.expand.strides[0] + self.expand.kernel[0])
 
-    def band_bytes(self, band_rows: int) -> int:
+    def accumulator_bytes(self, band_rows: int, chunk: int) -> int:
+        """A chunked band sums its projections in an exact float accumulator (the paper's t-split)."""
+        if chunk >= self.hidden:
+            return 0
+        return self.cout * band_rows * self.out_width * accumulator_dtype(self.hidden).itemsize
+
+    def band_bytes(self, band_rows: int, chunk: int) -> int:
         rows = self.hidden_rows(band_rows)
-        return (self.hidden * rows * self.hidden_width + self.hidden * band_rows * self.out_width
+        hidden = chunk * rows * self.hidden_width if self.expand is not None else 0
+        return (hidden + chunk * band_rows * self.out_width + self.accumulator_bytes(band_rows, chunk)
                 + (self.cout * band_rows * self.out_width if self.residual else 0))
 
-    def band_rows(self) -> int:
+    def schedule(self) -> tuple[int, int]:
+        """(band rows, hidden channels per chunk): one-row bands first, the hidden channels halved (t doubled)
+        while a band does not fit BLOCK_BAND_BYTES, then bands grown while they fit."""
+        chunk = self.hidden
+        while chunk > 8 and self.band_bytes(1, chunk) > BLOCK_BAND_BYTES:
+            chunk = (chunk + 1) // 2
         rows = 1
-        while rows < self.out_height and self.band_bytes(rows + 1) <= BLOCK_BAND_BYTES:
+        while rows < self.out_height and self.band_bytes(rows + 1, chunk) <= BLOCK_BAND_BYTES:
             rows += 1
-        return rows
+        return rows, chunk
 
 
 def _out_size(size, kernel, stride, begin, end):
@@ -673,18 +690,20 @@ class QInvertedResidualKernel(StepKernel):
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
         g = self._geometry(node, in_shapes)
-        rows = g.band_rows()
+        rows, chunk = g.schedule()
         hidden_rows = g.hidden_rows(rows)
-        tiles = [conv_tile_bytes(g.dw, g.hidden, g.hidden, rows, g.out_width, BLOCK_TILE_BYTES),
-                 conv_tile_bytes(POINTWISE, g.hidden, g.cout, rows, g.out_width, BLOCK_TILE_BYTES)]
+        dw_chunk = ConvSpec(g.dw.kernel, g.dw.strides, g.dw.dilations, chunk, g.dw.pads)
+        tiles = [conv_tile_bytes(dw_chunk, chunk, chunk, rows, g.out_width, BLOCK_TILE_BYTES),
+                 conv_tile_bytes(POINTWISE, chunk, g.cout, rows, g.out_width, BLOCK_TILE_BYTES)]
         if g.expand is not None:
-            tiles.append(conv_tile_bytes(g.expand, g.cin, g.hidden, hidden_rows, g.hidden_width, BLOCK_TILE_BYTES))
+            tiles.append(conv_tile_bytes(g.expand, g.cin, chunk, hidden_rows, g.hidden_width, BLOCK_TILE_BYTES))
         a, b, c = (max(t[i] for t in tiles) for i in range(3))
-        need = {"hidden": g.hidden * hidden_rows * g.hidden_width if g.expand is not None else 0,
-                "dw": g.hidden * rows * g.out_width, "proj": g.cout * rows * g.out_width if g.residual else 0,
+        need = {"hidden": chunk * hidden_rows * g.hidden_width if g.expand is not None else 0,
+                "dw": chunk * rows * g.out_width, "proj": g.cout * rows * g.out_width if g.residual else 0,
+                "pacc": g.accumulator_bytes(rows, chunk),
                 "xq": g.cin * g.input_rows(rows) * g.width if self._quantizes_input(node) else 0,
-                "a": a, "b": max(b, 4 * 256), "c": max(c, 4 * 256)}
-        return {k: v for k, v in need.items() if v}
+                "a": max(a, chunk * 8), "b": max(b, 4 * 256, g.cout * 8), "c": max(c, 4 * 256, g.cout * 4)}
+        return _whole_words(need)
 
     def prepare(self, node, constants):
         for w, zp in ((3, 5), (9, 11), (15, 17)):
@@ -713,33 +732,58 @@ class QInvertedResidualKernel(StepKernel):
 
     def _image(self, x, y, inputs, g, expand, dw, proj, hidden_dtype, proj_dtype, tiles, scratch):
         xz = int(np.asarray(inputs[2]).reshape(()))
-        hz = int(np.asarray(inputs[7]).reshape(())) if expand else xz
-        dz = int(np.asarray(inputs[13]).reshape(()))
-        rows = g.band_rows()
-        (kd, _), (sd, _), (pdt, pdl) = g.dw.kernel, g.dw.strides, g.dw.pads
+        rows, chunk = g.schedule()
+        (kd, _), (sd, _), pdt = g.dw.kernel, g.dw.strides, g.dw.pads[0]
         for o0 in range(0, g.out_height, rows):
             o1 = min(g.out_height, o0 + rows)
             h0 = max(0, o0 * sd - pdt)
             h1 = min(g.hidden_height, (o1 - 1) * sd - pdt + kd)
-            if expand:
-                hidden = _tmp(scratch["hidden"], (g.hidden, h1 - h0, g.hidden_width), hidden_dtype)
-                source, spec = x, g.expand
-                if "xq" in scratch:
-                    source, spec = self._quantized_rows(x, inputs, g, h0, h1, scratch["xq"], tiles[2])
-                conv_rows(source, xz, spec, expand[0], expand[1], expand[2], expand[3], hidden, h0, h1, tiles)
+            source, spec = x, g.expand
+            if expand and "xq" in scratch:
+                source, spec = self._quantized_rows(x, inputs, g, h0, h1, scratch["xq"], tiles[2])
+            target = y[:, o0:o1]
+            if g.residual:
+                target = _tmp(scratch["proj"], (g.cout, o1 - o0, g.out_width), proj_dtype)
+            if chunk >= g.hidden:
+                depthwise = self._hidden_band(source, xz, spec, inputs, g, expand, dw, hidden_dtype, 0, g.hidden,
+                                              o0, o1, h0, h1, tiles, scratch)
+                conv_rows(depthwise, int(np.asarray(inputs[13]).reshape(())), POINTWISE, *proj, target, 0,
+                          o1 - o0, tiles)
             else:
-                hidden = x[:, h0:h1]
-            band_spec = ConvSpec(g.dw.kernel, g.dw.strides, (1, 1), g.hidden, (h0 - o0 * sd + pdt, pdl))
-            depthwise = _tmp(scratch["dw"], (g.hidden, o1 - o0, g.out_width), np.asarray(inputs[13]).dtype)
-            conv_rows(hidden, hz, band_spec, dw[0], dw[1], dw[2], dw[3], depthwise, 0, o1 - o0, tiles)
-            if not g.residual:
-                conv_rows(depthwise, dz, POINTWISE, proj[0], proj[1], proj[2], proj[3], y[:, o0:o1], 0, o1 - o0, tiles)
-                continue
-            projected = _tmp(scratch["proj"], (g.cout, o1 - o0, g.out_width), proj_dtype)
-            conv_rows(depthwise, dz, POINTWISE, proj[0], proj[1], proj[2], proj[3], projected, 0, o1 - o0, tiles)
-            add_requant(x[:, o0:o1], inputs[1], inputs[2], projected, inputs[18], inputs[19], y[:, o0:o1],
-                        inputs[21], inputs[22], tiles[1], tiles[2])
+                self._chunked_band(source, xz, spec, inputs, g, expand, dw, proj, hidden_dtype, chunk, o0, o1,
+                                   h0, h1, target, tiles, scratch)
+            if g.residual:
+                add_requant(x[:, o0:o1], inputs[1], inputs[2], target, inputs[18], inputs[19], y[:, o0:o1],
+                            inputs[21], inputs[22], tiles[1], tiles[2])
 
+    def _hidden_band(self, source, xz, spec, inputs, g, expand, dw, hidden_dtype, e0, e1, o0, o1, h0, h1, tiles,
+                     scratch):
+        """Depthwise output rows [o0, o1) of hidden channels [e0, e1), expanded from `source` first."""
+        (sd, _), (pdt, pdl) = g.dw.strides, g.dw.pads
+        if expand:
+            hidden = _tmp(scratch["hidden"], (e1 - e0, h1 - h0, g.hidden_width), hidden_dtype)
+            conv_rows(source, xz, spec, *_channels(expand, e0, e1), hidden, h0, h1, tiles)
+            hz = int(np.asarray(inputs[7]).reshape(()))
+        else:
+            hidden, hz = source[e0:e1, h0:h1], xz
+        band_spec = ConvSpec(g.dw.kernel, g.dw.strides, (1, 1), e1 - e0, (h0 - o0 * sd + pdt, pdl))
+        depthwise = _tmp(scratch["dw"], (e1 - e0, o1 - o0, g.out_width), np.asarray(inputs[13]).dtype)
+        conv_rows(hidden, hz, band_spec, *_channels(dw, e0, e1), depthwise, 0, o1 - o0, tiles)
+        return depthwise
+
+    def _chunked_band(self, source, xz, spec, inputs, g, expand, dw, proj, hidden_dtype, chunk, o0, o1, h0, h1,
+                      target, tiles, scratch):
+        """The paper's split: F(x) = sum over chunks of A_i(N(B_i(x))), summed exactly, then requantised."""
+        pixels = (o1 - o0) * g.out_width
+        acc = _tmp(scratch["pacc"], (g.cout, pixels), accumulator_dtype(g.hidden))
+        acc[...] = 0
+        dz = int(np.asarray(inputs[13]).reshape(()))
+        for e0 in range(0, g.hidden, chunk):
+            e1 = min(g.hidden, e0 + chunk)
+            depthwise = self._hidden_band(source, xz, spec, inputs, g, expand, dw, hidden_dtype, e0, e1, o0, o1,
+                                          h0, h1, tiles, scratch)
+            _accumulate_projection(depthwise.reshape(e1 - e0, pixels), dz, proj[1][:, e0:e1], acc, tiles)
+        _requantise_rows(acc, proj[2], proj[3], target, tiles[2])
 
     @staticmethod
     def _quantized_rows(x, inputs, g, h0, h1, buffer, tmp):
@@ -757,6 +801,43 @@ class QInvertedResidualKernel(StepKernel):
             np.divide(x[:, i0:i1][index], scale, out=values)
             _store(band[index], values, zero, low, high)
         return band, ConvSpec(g.expand.kernel, g.expand.strides, (1, 1), 1, (pt + i0, pl))
+
+
+def _channels(stage, e0, e1):
+    """A stage's (w32, wmat, bias, requant) restricted to output channels [e0, e1)."""
+    w32, wmat, bias, req = stage
+    return (w32[e0:e1], wmat[e0:e1], None if bias is None else bias[e0:e1],
+            Requant(req.mult[e0:e1], req.zero, req.low, req.high))
+
+
+def _accumulate_projection(x, xzp, wmat, acc, tiles) -> None:
+    """acc (Cout, P) += wmat (Cout, c) @ (x (c, P) - xzp), exactly, in pixel tiles of scratch."""
+    c, pixels = x.shape
+    dtype = acc.dtype
+    step = max(1, min(tiles[0].nbytes // (c * dtype.itemsize), tiles[1].nbytes // (acc.shape[0] * dtype.itemsize)))
+    weights = wmat.astype(dtype, copy=False)
+    for p0 in range(0, pixels, step):
+        p1 = min(pixels, p0 + step)
+        cols = _tmp(tiles[0], (c, p1 - p0), dtype)
+        np.subtract(x[:, p0:p1], dtype.type(xzp), out=cols)
+        product = _tmp(tiles[1], (acc.shape[0], p1 - p0), dtype)
+        np.matmul(weights, cols, out=product)
+        np.add(acc[:, p0:p1], product, out=acc[:, p0:p1])
+
+
+def _requantise_rows(acc, bias, req: Requant, out, tmp) -> None:
+    """out (Cout, R, W) = requant(acc (Cout, R * W) + bias), row by row through a float32 tile."""
+    cout, rows, width = out.shape
+    if bias is not None:
+        np.add(acc, np.asarray(bias, dtype=np.float64).reshape(-1, 1), out=acc, casting="same_kind")
+    step = max(1, min(width, tmp.nbytes // (cout * 4)))
+    for r in range(rows):
+        for c0 in range(0, width, step):
+            c1 = min(width, c0 + step)
+            values = _tmp(tmp, (cout, c1 - c0))
+            np.multiply(acc[:, r * width + c0:r * width + c1], req.mult.reshape(-1, 1), out=values,
+                        dtype=np.float32, casting="unsafe")
+            _store(out[:, r, c0:c1], values, req.zero, req.low, req.high)
 
 
 def add_requant(a, a_scale, a_zero, b, b_scale, b_zero, out, scale, zero, tmp_a, tmp_b) -> None:

@@ -473,6 +473,10 @@ def _qblock_values(node, values: dict, opset):
               for n in node.inputs]
     outputs = ["#expanded", "#depthwise", "#projected"]
     stages = _block_stages(node, shapes)
+    if node.attrs.get("quantize_input", 0):     # the block reads the float model input and quantises it
+        i = node.inputs
+        quantize = dataclasses.replace(node, op_type="QuantizeLinear", domain="", attrs={}, inputs=list(i[:3]))
+        values[i[0]] = yield quantize, [values[n] for n in i[:3]]
     for stage, name in zip(stages, outputs[-len(stages):]):
         values[name] = yield stage, [values[n] if n else None for n in stage.inputs]
     if node.attrs.get("residual", 0):
@@ -497,15 +501,16 @@ def _drive_block(node, inputs, opset, step):
 
 
 def _qblock_infer(node, inputs, opset):
-    return [_drive_block(node, inputs, opset,
-                         lambda stage, args: (_qconv_infer if stage.op_type == "QLinearConv" else _qbinary_infer)(
-                             stage, args, opset)[0])]
+    return [_drive_block(node, inputs, opset, lambda stage, args: _STAGE_INFER[stage.op_type](stage, args, opset)[0])]
 
 
 def _qblock_compute(node, inputs, opset):
     return [_drive_block(node, [None if v is None else np.asarray(v) for v in inputs], opset,
-                         lambda stage, args: (_qconv_compute if stage.op_type == "QLinearConv" else _qbinary_compute)(
-                             stage, args, opset)[0])]
+                         lambda stage, args: _STAGE_COMPUTE[stage.op_type](stage, args, opset)[0])]
+
+
+_STAGE_INFER = {"QuantizeLinear": _quantize_infer, "QLinearConv": _qconv_infer, "QLinearAdd": _qbinary_infer}
+_STAGE_COMPUTE = {"QuantizeLinear": _quantize_compute, "QLinearConv": _qconv_compute, "QLinearAdd": _qbinary_compute}
 
 
 def _qblock_macs(node, in_shapes, out_shapes) -> int:
