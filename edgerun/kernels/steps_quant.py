@@ -852,3 +852,90 @@ def add_requant(a, a_scale, a_zero, b, b_scale, b_zero, out, scale, zero, tmp_a,
         np.add(ta, tb, out=ta)
         np.divide(ta, np.float32(np.asarray(scale).reshape(())), out=ta)
         _store(out[index], ta, np.asarray(zero).reshape(()), low, high)
+
+
+class PerChannelKernel(StepKernel):
+    """Runs an op's reference function one (image, channel) plane at a time into the output: pooling of an int8
+    tensor (QMaxPool, QLinearAveragePool), whose temporaries are then one plane's, not the tensor's."""
+
+    def __init__(self, compute):
+        self._compute = compute
+
+    def run(self, node, inputs, outputs, scratch):
+        x, y = inputs[0], outputs[0]
+        for n in range(x.shape[0]):
+            for c in range(x.shape[1]):
+                plane = [x[n:n + 1, c:c + 1]] + list(inputs[1:])
+                y[n:n + 1, c:c + 1] = self._compute(node, plane)
+
+
+class QAveragePoolKernel(StepKernel):
+    """com.microsoft QLinearAveragePool over 2-D planes: exact int32 window sums of (x - x_zp), then
+    x_scale * sum / count / y_scale requantised; windows counted with or without the padding
+    (count_include_pad). ceil_mode and dilations run the reference op plane by plane instead."""
+
+    def __init__(self, reference):
+        self._fallback = PerChannelKernel(reference)
+
+    @staticmethod
+    def _plain(node) -> bool:
+        a = node.attrs
+        return (len(a.get("kernel_shape", [])) == 2 and not a.get("ceil_mode", 0)
+                and a.get("auto_pad", "NOTSET") in ("NOTSET", "") and list(a.get("dilations", [1, 1])) == [1, 1])
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        if not self._plain(node):
+            return {}
+        _, _, ho, wo = out_shapes[0]
+        return _whole_words({"acc": ho * wo * 4, "tap": ho * wo * 4, "count": ho * wo * 4})
+
+    def run(self, node, inputs, outputs, scratch):
+        if not self._plain(node):
+            self._fallback.run(node, inputs, outputs, scratch)
+            return
+        x, xs, xz, ys = inputs[:4]
+        y = outputs[0]
+        yz = inputs[4] if len(inputs) > 4 and inputs[4] is not None else np.zeros((), y.dtype)
+        a = node.attrs
+        (kh, kw), (sh, sw) = a["kernel_shape"], a.get("strides", [1, 1])
+        pads = a.get("pads", [0, 0, 0, 0])
+        _, _, h, w = x.shape
+        _, _, ho, wo = y.shape
+        count = _tmp(scratch["count"], (ho, wo))
+        self._window_counts(count, kh, kw, sh, sw, pads, h, w, bool(a.get("count_include_pad", 0)))
+        factor = np.float32(np.asarray(xs).reshape(())) / np.float32(np.asarray(ys).reshape(()))
+        low, high = _range(y.dtype)
+        acc = _tmp(scratch["acc"], (ho, wo), np.int32)
+        tap = _tmp(scratch["tap"], (ho, wo), np.int32)
+        zero = np.int32(np.asarray(xz).reshape(()))
+        for n in range(x.shape[0]):
+            for c in range(x.shape[1]):
+                acc[...] = 0
+                for i in range(kh):
+                    oh0, oh1 = _valid(0, ho, i - pads[0], sh, h)
+                    for j in range(kw):
+                        ow0, ow1 = _valid(0, wo, j - pads[1], sw, w)
+                        if oh0 >= oh1 or ow0 >= ow1:
+                            continue
+                        src = x[n, c, oh0 * sh + i - pads[0]:(oh1 - 1) * sh + i - pads[0] + 1:sh,
+                                ow0 * sw + j - pads[1]:(ow1 - 1) * sw + j - pads[1] + 1:sw]
+                        part = tap[oh0:oh1, ow0:ow1]
+                        np.subtract(src, zero, out=part, dtype=np.int32)
+                        np.add(acc[oh0:oh1, ow0:ow1], part, out=acc[oh0:oh1, ow0:ow1])
+                values = tap.view(np.float32)
+                np.multiply(acc, factor, out=values, dtype=np.float32, casting="unsafe")
+                np.divide(values, count, out=values)
+                _store(y[n, c], values, np.asarray(yz).reshape(()), low, high)
+
+    @staticmethod
+    def _window_counts(count, kh, kw, sh, sw, pads, h, w, include_pad) -> None:
+        ho, wo = count.shape
+        if include_pad:     # windows clipped to the padded input only
+            rows = np.minimum(np.arange(ho) * sh + kh, h + pads[0] + pads[2]) - np.arange(ho) * sh
+            cols = np.minimum(np.arange(wo) * sw + kw, w + pads[1] + pads[3]) - np.arange(wo) * sw
+        else:
+            top = np.arange(ho) * sh - pads[0]
+            left = np.arange(wo) * sw - pads[1]
+            rows = np.minimum(top + kh, h) - np.maximum(top, 0)
+            cols = np.minimum(left + kw, w) - np.maximum(left, 0)
+        np.multiply(rows.reshape(-1, 1), cols.reshape(1, -1), out=count, casting="unsafe")

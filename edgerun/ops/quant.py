@@ -524,6 +524,23 @@ def _qblock_macs(node, in_shapes, out_shapes) -> int:
         if stages else 0
 
 
+# ---- edgerun QMaxPool: MaxPool of an int8 tensor (the max of quantised values is the quantised max)
+
+def _float_maxpool_node(node):
+    return dataclasses.replace(node, op_type="MaxPool", domain="")
+
+
+def _qmaxpool_infer(node, inputs, opset):
+    check_quant_dtype(node, inputs[0].dtype)
+    pool = _float_maxpool_node(node)
+    return ops_lookup(pool, opset).infer(pool, inputs, opset)
+
+
+def _qmaxpool_compute(node, inputs, opset):
+    pool = _float_maxpool_node(node)
+    return ops_lookup(pool, max(opset, 12)).compute(pool, inputs, max(opset, 12))
+
+
 def _matmul_macs(node, in_shapes, out_shapes) -> int:
     a = in_shapes[0]
     k = a[-1] if a else 1
@@ -556,7 +573,10 @@ register("QLinearConcat", _qconcat_infer, _qconcat_compute, domain=MS, step=sq.Q
 for _op in ("QLinearSigmoid", "QLinearLeakyRelu"):
     register(_op, _qunary_infer, _qunary_compute, domain=MS, step=sq.QUnaryTableKernel(_qunary_function),
              any_dtype=True)
-register("QLinearAveragePool", _qavgpool_infer, _qavgpool_compute, domain=MS)
+register("QLinearAveragePool", _qavgpool_infer, _qavgpool_compute, domain=MS,
+         step=sq.QAveragePoolKernel(lambda node, inputs: _qavgpool_compute(node, inputs, 19)[0]), any_dtype=True)
+register("QMaxPool", _qmaxpool_infer, _qmaxpool_compute, domain="edgerun",
+         step=sq.PerChannelKernel(lambda node, inputs: _qmaxpool_compute(node, inputs, 19)[0]), any_dtype=True)
 register("QInvertedResidual", _qblock_infer, _qblock_compute, domain="edgerun", macs=_qblock_macs,
          step=sq.QInvertedResidualKernel(), any_dtype=True)
 register("QLookup", _lookup_infer, _lookup_compute, domain="edgerun", step=sq.LookupKernel(), any_dtype=True)

@@ -37,7 +37,7 @@ QUANT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 MOVERS = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 TABLE_OPS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh"}
 INTEGER_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
-               "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLookup", "QLinearSigmoid",
+               "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLookup", "QMaxPool", "QLinearSigmoid",
                "QLinearLeakyRelu", "ConvInteger", "MatMulInteger"}
 FLOAT_NOTE = "edgerun: these QDQ nodes have no integer form and run in float: "
 
@@ -325,8 +325,9 @@ def _rewrite_mover(graph, node, producers, consumers) -> bool:
     same = _same_quantisation(graph, x, q)
     if not same:
         moved_name = unique_name(graph, node.outputs[0] + "_int8")
-    moved = Node(node.op_type, [x.tensor] + node.inputs[1:], [moved_name], dict(node.attrs),
-                 unique_node_name(graph, node.name + "_int8"), node.domain)
+    op_type, domain = ("QMaxPool", "edgerun") if node.op_type == "MaxPool" else (node.op_type, node.domain)
+    moved = Node(op_type, [x.tensor] + node.inputs[1:], [moved_name], dict(node.attrs),
+                 unique_node_name(graph, node.name + "_int8"), domain)
     new = [moved]
     out_info = graph.value_info[q.outputs[0]]
     if not same:
@@ -385,7 +386,8 @@ def _drop_dead_dequantize(graph: Graph) -> None:
 # ---- int8 inverted-residual blocks: [expand conv] -> depthwise conv -> 1x1 projection [-> QLinearAdd(x, .)]
 
 def _qconv(node) -> bool:
-    return is_op(node, "QLinearConv", "edgerun") and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
+    return (is_op(node, "QLinearConv", "edgerun") or is_op(node, "QLinearConv")) and \
+        node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
 
 
 def _square(node, graph) -> tuple | None:
