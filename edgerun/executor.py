@@ -192,8 +192,14 @@ class CompiledModel:
                 contract=contract if step.kind == "block" else None))
         outputs = [o for o in self.graph.output_names() if o in self.activations]
         return scheduler.Problem(buffers=dict(self.activations), steps=sched_steps, outputs=outputs,
-                                 backend=self.backend, threads=self.threads, activation_dtype=ACTIVATION_DTYPE,
+                                 backend=self.backend, threads=self.threads, activation_dtype=self._activation_dtype(),
                                  segments=[self._segment_option(c) for c in self.segment_candidates.values()])
+
+    def _activation_dtype(self) -> str:
+        """The label the plan records: "int8" when 8-bit integer tensors are among the activations (a quantised
+        model, float only at its edges), else the float activations' dtype."""
+        dtypes = {np.dtype(self.graph.value_info[name].dtype) for name in self.activations}
+        return "int8" if dtypes & {np.dtype(np.int8), np.dtype(np.uint8)} else ACTIVATION_DTYPE
 
     # ---- segments
     def _segment_option(self, candidate: segments_graph.Candidate) -> scheduler.SegmentOption:

@@ -41,6 +41,7 @@ EXTERNAL_COMMANDS = {
     "bench": ("edgerun.cli.bench", "main", "time edgerun against onnxruntime on the same input"),
     "compile": ("edgerun.cli.compile", "compile_main", "compile a model and its plan into a bundle"),
     "calibrate": ("edgerun.cli.calibrate", "main", "fit the scheduler's cost model on this machine"),
+    "quantize": ("edgerun.cli.quantize", "main", "write an int8 QDQ model with onnxruntime's quantizer"),
 }
 MAX_NAME_WIDTH = 48
 

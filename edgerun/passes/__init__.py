@@ -19,11 +19,12 @@ from typing import Callable, Iterable
 
 from edgerun.errors import EdgerunError
 from edgerun.ir import Graph
-from edgerun.passes import blocks, bnfold, constfold, declutter, fuse_activation, fuse_pad
+from edgerun.passes import blocks, bnfold, constfold, declutter, fuse_activation, fuse_pad, quantize
 from edgerun.passes.graph_edit import prune_unused
 from edgerun.shape_inference import topological_order
 
 PASSES: tuple[tuple[str, Callable[[Graph], bool]], ...] = (
+    ("quantize", quantize.run),     # first: constant folding would turn the weights' DequantizeLinear to float
     ("declutter", declutter.run),
     ("constfold", constfold.run),
     ("fuse_pad", fuse_pad.run),
@@ -70,5 +71,6 @@ def optimize(graph: Graph, disabled: Iterable[str] | str | None = None) -> Graph
             break
     if active:
         prune_unused(graph)
+    quantize.warn_float_islands(graph)
     graph.nodes = topological_order(graph)
     return graph

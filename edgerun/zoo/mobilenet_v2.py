@@ -9,6 +9,7 @@ from pathlib import Path
 from edgerun.errors import ModelLoadError
 from edgerun.zoo.graph import (GraphBuilder, RandomParameters, StateDictParameters, check_batch,
                                check_resolution, check_width, make_divisible)
+from edgerun.zoo.quantized import quantized_pretrained
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 INVERTED_RESIDUAL_SETTINGS = [
@@ -74,10 +75,15 @@ def _inverted_residual(g, x, prefix, cin, cout, stride, expansion):
     return y
 
 
-def mobilenet_v2(width=1.0, resolution=224, pretrained=False, seed=0, batch="batch"):
+def mobilenet_v2(width=1.0, resolution=224, pretrained=False, seed=0, batch="batch", quantized=False):
     """MobileNetV2 with width multiplier `width` at `resolution` x `resolution` input.
 
-    pretrained=True loads torchvision's IMAGENET1K_V1 weights (width 1.0 only)."""
+    pretrained=True loads torchvision's IMAGENET1K_V1 weights (width 1.0 only); with quantized=True too, the
+    int8 QDQ model onnxruntime's quantizer makes of it, calibrated on the bundled photos (edgerun.zoo.quantized)."""
+    if quantized:
+        if not pretrained:
+            raise ValueError("quantized=True needs pretrained=True (calibration needs trained weights)")
+        return quantized_pretrained(mobilenet_v2(width, resolution, True, seed, batch), resolution)
     width = check_width(width)
     resolution = check_resolution(resolution)
     batch = check_batch(batch)
