@@ -755,7 +755,7 @@ class BlockGeometry:
 
     @property
     def direct_expansion(self) -> bool:
-        """A 1x1 stride-1 unpadded expansion reads an input row as it is (no im2col)."""
+        """A 1x1 stride-1 unpadded expansion reads an input row as it is (no tap copies)."""
         return self.expand is not None and self.expand[0] == 1 and self.expand[1] == 1 \
             and not any(self.expand[2])
 
@@ -768,8 +768,9 @@ class BlockGeometry:
         items = {"product": ec * wo}
         if self.expand is not None:
             items["hidden"] = ec * wh
-            if not self.direct_expansion:
-                items["im2col"] = cin * self.expand[0] ** 2 * wh
+            if not self.direct_expansion:   # tap by tap: one tap's input columns, its products
+                items["tap"] = cin * wh
+                items["product"] = ec * max(wo, wh)
         if self.chunks > 1:
             items["projection"] = cout * wo
         return items

@@ -693,7 +693,10 @@ class _BlockRows(_RowKernel):
                 self.readers.setdefault(r, []).append(o)
         self.dw_columns = _column_ranges(g.hidden_shape[2], g.out_shape[2], kd, dw[1], 1, dw[2][1])
         if expand is not None and not g.direct_expansion:
-            self.expansion = _ConvRows(Conv(op.we, None, (expand[1],) * 2, expand[2]), in_shape, where)
+            ke = expand[0]
+            self.we_taps = np.ascontiguousarray(self.we2.reshape(hidden, cin, ke, ke).transpose(2, 3, 0, 1))
+            self.expand_columns = _column_ranges(in_shape[2], g.hidden_shape[2], ke, expand[1], 1,
+                                                 expand[2][1])
         self.slices = [(c, min(c + g.chunk_channels, hidden)) for c in range(0, hidden, g.chunk_channels)]
         self.macs = 0
 
@@ -724,9 +727,8 @@ class _BlockRows(_RowKernel):
         slots = self.state.reshape(g.state_rows, hidden_channels, wo)
         finished = False
         for h in self._new_rows(out_row):
-            cols = self._expansion_input(h, src, views)
             for c0, c1 in self.slices:
-                hidden = self._hidden_slice(h, c0, c1, cols, src, views)
+                hidden = self._hidden_slice(h, c0, c1, src, views)
                 for reader in self.readers[h]:
                     slot = slots[reader % g.state_rows, c0:c1]
                     self._scatter(hidden, slot, c0, c1, h - (reader * g.dw[1] - g.dw[2][0]),
@@ -747,31 +749,43 @@ class _BlockRows(_RowKernel):
         before = self.windows[out_row - 1][-1] if out_row > 0 else -1
         return [r for r in rows if r > before]
 
-    def _expansion_input(self, h: int, src, views):
-        """(K, Wh) columns of hidden row h: the input row itself for a direct 1x1, else its im2col."""
+    def _hidden_slice(self, h, c0, c1, src, views) -> np.ndarray:
+        """Hidden channels [c0, c1) of hidden row h: the input row itself without expansion,
+        one matmul for a plain 1x1, else the expansion's taps one by one."""
         g = self.geometry
         if g.expand is None:
-            return None
-        if g.direct_expansion:
-            return src.row(h)
-        im2col = views["im2col"]
-        self.expansion_fill(h, src, im2col)
-        return im2col.reshape(-1, g.hidden_shape[2])
-
-    def expansion_fill(self, h, src, im2col) -> None:
-        self.expansion.fill_columns(h, src, im2col)
-
-    def _hidden_slice(self, h, c0, c1, cols, src, views) -> np.ndarray:
-        g = self.geometry
-        if cols is None:
             return src.row(h)[c0:c1]
         wh = g.hidden_shape[2]
         hidden = views["hidden"][:(c1 - c0) * wh].reshape(c1 - c0, wh)
-        np.matmul(self.we2[c0:c1], cols, out=hidden)
-        self.macs += (c1 - c0) * cols.shape[0] * wh
+        if g.direct_expansion:
+            np.matmul(self.we2[c0:c1], src.row(h), out=hidden)
+        else:
+            self._expand_by_taps(h, c0, c1, src, hidden, views)
+        self.macs += (c1 - c0) * self.we2.shape[1] * wh
         np.add(hidden, self.be[c0:c1], out=hidden)
         _activate(self.expand_act, hidden, views["product"])
         return hidden
+
+    def _expand_by_taps(self, h, c0, c1, src, hidden, views) -> None:
+        ke, stride, pads = self.geometry.expand
+        cin, height = self.geometry.in_shape[0], self.geometry.in_shape[1]
+        wh = hidden.shape[1]
+        tap = views["tap"].reshape(cin, wh)
+        product = views["product"][:(c1 - c0) * wh].reshape(c1 - c0, wh)
+        hidden.fill(0.0)
+        for ky in range(ke):
+            r = h * stride - pads[0] + ky
+            if not 0 <= r < height:
+                continue
+            row = src.row(r)
+            for kx, (lo, hi, x0) in enumerate(self.expand_columns):
+                if hi == lo:
+                    continue
+                tap[:, :lo].fill(0.0)
+                tap[:, hi:].fill(0.0)
+                np.copyto(tap[:, lo:hi], row[:, x0:x0 + (hi - lo - 1) * stride + 1:stride])
+                np.matmul(self.we_taps[ky, kx, c0:c1], tap, out=product)
+                np.add(hidden, product, out=hidden)
 
     def _scatter(self, hidden, slot, c0, c1, ky, first, views) -> None:
         stride = self.geometry.dw[1]
