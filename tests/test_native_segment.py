@@ -126,7 +126,7 @@ def segments(draw):
     return ops, x, band, chunks
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(segments())
 def test_random_segments_match_numpy_and_give_the_same_bits_on_two_threads(segment):
     ops, x, band, chunks = segment
