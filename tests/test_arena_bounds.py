@@ -330,8 +330,10 @@ OP_CASES = _op_cases()
 
 
 def test_every_supported_op_has_an_activation_sized_case():
+    from test_quant_arena import QUANT_OP_CASES   # the int8 ops' cases (int8 inputs) live beside their tests
+
     from edgerun import ops
-    covered = {case[0] for case in OP_CASES.values()}
+    covered = {case[0] for case in OP_CASES.values()} | {case[0] for case in QUANT_OP_CASES.values()}
     assert set(ops.supported_ops()) - FOLDED_OPS <= covered
     assert set(REFERENCE_PATH_CASES) <= set(OP_CASES)
 
