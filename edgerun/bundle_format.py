@@ -36,7 +36,7 @@ def is_bundle(path) -> bool:
     except OSError:
         return False
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1   # 1.1: the optional C program (header.c_program, edgerun/c_program.py)
 # magic, major, minor, flags, header length, header sha256, 8 reserved bytes: 64 bytes.
 PREFIX = struct.Struct("<8sHHIQ32s8x")
 TENSOR_ALIGNMENT = 64

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgerun import __version__
 from edgerun.bundle_format import TensorTable, graph_header, write_bundle
+from edgerun.c_program import add_c_program
 from edgerun.errors import InvalidOptionError
 from edgerun.session import InferenceSession
 
@@ -49,8 +50,9 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, **ses
         "backend": session.backend,
         "planner": session.plan.planner,
         "max_t": session.max_t,
-        "tensors": tensors.entries,
     }
+    header["c_program"] = add_c_program(session.compiled, tensors)   # last: it ends the weights section
+    header["tensors"] = tensors.entries
     file_bytes, header_bytes = write_bundle(Path(out_path), header, tensors)
     return BundleInfo(str(out_path), file_bytes, header_bytes, tensors.section_bytes, session.plan.peak_bytes,
                       session.memory_budget, session.backend, session.plan, session.planned_threads,
