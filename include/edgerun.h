@@ -84,7 +84,7 @@ int edgerun_planned_threads(const edgerun_model *model);
  * made for one thread count: another count is EDGERUN_E_THREADS (compile with `--threads N`). */
 edgerun_status edgerun_arena_bytes(const edgerun_model *model, int threads, size_t *bytes, edgerun_error *error);
 
-/* Weight bytes the C program reads (mapped from the file, not copied). */
+/* Bytes of the bundle's weights the kernels read (mapped from the file, not copied). */
 size_t edgerun_weight_bytes(const edgerun_model *model);
 
 /* One inference. arena: arena_bytes >= edgerun_arena_bytes(), aligned to EDGERUN_ARENA_ALIGNMENT;

@@ -36,6 +36,7 @@ enum { REGION_NONE, REGION_ARENA, REGION_WEIGHTS, REGION_INPUT };
 #define MAX_HEADER_BYTES (64u << 20)
 #define FORMAT_MAJOR 1
 #define PROGRAM_VERSION 1
+#define FLAG_C_PROGRAM 1u /* header flags bit 0: the weights section ends with the C program */
 #define TRAILER_BYTES 32
 #define MAX_IO 64
 #define MAX_NAME 4096
@@ -620,17 +621,27 @@ static int compare_refs(const void *a, const void *b)
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
-/* Bytes of the weights section the program reads (the union of its weight references). */
+/* A weight reference the kernels read: all but `we` of a block whose expansion is a plain 1x1 (block.c
+ * reads its transposed copy `we_t` then). */
+static int weights_read(const er_step *s, int j)
+{
+    const er_block_geom *g = &s->geom;
+    if (s->refs[j].region != REGION_WEIGHTS) return 0;
+    return !(s->op == OP_BLOCK && j == 2 && g->expand_kernel == 1 && g->expand_stride == 1 &&
+             !(g->expand_pads[0] | g->expand_pads[1] | g->expand_pads[2] | g->expand_pads[3]));
+}
+
+/* Bytes of the weights section the kernels read (the union of those references). */
 static size_t weight_bytes_read(const edgerun_model *m)
 {
     size_t n = 0, k = 0;
     for (int i = 0; i < m->n_steps; i++)
-        for (int j = 0; j < m->steps[i].nrefs; j++) n += m->steps[i].refs[j].region == REGION_WEIGHTS;
+        for (int j = 0; j < m->steps[i].nrefs; j++) n += weights_read(&m->steps[i], j);
     er_ref *all = (er_ref *)malloc((n ? n : 1) * sizeof(er_ref));
     if (!all) return 0;
     for (int i = 0; i < m->n_steps; i++)
         for (int j = 0; j < m->steps[i].nrefs; j++)
-            if (m->steps[i].refs[j].region == REGION_WEIGHTS) all[k++] = m->steps[i].refs[j];
+            if (weights_read(&m->steps[i], j)) all[k++] = m->steps[i].refs[j];
     qsort(all, n, sizeof(er_ref), compare_refs);
     uint64_t total = 0, covered_to = 0;
     for (size_t i = 0; i < n; i++) {
@@ -721,9 +732,9 @@ static edgerun_status check_file(edgerun_model *m, unsigned flags, edgerun_error
     if (weights_at > size) return fail(error, EDGERUN_E_CORRUPT, "bundle is truncated inside its header padding");
     for (uint64_t i = PREFIX_BYTES + header; i < weights_at; i++)
         if (f[i]) return fail(error, EDGERUN_E_CORRUPT, "corrupt bundle: non-zero header padding");
-    if (minor == 0)
-        return fail(error, EDGERUN_E_NO_PROGRAM, "bundle format 1.0 holds no C program: recompile it with "
-                    "`edgerun compile` (format 1.1 or later)");
+    if (minor == 0 || !(le32(f + 12) & FLAG_C_PROGRAM))
+        return fail(error, EDGERUN_E_NO_PROGRAM, "the bundle holds no C program (format %u.%u): recompile it with "
+                    "`edgerun compile --c-runtime`", major, minor);
     uint64_t section = size - weights_at;
     if (section < TRAILER_BYTES || memcmp(f + size - 8, TRAILER_MAGIC, 8))
         return fail(error, EDGERUN_E_CORRUPT, "corrupt bundle: the C program's trailer is missing (truncated?)");
