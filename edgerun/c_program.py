@@ -96,6 +96,7 @@ class ProgramBuilder:
         self.inputs = [v.name for v in compiled.graph.inputs]
         self.steps: list[tuple] = []   # (opcode, name, op, ints, refs, floats)
         self._copies: dict = {}        # (address, bytes) of an array -> its copy's offset
+        self.reasons: dict[str, str] = {}   # step -> why it has no C kernel
 
     # ---- references
     def _weights_ref(self, array, name: str, in_place: bool = False):
@@ -167,8 +168,6 @@ class ProgramBuilder:
                 del self.steps[mark:]
                 self.steps.append((OP_UNSUPPORTED, step.node.name, step.node.op_type, [], [], []))
                 self.reasons[step.node.name] = str(why)
-
-    reasons: dict = {}
 
     def _add_step(self, step) -> None:
         if self.compiled.backend != "native":
@@ -386,7 +385,6 @@ def add_c_program(compiled, tensors) -> dict:
     """Adds the C program (and the weight layouts it reads) to `tensors` as its last entry; returns the
     header field that names it: {"version", "tensor", "unsupported": {step: reason}}."""
     builder = ProgramBuilder(compiled, tensors)
-    builder.reasons = {}
     builder.add_steps()
     section = b"".join(bytes(chunk) for chunk in tensors.chunks())
     blob = builder.blob(len(section), word_checksum(section))
