@@ -363,7 +363,7 @@ class ProgramBuilder:
         out.u32(len(graph.inputs))
         out.u32(len(graph.outputs))
         out.u32(len(self.steps))
-        out.u32(0)
+        out.u32(_tile_shape())
         self._io(out, graph.inputs, outputs=False)
         self._io(out, graph.outputs, outputs=True)
         for opcode, name, op, ints, refs, floats in self.steps:
@@ -379,6 +379,15 @@ class ProgramBuilder:
         body += bytes((-(len(body) + TRAILER.size)) % 64)
         length = len(body) + TRAILER.size
         return body + TRAILER.pack(word_checksum(body), length, weights_checksum, TRAILER_MAGIC)
+
+
+def _tile_shape() -> int:
+    """The GEMM tile of the extension that packed the 1x1 weights and sized their edge scratch: panel rows
+    | tile columns << 16 (they follow the instruction set it was built for; a C runtime built for other
+    tiles refuses the bundle)."""
+    panel_rows = native.packed_pointwise_sizes(1, 1, 1)[0]
+    tile_columns = native.packed_pointwise_sizes(1, 1, 1)[1]
+    return panel_rows | tile_columns << 16
 
 
 def add_c_program(compiled, tensors) -> dict:

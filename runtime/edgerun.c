@@ -658,19 +658,25 @@ static edgerun_status parse_program(edgerun_model *m, const uint8_t *blob, uint6
 {
     reader r = {blob, blob + length - TRAILER_BYTES};
     const uint8_t *magic;
-    uint32_t version, threads, n_in, n_out, n_steps, reserved;
+    uint32_t version, threads, n_in, n_out, n_steps, tiles;
     uint64_t arena;
     if (take(&r, 8, &magic) || memcmp(magic, PROGRAM_MAGIC, 8))
         return fail(error, EDGERUN_E_CORRUPT, "corrupt bundle: the C program does not start with its magic");
     if (read_u32(&r, &version) || read_u32(&r, &threads) || read_u64(&r, &arena) || read_u32(&r, &n_in) ||
-        read_u32(&r, &n_out) || read_u32(&r, &n_steps) || read_u32(&r, &reserved))
+        read_u32(&r, &n_out) || read_u32(&r, &n_steps) || read_u32(&r, &tiles))
         return fail(error, EDGERUN_E_CORRUPT, "corrupt bundle: the C program is truncated");
     if (version != PROGRAM_VERSION)
         return fail(error, EDGERUN_E_VERSION, "the bundle's C program is version %u; this runtime reads version %d: "
                     "recompile the bundle with the edgerun that built this runtime", version, PROGRAM_VERSION);
     if (threads < 1 || threads > ER_MAX_THREADS || n_in < 1 || n_in > MAX_IO || n_out < 1 || n_out > MAX_IO ||
-        n_steps < 1 || n_steps > (1u << 20) || arena > ((uint64_t)1 << 40) || reserved)
+        n_steps < 1 || n_steps > (1u << 20) || arena > ((uint64_t)1 << 40))
         return fail(error, EDGERUN_E_CORRUPT, "corrupt bundle: C program counts out of range");
+    long panel_rows = er_pw_packed_floats(1, 1), tile_columns = er_pw_edge_floats(1, 1);
+    if ((tiles & 0xffff) != (uint32_t)panel_rows || tiles >> 16 != (uint32_t)tile_columns)
+        return fail(error, EDGERUN_E_UNSUPPORTED, "the bundle's 1x1 weights are packed for GEMM tiles of %u x %u "
+                    "(the instruction set of the edgerun that compiled it); this runtime's kernels use %ld x %ld: "
+                    "build the runtime with the same ARCH_FLAGS, or compile the bundle with an edgerun built like "
+                    "it", tiles & 0xffff, tiles >> 16, panel_rows, tile_columns);
     m->threads = (int)threads;
     m->arena_bytes = arena;
     edgerun_status status;

@@ -319,6 +319,21 @@ def test_a_bundle_compiled_without_the_c_program_asks_for_one(c_build, tmp_path)
     assert "open=EDGERUN_E_NO_PROGRAM" in line and "--c-runtime" in line
 
 
+def test_a_bundle_packed_for_other_gemm_tiles_is_refused(c_build, bundles, tmp_path):
+    """1x1 weights are packed for the compiling extension's GEMM tiles; a runtime built for others refuses."""
+    data = bytearray(bundles("mobilenet_v2:width=0.35,resolution=96", 1, 300_000).read_bytes())
+    at = program_span(data)[0] + 36   # magic, version, threads, arena, inputs, outputs, steps: then the tiles
+    tiles = struct.unpack_from("<I", data, at)[0]
+    from edgerun.kernels import native
+    assert tiles == native.packed_pointwise_sizes(1, 1, 1)[0] | native.packed_pointwise_sizes(1, 1, 1)[1] << 16
+    struct.pack_into("<I", data, at, tiles + 2)
+    recompute_program_checksum(data)
+    path = tmp_path / "other_tiles.erb"
+    path.write_bytes(bytes(data))
+    line = ertest(c_build, "open", path).stdout
+    assert "open=EDGERUN_E_UNSUPPORTED" in line and "GEMM tiles" in line
+
+
 def test_bad_bundles_return_an_error_code_and_never_crash(c_build, bundles, tmp_path):
     bundle = bundles("mobilenet_v2:width=0.35,resolution=96", 1, 300_000)
     seen = check_bad_bundles(c_build, bundle, tmp_path, count=60, seed=1)
