@@ -36,7 +36,8 @@ def is_bundle(path) -> bool:
     except OSError:
         return False
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1   # 1.1: the optional C program (header.c_program, edgerun/c_program.py)
+FLAG_C_PROGRAM = 1   # flags bit 0: the weights section ends with the C program (readers may ignore flags)
 # magic, major, minor, flags, header length, header sha256, 8 reserved bytes: 64 bytes.
 PREFIX = struct.Struct("<8sHHIQ32s8x")
 TENSOR_ALIGNMENT = 64
@@ -163,7 +164,7 @@ def _encode_float(value):
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
-def write_bundle(path: Path, header: dict, tensors: TensorTable) -> tuple[int, int]:
+def write_bundle(path: Path, header: dict, tensors: TensorTable, flags: int = 0) -> tuple[int, int]:
     """Write the file (atomically: a temporary file renamed into place); (file bytes, header bytes)."""
     digest = hashlib.sha256()
     for chunk in tensors.chunks():
@@ -173,7 +174,7 @@ def write_bundle(path: Path, header: dict, tensors: TensorTable) -> tuple[int, i
         header_bytes = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except ValueError as exc:
         raise InvalidModelError(f"the compiled model cannot be written as a bundle header: {exc}") from None
-    prefix = PREFIX.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, len(header_bytes),
+    prefix = PREFIX.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, flags, len(header_bytes),
                          hashlib.sha256(header_bytes).digest())
     weights_offset = _align_up(PREFIX.size + len(header_bytes))
     temporary = path.with_name(path.name + ".partial")

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgerun import __version__
-from edgerun.bundle_format import TensorTable, graph_header, write_bundle
+from edgerun.bundle_format import FLAG_C_PROGRAM, TensorTable, graph_header, write_bundle
+from edgerun.c_program import add_c_program
 from edgerun.errors import InvalidOptionError
 from edgerun.session import InferenceSession
 
@@ -30,10 +31,13 @@ class BundleInfo:
     notices: list = field(default_factory=list)   # the session's notices (e.g. fewer threads to fit)
 
 
-def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, **session_options) -> BundleInfo:
+def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_program: bool = False,
+                   **session_options) -> BundleInfo:
     """Compile `model` (path, bytes or onnx.ModelProto) for fixed input shapes into a bundle file.
 
     input_shapes: {input name: shape} for inputs with dynamic dimensions (required for those).
+    c_program: also write the program the C runtime runs (include/edgerun.h; edgerun/c_program.py), with
+    the weight layouts its kernels read (they add to the file, not to what a Python session maps).
     session_options: passed to InferenceSession (kernels_backend, planner, schedule, max_t, ...).
     """
     session = InferenceSession(model, memory_budget=memory_budget, **session_options)
@@ -49,9 +53,12 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, **ses
         "backend": session.backend,
         "planner": session.plan.planner,
         "max_t": session.max_t,
-        "tensors": tensors.entries,
     }
-    file_bytes, header_bytes = write_bundle(Path(out_path), header, tensors)
+    if c_program:   # last: it ends the weights section
+        header["c_program"] = add_c_program(session.compiled, tensors)
+    header["tensors"] = tensors.entries
+    file_bytes, header_bytes = write_bundle(Path(out_path), header, tensors,
+                                            flags=FLAG_C_PROGRAM if c_program else 0)
     return BundleInfo(str(out_path), file_bytes, header_bytes, tensors.section_bytes, session.plan.peak_bytes,
                       session.memory_budget, session.backend, session.plan, session.planned_threads,
                       list(session.notices))

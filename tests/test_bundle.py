@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_close_to_ort, run_ort
 from edgerun.bundle import BundleSession, load
-from edgerun.bundle_format import FORMAT_MAJOR, MAGIC, PREFIX
+from edgerun.bundle_format import FORMAT_MAJOR, FORMAT_MINOR, MAGIC, PREFIX
 from edgerun.cli.compile import compile_main
 from edgerun.compiler import compile_bundle
 from edgerun.errors import BundleError, InvalidInputError, InvalidOptionError
@@ -242,7 +242,7 @@ BYTE_CORRUPTIONS = {
     "empty file": (lambda d, w, h: b"", "not an edgerun bundle"),
     "wrong magic": (lambda d, w, h: b"PK\x03\x04" + d[4:], "not an edgerun bundle.*magic"),
     "future major version": (lambda d, w, h: d[:8] + struct.pack("<H", FORMAT_MAJOR + 1) + d[10:],
-                             f"version {FORMAT_MAJOR + 1}.0 is not supported"),
+                             f"version {FORMAT_MAJOR + 1}.{FORMAT_MINOR} is not supported"),
     "header length beyond file": (lambda d, w, h: d[:16] + struct.pack("<Q", len(d)) + d[24:],
                                   "header length .* beyond the end of the file"),
     "huge header length": (lambda d, w, h: d[:16] + struct.pack("<Q", 2**63) + d[24:], "header length"),

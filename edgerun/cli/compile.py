@@ -23,7 +23,7 @@ def compile_main(argv=None) -> int:
         if args.threads is not None:
             options["threads"] = args.threads
         info = compile_bundle(model, args.output, memory_budget=budget, input_shapes=shapes,
-                              planner=args.planner, **options)
+                              planner=args.planner, c_program=args.c_runtime, **options)
     except EdgerunError as exc:
         print(f"edgerun compile: error: {exc}", file=sys.stderr)
         return EXIT_BUDGET if isinstance(exc, MemoryBudgetError) else EXIT_USAGE
@@ -56,6 +56,9 @@ def _compile_parser() -> argparse.ArgumentParser:
                         help="native threads to plan for (default: the CPUs this process may use; fewer when "
                              "the budget does not fit that many)")
     parser.add_argument("--planner", choices=("greedy", "noreuse"), default="greedy")
+    parser.add_argument("--c-runtime", action="store_true",
+                        help="also write the program the C runtime runs (include/edgerun.h, docs/c-api.md); "
+                             "adds the weight layouts its kernels read to the file")
     return parser
 
 

@@ -8,14 +8,19 @@
  * - 2-D max and average pooling of one image (C, H, W) -> (C, Ho, Wo), any kernel/stride/pads.
  *
  * Nothing here allocates memory: outputs and scratch come from the caller (the arena). */
+#ifndef ER_NO_PYTHON /* the C runtime (runtime/) builds these kernels without their Python bindings */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <float.h>
+#include <math.h>
 #include <string.h>
 
 #define ER_VECTOR_HELPERS
 #include "kernels.h"
+#ifndef ER_NO_PYTHON
 #include "pybuffers.h"
+#endif
 #include "threadpool.h"
 
 #define PKC 256 /* rows of K per block */
@@ -263,6 +268,7 @@ static const char *er_gemv(int rows, int K, const float *w, const float *x, cons
     return er_run_parts(gemv_item, &job, job.parts);
 }
 
+#ifndef ER_NO_PYTHON
 PyObject *er_py_gemv(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -291,6 +297,8 @@ PyObject *er_py_gemv(PyObject *self, PyObject *args)
     if (error) return PyErr_Format(PyExc_RuntimeError, "gemv: %s", error);
     Py_RETURN_NONE;
 }
+
+#endif /* ER_NO_PYTHON */
 
 /* ---------------------------------------------------------------- global average pooling */
 /* The mean of n floats: vector partial sums, lanes added in order, then the tail. */
@@ -440,6 +448,7 @@ void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w,
 }
 
 /* ---------------------------------------------------------------- Python bindings */
+#ifndef ER_NO_PYTHON
 
 PyObject *er_py_pw_info(PyObject *self, PyObject *args)
 {
@@ -540,3 +549,4 @@ PyObject *er_py_pool2d(PyObject *self, PyObject *args)
     er_release_all(&set);
     Py_RETURN_NONE;
 }
+#endif /* ER_NO_PYTHON */

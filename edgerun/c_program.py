@@ -1,0 +1,402 @@
+"""The C program of a bundle: every step as the C runtime (runtime/edgerun.c) runs it.
+
+The Python session derives every kernel argument (block bands, chunk sizes, thread split, scratch offsets,
+packed weight layouts) from the plan; this module writes exactly those arguments down, step by step, in a
+small binary blob, so that the C runtime needs neither a JSON reader nor its own copy of the planning
+rules and computes the same bits. Weight layouts the kernels read that the graph does not store (transposed
+block weights, packed 1x1 panels) are added to the weights section, with copies of the small arrays; large arrays already in the kernels'
+layout (a classifier's weight) are referenced in place.
+A step the C kernels do not cover is written as UNSUPPORTED with its name and op: the C runtime refuses the
+bundle at open, naming it.
+
+Layout (little-endian; docs/bundle-format.md, "C program"): the blob is the last entry of the weights
+section, a multiple of 64 bytes, so it ends where the file ends; its last 32 bytes are the trailer
+(checksum of the blob before the trailer, blob length, weights checksum, magic "ERPROGND").
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from edgerun.kernels import native
+from scheduler.blocks import chunk_channels
+
+PROGRAM_MAGIC = b"ERCPROG\0"
+TRAILER_MAGIC = b"ERPROGND"
+PROGRAM_VERSION = 1
+TRAILER = struct.Struct("<QQQ8s")
+
+# opcodes (enum er_op in runtime/program.h)
+OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY, \
+    OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU = range(13)
+# tensor reference regions
+REGION_NONE, REGION_ARENA, REGION_WEIGHTS, REGION_INPUT = range(4)
+# Graph arrays of at least this size that already have the kernels' layout are read in place; smaller ones
+# (biases, depthwise taps) are copied beside the other C layouts, so that the pages the C runtime reads are
+# contiguous (reading small arrays scattered between the ones only Python reads would map their neighbours
+# too: the kernel maps up to 64 KB around each page fault).
+IN_PLACE_MIN_BYTES = 256 * 1024
+NO_REF = (REGION_NONE, 0, 0, 0)
+
+
+def word_checksum(data) -> int:
+    """sum of word[i] * (2 i + 1) mod 2**64 over the little-endian 64-bit words of `data` (a multiple of
+    8 bytes): any single changed word changes it (the factors are odd), cheap in numpy and in C."""
+    words = np.frombuffer(data, dtype="<u8")
+    factors = np.arange(1, 2 * len(words) + 1, 2, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return int(np.sum(words * factors, dtype=np.uint64))
+
+
+class _Writer:
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def u32(self, value: int) -> None:
+        self.parts.append(struct.pack("<I", value))
+
+    def u64(self, value: int) -> None:
+        self.parts.append(struct.pack("<Q", value))
+
+    def text(self, value: str) -> None:
+        data = value.encode("utf-8")
+        self.u32(len(data))
+        self.parts.append(data)
+
+    def ints(self, values) -> None:
+        values = [int(v) for v in values]
+        self.u32(len(values))
+        self.parts.append(struct.pack(f"<{len(values)}q", *values))
+
+    def floats(self, values) -> None:
+        values = [float(v) for v in values]
+        self.u32(len(values))
+        self.parts.append(struct.pack(f"<{len(values)}f", *values))
+
+    def ref(self, ref) -> None:
+        region, index, offset, count = ref
+        self.parts.append(struct.pack("<IIQQ", region, index, offset, count))
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Unsupported(Exception):
+    """The step has no C kernel (the reason names what is missing)."""
+
+
+class ProgramBuilder:
+    """Builds the blob from a CompiledModel whose arrays are (or will be) in `tensors` (a TensorTable)."""
+
+    def __init__(self, compiled, tensors):
+        self.compiled = compiled
+        self.tensors = tensors
+        self.plan = compiled.plan
+        self.inputs = [v.name for v in compiled.graph.inputs]
+        self.steps: list[tuple] = []   # (opcode, name, op, ints, refs, floats)
+        self._copies: dict = {}        # (address, bytes) of an array -> its copy's offset
+        self.reasons: dict[str, str] = {}   # step -> why it has no C kernel
+
+    # ---- references
+    def _weights_ref(self, array, name: str, in_place: bool = False):
+        array = np.asarray(array)
+        if array.dtype != np.float32:
+            raise _Unsupported(f"weight {name!r} is {array.dtype}, the C kernels read float32")
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
+        key = (array.ctypes.data, array.nbytes)
+        found = self._copies.get(key)
+        if found is None and (in_place or array.nbytes >= IN_PLACE_MIN_BYTES):
+            found = self._in_table(array)
+        if found is None:
+            index = self.tensors.add(f"c:{name}", array)
+            found = self.tensors.entries[index]["offset"]
+            self._copies[key] = found
+        return (REGION_WEIGHTS, 0, found, int(array.size))
+
+    def _in_table(self, array):
+        """The weights-section offset of `array`'s bytes when an array already in the table holds them."""
+        start, size = array.ctypes.data, array.nbytes
+        for entry, original in zip(self.tensors.entries, self.tensors._originals):
+            stored = np.asarray(original)
+            if stored.dtype != np.float32 or not stored.flags.c_contiguous:
+                continue
+            base = stored.ctypes.data
+            if base <= start and start + size <= base + stored.nbytes and (start - base) % 4 == 0:
+                return entry["offset"] + (start - base)
+        return None
+
+    def _value_ref(self, name: str, image: int | None = None):
+        """An activation, graph input or constant by value name; `image` selects one image of the batch."""
+        info = self.compiled.graph.value_info[name]
+        if np.dtype(info.dtype) != np.float32:
+            raise _Unsupported(f"value {name!r} is {np.dtype(info.dtype).name}, the C kernels run float32")
+        count = int(np.prod(info.shape, dtype=np.int64))
+        offset = 0
+        if image is not None:
+            count //= info.shape[0]
+            offset = image * count * 4
+        if name in self.compiled.activations:
+            return (REGION_ARENA, 0, self.plan.offsets[name] + offset, count)
+        if name in self.inputs:
+            return (REGION_INPUT, self.inputs.index(name), offset, count)
+        if name in self.compiled.constants:
+            array = np.asarray(self.compiled.constants[name]).reshape(-1)
+            return self._weights_ref(array[offset // 4: offset // 4 + count], name)
+        raise _Unsupported(f"value {name!r} is neither an activation, an input nor a constant")
+
+    @staticmethod
+    def _slice(ref, first: int, count: int):
+        region, index, offset, _ = ref
+        return (region, index, offset + 4 * first, count)
+
+    def _scratch_ref(self, step, key: str, floats: int):
+        offset = self.plan.step(step.node.name).scratch_offsets[key]
+        return (REGION_ARENA, 0, offset, floats)
+
+    def _emit(self, opcode, step, ints=(), refs=(), floats=()):
+        self.steps.append((opcode, step.node.name, step.node.op_type, list(ints), list(refs), list(floats)))
+
+    # ---- steps
+    def add_steps(self) -> None:
+        for step in self.compiled.steps:
+            mark = len(self.steps)
+            try:
+                self._add_step(step)
+            except _Unsupported as why:
+                del self.steps[mark:]
+                self.steps.append((OP_UNSUPPORTED, step.node.name, step.node.op_type, [], [], []))
+                self.reasons[step.node.name] = str(why)
+
+    def _add_step(self, step) -> None:
+        if self.compiled.backend != "native":
+            raise _Unsupported(f"the plan is for the {self.compiled.backend} kernels")
+        if step.kind == "block":
+            return self._block(step)
+        if step.kind != "kernel":
+            raise _Unsupported("it runs on the reference implementation")
+        handler = getattr(self, "_kernel_" + type(step.kernel).__name__, None)
+        if handler is None:
+            raise _Unsupported(f"{type(step.kernel).__name__} has no C counterpart")
+        handler(step)
+
+    def _shape(self, name):
+        return tuple(self.compiled.graph.value_info[name].shape)
+
+    def _block(self, step) -> None:
+        geom, weights, contract = step.geometry, step.weights, step.contract
+        x_name, out_name = step.node.inputs[0], step.node.outputs[0]
+        split = native._split_tuple(contract)
+        bands = native._band_table(geom, contract)
+        g = native._geometry_tuple(geom)
+        geometry = [*g[:6], *g[6], g[7], g[8], *g[9], g[10], int(g[11]), *g[12]]
+        act_e, act_d = native._act(weights.expand_act), native._act(weights.dw_act)
+        ints = [*geometry, chunk_channels(geom, contract.schedule.t), *split, act_e[0], act_d[0],
+                len(bands), *bands.reshape(-1).tolist()]
+        floats = [act_e[1], act_e[2], act_d[1], act_d[2]]
+        sizes = contract.scratch_bytes()
+        name = step.node.name
+        has_expand = weights.we is not None
+        plain = geom.expand_kernel == 1 and geom.expand_stride == 1 and not any(geom.expand_pads)
+
+        def wref(array, key):
+            # a plain 1x1 expansion reads `we_t`, not `we` (block.c): its `we` stays in place, unread
+            return NO_REF if array is None else self._weights_ref(array, f"{name}/{key}",
+                                                                  in_place=key == "we" and plain)
+        for n in range(self._shape(x_name)[0]):
+            refs = [self._value_ref(x_name, n), self._value_ref(out_name, n),
+                    wref(weights.we if has_expand else None, "we"), wref(weights.we_t if has_expand else None, "we_t"),
+                    wref(weights.be if has_expand else None, "be"), wref(weights.wd, "wd"), wref(weights.bd, "bd"),
+                    wref(weights.wp_t, "wp_t"), wref(weights.bp, "bp"),
+                    self._scratch_ref(step, "expanded", sizes["expanded"] // 4) if "expanded" in sizes else NO_REF,
+                    self._scratch_ref(step, "depthwise", sizes["depthwise"] // 4)]
+            self._emit(OP_BLOCK, step, ints, refs, floats)
+
+    def _kernel_NativeFusedConvKernel(self, step) -> None:
+        node, kernel = step.node, step.kernel
+        x_name, w_name, y_name = node.inputs[0], node.inputs[1], node.outputs[0]
+        xs, ys = self._shape(x_name), self._shape(y_name)
+        kind = kernel._native_kind(node, xs[1], ys[1])
+        w = self.compiled.constants.get(w_name)
+        if kind is None or kernel._prepared is None or kernel._prepared[0] is not w or len(xs) != 4:
+            raise _Unsupported("the convolution runs on the numpy kernel")
+        layout, zero_bias = kernel._prepared[1], kernel._prepared[2]
+        code, a, b = native._act(kernel._act)
+        bias = self._value_ref(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else \
+            self._weights_ref(zero_bias, f"{node.name}/zero_bias")
+        threads = kernel.threads
+        if kind == "depthwise":
+            stride = node.attrs.get("strides", [1, 1])[0]
+            pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+            wref = self._weights_ref(layout, f"{node.name}/w")
+            for n in range(xs[0]):
+                self._emit(OP_DEPTHWISE, step, [xs[1], xs[2], xs[3], layout.shape[-1], stride, *pads, code, threads],
+                           [self._value_ref(x_name, n), wref, bias, self._value_ref(y_name, n)], [a, b])
+            return
+        sizes = kernel.scratch_bytes(node, [xs], [ys])
+        pixels = ys[2] * ys[3]
+        edge = self._scratch_ref(step, "edge", sizes["edge"] // 4) if "edge" in sizes else NO_REF
+        if kind == "im2col":
+            (kh, kw), cin = node.attrs["kernel_shape"], xs[1]
+            cols = self._scratch_ref(step, "im2col", cin * kh * kw * pixels)
+            sh, sw = node.attrs.get("strides", [1, 1])
+            dh, dw = node.attrs.get("dilations", [1, 1])
+            pt, pl = node.attrs.get("pads", [0, 0, 0, 0])[:2]
+            packed = self._weights_ref(layout[0], f"{node.name}/packed")
+            for n in range(xs[0]):
+                self._emit(OP_IM2COL, step, [cin, xs[2], xs[3], kh, kw, sh, sw, dh, dw, pt, pl, ys[2], ys[3]],
+                           [self._value_ref(x_name, n), cols])
+                self._emit(OP_POINTWISE, step, [ys[1], pixels, cin * kh * kw, code, threads],
+                           [cols, packed, bias, self._value_ref(y_name, n), edge], [a, b])
+            return
+        group = len(layout)
+        cg, og = xs[1] // group, ys[1] // group
+        packed = [self._weights_ref(p, f"{node.name}/packed{g}") for g, p in enumerate(layout)]
+        for n in range(xs[0]):
+            x, y = self._value_ref(x_name, n), self._value_ref(y_name, n)
+            for g in range(group):
+                self._emit(OP_POINTWISE, step, [og, pixels, cg, code, threads],
+                           [self._slice(x, g * cg * pixels, cg * pixels), packed[g], self._slice(bias, g * og, og),
+                            self._slice(y, g * og * pixels, og * pixels), edge], [a, b])
+
+    def _kernel_NativeGlobalAveragePoolKernel(self, step) -> None:
+        xs = self._shape(step.node.inputs[0])
+        if len(xs) != 4:
+            raise _Unsupported("a GlobalAveragePool of rank other than 4 runs on the numpy kernel")
+        for n in range(xs[0]):
+            self._emit(OP_GAP, step, [xs[1], xs[2] * xs[3], step.kernel.threads],
+                       [self._value_ref(step.node.inputs[0], n), self._value_ref(step.node.outputs[0], n)])
+
+    def _kernel_NativeGemmKernel(self, step) -> None:
+        node, kernel = step.node, step.kernel
+        a_name, b_name, y_name = node.inputs[0], node.inputs[1], node.outputs[0]
+        prepared = kernel._prepared
+        a_shape = self._shape(a_name)
+        if (prepared is None or prepared[0] is not self.compiled.constants.get(b_name)
+                or node.attrs.get("alpha", 1.0) != 1.0 or len(a_shape) != 2):
+            raise _Unsupported("this Gemm runs on the numpy kernel")
+        weight = prepared[1]
+        rows, k = weight.shape
+        bias = NO_REF
+        if len(node.inputs) > 2 and node.inputs[2] and node.attrs.get("beta", 1.0) != 0.0:
+            c_shape = self._shape(node.inputs[2])
+            if node.attrs.get("beta", 1.0) != 1.0 or c_shape not in ((rows,), (1, rows)):
+                raise _Unsupported("this Gemm's C is not a vector it adds once")
+            bias = self._value_ref(node.inputs[2])
+        wref = self._weights_ref(weight, f"{node.name}/w")
+        for n in range(a_shape[0]):
+            self._emit(OP_GEMV, step, [rows, k, kernel.threads],
+                       [wref, self._value_ref(a_name, n), bias, self._value_ref(y_name, n)])
+
+    def _kernel_NativePoolKernel(self, step) -> None:
+        node, kernel = step.node, step.kernel
+        xs, ys = self._shape(node.inputs[0]), self._shape(node.outputs[0])
+        if len(xs) != 4:
+            raise _Unsupported("a pool of rank other than 4 runs on the numpy kernel")
+        (kh, kw), strides, dilations, pads = kernel.fallback.geometry(node, xs, ys)
+        top, left, bottom, right = pads
+        if (list(dilations) != [1, 1] or max(top, bottom) >= kh or max(left, right) >= kw
+                or (ys[2] - 1) * strides[0] >= xs[2] + top or (ys[3] - 1) * strides[1] >= xs[3] + left):
+            raise _Unsupported("this pool runs on the numpy kernel")
+        if node.op_type == "MaxPool":
+            kind = 0
+        else:
+            kind = 2 if node.attrs.get("count_include_pad", 0) else 1
+        for n in range(xs[0]):
+            self._emit(OP_POOL, step, [kind, xs[1], xs[2], xs[3], ys[2], ys[3], kh, kw, strides[0], strides[1],
+                                       top, left, bottom, right],
+                       [self._value_ref(node.inputs[0], n), self._value_ref(node.outputs[0], n)])
+
+    def _kernel_CopyReshapeKernel(self, step) -> None:
+        self._emit(OP_COPY, step, [], [self._value_ref(step.node.inputs[0]), self._value_ref(step.node.outputs[0])])
+
+    def _kernel_TransposeKernel(self, step) -> None:
+        shape = self._shape(step.node.inputs[0])
+        perm = step.node.attrs.get("perm") or list(range(len(shape)))[::-1]
+        if len(shape) > 8:
+            raise _Unsupported("a Transpose of more than 8 axes")
+        self._emit(OP_TRANSPOSE, step, [len(shape), *shape, *perm],
+                   [self._value_ref(step.node.inputs[0]), self._value_ref(step.node.outputs[0])])
+
+    def _kernel_ConcatKernel(self, step) -> None:
+        y_shape = self._shape(step.node.outputs[0])
+        axis = step.node.attrs["axis"] % len(y_shape)
+        outer = int(np.prod(y_shape[:axis], dtype=np.int64))
+        inner = int(np.prod(y_shape[axis + 1:], dtype=np.int64))
+        names = list(step.node.inputs)
+        self._emit(OP_CONCAT, step, [outer, len(names), *[self._shape(n)[axis] * inner for n in names]],
+                   [*[self._value_ref(n) for n in names], self._value_ref(step.node.outputs[0])])
+
+    def _kernel_BinaryKernel(self, step) -> None:
+        node = step.node
+        shapes = [self._shape(n) for n in (*node.inputs[:2], node.outputs[0])]
+        if step.kernel.ufunc is not np.add or len(set(shapes)) != 1:
+            raise _Unsupported("only Add of same-shape tensors has a C kernel")
+        self._emit(OP_ADD, step, [], [self._value_ref(n) for n in (*node.inputs[:2], node.outputs[0])])
+
+    def _kernel_ActivationKernel(self, step) -> None:
+        if step.kernel.kind.name != "relu":
+            raise _Unsupported(f"the standalone activation {step.kernel.kind.name!r} has no C kernel")
+        self._emit(OP_RELU, step, [], [self._value_ref(step.node.inputs[0]), self._value_ref(step.node.outputs[0])])
+
+    # ---- the blob
+    def _io(self, out: _Writer, values, outputs: bool) -> None:
+        for value in values:
+            out.text(value.name)
+            info = self.compiled.graph.value_info[value.name]
+            out.u32(1 if np.dtype(info.dtype) == np.float32 else 0)
+            out.ints(info.shape)
+            if outputs:
+                ref = self._value_ref(value.name) if value.name in self.compiled.activations else NO_REF
+            else:
+                ref = NO_REF
+            out.ref(ref)
+
+    def blob(self, weights_bytes: int, weights_checksum: int) -> bytes:
+        graph = self.compiled.graph
+        out = _Writer()
+        out.parts.append(PROGRAM_MAGIC)
+        out.u32(PROGRAM_VERSION)
+        out.u32(self.compiled.threads)
+        out.u64(self.plan.peak_bytes)
+        out.u32(len(graph.inputs))
+        out.u32(len(graph.outputs))
+        out.u32(len(self.steps))
+        out.u32(_tile_shape())
+        self._io(out, graph.inputs, outputs=False)
+        self._io(out, graph.outputs, outputs=True)
+        for opcode, name, op, ints, refs, floats in self.steps:
+            out.u32(opcode)
+            out.text(name)
+            out.text(op)
+            out.ints(ints)
+            out.u32(len(refs))
+            for ref in refs:
+                out.ref(ref)
+            out.floats(floats)
+        body = out.bytes()
+        body += bytes((-(len(body) + TRAILER.size)) % 64)
+        length = len(body) + TRAILER.size
+        return body + TRAILER.pack(word_checksum(body), length, weights_checksum, TRAILER_MAGIC)
+
+
+def _tile_shape() -> int:
+    """The GEMM tile of the extension that packed the 1x1 weights and sized their edge scratch: panel rows
+    | tile columns << 16 (they follow the instruction set it was built for; a C runtime built for other
+    tiles refuses the bundle)."""
+    panel_rows = native.packed_pointwise_sizes(1, 1, 1)[0]
+    tile_columns = native.packed_pointwise_sizes(1, 1, 1)[1]
+    return panel_rows | tile_columns << 16
+
+
+def add_c_program(compiled, tensors) -> dict:
+    """Adds the C program (and the weight layouts it reads) to `tensors` as its last entry; returns the
+    header field that names it: {"version", "tensor", "unsupported": {step: reason}}."""
+    builder = ProgramBuilder(compiled, tensors)
+    builder.add_steps()
+    section = b"".join(bytes(chunk) for chunk in tensors.chunks())
+    blob = builder.blob(len(section), word_checksum(section))
+    index = tensors.add("c_program", np.frombuffer(blob, dtype=np.uint8))
+    assert tensors.entries[index]["offset"] == len(section)
+    return {"version": PROGRAM_VERSION, "tensor": index, "unsupported": builder.reasons}
