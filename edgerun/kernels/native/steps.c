@@ -7,25 +7,27 @@
  *   K is blocked by PKC so that a tile's slice of the input stays in L2.
  * - 2-D max and average pooling of one image (C, H, W) -> (C, Ho, Wo), any kernel/stride/pads.
  *
- * Nothing here allocates memory: outputs and scratch come from the caller (the arena). */
+ * Nothing here allocates memory: outputs and scratch come from the caller (the arena).
+ * ER_NO_PYTHON leaves the Python bindings out (C programs: tests_toolchain/kernel_check.c). */
+#ifndef ER_NO_PYTHON
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <float.h>
+#include <math.h>
 #include <string.h>
 
 #define ER_VECTOR_HELPERS
 #include "kernels.h"
+#ifndef ER_NO_PYTHON
 #include "pybuffers.h"
+#endif
 #include "threadpool.h"
 
 #define PKC 256 /* rows of K per block */
 
 #if defined(__GNUC__)
-#if defined(__AVX512F__)
-#define PMR 8 /* 8 rows (not 12): ShuffleNet g=3 groups of 40 channels waste none */
-#else
-#define PMR 6
-#endif
+#define PMR ER_PW_MR /* per instruction set: kernels.h */
 #define PNR (2 * ER_VL) /* vectors and their helpers: kernels.h */
 /* PMR x PNR tile: c (rows x cols valid, row stride ldc) = [c +] a (kc x PMR panel) ^T b (kc x PNR). */
 static inline __attribute__((always_inline)) void
@@ -263,6 +265,7 @@ static const char *er_gemv(int rows, int K, const float *w, const float *x, cons
     return er_run_parts(gemv_item, &job, job.parts);
 }
 
+#ifndef ER_NO_PYTHON
 PyObject *er_py_gemv(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -291,6 +294,8 @@ PyObject *er_py_gemv(PyObject *self, PyObject *args)
     if (error) return PyErr_Format(PyExc_RuntimeError, "gemv: %s", error);
     Py_RETURN_NONE;
 }
+
+#endif
 
 /* ---------------------------------------------------------------- global average pooling */
 /* The mean of n floats: vector partial sums, lanes added in order, then the tail. */
@@ -440,6 +445,7 @@ void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w,
 }
 
 /* ---------------------------------------------------------------- Python bindings */
+#ifndef ER_NO_PYTHON
 
 PyObject *er_py_pw_info(PyObject *self, PyObject *args)
 {
@@ -540,3 +546,4 @@ PyObject *er_py_pool2d(PyObject *self, PyObject *args)
     er_release_all(&set);
     Py_RETURN_NONE;
 }
+#endif
