@@ -15,6 +15,7 @@ Environment:
   EDGERUN_MARCH_NATIVE=1     build one variant "native" with -march=native instead (the binary then
                              only runs on CPUs like the build machine)
   EDGERUN_NO_AVX512=1        do not build the AVX-512 variant
+  EDGERUN_ISA_VARIANTS=a,b   build only these x86-64 variants (e.g. sse2 for a quick check)
   EDGERUN_EXTRA_CFLAGS=...   extra compiler flags for every variant (e.g. sanitizers, see tools/sanitize.sh)
   EDGERUN_EXTRA_LDFLAGS=...  extra linker flags
 """
@@ -68,8 +69,9 @@ def isa_variants() -> list[tuple[str, list[str]]]:
         return [("native", ["-march=native"])]
     if not _is_x86_64():
         return [("generic", [])]
+    only = [name for name in os.environ.get("EDGERUN_ISA_VARIANTS", "").split(",") if name]
     return [(name, flags) for name, flags in X86_VARIANTS
-            if not (name == "avx512" and os.environ.get("EDGERUN_NO_AVX512") == "1")]
+            if not (name == "avx512" and os.environ.get("EDGERUN_NO_AVX512") == "1") and (not only or name in only)]
 
 
 def variant_compile_flags(compiler, isa_flags: list[str]) -> list[str]:

@@ -33,10 +33,12 @@ typedef struct {
  * (edgerun.kernels.native.isa / vector_floats, pw_info).
  * - x86-64 AVX-512: 16 floats (one zmm), 12-row tiles (24 of 32 zmm); packed panels of 8 rows
  *   (not 12: ShuffleNet's g=3 groups of 40 channels waste none).
- * - AVX2+FMA / SSE2: 8 floats (one ymm / two xmm), 6-row tiles (12 of 16 ymm).
+ * - AVX2+FMA: 8 floats (one ymm), 6-row tiles (12 of 16 ymm).
+ * - SSE2 (x86 without AVX): 4 floats (one xmm), the armv7 shape below; 8-float vectors split into
+ *   xmm pairs ran MobileNetV2 6x slower than AVX2.
  * - aarch64 NEON: 4 floats (one q register), 12-row tiles: 24 accumulators + 2 for the B row + 1
  *   broadcast = 27 of the 32 q registers (3-vector tiles: 8 x 3 + 3 + 1 = 28).
- * - armv7-a NEON (16 q registers): 4 floats, 6-row tiles: 12 + 2 + 1 = 15 (3-vector: 4 x 3 + 3 + 1).
+ * - armv7-a NEON (16 q registers, like SSE2's 16 xmm): 4 floats, 6-row tiles: 12 + 2 + 1 = 15 (3-vector: 4 x 3 + 3 + 1).
  *   Compile with -mfpu=neon -mfloat-abi=hard -funsafe-math-optimizations: GCC emits NEON float
  *   arithmetic only with the latter (NEON flushes subnormals to zero); without it every vector
  *   operation becomes scalar VFP code.
@@ -53,7 +55,8 @@ typedef struct {
 #define ER_GEMM_MR 12
 #define ER_GEMM_MR3 8
 #define ER_PW_MR 12
-#elif defined(__arm__) && (defined(__ARM_NEON) || defined(__ARM_NEON__))
+#elif (defined(__arm__) && (defined(__ARM_NEON) || defined(__ARM_NEON__))) || \
+    ((defined(__x86_64__) || defined(__i386__)) && !defined(__AVX__))
 #define ER_VL 4
 #define ER_GEMM_MR 6
 #define ER_GEMM_MR3 4
