@@ -57,7 +57,7 @@ def make_variables(target: Target) -> list[str]:
 def _compile(target: Target, source: Path, obj: Path, defines: tuple[str, ...]) -> None:
     command = [*target.compiler, *COMMON_FLAGS, *target.flags, *defines, "-I", str(NATIVE), "-c", str(source),
                "-o", str(obj)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-4000:]}"
 
 

@@ -62,7 +62,7 @@ def _build_with_clang(tree: Path) -> Path:
     assert clang, "clang is not installed (.ci/run installs Debian's clang); the clang build is untested"
     env = dict(os.environ, CC=clang, LDSHARED=f"{clang} -shared", PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, env=env,
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=3000)
     log = (result.stdout + result.stderr)[-4000:]
     assert result.returncode == 0, log
     assert "WARNING" not in result.stderr, log  # setup.py turns a failed compile into a warning
