@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("edgerun", "scheduler")
 # compiled from edgerun/kernels/native/*.c; a leaf that imports nothing of the tree
-EXTENSION_MODULES = ("edgerun.kernels._native",)
+EXTENSION_MODULES = ("edgerun.kernels._cpu", "edgerun.kernels._native_avx512", "edgerun.kernels._native_avx2",
+                     "edgerun.kernels._native_sse2", "edgerun.kernels._native_generic", "edgerun.kernels._native_native")
 
 
 def module_files() -> dict[str, Path]:

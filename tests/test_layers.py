@@ -18,7 +18,10 @@ FRONT_END_AND_TOOLS = ("onnx", "onnxruntime", "edgerun.passes", "edgerun.loader"
                        "edgerun.compiler", "edgerun.models", "edgerun.zoo", APP_PREFIX)
 # The one function-level import of the tree's own modules that remains: the zoo reads .pth files only
 # for pretrained weights.
-KNOWN_LOCAL_IMPORTS = {("edgerun.zoo.mobilenet_v2", "edgerun.zoo.pth")}
+# the native kernels' module (edgerun/kernels/_native.py loads the CPU's variant) is imported when first
+# used: an install without a C compiler has no variant to load
+KNOWN_LOCAL_IMPORTS = {("edgerun.zoo.mobilenet_v2", "edgerun.zoo.pth"), ("edgerun.kernels", "edgerun.kernels._native"),
+                       ("edgerun.kernels.native", "edgerun.kernels._native")}
 
 OPTIONAL_DEPENDENCIES = ("onnxruntime", "matplotlib", "PIL", "psutil")
 

@@ -1,7 +1,7 @@
 """The native kernels rebuilt with AddressSanitizer + UndefinedBehaviorSanitizer pass the kernel tests.
 
-tools/sanitize.sh builds the extension in a scratch copy (default ISA flags, AVX2-only, SSE2) and runs
-the block-kernel tests against each build; any sanitizer report fails the run.
+tools/sanitize.sh builds the extension (every instruction-set variant) in a scratch copy and runs the
+kernel tests under each variant this CPU supports (EDGERUN_ISA); any sanitizer report fails the run.
 """
 import subprocess
 import sys

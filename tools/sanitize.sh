@@ -25,31 +25,39 @@ SAN_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omi
 # Python itself is not instrumented: the sanitizer runtimes must be loaded first.
 PRELOAD="$("$CC" -print-file-name=libasan.so) $("$CC" -print-file-name=libubsan.so)"
 
-# Each build variant: the flags this machine gets by default, and on x86-64 also the
-# AVX2-only and portable SSE2 builds (8-float vectors, other tile sizes) other machines get.
-VARIANTS=("")
-case "$(uname -m)" in x86_64|amd64) VARIANTS+=("-mno-avx512f" "-mno-avx512f -mno-avx2 -mno-fma") ;; esac
-
-for VARIANT in "${VARIANTS[@]}"; do
-    echo "== building the extension with $SAN_FLAGS ${VARIANT:-(default ISA flags)}"
-    rm -f "$WORK"/edgerun/kernels/_native*.so
-    rm -rf "$WORK/build"
-    (cd "$WORK" && EDGERUN_EXTRA_CFLAGS="$SAN_FLAGS $VARIANT -O1 -g" EDGERUN_EXTRA_LDFLAGS="$SAN_FLAGS" \
-        "$PY" setup.py -q build_ext --inplace)
-    LIB=$(ls "$WORK"/edgerun/kernels/_native*.so 2>/dev/null | head -n 1 || true)
-    if [ -z "$LIB" ] || [ "$(nm -D "$LIB" | grep -c __asan)" -eq 0 ]; then
-        echo "sanitize.sh: the sanitized extension was not built (see the warnings above)" >&2
+# One build holds every instruction-set variant of the kernels (setup.py); the tests run under each
+# variant this CPU supports (EDGERUN_ISA forces it), e.g. AVX-512, AVX2 and SSE2 with their own
+# vector widths and tile sizes.
+echo "== building the extension with $SAN_FLAGS"
+rm -f "$WORK"/edgerun/kernels/_native*.so
+rm -rf "$WORK/build"
+(cd "$WORK" && EDGERUN_EXTRA_CFLAGS="$SAN_FLAGS -O1 -g" EDGERUN_EXTRA_LDFLAGS="$SAN_FLAGS" \
+    "$PY" setup.py -q build_ext --inplace)
+LIBS=$(ls "$WORK"/edgerun/kernels/_native_*.so 2>/dev/null || true)
+if [ -z "$LIBS" ]; then
+    echo "sanitize.sh: the sanitized extension was not built (see the warnings above)" >&2
+    exit 1
+fi
+for LIB in $LIBS; do
+    if [ "$(nm -D "$LIB" | grep -c __asan)" -eq 0 ]; then
+        echo "sanitize.sh: $LIB is not instrumented" >&2
         exit 1
     fi
-    echo "== running the kernel tests under the sanitizers"
+done
+ISAS=$(cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" \
+    "$PY" -c "from edgerun.kernels import native; print(' '.join(native.runnable_isas()))")
+[ -n "$ISAS" ] || { echo "sanitize.sh: no runnable variant" >&2; exit 1; }
+
+for ISA in $ISAS; do
+    echo "== running the kernel tests under the sanitizers, EDGERUN_ISA=$ISA"
     (cd "$WORK" && LD_PRELOAD="$PRELOAD" \
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" \
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-        PYTHONPATH="$WORK" EDGERUN_KERNELS=native PYTHONDONTWRITEBYTECODE=1 \
+        PYTHONPATH="$WORK" EDGERUN_KERNELS=native EDGERUN_ISA="$ISA" PYTHONDONTWRITEBYTECODE=1 \
         "$PY" -m pytest -q -p no:cacheprovider tests/test_native_block.py tests/test_native_backend.py \
             tests/test_kernels_block.py tests/test_step_kernels.py tests/test_native_threads.py \
             tests/test_native_depthwise.py tests/test_native_segment.py "$@")
-    (cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" \
-        "$PY" -c "from edgerun.kernels import native; print('   built for', native.build_info())")
+    (cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" EDGERUN_ISA="$ISA" \
+        "$PY" -c "from edgerun.kernels import native; print('   ran', native.build_info())")
 done
 echo "== sanitizers: clean"

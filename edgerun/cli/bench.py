@@ -101,7 +101,13 @@ def machine_description(threads: int) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numpy_blas": numpy_blas(),
+        "native_isa": native_isa(),
     }
+
+
+def native_isa() -> str | None:
+    """The instruction-set variant of the native kernels that runs here (None without them)."""
+    return kernels.native.isa() if kernels.native_available() else None
 
 
 # ---------------------------------------------------------------- building the configurations
@@ -258,6 +264,7 @@ def format_machine(machine: dict) -> list[str]:
     return [f"machine: {machine['cpu']}, {machine['cores_usable']} usable core(s) of {machine['cpu_count']}, "
             f"load average {machine['load_average_1m']} at start; threads {machine['threads']}",
             f"numpy {machine['numpy']} BLAS: {machine['numpy_blas']}",
+            f"native kernels: {machine['native_isa'] or 'not built'} variant (EDGERUN_ISA forces one)",
             "(--threads sets onnxruntime's intra-op threads and edgerun's native threads; numpy's BLAS calls "
             "use the BLAS library's own thread count)"] + _blas_threads_warning(machine)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.errors import EdgerunError
+from edgerun.kernels import isa as isa_choice
 from edgerun.kernels.activations import Activation
 from edgerun.kernels.block_args import check_block_args
 from scheduler.blocks import band_count, band_hidden_rows, band_row_ranges, chunk_channels
@@ -160,8 +161,25 @@ def global_average_pool(x: np.ndarray, out: np.ndarray, threads: int = 1) -> Non
 
 
 def build_info() -> dict:
-    """Instruction-set flags the extension was compiled with."""
+    """The running variant ("isa") and the instruction-set flags it was compiled with."""
     return _module().build_info()
+
+
+def isa() -> str:
+    """The instruction-set variant of the kernels that runs: avx512, avx2 or sse2 on x86-64 (the best
+    this CPU supports, or EDGERUN_ISA's), generic elsewhere, native for an -march=native build.
+    Everything ISA-dependent (vector width, packed weight layouts) comes from this variant."""
+    return _module().ISA
+
+
+def vector_floats() -> int:
+    """Floats per vector (ER_VL) of the running variant: the packed pointwise layouts depend on it."""
+    return _module().VECTOR_FLOATS
+
+
+def runnable_isas() -> tuple[str, ...]:
+    """The variants built into this install that this CPU runs, best first (EDGERUN_ISA may name any)."""
+    return isa_choice.runnable_variants()
 
 
 # ---- non-block steps (steps.c)

@@ -150,6 +150,8 @@ typedef unsigned int lane_mask; /* bit l: lane l of a load lies inside the row *
 #if VL == 16
 static const lane_mask below[VL + 1] = {0x0, 0x1, 0x3, 0x7, 0xf, 0x1f, 0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff,
                                         0xfff, 0x1fff, 0x3fff, 0x7fff, 0xffff};
+#elif VL == 4
+static const lane_mask below[VL + 1] = {0x0, 0x1, 0x3, 0x7, 0xf};
 #else
 static const lane_mask below[VL + 1] = {0x0, 0x1, 0x3, 0x7, 0xf, 0x1f, 0x3f, 0x7f, 0xff};
 #endif
@@ -207,6 +209,9 @@ static inline void store_cols(float *d, er_vf v, int n)
 #if VL == 16
 #define EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
 #define ODD_LANES 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#elif VL == 4
+#define EVEN_LANES 0, 2, 4, 6
+#define ODD_LANES 1, 3, 5, 7
 #else
 #define EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14
 #define ODD_LANES 1, 3, 5, 7, 9, 11, 13, 15
@@ -454,7 +459,7 @@ rows_vector(const float *src, int src_row0, int height, int width, const float *
  * latency). Each accumulator: bias, then the rows inside the input with ky ascending, taps kx
  * ascending, columns outside the row as zero products: the operations and order of the
  * generic vector path above, so the same bits for any [o0, o1) and any grouping. */
-#define STRIP_BLOCKS (64 / VL)
+#define STRIP_BLOCKS (64 / VL > 8 ? 8 : 64 / VL) /* the cases of rows_k3s2_strips go up to 8 */
 #define STRIP_COLS (STRIP_BLOCKS * VL)
 /* Output rows per group for NB blocks: few accumulators (larger groups measured slower: the
  * unrolled code outgrows the decoded-instruction cache); the 2R + 1 input rows of a group, 3 NB
@@ -464,6 +469,8 @@ rows_vector(const float *src, int src_row0, int height, int width, const float *
 
 #if VL == 16
 #define NEXT_LANES 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
+#elif VL == 4
+#define NEXT_LANES 1, 2, 3, 4
 #else
 #define NEXT_LANES 1, 2, 3, 4, 5, 6, 7, 8
 #endif

@@ -6,18 +6,14 @@
  * when N is 48..63, a 7x7 map). The last N % NR columns (7x7 maps, narrow bands) would waste most of such a tile, so they
  * are computed the other way round: RR = 2 vectors of rows x up to 8 columns, vectors along
  * the rows (A's k-major layout makes consecutive rows contiguous).
- * Vectors are 16 floats when compiled for AVX-512, else 8 (AVX2, SSE, NEON via GCC). */
+ * Vector width and tile heights per instruction set: the ISA section of kernels.h. */
 #include <string.h>
 
 #define ER_VECTOR_HELPERS
 #include "kernels.h"
 
-#define VL ER_VL /* kernels.h */
-#if defined(__AVX512F__)
-#define MR 12
-#else
-#define MR 6
-#endif
+#define VL ER_VL /* kernels.h, with the tile heights MR and MR3 */
+#define MR ER_GEMM_MR
 #define NR (2 * VL)
 #define RR (2 * VL) /* rows of a remainder-column tile */
 /* A's rows lie lda floats apart, too far for the hardware prefetcher: weights arriving
@@ -59,11 +55,7 @@ tile(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C
 
 /* mr x 3 vectors: the 48 columns of a 7x7 map in one tile (then one remainder column), with
  * fewer loads per multiply-add than 2-vector tiles (7x7 GEMMs of MobileNetV2: +10-20%). */
-#if VL == 16
-#define MR3 8
-#else
-#define MR3 4 /* 16 vector registers */
-#endif
+#define MR3 ER_GEMM_MR3
 static inline __attribute__((always_inline)) void
 tile3(int mr, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
       int accumulate, const float *bias, const er_act *act)

@@ -25,14 +25,47 @@ typedef struct {
 } er_act;
 /* END GENERATED */
 
-/* Vectors of the GEMM kernels (gemm.c, steps.c): ER_VL floats, 16 when compiled for AVX-512,
- * else 8 (AVX2, SSE, NEON via GCC vector extensions). The helpers below need GCC and are only
- * declared where ER_VECTOR_HELPERS is defined before this header (elsewhere the unused vector
- * functions would draw GCC's psABI notes on machines without AVX). */
+/* ---- ISA section (dispatch: setup.py compiles every source once per variant, see
+ * docs/architecture.md). Vectors of the kernels (gemm.c, steps.c, depthwise.c): ER_VL floats,
+ * and register tiles of ER_GEMM_MR rows x 2 vectors (gemm.c; its 3-vector tiles ER_GEMM_MR3 rows)
+ * and ER_PW_MR rows x 2 vectors (steps.c's packed panels), fixed per variant at compile time.
+ * Whatever depends on them (packed pointwise weights) must be asked of the running variant
+ * (edgerun.kernels.native.isa / vector_floats, pw_info).
+ * - x86-64 AVX-512: 16 floats (one zmm), 12-row tiles (24 of 32 zmm); packed panels of 8 rows
+ *   (not 12: ShuffleNet's g=3 groups of 40 channels waste none).
+ * - AVX2+FMA: 8 floats (one ymm), 6-row tiles (12 of 16 ymm).
+ * - SSE2 (x86 without AVX): 4 floats (one xmm), the armv7 shape below; 8-float vectors split into
+ *   xmm pairs ran MobileNetV2 6x slower than AVX2.
+ * - aarch64 NEON: 4 floats (one q register), 12-row tiles: 24 accumulators + 2 for the B row + 1
+ *   broadcast = 27 of the 32 q registers (3-vector tiles: 8 x 3 + 3 + 1 = 28).
+ * - armv7-a NEON (16 q registers, like SSE2's 16 xmm): 4 floats, 6-row tiles: 12 + 2 + 1 = 15 (3-vector: 4 x 3 + 3 + 1).
+ *   Compile with -mfpu=neon -mfloat-abi=hard -funsafe-math-optimizations: GCC emits NEON float
+ *   arithmetic only with the latter (NEON flushes subnormals to zero); without it every vector
+ *   operation becomes scalar VFP code.
+ * The helpers below need GCC or clang and are only declared where ER_VECTOR_HELPERS is defined
+ * before this header (elsewhere the unused vector functions would draw GCC's psABI notes on
+ * machines without AVX). */
 #if defined(__AVX512F__)
 #define ER_VL 16
+#define ER_GEMM_MR 12
+#define ER_GEMM_MR3 8
+#define ER_PW_MR 8
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define ER_VL 4
+#define ER_GEMM_MR 12
+#define ER_GEMM_MR3 8
+#define ER_PW_MR 12
+#elif (defined(__arm__) && (defined(__ARM_NEON) || defined(__ARM_NEON__))) || \
+    ((defined(__x86_64__) || defined(__i386__)) && !defined(__AVX__))
+#define ER_VL 4
+#define ER_GEMM_MR 6
+#define ER_GEMM_MR3 4
+#define ER_PW_MR 6
 #else
 #define ER_VL 8
+#define ER_GEMM_MR 6
+#define ER_GEMM_MR3 4
+#define ER_PW_MR 6
 #endif
 
 #if defined(__GNUC__) && defined(ER_VECTOR_HELPERS)

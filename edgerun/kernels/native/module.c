@@ -10,6 +10,19 @@
 #include "pybuffers.h"
 #include "threadpool.h"
 
+/* Each instruction-set variant is its own module, edgerun.kernels._native_<isa> (setup.py passes
+ * ER_MODULE and ER_ISA_NAME); edgerun/kernels/isa.py loads the one the CPU runs. */
+#ifndef ER_MODULE
+#define ER_MODULE _native
+#endif
+#ifndef ER_ISA_NAME
+#define ER_ISA_NAME generic
+#endif
+#define ER_STR_(x) #x
+#define ER_STR(x) ER_STR_(x)
+#define ER_CAT_(a, b) a##b
+#define ER_CAT(a, b) ER_CAT_(a, b)
+
 /* The geometry and the sizes Python derived from it; the sizes must equal er_block_derive's. */
 static int parse_geometry(PyObject *spec, er_block_geom *g)
 {
@@ -286,8 +299,12 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
 #if defined(__AVX512F__)
     avx512f = 1;
 #endif
-    return Py_BuildValue("{s:i,s:i,s:i,s:i}", "avx2", avx2, "fma", fma, "avx512f", avx512f,
-                         "vector_floats", er_gemm_vector_floats());
+    int neon = 0;
+#if defined(__ARM_NEON) || defined(__ARM_NEON__)
+    neon = 1;
+#endif
+    return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i,s:i}", "isa", ER_STR(ER_ISA_NAME), "avx2", avx2, "fma", fma,
+                         "avx512f", avx512f, "neon", neon, "vector_floats", er_gemm_vector_floats());
 }
 
 static PyObject *py_block_min_part_macs(PyObject *self, PyObject *args)
@@ -385,17 +402,19 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "_native",
-    .m_doc = "Native kernels of edgerun (see edgerun/kernels/native.py).",
+    .m_name = ER_STR(ER_MODULE),
+    .m_doc = "Native kernels of edgerun, one instruction-set variant (see edgerun/kernels/native.py).",
     .m_size = -1,
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__native(void)
+PyMODINIT_FUNC ER_CAT(PyInit_, ER_MODULE)(void)
 {
     static int pool_exit_registered = 0;
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "MAX_THREADS", ER_MAX_THREADS) != 0) {
+    if (m && (PyModule_AddIntConstant(m, "MAX_THREADS", ER_MAX_THREADS) != 0 ||
+              PyModule_AddStringConstant(m, "ISA", ER_STR(ER_ISA_NAME)) != 0 ||
+              PyModule_AddIntConstant(m, "VECTOR_FLOATS", ER_VL) != 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -7,8 +7,9 @@
  *   K is blocked by PKC so that a tile's slice of the input stays in L2.
  * - 2-D max and average pooling of one image (C, H, W) -> (C, Ho, Wo), any kernel/stride/pads.
  *
- * Nothing here allocates memory: outputs and scratch come from the caller (the arena). */
-#ifndef ER_NO_PYTHON /* the C runtime (runtime/) builds these kernels without their Python bindings */
+ * Nothing here allocates memory: outputs and scratch come from the caller (the arena).
+ * ER_NO_PYTHON leaves the Python bindings out (C programs: runtime/, tests_toolchain/kernel_check.c). */
+#ifndef ER_NO_PYTHON
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #endif
@@ -26,11 +27,7 @@
 #define PKC 256 /* rows of K per block */
 
 #if defined(__GNUC__)
-#if defined(__AVX512F__)
-#define PMR 8 /* 8 rows (not 12): ShuffleNet g=3 groups of 40 channels waste none */
-#else
-#define PMR 6
-#endif
+#define PMR ER_PW_MR /* per instruction set: kernels.h */
 #define PNR (2 * ER_VL) /* vectors and their helpers: kernels.h */
 /* PMR x PNR tile: c (rows x cols valid, row stride ldc) = [c +] a (kc x PMR panel) ^T b (kc x PNR). */
 static inline __attribute__((always_inline)) void
