@@ -343,6 +343,12 @@ PyObject *er_py_pw_conv(PyObject *self, PyObject *args);
 PyObject *er_py_pool2d(PyObject *self, PyObject *args);
 PyObject *er_py_gemv(PyObject *self, PyObject *args);
 
+/* ---- conv.c: banded dense and grouped convolution (dense-conv) */
+PyObject *er_py_conv_info(PyObject *self, PyObject *args);
+PyObject *er_py_conv_pack(PyObject *self, PyObject *args);
+PyObject *er_py_conv_run(PyObject *self, PyObject *args);
+/* ---- end conv.c */
+
 static PyMethodDef methods[] = {
     {"run_block", py_run_block, METH_VARARGS, run_block_doc},
     {"pointwise_conv", py_pointwise_conv, METH_VARARGS, pointwise_doc},
@@ -368,6 +374,14 @@ static PyMethodDef methods[] = {
      "gemv(w (rows, K), x (K), bias or None, y (rows), rows, K, threads=1): y = w @ x + bias."},
     {"pool2d", er_py_pool2d, METH_VARARGS,
      "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
+    /* ---- conv.c (dense-conv) */
+    {"conv_info", er_py_conv_info, METH_VARARGS,
+     "conv_info(geom) -> (packed weight floats, cols scratch floats, tile columns) of a banded convolution."},
+    {"conv_pack", er_py_conv_pack, METH_VARARGS, "conv_pack(w (Cout, Cin/group*kh*kw), packed, geom)."},
+    {"conv_run", er_py_conv_run, METH_VARARGS,
+     "conv_run(x, packed, bias, sum, out, cols, geom, act, threads=1): out = act(conv(x) + bias + sum),\n"
+     "band by band (geom's band_rows) through the cols scratch."},
+    /* ---- end conv.c */
     {NULL, NULL, 0, NULL},
 };
 
