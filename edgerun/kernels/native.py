@@ -211,6 +211,9 @@ def pool2d(kind: str, x: np.ndarray, out: np.ndarray, kernel: tuple[int, int], s
 
 
 # ---- dense and grouped convolution, band by band (conv.c)
+# Taps per group gathered at a time (CKC in conv.c): the `cols` scratch holds at most this many per group.
+CONV_BLOCK_TAPS = 256
+
 def conv_geometry(x_shape, out_shape, w_shape, group: int, strides, dilations, pads, band_rows: int) -> tuple:
     """The geometry tuple conv.c takes for one image x (Cin, H, W) -> out (Cout, Ho, Wo), weight
     (Cout, Cin/group, kh, kw), pads (top, left, bottom, right), `band_rows` output rows per band."""

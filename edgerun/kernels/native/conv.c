@@ -1,11 +1,12 @@
 /* Dense and grouped 2-D convolution without a whole im2col matrix (edgerun/kernels/native_steps.py).
  *
- * The output is made band by band: for `band_rows` output rows at a time, the input taps of the band's
- * pixels are gathered ("packed") into the `cols` scratch, already in the layout the register-blocked
- * GEMM reads (per group, per block of CKC taps, per tile of CNR pixels: CKC x CNR floats contiguous,
- * zero past the band's last pixel and where a tap falls in the pads), then one GEMM over every group
- * writes the band's rows of every output channel. The scratch is bounded by the band
- * (group * taps per group * the band's pixels rounded up to CNR), never by the whole output.
+ * The output is made band by band: for `band_rows` output rows at a time and one block of at most CKC
+ * taps (per group) at a time, the input taps of the band's pixels are gathered ("packed") into the
+ * `cols` scratch, already in the layout the register-blocked GEMM reads (per group, per tile of CNR
+ * pixels: kc x CNR floats contiguous, zero past the band's last pixel and where a tap falls in the
+ * pads), then one GEMM over every group accumulates the block into the band's rows of every output
+ * channel. The scratch is bounded by the band (group * min(CKC, taps per group) * the band's pixels
+ * rounded up to CNR), never by the whole output.
  *
  * Weights are packed once (er_conv_pack): per group, panels of CMR output channels, k-major.
  * Optional fused input `sum` (a residual): out = act(conv + bias + sum), the sum read when a tile
@@ -145,9 +146,11 @@ long er_conv_packed_floats(const er_conv_geom *g)
     return (long)g->group * panels_per_group(g) * CMR * taps_per_group(g);
 }
 
+static long block_taps(const er_conv_geom *g) { return taps_per_group(g) < CKC ? taps_per_group(g) : CKC; }
+
 long er_conv_scratch_floats(const er_conv_geom *g)
 {
-    return (long)g->group * taps_per_group(g) * tiles_of((long)g->band_rows * g->out_width) * CNR;
+    return (long)g->group * block_taps(g) * tiles_of((long)g->band_rows * g->out_width) * CNR;
 }
 
 int er_conv_tile_columns(void) { return CNR; }
@@ -175,6 +178,7 @@ typedef struct {
     float *out, *cols;
     const er_act *act;
     int o0, pixels, tiles, parts;
+    long k0, kc; /* the k-block (taps of each group) being packed and multiplied */
 } conv_band;
 
 /* n values (src[0], src[step], ...; zeros when src is NULL) to pixels p.. of one tap's row of cols, whose
@@ -206,13 +210,13 @@ static void pack_pixels(const conv_band *job, long p0, long p1)
     long K = taps_per_group(g), pixels = job->pixels, tiles = job->tiles;
     int cg = g->cin / g->group, wo = g->out_width;
     long real_end = p1 < pixels ? p1 : pixels;
+    long k0 = job->k0, kc = job->kc, tile_stride = kc * CNR;
+    (void)K;
     for (int grp = 0; grp < g->group; grp++) {
-        float *group_cols = job->cols + (long)grp * K * tiles * CNR;
-        for (long k = 0; k < K; k++) {
+        float *group_cols = job->cols + (long)grp * tiles * kc * CNR;
+        for (long k = k0; k < k0 + kc; k++) {
             int c = (int)(k / (g->kh * g->kw)), i = (int)(k / g->kw % g->kh), j = (int)(k % g->kw);
-            long k0 = k / CKC * CKC, kc = K - k0 < CKC ? K - k0 : CKC;
-            float *row = group_cols + k0 * tiles * CNR + (k - k0) * CNR;
-            long tile_stride = kc * CNR;
+            float *row = group_cols + (k - k0) * CNR;
             const float *plane = job->x + ((long)grp * cg + c) * g->height * g->width;
             /* output columns whose tap lands inside the input: [lo, hi) */
             int shift = j * g->dw - g->pads[1];
@@ -252,29 +256,27 @@ static void pack_item(void *ctx, int part)
     if (t0 < t1) pack_pixels(job, (long)t0 * CNR, (long)t1 * CNR);
 }
 
-/* The GEMM of units [u0, u1) (a unit: one panel of one group) over the band. */
+/* The GEMM of units [u0, u1) (a unit: one panel of one group) over the band's current k-block. */
 static void gemm_units(const conv_band *job, int u0, int u1)
 {
     const er_conv_geom *g = job->g;
     long K = taps_per_group(g), tiles = job->tiles, plane = (long)g->out_height * g->out_width;
-    long band0 = (long)job->o0 * g->out_width;
-    int og = g->cout / g->group, ppg = panels_per_group(g);
-    for (long k0 = 0; k0 < K; k0 += CKC) {
-        int kc = (int)(K - k0 < CKC ? K - k0 : CKC), first = k0 == 0, last = k0 + kc == K;
-        for (long t = 0; t < tiles; t++) {
-            int cols = job->pixels - t * CNR < CNR ? (int)(job->pixels - t * CNR) : CNR;
-            for (int u = u0; u < u1; u++) {
-                int grp = u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
-                long m0 = (long)grp * og + (long)p * CMR;
-                const float *a = job->packed + (((long)grp * ppg + p) * K + k0) * CMR;
-                const float *b = job->cols + ((long)grp * K * tiles + k0 * tiles + t * kc) * CNR;
-                long at = m0 * plane + band0 + t * CNR;
-                conv_tile(kc, a, b, job->out + at, plane, rows, cols, first, last, job->bias ? job->bias + m0 : NULL,
-                          job->sum ? job->sum + at : NULL, job->act);
-            }
+    long band0 = (long)job->o0 * g->out_width, k0 = job->k0;
+    int og = g->cout / g->group, ppg = panels_per_group(g), kc = (int)job->kc;
+    int first = k0 == 0, last = k0 + kc == K;
+    for (long t = 0; t < tiles; t++) {
+        int cols = job->pixels - t * CNR < CNR ? (int)(job->pixels - t * CNR) : CNR;
+        for (int u = u0; u < u1; u++) {
+            int grp = u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
+            long m0 = (long)grp * og + (long)p * CMR;
+            const float *a = job->packed + (((long)grp * ppg + p) * K + k0) * CMR;
+            const float *b = job->cols + ((long)grp * tiles + t) * kc * CNR;
+            long at = m0 * plane + band0 + t * CNR;
+            conv_tile(kc, a, b, job->out + at, plane, rows, cols, first, last, job->bias ? job->bias + m0 : NULL,
+                      job->sum ? job->sum + at : NULL, job->act);
         }
     }
-    if (!activation_in_tiles(job->act))
+    if (last && !activation_in_tiles(job->act))
         for (int u = u0; u < u1; u++) {
             int grp = u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
             for (int i = 0; i < rows; i++)
@@ -308,8 +310,12 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
         conv_band job = {.g = g, .packed = packed, .x = x, .bias = bias, .sum = sum, .out = out, .cols = cols,
                          .act = act, .o0 = o0, .pixels = (int)pixels, .tiles = (int)tiles_of(pixels),
                          .parts = parts};
-        er_team_run(team, pack_item, &job, parts);
-        er_team_run(team, gemm_item, &job, parts);
+        long K = taps_per_group(g);
+        for (job.k0 = 0; job.k0 < K; job.k0 += CKC) {
+            job.kc = K - job.k0 < CKC ? K - job.k0 : CKC;
+            er_team_run(team, pack_item, &job, parts);
+            er_team_run(team, gemm_item, &job, parts);
+        }
     }
     er_team_end(team);
     return NULL;
