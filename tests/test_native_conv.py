@@ -129,6 +129,16 @@ def test_the_grouped_conv_is_one_banded_call_and_a_dense_one_keeps_only_a_band_o
     # the numpy kernel bands its im2col too: 576 taps x 2 rows of 56 (129,024 B a row)
     numpy_need = FusedConvAnyRankKernel().scratch_bytes(node, [(1, 64, 56, 56), w.shape], [(1, 64, 56, 56)])
     assert numpy_need == {"im2col": 576 * 2 * 56 * 4}
+    # RegNetX-400MF's last grouped 3x3 (400 channels, 25 groups of 16, 7x7): slabs of 7 groups (1008 of the
+    # 3600 taps), the whole 7-row map a band: 1008 taps x 49 pixels in 2 tiles of 32
+    grouped = conv_node((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 25, "relu")
+    wg = rng.standard_normal((400, 16, 3, 3)).astype(np.float32)
+    kernel = NativeFusedConvKernel(FusedConvAnyRankKernel(), 1)
+    kernel.prepare(grouped, {"w": wg})
+    assert native.conv_slab_groups(25, 144) == 7
+    assert numpy_steps.conv_band_rows(7 * 144, 7, 7) == 7
+    assert kernel.scratch_bytes(grouped, [(1, 400, 7, 7), wg.shape], [(1, 400, 7, 7)]) == {
+        "cols": 7 * 144 * -(-49 // tile) * tile * 4}
     # GoogLeNet / ResNet stems: 7x7 stride 2, 3 -> 64 at 224 -> 112: 147 taps x 3 rows of 112 pixels
     stem = conv_node((7, 7), (2, 2), (1, 1), (3, 3, 3, 3), 1, "relu")
     assert FusedConvAnyRankKernel().scratch_bytes(stem, [(1, 3, 224, 224), (64, 3, 7, 7)], [(1, 64, 112, 112)]) == {

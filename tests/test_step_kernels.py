@@ -266,6 +266,8 @@ def test_grouped_pointwise_conv_matches_reference(rng, backend, group, cin, cout
         assert sum(need.values()) <= cout * int(np.prod(size)) * 4
     else:
         from edgerun.kernels import native
+        slab = native.conv_slab_groups(group, cin // group)   # 1024 taps a slab: every group here
+        assert slab == group
         taps = group * min(256, cin // group)
         rows = numpy_steps.conv_band_rows(taps, *size)
         tile = native.conv_sizes(native.conv_geometry((cin,) + size, (cout,) + size, w.shape, group, (1, 1), (1, 1),

@@ -137,14 +137,15 @@ MIN_KIND_SAMPLES = 3
 
 
 def kind_coefficients(samples, s_call: float) -> tuple[tuple[str, float], ...]:
-    """Seconds per MAC of every step kind with at least MIN_KIND_SAMPLES samples (non-negative least
-    squares on its own samples, s_call apart): CostModel.s_kinds."""
+    """Seconds per MAC of every step kind with at least MIN_KIND_SAMPLES samples with MACs: non-negative
+    least squares of the RELATIVE errors of macs * s + s_call on its own samples (a 50 us step counts as
+    much as a 5 ms one, as in fit_relative): CostModel.s_kinds."""
     fitted = []
     for kind in sorted({kind for kind, _, _ in samples}):
-        rows = [(macs, seconds) for k, macs, seconds in samples if k == kind]
+        rows = [(macs, seconds) for k, macs, seconds in samples if k == kind and macs > 0 and seconds > 0]
         if len(rows) >= MIN_KIND_SAMPLES:
-            (per_mac,) = nonnegative_least_squares([[macs] for macs, _ in rows],
-                                                   [seconds - s_call for _, seconds in rows])
+            (per_mac,) = nonnegative_least_squares([[macs / seconds] for macs, seconds in rows],
+                                                   [1.0 - s_call / seconds for _, seconds in rows])
             fitted.append((kind, per_mac))
     return tuple(fitted)
 

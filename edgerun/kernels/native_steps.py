@@ -38,11 +38,11 @@ class NativeFusedConvKernel(StepKernel):
 
     1x1 weights are packed at plan time into the panels of native.pointwise_conv_packed (the pixels that
     do not fill a whole GEMM tile go through an `edge` scratch of at most 256 x 32 floats). The banded
-    kernel ("conv") packs its weights per group once; each band of output rows gathers its taps, one block
-    of native.CONV_BLOCK_TAPS taps per group at a time, into the `cols` scratch (every group's, in the
-    GEMM's tile layout) and runs one GEMM over all groups: the scratch is bounded by the band (its rows:
-    conv_band_rows of group * min(CONV_BLOCK_TAPS, taps per group) gathered values per pixel), not by
-    the output."""
+    kernel ("conv") packs its weights per group once; each band of output rows gathers its taps one slab
+    at a time (native.conv_slab_groups groups, at most CONV_BLOCK_TAPS taps of each) into the `cols`
+    scratch, in the GEMM's tile layout, and runs one GEMM over the slab's groups: one kernel call for all
+    groups, and the scratch is bounded by the band (its rows: conv_band_rows of the slab's gathered values
+    per pixel), not by the output."""
 
     def __init__(self, fallback: StepKernel | None = None, threads: int = 1):
         self.fallback = fallback or FusedConvKernel()
@@ -66,10 +66,11 @@ class NativeFusedConvKernel(StepKernel):
         kh, kw = a["kernel_shape"]
         cin, (_, ho, wo) = x_shape[0], out_shape
         group = a.get("group", 1)
-        block_taps = group * min(native.CONV_BLOCK_TAPS, cin // group * kh * kw)
+        taps = cin // group * kh * kw
+        slab = native.conv_slab_groups(group, taps)
         return native.conv_geometry(x_shape, out_shape, w_shape, group, a.get("strides", [1, 1]),
                                     a.get("dilations", [1, 1]), a.get("pads", [0, 0, 0, 0]),
-                                    conv_band_rows(block_taps, ho, wo))
+                                    conv_band_rows(slab * min(native.CONV_BLOCK_TAPS, taps), ho, wo), slab)
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
         _, cin, *spatial = in_shapes[0]

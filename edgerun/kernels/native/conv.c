@@ -1,19 +1,19 @@
 /* Dense and grouped 2-D convolution without a whole im2col matrix (edgerun/kernels/native_steps.py).
  *
- * The output is made band by band: for `band_rows` output rows at a time and one block of at most CKC
- * taps (per group) at a time, the input taps of the band's pixels are gathered ("packed") into the
+ * The output is made band by band: for `band_rows` output rows at a time, one slab at a time (the taps
+ * of `slab_groups` groups, at most CKC taps of each), the input taps of the band's pixels are gathered ("packed") into the
  * `cols` scratch, already in the layout the register-blocked GEMM reads (per group, per tile of CNR
  * pixels: kc x CNR floats contiguous, zero past the band's last pixel and where a tap falls in the
- * pads), then one GEMM over every group accumulates the block into the band's rows of every output
- * channel. The scratch is bounded by the band (group * min(CKC, taps per group) * the band's pixels
- * rounded up to CNR), never by the whole output.
+ * pads), then one GEMM over the slab's groups accumulates it into the band's rows of their output
+ * channels. The scratch is bounded by the band (slab_groups * min(CKC, taps per group) * the band's
+ * pixels rounded up to CNR), never by the whole output.
  *
  * Weights are packed once (er_conv_pack): per group, panels of CMR output channels, k-major.
  * Optional fused input `sum` (a residual): out = act(conv + bias + sum), the sum read when a tile
  * starts, so out may follow it tile by tile.
  *
- * Threads: per band, the pixel tiles are shared out for the packing, then the (group, panel) units
- * for the GEMM; every output element is computed by one thread in the same order whatever the
+ * Threads: per slab of a band, the pixel tiles are shared out for the packing, then the (group, panel)
+ * units for the GEMM; every output element is computed by one thread in the same order whatever the
  * thread count (same bits). Nothing here allocates memory. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -136,6 +136,7 @@ const char *er_conv_check(const er_conv_geom *g)
     if (ho < 1 || wo < 1 || ho != g->out_height || wo != g->out_width)
         return "the output size does not follow from the input, kernel, strides, dilations and pads";
     if (g->band_rows < 1 || g->band_rows > g->out_height) return "band_rows must be in 1..output height";
+    if (g->slab_groups < 1 || g->slab_groups > g->group) return "slab_groups must be in 1..group";
     if (taps_per_group(g) * g->group > (1L << 30) || (long)g->out_height * g->out_width > (1L << 30))
         return "the convolution is too large";
     return NULL;
@@ -150,7 +151,7 @@ static long block_taps(const er_conv_geom *g) { return taps_per_group(g) < CKC ?
 
 long er_conv_scratch_floats(const er_conv_geom *g)
 {
-    return (long)g->group * block_taps(g) * tiles_of((long)g->band_rows * g->out_width) * CNR;
+    return (long)g->slab_groups * block_taps(g) * tiles_of((long)g->band_rows * g->out_width) * CNR;
 }
 
 int er_conv_tile_columns(void) { return CNR; }
@@ -178,7 +179,8 @@ typedef struct {
     float *out, *cols;
     const er_act *act;
     int o0, pixels, tiles, parts;
-    long k0, kc; /* the k-block (taps of each group) being packed and multiplied */
+    int g0, g1;   /* the slab: groups [g0, g1) ... */
+    long k0, kc;  /* ... and taps [k0, k0 + kc) of each */
 } conv_band;
 
 /* n values (src[0], src[step], ...; zeros when src is NULL) to pixels p.. of one tap's row of cols, whose
@@ -203,45 +205,65 @@ static void put_run(float *row, long tile_stride, long p, int n, const float *sr
     }
 }
 
-/* The taps of pixels [p0, p1) of the band (multiples of CNR, p1 up to the padded end) into cols. */
+/* Output columns [ox0, ox1) of one output row for one tap (src: the tap's input row, NULL in the pads;
+ * columns [lo, hi) land inside it at src[ox * sw + shift]) to pixels p.. of the tap's row of cols. */
+static inline void put_row(float *row, long tile_stride, long p, int ox0, int ox1, const float *src, int lo, int hi,
+                           int sw, int shift)
+{
+    if (ox1 - ox0 < CNR) {   /* a narrow row: one pass, no calls */
+        float *d = row + p / CNR * tile_stride;
+        int q = (int)(p % CNR);
+        for (int ox = ox0; ox < ox1; ox++) {
+            d[q] = src && ox >= lo && ox < hi ? src[(long)ox * sw + shift] : 0.0f;
+            if (++q == CNR) {
+                q = 0;
+                d += tile_stride;
+            }
+        }
+        return;
+    }
+    int a = ox0 > lo ? ox0 : lo, b = ox1 < hi ? ox1 : hi;
+    if (!src || a >= b) {
+        put_run(row, tile_stride, p, ox1 - ox0, NULL, 0);
+        return;
+    }
+    put_run(row, tile_stride, p, a - ox0, NULL, 0);
+    put_run(row, tile_stride, p + (a - ox0), b - a, src + (long)a * sw + shift, sw);
+    put_run(row, tile_stride, p + (b - ox0), ox1 - b, NULL, 0);
+}
+
+/* The slab's taps of pixels [p0, p1) of the band (multiples of CNR, p1 up to the padded end) into cols. */
 static void pack_pixels(const conv_band *job, long p0, long p1)
 {
     const er_conv_geom *g = job->g;
-    long K = taps_per_group(g), pixels = job->pixels, tiles = job->tiles;
-    int cg = g->cin / g->group, wo = g->out_width;
-    long real_end = p1 < pixels ? p1 : pixels;
-    long k0 = job->k0, kc = job->kc, tile_stride = kc * CNR;
-    (void)K;
-    for (int grp = 0; grp < g->group; grp++) {
-        float *group_cols = job->cols + (long)grp * tiles * kc * CNR;
+    long tiles = job->tiles, k0 = job->k0, kc = job->kc, tile_stride = kc * CNR;
+    int cg = g->cin / g->group, wo = g->out_width, taps = g->kh * g->kw;
+    long real_end = p1 < job->pixels ? p1 : job->pixels;
+    /* a 1x1, stride-1, unpadded tap over whole rows reads one contiguous run of its input plane */
+    int contiguous = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && wo == g->width && g->pads[0] == 0 &&
+                     g->pads[1] == 0;
+    for (int grp = job->g0; grp < job->g1; grp++) {
+        float *slab_cols = job->cols + (long)(grp - job->g0) * tiles * tile_stride;
         for (long k = k0; k < k0 + kc; k++) {
-            int c = (int)(k / (g->kh * g->kw)), i = (int)(k / g->kw % g->kh), j = (int)(k % g->kw);
-            float *row = group_cols + (k - k0) * CNR;
+            int c = (int)(k / taps), i = (int)(k / g->kw % g->kh), j = (int)(k % g->kw);
+            float *row = slab_cols + (k - k0) * CNR;
             const float *plane = job->x + ((long)grp * cg + c) * g->height * g->width;
-            /* output columns whose tap lands inside the input: [lo, hi) */
-            int shift = j * g->dw - g->pads[1];
-            int lo = shift >= 0 ? 0 : (-shift + g->sw - 1) / g->sw;
-            int hi = g->width - 1 - shift < 0 ? 0 : (g->width - 1 - shift) / g->sw + 1;
-            if (hi > wo) hi = wo;
-            if (lo > hi) lo = hi;
-            for (long p = p0; p < real_end;) {
-                int r = (int)(p / wo), ox0 = (int)(p % wo);
-                int ox1 = (long)(r + 1) * wo <= real_end ? wo : (int)(real_end - (long)r * wo);
-                int iy = (job->o0 + r) * g->sh - g->pads[0] + i * g->dh;
-                if (iy < 0 || iy >= g->height) {
-                    put_run(row, tile_stride, p, ox1 - ox0, NULL, 0);
-                } else {
-                    const float *src = plane + (long)iy * g->width;
-                    int a = ox0 > lo ? ox0 : lo, b = ox1 < hi ? ox1 : hi;
-                    if (a >= b) {
-                        put_run(row, tile_stride, p, ox1 - ox0, NULL, 0);
-                    } else {
-                        put_run(row, tile_stride, p, a - ox0, NULL, 0);
-                        put_run(row, tile_stride, p + (a - ox0), b - a, src + (long)a * g->sw + shift, g->sw);
-                        put_run(row, tile_stride, p + (b - ox0), ox1 - b, NULL, 0);
-                    }
+            if (contiguous) {
+                put_run(row, tile_stride, p0, (int)(real_end - p0), plane + (long)job->o0 * wo + p0, 1);
+            } else {
+                int shift = j * g->dw - g->pads[1];   /* output columns whose tap is inside: [lo, hi) */
+                int lo = shift >= 0 ? 0 : (-shift + g->sw - 1) / g->sw;
+                int hi = g->width - 1 - shift < 0 ? 0 : (g->width - 1 - shift) / g->sw + 1;
+                if (hi > wo) hi = wo;
+                if (lo > hi) lo = hi;
+                for (long p = p0; p < real_end;) {
+                    int r = (int)(p / wo), ox0 = (int)(p % wo);
+                    int ox1 = (long)(r + 1) * wo <= real_end ? wo : (int)(real_end - (long)r * wo);
+                    int iy = (job->o0 + r) * g->sh - g->pads[0] + i * g->dh;
+                    const float *src = iy < 0 || iy >= g->height ? NULL : plane + (long)iy * g->width;
+                    put_row(row, tile_stride, p, ox0, ox1, src, lo, hi, g->sw, shift);
+                    p += ox1 - ox0;
                 }
-                p += ox1 - ox0;
             }
             if (real_end < p1) put_run(row, tile_stride, real_end, (int)(p1 - real_end), NULL, 0);
         }
@@ -256,7 +278,7 @@ static void pack_item(void *ctx, int part)
     if (t0 < t1) pack_pixels(job, (long)t0 * CNR, (long)t1 * CNR);
 }
 
-/* The GEMM of units [u0, u1) (a unit: one panel of one group) over the band's current k-block. */
+/* The GEMM of the slab's units [u0, u1) (a unit: one panel of one of its groups) over the band. */
 static void gemm_units(const conv_band *job, int u0, int u1)
 {
     const er_conv_geom *g = job->g;
@@ -267,10 +289,10 @@ static void gemm_units(const conv_band *job, int u0, int u1)
     for (long t = 0; t < tiles; t++) {
         int cols = job->pixels - t * CNR < CNR ? (int)(job->pixels - t * CNR) : CNR;
         for (int u = u0; u < u1; u++) {
-            int grp = u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
+            int grp = job->g0 + u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
             long m0 = (long)grp * og + (long)p * CMR;
             const float *a = job->packed + (((long)grp * ppg + p) * K + k0) * CMR;
-            const float *b = job->cols + ((long)grp * tiles + t) * kc * CNR;
+            const float *b = job->cols + ((long)(grp - job->g0) * tiles + t) * kc * CNR;
             long at = m0 * plane + band0 + t * CNR;
             conv_tile(kc, a, b, job->out + at, plane, rows, cols, first, last, job->bias ? job->bias + m0 : NULL,
                       job->sum ? job->sum + at : NULL, job->act);
@@ -278,7 +300,7 @@ static void gemm_units(const conv_band *job, int u0, int u1)
     }
     if (last && !activation_in_tiles(job->act))
         for (int u = u0; u < u1; u++) {
-            int grp = u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
+            int grp = job->g0 + u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
             for (int i = 0; i < rows; i++)
                 er_apply_activation(job->out + ((long)grp * og + (long)p * CMR + i) * plane + band0, job->pixels,
                                     job->act);
@@ -289,7 +311,7 @@ static void gemm_item(void *ctx, int part)
 {
     const conv_band *job = (const conv_band *)ctx;
     int u0, u1;
-    er_share(job->g->group * panels_per_group(job->g), job->parts, part, &u0, &u1);
+    er_share((job->g1 - job->g0) * panels_per_group(job->g), job->parts, part, &u0, &u1);
     if (u0 < u1) gemm_units(job, u0, u1);
 }
 
@@ -298,9 +320,9 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
 {
     const char *error = er_conv_check(g);
     if (error) return error;
-    int units = g->group * panels_per_group(g);
     double macs = (double)g->cout * taps_per_group(g) * g->out_height * g->out_width;
-    int parts = er_worth_parts(macs, threads, units);
+    int parts = er_worth_parts(macs, threads, g->slab_groups * panels_per_group(g));
+    long K = taps_per_group(g);
     er_team *team = NULL;
     error = er_team_begin(parts, &team);
     if (error) return error;
@@ -310,11 +332,13 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
         conv_band job = {.g = g, .packed = packed, .x = x, .bias = bias, .sum = sum, .out = out, .cols = cols,
                          .act = act, .o0 = o0, .pixels = (int)pixels, .tiles = (int)tiles_of(pixels),
                          .parts = parts};
-        long K = taps_per_group(g);
-        for (job.k0 = 0; job.k0 < K; job.k0 += CKC) {
-            job.kc = K - job.k0 < CKC ? K - job.k0 : CKC;
-            er_team_run(team, pack_item, &job, parts);
-            er_team_run(team, gemm_item, &job, parts);
+        for (job.g0 = 0; job.g0 < g->group; job.g0 = job.g1) {
+            job.g1 = g->group - job.g0 < g->slab_groups ? g->group : job.g0 + g->slab_groups;
+            for (job.k0 = 0; job.k0 < K; job.k0 += CKC) {
+                job.kc = K - job.k0 < CKC ? K - job.k0 : CKC;
+                er_team_run(team, pack_item, &job, parts);
+                er_team_run(team, gemm_item, &job, parts);
+            }
         }
     }
     er_team_end(team);
@@ -323,12 +347,14 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
 
 /* ---------------------------------------------------------------- Python bindings */
 
-/* geom = (cin, h, w, cout, group, kh, kw, sh, sw, dh, dw, (top, left, bottom, right), ho, wo, band_rows) */
+/* geom = (cin, h, w, cout, group, kh, kw, sh, sw, dh, dw, (top, left, bottom, right), ho, wo, band_rows,
+ *         slab_groups) */
 static int parse_geom(PyObject *spec, er_conv_geom *g)
 {
-    if (!PyArg_ParseTuple(spec, "iiiiiiiiiii(iiii)iii;conv geometry", &g->cin, &g->height, &g->width, &g->cout,
+    if (!PyArg_ParseTuple(spec, "iiiiiiiiiii(iiii)iiii;conv geometry", &g->cin, &g->height, &g->width, &g->cout,
                           &g->group, &g->kh, &g->kw, &g->sh, &g->sw, &g->dh, &g->dw, &g->pads[0], &g->pads[1],
-                          &g->pads[2], &g->pads[3], &g->out_height, &g->out_width, &g->band_rows))
+                          &g->pads[2], &g->pads[3], &g->out_height, &g->out_width, &g->band_rows,
+                          &g->slab_groups))
         return -1;
     const char *error = er_conv_check(g);
     if (error) {

@@ -176,7 +176,8 @@ typedef struct {
     int kh, kw, sh, sw, dh, dw;
     int pads[4];                 /* top, left, bottom, right */
     int out_height, out_width;   /* asserted against the derivation by er_conv_check */
-    int band_rows;               /* output rows per band: the cols scratch holds one band */
+    int band_rows;               /* output rows per band: the cols scratch holds one band ... */
+    int slab_groups;             /* ... of this many groups' taps (at most 256 taps of each) at a time */
 } er_conv_geom;
 
 /* NULL when the geometry is valid and consistent, else a message. */
