@@ -33,8 +33,8 @@
 /* rows x cols tile of out (row stride ldc) over one k-block: acc starts from bias (+ sum) on the first
  * block, from out on the others; ReLU / clip applied in registers on the last. */
 static inline __attribute__((always_inline)) void
-conv_tile_body(int kc, const float *restrict a, const float *restrict b, float *c, long ldc, int rows, int cols,
-               int first, int last, const float *bias, const float *sum, const er_act *act)
+conv_tile_body(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc, int rows,
+               int cols, int first, int last, const float *bias, const float *sum, const er_act *act)
 {
     er_vf acc[CMR][2];
     int lo = cols < ER_VL ? cols : ER_VL, hi = cols > ER_VL ? cols - ER_VL : 0;
@@ -59,7 +59,7 @@ conv_tile_body(int kc, const float *restrict a, const float *restrict b, float *
         }
     }
     for (int k = 0; k < kc; k++) {
-        er_vf b0 = er_loadv(b + k * CNR), b1 = er_loadv(b + k * CNR + ER_VL);
+        er_vf b0 = er_loadv(b + k * ldb), b1 = er_loadv(b + k * ldb + ER_VL);
         const float *ak = a + k * CMR;
         for (int i = 0; i < CMR; i++) {
             er_vf ai = er_splatv(ak[i]);
@@ -83,13 +83,13 @@ conv_tile_body(int kc, const float *restrict a, const float *restrict b, float *
     }
 }
 
-static void conv_tile(int kc, const float *restrict a, const float *restrict b, float *c, long ldc, int rows,
-                      int cols, int first, int last, const float *bias, const float *sum, const er_act *act)
+static void conv_tile(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
+                      int rows, int cols, int first, int last, const float *bias, const float *sum, const er_act *act)
 {
     if (rows == CMR && cols == CNR)   /* constant sizes: the accumulators stay in registers */
-        conv_tile_body(kc, a, b, c, ldc, CMR, CNR, first, last, bias, sum, act);
+        conv_tile_body(kc, a, b, ldb, c, ldc, CMR, CNR, first, last, bias, sum, act);
     else
-        conv_tile_body(kc, a, b, c, ldc, rows, cols, first, last, bias, sum, act);
+        conv_tile_body(kc, a, b, ldb, c, ldc, rows, cols, first, last, bias, sum, act);
 }
 
 static int activation_in_tiles(const er_act *act)
@@ -101,15 +101,15 @@ static int activation_in_tiles(const er_act *act)
 #define CMR 4
 #define CNR 4
 
-static void conv_tile(int kc, const float *a, const float *b, float *c, long ldc, int rows, int cols, int first,
-                      int last, const float *bias, const float *sum, const er_act *act)
+static void conv_tile(int kc, const float *a, const float *b, long ldb, float *c, long ldc, int rows, int cols,
+                      int first, int last, const float *bias, const float *sum, const er_act *act)
 {
     (void)last;
     (void)act;
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) {
             float s = first ? (bias ? bias[i] : 0.0f) + (sum ? sum[i * ldc + j] : 0.0f) : c[i * ldc + j];
-            for (int k = 0; k < kc; k++) s += a[k * CMR + i] * b[k * CNR + j];
+            for (int k = 0; k < kc; k++) s += a[k * CMR + i] * b[k * ldb + j];
             c[i * ldc + j] = s;
         }
 }
@@ -179,6 +179,7 @@ typedef struct {
     float *out, *cols;
     const er_act *act;
     int o0, pixels, tiles, parts;
+    int direct;   /* a 1x1, stride-1, unpadded conv: full tiles read x in place, only a partial one is packed */
     int g0, g1;   /* the slab: groups [g0, g1) ... */
     long k0, kc;  /* ... and taps [k0, k0 + kc) of each */
 } conv_band;
@@ -239,9 +240,7 @@ static void pack_pixels(const conv_band *job, long p0, long p1)
     long tiles = job->tiles, k0 = job->k0, kc = job->kc, tile_stride = kc * CNR;
     int cg = g->cin / g->group, wo = g->out_width, taps = g->kh * g->kw;
     long real_end = p1 < job->pixels ? p1 : job->pixels;
-    /* a 1x1, stride-1, unpadded tap over whole rows reads one contiguous run of its input plane */
-    int contiguous = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && wo == g->width && g->pads[0] == 0 &&
-                     g->pads[1] == 0;
+    int contiguous = job->direct;   /* each tap of a pixel run is one run of its input plane */
     for (int grp = job->g0; grp < job->g1; grp++) {
         float *slab_cols = job->cols + (long)(grp - job->g0) * tiles * tile_stride;
         for (long k = k0; k < k0 + kc; k++) {
@@ -274,6 +273,10 @@ static void pack_item(void *ctx, int part)
 {
     const conv_band *job = (const conv_band *)ctx;
     int t0, t1;
+    if (job->direct) {   /* only the last tile, when partial: the GEMM reads full tiles from x */
+        if (part == 0 && job->pixels % CNR) pack_pixels(job, (long)(job->tiles - 1) * CNR, (long)job->tiles * CNR);
+        return;
+    }
     er_share(job->tiles, job->parts, part, &t0, &t1);
     if (t0 < t1) pack_pixels(job, (long)t0 * CNR, (long)t1 * CNR);
 }
@@ -293,8 +296,12 @@ static void gemm_units(const conv_band *job, int u0, int u1)
             long m0 = (long)grp * og + (long)p * CMR;
             const float *a = job->packed + (((long)grp * ppg + p) * K + k0) * CMR;
             const float *b = job->cols + ((long)(grp - job->g0) * tiles + t) * kc * CNR;
-            long at = m0 * plane + band0 + t * CNR;
-            conv_tile(kc, a, b, job->out + at, plane, rows, cols, first, last, job->bias ? job->bias + m0 : NULL,
+            long ldb = CNR, at = m0 * plane + band0 + t * CNR;
+            if (job->direct && cols == CNR) {
+                b = job->x + ((long)grp * (g->cin / g->group) + k0) * plane + band0 + t * CNR;
+                ldb = plane;
+            }
+            conv_tile(kc, a, b, ldb, job->out + at, plane, rows, cols, first, last, job->bias ? job->bias + m0 : NULL,
                       job->sum ? job->sum + at : NULL, job->act);
         }
     }
@@ -323,6 +330,8 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
     double macs = (double)g->cout * taps_per_group(g) * g->out_height * g->out_width;
     int parts = er_worth_parts(macs, threads, g->slab_groups * panels_per_group(g));
     long K = taps_per_group(g);
+    int direct = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->out_width == g->width &&
+                 g->out_height == g->height && g->pads[0] == 0 && g->pads[1] == 0;
     er_team *team = NULL;
     error = er_team_begin(parts, &team);
     if (error) return error;
@@ -331,7 +340,7 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
         long pixels = (long)rows * g->out_width;
         conv_band job = {.g = g, .packed = packed, .x = x, .bias = bias, .sum = sum, .out = out, .cols = cols,
                          .act = act, .o0 = o0, .pixels = (int)pixels, .tiles = (int)tiles_of(pixels),
-                         .parts = parts};
+                         .parts = parts, .direct = direct};
         for (job.g0 = 0; job.g0 < g->group; job.g0 = job.g1) {
             job.g1 = g->group - job.g0 < g->slab_groups ? g->group : job.g0 + g->slab_groups;
             for (job.k0 = 0; job.k0 < K; job.k0 += CKC) {
