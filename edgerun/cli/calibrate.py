@@ -27,6 +27,7 @@ import numpy as np
 import scheduler
 from edgerun import kernels, zoo
 from edgerun.cli.bench import cpu_model, numpy_blas
+from edgerun.cli.conv_models import regnetx_400mf_like, resnet18_like
 from edgerun.executor import block_geometry
 from edgerun.kernels import Activation, BlockWeights
 from edgerun.models import batch_one_shapes
@@ -111,7 +112,6 @@ class BlockTimer:
 def conv_family_sessions(backend: str) -> list:
     """Networks of dense, strided and grouped convolutions (their FusedConv steps run the banded conv
     kernel, some with a fused residual), and ShuffleNet's grouped 1x1s: the samples of those families."""
-    from edgerun.cli.conv_models import regnetx_400mf_like, resnet18_like
     return [InferenceSession(model, kernels_backend=backend, threads=1)
             for model in (resnet18_like(), regnetx_400mf_like(), zoo.shufflenet_v1(batch=1))]
 

@@ -186,16 +186,18 @@ typedef struct {
 
 /* n values (src[0], src[step], ...; zeros when src is NULL) to pixels p.. of one tap's row of cols, whose
  * tiles lie tile_stride floats apart. */
-static void put_run(float *row, long tile_stride, long p, int n, const float *src, int step)
+static inline void put_run(float *row, long tile_stride, long p, int n, const float *src, int step)
 {
     while (n > 0) {
         long t = p / CNR;
         int q = (int)(p % CNR), m = CNR - q < n ? CNR - q : n;
-        float *d = row + t * tile_stride + q;
+        float *restrict d = row + t * tile_stride + q;
+        /* plain loops, not memcpy / memset: the runs are short, a call costs more than the copy */
         if (!src) {
-            memset(d, 0, (size_t)m * sizeof(float));
+            for (int e = 0; e < m; e++) d[e] = 0.0f;
         } else if (step == 1) {
-            memcpy(d, src, (size_t)m * sizeof(float));
+            const float *restrict from = src;
+            for (int e = 0; e < m; e++) d[e] = from[e];
             src += m;
         } else {
             for (int e = 0; e < m; e++) d[e] = src[(long)e * step];
@@ -211,18 +213,6 @@ static void put_run(float *row, long tile_stride, long p, int n, const float *sr
 static inline void put_row(float *row, long tile_stride, long p, int ox0, int ox1, const float *src, int lo, int hi,
                            int sw, int shift)
 {
-    if (ox1 - ox0 < CNR) {   /* a narrow row: one pass, no calls */
-        float *d = row + p / CNR * tile_stride;
-        int q = (int)(p % CNR);
-        for (int ox = ox0; ox < ox1; ox++) {
-            d[q] = src && ox >= lo && ox < hi ? src[(long)ox * sw + shift] : 0.0f;
-            if (++q == CNR) {
-                q = 0;
-                d += tile_stride;
-            }
-        }
-        return;
-    }
     int a = ox0 > lo ? ox0 : lo, b = ox1 < hi ? ox1 : hi;
     if (!src || a >= b) {
         put_run(row, tile_stride, p, ox1 - ox0, NULL, 0);
