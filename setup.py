@@ -39,6 +39,7 @@ NATIVE_SOURCE_NAMES = [
     "threadpool.c",
     "pybuffers.c",
     "segment.c",
+    "conv.c",
 ]
 NATIVE_HEADERS = ["kernels.h", "pybuffers.h", "threadpool.h"]
 # -fno-trapping-math lets GCC if-convert (vectorise) selects such as leaky ReLU; edgerun never

@@ -4,7 +4,9 @@ block seconds = (dense_macs * s_pw + depthwise_macs * s_dw + calls * s_call) / b
   dense_macs: expansion (halo rows recomputed by overlapping bands included)
               plus projection; calls: chunks * bands inner iterations; busy threads:
               what the block kernel's contract says it keeps busy (ThreadSplit.busy).
-other step seconds = macs * s_other + s_call
+other step seconds = macs * s_kind + s_call
+  s_kind: the coefficient `edgerun calibrate` fit for the step's kind (an opaque label, e.g. the op the
+          step runs, in s_kinds) where it fit one, else s_other.
 segment seconds = unstreamed seconds + (row_calls + calls) * s_call
   a segment does its steps' work (their seconds run whole, blocks at their fastest schedule) and
   computes every row of every step in its own small kernel call (row_calls: the rows all its steps
@@ -45,6 +47,9 @@ class CostModel:
     s_dw: float
     s_call: float
     s_other: float
+    # ((step kind, seconds per MAC), ...): kernel families calibrated apart (dense convolutions are 3-4x
+    # faster per MAC than a depthwise or pooling step); kinds not listed cost s_other
+    s_kinds: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def default(cls, backend: str = "") -> "CostModel":
@@ -55,13 +60,18 @@ class CostModel:
     @classmethod
     def load(cls, path) -> "CostModel":
         data = json.loads(Path(path).read_text())
+        kinds = data.get("s_kinds", {})
+        if not isinstance(kinds, dict):
+            raise ValueError(f"s_kinds must map step kinds to seconds per MAC, got {kinds!r}")
         return cls(
             backend=str(data["backend"]),
             **{k: float(data[k]) for k in ("s_pw", "s_dw", "s_call", "s_other")},
+            s_kinds=tuple(sorted((str(kind), float(value)) for kind, value in kinds.items())),
         )
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        data = dict(asdict(self), s_kinds=dict(self.s_kinds))
+        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))
 
     def block_features(self, geom: BlockGeometry, sched: BlockSchedule) -> tuple[int, int, int]:
         return block_features(geom, sched)
@@ -73,8 +83,9 @@ class CostModel:
         seconds = dense * self.s_pw + depthwise * self.s_dw + calls * self.s_call
         return seconds / busy_threads
 
-    def step_seconds(self, macs: int) -> float:
-        return macs * self.s_other + self.s_call
+    def step_seconds(self, macs: int, kind: str = "") -> float:
+        """A non-block step: its kind's calibrated seconds per MAC (s_kinds), else s_other."""
+        return macs * dict(self.s_kinds).get(kind, self.s_other) + self.s_call
 
     def segment_seconds(self, unstreamed_seconds: float, row_calls: int, calls: int) -> float:
         """A streamed segment: its steps' seconds run whole plus one call's overhead per row computed
@@ -205,7 +216,7 @@ def load_calibrated(backend: str) -> CostModel | None:
         warnings.warn(f"ignoring the unreadable cost model {str(path)!r} ({exc}); run `edgerun calibrate` again",
                       RuntimeWarning, stacklevel=2)
         return None
-    coefficients = (model.s_pw, model.s_dw, model.s_call, model.s_other)
+    coefficients = (model.s_pw, model.s_dw, model.s_call, model.s_other) + tuple(v for _, v in model.s_kinds)
     if model.backend != backend or not all(math.isfinite(c) and c >= 0 for c in coefficients):
         return None
     return model

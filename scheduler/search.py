@@ -187,7 +187,7 @@ class _Layout:
                 seconds = block_seconds(cost, step.block, self.problem.step_contract(step, sched))
                 t, rows = sched.t, sched.band_rows
             else:
-                seconds = cost.step_seconds(step.macs)
+                seconds = cost.step_seconds(step.macs, step.kind)
                 t, rows = 1, 0
             scratch = self.scratch_index[i]
             steps.append(StepPlan(

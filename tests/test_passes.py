@@ -205,9 +205,14 @@ def test_stem_fusion_is_separately_switchable():
 
 def test_no_blocks_when_block_fusion_is_off():
     model, shapes = mobilenet_v2_head()
-    graph = optimised_and_checked(model, shapes, disabled={"fuse_blocks"})
+    graph = optimised_and_checked(model, shapes, disabled={"fuse_blocks", "fuse_add"})
     assert sorted(set(op_types(graph))) == ["Add", "FusedConv"]
     assert op_types(graph).count("FusedConv") == 1 + 2 + 3 + 3 + 1
+    # with fuse_add on, each residual Add goes into the projection that feeds it (its 4th input)
+    fused = optimised_and_checked(model, shapes, disabled={"fuse_blocks"})
+    assert op_types(fused) == [t for t in op_types(graph) if t != "Add"]
+    adds = op_types(graph).count("Add")
+    assert adds > 0 and sum(len(n.inputs) == 4 for n in fused.nodes) == adds
 
 
 def test_block_output_keeps_the_value_info_of_the_replaced_value():

@@ -257,12 +257,23 @@ def test_grouped_pointwise_conv_matches_reference(rng, backend, group, cin, cout
     kernel = numpy_steps.FusedConvKernel() if backend == "numpy" else native_steps.NativeFusedConvKernel()
     kernel.prepare(node, {"w": w, "b": b})
     if backend == "native":
-        assert kernel._native_kind(node, cin, cout) == "grouped"
-    # a grouped 1x1 needs no im2col scratch: numpy only hardswish's activation buffer, native only the
-    # edge panel of the pixels that do not fill a GEMM tile (at most 256 x 32 floats)
-    need = kernel.scratch_bytes(node, [x.shape], [(2, cout) + size])
-    assert set(need) <= ({"act"} if backend == "numpy" else {"edge"})
-    assert sum(need.values()) <= (cout * int(np.prod(size)) * 4 if backend == "numpy" else 256 * 32 * 4)
+        assert kernel._native_kind(node, cin, cout) == "conv"   # one banded call over all groups
+    # numpy: a grouped 1x1 needs no im2col scratch, only hardswish's activation buffer; native: every
+    # group's taps of one band of rows, in whole GEMM tiles (conv_band_rows of the gathered values per pixel)
+    need = kernel.scratch_bytes(node, [x.shape, w.shape], [(2, cout) + size])
+    if backend == "numpy":
+        assert set(need) <= {"act"}
+        assert sum(need.values()) <= cout * int(np.prod(size)) * 4
+    else:
+        from edgerun.kernels import native
+        slab = native.conv_slab_groups(group, cin // group)   # 1024 taps a slab: every group here
+        assert slab == group
+        taps = group * min(256, cin // group)
+        rows = numpy_steps.conv_band_rows(taps, *size)
+        tile = native.conv_sizes(native.conv_geometry((cin,) + size, (cout,) + size, w.shape, group, (1, 1), (1, 1),
+                                                      (0, 0, 0, 0), rows))[2]
+        assert need == {"cols": taps * -(-rows * size[1] // tile) * tile * 4}
+        assert need["cols"] <= numpy_steps.CONV_BAND_TARGET_BYTES + taps * tile * 4
     check_kernel(kernel, node, [x, w, b], atol=1e-5, rtol=1e-4)
 
 
@@ -283,7 +294,7 @@ def test_group_one_conv_matches_reference(rng, backend, kernel_shape, strides, p
     kernel = numpy_steps.FusedConvKernel() if backend == "numpy" else native_steps.NativeFusedConvKernel()
     kernel.prepare(node, {"w": w, "b": b})
     if backend == "native":
-        assert kernel._native_kind(node, 3, 20) == "im2col"
+        assert kernel._native_kind(node, 3, 20) == "conv"
     check_kernel(kernel, node, [x, w, b], atol=1e-5, rtol=1e-4)
 
 

@@ -2,8 +2,10 @@
 
 Times real MobileNetV2 1.0/224 blocks (five geometries, from 112x112 down to 7x7) through
 edgerun.kernels.run_block at several (t, band_rows) schedules, plus the other (non-block) steps
-of MobileNetV2 and MobileNetV1 1.0/224 through profiled session runs, and fits scheduler.CostModel by non-negative least squares
-(scheduler.cost.calibrate). The fit is saved as JSON (CostModel.save) to the default path of
+of MobileNetV2, MobileNetV1 1.0/224 and the convolution families (ResNet18-like dense and strided convs with
+fused residuals, RegNetX-400MF-like grouped 3x3s, ShuffleNet v1's grouped 1x1s: edgerun.cli.conv_models,
+the zoo) through profiled session runs, and fits scheduler.CostModel by non-negative least squares
+(scheduler.cost.calibrate); every step kind with enough samples gets its own seconds per MAC (s_kinds). The fit is saved as JSON (CostModel.save) to the default path of
 `scheduler.cost.calibration_path(backend)` or to --out.
 
 Default path: $EDGERUN_COST_MODEL_DIR/cost-<backend>.json if that variable is set, else
@@ -17,6 +19,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ import numpy as np
 import scheduler
 from edgerun import kernels, zoo
 from edgerun.cli.bench import cpu_model, numpy_blas
+from edgerun.cli.conv_models import regnetx_400mf_like, resnet18_like
 from edgerun.executor import block_geometry
 from edgerun.kernels import Activation, BlockWeights
 from edgerun.models import batch_one_shapes
@@ -105,12 +109,20 @@ class BlockTimer:
         return seconds
 
 
-def other_step_samples(sess, repeats: int) -> list[tuple[int, float]]:
-    """(macs, median seconds) of every non-block step, from profiled runs of the session."""
+def conv_family_sessions(backend: str) -> list:
+    """Networks of dense, strided and grouped convolutions (their FusedConv steps run the banded conv
+    kernel, some with a fused residual), and ShuffleNet's grouped 1x1s: the samples of those families."""
+    return [InferenceSession(model, kernels_backend=backend, threads=1)
+            for model in (resnet18_like(), regnetx_400mf_like(), zoo.shufflenet_v1(batch=1))]
+
+
+def other_step_samples(sess, repeats: int) -> list[tuple[str, int, float]]:
+    """(step kind, macs, median seconds) of every non-block step, from profiled runs of the session."""
     feeds = {name: np.random.default_rng(WEIGHT_SEED).standard_normal(shape).astype(np.float32)
              for name, shape in batch_one_shapes(sess).items()}
     problem = sess.compiled.problem
     macs = {s.name: s.macs for s in problem.steps if not s.is_block}
+    kinds = {s.name: s.kind for s in problem.steps if not s.is_block}
     seconds: dict[str, list[float]] = {name: [] for name in macs}
     sess.run(None, feeds)
     for _ in range(repeats):
@@ -118,7 +130,32 @@ def other_step_samples(sess, repeats: int) -> list[tuple[int, float]]:
         for step in sess.last_run.steps:
             if step.name in seconds:
                 seconds[step.name].append(step.seconds)
-    return [(macs[name], statistics.median(times)) for name, times in seconds.items() if times]
+    return [(kinds[name], macs[name], statistics.median(times)) for name, times in seconds.items() if times]
+
+
+MIN_KIND_SAMPLES = 3
+
+
+def kind_coefficients(samples, s_call: float) -> tuple[tuple[str, float], ...]:
+    """Seconds per MAC of every step kind with at least MIN_KIND_SAMPLES samples with MACs: non-negative
+    least squares of the RELATIVE errors of macs * s + s_call on its own samples (a 50 us step counts as
+    much as a 5 ms one, as in fit_relative): CostModel.s_kinds."""
+    fitted = []
+    for kind in sorted({kind for kind, _, _ in samples}):
+        rows = [(macs, seconds) for k, macs, seconds in samples if k == kind and macs > 0 and seconds > 0]
+        if len(rows) >= MIN_KIND_SAMPLES:
+            (per_mac,) = nonnegative_least_squares([[macs / seconds] for macs, seconds in rows],
+                                                   [1.0 - s_call / seconds for _, seconds in rows])
+            fitted.append((kind, per_mac))
+    return tuple(fitted)
+
+
+def step_errors(model: CostModel, samples) -> dict[str, float]:
+    """Median relative error of the model's step estimates, per step kind."""
+    errors: dict[str, list[float]] = {}
+    for kind, macs, seconds in samples:
+        errors.setdefault(kind, []).append(abs(model.step_seconds(macs, kind) - seconds) / seconds)
+    return {kind: statistics.median(values) for kind, values in sorted(errors.items())}
 
 
 # ---------------------------------------------------------------- fitting and reporting
@@ -142,9 +179,11 @@ def fit(cases, seconds: dict, backend: str, others) -> tuple[CostModel, dict[str
     """Both fits (scheduler.cost.calibrate's absolute least squares, and the relative one); the
     one with the smaller median relative error over the cases is kept."""
     measured = [(g, s, seconds[(g, s)]) for g, s in cases]
-    absolute = scheduler.calibrate(lambda g, s: seconds[(g, s)], cases, backend=backend, other_samples=others)
+    absolute = scheduler.calibrate(lambda g, s: seconds[(g, s)], cases, backend=backend,
+                                   other_samples=[(macs, secs) for _, macs, secs in others])
     fits = {"absolute": absolute, "relative": fit_relative(measured, backend, absolute.s_other)}
     best = min(fits.values(), key=lambda m: median_relative_error(m, measured))
+    best = replace(best, s_kinds=kind_coefficients(others, best.s_call))
     return best, fits
 
 
@@ -182,15 +221,23 @@ def main(argv=None) -> int:
     timer = BlockTimer(backend, args.repeats)
     seconds = {case: timer(*case) for case in progress(cases, total=len(cases), label="block schedules")}
     others = other_step_samples(sess, args.repeats) + other_step_samples(mobilenet_v1_session(backend), args.repeats)
+    for conv_sess in progress(conv_family_sessions(backend), total=3, label="conv families"):
+        others += other_step_samples(conv_sess, args.repeats)
     model, fits = fit(cases, seconds, backend, others)
     path = args.out or default_path(backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     print(f"calibrated the {backend} cost model on {len(cases)} MobileNetV2 block schedules and "
-          f"{len(others)} other steps of MobileNetV2 and V1 (load average {os.getloadavg()[0]:.2f})")
+          f"{len(others)} other steps of MobileNetV2, V1, ResNet18-like, RegNetX-400MF-like and ShuffleNet v1 "
+          f"(load average {os.getloadavg()[0]:.2f})")
     print(f"machine: {cpu_model()}; numpy BLAS: {numpy_blas()} (calibrate with the BLAS threads you run with)")
     print("\n".join(describe_fit(model, CostModel.default(backend), timer.measured)))
     print("fits: " + ", ".join(f"{name} least squares {median_relative_error(m, timer.measured):.1%}"
                                for name, m in fits.items()) + " median relative error; kept the smaller")
+    flat = replace(model, s_kinds=())
+    print("other steps, median relative error by kind (s_kinds fit / one s_other for all): " + ", ".join(
+        f"{kind} {fitted:.0%} / {plain:.0%}" for (kind, fitted), plain in
+        zip(step_errors(model, others).items(), step_errors(flat, others).values())))
+    print("s_kinds: " + ", ".join(f"{kind} {per_mac:.3e} s/MAC" for kind, per_mac in model.s_kinds))
     print(f"saved to {path}")
     return 0

@@ -226,3 +226,54 @@ def pool2d(kind: str, x: np.ndarray, out: np.ndarray, kernel: tuple[int, int], s
     _, ho, wo = out.shape
     _call(_module().pool2d, POOL_KINDS[kind], x, out, c, h, w, ho, wo, int(kernel[0]), int(kernel[1]),
           int(strides[0]), int(strides[1]), tuple(int(p) for p in pads))
+
+
+# ---- dense and grouped convolution, band by band (conv.c)
+# Taps per group gathered at a time (CKC in conv.c): the `cols` scratch holds at most this many per group.
+CONV_BLOCK_TAPS = 256
+# Taps of one slab of a grouped conv (conv_slab_groups)
+CONV_SLAB_TAPS = 1024
+
+def conv_slab_groups(group: int, taps_per_group: int) -> int:
+    """Groups whose taps are gathered and multiplied together (one slab): as many as keep a slab within
+    CONV_SLAB_TAPS taps (at least 1): a grouped conv of many small groups (RegNet) then runs a few slabs of
+    several groups per band, so the band may hold whole rows of a narrow map without a large scratch."""
+    return max(1, min(group, CONV_SLAB_TAPS // max(1, taps_per_group)))
+
+
+def conv_geometry(x_shape, out_shape, w_shape, group: int, strides, dilations, pads, band_rows: int,
+                  slab_groups: int | None = None) -> tuple:
+    """The geometry tuple conv.c takes for one image x (Cin, H, W) -> out (Cout, Ho, Wo), weight
+    (Cout, Cin/group, kh, kw), pads (top, left, bottom, right), `band_rows` output rows per band and
+    `slab_groups` groups per slab (default conv_slab_groups)."""
+    cin, h, w = (int(v) for v in x_shape)
+    cout, ho, wo = (int(v) for v in out_shape)
+    kh, kw = int(w_shape[2]), int(w_shape[3])
+    if slab_groups is None:
+        slab_groups = conv_slab_groups(int(group), cin // max(1, int(group)) * kh * kw)
+    return (cin, h, w, cout, int(group), kh, kw, int(strides[0]), int(strides[1]), int(dilations[0]),
+            int(dilations[1]), tuple(int(p) for p in pads), ho, wo, int(band_rows), int(slab_groups))
+
+
+def conv_sizes(geometry: tuple) -> tuple[int, int, int]:
+    """(floats of the packed weights, floats of the `cols` scratch of one band, pixels per GEMM tile)."""
+    return _call(_module().conv_info, geometry)
+
+
+def pack_conv_weights(w: np.ndarray, group: int, dilations=(1, 1)) -> np.ndarray:
+    """A (Cout, Cin/group, kh, kw) weight in the panels conv_run reads (weights, not activations)."""
+    cout, cg, kh, kw = w.shape
+    # packing depends only on the weight's shape: a one-pixel output of the kernel's own extent
+    eh, ew = int(dilations[0]) * (kh - 1) + 1, int(dilations[1]) * (kw - 1) + 1
+    geometry = conv_geometry((cg * group, eh, ew), (cout, 1, 1), w.shape, group, (1, 1), dilations,
+                             (0, 0, 0, 0), 1)
+    packed = np.empty(conv_sizes(geometry)[0], np.float32)
+    _call(_module().conv_pack, np.ascontiguousarray(w.reshape(cout, -1), dtype=np.float32), packed, geometry)
+    return packed
+
+
+def conv(x: np.ndarray, packed: np.ndarray, bias, sum_input, out: np.ndarray, cols: np.ndarray, geometry: tuple,
+         activation: Activation = Activation(), threads: int = 1) -> None:
+    """out (Cout, Ho, Wo) = act(conv(x) + bias + sum_input) for one image, band by band through `cols`
+    (conv_sizes(geometry)[1] floats); bias and sum_input may be None. Threads share every band."""
+    _call(_module().conv_run, x, packed, bias, sum_input, out, cols, geometry, _act(activation), _threads(threads))

@@ -1,4 +1,5 @@
-"""Non-block steps on the C kernels: 1x1 (also grouped) and depthwise convolutions, pooling, Gemm.
+"""Non-block steps on the C kernels: convolutions (1x1, depthwise, and every other 2-D one banded), pooling,
+Gemm.
 
 Every class here is an op's native variant, named by the op's definition (`edgerun.ops.register(...,
 native=Class)`) and built per node as `Class(numpy_kernel, threads)`; anything the C kernels do not cover
@@ -11,8 +12,7 @@ import numpy as np
 from edgerun.ir import Node
 from edgerun.kernels import Activation, native
 from edgerun.kernels.numpy_steps import (ITEMSIZE, FusedConvKernel, GemmKernel, GlobalAveragePoolKernel,
-                                         StepKernel, _im2col_fill, _is_depthwise, _is_grouped_pointwise,
-                                         _is_pointwise)
+                                         StepKernel, _is_depthwise, _is_pointwise, conv_band_rows)
 
 
 def _activation(node: Node) -> Activation:
@@ -27,32 +27,50 @@ def _native_depthwise(node: Node, cin: int, cout: int) -> bool:
             and list(a.get("dilations", [1, 1])) == [1, 1])
 
 
-class NativeFusedConvKernel(StepKernel):
-    """1x1, depthwise and other group-1 2-D FusedConv in C; the rest on the numpy kernel.
+def _has_sum(node: Node) -> bool:
+    """A FusedConv carrying a residual input (passes/fuse_add.py): inputs [X, W, B or "", S]."""
+    return len(node.inputs) > 3 and bool(node.inputs[3])
 
-    1x1 weights are packed at plan time into the panels of native.pointwise_conv_packed; a grouped 1x1
-    (ShuffleNet) runs one packed GEMM per group on its contiguous channel slices; other group-1 convs (the
-    stem) gather their taps into the `im2col` scratch (numpy copies) and run the packed GEMM on it. The
-    pixels that do not fill a whole GEMM tile go through an `edge` scratch (at most 256 x 32 floats)."""
+
+class NativeFusedConvKernel(StepKernel):
+    """2-D FusedConv in C: 1x1, depthwise, and every other convolution (dense, grouped, strided, dilated,
+    any pads, with a fused residual input) banded by conv.c; other ranks on the numpy kernel.
+
+    1x1 weights are packed at plan time into the panels of native.pointwise_conv_packed (the pixels that
+    do not fill a whole GEMM tile go through an `edge` scratch of at most 256 x 32 floats). The banded
+    kernel ("conv") packs its weights per group once; each band of output rows gathers its taps one slab
+    at a time (native.conv_slab_groups groups, at most CONV_BLOCK_TAPS taps of each) into the `cols`
+    scratch, in the GEMM's tile layout, and runs one GEMM over the slab's groups: one kernel call for all
+    groups, and the scratch is bounded by the band (its rows: conv_band_rows of the slab's gathered values
+    per pixel), not by the output."""
 
     def __init__(self, fallback: StepKernel | None = None, threads: int = 1):
         self.fallback = fallback or FusedConvKernel()
         self.threads = threads
-        # (weight, its C layout (packed weights per group for 1x1s), a zero bias): one node per instance
+        # (weight, its C layout, a zero bias): one node per instance
         self._prepared: tuple | None = None
 
     def _native_kind(self, node: Node, cin: int, cout: int) -> str | None:
         if len(node.attrs["kernel_shape"]) != 2:
             return None
+        if _has_sum(node):
+            return "conv"
         if _is_pointwise(node):
             return "pointwise"
         if _native_depthwise(node, cin, cout):
             return "depthwise"
-        if _is_grouped_pointwise(node, cin, cout):
-            return "grouped"
-        if node.attrs.get("group", 1) == 1 and len(node.attrs["kernel_shape"]) == 2:
-            return "im2col"
-        return None
+        return "conv"
+
+    def _geometry(self, node, x_shape, out_shape, w_shape) -> tuple:
+        a = node.attrs
+        kh, kw = a["kernel_shape"]
+        cin, (_, ho, wo) = x_shape[0], out_shape
+        group = a.get("group", 1)
+        taps = cin // group * kh * kw
+        slab = native.conv_slab_groups(group, taps)
+        return native.conv_geometry(x_shape, out_shape, w_shape, group, a.get("strides", [1, 1]),
+                                    a.get("dilations", [1, 1]), a.get("pads", [0, 0, 0, 0]),
+                                    conv_band_rows(slab * min(native.CONV_BLOCK_TAPS, taps), ho, wo), slab)
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
         _, cin, *spatial = in_shapes[0]
@@ -62,14 +80,12 @@ class NativeFusedConvKernel(StepKernel):
             return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
         if kind == "depthwise":
             return {}
-        group = node.attrs.get("group", 1)
+        if kind == "conv":
+            geometry = self._geometry(node, in_shapes[0][1:], out_shapes[0][1:], in_shapes[1])
+            return {"cols": native.conv_sizes(geometry)[1] * ITEMSIZE}
         pixels = int(np.prod(out_shapes[0][2:]))
-        taps = int(np.prod(node.attrs["kernel_shape"]))
-        edge = native.packed_pointwise_sizes(cout // group, pixels, cin // group * taps)[1]
-        need = {"edge": edge * ITEMSIZE} if edge else {}
-        if kind == "im2col":
-            need["im2col"] = cin * taps * pixels * ITEMSIZE
-        return need
+        edge = native.packed_pointwise_sizes(cout, pixels, cin)[1]
+        return {"edge": edge * ITEMSIZE} if edge else {}
 
     def prepare(self, node, constants):
         # weights are read-only model data, not activations: their C layouts are made once, here
@@ -80,13 +96,15 @@ class NativeFusedConvKernel(StepKernel):
         group = node.attrs.get("group", 1)
         self._act = _activation(node)
         kind = self._native_kind(node, cin_per_group * group, cout)
-        if kind in ("pointwise", "grouped", "im2col"):
-            og = cout // group
-            layout = [native.pack_pointwise_weights(w[g * og:(g + 1) * og].reshape(og, -1)) for g in range(group)]
-            self._prepared = (w, layout, np.zeros(cout, np.float32))
+        if kind == "pointwise":
+            layout = native.pack_pointwise_weights(w.reshape(cout, -1))
+        elif kind == "conv":
+            layout = native.pack_conv_weights(w, group, node.attrs.get("dilations", [1, 1]))
         elif kind == "depthwise":
             layout = np.ascontiguousarray(w.reshape(cout, *w.shape[2:]), dtype=np.float32)
-            self._prepared = (w, layout, np.zeros(cout, np.float32))
+        else:
+            return
+        self._prepared = (w, layout, np.zeros(cout, np.float32))
 
     def run(self, node, inputs, outputs, scratch):
         x, w = inputs[0], inputs[1]
@@ -101,22 +119,15 @@ class NativeFusedConvKernel(StepKernel):
             for n in range(x.shape[0]):
                 native.depthwise_conv(x[n], layout, bias, y[n], node.attrs.get("strides", [1, 1])[0],
                                       tuple(node.attrs.get("pads", [0, 0, 0, 0])), act, self.threads)
-            return
-        edge = scratch.get("edge")
-        if kind == "im2col":   # the taps of every pixel gathered into scratch, then one packed GEMM
-            (kh, kw), (cin, ho, wo) = node.attrs["kernel_shape"], (x.shape[1], *y.shape[2:])
-            cols = scratch["im2col"][: cin * kh * kw * ho * wo]
+        elif kind == "conv":
+            s = inputs[3] if len(inputs) > 3 else None
+            geometry = self._geometry(node, x.shape[1:], y.shape[1:], w.shape)
             for n in range(x.shape[0]):
-                _im2col_fill(x[n], cols.reshape(cin, kh, kw, ho, wo), node.attrs)
-                native.pointwise_conv_packed(cols.reshape(cin * kh * kw, ho * wo), layout[0], bias, y[n], edge, act,
-                                             self.threads)
-            return
-        group = len(layout)
-        cg, og = x.shape[1] // group, y.shape[1] // group
-        for n in range(x.shape[0]):
-            for g, packed in enumerate(layout):
-                native.pointwise_conv_packed(x[n, g * cg:(g + 1) * cg], packed, bias[g * og:(g + 1) * og],
-                                             y[n, g * og:(g + 1) * og], edge, act, self.threads)
+                native.conv(x[n], layout, bias, None if s is None else s[n], y[n], scratch["cols"], geometry, act,
+                            self.threads)
+        else:
+            for n in range(x.shape[0]):
+                native.pointwise_conv_packed(x[n], layout, bias, y[n], scratch.get("edge"), act, self.threads)
 
 
 class NativeGlobalAveragePoolKernel(StepKernel):

@@ -85,18 +85,20 @@ class FusedConvKernel(StepKernel):
         if _is_depthwise(node, cin, cout):
             need["tap"] = ho * wo * cout * ITEMSIZE
         elif not (_is_pointwise(node) or _is_grouped_pointwise(node, cin, cout)):
-            need["im2col"] = (cin // group) * kh * kw * ho * wo * ITEMSIZE
+            rows = conv_band_rows(cin * kh * kw, ho, wo)
+            need["im2col"] = (cin // group) * kh * kw * rows * wo * ITEMSIZE
         if _needs_act_tmp(node):
             need["act"] = cout * ho * wo * ITEMSIZE
         return need
 
     def run(self, node, inputs, outputs, scratch):
         x, w, b = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
+        s = inputs[3] if len(inputs) > 3 else None
         y = outputs[0]
         for n in range(x.shape[0]):
-            self._run_image(node, x[n], w, b, y[n], scratch)
+            self._run_image(node, x[n], w, b, y[n], scratch, None if s is None else s[n])
 
-    def _run_image(self, node, x, w, b, y, scratch):
+    def _run_image(self, node, x, w, b, y, scratch, s=None):
         cin, cout = x.shape[0], y.shape[0]
         if _is_depthwise(node, cin, cout):
             _depthwise(x, w, y, node.attrs, scratch["tap"])
@@ -112,6 +114,8 @@ class FusedConvKernel(StepKernel):
             _im2col_conv(x, w, y, node.attrs, scratch["im2col"])
         if b is not None:
             np.add(y, b.reshape(-1, 1, 1), out=y)
+        if s is not None:   # the fused residual (passes/fuse_add.py): act(conv + b + s)
+            np.add(y, s, out=y)
         activation = Activation(node.attrs.get("activation", ""), tuple(node.attrs.get("activation_params", ())))
         apply_inplace(y.reshape(-1), activation, scratch.get("act"))
 
@@ -163,41 +167,62 @@ def _depthwise(x, w, y, attrs, tap):
             np.add(y[:, r0:r1, c0:c1], t, out=y[:, r0:r1, c0:c1])
 
 
-def _im2col_fill(xg, cols, attrs):
-    """cols (cg, kh, kw, ho, wo) = the input taps of every output pixel (zero where they fall in pads)."""
+# Scratch of a dense convolution's gathered taps is kept near this size: a band of output rows at a time
+# (at least one row), never the whole output (issue 11: bounded by the band it computes).
+CONV_BAND_TARGET_BYTES = 256 * 1024
+
+
+def conv_band_rows(taps: int, out_height: int, out_width: int) -> int:
+    """Output rows per band of a dense convolution with `taps` = Cin * kh * kw gathered values per pixel:
+    as many as keep the band's taps within CONV_BAND_TARGET_BYTES, at least 1, at most out_height. The
+    numpy and the native kernels band alike."""
+    per_row = max(1, taps * out_width * ITEMSIZE)
+    return max(1, min(out_height, CONV_BAND_TARGET_BYTES // per_row))
+
+
+def _im2col_fill(xg, cols, attrs, row0=0):
+    """cols (cg, kh, kw, rows, wo) = the input taps of output rows [row0, row0 + rows) (zero where they fall
+    in pads)."""
     _, h, wd = xg.shape
-    _, kh, kw, ho, wo = cols.shape
+    _, kh, kw, rows, wo = cols.shape
     sh, sw = attrs.get("strides", [1, 1])
     dh, dw = attrs.get("dilations", [1, 1])
     pt, pl = attrs.get("pads", [0, 0, 0, 0])[:2]
     for i in range(kh):
-        r0, r1 = _tap_range(ho, h, i * dh - pt, sh)
+        first, stop = _tap_range(row0 + rows, h, i * dh - pt, sh)
+        r0, r1 = max(first, row0) - row0, max(stop, row0) - row0   # band-local rows with the tap inside x
         for j in range(kw):
             c0, c1 = _tap_range(wo, wd, j * dw - pl, sw)
             tap = cols[:, i, j]
             if r0 >= r1 or c0 >= c1:
                 tap.fill(0)
                 continue
-            if r0 > 0 or r1 < ho or c0 > 0 or c1 < wo:   # only the pad border is zeroed
+            if r0 > 0 or r1 < rows or c0 > 0 or c1 < wo:   # only the pad border is zeroed
                 tap[:, :r0].fill(0)
                 tap[:, r1:].fill(0)
                 tap[:, r0:r1, :c0].fill(0)
                 tap[:, r0:r1, c1:].fill(0)
-            np.copyto(tap[:, r0:r1, c0:c1], xg[:, r0 * sh + i * dh - pt: (r1 - 1) * sh + i * dh - pt + 1: sh,
+            y0 = (r0 + row0) * sh + i * dh - pt
+            np.copyto(tap[:, r0:r1, c0:c1], xg[:, y0: y0 + (r1 - r0 - 1) * sh + 1: sh,
                                                 c0 * sw + j * dw - pl: (c1 - 1) * sw + j * dw - pl + 1: sw])
 
 
 def _im2col_conv(x, w, y, attrs, col_scratch):
+    """Band by band (conv_band_rows), group by group: the band's taps into the scratch, one matmul into the
+    band's rows of the group's output channels."""
     cin, h, wd = x.shape
     cout, ho, wo = y.shape
     kh, kw = attrs["kernel_shape"]
     group = attrs.get("group", 1)
     cg, og = cin // group, cout // group
-    cols = col_scratch[: cg * kh * kw * ho * wo].reshape(cg, kh, kw, ho, wo)
-    for g in range(group):
-        _im2col_fill(x[g * cg:(g + 1) * cg], cols, attrs)
-        np.matmul(w[g * og:(g + 1) * og].reshape(og, -1), cols.reshape(cg * kh * kw, ho * wo),
-                  out=y[g * og:(g + 1) * og].reshape(og, ho * wo))
+    band = conv_band_rows(cin * kh * kw, ho, wo)
+    for row0 in range(0, ho, band):
+        rows = min(band, ho - row0)
+        cols = col_scratch[: cg * kh * kw * rows * wo].reshape(cg, kh, kw, rows, wo)
+        for g in range(group):
+            _im2col_fill(x[g * cg:(g + 1) * cg], cols, attrs, row0)
+            np.matmul(w[g * og:(g + 1) * og].reshape(og, -1), cols.reshape(cg * kh * kw, rows * wo),
+                      out=y[g * og:(g + 1) * og, row0:row0 + rows].reshape(og, rows * wo))
 
 
 class BinaryKernel(StepKernel):

@@ -111,6 +111,8 @@ class FusedConvAnyRankKernel(FusedConvKernel):
                           out=y[n, g * og:(g + 1) * og].reshape(og, pixels))
             if b is not None:
                 np.add(y[n], b.reshape((-1,) + (1,) * rank), out=y[n])
+            if len(inputs) > 3 and inputs[3] is not None:   # a fused residual (passes/fuse_add.py)
+                np.add(y[n], inputs[3][n], out=y[n])
             apply_inplace(y[n].reshape(-1), activation, scratch.get("act"))
 
 

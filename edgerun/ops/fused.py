@@ -110,7 +110,18 @@ def _fused_conv_infer(node, inputs, opset):
         for i in range(spatial))
     if any(isinstance(d, int) and d < 1 for d in out_spatial):
         raise _invalid(node, f"output spatial size {out_spatial} is empty for input {tuple(x.shape)}")
-    return [TensorInfo((x.shape[0], w.shape[0]) + out_spatial, np.dtype(x.dtype))]
+    out_shape = (x.shape[0], w.shape[0]) + out_spatial
+    _check_sum(node, inputs[3].shape if len(inputs) > 3 and inputs[3] is not None else None, out_shape)
+    return [TensorInfo(out_shape, np.dtype(x.dtype))]
+
+
+def _check_sum(node: Node, sum_shape, out_shape) -> None:
+    """The optional 4th input S (a residual fused by passes/fuse_add.py) has the output's shape:
+    FusedConv then computes act(conv(X) + B + S)."""
+    if len(node.inputs) > 4:
+        raise _invalid(node, f"takes at most 4 inputs (X, W, B, S), got {len(node.inputs)}")
+    if sum_shape is not None and tuple(sum_shape) != tuple(out_shape):
+        raise _invalid(node, f"sum input shape {tuple(sum_shape)} does not match the output {tuple(out_shape)}")
 
 
 def _fused_conv_compute(node, inputs, opset):
@@ -123,6 +134,9 @@ def _fused_conv_compute(node, inputs, opset):
     _check_activation(node)
     y = conv_nd(x, w, b, strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"],
                 group=attrs["group"])
+    if len(inputs) > 3 and inputs[3] is not None:
+        _check_sum(node, np.shape(inputs[3]), y.shape)
+        y = y + np.asarray(inputs[3], dtype=y.dtype)
     return [apply_activation(y, node.attrs.get("activation", ""), node.attrs.get("activation_params", []))]
 
 

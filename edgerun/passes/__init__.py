@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from edgerun.errors import EdgerunError
 from edgerun.ir import Graph
-from edgerun.passes import blocks, bnfold, constfold, declutter, fuse_activation, fuse_pad, quantize
+from edgerun.passes import blocks, bnfold, constfold, declutter, fuse_activation, fuse_add, fuse_pad, quantize
 from edgerun.passes.graph_edit import prune_unused
 from edgerun.shape_inference import topological_order
 
@@ -32,6 +32,7 @@ PASSES: tuple[tuple[str, Callable[[Graph], bool]], ...] = (
     ("fuse_activation", fuse_activation.run),
     ("fuse_blocks", blocks.fuse_blocks),
     ("fuse_stem", blocks.fuse_stem),
+    ("fuse_add", fuse_add.run),   # after the block passes: a block keeps its own residual add
 )
 PASS_NAMES = tuple(name for name, _ in PASSES)
 ENV_VAR = "EDGERUN_DISABLE_PASSES"

@@ -40,6 +40,8 @@ def _square_plain_conv(graph: Graph, conv: Node | None) -> bool:
     and pads smaller than the kernel (the block's row arithmetic in scheduler.blocks needs that)."""
     if not _fused_conv(conv) or _weight(graph, conv) is None or not _has_constant_bias(graph, conv):
         return False
+    if len(conv.inputs) > 3 and conv.inputs[3]:   # a fused residual input (passes/fuse_add.py)
+        return False
     a = conv.attrs
     kh, kw = a["kernel_shape"]
     sh, sw = a["strides"]

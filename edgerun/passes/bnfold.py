@@ -18,7 +18,9 @@ def run(graph: Graph) -> bool:
 
 
 def _is_linear_conv(node: Node | None) -> bool:
-    return is_op(node, "Conv") or (is_op(node, "FusedConv", "edgerun") and node.attrs.get("activation", "") == "")
+    # a FusedConv with a fused residual input (passes/fuse_add.py) computes conv + S: no fold
+    return is_op(node, "Conv") or (is_op(node, "FusedConv", "edgerun") and node.attrs.get("activation", "") == ""
+                                   and len(node.inputs) <= 3)
 
 
 def _only_first_output_used(graph: Graph, bn: Node) -> bool:

@@ -253,5 +253,27 @@ const char *er_seg_check(const er_seg_tensor *tensors, int ntensors, const er_se
 const char *er_seg_run(const er_seg_tensor *tensors, const er_seg_step *steps, const er_seg_call *calls,
                        int ncalls, int threads);
 /* ---------------------------------------------------------------- end of streamed segments */
+/* ---- conv.c: dense and grouped 2-D convolution, band by band (dense-conv) */
+typedef struct {
+    int cin, height, width, cout, group;
+    int kh, kw, sh, sw, dh, dw;
+    int pads[4];                 /* top, left, bottom, right */
+    int out_height, out_width;   /* asserted against the derivation by er_conv_check */
+    int band_rows;               /* output rows per band: the cols scratch holds one band ... */
+    int slab_groups;             /* ... of this many groups' taps (at most 256 taps of each) at a time */
+} er_conv_geom;
+
+/* NULL when the geometry is valid and consistent, else a message. */
+const char *er_conv_check(const er_conv_geom *g);
+/* Floats of the packed weights (er_conv_pack) and of the cols scratch (one band, all groups). */
+long er_conv_packed_floats(const er_conv_geom *g);
+long er_conv_scratch_floats(const er_conv_geom *g);
+/* w (cout, cin/group * kh * kw) row-major into the GEMM's panels. */
+void er_conv_pack(const er_conv_geom *g, const float *w, float *packed);
+/* out (cout, ho, wo) = act(conv(x) + bias + sum) for one image; bias and sum may be NULL; cols holds
+ * er_conv_scratch_floats floats. Threads share each band (same bits for any count). NULL or an error. */
+const char *er_conv_run(const er_conv_geom *g, const float *packed, const float *x, const float *bias,
+                        const float *sum, float *out, float *cols, const er_act *act, int threads);
+/* ---- end conv.c */
 
 #endif

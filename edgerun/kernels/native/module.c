@@ -370,6 +370,11 @@ PyDoc_STRVAR(segment_run_doc,
 "1 x / 2 out / 3 ring in the arena, arena offset, ring rows, C, H, W); steps: int64 (n, 24) rows (see\n"
 "SEG_FIELDS in native_segment.py); calls: int32 (n, 3) rows (step, lo, hi). Everything is checked\n"
 "(ValueError) before the calls run.");
+/* ---- conv.c: banded dense and grouped convolution (dense-conv) */
+PyObject *er_py_conv_info(PyObject *self, PyObject *args);
+PyObject *er_py_conv_pack(PyObject *self, PyObject *args);
+PyObject *er_py_conv_run(PyObject *self, PyObject *args);
+/* ---- end conv.c */
 
 static PyMethodDef methods[] = {
     {"run_block", py_run_block, METH_VARARGS, run_block_doc},
@@ -397,6 +402,14 @@ static PyMethodDef methods[] = {
     {"segment_run", py_segment_run, METH_VARARGS, segment_run_doc},
     {"pool2d", er_py_pool2d, METH_VARARGS,
      "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
+    /* ---- conv.c (dense-conv) */
+    {"conv_info", er_py_conv_info, METH_VARARGS,
+     "conv_info(geom) -> (packed weight floats, cols scratch floats, tile columns) of a banded convolution."},
+    {"conv_pack", er_py_conv_pack, METH_VARARGS, "conv_pack(w (Cout, Cin/group*kh*kw), packed, geom)."},
+    {"conv_run", er_py_conv_run, METH_VARARGS,
+     "conv_run(x, packed, bias, sum, out, cols, geom, act, threads=1): out = act(conv(x) + bias + sum),\n"
+     "band by band (geom's band_rows) through the cols scratch."},
+    /* ---- end conv.c */
     {NULL, NULL, 0, NULL},
 };
 
