@@ -26,7 +26,7 @@ from setuptools.command.build_ext import build_ext
 NATIVE_DIR = os.path.join("edgerun", "kernels", "native")
 NATIVE_SOURCES = [os.path.join(NATIVE_DIR, name)
                   for name in ("module.c", "block.c", "gemm.c", "depthwise.c", "activation.c", "steps.c",
-                               "threadpool.c", "pybuffers.c")]
+                               "threadpool.c", "pybuffers.c", "fused_steps.c")]
 # -fno-trapping-math lets GCC if-convert (vectorise) selects such as leaky ReLU; edgerun never
 # relies on floating-point exceptions.
 PORTABLE_FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-pthread"]

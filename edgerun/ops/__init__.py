@@ -26,7 +26,7 @@ from edgerun.errors import UnsupportedOperatorError
 
 _FAMILIES = (
     "conv", "norm", "activation", "elementwise", "matmul", "pool",
-    "shape_ops", "resize", "fused",
+    "shape_ops", "resize", "fused", "squeeze_excite", "channel_shuffle",
 )
 
 

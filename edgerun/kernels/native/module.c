@@ -342,6 +342,10 @@ PyObject *er_py_pw_pack(PyObject *self, PyObject *args);
 PyObject *er_py_pw_conv(PyObject *self, PyObject *args);
 PyObject *er_py_pool2d(PyObject *self, PyObject *args);
 PyObject *er_py_gemv(PyObject *self, PyObject *args);
+/* ---- fused non-conv steps (fused_steps.c) */
+PyObject *er_py_squeeze_excite(PyObject *self, PyObject *args);
+PyObject *er_py_channel_shuffle(PyObject *self, PyObject *args);
+/* ---- end of fused non-conv steps */
 
 static PyMethodDef methods[] = {
     {"run_block", py_run_block, METH_VARARGS, run_block_doc},
@@ -366,6 +370,12 @@ static PyMethodDef methods[] = {
      "pw_conv(x (K, N), packed, bias, out (M, N), edge, M, N, K, act, threads=1): 1x1 conv on packed weights."},
     {"gemv", er_py_gemv, METH_VARARGS,
      "gemv(w (rows, K), x (K), bias or None, y (rows), rows, K, threads=1): y = w @ x + bias."},
+    /* ---- fused non-conv steps (fused_steps.c) */
+    {"squeeze_excite", er_py_squeeze_excite, METH_VARARGS,
+     "squeeze_excite(x, y, w1, b1, w2, b2, scratch, C, pixels, S, act1, act2[, threads]): one image."},
+    {"channel_shuffle", er_py_channel_shuffle, METH_VARARGS,
+     "channel_shuffle(x, y, C, pixels, groups[, threads]): (groups, C/groups) -> (C/groups, groups) planes."},
+    /* ---- end of fused non-conv steps */
     {"pool2d", er_py_pool2d, METH_VARARGS,
      "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
     {NULL, NULL, 0, NULL},

@@ -83,7 +83,7 @@ static void micro_tile(int kc, const float *restrict a, const float *restrict b,
     }
 }
 
-static int in_registers(const er_act *act) { return act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP; }
+static int in_registers(const er_act *act) { return er_act_in_registers(act); }
 
 #else /* portable scalar fallback */
 #define PMR 4
