@@ -201,10 +201,11 @@ POOL_KINDS = {"max": 0, "average": 1, "average_with_pads": 2}
 
 
 def pool2d(kind: str, x: np.ndarray, out: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
-           pads: tuple[int, int, int, int]) -> None:
+           pads: tuple[int, int, int, int], threads: int = 1) -> None:
     """2-D max / average pooling of one image x (C, H, W) into out (C, Ho, Wo); pads (top, left, bottom,
-    right); "average" divides by the taps inside x, "average_with_pads" by those inside the padded x."""
+    right); "average" divides by the taps inside x, "average_with_pads" by those inside the padded x; threads
+    take ranges of channels."""
     c, h, w = x.shape
     _, ho, wo = out.shape
     _call(_module().pool2d, POOL_KINDS[kind], x, out, c, h, w, ho, wo, int(kernel[0]), int(kernel[1]),
-          int(strides[0]), int(strides[1]), tuple(int(p) for p in pads))
+          int(strides[0]), int(strides[1]), tuple(int(p) for p in pads), _threads(threads))

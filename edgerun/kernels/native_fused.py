@@ -25,3 +25,13 @@ def channel_shuffle(x: np.ndarray, y: np.ndarray, groups: int, threads: int = 1)
     """y channel j * groups + i = x channel i * (C / groups) + j, whole planes; x, y (C, ...)."""
     channels = x.shape[0]
     _call(_module().channel_shuffle, x, y, channels, x.size // channels, int(groups), _threads(threads))
+
+
+def binary(kind: int, a: np.ndarray, b: np.ndarray, y: np.ndarray, threads: int = 1) -> None:
+    """y = a (add 0, sub 1, mul 2, div 3) b, all float32 of y's size; threads take ranges of elements."""
+    _call(_module().binary, int(kind), a, b, y, y.size, _threads(threads))
+
+
+def activation(x: np.ndarray, y: np.ndarray, act: Activation, threads: int = 1) -> None:
+    """y = act(x), float32 of one size; threads take ranges of elements."""
+    _call(_module().activation, x, y, y.size, _act(act), _threads(threads))

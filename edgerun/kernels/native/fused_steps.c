@@ -179,3 +179,117 @@ PyObject *er_py_channel_shuffle(PyObject *self, PyObject *args)
     if (error) return PyErr_Format(PyExc_RuntimeError, "channel_shuffle: %s", error);
     Py_RETURN_NONE;
 }
+
+/* ---------------------------------------------------------------- plain elementwise steps, threaded */
+/* Every element is computed by the same expression whatever the thread count: threads take ranges. */
+enum { ER_BINARY_ADD = 0, ER_BINARY_SUB = 1, ER_BINARY_MUL = 2, ER_BINARY_DIV = 3 };
+
+typedef struct {
+    const float *a, *b;
+    float *y;
+    long n;
+    int kind, parts;
+    er_act act;
+} ew_job;
+
+/* Ranges in whole vectors of 16 floats, so that a part never splits one. */
+static void ew_range(const ew_job *job, int part, long *i0, long *i1)
+{
+    long blocks = (job->n + 15) / 16;
+    int b0, b1;
+    er_share((int)(blocks < 0x7fffffff ? blocks : 0x7fffffff), job->parts, part, &b0, &b1);
+    *i0 = (long)b0 * 16;
+    *i1 = (long)b1 * 16 < job->n ? (long)b1 * 16 : job->n;
+}
+
+static void binary_item(void *ctx, int part)
+{
+    const ew_job *job = (const ew_job *)ctx;
+    long i0, i1;
+    ew_range(job, part, &i0, &i1);
+    const float *restrict a = job->a, *restrict b = job->b;
+    float *restrict y = job->y;
+    switch (job->kind) {
+    case ER_BINARY_ADD: for (long i = i0; i < i1; i++) y[i] = a[i] + b[i]; break;
+    case ER_BINARY_SUB: for (long i = i0; i < i1; i++) y[i] = a[i] - b[i]; break;
+    case ER_BINARY_MUL: for (long i = i0; i < i1; i++) y[i] = a[i] * b[i]; break;
+    default: for (long i = i0; i < i1; i++) y[i] = a[i] / b[i]; break;
+    }
+}
+
+static void activation_item(void *ctx, int part)
+{
+    const ew_job *job = (const ew_job *)ctx;
+    long i0, i1;
+    ew_range(job, part, &i0, &i1);
+    if (i1 <= i0) return;
+    if (job->y != job->a) memcpy(job->y + i0, job->a + i0, (size_t)(i1 - i0) * sizeof(float));
+    er_apply_activation(job->y + i0, i1 - i0, &job->act);
+}
+
+static int ew_parts(long n, int threads)
+{
+    long blocks = (n + 15) / 16;
+    return er_worth_parts((double)n, threads, (int)(blocks < threads ? blocks : threads));
+}
+
+/* y = a (op) b, all of n floats (no broadcast). */
+PyObject *er_py_binary(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *a, *b, *y;
+    int kind, threads = 1;
+    long n;
+    er_buffer_set set = {.count = 0};
+    if (!PyArg_ParseTuple(args, "iOOOl|i", &kind, &a, &b, &y, &n, &threads)) return NULL;
+    if (kind < ER_BINARY_ADD || kind > ER_BINARY_DIV || n < 1 || threads < 1 || threads > ER_MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "binary: invalid kind, size or threads");
+        return NULL;
+    }
+    const float *ap = er_acquire(&set, a, "a", n, 0, 0);
+    const float *bp = ap ? er_acquire(&set, b, "b", n, 0, 0) : NULL;
+    float *yp = bp ? er_acquire(&set, y, "y", n, 0, 1) : NULL;
+    if (!yp || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
+        return NULL;
+    }
+    ew_job job = {.a = ap, .b = bp, .y = yp, .n = n, .kind = kind, .parts = ew_parts(n, threads)};
+    const char *error;
+    Py_BEGIN_ALLOW_THREADS
+    error = er_run_parts(binary_item, &job, job.parts);
+    Py_END_ALLOW_THREADS
+    er_release_all(&set);
+    if (error) return PyErr_Format(PyExc_RuntimeError, "binary: %s", error);
+    Py_RETURN_NONE;
+}
+
+/* y = act(x), n floats. */
+PyObject *er_py_activation(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x, *y, *spec;
+    int threads = 1;
+    long n;
+    er_act act;
+    er_buffer_set set = {.count = 0};
+    if (!PyArg_ParseTuple(args, "OOlO|i", &x, &y, &n, &spec, &threads) || er_parse_activation(spec, &act, "act") != 0)
+        return NULL;
+    if (n < 1 || threads < 1 || threads > ER_MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "activation: size must be positive and threads in 1..128");
+        return NULL;
+    }
+    const float *xp = er_acquire(&set, x, "x", n, 0, 0);
+    float *yp = xp ? er_acquire(&set, y, "y", n, 0, 1) : NULL;
+    if (!yp || er_check_no_overlap(&set) != 0) {
+        er_release_all(&set);
+        return NULL;
+    }
+    ew_job job = {.a = xp, .y = yp, .n = n, .act = act, .parts = ew_parts(n, threads)};
+    const char *error;
+    Py_BEGIN_ALLOW_THREADS
+    error = er_run_parts(activation_item, &job, job.parts);
+    Py_END_ALLOW_THREADS
+    er_release_all(&set);
+    if (error) return PyErr_Format(PyExc_RuntimeError, "activation: %s", error);
+    Py_RETURN_NONE;
+}
