@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
+import onnx.backend.test
+from onnx import numpy_helper
 
 from edgerun.models import UsageError, resolve_model
 
@@ -25,7 +28,6 @@ WEIGHT_SEED = 0
 
 
 def light_folder() -> str:
-    import onnx.backend.test
     return os.path.join(os.path.dirname(onnx.backend.test.__file__), "data", "light")
 
 
@@ -47,8 +49,6 @@ def _random_values(rng, shape) -> np.ndarray:
 
 def with_random_weights(model, seed: int = WEIGHT_SEED):
     """A copy of the ONNX model with seeded random float weights of the same shapes."""
-    import onnx
-    from onnx import numpy_helper
     rng = np.random.default_rng(seed)
     randomized = onnx.ModelProto()
     randomized.CopyFrom(model)
@@ -72,7 +72,6 @@ def with_random_weights(model, seed: int = WEIGHT_SEED):
 
 
 def _with_logits_output(model):
-    import onnx
     last = model.graph.node[-1]
     if last.op_type != "Softmax":
         return model
@@ -86,7 +85,6 @@ def _with_logits_output(model):
 def resolve_bench_model(spec: str):
     """(model, label) for a zoo name, an .onnx path or light:NAME."""
     if spec.startswith(LIGHT_PREFIX):
-        import onnx
         name = spec[len(LIGHT_PREFIX):]
         return with_random_weights(onnx.load(light_path(name))), spec
     return resolve_model(spec)

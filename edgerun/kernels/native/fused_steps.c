@@ -188,7 +188,7 @@ typedef struct {
     const float *a, *b;
     float *y;
     long n;
-    int kind, parts;
+    int op, parts;
     er_act act;
 } ew_job;
 
@@ -209,7 +209,7 @@ static void binary_item(void *ctx, int part)
     ew_range(job, part, &i0, &i1);
     const float *restrict a = job->a, *restrict b = job->b;
     float *restrict y = job->y;
-    switch (job->kind) {
+    switch (job->op) {
     case ER_BINARY_ADD: for (long i = i0; i < i1; i++) y[i] = a[i] + b[i]; break;
     case ER_BINARY_SUB: for (long i = i0; i < i1; i++) y[i] = a[i] - b[i]; break;
     case ER_BINARY_MUL: for (long i = i0; i < i1; i++) y[i] = a[i] * b[i]; break;
@@ -253,7 +253,7 @@ PyObject *er_py_binary(PyObject *self, PyObject *args)
         er_release_all(&set);
         return NULL;
     }
-    ew_job job = {.a = ap, .b = bp, .y = yp, .n = n, .kind = kind, .parts = ew_parts(n, threads)};
+    ew_job job = {.a = ap, .b = bp, .y = yp, .n = n, .op = kind, .parts = ew_parts(n, threads)};
     const char *error;
     Py_BEGIN_ALLOW_THREADS
     error = er_run_parts(binary_item, &job, job.parts);
