@@ -48,7 +48,7 @@ for VARIANT in "${VARIANTS[@]}"; do
         PYTHONPATH="$WORK" EDGERUN_KERNELS=native PYTHONDONTWRITEBYTECODE=1 \
         "$PY" -m pytest -q -p no:cacheprovider tests/test_native_block.py tests/test_native_backend.py \
             tests/test_kernels_block.py tests/test_step_kernels.py tests/test_native_threads.py \
-            tests/test_native_depthwise.py "$@")
+            tests/test_native_depthwise.py tests/test_fused_steps.py "$@")
     (cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" \
         "$PY" -c "from edgerun.kernels import native; print('   built for', native.build_info())")
 done

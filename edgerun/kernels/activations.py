@@ -146,17 +146,20 @@ def _sigmoid_inplace(values, tmp):
 
 def _silu_reference(x):
     # Sigmoid*x (SiLU, Swish-1): recognised as Mul(x, Sigmoid(x)) by passes/fuse_silu.py, no ONNX op of its own
-    return (x * _sigmoid_reference(x)).astype(x.dtype, copy=False)
+    with np.errstate(invalid="ignore"):     # -inf * 0 is NaN, as in onnxruntime's Mul
+        return (x * _sigmoid_reference(x)).astype(x.dtype, copy=False)
 
 
 def _silu_into(x, y):
     _sigmoid_into(x, y)
-    np.multiply(y, x, out=y)
+    with np.errstate(invalid="ignore"):
+        np.multiply(y, x, out=y)
 
 
 def _silu_inplace(part, tmp):
     _sigmoid_into(part, tmp)
-    np.multiply(part, tmp, out=part)
+    with np.errstate(invalid="ignore"):
+        np.multiply(part, tmp, out=part)
 
 
 def _elu_reference(x, alpha):
