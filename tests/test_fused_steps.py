@@ -309,6 +309,7 @@ def one_node_model(op, shape, inits=None, **attrs):
 
 
 PLAIN_CASES = [
+    ("Sum", lambda rng, s: {"b": rng.standard_normal(s)}, {}),
     ("Add", lambda rng, s: {"b": rng.standard_normal(s)}, {}),
     ("Mul", lambda rng, s: {"b": rng.standard_normal(s)}, {}),
     ("Sub", lambda rng, s: {"b": rng.standard_normal(s)}, {}),
@@ -356,3 +357,44 @@ def test_mobilenet_v3_zoo_model_runs_its_se_blocks_as_single_steps(monkeypatch):
         assert ops.count("SqueezeExcite") == (0 if switch else 9), ops
         assert_close_to_ort(results[-1], expected, rel=1e-4)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- per-channel scales folded into convs
+def affine_model(rng, channels=6, size=5, with_conv=True, scale_shape=(6, 1, 1)):
+    """[conv -> Relu ->] BatchNormalization -> Mul -> Add -> Relu -> conv -> Mul, DenseNet's pre-activation."""
+    c = channels
+    inits = {"gamma": rng.uniform(0.5, 1.5, c), "beta": rng.standard_normal(c), "mean": rng.standard_normal(c) * 0.1,
+             "var": rng.uniform(0.5, 1.5, c), "s": rng.uniform(0.5, 1.5, scale_shape),
+             "t": rng.standard_normal((c, 1, 1)), "w1": rng.standard_normal((4, c, 1, 1)) * 0.3,
+             "s2": rng.uniform(0.5, 1.5, (4, 1, 1))}
+    first = "x"
+    nodes = []
+    if with_conv:
+        inits["w0"] = rng.standard_normal((c, 3, 3, 3)) * 0.3
+        nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c0"], ["r0"])]
+        first = "r0"
+    nodes += [helper.make_node("BatchNormalization", [first, "gamma", "beta", "mean", "var"], ["bn"]),
+              helper.make_node("Mul", ["bn", "s"], ["m"]), helper.make_node("Add", ["t", "m"], ["a"]),
+              helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Conv", ["r", "w1"], ["c1"]),
+              helper.make_node("Mul", ["c1", "s2"], ["y"])]
+    return make_model(nodes, [1, 3 if with_conv else c, size, size], inits, opset=13)
+
+
+@pytest.mark.parametrize("with_conv", [True, False])
+def test_batchnorm_scales_and_shifts_fold_into_convs(with_conv, monkeypatch):
+    rng = np.random.default_rng(6)
+    model = affine_model(rng, with_conv=with_conv)
+    channels = 3 if with_conv else 6
+    x = rng.standard_normal((1, channels, 5, 5)).astype(np.float32)
+    check_fusion(model, x, lambda ops: not {"Mul", "Add", "BatchNormalization", "Relu"} & set(ops),
+                 "EDGERUN_NO_FOLD_AFFINE", monkeypatch)
+
+
+def test_a_scale_that_is_not_per_channel_is_left_alone():
+    rng = np.random.default_rng(7)
+    model = affine_model(rng, scale_shape=(1, 5, 5))
+    x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    y, ops = run(model, x, "numpy")
+    assert "Mul" in ops
+    assert_close_to_ort(y, run_ort(model, {"x": x})[0], rel=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.ir import TensorInfo
-from edgerun.kernels.native_steps import NativeBinaryKernel
+from edgerun.kernels.native_steps import NativeBinaryKernel, NativeSumKernel
 from edgerun.kernels.numpy_steps import BinaryKernel
 from edgerun.kernels.steps_elementwise import QuietUfuncKernel
 from edgerun.kernels.steps_variadic import SumKernel
@@ -102,4 +102,4 @@ for _op in _BINARY:
     register(_op, _binary_infer, _binary_compute, step=_ARENA_KERNELS[_op],
              native=NativeBinaryKernel if _op in NativeBinaryKernel.KINDS else None)
 register("Sqrt", _sqrt_infer, _sqrt_compute, step=QuietUfuncKernel(np.sqrt))
-register("Sum", _sum_infer, _sum_compute, step=SumKernel())
+register("Sum", _sum_infer, _sum_compute, step=SumKernel(), native=NativeSumKernel)

@@ -11,7 +11,8 @@ dropped at the end. Shape inference need not run again.
 
 Passes are switched off by name for A/B comparison, from code (`optimize(g, disabled={...})`)
 or from the environment (`EDGERUN_DISABLE_PASSES=name1,name2` or `all`, and for the fusions of non-conv
-steps `EDGERUN_NO_FUSE_SILU=1`, `EDGERUN_NO_FUSE_SE=1`, `EDGERUN_NO_FUSE_SHUFFLE=1`); the sets add up.
+steps `EDGERUN_NO_FUSE_SILU=1`, `EDGERUN_NO_FUSE_SE=1`, `EDGERUN_NO_FUSE_SHUFFLE=1`,
+`EDGERUN_NO_FOLD_AFFINE=1`); the sets add up.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from typing import Callable, Iterable
 
 from edgerun.errors import EdgerunError
 from edgerun.ir import Graph
-from edgerun.passes import (blocks, bnfold, constfold, declutter, fuse_activation, fuse_pad, fuse_se, fuse_shuffle,
-                            fuse_silu)
+from edgerun.passes import (blocks, bnfold, constfold, declutter, fold_affine, fuse_activation, fuse_pad, fuse_se,
+                            fuse_shuffle, fuse_silu)
 from edgerun.passes.graph_edit import prune_unused
 from edgerun.shape_inference import topological_order
 
@@ -30,6 +31,7 @@ PASSES: tuple[tuple[str, Callable[[Graph], bool]], ...] = (
     ("constfold", constfold.run),
     ("fuse_pad", fuse_pad.run),
     ("bnfold", bnfold.run),
+    ("fold_affine", fold_affine.run),
     ("fuse_activation", fuse_activation.run),
     ("fuse_silu", fuse_silu.run),
     ("fuse_se", fuse_se.run),
@@ -40,7 +42,7 @@ PASSES: tuple[tuple[str, Callable[[Graph], bool]], ...] = (
 PASS_NAMES = tuple(name for name, _ in PASSES)
 ENV_VAR = "EDGERUN_DISABLE_PASSES"
 # the fusions of non-conv steps also have a switch of their own each: EDGERUN_NO_FUSE_SE=1 is fuse_se off
-OWN_SWITCHES = ("fuse_silu", "fuse_se", "fuse_shuffle")
+OWN_SWITCHES = ("fuse_silu", "fuse_se", "fuse_shuffle", "fold_affine")
 MAX_ROUNDS = 10
 
 
