@@ -3,8 +3,8 @@
 - a Mul or Add by a per-channel constant (shape (C, 1, 1), (1, C, 1, 1) or one value) after a Conv or a
   FusedConv without activation is folded into the conv's weight and bias (conv output read by nothing else):
       (W x + b) * s = (W * s) x + b * s,    (W x + b) + t = W x + (b + t);
-- a BatchNormalization (inference, constant parameters, 4-D input) that bnfold could not fold into a conv
-  becomes a 1x1 depthwise FusedConv with weight f = scale / sqrt(var + eps) and bias beta - mean * f, so a
+- a BatchNormalization (inference, constant parameters, 4-D input) whose input no conv produces (after a
+  Concat or a pool: DenseNet's pre-activations; after a conv it is bnfold's) becomes a 1x1 depthwise FusedConv with weight f = scale / sqrt(var + eps) and bias beta - mean * f, so a
   following Mul / Add folds into it, fuse_activation gives it the Relu, and it runs on the native depthwise
   kernel (threads) in one pass over memory.
 New initializers are made in float64 and rounded once; the old arrays are never written. Switched off by
@@ -77,6 +77,8 @@ def _fold_into_conv(graph: Graph, node: Node) -> bool:
 
 
 def _bn_to_depthwise(graph: Graph, bn: Node) -> bool:
+    if is_op(producer(graph, bn.input(0)), "Conv") or is_op(producer(graph, bn.input(0)), "FusedConv", DOMAIN):
+        return False   # bnfold's to fold, or kept (a conv output read elsewhere too)
     x_shape = static_shape(graph, bn.input(0))
     if x_shape is None or len(x_shape) != 4 or bn.attrs.get("training_mode", 0):
         return False
