@@ -40,6 +40,7 @@ NATIVE_SOURCE_NAMES = [
     "pybuffers.c",
     "segment.c",
     "conv.c",
+    "fused_steps.c",
 ]
 NATIVE_HEADERS = ["kernels.h", "pybuffers.h", "threadpool.h"]
 # -fno-trapping-math lets GCC if-convert (vectorise) selects such as leaky ReLU; edgerun never

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import scheduler
-from edgerun import kernels, limits, ops, segments_graph
+from edgerun import concat_alias, kernels, limits, ops, segments_graph
 from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError, PlanMismatchError
 from edgerun.ir import Graph, Node
 from edgerun.kernels.numpy_segment import SegmentRunner
+from scheduler.alias import merge_buffers
 from scheduler.blocks import BlockGeometry, BlockSchedule
 
 ARENA_ALIGNMENT = 64
@@ -133,6 +134,10 @@ class CompiledModel:
         self.segment_candidates = {c.name: c for c in segments_graph.segment_candidates(
             graph, [s.node for s in self.steps], self.constants)} if segments or plan is not None else {}
         self.problem = self._problem()
+        # Concat inputs written in place: {input: (Concat output, byte offset)} (edgerun/concat_alias.py)
+        self._plain_problem = self.problem
+        self._found_aliases = concat_alias.concat_parts(graph, self.activations)
+        self._use_aliases(plan is None or not any(part in plan.offsets for part in self._found_aliases))
         if plan is not None and not self._plan_fits(plan, replan):
             budget = budget if budget is not None else plan.budget
             planner = plan.planner
@@ -268,7 +273,31 @@ class CompiledModel:
             schedules[name] = BlockSchedule(t, min(band or geom.out_height, geom.out_height))
         return schedules
 
+    def _use_aliases(self, on: bool) -> None:
+        """Plan the problem with the Concat inputs inside their outputs (on), or the plain one."""
+        self.aliases = dict(self._found_aliases) if on else {}
+        self.problem = (merge_buffers(self._plain_problem, {part: host for part, (host, _) in self.aliases.items()})
+                        if self.aliases else self._plain_problem)
+
     def _schedule(self, budget, planner, fixed, max_t, cost_model) -> scheduler.Plan:
+        """The plan of the problem with Concat inputs in place, unless the plain problem's peak is smaller
+        (then no Concat input is in place): no planned peak grows."""
+        if not self._found_aliases:
+            return self._schedule_problem(budget, planner, fixed, max_t, cost_model)
+        plans, errors = {}, []
+        for on in (True, False):
+            self._use_aliases(on)
+            try:
+                plans[on] = self._schedule_problem(budget, planner, fixed, max_t, cost_model)
+            except MemoryBudgetError as exc:
+                errors.append(exc)
+        if not plans:
+            raise min(errors, key=lambda exc: exc.minimum_bytes)
+        on = True in plans and (False not in plans or plans[True].peak_bytes <= plans[False].peak_bytes)
+        self._use_aliases(on)
+        return plans[on]
+
+    def _schedule_problem(self, budget, planner, fixed, max_t, cost_model) -> scheduler.Plan:
         fixed = self._block_schedules(fixed)
         cost_model = cost_model or scheduler.CostModel.default(self.backend)
         try:
@@ -325,10 +354,14 @@ class CompiledModel:
         arena = raw[start:start + self.plan.peak_bytes]
         views = {}
         for name in self.activations:
-            if name not in self.plan.offsets:
-                continue        # an inner tensor of a segment: only its ring exists
             info = self.graph.value_info[name]
-            offset = self.plan.offsets[name]
+            if name in self.aliases and self.aliases[name][0] in self.plan.offsets:
+                host, inside = self.aliases[name]
+                offset = self.plan.offsets[host] + inside
+            elif name in self.plan.offsets:
+                offset = self.plan.offsets[name]
+            else:
+                continue        # an inner tensor of a segment: only its ring exists
             views[name] = arena[offset:offset + self.activations[name]].view(info.dtype).reshape(info.shape)
         for step in self.steps:
             step_plan = self.plan.step(step.node.name)

@@ -34,7 +34,7 @@ def test_native_variants_are_new_instances_with_the_numpy_kernel_as_fallback():
         first, second = (ops.native_kernel(op.op_type, op.step, 3, op.domain) for _ in range(2))
         assert first is not second and first.threads == 3
         assert first.fallback is op.step
-    assert ops.native_kernel("Relu", ops.definition("Relu").step, 2) is ops.definition("Relu").step
+    assert ops.native_kernel("Tanh", ops.definition("Tanh").step, 2) is ops.definition("Tanh").step   # no C variant
 
 
 def test_arena_kernel_follows_the_dtype_rule_and_supports():

@@ -1,6 +1,8 @@
 """`edgerun bench`: time edgerun against onnxruntime in one process, on the same input.
 
-For each model: onnxruntime (CPUExecutionProvider, intra_op_num_threads = --threads), then edgerun
+For each model: onnxruntime (CPUExecutionProvider, intra_op_num_threads = --threads, thread spinning off:
+`session.intra_op.allow_spinning = 0`, so that its idle threads do not take the core edgerun's second thread
+needs in an interleaved bench), then edgerun
 with each kernel backend (numpy; native when the C extension loads), each with two plans: the
 fastest (no budget) and the memory-minimal one (budget = the smallest reachable peak, taken from
 the MemoryBudgetError a 1-byte budget raises). Every configuration is warmed up, then the runs are
@@ -8,12 +10,17 @@ taken in turns (each configuration pauses 0.1 s, runs one untimed run, then 5 ti
 one), so that a change in machine load touches all of them alike and no configuration is timed while
 another's threads still spin; the figure is the median of the runs. Speed is stated as
 ratios: to onnxruntime measured in the same run, and to edgerun's own fastest plan on the same
-backend. Beside each plan: its planned peak and the cost model's estimated time.
+backend. Beside each plan: its planned peak and the cost model's estimated time. The text output ends
+with one line per model (fastest plan / onnxruntime, memory-minimal / fastest) and their geometric means.
+
+Models: zoo names, .onnx paths, and `light:NAME` (the onnx wheel's light CNNs with seeded random weights,
+edgerun/cli/bench_models.py); `--models a,b` (or `all`, `zoo`, `light`) adds to the positional names.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -24,12 +31,12 @@ import numpy as np
 
 from edgerun import kernels
 from edgerun.errors import MemoryBudgetError
-from edgerun.models import UsageError, batch_one_shapes, resolve_model
+from edgerun.cli.bench_models import DEFAULT_MODELS, resolve_bench_model, split_model_list
+from edgerun.models import UsageError, batch_one_shapes
 from edgerun.progress import progress
 from edgerun.session import InferenceSession
 from scheduler.cost import load_calibrated
 
-DEFAULT_MODELS = ("mobilenet_v2_pretrained", "mobilenet_v1", "shufflenet_v1")
 DEFAULT_RUNS = 30
 DEFAULT_WARMUP = 3
 INPUT_SEED = 0
@@ -129,6 +136,7 @@ def onnxruntime_config(data: bytes, threads: int) -> tuple[Config, object]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     return Config("onnxruntime", "onnxruntime", "-", run=None), session
 
@@ -306,8 +314,11 @@ def _positive(text: str) -> int:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="edgerun bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help=f"zoo names or .onnx paths (default: {' '.join(DEFAULT_MODELS)})")
+    parser.add_argument("model_specs", nargs="*", metavar="MODEL",
+                        help="zoo names, .onnx paths or light:NAME (default: all of " + ", ".join(DEFAULT_MODELS) + ")")
+    parser.add_argument("--models", default="", metavar="A,B",
+                        help="comma-separated models added to MODEL (also 'all', 'zoo', 'light'); "
+                             "light:NAME is a light CNN of the onnx wheel with seeded random weights")
     parser.add_argument("--runs", type=_positive, default=DEFAULT_RUNS,
                         help=f"timed runs per configuration, median reported (default {DEFAULT_RUNS}; "
                              "fewer only for quick checks)")
@@ -321,7 +332,7 @@ def parse_args(argv):
 
 
 def bench_model(spec: str, args, backends: list[str]) -> dict:
-    model, label = resolve_model(spec)
+    model, label = resolve_bench_model(spec)
     configs, _ = configurations(model, args.threads, backends)
     time_interleaved(configs, args.runs, args.warmup, label=label)
     return summary(label, configs)
@@ -345,7 +356,8 @@ def main(argv=None) -> int:
         if "native" not in backends and args.kernels == "both":
             print("native kernels unavailable: numpy only")
     results = []
-    for spec in args.models or DEFAULT_MODELS:
+    specs = list(args.model_specs) + split_model_list(args.models)
+    for spec in specs or DEFAULT_MODELS:
         result = bench_model(spec, args, backends)
         results.append(result)
         if not args.json:
@@ -360,4 +372,39 @@ def main(argv=None) -> int:
         print("measured: arena + tracemalloc peak above it in one profiled (untimed) run; "
               "est ms: the plan's own estimate (the cost model the session planned with); cal est: the same plan "
               "under this machine's `edgerun calibrate` fit, '-' when none is saved")
+        print()
+        print("\n".join(format_ratios(results, args.threads)))
     return 0
+
+
+def ratio_rows(results: list[dict], backend: str = "native") -> list[tuple[str, float, float | None]]:
+    """(model, fastest plan / onnxruntime, memory-minimal plan / fastest plan) of one backend per model."""
+    rows = []
+    for result in results:
+        plans = {r["plan"]: r for r in result["results"] if r["backend"] == backend}
+        fastest = plans.get("fastest") or plans.get("fastest = memory-minimal")
+        if fastest is None:
+            continue
+        minimal = plans.get("memory-minimal")
+        rows.append((result["model"], fastest["vs_onnxruntime"],
+                     minimal["vs_own_fastest"] if minimal else 1.0))
+    return rows
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def format_ratios(results: list[dict], threads: int) -> list[str]:
+    lines = []
+    for backend in ("native", "numpy"):
+        rows = ratio_rows(results, backend)
+        if not rows:
+            continue
+        lines += [f"edgerun {backend}, {threads} thread(s): fastest plan / onnxruntime, memory-minimal / fastest",
+                  f"{'model':<32} {'x ORT':>7} {'min/fast':>9}"]
+        lines += [f"{model:<32} {ratio:>7.2f} {minimal:>9.2f}" for model, ratio, minimal in rows]
+        lines.append(f"{'geometric mean':<32} {geometric_mean(r for _, r, _ in rows):>7.2f} "
+                     f"{geometric_mean(m for _, _, m in rows):>9.2f}")
+    return lines

@@ -29,7 +29,7 @@ from edgerun.errors import EdgerunError
 @dataclass(frozen=True)
 class ActivationKind:
     name: str                                  # fused attribute value ("" = none)
-    op_type: str | None                        # the ONNX op it stands for
+    op_type: str | None                        # the ONNX op it stands for (None: a pattern a pass recognises)
     params: tuple[tuple[str, float], ...]      # (ONNX attribute, default), in the native (a, b) order
     reference: Callable                        # reference(x, *params) -> new array of x's dtype
     inplace: Callable | None                   # inplace(values, tmp, *params); tmp None unless needs_tmp
@@ -144,6 +144,24 @@ def _sigmoid_inplace(values, tmp):
     _sigmoid_into(values, values)
 
 
+def _silu_reference(x):
+    # Sigmoid*x (SiLU, Swish-1): recognised as Mul(x, Sigmoid(x)) by passes/fuse_silu.py, no ONNX op of its own
+    with np.errstate(invalid="ignore"):     # -inf * 0 is NaN, as in onnxruntime's Mul
+        return (x * _sigmoid_reference(x)).astype(x.dtype, copy=False)
+
+
+def _silu_into(x, y):
+    _sigmoid_into(x, y)
+    with np.errstate(invalid="ignore"):
+        np.multiply(y, x, out=y)
+
+
+def _silu_inplace(part, tmp):
+    _sigmoid_into(part, tmp)
+    with np.errstate(invalid="ignore"):
+        np.multiply(part, tmp, out=part)
+
+
 def _elu_reference(x, alpha):
     negative = np.asarray(alpha, dtype=x.dtype) * np.expm1(np.minimum(x, np.zeros((), x.dtype)))
     return np.where(x > 0, x, negative).astype(x.dtype, copy=False)
@@ -175,6 +193,7 @@ TABLE: tuple[ActivationKind, ...] = (
                    _leakyrelu_into, needs_tmp=True),
     ActivationKind("sigmoid", "Sigmoid", (), _sigmoid_reference, _sigmoid_inplace, _sigmoid_into),
     ActivationKind("elu", "Elu", (("alpha", 1.0),), _elu_reference, _elu_inplace, None, needs_tmp=True),
+    ActivationKind("silu", None, (), _silu_reference, _silu_inplace, _silu_into, needs_tmp=True),
 )
 
 KINDS: dict[str, ActivationKind] = {kind.name: kind for kind in TABLE}

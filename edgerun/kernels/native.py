@@ -219,13 +219,14 @@ POOL_KINDS = {"max": 0, "average": 1, "average_with_pads": 2}
 
 
 def pool2d(kind: str, x: np.ndarray, out: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
-           pads: tuple[int, int, int, int]) -> None:
+           pads: tuple[int, int, int, int], threads: int = 1) -> None:
     """2-D max / average pooling of one image x (C, H, W) into out (C, Ho, Wo); pads (top, left, bottom,
-    right); "average" divides by the taps inside x, "average_with_pads" by those inside the padded x."""
+    right); "average" divides by the taps inside x, "average_with_pads" by those inside the padded x; threads
+    take ranges of channels."""
     c, h, w = x.shape
     _, ho, wo = out.shape
     _call(_module().pool2d, POOL_KINDS[kind], x, out, c, h, w, ho, wo, int(kernel[0]), int(kernel[1]),
-          int(strides[0]), int(strides[1]), tuple(int(p) for p in pads))
+          int(strides[0]), int(strides[1]), tuple(int(p) for p in pads), _threads(threads))
 
 
 # ---- dense and grouped convolution, band by band (conv.c)
@@ -233,6 +234,7 @@ def pool2d(kind: str, x: np.ndarray, out: np.ndarray, kernel: tuple[int, int], s
 CONV_BLOCK_TAPS = 256
 # Taps of one slab of a grouped conv (conv_slab_groups)
 CONV_SLAB_TAPS = 1024
+
 
 def conv_slab_groups(group: int, taps_per_group: int) -> int:
     """Groups whose taps are gathered and multiplied together (one slab): as many as keep a slab within

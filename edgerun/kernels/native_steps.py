@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.ir import Node
-from edgerun.kernels import Activation, native
-from edgerun.kernels.numpy_steps import (ITEMSIZE, FusedConvKernel, GemmKernel, GlobalAveragePoolKernel,
-                                         StepKernel, _is_depthwise, _is_pointwise, conv_band_rows)
+from edgerun.kernels import Activation, native, native_fused
+from edgerun.kernels.numpy_steps import (ITEMSIZE, ActivationKernel, FusedConvKernel, GemmKernel,
+                                         GlobalAveragePoolKernel, StepKernel, _is_depthwise, _is_pointwise,
+                                         conv_band_rows)
 
 
 def _activation(node: Node) -> Activation:
@@ -171,7 +172,7 @@ class NativePoolKernel(StepKernel):
         else:
             kind = "average_with_pads" if node.attrs.get("count_include_pad", 0) else "average"
         for n in range(x.shape[0]):
-            native.pool2d(kind, x[n], y[n], kernel, strides, (top, left, bottom, right))
+            native.pool2d(kind, x[n], y[n], kernel, strides, (top, left, bottom, right), self.threads)
 
 
 class NativeGemmKernel(StepKernel):
@@ -212,3 +213,67 @@ class NativeGemmKernel(StepKernel):
             return self.fallback.run(node, inputs, outputs, scratch)
         for row in range(a.shape[0]):
             native.gemv(weight, a[row], bias, y[row], self.threads)
+
+
+# ---------------------------------------------------------------- plain elementwise steps on threads
+def _float32_contiguous(*arrays) -> bool:
+    return all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+
+
+class NativeBinaryKernel(StepKernel):
+    """Add / Sub / Mul / Div of two float32 operands of the output's shape (a residual Add) in C, threads
+    taking ranges of elements; broadcasts and other dtypes on the numpy kernel."""
+
+    KINDS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
+
+    def __init__(self, fallback: StepKernel, threads: int = 1):
+        self.fallback = fallback
+        self.threads = threads
+
+    def supports(self, node):
+        return self.fallback.supports(node)
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+
+    def run(self, node, inputs, outputs, scratch):
+        a, b, y = inputs[0], inputs[1], outputs[0]
+        kind = self.KINDS.get(node.op_type)
+        if (kind is None or a.shape != y.shape or b.shape != y.shape or y.size == 0
+                or not _float32_contiguous(a, b, y)):
+            return self.fallback.run(node, inputs, outputs, scratch)
+        native_fused.binary(kind, a, b, y, self.threads)
+
+
+class NativeActivationKernel(StepKernel):
+    """A standalone activation of the table in C (activation.c's loops), threads taking ranges of elements."""
+
+    def __init__(self, fallback: ActivationKernel, threads: int = 1):
+        self.fallback = fallback
+        self.threads = threads
+
+    def supports(self, node):
+        return self.fallback.supports(node)
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+
+    def run(self, node, inputs, outputs, scratch):
+        x, y = inputs[0], outputs[0]
+        params = self.fallback.params(node, inputs)
+        if y.size == 0 or not _float32_contiguous(x, y) or any(p is None for p in params):
+            return self.fallback.run(node, inputs, outputs, scratch)
+        native_fused.activation(x, y, Activation(self.fallback.kind.name, tuple(float(p) for p in params)),
+                                self.threads)
+
+
+class NativeSumKernel(NativeBinaryKernel):
+    """Sum of two float32 operands of the output's shape (ResNet's residual Sum) as the C Add; others on numpy."""
+
+    def run(self, node, inputs, outputs, scratch):
+        if len(inputs) != 2:
+            return self.fallback.run(node, inputs, outputs, scratch)
+        a, b, y = inputs[0], inputs[1], outputs[0]
+        if a.shape != y.shape or b.shape != y.shape or y.size == 0 or not _float32_contiguous(a, b, y):
+            return self.fallback.run(node, inputs, outputs, scratch)
+        native_fused.binary(self.KINDS["Add"], a, b, y, self.threads)

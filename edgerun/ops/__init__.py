@@ -26,7 +26,7 @@ from edgerun.errors import UnsupportedOperatorError
 
 _FAMILIES = (
     "conv", "norm", "activation", "elementwise", "matmul", "pool",
-    "shape_ops", "resize", "fused", "quant",
+    "shape_ops", "resize", "fused", "quant", "squeeze_excite", "channel_shuffle",
 )
 
 

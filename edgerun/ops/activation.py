@@ -7,6 +7,7 @@ import numpy as np
 from edgerun.errors import InvalidModelError
 from edgerun.ir import TensorInfo
 from edgerun.kernels.activations import KINDS, TABLE
+from edgerun.kernels.native_steps import NativeActivationKernel
 from edgerun.kernels.numpy_steps import ActivationKernel, SoftmaxKernel, UnaryKernel
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, invalid, require_inputs
@@ -99,7 +100,8 @@ def _table_compute(kind):
 
 for _kind in TABLE:
     if _kind.op_type and not _kind.params_from_inputs:
-        register(_kind.op_type, _same_shape_infer, _table_compute(_kind), step=ActivationKernel(_kind.name))
-register("Clip", _same_shape_infer, _clip_compute, step=ActivationKernel("clip"))
+        register(_kind.op_type, _same_shape_infer, _table_compute(_kind), step=ActivationKernel(_kind.name),
+                 native=NativeActivationKernel)
+register("Clip", _same_shape_infer, _clip_compute, step=ActivationKernel("clip"), native=NativeActivationKernel)
 register("Tanh", _same_shape_infer, _unary(lambda node, x: np.tanh(x)), step=UnaryKernel(np.tanh))
 register("Softmax", _softmax_infer, _softmax_compute, step=SoftmaxKernel())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.ir import TensorInfo
+from edgerun.kernels.native_steps import NativeBinaryKernel, NativeSumKernel
 from edgerun.kernels.numpy_steps import BinaryKernel
 from edgerun.kernels.steps_elementwise import QuietUfuncKernel
 from edgerun.kernels.steps_variadic import SumKernel
@@ -98,6 +99,7 @@ def _sum_compute(node, inputs, opset):
 _ARENA_KERNELS = {"Add": BinaryKernel(np.add), "Sub": BinaryKernel(np.subtract), "Mul": BinaryKernel(np.multiply),
                   "Div": QuietUfuncKernel(np.divide), "Pow": QuietUfuncKernel(np.power)}
 for _op in _BINARY:
-    register(_op, _binary_infer, _binary_compute, step=_ARENA_KERNELS[_op])
+    register(_op, _binary_infer, _binary_compute, step=_ARENA_KERNELS[_op],
+             native=NativeBinaryKernel if _op in NativeBinaryKernel.KINDS else None)
 register("Sqrt", _sqrt_infer, _sqrt_compute, step=QuietUfuncKernel(np.sqrt))
-register("Sum", _sum_infer, _sum_compute, step=SumKernel())
+register("Sum", _sum_infer, _sum_compute, step=SumKernel(), native=NativeSumKernel)

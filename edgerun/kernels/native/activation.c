@@ -62,6 +62,14 @@ static void elu(float *restrict p, long n, float alpha)
     }
 }
 
+static void silu(float *restrict p, long n)
+{
+    for (long i = 0; i < n; i++) {
+        float v = p[i];
+        p[i] = v * (1.0f / (1.0f + expf(-v))); /* as Mul(x, Sigmoid(x)): -inf gives NaN there too */
+    }
+}
+
 void er_apply_activation(float *p, long n, const er_act *act)
 {
     switch (act->kind) {
@@ -72,6 +80,7 @@ void er_apply_activation(float *p, long n, const er_act *act)
     case ER_ACT_LEAKYRELU: leakyrelu(p, n, act->a); break;
     case ER_ACT_SIGMOID: sigmoid(p, n); break;
     case ER_ACT_ELU: elu(p, n, act->a); break;
+    case ER_ACT_SILU: silu(p, n); break;
     default: break;
     }
 }

@@ -224,7 +224,7 @@ static int column_block(int K)
 static int activation_in_registers(const er_act *act)
 {
 #if defined(__GNUC__)
-    return act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP;
+    return er_act_in_registers(act);
 #else
     (void)act;
     return 0;

@@ -16,6 +16,7 @@ enum er_activation {
     ER_ACT_LEAKYRELU,   /* 5: leakyrelu (alpha) */
     ER_ACT_SIGMOID,     /* 6: sigmoid (-) */
     ER_ACT_ELU,         /* 7: elu (alpha) */
+    ER_ACT_SILU,        /* 8: silu (-) */
     ER_ACT_COUNT
 };
 
@@ -99,8 +100,8 @@ static inline void er_store_part(float *p, er_vf v, int n)
     for (int i = 0; i < n; i++) p[i] = tmp[i];
 }
 
-/* ReLU and clip applied in registers; returns v unchanged for other kinds (done after the
- * store) and for a NULL act. */
+/* ReLU, clip and HardSwish applied in registers (er_act_in_registers); returns v unchanged for
+ * other kinds (done after the store) and for a NULL act. */
 static inline er_vf er_activatev(er_vf v, const er_act *act)
 {
     if (!act) return v;
@@ -113,7 +114,20 @@ static inline er_vf er_activatev(er_vf v, const er_act *act)
         v = er_selectv(v < lo, lo, v);
         return er_selectv(v > hi, hi, v);
     }
+    if (act->kind == ER_ACT_HARDSWISH) { /* the formula of activation.c's hardswish, lane by lane */
+        er_vf zero = er_splatv(0.0f), one = er_splatv(1.0f);
+        er_vf gate = v * er_splatv(1.0f / 6.0f) + er_splatv(0.5f);
+        gate = er_selectv(gate < zero, zero, gate);
+        gate = er_selectv(gate > one, one, gate);
+        return v * gate;
+    }
     return v;
+}
+
+/* The kinds er_activatev applies (the GEMM tiles skip the pass after the store for them). */
+static inline int er_act_in_registers(const er_act *act)
+{
+    return act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP || act->kind == ER_ACT_HARDSWISH;
 }
 #endif
 

@@ -359,6 +359,12 @@ PyObject *er_py_pw_pack(PyObject *self, PyObject *args);
 PyObject *er_py_pw_conv(PyObject *self, PyObject *args);
 PyObject *er_py_pool2d(PyObject *self, PyObject *args);
 PyObject *er_py_gemv(PyObject *self, PyObject *args);
+/* ---- fused non-conv steps (fused_steps.c) */
+PyObject *er_py_squeeze_excite(PyObject *self, PyObject *args);
+PyObject *er_py_channel_shuffle(PyObject *self, PyObject *args);
+PyObject *er_py_binary(PyObject *self, PyObject *args);
+PyObject *er_py_activation(PyObject *self, PyObject *args);
+/* ---- end of fused non-conv steps */
 
 /* streamed segments: py_segment_run at the end of this file */
 static PyObject *py_segment_run(PyObject *self, PyObject *args);
@@ -400,6 +406,15 @@ static PyMethodDef methods[] = {
     {"gemv", er_py_gemv, METH_VARARGS,
      "gemv(w (rows, K), x (K), bias or None, y (rows), rows, K, threads=1): y = w @ x + bias."},
     {"segment_run", py_segment_run, METH_VARARGS, segment_run_doc},
+    /* ---- fused non-conv steps (fused_steps.c) */
+    {"squeeze_excite", er_py_squeeze_excite, METH_VARARGS,
+     "squeeze_excite(x, y, w1, b1, w2, b2, scratch, C, pixels, S, act1, act2[, threads]): one image."},
+    {"channel_shuffle", er_py_channel_shuffle, METH_VARARGS,
+     "channel_shuffle(x, y, C, pixels, groups[, threads]): (groups, C/groups) -> (C/groups, groups) planes."},
+    {"binary", er_py_binary, METH_VARARGS,
+     "binary(kind 0 add / 1 sub / 2 mul / 3 div, a, b, y, n[, threads]): y = a op b, same sizes."},
+    {"activation", er_py_activation, METH_VARARGS, "activation(x, y, n, act[, threads]): y = act(x)."},
+    /* ---- end of fused non-conv steps */
     {"pool2d", er_py_pool2d, METH_VARARGS,
      "pool2d(kind, x, out, C, H, W, Ho, Wo, kh, kw, sh, sw, pads): 0 max, 1 avg, 2 avg with pads."},
     /* ---- conv.c (dense-conv) */

@@ -85,7 +85,7 @@ static void micro_tile(int kc, const float *restrict a, const float *restrict b,
     }
 }
 
-static int in_registers(const er_act *act) { return act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP; }
+static int in_registers(const er_act *act) { return er_act_in_registers(act); }
 
 #else /* portable scalar fallback */
 #define PMR 4
@@ -413,12 +413,13 @@ static inline __attribute__((always_inline)) void pool_row_separable(int kind, c
     }
 }
 
-/* kind 0: max; 1: average excluding pads; 2: average including pads (up to the padded extent). */
-void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w, int ho, int wo, int kh, int kw,
-               int sh, int sw, const int pads[4])
+/* kind 0: max; 1: average excluding pads; 2: average including pads (up to the padded extent).
+ * Channels [c0, c1) of the image. */
+static void pool2d_channels(int kind, const float *x, float *out, int c0, int c1, int h, int w, int ho, int wo,
+                            int kh, int kw, int sh, int sw, const int pads[4])
 {
     float vrow[POOL_STACK_WIDTH];
-    for (int c = 0; c < channels; c++) {
+    for (int c = c0; c < c1; c++) {
         const float *src = x + (long)c * h * w;
         float *dst = out + (long)c * ho * wo;
         for (int oy = 0; oy < ho; oy++) {
@@ -442,6 +443,24 @@ void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w,
                 pool_row(kind, 0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
         }
     }
+}
+
+/* Threads take ranges of channels: each channel is pooled the same way whatever the count. */
+typedef struct {
+    int kind, channels, h, w, ho, wo, kh, kw, sh, sw, parts;
+    const int *pads;
+    const float *x;
+    float *out;
+} pool_job;
+
+static void pool_item(void *ctx, int part)
+{
+    const pool_job *job = (const pool_job *)ctx;
+    int c0, c1;
+    er_share(job->channels, job->parts, part, &c0, &c1);
+    if (c0 < c1)
+        pool2d_channels(job->kind, job->x, job->out, c0, c1, job->h, job->w, job->ho, job->wo, job->kh, job->kw,
+                        job->sh, job->sw, job->pads);
 }
 
 /* ---------------------------------------------------------------- Python bindings */
@@ -520,18 +539,18 @@ PyObject *er_py_pool2d(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *x, *out;
-    int kind, c, h, w, ho, wo, kh, kw, sh, sw, pads[4];
+    int kind, c, h, w, ho, wo, kh, kw, sh, sw, pads[4], threads = 1;
     er_buffer_set set = {.count = 0};
-    if (!PyArg_ParseTuple(args, "iOOiiiiiiiii(iiii)", &kind, &x, &out, &c, &h, &w, &ho, &wo, &kh, &kw, &sh, &sw,
-                          &pads[0], &pads[1], &pads[2], &pads[3]))
+    if (!PyArg_ParseTuple(args, "iOOiiiiiiiii(iiii)|i", &kind, &x, &out, &c, &h, &w, &ho, &wo, &kh, &kw, &sh, &sw,
+                          &pads[0], &pads[1], &pads[2], &pads[3], &threads))
         return NULL;
     int ok = kind >= 0 && kind <= 2 && c >= 1 && h >= 1 && w >= 1 && ho >= 1 && wo >= 1 && kh >= 1 && kw >= 1 &&
              sh >= 1 && sw >= 1 && pads[0] >= 0 && pads[1] >= 0 && pads[2] >= 0 && pads[3] >= 0 &&
              pads[0] < kh && pads[1] < kw && pads[2] < kh && pads[3] < kw &&
              /* every window starts inside the padded input (so it holds at least one real tap) */
-             (ho - 1) * sh < h + pads[0] && (wo - 1) * sw < w + pads[1];
+             (ho - 1) * sh < h + pads[0] && (wo - 1) * sw < w + pads[1] && threads >= 1 && threads <= ER_MAX_THREADS;
     if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "pool2d: invalid kind, sizes, kernel, strides or pads");
+        PyErr_SetString(PyExc_ValueError, "pool2d: invalid kind, sizes, kernel, strides, pads or threads");
         return NULL;
     }
     const float *xp = er_acquire(&set, x, "x", (Py_ssize_t)c * h * w, 0, 0);
@@ -540,10 +559,15 @@ PyObject *er_py_pool2d(PyObject *self, PyObject *args)
         er_release_all(&set);
         return NULL;
     }
+    pool_job job = {.kind = kind, .x = xp, .out = op, .channels = c, .h = h, .w = w, .ho = ho, .wo = wo,
+                    .kh = kh, .kw = kw, .sh = sh, .sw = sw, .pads = pads};
+    job.parts = er_worth_parts((double)c * ho * wo * kh * kw, threads, c);
+    const char *error;
     Py_BEGIN_ALLOW_THREADS
-    er_pool2d(kind, xp, op, c, h, w, ho, wo, kh, kw, sh, sw, pads);
+    error = er_run_parts(pool_item, &job, job.parts);
     Py_END_ALLOW_THREADS
     er_release_all(&set);
+    if (error) return PyErr_Format(PyExc_RuntimeError, "pool2d: %s", error);
     Py_RETURN_NONE;
 }
 #endif /* ER_NO_PYTHON */
