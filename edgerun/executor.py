@@ -7,6 +7,7 @@ runs the steps in order.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 import tracemalloc
@@ -116,7 +117,8 @@ class CompiledModel:
     backend, threads and activation dtype it was made for and every buffer's size must equal this
     model's. If they differ, replan=True plans again for the plan's budget (and says so in `notices`
     and with a warning); otherwise PlanMismatchError says what differs.
-    segments: False plans without streaming (no segment options: the per-block plans of before)."""
+    segments: False plans without streaming (the per-block plans of before; `problem` still offers the
+    segments, e.g. for scheduler.minimum_peak)."""
 
     def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
                  fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None,
@@ -132,7 +134,8 @@ class CompiledModel:
         _import_kernel_modules(backend)
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
         self.segment_candidates = {c.name: c for c in segments_graph.segment_candidates(
-            graph, [s.node for s in self.steps], self.constants)} if segments or plan is not None else {}
+            graph, [s.node for s in self.steps], self.constants)}
+        self.streams = segments
         self.problem = self._problem()
         # Concat inputs written in place: {input: (Concat output, byte offset)} (edgerun/concat_alias.py)
         self._plain_problem = self.problem
@@ -301,7 +304,8 @@ class CompiledModel:
         fixed = self._block_schedules(fixed)
         cost_model = cost_model or scheduler.CostModel.default(self.backend)
         try:
-            return scheduler.schedule(self.problem, budget=budget, alignment=ARENA_ALIGNMENT, planner=planner,
+            problem = self.problem if self.streams else dataclasses.replace(self.problem, segments=[])
+            return scheduler.schedule(problem, budget=budget, alignment=ARENA_ALIGNMENT, planner=planner,
                                       fixed=fixed, max_t=max_t, cost_model=cost_model)
         except scheduler.BudgetInfeasible as exc:
             raise MemoryBudgetError(

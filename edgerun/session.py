@@ -94,7 +94,7 @@ class InferenceSession(Session):
         graph = infer_shapes(self._graph, dict(shapes), input_values)
         if self.optimize_graph:
             graph = optimize(graph, disabled=self.disabled_passes)
-        if self.threads_given or self.threads == 1:
+        if self.threads_given or self.threads == 1 or self.memory_budget is None:
             return self._compiled_model(graph, self.threads)
         # fewer threads with whole tensors run faster than streaming (segments) with all of them
         try:

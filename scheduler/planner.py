@@ -195,7 +195,7 @@ class GreedyByStartPlanner(GreedyBySizePlanner):
 PLANNERS = {"greedy": GreedyBySizePlanner, "noreuse": NoReusePlanner, "greedy-long": GreedyLongLivedFirstPlanner,
             "greedy-start": GreedyByStartPlanner}
 # what the segment search tries beside greedy-by-size when it lays out a segmented plan
-SEGMENT_PLANNER_ALTERNATIVES = {"greedy": ("greedy", "greedy-long", "greedy-start")}
+SEGMENT_PLANNER_ORDERS = {"greedy": ("greedy", "greedy-long", "greedy-start")}
 
 
 def make_planner(kind, alignment: int = 64) -> MemoryPlanner:

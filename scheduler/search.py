@@ -26,7 +26,7 @@ from .contract import KernelContract
 from .cost import CostModel
 from .errors import BudgetInfeasible, PlanOverlapError
 from .plan import Plan, SegmentPlan, StepPlan
-from .planner import SEGMENT_PLANNER_ALTERNATIVES, MemoryPlanner, align_up, make_planner
+from .planner import SEGMENT_PLANNER_ORDERS, MemoryPlanner, align_up, make_planner
 from .problem import Problem, RingPlacement, Step
 from .streaming import Segmentation, SegmentSearch
 
@@ -251,11 +251,11 @@ def schedule(problem: Problem, budget: int | None = None, alignment: int = 64, p
 # ---------------------------------------------------------------- segments
 def _segmented_layout(problem: Problem, found: Segmentation, alignment: int, planner) -> _Layout:
     """The segmentation laid out; with greedy-by-size asked, also the other first-fit orders
-    (SEGMENT_PLANNER_ALTERNATIVES): a segment's large one-step arena fragments greedy-by-size's packing
+    (SEGMENT_PLANNER_ORDERS): a segment's large one-step arena fragments greedy-by-size's packing
     easily. The smallest peak wins (ties: the order asked)."""
     derived = problem.with_segments(found.arenas())
     choices = {n: c.schedule for n, c in found.blocks.items()}
-    names = SEGMENT_PLANNER_ALTERNATIVES.get(planner, (planner,)) if isinstance(planner, str) else (planner,)
+    names = SEGMENT_PLANNER_ORDERS.get(planner, (planner,)) if isinstance(planner, str) else (planner,)
     layouts = [_Layout(derived, choices, alignment, name) for name in names]
     return min(layouts, key=lambda layout: layout.peak())
 
