@@ -739,7 +739,7 @@ def scatter_state_rows(hidden_height: int, out_height: int, kernel: int, stride:
 
 @dataclass(frozen=True)
 class BlockGeometry:
-    """Sizes of a fused inverted-residual block run row by row by scatter (numpy_segment.Block)."""
+    """Sizes of a fused inverted-residual block run row by row by scatter (the segment Block)."""
 
     in_shape: tuple[int, int, int]
     hidden_shape: tuple[int, int, int]
@@ -760,7 +760,7 @@ class BlockGeometry:
             and not any(self.expand[2])
 
     def scratch_items(self) -> dict[str, int]:
-        """Per-call work of the numpy scatter kernel, in items."""
+        """Per-call work of the scatter row kernel (its contract), in items."""
         cin, _, win = self.in_shape
         hidden, _, wh = self.hidden_shape
         cout, _, wo = self.out_shape
