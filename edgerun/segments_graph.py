@@ -204,6 +204,9 @@ def _conv_ops(node: Node, graph: Graph, constants: dict) -> tuple[list, list[str
     ops = [rows.Conv(weight, bias, tuple(strides), (pads[0], pads[1], pads[2], pads[3]), tuple(dilations),
                      int(a.get("group", 1)))]
     labels = [node.name]
+    if node.input(3):   # FusedConv's residual input S (passes/fuse_add.py): act(conv + B + S)
+        ops.append(SkipFrom(node.input(3)))
+        labels.append(f"{node.name}:sum")
     _append_activation(ops, labels, a.get("activation", ""), a.get("activation_params", []), f"{node.name}:act")
     return ops, labels
 

@@ -201,13 +201,18 @@ def test_built_graphs_stream_below_the_per_block_minimum(build):
     assert minimum * 2 <= per_block
 
 
-def test_resnet_segment_streams_the_residual_adds():
+@pytest.mark.parametrize("disabled", [None, {"fuse_add"}])
+def test_resnet_segment_streams_the_residual_adds(disabled):
+    """With fuse_add the residual Adds live in the convs before them (their sum input S); without it
+    they are steps of their own. Either way they stream inside the segment."""
     model = resnet_style()
-    fastest = InferenceSession(model, kernels_backend="numpy")
+    fastest = InferenceSession(model, kernels_backend="numpy", disabled_passes=disabled)
     minimum, step = scheduler.minimum_peak(fastest.compiled.problem)
-    sess = InferenceSession(model, memory_budget=minimum, kernels_backend="numpy")
+    sess = InferenceSession(model, memory_budget=minimum, kernels_backend="numpy", disabled_passes=disabled)
     members = {name for segment in sess.plan.segments for name in segment.steps}
-    assert {"b0_add", "b1_add"} <= members
+    adds = {"b0_add", "b1_add"} if disabled else {
+        n.name for n in sess.graph.nodes if n.op_type == "FusedConv" and n.input(3)}
+    assert len(adds) == 2 and adds <= members
     assert step in {s.name for s in sess.plan.steps}
 
 
