@@ -145,35 +145,21 @@ def _unit(node: Node, graph: Graph, constants: dict) -> Unit:
     return Unit(node.name, x, y, tuple(ops), tuple(labels))
 
 
+BLOCK_SLICE_CHANNELS = 8   # hidden channels a streamed block computes at a time (docs/segments.md)
+
+
 def unfold_block(node: Node, constants: dict) -> tuple[list, list[str]]:
-    """An InvertedResidual as its member ops: expand conv (+ activation), depthwise conv
-    (+ activation), projection conv, residual Add.  The one place to swap for a fused member."""
-    a = node.attrs
-    w = [constants.get(name) if name else None for name in node.inputs[1:7]]
-    if any(w[i] is None for i in (2, 4)):
-        raise _CannotStream(f"{node.describe()}: its depthwise and projection weights are not constant")
-    ops, labels = [], []
-    if node.input(1):
-        if w[0] is None:
-            raise _CannotStream(f"{node.describe()}: its expansion weights are not constant")
-        s, p = a.get("expand_stride", 1), list(a.get("expand_pads", [0, 0, 0, 0]))
-        ops.append(rows.Conv(w[0], w[1], (s, s), tuple(p)))
-        labels.append(f"{node.name}:expand")
-        _append_activation(ops, labels, a.get("expand_activation", ""), a.get("expand_activation_params", []),
-                           f"{node.name}:expand_act")
-    hidden = w[2].shape[0]
-    s = a["dw_stride"]
-    ops.append(rows.Conv(np.reshape(w[2], (hidden, 1) + tuple(w[2].shape[-2:])), w[3], (s, s),
-                         tuple(a["dw_pads"]), group=hidden))
-    labels.append(f"{node.name}:depthwise")
-    _append_activation(ops, labels, a.get("dw_activation", ""), a.get("dw_activation_params", []),
-                       f"{node.name}:dw_act")
-    ops.append(rows.Conv(np.reshape(w[4], tuple(w[4].shape[:2]) + (1, 1)), w[5]))
-    labels.append(f"{node.name}:project")
-    if a.get("residual", 0):
-        ops.append(SkipFrom(node.inputs[0]))
-        labels.append(f"{node.name}:add")
-    return ops, labels
+    """An InvertedResidual as one fused row member (numpy_segment.Block): its hidden tensor never
+    has rings; each fresh hidden row, BLOCK_SLICE_CHANNELS channels at a time, is scattered into the
+    depthwise accumulators of the output rows it feeds."""
+    if any(constants.get(name) is None for name in node.inputs[1:7] if name):
+        raise _CannotStream(f"{node.describe()}: its weights are not constant")
+    hidden = constants[node.inputs[3]].shape[0]
+    try:
+        block = rows.Block.from_node(node, constants, chunks=max(1, hidden // BLOCK_SLICE_CHANNELS))
+    except EdgerunError as exc:
+        raise _CannotStream(str(exc)) from None
+    return [block], [node.name]
 
 
 def _append_activation(ops: list, labels: list, kind: str, params, label: str) -> None:

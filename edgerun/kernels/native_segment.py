@@ -88,7 +88,7 @@ class NativeSegmentRunner:
         self.ops = list(ops)
         self.plan = nps.SegmentRunner(self.ops, in_shape, band_rows, alignment, chunks, arena)
         self.in_shape, self.out_shape = self.plan.in_shape, self.plan.out_shape
-        self.steps, self.schedule = self.plan.steps, self.plan.schedule
+        self.steps, self.schedule, self.planner = self.plan.steps, self.plan.schedule, self.plan.planner
         self.arena, self.arena_bytes = self.plan.arena, self.plan.arena_bytes
         self._gap = isinstance(self.plan.kernels[-1], nps._GlobalAverageRows)
         kinds = [self._native_kind(index) for index in range(len(self.ops))]
