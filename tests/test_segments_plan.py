@@ -229,31 +229,26 @@ def test_budget_below_the_streamed_minimum_names_the_limiting_step():
         InferenceSession(model, memory_budget=minimum - 1, kernels_backend="numpy")
 
 
-def _segment_conv_macs(compiled) -> int:
-    """Multiply-adds the segment runners do in their convolutions: rows computed x multiply-adds per row."""
-    total = 0
-    for step in compiled.steps:
-        if step.kind != "segment":
-            continue
-        runner = step.kernel
-        for index, op in enumerate(runner.kernels):
-            if not hasattr(op, "w3"):
-                continue
-            rows = sum(c.hi - c.lo for c in runner.schedule.calls if c.step == index)
-            total += rows * op.out_channels * op.taps * op.out_width
-    return total
+def _segment_conv_macs(session, feeds) -> int:
+    """Multiply-adds the segment runners' row kernels count while they run (numpy_segment: each conv and
+    block row kernel adds what it multiplies)."""
+    session.run(None, feeds)
+    return sum(step.kernel.macs for step in session.compiled.steps if step.kind == "segment")
 
 
 def test_streamed_plan_does_the_unstreamed_multiply_adds():
     model = plain_conv_chain()
     minimum, _ = scheduler.minimum_peak(InferenceSession(model, kernels_backend="numpy").compiled.problem)
-    compiled = InferenceSession(model, memory_budget=minimum, kernels_backend="numpy").compiled
+    session = InferenceSession(model, memory_budget=minimum, kernels_backend="numpy")
+    compiled = session.compiled
+    feeds = {"input": np.random.default_rng(2).standard_normal(
+        [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)}
     members = {name for segment in compiled.plan.segments for name in segment.steps}
     # the depthwise + 1x1 pair became an InvertedResidual block (no expansion): its multiply-adds by its geometry
     assert any(s.is_block for s in compiled.problem.steps if s.name in members)
     conv_macs = sum(scheduler.problem.unsplit_macs(s) for s in compiled.problem.steps
                     if s.name in members and s.kind in ("FusedConv", "InvertedResidual"))
-    assert conv_macs > 0 and _segment_conv_macs(compiled) == conv_macs
+    assert conv_macs > 0 and _segment_conv_macs(session, feeds) == conv_macs
     planned = sum(s.macs for s in compiled.planned_problem.steps)
     unstreamed = sum(scheduler.problem.unsplit_macs(s) for s in compiled.problem.steps)
     assert planned == unstreamed

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+import scheduler
+
 from edgerun import InferenceSession, MemoryBudgetError, cpus, kernels, zoo
 from edgerun.compiler import compile_bundle
 from edgerun.bundle import load
@@ -201,8 +203,9 @@ def test_explicit_threads_are_never_changed(monkeypatch, headline_model):
     # threads, and below the streamed minimum it refuses
     session = InferenceSession(headline_model, memory_budget=HEADLINE_BUDGET, threads=4, kernels_backend="native")
     assert session.planned_threads == 4 and session.plan.segments and session.notices == []
+    minimum, _ = scheduler.minimum_peak(session.compiled.problem)
     with pytest.raises(MemoryBudgetError):
-        InferenceSession(headline_model, memory_budget=800_000, threads=4, kernels_backend="native")
+        InferenceSession(headline_model, memory_budget=minimum - 1, threads=4, kernels_backend="native")
 
 
 @needs_native
