@@ -207,7 +207,7 @@ def calibrated_estimate(sess, backend: str, cache: dict) -> float | None:
     for step in sess.compiled.planned_problem.steps:      # a segment is one step there
         chosen = plan.step(step.name)
         total += (model.block_seconds(step.block, chosen.schedule) if step.is_block
-                  else model.step_seconds(step.macs))
+                  else model.step_seconds(step.macs, step.kind))
     return total
 
 

@@ -445,6 +445,14 @@ static void pool2d_channels(int kind, const float *x, float *out, int c0, int c1
     }
 }
 
+/* All channels on the caller's thread (the C runtime: a channel is pooled the same way whatever the split). */
+void er_pool2d(int kind, const float *x, float *out, int channels, int h, int w, int ho, int wo, int kh, int kw,
+               int sh, int sw, const int pads[4])
+{
+    pool2d_channels(kind, x, out, 0, channels, h, w, ho, wo, kh, kw, sh, sw, pads);
+}
+
+#ifndef ER_NO_PYTHON
 /* Threads take ranges of channels: each channel is pooled the same way whatever the count. */
 typedef struct {
     int kind, channels, h, w, ho, wo, kh, kw, sh, sw, parts;
@@ -464,7 +472,6 @@ static void pool_item(void *ctx, int part)
 }
 
 /* ---------------------------------------------------------------- Python bindings */
-#ifndef ER_NO_PYTHON
 
 PyObject *er_py_pw_info(PyObject *self, PyObject *args)
 {
