@@ -137,6 +137,9 @@ class ProgramBuilder:
         if image is not None:
             count //= info.shape[0]
             offset = image * count * 4
+        if name in self.compiled.aliases:   # a Concat input written inside its output (edgerun/concat_alias.py)
+            host, inside = self.compiled.aliases[name]
+            return (REGION_ARENA, 0, self.plan.offsets[host] + inside + offset, count)
         if name in self.compiled.activations:
             return (REGION_ARENA, 0, self.plan.offsets[name] + offset, count)
         if name in self.inputs:
@@ -234,6 +237,8 @@ class ProgramBuilder:
                 self._emit(OP_DEPTHWISE, step, [xs[1], xs[2], xs[3], layout.shape[-1], stride, *pads, code, threads],
                            [self._value_ref(x_name, n), wref, bias, self._value_ref(y_name, n)], [a, b])
             return
+        if kind == "conv":
+            raise _Unsupported("dense and grouped convolutions (conv.c) have no C-runtime step yet")
         sizes = kernel.scratch_bytes(node, [xs], [ys])
         pixels = ys[2] * ys[3]
         edge = self._scratch_ref(step, "edge", sizes["edge"] // 4) if "edge" in sizes else NO_REF
@@ -250,6 +255,7 @@ class ProgramBuilder:
                 self._emit(OP_POINTWISE, step, [ys[1], pixels, cin * kh * kw, code, threads],
                            [cols, packed, bias, self._value_ref(y_name, n), edge], [a, b])
             return
+        layout = [layout] if kind == "pointwise" else layout   # one packed matrix: group 1
         group = len(layout)
         cg, og = xs[1] // group, ys[1] // group
         packed = [self._weights_ref(p, f"{node.name}/packed{g}") for g, p in enumerate(layout)]
