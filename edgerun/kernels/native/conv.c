@@ -92,9 +92,10 @@ static void conv_tile(int kc, const float *restrict a, const float *restrict b, 
         conv_tile_body(kc, a, b, ldb, c, ldc, rows, cols, first, last, bias, sum, act);
 }
 
+/* Exactly the kinds er_activatev applies in the tile: the others run over the band afterwards. */
 static int activation_in_tiles(const er_act *act)
 {
-    return act->kind == ER_ACT_NONE || act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP;
+    return act->kind == ER_ACT_NONE || er_act_in_registers(act);
 }
 
 #else /* portable scalar fallback */
