@@ -24,14 +24,19 @@ def count_parameters(model: onnx.ModelProto) -> int:
     return sum(sizes[name] for name in counted)
 
 
-def _static_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
+def _inferred_with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy of `model` with its symbolic batch dimension set to `batch`, shapes inferred (strict)."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     for value in fixed.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_param"):
             dims[0].dim_value = batch
-    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+    return onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+
+
+def _static_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
+    inferred = _inferred_with_batch(model, batch)
     shapes = {}
     for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -93,13 +98,7 @@ def op_by_op_peak(model: onnx.ModelProto, batch: int = 1) -> tuple[int, str]:
     to the end), and the peak is the largest sum of alive tensors while one node runs (its inputs
     and outputs together). Per-element ops (IN_PLACE_OPS) whose input has no later use overwrite it.
     The caller's input and the initializers are not counted."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value in fixed.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_param"):
-            dims[0].dim_value = batch
-    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+    inferred = _inferred_with_batch(model, batch)
     sizes = dict(_tensor_bytes(v) for v in list(inferred.graph.value_info) + list(inferred.graph.output))
     nodes = list(inferred.graph.node)
     last_use = {o.name: len(nodes) for o in inferred.graph.output}
