@@ -21,7 +21,8 @@ FRONT_END_AND_TOOLS = ("onnx", "onnxruntime", "edgerun.passes", "edgerun.loader"
 # the native kernels' module (edgerun/kernels/_native.py loads the CPU's variant) is imported when first
 # used: an install without a C compiler has no variant to load
 KNOWN_LOCAL_IMPORTS = {("edgerun.zoo.mobilenet_v2", "edgerun.zoo.pth"), ("edgerun.kernels", "edgerun.kernels._native"),
-                       ("edgerun.kernels.native", "edgerun.kernels._native")}
+                       ("edgerun.kernels.native", "edgerun.kernels._native"),
+                       ("edgerun.kernels.native_segment", "edgerun.kernels._native")}
 
 OPTIONAL_DEPENDENCIES = ("onnxruntime", "matplotlib", "PIL", "psutil")
 
