@@ -329,9 +329,11 @@ def test_packed_pointwise_gemm_rejects_a_short_edge_scratch(rng):
     from edgerun.errors import EdgerunError
     from edgerun.kernels import native
     w = rng.standard_normal((8, 16)).astype(np.float32)
-    x = rng.standard_normal((16, 40)).astype(np.float32)
-    out = np.empty((8, 40), np.float32)
-    edge_floats = native.packed_pointwise_sizes(8, 40, 16)[1]
+    # 41 pixels: a partial last tile, so an edge panel, for every variant's tile width (8, 16 or 32)
+    x = rng.standard_normal((16, 41)).astype(np.float32)
+    out = np.empty((8, 41), np.float32)
+    edge_floats = native.packed_pointwise_sizes(8, 41, 16)[1]
+    assert edge_floats > 0
     with pytest.raises(EdgerunError, match="edge"):
         native.pointwise_conv_packed(x, native.pack_pointwise_weights(w), None, out,
                                      np.empty(edge_floats - 1, np.float32))
