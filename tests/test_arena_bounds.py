@@ -27,6 +27,7 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import assert_close_to_ort, run_ort
+from edgerun.cli.bench_models import with_random_weights   # the bench's seeded weights: the same models
 from edgerun import InferenceSession, MemoryBudgetError, kernels, zoo
 from edgerun.errors import UnsupportedOperatorError
 
@@ -81,53 +82,6 @@ def graph_feeds(model: onnx.ModelProto, seed: int = 0) -> dict:
         shape = [d.dim_value if d.dim_value > 0 else 1 for d in value.type.tensor_type.shape.dim]
         feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
-
-
-def _random_values(rng, shape) -> np.ndarray:
-    """Weights (rank >= 2) scaled by sqrt(2 / fan-in), vectors (biases, BatchNorm statistics) in
-    [0.5, 1.5] so that variances stay positive."""
-    if len(shape) >= 2:
-        fan_in = max(1, int(np.prod(shape[1:])))
-        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-    return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-
-
-def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """The model with seeded random float weights of the same shapes: float initializers are redrawn, and
-    the ConstantOfShape nodes the light models make their weights with become initializers."""
-    rng = np.random.default_rng(seed)
-    randomized = onnx.ModelProto()
-    randomized.CopyFrom(model)
-    graph = randomized.graph
-    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for tensor in graph.initializer:
-        array = initializers[tensor.name]
-        if array.dtype == np.float32 and array.size:
-            tensor.CopyFrom(numpy_helper.from_array(_random_values(rng, array.shape), tensor.name))
-    for node in list(graph.node):
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if (node.op_type == "ConstantOfShape" and node.input[0] in initializers
-                and value is not None and value.data_type == onnx.TensorProto.FLOAT):
-            shape = tuple(int(d) for d in initializers[node.input[0]])
-            graph.initializer.append(numpy_helper.from_array(_random_values(rng, shape), node.output[0]))
-            if randomized.ir_version < 4:   # initializers must also be graph inputs then
-                graph.input.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
-                                                                      shape))
-            graph.node.remove(node)
-    return with_logits_output(randomized)
-
-
-def with_logits_output(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A final Softmax saturates on random weights (one-hot outputs prove little): its input becomes an
-    output too."""
-    last = model.graph.node[-1]
-    if last.op_type != "Softmax":
-        return model
-    info = onnx.ValueInfoProto()
-    info.CopyFrom(next(v for v in model.graph.output if v.name == last.output[0]))  # Softmax keeps the shape
-    info.name = last.input[0]
-    model.graph.output.append(info)
-    return model
 
 
 def minimum_budget(model, feeds, backend: str) -> int:
