@@ -101,6 +101,8 @@ class NativeSegmentRunner:
     def _native_kind(self, index: int) -> int | None:
         kernel = self.plan.kernels[index]
         kind = type(kernel)
+        if kernel.source is not None:   # a branch (From) reads another tensor than the C tables' src
+            return None
         if kind is nps._ConvRows:
             if max(kernel.kernel) > MAX_KERNEL:
                 return None
