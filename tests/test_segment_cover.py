@@ -87,6 +87,37 @@ def shuffle_style(size=32):
     return _model(n, w, [1, 3, size, size], ("x2", 24))
 
 
+def se_style(size=16):
+    """A conv, a 1x1 expansion, squeeze-excitation (GlobalAveragePool -> 1x1 -> ReLU -> 1x1 -> HardSigmoid ->
+    Mul), a 1x1 projection."""
+    rng, w, n = np.random.default_rng(6), [], []
+    n.append(_conv("stem", "input", "s", w, 3, 8, 3, rng=rng))
+    n.append(helper.make_node("Relu", ["s"], ["x"], name="stem_relu"))
+    n.append(_conv("expand", "x", "e", w, 8, 16, 1, rng=rng))
+    n.append(helper.make_node("GlobalAveragePool", ["e"], ["se_p"], name="se_pool"))
+    n.append(_conv("se1", "se_p", "se1_o", w, 16, 4, 1, rng=rng))
+    n.append(helper.make_node("Relu", ["se1_o"], ["se1_r"], name="se1_relu"))
+    n.append(_conv("se2", "se1_r", "se2_o", w, 4, 16, 1, rng=rng))
+    n.append(helper.make_node("HardSigmoid", ["se2_o"], ["gate"], name="se_gate", alpha=1.0 / 6.0, beta=0.5))
+    n.append(helper.make_node("Mul", ["e", "gate"], ["scaled"], name="se_mul"))
+    n.append(_conv("project", "scaled", "p", w, 16, 8, 1, rng=rng))
+    return _model(n, w, [1, 3, size, size], ("p", 8))
+
+
+def resize_style(size=16, mode="nearest"):
+    """U-Net-like: a stem, a strided conv, an upsampling by 2 (Resize), a Concat with the stem, a 3x3."""
+    rng, w, n = np.random.default_rng(7), [], []
+    n.append(_conv("stem", "input", "s", w, 3, 8, 3, rng=rng))
+    n.append(helper.make_node("Relu", ["s"], ["x"], name="stem_relu"))
+    n.append(_conv("down", "x", "d", w, 8, 12, 3, stride=2, rng=rng))
+    w += [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+          numpy_helper.from_array(np.zeros(0, np.float32), "roi")]
+    n.append(helper.make_node("Resize", ["d", "roi", "scales"], ["up"], name="up", mode=mode))
+    n.append(helper.make_node("Concat", ["x", "up"], ["cat"], name="concat", axis=1))
+    n.append(_conv("fuse", "cat", "f", w, 20, 8, 3, rng=rng))
+    return _model(n, w, [1, 3, size, size], ("f", 8))
+
+
 def at_size(model, size):
     """A copy of a built graph (no shape constants) with a size x size input."""
     import copy
@@ -101,9 +132,9 @@ def feeds_of(model):
     return {"input": np.random.default_rng(5).standard_normal(shape).astype(np.float32)}
 
 
-def minimum_bytes(model) -> tuple[int, str]:
+def minimum_bytes(model, backend="numpy", threads=1) -> tuple[int, str]:
     with pytest.raises(MemoryBudgetError) as info:
-        InferenceSession(model, memory_budget=1, kernels_backend="numpy")
+        InferenceSession(model, memory_budget=1, kernels_backend=backend, threads=threads)
     return info.value.minimum_bytes, info.value.limiting_step
 
 
@@ -159,6 +190,45 @@ def test_shuffle_units_stream_as_one_segment():
     assert longest.steps[0].startswith("stem") and longest.units[-1].reduces
 
 
+def test_squeeze_excite_segment_rings_by_hand():
+    """SE in a segment (fused by passes/fuse_se.py into the step se_mul_se): its Mul reads the expansion's rows
+    again once the gate is known (after the expansion's last row), so the expansion's ring holds all 16 rows."""
+    compiled = InferenceSession(se_style(), kernels_backend="numpy").compiled
+    candidate = compiled.segment_candidates["segment[stem..project]"]
+    ops, labels = candidate.ops()
+    index = {label: k for k, label in enumerate(labels)}
+    gate, mul = ops[index["se_mul_se:gate"]], ops[index["se_mul_se"]]
+    assert isinstance(gate, rows.SqueezeExcite)
+    assert isinstance(mul, rows.From) and mul.source == index["expand"] and mul.op.vector == index["se_mul_se:gate"]
+    runner = compiled._segment_runner(candidate, 1, "rows")
+    ring_rows = {labels[ring.tensor]: ring.rows for ring in runner.schedule.rings}
+    # stem conv and its ReLU share one ring (the ReLU is the conv's only reader) of 1 row: the 1x1 expansion
+    # reads row r only; the expansion stays whole (16 rows) until the gate is known; the gate is one row;
+    # the Mul's rows are read by the 1x1 projection one at a time
+    assert ring_rows == {"stem": 1, "stem:act": 1, "expand": 16, "se_mul_se:gate": 1, "se_mul_se": 1}
+    assert runner.schedule.ring_bytes == (1 * 8 * 16 + 16 * 16 * 16 + 1 * 16 * 1 + 1 * 16 * 16) * 4
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_segment_rings_by_hand(mode):
+    """The upsampling by 2 reads row o // 2 (nearest) or rows around (o + 0.5) / 2 - 0.5 (linear): its input
+    (8 rows) needs 1 ring row (nearest) or 2 (linear: rows k - 1, k for o = 2k and k, k + 1 for o = 2k + 1).
+    The stem's ReLU output is read by the strided 3x3 (rows 2o - 1..2o + 1: 3 rows) and by the Concat row for
+    row; the Concat's row r waits for the Resize's row r, which needs down's row r // 2 (nearest: stem rows
+    up to r + 1) or (r + 1) // 2 (linear: stem rows up to r + 2), so the stem ring holds rows r..r + 2 at most:
+    3 rows either way, shared with the stem conv (the ReLU is its only reader)."""
+    compiled = InferenceSession(resize_style(mode=mode), kernels_backend="numpy").compiled
+    candidate = compiled.segment_candidates["segment[stem..fuse]"]
+    ops, labels = candidate.ops()
+    index = {label: k for k, label in enumerate(labels)}
+    assert ops[index["up"]] == rows.Resize((2, 2), mode)
+    runner = compiled._segment_runner(candidate, 1, "rows")
+    ring_rows = {labels[ring.tensor]: ring.rows for ring in runner.schedule.rings}
+    assert ring_rows["down"] == (1 if mode == "nearest" else 2)
+    assert ring_rows["up"] == 1 and ring_rows["concat"] == 3        # the 3x3 "fuse" window
+    assert ring_rows["stem"] == ring_rows["stem:act"] == 3
+
+
 # ---------------------------------------------------------------- budgets, outputs and measured peaks
 @pytest.mark.parametrize("build", [googlenet_style, shuffle_style])
 def test_concat_and_shuffle_graphs_stream_under_every_budget(build):
@@ -168,15 +238,27 @@ def test_concat_and_shuffle_graphs_stream_under_every_budget(build):
     assert minimum * 2 <= per_block
 
 
+@pytest.mark.parametrize("build", [se_style, resize_style, lambda: resize_style(mode="linear")])
+def test_se_and_resize_graphs_stream_under_every_budget(build):
+    model = build()
+    feeds = feeds_of(model)
+    check_budget_sweep(model, feeds, onnxruntime_outputs(model, feeds))
+
+
 def test_streamed_units_match_a_float64_reference():
-    """The GoogLeNet- and ShuffleNet-style graphs at their minimum, against the unsplit float64 reference."""
-    for build in (googlenet_style, shuffle_style):
+    """Each new unit's graph at its minimum, numpy and native (1 and 2 threads), against the unsplit float64
+    reference."""
+    builds = (googlenet_style, shuffle_style, se_style, resize_style, lambda: resize_style(mode="linear"))
+    for build in builds:
         model = build()
         feeds = feeds_of(model)
-        minimum, _ = minimum_bytes(model)
-        out = InferenceSession(model, memory_budget=minimum, kernels_backend="numpy").run(None, feeds)[0]
         expected = float64_outputs(model, feeds)
-        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(expected))))
+        for backend, threads in (("numpy", 1), ("native", 1), ("native", 2)):
+            minimum, _ = minimum_bytes(model, backend, threads)
+            session = InferenceSession(model, memory_budget=minimum, kernels_backend=backend, threads=threads)
+            assert session.plan.segments
+            out = session.run(None, feeds)[0]
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(expected))))
 
 
 def float64_outputs(model, feeds):
