@@ -229,6 +229,32 @@ def test_resize_segment_rings_by_hand(mode):
     assert ring_rows["stem"] == ring_rows["stem:act"] == 3
 
 
+def _one_node_graph(node, in_shape, out_shape, initializers=()):
+    from edgerun.loader import load_model
+    from edgerun.shape_inference import infer_shapes
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], list(initializers))
+    return infer_shapes(load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])),
+                        {"x": tuple(in_shape)})
+
+
+@pytest.mark.parametrize("node, out_shape, initializers, reason", [
+    (helper.make_node("Concat", ["x", "x"], ["y"], name="c", axis=2), [1, 2, 8, 4], (), "axis 1"),
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="r", mode="nearest",
+                      coordinate_transformation_mode="asymmetric", nearest_mode="round_prefer_ceil"),
+     [1, 2, 8, 8], [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "s")], "does not stream"),
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="r", mode="nearest"),
+     [1, 2, 6, 6], [numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "s")], "integer factors"),
+])
+def test_units_refuse_what_rows_cannot_reproduce(node, out_shape, initializers, reason):
+    from edgerun import segments_graph
+    graph = _one_node_graph(node, [1, 2, 4, 4], out_shape, initializers)
+    assert tuple(graph.value_info["y"].shape) == tuple(out_shape)
+    constants = dict(graph.initializers)
+    why = segments_graph.why_not_streamable(graph.nodes[0], graph, constants)
+    assert why is not None and reason in why
+
+
 # ---------------------------------------------------------------- budgets, outputs and measured peaks
 @pytest.mark.parametrize("build", [googlenet_style, shuffle_style])
 def test_concat_and_shuffle_graphs_stream_under_every_budget(build):
