@@ -35,6 +35,21 @@ class SkipFrom:
 
 
 @dataclass(frozen=True)
+class ConcatFrom:
+    """One more operand of a channel Concat: the graph tensor `buffer`, joined before
+    (`first`) or after the channels streamed so far (resolved to a numpy_segment.Concat)."""
+
+    buffer: str
+    first: bool
+
+
+@dataclass(frozen=True)
+class GateInput:
+    """Squeeze-excitation's Mul: the unit's input times the vector of the unit's first op
+    (resolved to From(input, ChannelMul(vector)))."""
+
+
+@dataclass(frozen=True)
 class Unit:
     """One streamable step: its node name, the tensor it streams from and the one it writes, and
     its member ops with a label each (the labels name the rings in the plan)."""
@@ -51,7 +66,13 @@ class Unit:
 
     @property
     def skips(self) -> tuple[str, ...]:
-        return tuple(op.buffer for op in self.ops if isinstance(op, SkipFrom))
+        """Graph tensors the unit reads besides its input (residual and Concat operands)."""
+        return tuple(op.buffer for op in self.ops if isinstance(op, (SkipFrom, ConcatFrom)))
+
+    @property
+    def branches_ok(self) -> bool:
+        """May read another tensor than the previous unit's output (its first op wrapped in From)."""
+        return not isinstance(self.ops[0], (rows.Block, rows.GlobalAveragePool))
 
 
 @dataclass(frozen=True)
@@ -86,11 +107,25 @@ class Candidate:
         produced = {self.units[0].input: rows.SEGMENT_INPUT}
         ops, labels = [], []
         for unit in self.units:
+            first, source = len(ops), produced[unit.input]
             for op, label in zip(unit.ops, unit.labels):
-                ops.append(rows.Add(produced[op.buffer]) if isinstance(op, SkipFrom) else op)
+                ops.append(_resolved(op, produced, source, first))
                 labels.append(label)
+            if source != first - 1:     # a branch: its first op reads an earlier tensor
+                ops[first] = rows.From(source, ops[first])
             produced[unit.output] = len(ops) - 1
         return ops, labels
+
+
+def _resolved(op, produced: dict, source: int, first: int):
+    """A unit's op with graph tensor names turned into segment step indices."""
+    if isinstance(op, SkipFrom):
+        return rows.Add(produced[op.buffer])
+    if isinstance(op, ConcatFrom):
+        return rows.Concat(produced[op.buffer], skip_first=op.first)
+    if isinstance(op, GateInput):
+        return rows.From(source, rows.ChannelMul(vector=first))
+    return op
 
 
 # ---------------------------------------------------------------- one node -> a unit
@@ -138,6 +173,14 @@ def _unit(node: Node, graph: Graph, constants: dict) -> Unit:
         ops, labels = [rows.GlobalAveragePool()], [node.name]
     elif kind == ("", "Add"):
         x, ops, labels = _add_ops(node, graph)
+    elif kind == ("", "Concat"):
+        x, ops, labels = _concat_ops(node, graph)
+    elif kind == ("edgerun", "ChannelShuffle"):
+        ops, labels = [rows.ChannelShuffle(int(node.attrs["groups"]))], [node.name]
+    elif kind == ("edgerun", "SqueezeExcite"):
+        ops, labels = _squeeze_excite_ops(node, constants)
+    elif kind == ("", "Resize"):
+        ops, labels = [_resize_op(node, graph, constants)], [node.name]
     elif node.domain == "" and node.op_type in BY_OP_TYPE:
         ops, labels = [_activation_op(node, graph, constants)], [node.name]
     else:
@@ -227,6 +270,100 @@ def _add_ops(node: Node, graph: Graph) -> tuple[str, list, list[str]]:
     return late, [SkipFrom(early)], [node.name]
 
 
+def _late_operand(operands, graph: Graph) -> str:
+    """The operand produced last in graph order (the one a chain streams from)."""
+    producers = graph.producers()
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    return max(operands, key=lambda t: order.get(producers[t].name, -1) if t in producers else -1)
+
+
+def _concat_ops(node: Node, graph: Graph) -> tuple[str, list, list[str]]:
+    """(streamed input, ConcatFrom ops, labels): a Concat along channels of float32 NCHW tensors
+    of one height and width, joined one operand at a time to the operand produced last."""
+    vi = graph.value_info
+    operands = list(node.inputs)
+    if len(operands) < 2 or not all(operands):
+        raise _CannotStream(f"{node.describe()}: a Concat of two or more tensors streams")
+    axis = node.attrs.get("axis")
+    if axis not in (1, -3):
+        raise _CannotStream(f"{node.describe()}: only a Concat along channels (axis 1) streams")
+    shape = vi[operands[0]].shape
+    for name in operands:
+        info = vi.get(name)
+        if info is None or info.value is not None or info.shape is None or len(info.shape) != 4 \
+                or tuple(info.shape[2:]) != tuple(shape[2:]) or np.dtype(info.dtype) != np.float32:
+            raise _CannotStream(f"{node.describe()}: operand {name!r} is not a float32 NCHW activation "
+                                f"of the same rows and columns")
+    late = _late_operand(operands, graph)
+    at = operands.index(late)
+    ops = [ConcatFrom(name, False) for name in operands[at + 1:]]
+    ops += [ConcatFrom(name, True) for name in reversed(operands[:at])]
+    labels = [f"{node.name}:{k}" for k in range(len(ops) - 1)] + [node.name]
+    return late, ops, labels
+
+
+def _squeeze_excite_ops(node: Node, constants: dict) -> tuple[list, list[str]]:
+    """Squeeze-excitation as a mid-segment reducer (its input stays whole in a ring until the
+    gate is known, as without recomputation it must) and the Mul of that input by the gate."""
+    weights = [constants.get(name) for name in node.inputs[1:5]]
+    if len(node.inputs) != 5 or any(w is None for w in weights):
+        raise _CannotStream(f"{node.describe()}: squeeze-excitation by constant weights streams")
+    a = node.attrs
+    act1 = (a.get("activation", ""), tuple(float(p) for p in a.get("activation_params", [])))
+    act2 = (a.get("gate", ""), tuple(float(p) for p in a.get("gate_params", [])))
+    for kind, params in (act1, act2):
+        if kind and KINDS.get(kind) is None:
+            raise _CannotStream(f"{node.describe()}: activation {kind!r} has no row form")
+    w1, b1, w2, b2 = weights
+    squeeze = rows.SqueezeExcite(np.reshape(w1, w1.shape[:2]), b1, np.reshape(w2, w2.shape[:2]), b2,
+                                 act1=act1, act2=act2)
+    return [squeeze, GateInput()], [f"{node.name}:gate", node.name]
+
+
+# Resize coordinate rules under which an integer upsampling factor f maps output row o to input
+# row o // f (nearest) or to half-pixel linear taps (numpy_segment.Resize).
+_NEAREST_AS_FLOOR = {("half_pixel", "round_prefer_floor"), ("half_pixel", "round_prefer_ceil"),
+                     ("pytorch_half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_ceil"),
+                     ("asymmetric", "floor")}
+
+
+def _resize_scales_match(node: Node, graph: Graph, constants: dict, factors) -> bool:
+    """The coordinates use the scales input when there is one: it must be the factors exactly."""
+    name = node.input(1 if graph.opset < 11 else 2)
+    scales = constants.get(name) if name else None
+    if name and scales is None:
+        return False
+    if scales is None or np.size(scales) == 0:
+        return True
+    return np.array_equal(np.reshape(scales, -1), np.array([1, 1, *factors], np.float32))
+
+
+def _resize_op(node: Node, graph: Graph, constants: dict) -> rows.Resize:
+    """An upsampling by integer factors of rows and columns, in a mode whose taps the row
+    member reproduces; a 1x1 input (an image-level feature broadcast back) in any mode."""
+    vi = graph.value_info
+    (n, c, h, w), (n2, c2, h2, w2) = vi[node.inputs[0]].shape, vi[node.outputs[0]].shape
+    if (n, c) != (n2, c2) or h2 % h or w2 % w:
+        raise _CannotStream(f"{node.describe()}: only an upsampling by integer factors of rows and "
+                            f"columns streams")
+    factors = (h2 // h, w2 // w)
+    if (h, w) != (1, 1) and not _resize_scales_match(node, graph, constants, factors):
+        raise _CannotStream(f"{node.describe()}: its scales are not the integer factors {factors}")
+    if (h, w) == (1, 1):
+        return rows.Resize(factors, "nearest")      # every mode repeats the one pixel
+    a = node.attrs
+    mode = a.get("mode", "nearest")
+    transform = a.get("coordinate_transformation_mode", "half_pixel")
+    if graph.opset < 11:
+        transform = "asymmetric"
+    if mode == "nearest" and (transform, a.get("nearest_mode", "round_prefer_floor")) in _NEAREST_AS_FLOOR:
+        return rows.Resize(factors, "nearest")
+    if mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel") and not a.get("antialias", 0):
+        return rows.Resize(factors, "linear")
+    raise _CannotStream(f"{node.describe()}: Resize mode {mode!r} with {transform!r} coordinates does "
+                        f"not stream")
+
+
 def _activation_op(node: Node, graph: Graph, constants: dict) -> rows.Activation:
     kind = BY_OP_TYPE[node.op_type]
     if kind.params_from_inputs and graph.opset >= 11:
@@ -244,7 +381,7 @@ def _activation_op(node: Node, graph: Graph, constants: dict) -> rows.Activation
 
 # ---------------------------------------------------------------- runs and candidates
 def segment_candidates(graph: Graph, step_nodes: list[Node], constants: dict,
-                       max_units: int = MAX_UNITS) -> list[Candidate]:
+                       max_units: int | None = None) -> list[Candidate]:
     """Every run of consecutive streamable steps (in `step_nodes` order) that may stream as one
     segment: each unit reads the previous one's output, inner tensors are read by no other step
     and are not graph outputs, every skip comes from inside the run or its input, a
@@ -254,18 +391,21 @@ def segment_candidates(graph: Graph, step_nodes: list[Node], constants: dict,
         for name in node.inputs:
             if name:
                 readers.setdefault(name, set()).add(node.name)
+    max_units = MAX_UNITS if max_units is None else max_units
     graph_outputs = set(graph.output_names())
     units = [stream_unit(node, graph, constants) for node in step_nodes]
     found = []
     for start, first in enumerate(units):
         if first is None:
             continue
-        run = [first]
+        run, available = [first], {first.input, first.output}
         for unit in units[start + 1:start + max_units]:
             prev = run[-1]
-            if unit is None or unit.input != prev.output or prev.reduces:
+            if unit is None or prev.reduces or unit.input not in available or \
+                    (unit.input != prev.output and not unit.branches_ok):
                 break
             run.append(unit)
+            available.add(unit.output)
         for end in range(1, len(run) + 1):
             candidate = Candidate(tuple(run[:end]))
             if _valid(candidate, readers, graph_outputs):

@@ -69,7 +69,8 @@ class SegmentPlan:
 
     @property
     def ring_bytes(self) -> int:
-        return sum(r.bytes for r in self.rings)
+        """Bytes of the distinct ring buffers (tensors computed in place share one offset)."""
+        return sum({r.offset: r.bytes for r in self.rings}.values())
 
     def to_dict(self) -> dict:
         return {"name": self.name, "steps": list(self.steps), "band_rows": self.band_rows,

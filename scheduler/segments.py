@@ -79,6 +79,7 @@ class RowStep:
     resize: str = ""
     source: int | None = None
     broadcast: int | None = None
+    in_place: bool = False
 
     # inner = (height, kernel, stride, pad_top): a composite step (a fused inverted-residual
     #   block): its own window (kernel/stride/dilation/pad_top) reads rows of an inner tensor of
@@ -92,6 +93,8 @@ class RowStep:
     # broadcast: a tensor read whole before the first row (squeeze-excitation's scale vector).
     # upsample / resize: output row o reads input rows around o / upsample ("nearest": row
     #   o // f; "linear": the two rows of half-pixel bilinear interpolation).
+    # in_place: a row-aligned elementwise step (an activation, an Add) that may write its row over
+    #   the input row it reads: when it is its input's only reader, the two tensors share one ring.
 
     @property
     def effective_kernel(self) -> int:
@@ -156,7 +159,7 @@ class RowStep:
 @dataclass(frozen=True)
 class RingBuffer:
     tensor: int          # index of the step that produces it
-    name: str
+    name: str            # the ring's buffer: tensors computed in place share their consumer's name
     rows: int            # ring rows R: row r lives in slot r % R
     height: int          # the tensor's full height
     rows_computed: int   # rows ever computed (height minus a dead tail)
@@ -196,7 +199,8 @@ class SegmentSchedule:
 
     @property
     def ring_bytes(self) -> int:
-        return sum(ring.bytes for ring in self.rings)
+        """Bytes of the distinct ring buffers (tensors computed in place share one)."""
+        return sum({ring.name: ring.bytes for ring in self.rings}.values())
 
     def ring_rows(self) -> dict[int, int]:
         return {ring.tensor: ring.rows for ring in self.rings}
@@ -476,9 +480,33 @@ def plan_segment(steps, input_height, band_rows: int, chunks=None) -> SegmentSch
         oldest = min(first[done[c]] for c, first in firsts[call.step])
         rows[call.step] = max(rows[call.step], call.hi - call.lo, call.hi - oldest)
         computed[call.step] = call.hi
-    rings = tuple(RingBuffer(t, steps[t].name, rows[t], steps[t].out_height, computed[t],
-                             steps[t].row_bytes) for t in inner)
+    homes = in_place_homes(steps, users)
+    for tensor, home in homes.items():
+        rows[home] = max(rows[home], rows[tensor])
+    rings = tuple(RingBuffer(t, steps[homes.get(t, t)].name, rows[homes.get(t, t)], steps[t].out_height,
+                             computed[t], steps[t].row_bytes) for t in inner)
     return SegmentSchedule(band_rows, calls, rings)
+
+
+def in_place_homes(steps, users=None) -> dict[int, int]:
+    """Inner tensor -> the inner tensor whose ring it shares: an in-place step's input, when that
+    step is its only reader, lives in the step's own ring (following chains such as conv -> Add ->
+    activation to the last one).  Safe because the producer writes row r into slot r % R just
+    before the in-place step overwrites it with its own row r, with no reader of the step's
+    tensor in between: the slot holds the same row of the step's tensor it would hold anyway."""
+    users = _consumers(steps) if users is None else users
+    last = len(steps) - 1
+    home = {}
+    for index in range(1, last):
+        step, producer = steps[index], index - 1
+        if step.in_place and source_of(steps, index) == producer and users.get(producer) == [(index, "window")] \
+                and not steps[producer].reduce and steps[producer].row_bytes == step.row_bytes \
+                and steps[producer].out_height == step.out_height:
+            home[producer] = index
+    for tensor in list(home):
+        while home[tensor] in home:
+            home[tensor] = home[home[tensor]]
+    return home
 
 
 # ---------------------------------------------------------------- the checker

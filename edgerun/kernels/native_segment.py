@@ -96,11 +96,15 @@ class NativeSegmentRunner:
         self.native_steps = [index for index, kind in enumerate(kinds) if kind and index not in self.fused]
         self._tables(kinds)
         self.program = self._program(kinds)
+        for table in [self.tensors, self.step_table, self.params] + [c for native, c in self.program if native]:
+            memoryview(table).release()   # numpy keeps each array's buffer description from its first export
 
     # ------------------------------------------------------------ binding the steps
     def _native_kind(self, index: int) -> int | None:
         kernel = self.plan.kernels[index]
         kind = type(kernel)
+        if kernel.source is not None:   # a branch (From) reads another tensor than the C tables' src
+            return None
         if kind is nps._ConvRows:
             if max(kernel.kernel) > MAX_KERNEL:
                 return None

@@ -421,14 +421,17 @@ class _PoolRows(_WindowKernel):
 
 
 class _AlignedRows(_RowKernel):
-    """Row-aligned steps: output row r reads input row r only."""
+    """Row-aligned steps: output row r reads input row r only.  `in_place`: the row may be
+    written over the input row it reads (its ring may be the input's, scheduler.segments)."""
+
+    in_place = False
 
     def __init__(self, in_shape) -> None:
         self.out_channels, self.height, self.out_width = in_shape
 
     def row_step(self, name: str) -> RowStep:
         return RowStep(name, self.height, self.height, self.out_channels, self.out_width,
-                       skip=self.skip)
+                       skip=self.skip, in_place=self.in_place)
 
 
 class _ActivationRows(_AlignedRows):
@@ -442,12 +445,20 @@ class _ActivationRows(_AlignedRows):
             raise InvalidModelError(f"{where}: activation {op.kind!r} takes {len(kind.params)} "
                                     f"parameters, got {len(op.params)}")
         self.into, self.params = kind.into, tuple(float(p) for p in op.params)
+        self.inplace = kind.inplace
+        self.in_place = kind.inplace is not None and not kind.needs_tmp
 
     def compute(self, out_row, src, skip_src, dst, scratch) -> None:
-        self.into(src.row(out_row), dst, *self.params)
+        row = src.row(out_row)
+        if np.may_share_memory(row, dst):     # its ring is its input's (in_place)
+            self.inplace(dst.reshape(-1), None, *self.params)
+        else:
+            self.into(row, dst, *self.params)
 
 
 class _AddRows(_AlignedRows):
+    in_place = True
+
     def __init__(self, op: Add, in_shape, skip_shape, where: str) -> None:
         super().__init__(in_shape)
         if tuple(skip_shape) != tuple(in_shape):
@@ -493,6 +504,8 @@ class _ConcatRows(_AlignedRows):
 
 
 class _BinaryRows(_AlignedRows):
+    in_place = True
+
     def __init__(self, op: Binary, in_shape, skip_shape, where: str) -> None:
         super().__init__(in_shape)
         if op.kind not in BINARY_KINDS:
@@ -508,6 +521,8 @@ class _BinaryRows(_AlignedRows):
 
 
 class _ScaleRows(_AlignedRows):
+    in_place = True
+
     def __init__(self, op: Scale, in_shape, where: str) -> None:
         super().__init__(in_shape)
         c = in_shape[0]
@@ -974,8 +989,11 @@ class SegmentRunner:
     def _layout(self, shapes, alignment: int, arena) -> None:
         last = len(self.kernels) - 1
         planner = GreedyBySizePlanner(alignment=alignment)
-        ring_ids = {ring.tensor: planner.add_buffer(ring.bytes, 0, last, f"ring:{ring.name}")
-                    for ring in self.schedule.rings}
+        buffers = {}      # one buffer per ring name: tensors computed in place share their consumer's
+        for ring in self.schedule.rings:
+            if ring.name not in buffers:
+                buffers[ring.name] = planner.add_buffer(ring.bytes, 0, last, f"ring:{ring.name}")
+        ring_ids = {ring.tensor: buffers[ring.name] for ring in self.schedule.rings}
         state_ids = {index: planner.add_buffer(kernel.state_items * ITEMSIZE, 0, last,
                                                f"state:{self.steps[index].name}")
                      for index, kernel in enumerate(self.kernels) if kernel.state_items}
