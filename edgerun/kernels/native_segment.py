@@ -11,7 +11,10 @@ Native steps: Conv (1x1 as a GEMM on the input row in place; depthwise with any 
 kernel, stride, dilation; any other conv as one output row's im2col in the step's arena scratch
 plus a GEMM per group), Pool (max / average), Activation (fused into the step before it when
 that step's output has no other reader: the step writes its activated rows into the
-activation's ring), Add and a final GlobalAveragePool. Every other step (a member kind this
+activation's ring), Add, a final GlobalAveragePool and the fused inverted-residual Block (by
+scatter as numpy_segment's, in the same state and scratch: each slice of hidden channels of each
+new hidden row expanded once, added into the depthwise accumulators, each output row projected
+slice by slice as soon as its window is complete). Every other step (a member kind this
 module does not know, a kernel wider than the C row tables) runs on its numpy row kernel, on
 the same arena, between the native calls. Threads split every native call by output channels;
 the results have the same bits for any thread count.
@@ -241,6 +244,12 @@ class NativeSegmentRunner:
             program[-1][1].append((call.step, call.lo, call.hi))
         return [(native, np.array(calls, np.int32).reshape(-1, 3) if native else calls)
                 for native, calls in program]
+
+    @property
+    def row_calls(self) -> int:
+        """Row kernel calls of one run (numpy_segment.SegmentRunner.row_calls: the same schedule; a
+        fused block runs each output row slice by slice here too)."""
+        return self.plan.row_calls
 
     # ------------------------------------------------------------ running
     def run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
