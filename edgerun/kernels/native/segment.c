@@ -127,6 +127,21 @@ static void split_phases(const float *restrict in, int width, int stride, float 
         for (int j = 0, x = p; x < width; j++, x += stride) phases[p * n + j] = in[x];
 }
 
+#if defined(__GNUC__)
+/* Lanes [0, n) of a vector set (-1), the others clear: compared in registers (a mask stored lane by
+ * lane would stall the vector load that reads it back). */
+static inline er_vi lanes_below(int n)
+{
+    static const int index[64] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
+                                  16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+                                  32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47,
+                                  48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
+    er_vi lanes;
+    memcpy(&lanes, index, sizeof lanes);
+    return lanes < (er_vi){0} + n;
+}
+#endif
+
 #define SEG_MAX_TAPS 64 /* depthwise kernels up to this many taps keep their sums in registers */
 
 /* One depthwise output row from its taps: out[x] = b + sum over taps t (in order) of w[t] * p[t][x],
@@ -154,6 +169,15 @@ static void depthwise_taps(float *restrict out, int width, float b, const float 
     }
     int x = lo;
 #if defined(__GNUC__)
+    if (accumulate && hi - lo >= ER_VL && (hi - lo) % ER_VL) {
+        /* the last columns first: one vector ending at hi, keeping the columns the vectors below add
+         * into (long before they load them, so the loads do not wait on this store) */
+        int start = hi - ER_VL, end = lo + (hi - lo) / ER_VL * ER_VL;
+        er_vf old = er_loadv(out + start), acc = old;
+        for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + start);
+        er_storev(out + start, er_selectv(lanes_below(end - start), old, acc));
+        hi = end;
+    }
     for (; x + 4 * ER_VL <= hi; x += 4 * ER_VL) { /* 4 vectors per tap: one broadcast of its weight */
         er_vf acc[4];
         for (int i = 0; i < 4; i++) acc[i] = accumulate ? er_loadv(out + x + i * ER_VL) : er_splatv(b);
@@ -164,13 +188,24 @@ static void depthwise_taps(float *restrict out, int width, float b, const float 
         }
         for (int i = 0; i < 4; i++) er_storev(out + x + i * ER_VL, acc[i]);
     }
+    for (; x + 2 * ER_VL <= hi; x += 2 * ER_VL) {
+        er_vf acc0 = accumulate ? er_loadv(out + x) : er_splatv(b);
+        er_vf acc1 = accumulate ? er_loadv(out + x + ER_VL) : er_splatv(b);
+        for (int t = 0; t < ntaps; t++) {
+            er_vf wv = er_splatv(w[t]);
+            acc0 += wv * er_loadv(p[t] + x);
+            acc1 += wv * er_loadv(p[t] + x + ER_VL);
+        }
+        er_storev(out + x, acc0);
+        er_storev(out + x + ER_VL, acc1);
+    }
     for (; x + ER_VL <= hi; x += ER_VL) {
         er_vf acc = accumulate ? er_loadv(out + x) : er_splatv(b);
         for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
         er_storev(out + x, acc);
     }
-    if (x < hi && hi - lo >= ER_VL && !accumulate) { /* the last columns: one vector ending at hi (recomputes a few) */
-        x = hi - ER_VL;
+    if (x < hi && hi - lo >= ER_VL && !accumulate) { /* the last columns: one vector ending at hi */
+        x = hi - ER_VL;                             /* (recomputes a few columns alike) */
         er_vf acc = er_splatv(b);
         for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
         er_storev(out + x, acc);
@@ -440,18 +475,48 @@ static int block_direct(const er_seg_step *s, const er_seg_tensor *src)
 }
 
 /* Hidden channels [a, b) of hidden row h (expansion kernel > 1, strided or padded) into
- * hidden[(c - c0) * width]: bias, then input channel by channel the kernel's taps, each a unit-stride
- * loop over the row's stride phases (split once per input row on the stack). */
+ * hidden[(c - c0) * width]. With at most SEG_MAX_TAPS taps (input channel, ky, kx) whose rows' stride
+ * phases fit on the stack (a stem: 3 channels, 3x3, stride 2), each hidden channel is one
+ * depthwise_taps row over every tap, its sums in registers; otherwise bias, then tap by tap. */
 static void expand_by_taps(const seg_job *job, int h, int c0, int a, int b, float *hidden)
 {
     const er_seg_step *s = job->s;
     const er_seg_block *k = &s->block;
     int width = k->hidden_width, in_width = job->src->width, ek = k->ek, es = k->es, cin = job->cin;
-    int n = (in_width + es - 1) / es;
+    int n = (in_width + es - 1) / es, phase_row = n * es;
     long scs = seg_channel_stride(job->src);
     seg_columns cols[ER_SEG_MAX_KERNEL];
     float phases[SEG_STACK_WIDTH];
     column_ranges(in_width, width, ek, es, 1, k->epad_left, cols);
+    if ((long)cin * ek * ek <= SEG_MAX_TAPS && (long)cin * ek * phase_row <= SEG_STACK_WIDTH) {
+        const float *p[SEG_MAX_TAPS];
+        int first[SEG_MAX_TAPS], stop[SEG_MAX_TAPS], index[SEG_MAX_TAPS], ntaps = 0;
+        float w[SEG_MAX_TAPS];
+        for (int ci = 0; ci < cin; ci++)
+            for (int ky = 0; ky < ek; ky++) {
+                const float *row = seg_row(job->src, h * es - k->epad_top + ky);
+                if (!row) continue;
+                const float *in = row + (long)ci * scs;
+                float *ph = phases + ((long)ci * ek + ky) * phase_row;
+                if (es > 1) split_phases(in, in_width, es, ph);
+                for (int kx = 0; kx < ek; kx++) {
+                    const seg_columns *r = &cols[kx];
+                    if (r->stop == r->first) continue;
+                    p[ntaps] = es > 1 ? ph + (r->x0 % es) * n + r->x0 / es - r->first : in + r->x0 - r->first;
+                    first[ntaps] = r->first;
+                    stop[ntaps] = r->stop;
+                    index[ntaps++] = (ci * ek + ky) * ek + kx;
+                }
+            }
+        for (int c = a; c < b; c++) {
+            const float *wc = k->we + (long)c * cin * ek * ek;
+            float *out = hidden + (long)(c - c0) * width;
+            for (int t = 0; t < ntaps; t++) w[t] = wc[index[t]];
+            depthwise_taps(out, width, k->be ? k->be[c] : 0.0f, p, w, first, stop, ntaps, 0);
+            activate(out, width, &k->expand_act);
+        }
+        return;
+    }
     for (int c = a; c < b; c++) {
         float *out = hidden + (long)(c - c0) * width, bias = k->be ? k->be[c] : 0.0f;
         for (int x = 0; x < width; x++) out[x] = bias;
@@ -471,12 +536,12 @@ static void expand_by_taps(const seg_job *job, int h, int c0, int a, int b, floa
                     float wv = w[kx];
                     if (r->stop == r->first) continue;
                     if (phased || es == 1) {
-                        const float *restrict p = phased ? phases + (r->x0 % es) * n + r->x0 / es - r->first
+                        const float *restrict q = phased ? phases + (r->x0 % es) * n + r->x0 / es - r->first
                                                          : in + r->x0 - r->first;
-                        for (int x = r->first; x < r->stop; x++) out[x] += wv * p[x];
+                        for (int x = r->first; x < r->stop; x++) out[x] += wv * q[x];
                     } else {
-                        const float *restrict p = in + r->x0;
-                        for (int x = r->first; x < r->stop; x++) out[x] += wv * p[(long)(x - r->first) * es];
+                        const float *restrict q = in + r->x0;
+                        for (int x = r->first; x < r->stop; x++) out[x] += wv * q[(long)(x - r->first) * es];
                     }
                 }
             }
