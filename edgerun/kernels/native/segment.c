@@ -127,21 +127,6 @@ static void split_phases(const float *restrict in, int width, int stride, float 
         for (int j = 0, x = p; x < width; j++, x += stride) phases[p * n + j] = in[x];
 }
 
-#if defined(__GNUC__)
-/* Lanes [0, n) of a vector set (-1), the others clear: compared in registers (a mask stored lane by
- * lane would stall the vector load that reads it back). */
-static inline er_vi lanes_below(int n)
-{
-    static const int index[64] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
-                                  16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
-                                  32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47,
-                                  48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
-    er_vi lanes;
-    memcpy(&lanes, index, sizeof lanes);
-    return lanes < (er_vi){0} + n;
-}
-#endif
-
 #define SEG_MAX_TAPS 64 /* depthwise kernels up to this many taps keep their sums in registers */
 
 /* One depthwise output row from its taps: out[x] = b + sum over taps t (in order) of w[t] * p[t][x],
@@ -169,14 +154,16 @@ static void depthwise_taps(float *restrict out, int width, float b, const float 
     }
     int x = lo;
 #if defined(__GNUC__)
+    /* accumulating, the last columns go in one vector ending at hi, loaded before any store (a load
+     * overlapping a fresh store waits for it) and stored after the others: the columns it shares with
+     * them get the same sums, from the same values in the same order */
+    int tail_at = -1;
+    er_vf tail = er_splatv(0.0f);
     if (accumulate && hi - lo >= ER_VL && (hi - lo) % ER_VL) {
-        /* the last columns first: one vector ending at hi, keeping the columns the vectors below add
-         * into (long before they load them, so the loads do not wait on this store) */
-        int start = hi - ER_VL, end = lo + (hi - lo) / ER_VL * ER_VL;
-        er_vf old = er_loadv(out + start), acc = old;
-        for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + start);
-        er_storev(out + start, er_selectv(lanes_below(end - start), old, acc));
-        hi = end;
+        tail_at = hi - ER_VL;
+        tail = er_loadv(out + tail_at);
+        for (int t = 0; t < ntaps; t++) tail += er_splatv(w[t]) * er_loadv(p[t] + tail_at);
+        hi = lo + (hi - lo) / ER_VL * ER_VL;
     }
     for (; x + 4 * ER_VL <= hi; x += 4 * ER_VL) { /* 4 vectors per tap: one broadcast of its weight */
         er_vf acc[4];
@@ -204,6 +191,7 @@ static void depthwise_taps(float *restrict out, int width, float b, const float 
         for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
         er_storev(out + x, acc);
     }
+    if (tail_at >= 0) er_storev(out + tail_at, tail);
     if (x < hi && hi - lo >= ER_VL && !accumulate) { /* the last columns: one vector ending at hi */
         x = hi - ER_VL;                             /* (recomputes a few columns alike) */
         er_vf acc = er_splatv(b);
@@ -550,18 +538,16 @@ static void expand_by_taps(const seg_job *job, int h, int c0, int a, int b, floa
     for (int c = a; c < b; c++) activate(hidden + (long)(c - c0) * width, width, &k->expand_act);
 }
 
-/* Hidden row h, channel c (its `width` floats at hid) added into the accumulators of the output rows
- * in [from, to] whose windows hold it: one depthwise kernel row each (the first row of a window starts
- * the accumulator from the bias). */
-static void block_scatter(const er_seg_step *s, int h, int c, const float *hid, int from, int to, float *phases)
+/* Hidden row h, channels [a, b) (channel c at hidden + (c - base) * stride) added into the accumulators
+ * of the output rows in [from, to] whose windows hold it: one depthwise kernel row each (the first
+ * row of a window starts the accumulator from the bias). The readers, their slots and the taps'
+ * columns are worked out once for all the channels. */
+static void block_scatter(const er_seg_step *s, int h, const float *hidden, long stride, int base, int a, int b,
+                          int from, int to, float *phases)
 {
     const er_seg_block *k = &s->block;
-    int width = k->hidden_width, kd = s->kh, sd = s->sh;
+    int width = k->hidden_width, kd = s->kh, sd = s->sh, out_width = s->out_width;
     int n = (width + sd - 1) / sd;
-    seg_columns cols[ER_SEG_MAX_KERNEL];
-    const float *p[ER_SEG_MAX_KERNEL];
-    float w[ER_SEG_MAX_KERNEL];
-    int first[ER_SEG_MAX_KERNEL], stop[ER_SEG_MAX_KERNEL];
     /* readers: o with o * sd - pad_top <= h <= o * sd - pad_top + kd - 1 */
     int top = h + s->pad_top - kd + 1;
     int o0 = top <= 0 ? 0 : (top + sd - 1) / sd, o1 = (h + s->pad_top) / sd;
@@ -569,32 +555,56 @@ static void block_scatter(const er_seg_step *s, int h, int c, const float *hid, 
     if (o1 > to) o1 = to;
     if (o1 > s->out_height - 1) o1 = s->out_height - 1;
     if (o0 > o1) return;
-    column_ranges(width, s->out_width, kd, sd, 1, s->pad_left, cols);
-    int phased = sd > 1 && width <= SEG_STACK_WIDTH;
-    if (phased) split_phases(hid, width, sd, phases);
-    for (int o = o0; o <= o1; o++) {
-        int ky = h - (o * sd - s->pad_top), wfirst, wlast, ntaps = 0;
+    int nreaders = o1 - o0 + 1, ky[ER_SEG_MAX_KERNEL], init[ER_SEG_MAX_KERNEL];
+    float *slots[ER_SEG_MAX_KERNEL];
+    for (int i = 0; i < nreaders; i++) {
+        int o = o0 + i, wfirst, wlast;
         block_window(s, o, &wfirst, &wlast);
-        float *out = block_slot(s, o) + (long)c * s->out_width;
-        const float *wrow = k->wd + ((long)c * kd + ky) * kd;
+        ky[i] = h - (o * sd - s->pad_top);
+        init[i] = h == wfirst;
+        slots[i] = block_slot(s, o);
+    }
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    const float *p[ER_SEG_MAX_KERNEL];
+    float w[ER_SEG_MAX_KERNEL];
+    int first[ER_SEG_MAX_KERNEL], stop[ER_SEG_MAX_KERNEL], kxs[ER_SEG_MAX_KERNEL], ntaps = 0;
+    long offset[ER_SEG_MAX_KERNEL];
+    column_ranges(width, out_width, kd, sd, 1, s->pad_left, cols);
+    int phased = sd > 1 && width <= SEG_STACK_WIDTH;
+    for (int kx = 0; kx < kd; kx++) {
+        const seg_columns *r = &cols[kx];
+        if (r->stop == r->first) continue;
+        offset[ntaps] = phased ? (long)(r->x0 % sd) * n + r->x0 / sd - r->first : r->x0 - r->first;
+        first[ntaps] = r->first;
+        stop[ntaps] = r->stop;
+        kxs[ntaps++] = kx;
+    }
+    for (int c = a; c < b; c++) {
+        const float *hid = hidden + (long)(c - base) * stride;
         float bias = k->bd ? k->bd[c] : 0.0f;
         if (!phased && sd > 1) { /* rows wider than the stack: strided loops */
-            if (h == wfirst)
-                for (int x = 0; x < s->out_width; x++) out[x] = bias;
-            for (int kx = 0; kx < kd; kx++)
-                for (int x = cols[kx].first; x < cols[kx].stop; x++)
-                    out[x] += wrow[kx] * hid[cols[kx].x0 + (long)(x - cols[kx].first) * sd];
+            for (int i = 0; i < nreaders; i++) {
+                float *out = slots[i] + (long)c * out_width;
+                const float *wrow = k->wd + ((long)c * kd + ky[i]) * kd;
+                if (init[i])
+                    for (int x = 0; x < out_width; x++) out[x] = bias;
+                for (int kx = 0; kx < kd; kx++)
+                    for (int x = cols[kx].first; x < cols[kx].stop; x++)
+                        out[x] += wrow[kx] * hid[cols[kx].x0 + (long)(x - cols[kx].first) * sd];
+            }
             continue;
         }
-        for (int kx = 0; kx < kd; kx++) {
-            const seg_columns *r = &cols[kx];
-            if (r->stop == r->first) continue;
-            p[ntaps] = phased ? phases + (r->x0 % sd) * n + r->x0 / sd - r->first : hid + r->x0 - r->first;
-            w[ntaps] = wrow[kx];
-            first[ntaps] = r->first;
-            stop[ntaps++] = r->stop;
+        const float *row = hid;
+        if (phased) {
+            split_phases(hid, width, sd, phases);
+            row = phases;
         }
-        depthwise_taps(out, s->out_width, bias, p, w, first, stop, ntaps, h != wfirst);
+        for (int t = 0; t < ntaps; t++) p[t] = row + offset[t];
+        for (int i = 0; i < nreaders; i++) {
+            const float *wrow = k->wd + ((long)c * kd + ky[i]) * kd;
+            for (int t = 0; t < ntaps; t++) w[t] = wrow[kxs[t]];
+            depthwise_taps(slots[i] + (long)c * out_width, out_width, bias, p, w, first, stop, ntaps, !init[i]);
+        }
     }
 }
 
@@ -606,6 +616,12 @@ static inline const float *block_hidden(const seg_job *job, int h, int c)
         return row ? row + (long)c * seg_channel_stride(job->src) : NULL;
     }
     return job->s->scratch + (long)(c - job->slice) * job->s->block.hidden_width;
+}
+
+/* Floats between two channels of a hidden row (block_hidden). */
+static inline long block_hidden_stride(const seg_job *job)
+{
+    return job->s->block.ek == 0 ? seg_channel_stride(job->src) : job->s->block.hidden_width;
 }
 
 /* Channels [a, b) of the slice at job->slice of hidden row h, computed into the slice scratch. */
@@ -639,10 +655,8 @@ static void block_slice(const seg_job *job, int a, int b)
     block_new_rows(s, o, &first, &last);
     for (int h = first; h <= last; h++) {
         block_expand(job, h, a, b);
-        for (int c = a; c < b; c++) {
-            const float *hid = block_hidden(job, h, c);
-            if (hid) block_scatter(s, h, c, hid, 0, h == last ? o : s->out_height, phases);
-        }
+        const float *hidden = block_hidden(job, h, a);
+        if (hidden) block_scatter(s, h, hidden, block_hidden_stride(job), a, a, b, 0, h == last ? o : s->out_height, phases);
     }
     float *slot = block_slot(s, o);
     for (int c = a; c < b; c++) activate(slot + (long)c * s->out_width, s->out_width, &s->block.dw_act);
@@ -659,10 +673,8 @@ static void block_slice_tail(const seg_job *job, int a, int b)
     b += job->slice;
     block_new_rows(s, o, &first, &last);
     if (first > last) return;
-    for (int c = a; c < b; c++) {
-        const float *hid = block_hidden(job, last, c);
-        if (hid) block_scatter(s, last, c, hid, o + 1, s->out_height, phases);
-    }
+    const float *hidden = block_hidden(job, last, a);
+    if (hidden) block_scatter(s, last, hidden, block_hidden_stride(job), a, a, b, o + 1, s->out_height, phases);
 }
 
 /* Phase 2 of a slice, output channels [m0, m1) of output row job->row: the slice's part of the
