@@ -239,8 +239,7 @@ class CompiledModel:
         offsets = {runner.planner.buffer_name(k): runner.planner.offset(k) for k in range(len(runner.planner))}
         rings = tuple(scheduler.RingPlacement(labels[ring.tensor], ring.rows, ring.height, ring.bytes,
                                               offsets[f"ring:{ring.name}"]) for ring in runner.schedule.rings)
-        calls = runner.schedule.calls
-        return scheduler.SegmentLayout(runner.arena_bytes, rings, len(calls), sum(c.hi - c.lo for c in calls))
+        return scheduler.SegmentLayout(runner.arena_bytes, rings, len(runner.schedule.calls), runner.row_calls)
 
     def _node(self, name: str) -> Node:
         return next(step.node for step in self.steps if step.node.name == name)

@@ -188,7 +188,7 @@ def _unit(node: Node, graph: Graph, constants: dict) -> Unit:
     return Unit(node.name, x, y, tuple(ops), tuple(labels))
 
 
-BLOCK_SLICE_CHANNELS = 8   # hidden channels a streamed block computes at a time (docs/segments.md)
+BLOCK_SLICE_CHANNELS = 32  # hidden channels a streamed block computes at a time (docs/segments.md)
 
 
 def unfold_block(node: Node, constants: dict) -> tuple[list, list[str]]:

@@ -7,12 +7,15 @@ block seconds = (dense_macs * s_pw + depthwise_macs * s_dw + calls * s_call) / b
 other step seconds = macs * s_kind + s_call
   s_kind: the coefficient `edgerun calibrate` fit for the step's kind (an opaque label, e.g. the op the
           step runs, in s_kinds) where it fit one, else s_other.
-segment seconds = unstreamed seconds + (row_calls + calls) * s_call
-  a segment does its steps' work (their seconds run whole, blocks at their fastest schedule) and
-  computes every row of every step in its own small kernel call (row_calls: the rows all its steps
-  compute), driven through its schedule's calls: each costs what a block's inner iteration does.
-  Streaming is therefore never cheaper than running the same steps whole, so the no-budget plan
-  stays the unstreamed fastest one.
+segment seconds = unstreamed seconds + calls * s_call + row_calls * s_row
+  a segment does its steps' work (their seconds run whole, blocks at their fastest schedule) plus what
+  streaming adds: its schedule's calls, each costing what a block's inner iteration does (s_call), and
+  its row kernel calls (row_calls, as the segment kernel counts them: every output row of every step, a
+  fused block's once per slice of its hidden channels), each costing s_row: the one-row GEMMs that lose
+  the batching of whole tensors, the projection added in slice by slice, the per-call set-up. s_row is
+  fit by `edgerun calibrate` from streamed and whole runs of the same blocks. Streaming is therefore never
+  cheaper than running the same steps whole, so the no-budget plan stays the unstreamed fastest one,
+  and a budgeted plan picks the segmentation, band and chunking with the least streaming work that fits.
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ from .blocks import BlockGeometry, BlockSchedule, block_calls, block_macs_split
 # Coefficients for a label nobody registered (measured for unfused array kernels on a 2-core x86 box:
 # BLAS float32 matmul ~2.5e-11 s/MAC, depthwise as 9 strided multiply-adds ~1.2e-9 s/MAC, ~25 calls
 # per (chunk, band) iteration ~3e-5 s).
-GENERIC_COEFFICIENTS = dict(s_pw=2.5e-11, s_dw=1.2e-9, s_call=3.0e-5, s_other=1.0e-10)
+GENERIC_COEFFICIENTS = dict(s_pw=2.5e-11, s_dw=1.2e-9, s_call=3.0e-5, s_other=1.0e-10, s_row=3.0e-5)
 # label -> coefficients, registered by the kernels that run the plans (register_default)
 _DEFAULTS: dict[str, dict[str, float]] = {}
 
 
-def register_default(label: str, s_pw: float, s_dw: float, s_call: float, s_other: float) -> None:
-    """Default coefficients of the kernels called `label` (CostModel.default(label) returns them)."""
-    _DEFAULTS[label] = dict(s_pw=s_pw, s_dw=s_dw, s_call=s_call, s_other=s_other)
+def register_default(label: str, s_pw: float, s_dw: float, s_call: float, s_other: float,
+                     s_row: float | None = None) -> None:
+    """Default coefficients of the kernels called `label` (CostModel.default(label) returns them);
+    s_row defaults to s_call."""
+    _DEFAULTS[label] = dict(s_pw=s_pw, s_dw=s_dw, s_call=s_call, s_other=s_other,
+                            s_row=s_call if s_row is None else s_row)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,15 @@ class CostModel:
     # ((step kind, seconds per MAC), ...): kernel families calibrated apart (dense convolutions are 3-4x
     # faster per MAC than a depthwise or pooling step); kinds not listed cost s_other
     s_kinds: tuple[tuple[str, float], ...] = ()
+    # seconds per row kernel call of a streamed segment (segment_seconds); None: the backend's default
+    s_row: float | None = None
+
+    @property
+    def row_seconds(self) -> float:
+        """s_row, or the registered default of the backend when the model has none (an older file)."""
+        if self.s_row is not None:
+            return self.s_row
+        return _DEFAULTS.get(self.backend, GENERIC_COEFFICIENTS)["s_row"]
 
     @classmethod
     def default(cls, backend: str = "") -> "CostModel":
@@ -67,6 +82,7 @@ class CostModel:
             backend=str(data["backend"]),
             **{k: float(data[k]) for k in ("s_pw", "s_dw", "s_call", "s_other")},
             s_kinds=tuple(sorted((str(kind), float(value)) for kind, value in kinds.items())),
+            s_row=float(data["s_row"]) if data.get("s_row") is not None else None,
         )
 
     def save(self, path) -> None:
@@ -88,9 +104,9 @@ class CostModel:
         return macs * dict(self.s_kinds).get(kind, self.s_other) + self.s_call
 
     def segment_seconds(self, unstreamed_seconds: float, row_calls: int, calls: int) -> float:
-        """A streamed segment: its steps' seconds run whole plus one call's overhead per row computed
-        and per scheduled call."""
-        return unstreamed_seconds + (row_calls + calls) * self.s_call
+        """A streamed segment: its steps' seconds run whole plus s_call per scheduled call and s_row per
+        row kernel call (the module docstring)."""
+        return unstreamed_seconds + calls * self.s_call + row_calls * self.row_seconds
 
     @classmethod
     def calibrate(cls, measure_fn, cases=None, backend: str = "", other_samples=None) -> "CostModel":
@@ -216,7 +232,8 @@ def load_calibrated(backend: str) -> CostModel | None:
         warnings.warn(f"ignoring the unreadable cost model {str(path)!r} ({exc}); run `edgerun calibrate` again",
                       RuntimeWarning, stacklevel=2)
         return None
-    coefficients = (model.s_pw, model.s_dw, model.s_call, model.s_other) + tuple(v for _, v in model.s_kinds)
+    coefficients = (model.s_pw, model.s_dw, model.s_call, model.s_other, model.row_seconds) + \
+        tuple(v for _, v in model.s_kinds)
     if model.backend != backend or not all(math.isfinite(c) and c >= 0 for c in coefficients):
         return None
     return model

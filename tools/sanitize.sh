@@ -57,6 +57,9 @@ for ISA in $ISAS; do
         "$PY" -m pytest -q -p no:cacheprovider tests/test_native_block.py tests/test_native_backend.py \
             tests/test_kernels_block.py tests/test_step_kernels.py tests/test_native_threads.py \
             tests/test_native_depthwise.py tests/test_native_segment.py \
+            tests/test_native_segment_block.py::test_random_blocks_match_numpy_and_give_the_same_bits_on_two_threads \
+            tests/test_native_segment_block.py::test_a_worked_block_by_hand \
+            tests/test_native_segment_block.py::test_bad_block_tables_are_refused \
             tests/test_native_conv.py::test_native_conv_matches_the_reference_with_the_same_bits_on_two_threads \
             tests/test_native_conv.py::test_a_bad_geometry_is_a_clear_error tests/test_fused_steps.py "$@")
     (cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" EDGERUN_ISA="$ISA" \

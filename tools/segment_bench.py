@@ -2,6 +2,14 @@
 
     python tools/segment_bench.py [--blocks 4] [--resolution 224] [--bands 1 2 3 4] [--runs 10]
                                   [--threads 1 2]
+    python tools/segment_bench.py --plans [--budgets 400000] [--runs 30] [--threads 1]
+
+--plans times whole MobileNetV2 1.0/224 fp32 plans instead (zoo model, seeded random weights, native
+kernels): edgerun's fastest plan (no budget), each --budgets plan and the minimum plan (the smallest
+budget that fits), beside onnxruntime (session.intra_op.allow_spinning=0) in the same process on the
+same input; runs interleave (one run of each per round, so a load change hits all alike); medians of
+wall and process CPU time, and each plan's ratio to the fastest plan's. The streamed plans' outputs
+are checked against the fastest plan's (1e-5 of the largest logit) before timing.
 
 The layers are built as ONNX (edgerun.zoo's MobileNetV2 layers, seeded random weights, batch
 norms after every conv) and run three ways on one 3 x R x R input:
@@ -99,8 +107,68 @@ def median_ms(fn, runs: int) -> str:
     return f"{statistics.median(wall) * 1000.0:7.2f} / {statistics.median(cpu) * 1000.0:6.2f}"
 
 
+def plan_sessions(budgets, threads: int):
+    """(label, session) of MobileNetV2 1.0/224 on the native kernels: fastest, each budget, minimum."""
+    from edgerun.errors import MemoryBudgetError
+    from edgerun.zoo import mobilenet_v2
+
+    model = mobilenet_v2(1.0, 224, batch=1).SerializeToString()
+    try:
+        InferenceSession(model, memory_budget=1, kernels_backend="native", threads=threads)
+    except MemoryBudgetError as error:
+        minimum = error.minimum_bytes
+    sessions = [("fastest", InferenceSession(model, kernels_backend="native", threads=threads))]
+    for budget in list(budgets) + [minimum]:
+        label = f"{budget:,} B" + (" (minimum)" if budget == minimum else "")
+        sessions.append((label, InferenceSession(model, memory_budget=budget, kernels_backend="native",
+                                                 threads=threads)))
+    return model, sessions
+
+
+def time_plans(budgets, runs: int, threads: int) -> None:
+    import onnxruntime as ort
+
+    model, sessions = plan_sessions(budgets, threads)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    feeds = {"input": x}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ort_session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    expected = sessions[0][1].run(None, feeds)[0]
+    for label, session in sessions[1:]:
+        error = float(np.abs(session.run(None, feeds)[0] - expected).max())
+        assert error <= 1e-5 * float(np.abs(expected).max()), (label, error)
+    runners = [("onnxruntime", lambda: ort_session.run(None, feeds))] + \
+        [(label, (lambda s=session: s.run(None, feeds))) for label, session in sessions]
+    wall = {label: [] for label, _ in runners}
+    cpu = {label: [] for label, _ in runners}
+    for _ in range(2):
+        for _, fn in runners:
+            fn()
+    for _ in range(runs):
+        for label, fn in runners:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[label].append(time.perf_counter() - start)
+            cpu[label].append(time.process_time() - start_cpu)
+    fast_wall, fast_cpu = statistics.median(wall["fastest"]), statistics.median(cpu["fastest"])
+    print(f"MobileNetV2 1.0/224 fp32, native, {threads} thread(s), medians of {runs} interleaved runs "
+          f"(load average {os.getloadavg()[0]:.2f})")
+    print(f"{'plan':<24} {'peak B':>10} {'segments':>8} {'wall ms':>8} {'cpu ms':>8} {'wall / fastest':>14} "
+          f"{'cpu / fastest':>13}")
+    peaks = {label: (s.plan.peak_bytes, len(s.plan.segments)) for label, s in sessions}
+    for label, _ in runners:
+        w, c = statistics.median(wall[label]), statistics.median(cpu[label])
+        peak, segments = peaks.get(label, (0, 0))
+        print(f"{label:<24} {peak:>10,} {segments:>8} {w * 1e3:>8.2f} {c * 1e3:>8.2f} {w / fast_wall:>14.2f} "
+              f"{c / fast_cpu:>13.2f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--plans", action="store_true", help="time whole MobileNetV2 plans (see above)")
+    parser.add_argument("--budgets", type=int, nargs="*", default=[400_000])
     parser.add_argument("--blocks", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--bands", type=int, nargs="+", default=[1, 2, 3, 4])
@@ -108,6 +176,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-numpy", action="store_true", help="skip the (slow) numpy runner")
     args = parser.parse_args(argv)
+    if args.plans:
+        time_plans(args.budgets, args.runs, args.threads[0])
+        return 0
     model = stem_and_blocks(args.blocks, args.resolution)
     ops = segment_ops(model)
     x = np.random.default_rng(1).standard_normal((3, args.resolution, args.resolution)).astype(np.float32)

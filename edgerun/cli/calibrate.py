@@ -5,7 +5,8 @@ edgerun.kernels.run_block at several (t, band_rows) schedules, plus the other (n
 of MobileNetV2, MobileNetV1 1.0/224 and the convolution families (ResNet18-like dense and strided convs with
 fused residuals, RegNetX-400MF-like grouped 3x3s, ShuffleNet v1's grouped 1x1s: edgerun.cli.conv_models,
 the zoo) through profiled session runs, and fits scheduler.CostModel by non-negative least squares
-(scheduler.cost.calibrate); every step kind with enough samples gets its own seconds per MAC (s_kinds). The fit is saved as JSON (CostModel.save) to the default path of
+(scheduler.cost.calibrate); every step kind with enough samples gets its own seconds per MAC (s_kinds).
+The same blocks run as one-block streamed segments give s_row (seconds per row kernel call of a segment). The fit is saved as JSON (CostModel.save) to the default path of
 `scheduler.cost.calibration_path(backend)` or to --out.
 
 Default path: $EDGERUN_COST_MODEL_DIR/cost-<backend>.json if that variable is set, else
@@ -28,7 +29,8 @@ import scheduler
 from edgerun import kernels, zoo
 from edgerun.cli.bench import cpu_model, numpy_blas
 from edgerun.cli.conv_models import regnetx_400mf_like, resnet18_like
-from edgerun.executor import block_geometry
+from edgerun import segments_graph
+from edgerun.executor import block_geometry, segment_chunks, segment_runner_class
 from edgerun.kernels import Activation, BlockWeights
 from edgerun.models import batch_one_shapes
 from edgerun.progress import progress
@@ -133,6 +135,45 @@ def other_step_samples(sess, repeats: int) -> list[tuple[str, int, float]]:
     return [(kinds[name], macs[name], statistics.median(times)) for name, times in seconds.items() if times]
 
 
+def segment_samples(sess, backend: str, block_seconds: dict, repeats: int) -> list[tuple[int, int, float]]:
+    """(row kernel calls, schedule calls, seconds beyond the block run whole) of the calibration blocks
+    streamed as one-block segments (segments_graph's Block member, the plans' slices), at one-row calls
+    (band 1) and whole-height steady calls: what s_row is fit to. `block_seconds` maps a geometry to its
+    fastest measured block schedule's seconds."""
+    graph, constants = sess.graph, sess.compiled.constants
+    nodes = [n for n in graph.nodes if n.op_type == "InvertedResidual"]
+    rng = np.random.default_rng(WEIGHT_SEED)
+    samples = []
+    for index in CALIBRATION_BLOCKS:
+        node = nodes[index]
+        ops, _ = segments_graph.unfold_block(node, constants)
+        in_shape = tuple(graph.value_info[node.inputs[0]].shape[1:])
+        x = rng.standard_normal(in_shape).astype(np.float32)
+        geom = block_geometry(node, graph)
+        for band, chunking in ((1, "rows"), (geom.out_height, "steady")):
+            runner = segment_runner_class(backend)(ops, in_shape, band, chunks=segment_chunks(chunking, len(ops), band))
+            out = np.empty(runner.out_shape, np.float32)
+            runner.run(x, out)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                runner.run(x, out)
+                times.append(time.perf_counter() - start)
+            samples.append((runner.row_calls, len(runner.schedule.calls),
+                            statistics.median(times) - block_seconds[geom]))
+    return samples
+
+
+def row_coefficient(samples, s_call: float) -> float:
+    """s_row: non-negative least squares of the RELATIVE errors of row_calls * s_row + calls * s_call against
+    the seconds streaming added."""
+    rows = [(row_calls, extra - calls * s_call) for row_calls, calls, extra in samples]
+    scale = [max(abs(target), 1e-6) for _, target in rows]
+    (s_row,) = nonnegative_least_squares([[r / w] for (r, _), w in zip(rows, scale)],
+                                         [t / w for (_, t), w in zip(rows, scale)])
+    return s_row
+
+
 MIN_KIND_SAMPLES = 3
 
 
@@ -224,6 +265,11 @@ def main(argv=None) -> int:
     for conv_sess in progress(conv_family_sessions(backend), total=3, label="conv families"):
         others += other_step_samples(conv_sess, args.repeats)
     model, fits = fit(cases, seconds, backend, others)
+    fastest = {}
+    for (geom, _), secs in seconds.items():
+        fastest[geom] = min(secs, fastest.get(geom, secs))
+    streamed = segment_samples(sess, backend, fastest, args.repeats)
+    model = replace(model, s_row=row_coefficient(streamed, model.s_call))
     path = args.out or default_path(backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
@@ -239,5 +285,9 @@ def main(argv=None) -> int:
         f"{kind} {fitted:.0%} / {plain:.0%}" for (kind, fitted), plain in
         zip(step_errors(model, others).items(), step_errors(flat, others).values())))
     print("s_kinds: " + ", ".join(f"{kind} {per_mac:.3e} s/MAC" for kind, per_mac in model.s_kinds))
+    print(f"s_row {model.s_row:.3e} s per row kernel call of a streamed segment, from {len(streamed)} one-block "
+          "segments (row calls, streaming's extra ms measured / fit): " + ", ".join(
+              f"{rows} {extra * 1e3:.2f}/{(rows * model.s_row + calls * model.s_call) * 1e3:.2f}"
+              for rows, calls, extra in streamed))
     print(f"saved to {path}")
     return 0

@@ -11,7 +11,10 @@ Native steps: Conv (1x1 as a GEMM on the input row in place; depthwise with any 
 kernel, stride, dilation; any other conv as one output row's im2col in the step's arena scratch
 plus a GEMM per group), Pool (max / average), Activation (fused into the step before it when
 that step's output has no other reader: the step writes its activated rows into the
-activation's ring), Add and a final GlobalAveragePool. Every other step (a member kind this
+activation's ring), Add, a final GlobalAveragePool and the fused inverted-residual Block (by
+scatter as numpy_segment's, in the same state and scratch: each slice of hidden channels of each
+new hidden row expanded once, added into the depthwise accumulators, each output row projected
+slice by slice as soon as its window is complete). Every other step (a member kind this
 module does not know, a kernel wider than the C row tables) runs on its numpy row kernel, on
 the same arena, between the native calls. Threads split every native call by output channels;
 the results have the same bits for any thread count.
@@ -30,13 +33,17 @@ ITEMSIZE = 4
 MAX_KERNEL = 64              # ER_SEG_MAX_KERNEL: kernel extents the C row tables hold
 
 # enum er_seg_kind (kernels.h)
-POINTWISE, DEPTHWISE, IM2COL, MAXPOOL, AVGPOOL, ACTIVATION, ADD, GAP = range(1, 9)
+POINTWISE, DEPTHWISE, IM2COL, MAXPOOL, AVGPOOL, ACTIVATION, ADD, GAP, BLOCK = range(1, 10)
 # places of a tensor (the binding's tensors table)
 ABSENT, INPUT, OUTPUT, RING = range(4)
 # the binding's steps table: one int64 row per step, in this order
 SEG_FIELDS = ("kind", "src", "skip", "dst", "out_channels", "out_height", "out_width", "kh", "kw",
               "sh", "sw", "dh", "dw", "pad_top", "pad_left", "group", "include_pad", "weights",
-              "bias", "aux", "scratch", "scratch_floats", "act_kind", "act_params")
+              "bias", "aux", "scratch", "scratch_floats", "act_kind", "act_params",
+              # a fused block (er_seg_block): sizes, expansion window, weights, activations, state
+              "hidden", "chunk", "state_rows", "hidden_height", "hidden_width", "ek", "es", "epad_top",
+              "epad_left", "we", "be", "wd", "bd", "expand_act_kind", "expand_act_params", "dw_act_kind",
+              "dw_act_params", "state", "state_floats")
 
 
 def _module():
@@ -122,6 +129,9 @@ class NativeSegmentRunner:
             return ADD
         if kind is nps._GlobalAverageRows:
             return GAP
+        if kind is nps._BlockRows:
+            g = kernel.geometry
+            return BLOCK if max(g.dw[0], g.expand[0] if g.expand else 1) <= MAX_KERNEL else None
         return None
 
     def _fusions(self, kinds) -> set[int]:
@@ -167,7 +177,9 @@ class NativeSegmentRunner:
                    pad_top=0, pad_left=0, group=1, include_pad=0, act_kind=0)
         if kind == GAP:
             row.update(out_height=1, out_width=1)
-        if kind == ADD:
+        if kind == BLOCK:
+            row.update(self._block_fields(index, params, arena_offset))
+        if kind == ADD or (kind == BLOCK and kernel.skip is not None):
             row["skip"] = _tensor(kernel.skip)
         if kind in (POINTWISE, DEPTHWISE, IM2COL, MAXPOOL, AVGPOOL):
             row.update(kh=kernel.kernel[0], kw=kernel.kernel[1], sh=kernel.strides[0], sw=kernel.strides[1],
@@ -192,6 +204,37 @@ class NativeSegmentRunner:
             row["dst"] = _tensor(index + 1)
         return [row[name] for name in SEG_FIELDS]
 
+    def _block_fields(self, index, params: _Params, arena_offset) -> dict:
+        """The step row of a fused block: the depthwise window in the step's own fields, the
+        projection as its weights, bias and act; expansion, depthwise and state in the block fields."""
+        kernel = self.plan.kernels[index]
+        g = kernel.geometry
+        kd, sd, pd = g.dw
+        row = dict(kh=kd, kw=kd, sh=sd, sw=sd, pad_top=pd[0], pad_left=pd[1],
+                   weights=params.add(kernel.wp2.T), bias=params.add(kernel.bp),
+                   hidden=g.hidden_shape[0], chunk=g.chunk_channels, state_rows=g.state_rows,
+                   hidden_height=g.hidden_shape[1], hidden_width=g.hidden_shape[2], ek=0, es=1,
+                   epad_top=0, epad_left=0, expand_act_kind=0, wd=params.add(kernel.wd), bd=params.add(kernel.bd),
+                   state=arena_offset(kernel.state), state_floats=kernel.state.size)
+        row.update(self._activation_fields(kernel.project_act, params))
+        row.update({"dw_" + k: v for k, v in self._activation_fields(kernel.dw_act, params).items()})
+        if g.expand is not None:
+            ke, se, pe = g.expand
+            we = kernel.we2.T if g.direct_expansion else kernel.we2   # (Cin, E) k-major, or (E, Cin, k, k)
+            row.update(ek=ke, es=se, epad_top=pe[0], epad_left=pe[1], we=params.add(we),
+                       be=params.add(kernel.be))
+            row.update({"expand_" + k: v for k, v in self._activation_fields(kernel.expand_act, params).items()})
+            scratch = self.plan.scratch[index]
+            row.update(scratch=arena_offset(scratch), scratch_floats=scratch.size)
+        return row
+
+    @staticmethod
+    def _activation_fields(activation, params: _Params) -> dict:
+        """act_kind / act_params of a (kind, params) pair of numpy_segment._activation_kind."""
+        kind, values = activation
+        padded = tuple(values) + (0.0, 0.0)
+        return dict(act_kind=kind.code, act_params=params.add(padded[:2]))
+
     def _program(self, kinds) -> list[tuple[bool, object]]:
         """The schedule's calls as runs: (True, int32 (n, 3) calls for C) or (False, [(step, lo, hi)])
         for the numpy row kernels; the calls of fused activations are dropped."""
@@ -205,6 +248,12 @@ class NativeSegmentRunner:
             program[-1][1].append((call.step, call.lo, call.hi))
         return [(native, np.array(calls, np.int32).reshape(-1, 3) if native else calls)
                 for native, calls in program]
+
+    @property
+    def row_calls(self) -> int:
+        """Row kernel calls of one run (numpy_segment.SegmentRunner.row_calls: the same schedule; a
+        fused block runs each output row slice by slice here too)."""
+        return self.plan.row_calls
 
     # ------------------------------------------------------------ running
     def run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:

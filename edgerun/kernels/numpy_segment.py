@@ -713,6 +713,7 @@ class _BlockRows(_RowKernel):
             self.expand_columns = _column_ranges(in_shape[2], g.hidden_shape[2], ke, expand[1], 1,
                                                  expand[2][1])
         self.slices = [(c, min(c + g.chunk_channels, hidden)) for c in range(0, hidden, g.chunk_channels)]
+        self.row_slices = len(self.slices)
         self.macs = 0
 
     @staticmethod
@@ -1071,6 +1072,13 @@ class SegmentRunner:
                 np.copyto(out[:, r, :], row)
             else:
                 kernel.compute(r, src, skip_src, self.sources[index].row(r), work)
+
+    @property
+    def row_calls(self) -> int:
+        """Row kernel calls of one run, what the cost model charges streaming for (scheduler.cost): each
+        output row of each step, a fused block's once per slice of its hidden channels."""
+        return sum((call.hi - call.lo) * getattr(self.kernels[call.step], "row_slices", 1)
+                   for call in self.schedule.calls)
 
     @property
     def macs(self) -> int:

@@ -280,3 +280,134 @@ void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, l
         }
     }
 }
+
+/* ---------------------------------------------------------------- er_gemm_tn_narrow (segment rows) */
+#if defined(__GNUC__)
+/* mr x nv vectors along the columns: vector 0 at column 0, vector 1 (nv 2) at column `second`. The
+ * last vector's lanes in `keep` are columns an earlier vector or tile already wrote: C keeps them
+ * (the vector only reads B inside the row, and no column is accumulated twice). */
+static inline __attribute__((always_inline)) void
+overlap_tile(int mr, int nv, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
+             int accumulate, const float *bias, const er_act *act, int second, er_vi keep)
+{
+    er_vf acc[MR][2];
+    int off[2] = {0, second};
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++)
+            acc[i][v] = accumulate ? er_loadv(C + i * ldc + off[v]) : er_splatv(bias ? bias[i] : 0.0f);
+    for (int k = 0; k < K; k++) {
+        const float *b = B + k * ldb;
+        const float *a = A + k * lda;
+        __builtin_prefetch(a + PF * lda);
+        er_vf b0 = er_loadv(b), b1 = nv > 1 ? er_loadv(b + second) : b0;
+        for (int i = 0; i < mr; i++) {
+            er_vf ai = er_splatv(a[i]);
+            acc[i][0] += ai * b0;
+            if (nv > 1) acc[i][1] += ai * b1;
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *c = C + i * ldc;
+        if (nv > 1) er_storev(c, er_activatev(acc[i][0], act));
+        float *last = c + off[nv - 1];
+        er_storev(last, er_selectv(keep, er_loadv(last), er_activatev(acc[i][nv - 1], act)));
+    }
+}
+
+/* Rows [0, M) in tiles of MR, 2/3 MR, 1/3 MR and 1 rows (heights the compiler unrolls). */
+static void overlap_tiles(int nv, int M, int K, const float *A, long lda, const float *B, long ldb, float *C,
+                          long ldc, int accumulate, const float *bias, const er_act *act, int second, er_vi keep)
+{
+    enum { R1 = MR, R2 = MR * 2 / 3, R3 = MR / 3 };
+    for (int m0 = 0; m0 < M;) {
+        int left = M - m0, mr = left >= R1 ? R1 : left >= R2 ? R2 : left >= R3 ? R3 : 1;
+        const float *a = A + m0, *bm = bias ? bias + m0 : NULL;
+        float *c = C + m0 * ldc;
+        if (nv == 1) {
+            if (mr == R1) overlap_tile(R1, 1, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+            else if (mr == R2) overlap_tile(R2, 1, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+            else if (mr == R3) overlap_tile(R3, 1, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+            else overlap_tile(1, 1, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+        } else {
+            if (mr == R1) overlap_tile(R1, 2, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+            else if (mr == R2) overlap_tile(R2, 2, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+            else if (mr == R3) overlap_tile(R3, 2, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+            else overlap_tile(1, 2, K, a, lda, B, ldb, c, ldc, accumulate, bm, act, second, keep);
+        }
+        m0 += mr;
+    }
+}
+
+/* mr rows x the n (< VL) columns of a row narrower than one vector. A row of B loads as a whole vector while
+ * that stays inside B (its lanes past n, other data, only reach lanes the part store drops), else in part. */
+static inline __attribute__((always_inline)) void
+part_tile(int mr, int n, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
+          int accumulate, const float *bias, const er_act *act)
+{
+    er_vf acc[MR];
+    for (int i = 0; i < mr; i++) acc[i] = accumulate ? er_load_part(C + i * ldc, n) : er_splatv(bias ? bias[i] : 0.0f);
+    long span = (long)(K - 1) * ldb + n; /* floats of B the product reads: a whole vector inside them loads at once */
+    for (int k = 0; k < K; k++) {
+        const float *a = A + k * lda;
+        er_vf b = k * ldb + VL <= span ? er_loadv(B + k * ldb) : er_load_part(B + k * ldb, n);
+        for (int i = 0; i < mr; i++) acc[i] += er_splatv(a[i]) * b;
+    }
+    for (int i = 0; i < mr; i++) er_store_part(C + i * ldc, er_activatev(acc[i], act), n);
+}
+
+static void part_tiles(int M, int n, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
+                       int accumulate, const float *bias, const er_act *act)
+{
+    enum { R1 = MR, R2 = MR * 2 / 3, R3 = MR / 3 };
+    for (int m0 = 0; m0 < M;) {
+        int left = M - m0, mr = left >= R1 ? R1 : left >= R2 ? R2 : left >= R3 ? R3 : 1;
+        const float *a = A + m0, *bm = bias ? bias + m0 : NULL;
+        float *c = C + m0 * ldc;
+        if (mr == R1) part_tile(R1, n, K, a, lda, B, ldb, c, ldc, accumulate, bm, act);
+        else if (mr == R2) part_tile(R2, n, K, a, lda, B, ldb, c, ldc, accumulate, bm, act);
+        else if (mr == R3) part_tile(R3, n, K, a, lda, B, ldb, c, ldc, accumulate, bm, act);
+        else part_tile(1, n, K, a, lda, B, ldb, c, ldc, accumulate, bm, act);
+        m0 += mr;
+    }
+    activate_rows(C, ldc, M, n, act);
+}
+
+/* The last N % NR columns of a row of at least VL columns: one or two vectors, the last ending at N. */
+static void last_columns(int M, int N, int full, int K, const float *A, long lda, const float *B, long ldb,
+                         float *C, long ldc, int accumulate, const float *bias, const er_act *act)
+{
+    int rest = N - full, nv = rest > VL ? 2 : 1;
+    int start = nv == 2 ? full : N - VL;      /* column of vector 0 */
+    int second = N - VL - start;              /* vector 1's offset from it (nv 2) */
+    int done = nv == 2 ? full + VL : full;    /* columns before this are written when the last vector stores */
+    int last = N - VL;                        /* column of the last vector */
+    int lanes[VL];
+    for (int j = 0; j < VL; j++) lanes[j] = last + j < done ? -1 : 0;
+    er_vi keep;
+    memcpy(&keep, lanes, sizeof keep);
+    overlap_tiles(nv, M, K, A, lda, B + start, ldb, C + start, ldc, accumulate, bias, act, second, keep);
+    activate_rows(C + full, ldc, M, rest, act);
+}
+#endif
+
+/* er_gemm_tn for short rows (a streamed segment's one-row GEMMs: N = a row's width): the columns past
+ * the last whole NR tile go in vectors along the columns too, the last one ending at column N and
+ * keeping the columns before it (instead of er_gemm_tn's tiles along the rows, made for wide bands); a row
+ * narrower than one vector in one partial vector. */
+void er_gemm_tn_narrow(int M, int N, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
+                       int accumulate, const float *bias, const er_act *act)
+{
+#if defined(__GNUC__)
+    if (N >= VL) {
+        int full = N / NR * NR;
+        if (full) two_vector_tiles(M, full, K, A, lda, B, ldb, C, ldc, accumulate, bias, act);
+        if (N > full) last_columns(M, N, full, K, A, lda, B, ldb, C, ldc, accumulate, bias, act);
+        return;
+    }
+    if (N > 0) {
+        part_tiles(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, act);
+        return;
+    }
+#endif
+    er_gemm_tn(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, act);
+}

@@ -201,6 +201,11 @@ void er_gemm_tn(int M, int N, int K, const float *A, long lda, const float *B, l
 /* Floats per vector in the GEMM tiles (16 with AVX-512, 8 with GCC vectors, 1 scalar). */
 int er_gemm_vector_floats(void);
 
+/* er_gemm_tn for rows of a streamed segment (N: one row's width): the same product, the columns past the
+ * last whole tile in vectors along the columns as well (gemm.c). */
+void er_gemm_tn_narrow(int M, int N, int K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
+                       int accumulate, const float *bias, const er_act *act);
+
 void er_apply_activation(float *p, long n, const er_act *act);
 
 /* out[c] = mean of x[c * pixels ...]; threads take ranges of channels. NULL, or the pool's error. */
@@ -231,8 +236,27 @@ enum er_seg_kind {
     ER_SEG_AVGPOOL = 5,
     ER_SEG_ACTIVATION = 6,
     ER_SEG_ADD = 7,       /* input + skip tensor, row for row */
-    ER_SEG_GAP = 8        /* last step: adds each input row's sums into a whole (C, 1, 1) output */
+    ER_SEG_GAP = 8,       /* last step: adds each input row's sums into a whole (C, 1, 1) output */
+    ER_SEG_BLOCK = 9      /* fused inverted-residual block by scatter (er_seg_block) */
 };
+
+/* A fused inverted-residual block run by scatter (numpy_segment.Block, scheduler.segments.BlockGeometry):
+ * each hidden row, computed once `chunk` channels at a time (expansion + bias + act), is added into the
+ * depthwise accumulators (state: state_rows slots of (hidden, out_width), output row o in slot
+ * o mod state_rows) of the output rows whose windows hold it; output row o is finished (depthwise act,
+ * projection over all hidden channels, bias, act, residual) right after its last hidden row. The step's
+ * kh/kw/sh/sw/pad_top/pad_left are the depthwise's, weights/bias/act the projection's ((hidden, Cout),
+ * k-major), skip the residual input (the step's own input), scratch one slice of a hidden row. */
+typedef struct {
+    int hidden, chunk, state_rows;
+    int hidden_height, hidden_width;
+    int ek, es, epad_top, epad_left; /* expansion kernel, stride, pads; ek 0: none (hidden = input) */
+    const float *we;                 /* 1x1 stride 1 unpadded: (Cin, hidden) k-major; else (hidden, Cin, ek, ek) */
+    const float *be, *wd, *bd;       /* expansion bias (or NULL), depthwise (hidden, kd, kd), its bias (or NULL) */
+    er_act expand_act, dw_act;
+    float *state;
+    long state_floats;
+} er_seg_block;
 
 typedef struct {
     float *base;
@@ -252,6 +276,7 @@ typedef struct {
     float *scratch;       /* im2col: (Cin * kh * kw, out_width) floats */
     long scratch_floats;
     er_act act;           /* applied to each output row (an Activation step fused into its producer) */
+    er_seg_block block;   /* ER_SEG_BLOCK only */
 } er_seg_step;
 
 typedef struct {

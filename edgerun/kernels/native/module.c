@@ -374,7 +374,7 @@ PyDoc_STRVAR(segment_run_doc,
 "arena: float32 (rings and scratch); x / out: the segment's whole input and output; params: float32\n"
 "(weights, biases, pooling scales, activation parameters); tensors: int64 (n, 6) rows (place 0 absent /\n"
 "1 x / 2 out / 3 ring in the arena, arena offset, ring rows, C, H, W); steps: int64 (n, 24) rows (see\n"
-"SEG_FIELDS in native_segment.py); calls: int32 (n, 3) rows (step, lo, hi). Everything is checked\n"
+"SEG_FIELDS in native_segment.py, 43 columns); calls: int32 (n, 3) rows (step, lo, hi). Everything is checked\n"
 "(ValueError) before the calls run.");
 /* ---- conv.c: banded dense and grouped convolution (dense-conv) */
 PyObject *er_py_conv_info(PyObject *self, PyObject *args);
@@ -453,7 +453,7 @@ PyMODINIT_FUNC ER_CAT(PyInit_, ER_MODULE)(void)
 
 /* ---------------------------------------------------------------- streamed segments (segment.c) */
 #define SEG_TENSOR_FIELDS 6
-#define SEG_STEP_FIELDS 24
+#define SEG_STEP_FIELDS 43
 
 /* A C-contiguous table of `columns` items of itemsize bytes per row ('i' int32 or 'q' int64). */
 static int get_table(PyObject *obj, Py_buffer *view, int itemsize, int columns, const char *name)
@@ -484,16 +484,60 @@ static const float *param_span(const float *params, Py_ssize_t nparams, long lon
     return params + offset;
 }
 
+static int fits_int(long long v) { return v >= -1 && v <= 0x7fffffff; }
+
 /* Weight floats a step reads, from its kind and input channels. */
 static long long seg_weight_floats(const long long *r, int in_channels)
 {
     long long m = r[4], kk = r[7] * r[8], group = r[15] > 0 ? r[15] : 1;
     if (r[0] == ER_SEG_POINTWISE || r[0] == ER_SEG_IM2COL) return in_channels / group * kk * m;
     if (r[0] == ER_SEG_DEPTHWISE) return m * kk;
+    if (r[0] == ER_SEG_BLOCK) return r[24] * m;
     return 0;
 }
 
-static int fits_int(long long v) { return v >= -1 && v <= 0x7fffffff; }
+/* An activation from its kind and params offset (-1: none), as the step's own. */
+static er_act seg_act(const float *params, Py_ssize_t nparams, long long kind, long long offset, int *bad)
+{
+    er_act act = {.kind = 0};
+    const float *ap = param_span(params, nparams, offset, 2, 1, bad);
+    if (kind < 0 || kind >= ER_ACT_COUNT) *bad = 1;
+    act.kind = (int)kind;
+    act.a = ap ? ap[0] : 0.0f;
+    act.b = ap ? ap[1] : 0.0f;
+    return act;
+}
+
+/* The block fields (24..42) of a step row: sizes, weights, activations, accumulator state. */
+static void seg_block_fields(const long long *r, er_seg_step *s, int in_channels, const float *params,
+                             Py_ssize_t nparams, float *arena, Py_ssize_t arena_n, int *bad)
+{
+    er_seg_block *k = &s->block;
+    for (int j = 24; j < 33; j++)
+        if (!fits_int(r[j])) *bad = 1;
+    if (*bad) return;
+    int *fields[9] = {&k->hidden, &k->chunk, &k->state_rows, &k->hidden_height, &k->hidden_width,
+                      &k->ek, &k->es, &k->epad_top, &k->epad_left};
+    for (int j = 0; j < 9; j++) *fields[j] = (int)r[24 + j];
+    long long hidden = k->hidden, kd = (long long)s->kh * s->kw, ek = k->ek;
+    if (hidden < 1 || ek < 0) {
+        *bad = 1;
+        return;
+    }
+    k->we = ek ? param_span(params, nparams, r[33], hidden * in_channels * ek * ek, 0, bad) : NULL;
+    k->be = param_span(params, nparams, r[34], hidden, 1, bad);
+    k->wd = param_span(params, nparams, r[35], hidden * kd, 0, bad);
+    k->bd = param_span(params, nparams, r[36], hidden, 1, bad);
+    k->expand_act = seg_act(params, nparams, r[37], r[38], bad);
+    k->dw_act = seg_act(params, nparams, r[39], r[40], bad);
+    if (r[41] < 0 || r[42] < 0 || r[41] > arena_n || r[42] > arena_n - r[41])
+        *bad = 1;
+    else {
+        k->state = arena + r[41];
+        k->state_floats = (long)r[42];
+    }
+}
+
 
 static PyObject *py_segment_run(PyObject *self, PyObject *args)
 {
@@ -599,11 +643,9 @@ static PyObject *py_segment_run(PyObject *self, PyObject *args)
                 s->scratch_floats = (long)r[21];
             }
         }
-        const float *ap = param_span(params_p, nparams, r[23], 2, 1, &bad);
-        if (r[22] < 0 || r[22] >= ER_ACT_COUNT) bad = 1;
-        s->act.kind = (int)r[22];
-        s->act.a = ap ? ap[0] : 0.0f;
-        s->act.b = ap ? ap[1] : 0.0f;
+        s->act = seg_act(params_p, nparams, r[22], r[23], &bad);
+        if (s->kind == ER_SEG_BLOCK)
+            seg_block_fields(r, s, tensors[s->src].channels, params_p, nparams, arena_p, arena_n, &bad);
         if (bad) problem = "a step's weights, bias, scales, scratch or activation are out of bounds";
     }
     const er_seg_call *calls = (const er_seg_call *)cv.buf;

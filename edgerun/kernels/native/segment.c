@@ -76,8 +76,9 @@ static inline void activate(float *p, long n, const er_act *act)
 typedef struct {
     const er_seg_step *s;
     const er_seg_tensor *src, *skip, *dst;
-    int lo, hi, parts, row; /* row: the one output row of an im2col phase */
+    int lo, hi, parts, row; /* row: the one output row of an im2col or block phase */
     int cin;                /* input channels */
+    int slice, cin_slice;   /* a block phase: the first hidden channel of its slice, its channels */
 } seg_job;
 
 /* 1x1 convolution, horizontal stride 1, no side pads: per group, W (Mg x Cg) times the input row
@@ -129,10 +130,12 @@ static void split_phases(const float *restrict in, int width, int stride, float 
 #define SEG_MAX_TAPS 64 /* depthwise kernels up to this many taps keep their sums in registers */
 
 /* One depthwise output row from its taps: out[x] = b + sum over taps t (in order) of w[t] * p[t][x],
- * tap t counting only for columns [first[t], stop[t]). The columns every tap covers go vector by
- * vector with the sums in registers; the edge columns one by one, in the same order. */
+ * tap t counting only for columns [first[t], stop[t]); with `accumulate`, out[x] itself instead of b
+ * (the scatter of a fused block adds one kernel row's taps into its accumulators). The columns every
+ * tap covers go vector by vector with the sums in registers; the edge columns one by one, in the
+ * same order. */
 static void depthwise_taps(float *restrict out, int width, float b, const float *const *p, const float *w,
-                           const int *first, const int *stop, int ntaps)
+                           const int *first, const int *stop, int ntaps, int accumulate)
 {
     int lo = 0, hi = width;
     for (int t = 0; t < ntaps; t++) {
@@ -144,16 +147,27 @@ static void depthwise_taps(float *restrict out, int width, float b, const float 
     for (int x = 0; x < width; x++) {
         if (x == lo) x = hi;
         if (x >= width) break;
-        float acc = b;
+        float acc = accumulate ? out[x] : b;
         for (int t = 0; t < ntaps; t++)
             if (x >= first[t] && x < stop[t]) acc += w[t] * p[t][x];
         out[x] = acc;
     }
     int x = lo;
 #if defined(__GNUC__)
+    /* accumulating, the last columns go in one vector ending at hi, loaded before any store (a load
+     * overlapping a fresh store waits for it) and stored after the others: the columns it shares with
+     * them get the same sums, from the same values in the same order */
+    int tail_at = -1;
+    er_vf tail = er_splatv(0.0f);
+    if (accumulate && hi - lo >= ER_VL && (hi - lo) % ER_VL) {
+        tail_at = hi - ER_VL;
+        tail = er_loadv(out + tail_at);
+        for (int t = 0; t < ntaps; t++) tail += er_splatv(w[t]) * er_loadv(p[t] + tail_at);
+        hi = lo + (hi - lo) / ER_VL * ER_VL;
+    }
     for (; x + 4 * ER_VL <= hi; x += 4 * ER_VL) { /* 4 vectors per tap: one broadcast of its weight */
         er_vf acc[4];
-        for (int i = 0; i < 4; i++) acc[i] = er_splatv(b);
+        for (int i = 0; i < 4; i++) acc[i] = accumulate ? er_loadv(out + x + i * ER_VL) : er_splatv(b);
         for (int t = 0; t < ntaps; t++) {
             er_vf wv = er_splatv(w[t]);
             const float *q = p[t] + x;
@@ -161,13 +175,25 @@ static void depthwise_taps(float *restrict out, int width, float b, const float 
         }
         for (int i = 0; i < 4; i++) er_storev(out + x + i * ER_VL, acc[i]);
     }
+    for (; x + 2 * ER_VL <= hi; x += 2 * ER_VL) {
+        er_vf acc0 = accumulate ? er_loadv(out + x) : er_splatv(b);
+        er_vf acc1 = accumulate ? er_loadv(out + x + ER_VL) : er_splatv(b);
+        for (int t = 0; t < ntaps; t++) {
+            er_vf wv = er_splatv(w[t]);
+            acc0 += wv * er_loadv(p[t] + x);
+            acc1 += wv * er_loadv(p[t] + x + ER_VL);
+        }
+        er_storev(out + x, acc0);
+        er_storev(out + x + ER_VL, acc1);
+    }
     for (; x + ER_VL <= hi; x += ER_VL) {
-        er_vf acc = er_splatv(b);
+        er_vf acc = accumulate ? er_loadv(out + x) : er_splatv(b);
         for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
         er_storev(out + x, acc);
     }
-    if (x < hi && hi - lo >= ER_VL) { /* the last columns: one vector ending at hi (recomputes a few) */
-        x = hi - ER_VL;
+    if (tail_at >= 0) er_storev(out + tail_at, tail);
+    if (x < hi && hi - lo >= ER_VL && !accumulate) { /* the last columns: one vector ending at hi */
+        x = hi - ER_VL;                             /* (recomputes a few columns alike) */
         er_vf acc = er_splatv(b);
         for (int t = 0; t < ntaps; t++) acc += er_splatv(w[t]) * er_loadv(p[t] + x);
         er_storev(out + x, acc);
@@ -175,7 +201,7 @@ static void depthwise_taps(float *restrict out, int width, float b, const float 
     }
 #endif
     for (; x < hi; x++) {
-        float acc = b;
+        float acc = accumulate ? out[x] : b;
         for (int t = 0; t < ntaps; t++) acc += w[t] * p[t][x];
         out[x] = acc;
     }
@@ -214,7 +240,7 @@ static void depthwise_rows_by_taps(const seg_job *job, int m0, int m1)
                 }
             }
             float *out = out_row + m * dcs;
-            depthwise_taps(out, width, s->bias ? s->bias[m] : 0.0f, p, w, first, stop, ntaps);
+            depthwise_taps(out, width, s->bias ? s->bias[m] : 0.0f, p, w, first, stop, ntaps, 0);
             activate(out, width, &s->act);
         }
     }
@@ -404,6 +430,285 @@ static void gap_rows(const seg_job *job, int c0, int c1)
     }
 }
 
+/* ---------------------------------------------------------------- fused inverted-residual blocks */
+/* Hidden rows of the depthwise window of output row o: [*first, *last] (clipped to the hidden rows). */
+static void block_window(const er_seg_step *s, int o, int *first, int *last)
+{
+    int start = o * s->sh - s->pad_top, height = s->block.hidden_height;
+    *first = start < 0 ? 0 : start;
+    *last = start + s->kh - 1 < height ? start + s->kh - 1 : height - 1;
+}
+
+/* The hidden rows output row o computes: those of its window no earlier output row read. */
+static void block_new_rows(const er_seg_step *s, int o, int *first, int *last)
+{
+    int seen = -1, unused;
+    block_window(s, o, first, last);
+    if (o > 0) block_window(s, o - 1, &unused, &seen);
+    if (*first <= seen) *first = seen + 1;
+}
+
+/* The accumulator slot (hidden, out_width) of output row o. */
+static inline float *block_slot(const er_seg_step *s, int o)
+{
+    return s->block.state + (long)(o % s->block.state_rows) * s->block.hidden * s->out_width;
+}
+
+/* A 1x1 stride-1 unpadded expansion: a GEMM on the input row read in place. */
+static int block_direct(const er_seg_step *s, const er_seg_tensor *src)
+{
+    const er_seg_block *k = &s->block;
+    return k->ek == 1 && k->es == 1 && !k->epad_top && !k->epad_left && k->hidden_width == src->width &&
+           k->hidden_height == src->height;
+}
+
+/* Hidden channels [a, b) of hidden row h (expansion kernel > 1, strided or padded) into
+ * hidden[(c - c0) * width]. With at most SEG_MAX_TAPS taps (input channel, ky, kx) whose rows' stride
+ * phases fit on the stack (a stem: 3 channels, 3x3, stride 2), each hidden channel is one
+ * depthwise_taps row over every tap, its sums in registers; otherwise bias, then tap by tap. */
+static void expand_by_taps(const seg_job *job, int h, int c0, int a, int b, float *hidden)
+{
+    const er_seg_step *s = job->s;
+    const er_seg_block *k = &s->block;
+    int width = k->hidden_width, in_width = job->src->width, ek = k->ek, es = k->es, cin = job->cin;
+    int n = (in_width + es - 1) / es, phase_row = n * es;
+    long scs = seg_channel_stride(job->src);
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    float phases[SEG_STACK_WIDTH];
+    column_ranges(in_width, width, ek, es, 1, k->epad_left, cols);
+    if ((long)cin * ek * ek <= SEG_MAX_TAPS && (long)cin * ek * phase_row <= SEG_STACK_WIDTH) {
+        const float *p[SEG_MAX_TAPS];
+        int first[SEG_MAX_TAPS], stop[SEG_MAX_TAPS], index[SEG_MAX_TAPS], ntaps = 0;
+        float w[SEG_MAX_TAPS];
+        for (int ci = 0; ci < cin; ci++)
+            for (int ky = 0; ky < ek; ky++) {
+                const float *row = seg_row(job->src, h * es - k->epad_top + ky);
+                if (!row) continue;
+                const float *in = row + (long)ci * scs;
+                float *ph = phases + ((long)ci * ek + ky) * phase_row;
+                if (es > 1) split_phases(in, in_width, es, ph);
+                for (int kx = 0; kx < ek; kx++) {
+                    const seg_columns *r = &cols[kx];
+                    if (r->stop == r->first) continue;
+                    p[ntaps] = es > 1 ? ph + (r->x0 % es) * n + r->x0 / es - r->first : in + r->x0 - r->first;
+                    first[ntaps] = r->first;
+                    stop[ntaps] = r->stop;
+                    index[ntaps++] = (ci * ek + ky) * ek + kx;
+                }
+            }
+        for (int c = a; c < b; c++) {
+            const float *wc = k->we + (long)c * cin * ek * ek;
+            float *out = hidden + (long)(c - c0) * width;
+            for (int t = 0; t < ntaps; t++) w[t] = wc[index[t]];
+            depthwise_taps(out, width, k->be ? k->be[c] : 0.0f, p, w, first, stop, ntaps, 0);
+            activate(out, width, &k->expand_act);
+        }
+        return;
+    }
+    for (int c = a; c < b; c++) {
+        float *out = hidden + (long)(c - c0) * width, bias = k->be ? k->be[c] : 0.0f;
+        for (int x = 0; x < width; x++) out[x] = bias;
+    }
+    for (int ky = 0; ky < ek; ky++) {
+        const float *row = seg_row(job->src, h * es - k->epad_top + ky);
+        if (!row) continue;
+        for (int ci = 0; ci < cin; ci++) {
+            const float *in = row + (long)ci * scs;
+            int phased = es > 1 && in_width <= SEG_STACK_WIDTH;
+            if (phased) split_phases(in, in_width, es, phases);
+            for (int c = a; c < b; c++) {
+                float *restrict out = hidden + (long)(c - c0) * width;
+                const float *w = k->we + (((long)c * cin + ci) * ek + ky) * ek;
+                for (int kx = 0; kx < ek; kx++) {
+                    const seg_columns *r = &cols[kx];
+                    float wv = w[kx];
+                    if (r->stop == r->first) continue;
+                    if (phased || es == 1) {
+                        const float *restrict q = phased ? phases + (r->x0 % es) * n + r->x0 / es - r->first
+                                                         : in + r->x0 - r->first;
+                        for (int x = r->first; x < r->stop; x++) out[x] += wv * q[x];
+                    } else {
+                        const float *restrict q = in + r->x0;
+                        for (int x = r->first; x < r->stop; x++) out[x] += wv * q[(long)(x - r->first) * es];
+                    }
+                }
+            }
+        }
+    }
+    for (int c = a; c < b; c++) activate(hidden + (long)(c - c0) * width, width, &k->expand_act);
+}
+
+/* Hidden row h, channels [a, b) (channel c at hidden + (c - base) * stride) added into the accumulators
+ * of the output rows in [from, to] whose windows hold it: one depthwise kernel row each (the first
+ * row of a window starts the accumulator from the bias). The readers, their slots and the taps'
+ * columns are worked out once for all the channels. */
+static void block_scatter(const er_seg_step *s, int h, const float *hidden, long stride, int base, int a, int b,
+                          int from, int to, float *phases)
+{
+    const er_seg_block *k = &s->block;
+    int width = k->hidden_width, kd = s->kh, sd = s->sh, out_width = s->out_width;
+    int n = (width + sd - 1) / sd;
+    /* readers: o with o * sd - pad_top <= h <= o * sd - pad_top + kd - 1 */
+    int top = h + s->pad_top - kd + 1;
+    int o0 = top <= 0 ? 0 : (top + sd - 1) / sd, o1 = (h + s->pad_top) / sd;
+    if (o0 < from) o0 = from;
+    if (o1 > to) o1 = to;
+    if (o1 > s->out_height - 1) o1 = s->out_height - 1;
+    if (o0 > o1) return;
+    int nreaders = o1 - o0 + 1, ky[ER_SEG_MAX_KERNEL], init[ER_SEG_MAX_KERNEL];
+    float *slots[ER_SEG_MAX_KERNEL];
+    for (int i = 0; i < nreaders; i++) {
+        int o = o0 + i, wfirst, wlast;
+        block_window(s, o, &wfirst, &wlast);
+        ky[i] = h - (o * sd - s->pad_top);
+        init[i] = h == wfirst;
+        slots[i] = block_slot(s, o);
+    }
+    seg_columns cols[ER_SEG_MAX_KERNEL];
+    const float *p[ER_SEG_MAX_KERNEL];
+    float w[ER_SEG_MAX_KERNEL];
+    int first[ER_SEG_MAX_KERNEL], stop[ER_SEG_MAX_KERNEL], kxs[ER_SEG_MAX_KERNEL], ntaps = 0;
+    long offset[ER_SEG_MAX_KERNEL];
+    column_ranges(width, out_width, kd, sd, 1, s->pad_left, cols);
+    int phased = sd > 1 && width <= SEG_STACK_WIDTH;
+    for (int kx = 0; kx < kd; kx++) {
+        const seg_columns *r = &cols[kx];
+        if (r->stop == r->first) continue;
+        offset[ntaps] = phased ? (long)(r->x0 % sd) * n + r->x0 / sd - r->first : r->x0 - r->first;
+        first[ntaps] = r->first;
+        stop[ntaps] = r->stop;
+        kxs[ntaps++] = kx;
+    }
+    for (int c = a; c < b; c++) {
+        const float *hid = hidden + (long)(c - base) * stride;
+        float bias = k->bd ? k->bd[c] : 0.0f;
+        if (!phased && sd > 1) { /* rows wider than the stack: strided loops */
+            for (int i = 0; i < nreaders; i++) {
+                float *out = slots[i] + (long)c * out_width;
+                const float *wrow = k->wd + ((long)c * kd + ky[i]) * kd;
+                if (init[i])
+                    for (int x = 0; x < out_width; x++) out[x] = bias;
+                for (int kx = 0; kx < kd; kx++)
+                    for (int x = cols[kx].first; x < cols[kx].stop; x++)
+                        out[x] += wrow[kx] * hid[cols[kx].x0 + (long)(x - cols[kx].first) * sd];
+            }
+            continue;
+        }
+        const float *row = hid;
+        if (phased) {
+            split_phases(hid, width, sd, phases);
+            row = phases;
+        }
+        for (int t = 0; t < ntaps; t++) p[t] = row + offset[t];
+        for (int i = 0; i < nreaders; i++) {
+            const float *wrow = k->wd + ((long)c * kd + ky[i]) * kd;
+            for (int t = 0; t < ntaps; t++) w[t] = wrow[kxs[t]];
+            depthwise_taps(slots[i] + (long)c * out_width, out_width, bias, p, w, first, stop, ntaps, !init[i]);
+        }
+    }
+}
+
+/* Channel c of hidden row h: in the slice scratch, or (no expansion) the input row itself. */
+static inline const float *block_hidden(const seg_job *job, int h, int c)
+{
+    if (job->s->block.ek == 0) {
+        const float *row = seg_row(job->src, h);
+        return row ? row + (long)c * seg_channel_stride(job->src) : NULL;
+    }
+    return job->s->scratch + (long)(c - job->slice) * job->s->block.hidden_width;
+}
+
+/* Floats between two channels of a hidden row (block_hidden). */
+static inline long block_hidden_stride(const seg_job *job)
+{
+    return job->s->block.ek == 0 ? seg_channel_stride(job->src) : job->s->block.hidden_width;
+}
+
+/* Channels [a, b) of the slice at job->slice of hidden row h, computed into the slice scratch. */
+static void block_expand(const seg_job *job, int h, int a, int b)
+{
+    const er_seg_step *s = job->s;
+    const er_seg_block *k = &s->block;
+    int width = k->hidden_width, c0 = job->slice;
+    if (k->ek == 0) return;
+    if (block_direct(s, job->src)) {
+        const float *in = seg_row(job->src, h);
+        if (in)
+            er_gemm_tn_narrow(b - a, width, job->cin, k->we + a, k->hidden, in, seg_channel_stride(job->src),
+                       s->scratch + (long)(a - c0) * width, width, 0, k->be ? k->be + a : NULL, &k->expand_act);
+        return;
+    }
+    expand_by_taps(job, h, c0, a, b, s->scratch);
+}
+
+/* Phase 1 of a slice, its channels [a, b) (offsets in the slice at job->slice): every new hidden row
+ * of output row job->row expanded and scattered, except the last one's scatter into later output
+ * rows (it waits for phase 3: their slots may be job->row's), then job->row's accumulators of these
+ * channels activated (its window is complete). */
+static void block_slice(const seg_job *job, int a, int b)
+{
+    const er_seg_step *s = job->s;
+    int first, last, o = job->row;
+    float phases[SEG_STACK_WIDTH];
+    a += job->slice;
+    b += job->slice;
+    block_new_rows(s, o, &first, &last);
+    for (int h = first; h <= last; h++) {
+        block_expand(job, h, a, b);
+        const float *hidden = block_hidden(job, h, a);
+        if (hidden) block_scatter(s, h, hidden, block_hidden_stride(job), a, a, b, 0, h == last ? o : s->out_height, phases);
+    }
+    float *slot = block_slot(s, o);
+    for (int c = a; c < b; c++) activate(slot + (long)c * s->out_width, s->out_width, &s->block.dw_act);
+}
+
+/* Phase 3 of a slice, channels [a, b): the last new hidden row (still in the slice scratch) scattered
+ * into the output rows after job->row. */
+static void block_slice_tail(const seg_job *job, int a, int b)
+{
+    const er_seg_step *s = job->s;
+    int first, last, o = job->row;
+    float phases[SEG_STACK_WIDTH];
+    a += job->slice;
+    b += job->slice;
+    block_new_rows(s, o, &first, &last);
+    if (first > last) return;
+    const float *hidden = block_hidden(job, last, a);
+    if (hidden) block_scatter(s, last, hidden, block_hidden_stride(job), a, a, b, o + 1, s->out_height, phases);
+}
+
+/* Phase 2 of a slice, output channels [m0, m1) of output row job->row: the slice's part of the
+ * projection added into the row (the first slice starts it from the bias, and from the residual input
+ * when no activation follows; the last applies the activation, then adds the residual input). */
+static void block_project(const seg_job *job, int m0, int m1)
+{
+    const er_seg_step *s = job->s;
+    const er_seg_block *k = &s->block;
+    int width = s->out_width, o = job->row, c0 = job->slice, n = job->cin_slice;
+    int first_slice = c0 == 0, last_slice = c0 + n >= k->hidden, act_after = s->act.kind != ER_ACT_NONE;
+    long dcs = seg_channel_stride(job->dst), kcs = job->skip ? seg_channel_stride(job->skip) : 0;
+    float *out = (float *)seg_row(job->dst, o);
+    const float *skip = job->skip ? seg_row(job->skip, o) : NULL;
+    const float *slot = block_slot(s, o) + (long)c0 * width, *weights = s->weights + (long)c0 * s->out_channels;
+    int accumulate = !first_slice;
+    if (first_slice && skip && !act_after) { /* residual + bias first, then the products added in */
+        for (int m = m0; m < m1; m++) {
+            float *restrict dst = out + m * dcs, bias = s->bias ? s->bias[m] : 0.0f;
+            const float *restrict add = skip + m * kcs;
+            for (int x = 0; x < width; x++) dst[x] = add[x] + bias;
+        }
+        accumulate = 1;
+    }
+    er_gemm_tn_narrow(m1 - m0, width, n, weights + m0, s->out_channels, slot, width, out + m0 * dcs, dcs, accumulate,
+               s->bias ? s->bias + m0 : NULL, last_slice ? &s->act : NULL);
+    if (last_slice && skip && act_after)
+        for (int m = m0; m < m1; m++) {
+            float *restrict dst = out + m * dcs;
+            const float *restrict add = skip + m * kcs;
+            for (int x = 0; x < width; x++) dst[x] += add[x];
+        }
+}
+
 typedef void (*seg_range_fn)(const seg_job *job, int a, int b);
 
 typedef struct {
@@ -425,6 +730,33 @@ static void run_phase(er_team *team, const seg_job *job, seg_range_fn fn, int n)
 {
     seg_phase phase = {.job = job, .fn = fn, .n = n};
     er_team_run(team, phase_item, &phase, job->parts);
+}
+
+/* A block's output rows one by one, and for each its slices of hidden channels in order: expansion
+ * and scatter, projection, the deferred scatter (phases 1 and 3 split by channels, 2 by output
+ * channels: each value is computed by one thread in the same order whatever the split). */
+static void run_block(er_team *team, int threads, const seg_job *call_job)
+{
+    const er_seg_step *s = call_job->s;
+    const er_seg_block *k = &s->block;
+    seg_job slice = *call_job;
+    int hidden = k->hidden, chunk = k->ek ? k->chunk : hidden; /* no expansion: the input is the hidden row */
+    double per_channel = (double)s->kh * s->kw * s->out_width * (s->sh == 1 ? s->kh : 1);
+    if (k->ek) per_channel += (double)call_job->cin * k->ek * k->ek * k->hidden_width;
+    for (int o = call_job->lo; o < call_job->hi; o++) {
+        slice.row = o;
+        for (int c0 = 0; c0 < hidden; c0 += chunk) {
+            int n = hidden - c0 < chunk ? hidden - c0 : chunk;
+            seg_job project = slice;
+            slice.slice = project.slice = c0;
+            slice.cin_slice = project.cin_slice = n;
+            slice.parts = er_worth_parts(per_channel * n, threads, n);
+            project.parts = er_worth_parts((double)s->out_channels * n * s->out_width, threads, s->out_channels);
+            run_phase(team, &slice, block_slice, n);
+            run_phase(team, &project, block_project, s->out_channels);
+            run_phase(team, &slice, block_slice_tail, n);
+        }
+    }
 }
 
 static void run_call(er_team *team, int threads, const er_seg_tensor *tensors, const er_seg_step *s,
@@ -457,6 +789,8 @@ static void run_call(er_team *team, int threads, const er_seg_tensor *tensors, c
         run_phase(team, &job, aligned_rows, channels);
     } else if (kind == ER_SEG_GAP) {
         run_phase(team, &job, gap_rows, channels);
+    } else if (kind == ER_SEG_BLOCK) {
+        run_block(team, threads, &job);
     }
 }
 
@@ -472,12 +806,39 @@ static int tensor_ok(const er_seg_tensor *tensors, int ntensors, int i)
     return i >= 0 && i < ntensors && tensors[i].base != NULL;
 }
 
+static const char *check_block(const er_seg_tensor *tensors, const er_seg_step *s)
+{
+    const er_seg_tensor *src = &tensors[s->src];
+    const er_seg_block *k = &s->block;
+    if (s->kh != s->kw || s->sh != s->sw || s->dh != 1 || s->dw != 1 || s->pad_top >= s->kh || s->pad_left >= s->kw)
+        return "a block's depthwise must be square, undilated, with pads smaller than its kernel";
+    if (k->hidden < 1 || k->chunk < 1 || k->chunk > k->hidden || k->state_rows < 1 || k->hidden_height < 1 ||
+        k->hidden_width < 1)
+        return "a block needs hidden channels, chunk in 1..hidden, accumulator rows and hidden rows";
+    if (!s->weights || !k->wd || !k->state || k->state_floats < (long)k->state_rows * k->hidden * s->out_width)
+        return "a block needs its projection and depthwise weights and state_rows accumulator rows";
+    if (s->skip >= 0 && !same_shape(&tensors[s->skip], s->out_channels, s->out_height, s->out_width))
+        return "a block's residual input must have its output's shape";
+    if (k->ek == 0)
+        return same_shape(src, k->hidden, k->hidden_height, k->hidden_width)
+                   ? NULL
+                   : "a block without expansion must have its input's shape as hidden shape";
+    if (k->ek < 1 || k->ek > ER_SEG_MAX_KERNEL || k->es < 1 || k->epad_top < 0 || k->epad_left < 0 ||
+        k->epad_top >= k->ek || k->epad_left >= k->ek || !k->we)
+        return "a block's expansion needs weights, a kernel in 1..ER_SEG_MAX_KERNEL, stride >= 1 and pads "
+               "smaller than its kernel";
+    if (!s->scratch || s->scratch_floats < (long)k->chunk * k->hidden_width)
+        return "a block with expansion needs one slice of a hidden row of scratch";
+    return NULL;
+}
+
 static const char *check_step(const er_seg_tensor *tensors, int ntensors, const er_seg_step *s)
 {
-    if (s->kind < ER_SEG_POINTWISE || s->kind > ER_SEG_GAP) return "unknown step kind";
+    if (s->kind < ER_SEG_POINTWISE || s->kind > ER_SEG_BLOCK) return "unknown step kind";
     if (!tensor_ok(tensors, ntensors, s->src) || !tensor_ok(tensors, ntensors, s->dst))
         return "a step's input or output tensor is missing";
-    if ((s->kind == ER_SEG_ADD) != (s->skip >= 0)) return "only an Add has (and needs) a skip tensor";
+    if (s->kind == ER_SEG_ADD ? s->skip < 0 : s->kind != ER_SEG_BLOCK && s->skip >= 0)
+        return "only an Add has (and needs) a skip tensor, and a residual block";
     if (s->skip >= 0 && !tensor_ok(tensors, ntensors, s->skip)) return "an Add's skip tensor is missing";
     if (s->kh < 1 || s->kw < 1 || s->kh > ER_SEG_MAX_KERNEL || s->kw > ER_SEG_MAX_KERNEL || s->sh < 1 ||
         s->sw < 1 || s->dh < 1 || s->dw < 1 || s->pad_top < 0 || s->pad_left < 0)
@@ -491,6 +852,7 @@ static const char *check_step(const er_seg_tensor *tensors, int ntensors, const 
     }
     if (!same_shape(dst, s->out_channels, s->out_height, s->out_width))
         return "a step's output tensor does not have the step's output shape";
+    if (s->kind == ER_SEG_BLOCK) return check_block(tensors, s);
     if (s->kind == ER_SEG_ACTIVATION || s->kind == ER_SEG_ADD) {
         if (!same_shape(src, s->out_channels, s->out_height, s->out_width) ||
             (s->skip >= 0 && !same_shape(&tensors[s->skip], s->out_channels, s->out_height, s->out_width)))
