@@ -34,41 +34,7 @@ static inline __attribute__((always_inline)) void
 micro_body(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc, int rows, int cols,
            int first, int last, const float *bias, const er_act *act)
 {
-    er_vf acc[PMR][2];
-    for (int i = 0; i < PMR; i++) {
-        if (first || i >= rows) {
-            acc[i][0] = acc[i][1] = er_splatv(first && bias && i < rows ? bias[i] : 0.0f);
-        } else if (cols == PNR) {
-            acc[i][0] = er_loadv(c + i * ldc);
-            acc[i][1] = er_loadv(c + i * ldc + ER_VL);
-        } else {
-            acc[i][0] = er_load_part(c + i * ldc, cols < ER_VL ? cols : ER_VL);
-            acc[i][1] = er_load_part(c + i * ldc + ER_VL, cols > ER_VL ? cols - ER_VL : 0);
-        }
-    }
-    for (int k = 0; k < kc; k++) {
-        er_vf b0 = er_loadv(b + k * ldb), b1 = er_loadv(b + k * ldb + ER_VL);
-        const float *ak = a + k * PMR;
-        for (int i = 0; i < PMR; i++) {
-            er_vf ai = er_splatv(ak[i]);
-            acc[i][0] += ai * b0;
-            acc[i][1] += ai * b1;
-        }
-    }
-    for (int i = 0; i < rows; i++) {
-        er_vf v0 = acc[i][0], v1 = acc[i][1];
-        if (last) {
-            v0 = er_activatev(v0, act);
-            v1 = er_activatev(v1, act);
-        }
-        if (cols == PNR) {
-            er_storev(c + i * ldc, v0);
-            er_storev(c + i * ldc + ER_VL, v1);
-        } else {
-            er_store_part(c + i * ldc, v0, cols < ER_VL ? cols : ER_VL);
-            er_store_part(c + i * ldc + ER_VL, v1, cols > ER_VL ? cols - ER_VL : 0);
-        }
-    }
+    er_gemm_tile(PMR, kc, a, b, ldb, NULL, c, ldc, rows, cols, first, last, bias, NULL, act);
 }
 
 /* Full tiles with constant sizes (the accumulators stay in registers); edge tiles apart. */
