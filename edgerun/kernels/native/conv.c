@@ -273,6 +273,7 @@ static void gemm_item(void *ctx, int part)
  * tile buffer whose valid columns are written to the band's output rows. The sum of the taps is the
  * im2col path's, in the same order: the same bits. */
 #if defined(__GNUC__)
+#define SHIFT_TAPS 1152 /* taps of a block at most (128 channels of 3x3) */
 typedef struct {
     const er_conv_geom *g;
     const float *packed, *x, *bias, *sum;
@@ -282,13 +283,20 @@ typedef struct {
     int per_row;          /* tiles within output rows (no more of them than across rows) */
     int g0, g1, c0, cb;   /* the slab's groups [g0, g1), their channels [c0, c0 + cb) */
     long block_floats;    /* one group's cb channels of the copy */
-    long offs[CKC];
+    long offs[SHIFT_TAPS];
 } shift_band;
 
+static long shift_channel_floats(const er_conv_geom *g, int nrows);
+
+/* Channels of a tap block: as many as SHIFT_TAPS taps hold and the scratch copies for the im2col path's
+ * band height (fewer blocks: fewer passes over the partial sums), at least CKC taps' worth. */
 static int shift_channel_block(const er_conv_geom *g)
 {
-    int cg = g->cin / g->group, per = CKC / (g->kh * g->kw);
-    return per < cg ? per : cg;
+    int cg = g->cin / g->group, taps = g->kh * g->kw;
+    int least = CKC / taps < cg ? CKC / taps : cg, cb = SHIFT_TAPS / taps < cg ? SHIFT_TAPS / taps : cg;
+    long room = er_conv_scratch_floats(g) - CNR, per = (long)g->slab_groups * shift_channel_floats(g, g->band_rows);
+    while (cb > least && cb * per > room) cb--;
+    return cb;
 }
 
 static int shift_phase_width(const er_conv_geom *g)
