@@ -1,5 +1,10 @@
 /* Dense and grouped 2-D convolution without a whole im2col matrix (edgerun/kernels/native_steps.py).
  *
+ * Two paths over the same packed weights and the same scratch size (er_conv_scratch_floats): every conv but
+ * 1x1 runs on "shifted rows" when its copy fits that scratch (below: the band's input rows copied once per
+ * block of channels, split by stride, each tap a shifted view, no gather per tap; the same bits as the
+ * banded im2col); the others (1x1, or copies too large) on the banded im2col described here.
+ *
  * The output is made band by band: for `band_rows` output rows at a time, one slab at a time (the taps
  * of `slab_groups` groups, at most CKC taps of each), the input taps of the band's pixels are gathered ("packed") into the
  * `cols` scratch, already in the layout the register-blocked GEMM reads (per group, per tile of CNR

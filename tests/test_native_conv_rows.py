@@ -1,13 +1,18 @@
-"""conv.c called directly with every band height and slab of groups the geometry allows: the shifted-rows
+"""The row kernels: conv.c's shifted rows and steps.c's vectorised pooling rows.
+
+conv.c called directly with every band height and slab of groups the geometry allows: the shifted-rows
 path (any stride, dilation, pads; tap blocks of whole channels when a group has more than 256 taps; bands
 of output rows sized by the scratch) and the banded im2col one, against the float64 reference, with a
-tolerance from the magnitudes summed (|w| * |x| + |b| + |s|); the same bits on one and two threads."""
+tolerance from the magnitudes summed (|w| * |x| + |b| + |s|); the same bits on one and two threads.
+2-D max / average pooling of rows wide enough for the vector paths (and their edges), with NaN and
+infinities, against the reference op: max exactly, averages within the rounding of their sums."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgerun import kernels
+from edgerun import kernels, ops
+from edgerun.ir import Node
 from edgerun.kernels.activations import Activation
 from edgerun.ops.activation import apply_activation
 from edgerun.ops.conv import conv_nd
@@ -98,3 +103,48 @@ def test_a_resnet_3x3_layer_in_narrow_bands_of_two_tap_blocks():
     expected, tolerance = expected_and_tolerance(case, x, w, b, s)
     out = run(case, x, w, b, s, 2)
     assert np.all(np.abs(out.astype(np.float64) - expected) <= tolerance)
+
+
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+
+
+@st.composite
+def pools(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = (draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)), draw(st.integers(0, kh - 1)),
+            draw(st.integers(0, kw - 1)))
+    h, w = draw(st.integers(kh, 9)), draw(st.integers(kw, 70))
+    kind = draw(st.sampled_from(["MaxPool", "AveragePool", "AveragePool+pads"]))
+    return dict(kind=kind, kernel=(kh, kw), strides=(sh, sw), pads=pads, size=(h, w), channels=draw(st.integers(1, 3)),
+                special_share=draw(st.sampled_from([0.0, 0.0, 0.05])), seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pools())
+def test_pooling_rows_match_the_reference_op_with_nan_and_infinities(case):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((1, case["channels"]) + case["size"]).astype(np.float32)
+    specials = rng.random(x.shape) < case["special_share"]
+    x[specials] = rng.choice(SPECIALS, int(specials.sum()))
+    op = case["kind"].split("+")[0]
+    attrs = {"kernel_shape": list(case["kernel"]), "strides": list(case["strides"]), "pads": list(case["pads"])}
+    if case["kind"].endswith("+pads"):
+        attrs["count_include_pad"] = 1
+    node = Node(op, ["x"], ["y"], attrs, "pool")
+    with np.errstate(invalid="ignore"):   # inf + -inf in a window: NaN, as it should be
+        expected = ops.definition(op).compute(node, [x], 13)[0]
+    kernel = ops.arena_kernel(node, [np.float32], [np.float32], backend="native", threads=2)
+    assert kernel is not ops.definition(op).step
+    y = np.full(expected.shape, 7.0, np.float32)
+    kernel.run(node, [x], [y], {name: np.empty(size // 4, np.float32) for name, size in
+                                kernel.scratch_bytes(node, [x.shape], [expected.shape]).items()})
+    assert np.array_equal(np.isnan(y), np.isnan(expected))
+    finite = np.isfinite(expected)
+    assert np.array_equal(y[~finite & ~np.isnan(expected)], expected[~finite & ~np.isnan(expected)])
+    if op == "MaxPool":
+        assert np.array_equal(y[finite], expected[finite])
+    else:   # a sum of at most kh * kw values, then one division (here and in the reference)
+        bound = np.abs(x[np.isfinite(x)]).max(initial=0.0) if x.size else 0.0
+        taps = case["kernel"][0] * case["kernel"][1]
+        assert np.all(np.abs(y[finite] - expected[finite]) <= 2 * (taps + 1) * np.finfo(np.float32).eps * bound + 1e-30)
