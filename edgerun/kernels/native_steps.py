@@ -43,7 +43,8 @@ class NativeFusedConvKernel(StepKernel):
     at a time (native.conv_slab_groups groups, at most CONV_BLOCK_TAPS taps of each) into the `cols`
     scratch, in the GEMM's tile layout, and runs one GEMM over the slab's groups: one kernel call for all
     groups, and the scratch is bounded by the band (its rows: conv_band_rows of the slab's gathered values
-    per pixel), not by the output."""
+    per pixel), not by the output. Within that same scratch conv.c runs every conv but 1x1 on shifted rows
+    (the band's input copied once, each tap a shifted view of the copy; conv.c's header)."""
 
     def __init__(self, fallback: StepKernel | None = None, threads: int = 1):
         self.fallback = fallback or FusedConvKernel()

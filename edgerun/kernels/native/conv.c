@@ -1,5 +1,10 @@
 /* Dense and grouped 2-D convolution without a whole im2col matrix (edgerun/kernels/native_steps.py).
  *
+ * Two paths over the same packed weights and the same scratch size (er_conv_scratch_floats): every conv but
+ * 1x1 runs on "shifted rows" when its copy fits that scratch (below: the band's input rows copied once per
+ * block of channels, split by stride, each tap a shifted view, no gather per tap; the same bits as the
+ * banded im2col); the others (1x1, or copies too large) on the banded im2col described here.
+ *
  * The output is made band by band: for `band_rows` output rows at a time, one slab at a time (the taps
  * of `slab_groups` groups, at most CKC taps of each), the input taps of the band's pixels are gathered ("packed") into the
  * `cols` scratch, already in the layout the register-blocked GEMM reads (per group, per tile of CNR
@@ -30,66 +35,13 @@
 #define CMR 8
 #define CNR (2 * ER_VL)
 
-/* rows x cols tile of out (row stride ldc) over one k-block: acc starts from bias (+ sum) on the first
- * block, from out on the others; ReLU / clip applied in registers on the last. */
-static inline __attribute__((always_inline)) void
-conv_tile_body(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc, int rows,
-               int cols, int first, int last, const float *bias, const float *sum, const er_act *act)
-{
-    er_vf acc[CMR][2];
-    int lo = cols < ER_VL ? cols : ER_VL, hi = cols > ER_VL ? cols - ER_VL : 0;
-    for (int i = 0; i < CMR; i++) {
-        if (i >= rows) {
-            acc[i][0] = acc[i][1] = er_splatv(0.0f);
-        } else if (first) {
-            acc[i][0] = acc[i][1] = er_splatv(bias ? bias[i] : 0.0f);
-            if (sum && cols == CNR) {
-                acc[i][0] += er_loadv(sum + i * ldc);
-                acc[i][1] += er_loadv(sum + i * ldc + ER_VL);
-            } else if (sum) {
-                acc[i][0] += er_load_part(sum + i * ldc, lo);
-                acc[i][1] += er_load_part(sum + i * ldc + ER_VL, hi);
-            }
-        } else if (cols == CNR) {
-            acc[i][0] = er_loadv(c + i * ldc);
-            acc[i][1] = er_loadv(c + i * ldc + ER_VL);
-        } else {
-            acc[i][0] = er_load_part(c + i * ldc, lo);
-            acc[i][1] = er_load_part(c + i * ldc + ER_VL, hi);
-        }
-    }
-    for (int k = 0; k < kc; k++) {
-        er_vf b0 = er_loadv(b + k * ldb), b1 = er_loadv(b + k * ldb + ER_VL);
-        const float *ak = a + k * CMR;
-        for (int i = 0; i < CMR; i++) {
-            er_vf ai = er_splatv(ak[i]);
-            acc[i][0] += ai * b0;
-            acc[i][1] += ai * b1;
-        }
-    }
-    for (int i = 0; i < rows; i++) {
-        er_vf v0 = acc[i][0], v1 = acc[i][1];
-        if (last) {
-            v0 = er_activatev(v0, act);
-            v1 = er_activatev(v1, act);
-        }
-        if (cols == CNR) {
-            er_storev(c + i * ldc, v0);
-            er_storev(c + i * ldc + ER_VL, v1);
-        } else {
-            er_store_part(c + i * ldc, v0, lo);
-            er_store_part(c + i * ldc + ER_VL, v1, hi);
-        }
-    }
-}
-
 static void conv_tile(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
                       int rows, int cols, int first, int last, const float *bias, const float *sum, const er_act *act)
 {
-    if (rows == CMR && cols == CNR)   /* constant sizes: the accumulators stay in registers */
-        conv_tile_body(kc, a, b, ldb, c, ldc, CMR, CNR, first, last, bias, sum, act);
+    if (rows == CMR && cols == CNR)   /* constant sizes: no edge handling in the common case */
+        er_gemm_tile(CMR, kc, a, b, ldb, NULL, c, ldc, CMR, CNR, first, last, bias, sum, act);
     else
-        conv_tile_body(kc, a, b, ldb, c, ldc, rows, cols, first, last, bias, sum, act);
+        er_gemm_tile(CMR, kc, a, b, ldb, NULL, c, ldc, rows, cols, first, last, bias, sum, act);
 }
 
 /* Exactly the kinds er_activatev applies in the tile: the others run over the band afterwards. */
@@ -313,6 +265,255 @@ static void gemm_item(void *ctx, int part)
     if (u0 < u1) gemm_units(job, u0, u1);
 }
 
+/* ---------------------------------------------------------------- shifted rows: no gather per tap
+ * A conv is kh * kw accumulating GEMMs over shifted views of its input. Per band and block of input
+ * channels, the band's input rows are copied once, padded left and right (rows above and below the
+ * input zero), into the scratch, split by stride into phases: input row y of the band goes to row phase
+ * y % sh, row y / sh; padded column e to column phase e % sw, column e / sw; a phase row holds wq =
+ * ceil(padded width / sw) columns. Output pixel (r, ox) of the band is then "phase pixel" q = r * wq + ox,
+ * and tap (c, i, j) of every q reads the copy at q + offs[k] (offs: c's plane, the phase of (i * dh, j * dw),
+ * then (i * dh / sh) rows and (j * dw / sw) columns into it): a tile of CNR consecutive q reads one vector
+ * pair per tap straight from the copy, whatever the stride. The tiles run over the phase pixels (the
+ * columns past wo of each row are computed and dropped), always whole (the copy ends in CNR zeros), into a
+ * tile buffer whose valid columns are written to the band's output rows. The sum of the taps is the
+ * im2col path's, in the same order: the same bits. */
+#if defined(__GNUC__)
+#define SHIFT_TAPS 1152 /* taps of a block at most (128 channels of 3x3) */
+typedef struct {
+    const er_conv_geom *g;
+    const float *packed, *x, *bias, *sum;
+    float *out, *copy;
+    const er_act *act;
+    int o0, nrows, rows_ph, wq, tiles, parts;
+    int per_row;          /* tiles within output rows (no more of them than across rows) */
+    int g0, g1, c0, cb;   /* the slab's groups [g0, g1), their channels [c0, c0 + cb) */
+    long block_floats;    /* one group's cb channels of the copy */
+    long offs[SHIFT_TAPS];
+} shift_band;
+
+static long shift_channel_floats(const er_conv_geom *g, int nrows);
+
+/* Channels of a tap block: as many as SHIFT_TAPS taps hold and the scratch copies for the im2col path's
+ * band height (fewer blocks: fewer passes over the partial sums), at least CKC taps' worth. */
+static int shift_channel_block(const er_conv_geom *g)
+{
+    int cg = g->cin / g->group, taps = g->kh * g->kw;
+    int least = CKC / taps < cg ? CKC / taps : cg, cb = SHIFT_TAPS / taps < cg ? SHIFT_TAPS / taps : cg;
+    long room = er_conv_scratch_floats(g) - CNR, per = (long)g->slab_groups * shift_channel_floats(g, g->band_rows);
+    while (cb > least && cb * per > room) cb--;
+    return cb;
+}
+
+static int shift_phase_width(const er_conv_geom *g)
+{
+    return (g->width + g->pads[1] + g->pads[3] + g->sw - 1) / g->sw;
+}
+
+/* Phase rows of a band of nrows output rows: its input rows, split in sh phases. */
+static int shift_phase_rows(const er_conv_geom *g, int nrows)
+{
+    int rows_in = (nrows - 1) * g->sh + (g->kh - 1) * g->dh + 1;
+    return (rows_in + g->sh - 1) / g->sh;
+}
+
+/* Floats of one channel of the copy (all its phases). */
+static long shift_channel_floats(const er_conv_geom *g, int nrows)
+{
+    return (long)g->sh * g->sw * shift_phase_rows(g, nrows) * shift_phase_width(g);
+}
+
+/* Whether the shifted-rows path runs this conv: not 1x1 (a 1x1 conv gathers each input once anyway), a tap
+ * block of whole channels within CKC, and its copy within the scratch the im2col path asks for (the
+ * planned sizes stay as they are). */
+static int shift_applies(const er_conv_geom *g)
+{
+    if (g->kh * g->kw > CKC || g->kh * g->kw == 1) return 0;
+    long need = (long)g->slab_groups * shift_channel_block(g) * shift_channel_floats(g, g->band_rows) + CNR;
+    return need <= er_conv_scratch_floats(g);
+}
+
+/* One phase row of the copy: the padded columns ph, ph + sw, ... of input row src (NULL: a pad row). */
+static void shift_phase_row(float *restrict dst, const float *restrict src, int wq, int ph, int sw, int left, int w)
+{
+    int lo = 0, hi = 0;   /* dst[i] = src[ph + i * sw - left] for i in [lo, hi) */
+    if (src) {
+        lo = left - ph > 0 ? (left - ph + sw - 1) / sw : 0;
+        hi = w + left - ph > 0 ? (w + left - ph + sw - 1) / sw : 0;
+        if (hi > wq) hi = wq;
+        if (lo > hi) lo = hi;
+    }
+    for (int i = 0; i < lo; i++) dst[i] = 0.0f;
+    if (sw == 1) {
+        const float *from = src + ph - left;
+        for (int i = lo; i < hi; i++) dst[i] = from[i];
+    } else {
+        for (int i = lo; i < hi; i++) dst[i] = src[ph + i * sw - left];
+    }
+    for (int i = hi; i < wq; i++) dst[i] = 0.0f;
+}
+
+/* Output rows per band of the shifted-rows path: as many as keep the copy within the scratch the im2col
+ * path asks for (its band_rows at least, shift_applies), so that fewer rows of the copy are halo. */
+static int shift_band_rows(const er_conv_geom *g)
+{
+    long room = er_conv_scratch_floats(g) - CNR, per = (long)g->slab_groups * shift_channel_block(g);
+    int rows = g->band_rows;
+    while (rows < g->out_height && per * shift_channel_floats(g, rows + 1) <= room) rows++;
+    return rows;
+}
+
+/* The copy of block channels [i0, i1) of the flattened (group, channel) of the slab: every cell written. */
+static void shift_copy_item(void *ctx, int part)
+{
+    const shift_band *job = (const shift_band *)ctx;
+    const er_conv_geom *g = job->g;
+    int cg = g->cin / g->group, sh = g->sh, sw = g->sw, wq = job->wq;
+    int rows_in = (job->nrows - 1) * sh + (g->kh - 1) * g->dh + 1;
+    long phase = (long)job->rows_ph * wq;
+    int n = (job->g1 - job->g0) * job->cb, i0, i1;
+    er_share(n, job->parts, part, &i0, &i1);
+    for (int i = i0; i < i1; i++) {
+        int grp = job->g0 + i / job->cb, c = job->c0 + i % job->cb;
+        const float *plane = job->x + ((long)grp * cg + c) * g->height * g->width;
+        float *dst = job->copy + (long)i * phase * sh * sw;
+        for (int rp = 0; rp < sh; rp++)
+            for (int j = 0; j < job->rows_ph; j++) {
+                int y = j * sh + rp, iy = job->o0 * sh + y - g->pads[0];
+                const float *src = y < rows_in && iy >= 0 && iy < g->height ? plane + (long)iy * g->width : NULL;
+                for (int ph = 0; ph < sw; ph++)
+                    shift_phase_row(dst + ((long)rp * sw + ph) * phase + (long)j * wq, src, wq, ph, sw, g->pads[1],
+                                    g->width);
+            }
+    }
+}
+
+/* Phase pixels [q0, q0 + CNR) <-> the band's output pixels: each run inside a row's wo valid columns is
+ * copied between the tile buffer (rows x CNR) and `band` (the band's first output pixel of channel row 0,
+ * channel rows `plane` apart); to_band picks the direction. */
+static void shift_move_tile(float *tile, float *band, long plane, int rows, long q0, int wq, int wo, int nrows,
+                            int to_band)
+{
+    for (long q = q0; q < q0 + CNR;) {
+        int r = (int)(q / wq), ox = (int)(q % wq);
+        if (r >= nrows) break;
+        int n = wq - ox < q0 + CNR - q ? wq - ox : (int)(q0 + CNR - q);
+        int valid = ox >= wo ? 0 : (wo - ox < n ? wo - ox : n);
+        for (int i = 0; i < rows && valid > 0; i++) {
+            float *t = tile + i * CNR + (q - q0), *o = band + i * plane + (long)r * wo + ox;
+            if (to_band)
+                for (int e = 0; e < valid; e++) o[e] = t[e];
+            else
+                for (int e = 0; e < valid; e++) t[e] = o[e];
+        }
+        q += n;
+    }
+}
+
+/* The GEMM of units [u0, u1) (one panel of one of the slab's groups) over the band's tiles: row tiles
+ * (per_row: each within one output row, stored in place) or tiles across rows (through a tile buffer). */
+static void shift_units(const shift_band *job, int u0, int u1)
+{
+    const er_conv_geom *g = job->g;
+    long K = taps_per_group(g), plane = (long)g->out_height * g->out_width, band0 = (long)job->o0 * g->out_width;
+    int og = g->cout / g->group, ppg = panels_per_group(g), taps = g->kh * g->kw, wo = g->out_width;
+    long k0 = (long)job->c0 * taps;
+    int kc = job->cb * taps, first = k0 == 0, last = k0 + kc == K, row_tiles = (int)tiles_of(wo);
+    float tile[CMR * CNR] = {0}, partial[CMR * CNR] = {0};
+    for (int u = u0; u < u1; u++) {
+        int grp = job->g0 + u / ppg, p = u % ppg, rows = og - p * CMR < CMR ? og - p * CMR : CMR;
+        long m0 = (long)grp * og + (long)p * CMR;
+        const float *a = job->packed + (((long)grp * ppg + p) * K + k0) * CMR;
+        const float *copy = job->copy + (long)(grp - job->g0) * job->block_floats;
+        const float *bias = job->bias ? job->bias + m0 : NULL;
+        float *band = job->out + m0 * plane + band0;
+        const float *sum_band = job->sum && first ? job->sum + m0 * plane + band0 : NULL;
+        if (job->per_row) {
+            for (int r = 0; r < job->nrows; r++)
+                for (int j = 0; j < row_tiles; j++) {
+                    long q0 = (long)r * job->wq + (long)j * CNR, at = (long)r * wo + (long)j * CNR;
+                    int cols = wo - j * CNR < CNR ? wo - j * CNR : CNR;
+                    er_gemm_tile(CMR, kc, a, copy + q0, 0, job->offs, band + at, plane, rows, cols, first, last, bias,
+                                 sum_band ? sum_band + at : NULL, job->act);
+                }
+            continue;
+        }
+        for (long t = 0; t < job->tiles; t++) {
+            long q0 = t * CNR;
+            const float *sum = NULL;
+            if (!first) {
+                shift_move_tile(tile, band, plane, rows, q0, job->wq, wo, job->nrows, 0);
+            } else if (sum_band) {
+                shift_move_tile(partial, (float *)sum_band, plane, rows, q0, job->wq, wo, job->nrows, 0);
+                sum = partial;
+            }
+            er_gemm_tile(CMR, kc, a, copy + q0, 0, job->offs, tile, CNR, rows, CNR, first, last, bias, sum, job->act);
+            shift_move_tile(tile, band, plane, rows, q0, job->wq, wo, job->nrows, 1);
+        }
+    }
+}
+
+static void shift_gemm_item(void *ctx, int part)
+{
+    const shift_band *job = (const shift_band *)ctx;
+    int u0, u1;
+    er_share((job->g1 - job->g0) * panels_per_group(job->g), job->parts, part, &u0, &u1);
+    if (u0 < u1) shift_units(job, u0, u1);
+}
+
+static void shift_activate_item(void *ctx, int part)
+{
+    const shift_band *job = (const shift_band *)ctx;
+    const er_conv_geom *g = job->g;
+    long plane = (long)g->out_height * g->out_width;
+    int n = (job->g1 - job->g0) * (g->cout / g->group), i0, i1;
+    er_share(n, job->parts, part, &i0, &i1);
+    for (int i = i0; i < i1; i++)
+        er_apply_activation(job->out + ((long)job->g0 * (g->cout / g->group) + i) * plane +
+                                (long)job->o0 * g->out_width, (long)job->nrows * g->out_width, job->act);
+}
+
+/* offs[k] for the taps of cb channels of the copy (see above). */
+static void shift_offsets(const er_conv_geom *g, int cb, long channel, long phase, int wq, long *offs)
+{
+    int taps = g->kh * g->kw;
+    for (int k = 0; k < cb * taps; k++) {
+        int c = k / taps, dy = (k / g->kw % g->kh) * g->dh, dx = (k % g->kw) * g->dw;
+        offs[k] = c * channel + ((long)(dy % g->sh) * g->sw + dx % g->sw) * phase + (long)(dy / g->sh) * wq +
+                  dx / g->sw;
+    }
+}
+
+static void shift_run(const er_conv_geom *g, const float *packed, const float *x, const float *bias,
+                      const float *sum, float *out, float *scratch, const er_act *act, er_team *team, int parts)
+{
+    int cg = g->cin / g->group, cb = shift_channel_block(g);
+    shift_band band = {.g = g, .packed = packed, .x = x, .bias = bias, .sum = sum, .out = out, .act = act,
+                       .wq = shift_phase_width(g), .parts = parts, .copy = scratch};
+    int band_rows = shift_band_rows(g);
+    for (int o0 = 0; o0 < g->out_height; o0 += band_rows) {
+        band.o0 = o0;
+        band.nrows = g->out_height - o0 < band_rows ? g->out_height - o0 : band_rows;
+        band.rows_ph = shift_phase_rows(g, band.nrows);
+        band.tiles = (int)tiles_of((long)(band.nrows - 1) * band.wq + g->out_width);
+        band.per_row = band.nrows * tiles_of(g->out_width) <= band.tiles;
+        long channel = shift_channel_floats(g, band.nrows);
+        for (band.g0 = 0; band.g0 < g->group; band.g0 = band.g1) {
+            band.g1 = g->group - band.g0 < g->slab_groups ? g->group : band.g0 + g->slab_groups;
+            for (band.c0 = 0; band.c0 < cg; band.c0 += cb) {
+                band.cb = cg - band.c0 < cb ? cg - band.c0 : cb;
+                band.block_floats = band.cb * channel;
+                shift_offsets(g, band.cb, channel, (long)band.rows_ph * band.wq, band.wq, band.offs);
+                float *tail = scratch + (long)(band.g1 - band.g0) * band.block_floats;
+                for (int e = 0; e < CNR; e++) tail[e] = 0.0f;
+                er_team_run(team, shift_copy_item, &band, parts);
+                er_team_run(team, shift_gemm_item, &band, parts);
+            }
+            if (!activation_in_tiles(act)) er_team_run(team, shift_activate_item, &band, parts);
+        }
+    }
+}
+#endif
+
 const char *er_conv_run(const er_conv_geom *g, const float *packed, const float *x, const float *bias,
                         const float *sum, float *out, float *cols, const er_act *act, int threads)
 {
@@ -326,6 +527,13 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
     er_team *team = NULL;
     error = er_team_begin(parts, &team);
     if (error) return error;
+#if defined(__GNUC__)
+    if (shift_applies(g)) {
+        shift_run(g, packed, x, bias, sum, out, cols, act, team, parts);
+        er_team_end(team);
+        return NULL;
+    }
+#endif
     for (int o0 = 0; o0 < g->out_height; o0 += g->band_rows) {
         int rows = g->out_height - o0 < g->band_rows ? g->out_height - o0 : g->band_rows;
         long pixels = (long)rows * g->out_width;

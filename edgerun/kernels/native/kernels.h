@@ -129,6 +129,70 @@ static inline int er_act_in_registers(const er_act *act)
 {
     return act->kind == ER_ACT_RELU || act->kind == ER_ACT_CLIP || act->kind == ER_ACT_HARDSWISH;
 }
+
+/* The register tile of the packed GEMMs (conv.c, steps.c): one implementation, so both give the same bits.
+ * c (rows x cols valid of mr x 2 vectors, row stride ldc) over one k-block of kc steps; a is a k-major
+ * panel (mr floats per k, rows past `rows` zero); B's row k starts at b + offs[k] (b + k * ldb when offs
+ * is NULL). first: acc starts from bias (+ sum, row stride ldc), else from c; last: the in-register
+ * activation before the store. mr must be a constant after inlining (at most ER_TILE_MAX_MR); the
+ * accumulators stay in registers for any rows and cols (edge tiles compute whole and store a part). */
+#define ER_TILE_MAX_MR 12
+/* The panel is asked for this many k ahead: weights used by few pixels (7x7 maps) stream from L3 */
+#define ER_TILE_PREFETCH_K 64
+static inline __attribute__((always_inline)) void
+er_gemm_tile(int mr, int kc, const float *restrict a, const float *restrict b, long ldb, const long *restrict offs,
+             float *c, long ldc, int rows, int cols, int first, int last, const float *bias, const float *sum,
+             const er_act *act)
+{
+    er_vf acc[ER_TILE_MAX_MR][2];
+    int full = cols == 2 * ER_VL, lo = cols < ER_VL ? cols : ER_VL, hi = cols > ER_VL ? cols - ER_VL : 0;
+    for (int i = 0; i < mr; i++) {
+        if (i >= rows) {
+            acc[i][0] = acc[i][1] = er_splatv(0.0f);
+        } else if (first) {
+            acc[i][0] = acc[i][1] = er_splatv(bias ? bias[i] : 0.0f);
+            if (sum && full) {
+                acc[i][0] += er_loadv(sum + i * ldc);
+                acc[i][1] += er_loadv(sum + i * ldc + ER_VL);
+            } else if (sum) {
+                acc[i][0] += er_load_part(sum + i * ldc, lo);
+                acc[i][1] += er_load_part(sum + i * ldc + ER_VL, hi);
+            }
+        } else if (full) {
+            acc[i][0] = er_loadv(c + i * ldc);
+            acc[i][1] = er_loadv(c + i * ldc + ER_VL);
+        } else {
+            acc[i][0] = er_load_part(c + i * ldc, lo);
+            acc[i][1] = er_load_part(c + i * ldc + ER_VL, hi);
+        }
+    }
+    for (int k = 0; k < kc; k++) {
+        const float *bk = offs ? b + offs[k] : b + k * ldb;
+        er_vf b0 = er_loadv(bk), b1 = er_loadv(bk + ER_VL);
+        const float *ak = a + k * mr;
+        __builtin_prefetch(ak + ER_TILE_PREFETCH_K * mr);
+        for (int i = 0; i < mr; i++) {
+            er_vf ai = er_splatv(ak[i]);
+            acc[i][0] += ai * b0;
+            acc[i][1] += ai * b1;
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        if (i >= rows) continue;
+        er_vf v0 = acc[i][0], v1 = acc[i][1];
+        if (last) {
+            v0 = er_activatev(v0, act);
+            v1 = er_activatev(v1, act);
+        }
+        if (full) {
+            er_storev(c + i * ldc, v0);
+            er_storev(c + i * ldc + ER_VL, v1);
+        } else {
+            er_store_part(c + i * ldc, v0, lo);
+            er_store_part(c + i * ldc + ER_VL, v1, hi);
+        }
+    }
+}
 #endif
 
 typedef struct {

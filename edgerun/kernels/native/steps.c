@@ -34,41 +34,7 @@ static inline __attribute__((always_inline)) void
 micro_body(int kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc, int rows, int cols,
            int first, int last, const float *bias, const er_act *act)
 {
-    er_vf acc[PMR][2];
-    for (int i = 0; i < PMR; i++) {
-        if (first || i >= rows) {
-            acc[i][0] = acc[i][1] = er_splatv(first && bias && i < rows ? bias[i] : 0.0f);
-        } else if (cols == PNR) {
-            acc[i][0] = er_loadv(c + i * ldc);
-            acc[i][1] = er_loadv(c + i * ldc + ER_VL);
-        } else {
-            acc[i][0] = er_load_part(c + i * ldc, cols < ER_VL ? cols : ER_VL);
-            acc[i][1] = er_load_part(c + i * ldc + ER_VL, cols > ER_VL ? cols - ER_VL : 0);
-        }
-    }
-    for (int k = 0; k < kc; k++) {
-        er_vf b0 = er_loadv(b + k * ldb), b1 = er_loadv(b + k * ldb + ER_VL);
-        const float *ak = a + k * PMR;
-        for (int i = 0; i < PMR; i++) {
-            er_vf ai = er_splatv(ak[i]);
-            acc[i][0] += ai * b0;
-            acc[i][1] += ai * b1;
-        }
-    }
-    for (int i = 0; i < rows; i++) {
-        er_vf v0 = acc[i][0], v1 = acc[i][1];
-        if (last) {
-            v0 = er_activatev(v0, act);
-            v1 = er_activatev(v1, act);
-        }
-        if (cols == PNR) {
-            er_storev(c + i * ldc, v0);
-            er_storev(c + i * ldc + ER_VL, v1);
-        } else {
-            er_store_part(c + i * ldc, v0, cols < ER_VL ? cols : ER_VL);
-            er_store_part(c + i * ldc + ER_VL, v1, cols > ER_VL ? cols - ER_VL : 0);
-        }
-    }
+    er_gemm_tile(PMR, kc, a, b, ldb, NULL, c, ldc, rows, cols, first, last, bias, NULL, act);
 }
 
 /* Full tiles with constant sizes (the accumulators stay in registers); edge tiles apart. */
@@ -340,7 +306,7 @@ const char *er_global_average_pool(const float *x, float *out, int channels, lon
 
 /* max(acc, v) that keeps a NaN from either side (numpy's maximum; a NaN anywhere in a window
  * gives NaN, whatever its place: onnxruntime's MLAS result depends on the NaN's place). */
-static inline float nan_max(float acc, float v) { return v > acc || v != v ? v : acc; }
+static inline float nan_max(float acc, float v) { return (v > acc) | (v != v) ? v : acc; }   /* no branch */
 
 /* The average of a window whose values sum to `sum`: kind 1 counts the window's cells inside the input,
  * kind 2 also its cells in the padding (up to the padded extent). */
@@ -383,31 +349,107 @@ pool_row(int kind, int KW, const float *src, int w, int y0, int ky0, int ky1, in
 }
 
 #define POOL_STACK_WIDTH 4096
+#define ER_POOL_MAX_ROWS 16 /* window rows / columns combined by vectors (larger ones: the plain loops) */
+
+#if defined(__GNUC__)
+/* nan_max lane by lane, without branches (random data mispredicts every other compare). */
+static inline er_vf nan_maxv(er_vf acc, er_vf v) { return er_selectv((v > acc) | (v != v), v, acc); }
+
+/* dst[x] = src0[x] combined (max or sum, in the order given) with src[1..n)[x], for x in [0, count). */
+static inline __attribute__((always_inline)) void
+pool_combine(int kind, float *dst, const float *const *src, int n, int count)
+{
+    int x = 0;
+    for (; x + ER_VL <= count; x += ER_VL) {
+        er_vf acc = er_loadv(src[0] + x);
+        for (int i = 1; i < n; i++) acc = kind == 0 ? nan_maxv(acc, er_loadv(src[i] + x)) : acc + er_loadv(src[i] + x);
+        er_storev(dst + x, acc);
+    }
+    if (x < count && count >= ER_VL) {   /* the tail as the last whole vector (the same values again) */
+        x = count - ER_VL;
+        er_vf acc = er_loadv(src[0] + x);
+        for (int i = 1; i < n; i++) acc = kind == 0 ? nan_maxv(acc, er_loadv(src[i] + x)) : acc + er_loadv(src[i] + x);
+        er_storev(dst + x, acc);
+        return;
+    }
+    for (; x < count; x++) {
+        float acc = src[0][x];
+        for (int i = 1; i < n; i++) acc = kind == 0 ? nan_max(acc, src[i][x]) : acc + src[i][x];
+        dst[x] = acc;
+    }
+}
+#define POOL_VECTORS 1
+#else
+#define POOL_VECTORS 0
+#endif
 
 /* One output row through a row of the window's rows combined first (max or sum, contiguous, vectorised)
- * in `vrow` (w floats on the stack), then the window's columns of that row. */
+ * in `vrow` (w floats on the stack), then the window's columns of that row: windows inside the row from
+ * `hrow` (every kw consecutive values of vrow combined, vectorised), the others one by one. */
 static inline __attribute__((always_inline)) void pool_row_separable(int kind, const float *src, int w, int y0, int ky0, int ky1, int rows_for_count,
-                               float *row, int wo, int kw, int sw, int left, int right, float *vrow)
+                               float *row, int wo, int kw, int sw, int left, int right, float *vrow, float *hrow)
 {
-    const float *first = src + (long)(y0 + ky0) * w;
-    for (int x = 0; x < w; x++) vrow[x] = first[x];
-    for (int i = ky0 + 1; i < ky1; i++) {
-        const float *in = src + (long)(y0 + i) * w;
-        if (kind == 0)
-            for (int x = 0; x < w; x++) vrow[x] = nan_max(vrow[x], in[x]);
-        else
-            for (int x = 0; x < w; x++) vrow[x] += in[x];
+#if POOL_VECTORS
+    const float *rows[ER_POOL_MAX_ROWS];
+    int n = 0;
+    if (ky1 - ky0 <= ER_POOL_MAX_ROWS) {
+        for (int i = ky0; i < ky1; i++) rows[n++] = src + (long)(y0 + i) * w;
+        pool_combine(kind, vrow, rows, n, w);
+    } else
+#endif
+    {
+        const float *first = src + (long)(y0 + ky0) * w;
+        for (int x = 0; x < w; x++) vrow[x] = first[x];
+        for (int i = ky0 + 1; i < ky1; i++) {
+            const float *in = src + (long)(y0 + i) * w;
+            if (kind == 0)
+                for (int x = 0; x < w; x++) vrow[x] = nan_max(vrow[x], in[x]);
+            else
+                for (int x = 0; x < w; x++) vrow[x] += in[x];
+        }
+    }
+    int inner = 0;   /* windows [x, x + kw) inside the row: hrow[x] for x in [0, w - kw] */
+#if POOL_VECTORS
+    if (kw <= ER_POOL_MAX_ROWS && w >= kw) {
+        const float *cols[ER_POOL_MAX_ROWS];
+        for (int j = 0; j < kw; j++) cols[j] = vrow + j;
+        inner = w - kw + 1;
+        pool_combine(kind, hrow, cols, kw, inner);
+    }
+#endif
+    /* outputs [lo, hi) take whole windows inside the row: hrow, divided by rows * kw for averages */
+    int lo = (left + sw - 1) / sw, hi = inner > 0 ? (inner - 1 + left) / sw + 1 : 0;
+    if (hi > wo) hi = wo;
+    if (lo > hi) lo = hi;
+    const float *whole = hrow + (long)lo * sw - left;
+    if (kind == 0 && sw == 1) {
+        for (int ox = lo; ox < hi; ox++) row[ox] = whole[ox - lo];
+    } else if (kind == 0) {
+        for (int ox = lo; ox < hi; ox++) row[ox] = whole[(long)(ox - lo) * sw];
+    } else {
+        float count = (float)(rows_for_count * kw > 0 ? rows_for_count * kw : 1);   /* window_average's */
+        int ox = lo;
+#if POOL_VECTORS
+        if (sw == 1)
+            for (; ox + ER_VL <= hi; ox += ER_VL) er_storev(row + ox, er_loadv(whole + (ox - lo)) / er_splatv(count));
+#endif
+        for (; ox < hi; ox++) row[ox] = whole[(long)(ox - lo) * sw] / count;
     }
     for (int ox = 0; ox < wo; ox++) {
         int x0 = ox * sw - left;
-        int kx0 = x0 < 0 ? -x0 : 0, kx1 = w - x0 < kw ? w - x0 : kw;
-        const float *p = vrow + x0;
-        float acc = p[kx0];
-        if (kind == 0) {
-            for (int j = kx0 + 1; j < kx1; j++) acc = nan_max(acc, p[j]);
+        float acc;
+        if (ox >= lo && ox < hi) {
+            continue;
         } else {
-            for (int j = kx0 + 1; j < kx1; j++) acc += p[j];
-            acc = window_average(acc, kind, rows_for_count, x0, kx0, kx1, kw, w, left, right);
+            int kx0 = x0 < 0 ? -x0 : 0, kx1 = w - x0 < kw ? w - x0 : kw;
+            const float *p = vrow + x0;
+            acc = p[kx0];
+            if (kind == 0) {
+                for (int j = kx0 + 1; j < kx1; j++) acc = nan_max(acc, p[j]);
+            } else {
+                for (int j = kx0 + 1; j < kx1; j++) acc += p[j];
+                acc = window_average(acc, kind, rows_for_count, x0, kx0, kx1, kw, w, left, right);
+            }
         }
         row[ox] = acc;
     }
@@ -418,7 +460,7 @@ static inline __attribute__((always_inline)) void pool_row_separable(int kind, c
 static void pool2d_channels(int kind, const float *x, float *out, int c0, int c1, int h, int w, int ho, int wo,
                             int kh, int kw, int sh, int sw, const int pads[4])
 {
-    float vrow[POOL_STACK_WIDTH];
+    float vrow[POOL_STACK_WIDTH], hrow[POOL_STACK_WIDTH];
     for (int c = c0; c < c1; c++) {
         const float *src = x + (long)c * h * w;
         float *dst = out + (long)c * ho * wo;
@@ -432,11 +474,11 @@ static void pool2d_channels(int kind, const float *x, float *out, int c0, int c1
             }
             float *row = dst + (long)oy * wo;
             if (w <= POOL_STACK_WIDTH && kind == 0)   /* kind as a constant in each copy */
-                pool_row_separable(0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow);
+                pool_row_separable(0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow, hrow);
             else if (w <= POOL_STACK_WIDTH && kind == 1)
-                pool_row_separable(1, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow);
+                pool_row_separable(1, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow, hrow);
             else if (w <= POOL_STACK_WIDTH)
-                pool_row_separable(2, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow);
+                pool_row_separable(2, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3], vrow, hrow);
             else if (kind == 0)
                 pool_row(0, 0, src, w, y0, ky0, ky1, rows, row, wo, kw, sw, pads[1], pads[3]);
             else
