@@ -15,10 +15,11 @@ import numpy as np
 
 from edgerun import kernels, ops
 from edgerun.bundle_format import (FORMAT_MAJOR, FORMAT_MINOR, MAGIC, PREFIX, MAX_TENSOR_BYTES,  # noqa: F401
-                                   RawBundle, graph_from_header, header_field, int_field, is_bundle, read_bundle,
-                                   require)
+                                   RawBundle, graph_from_header, header_field, int_field, is_bundle, kernel_layouts,
+                                   read_bundle, require)
 from edgerun.errors import BundleError, EdgerunError, PlanMismatchError, ResourceLimitError
 from edgerun.executor import CompiledModel
+from edgerun.kernels import layouts
 from edgerun.ir import Graph
 from edgerun.session_base import Session, checked_backend, checked_threads
 from edgerun.shape_inference import infer_shapes
@@ -128,6 +129,7 @@ class BundleSession(Session):
         self.file_bytes = raw.file_bytes
         self.weights = raw.weights
         self._graph = checked_graph(header, raw.tensors)
+        self._layouts = kernel_layouts(header, raw.tensors)   # the kernels read these in place
         self.planned_backend = header_field(header, "backend", str, "header")
         require(self.planned_backend in kernels.BACKENDS, f"header.backend: unknown backend {self.planned_backend!r}")
         self.memory_budget = header.get("memory_budget")
@@ -153,8 +155,9 @@ class BundleSession(Session):
 
     def _with_stored_plan(self, plan):
         try:
-            compiled = CompiledModel(self._graph, budget=self.memory_budget, backend=self.backend, threads=self.threads,
-                                     plan=plan, replan=self.replan)
+            with layouts.stored_layouts(self._layouts):
+                compiled = CompiledModel(self._graph, budget=self.memory_budget, backend=self.backend,
+                                         threads=self.threads, plan=plan, replan=self.replan)
         except (PlanMismatchError, ResourceLimitError):
             raise
         except EdgerunError as exc:
@@ -176,8 +179,9 @@ class BundleSession(Session):
         warnings.warn(notice, RuntimeWarning, stacklevel=4)
         budget = self.memory_budget if self.memory_budget is not None else max_arena_bytes
         try:
-            return CompiledModel(self._graph, budget=budget, backend=self.backend, planner=planner, max_t=max_t,
-                                 threads=self.threads)
+            with layouts.stored_layouts(self._layouts):
+                return CompiledModel(self._graph, budget=budget, backend=self.backend, planner=planner, max_t=max_t,
+                                     threads=self.threads)
         except EdgerunError:
             raise
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:

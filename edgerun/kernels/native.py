@@ -188,10 +188,15 @@ def packed_pointwise_sizes(cout: int, pixels: int, cin: int) -> tuple[int, int]:
     return _call(_module().pw_info, int(cout), int(pixels), int(cin))
 
 
+def packed_pointwise_floats(cout: int, cin: int) -> int:
+    """Floats of a (Cout, Cin) weight packed for pointwise_conv_packed."""
+    return packed_pointwise_sizes(cout, 1, cin)[0]
+
+
 def pack_pointwise_weights(w: np.ndarray) -> np.ndarray:
     """A (Cout, Cin) weight in the panels pointwise_conv_packed reads (weights, not activations)."""
     cout, cin = w.shape
-    packed = np.empty(packed_pointwise_sizes(cout, 1, cin)[0], np.float32)
+    packed = np.empty(packed_pointwise_floats(cout, cin), np.float32)
     _call(_module().pw_pack, np.ascontiguousarray(w, dtype=np.float32), packed, cout, cin)
     return packed
 
@@ -262,15 +267,23 @@ def conv_sizes(geometry: tuple) -> tuple[int, int, int]:
     return _call(_module().conv_info, geometry)
 
 
+def _packing_geometry(w_shape, group: int, dilations) -> tuple:
+    # packing depends only on the weight's shape: a one-pixel output of the kernel's own extent
+    cout, cg, kh, kw = (int(v) for v in w_shape)
+    eh, ew = int(dilations[0]) * (kh - 1) + 1, int(dilations[1]) * (kw - 1) + 1
+    return conv_geometry((cg * group, eh, ew), (cout, 1, 1), w_shape, group, (1, 1), dilations, (0, 0, 0, 0), 1)
+
+
+def packed_conv_floats(w_shape, group: int, dilations=(1, 1)) -> int:
+    """Floats of a (Cout, Cin/group, kh, kw) weight packed for conv_run."""
+    return conv_sizes(_packing_geometry(w_shape, group, dilations))[0]
+
+
 def pack_conv_weights(w: np.ndarray, group: int, dilations=(1, 1)) -> np.ndarray:
     """A (Cout, Cin/group, kh, kw) weight in the panels conv_run reads (weights, not activations)."""
-    cout, cg, kh, kw = w.shape
-    # packing depends only on the weight's shape: a one-pixel output of the kernel's own extent
-    eh, ew = int(dilations[0]) * (kh - 1) + 1, int(dilations[1]) * (kw - 1) + 1
-    geometry = conv_geometry((cg * group, eh, ew), (cout, 1, 1), w.shape, group, (1, 1), dilations,
-                             (0, 0, 0, 0), 1)
+    geometry = _packing_geometry(w.shape, group, dilations)
     packed = np.empty(conv_sizes(geometry)[0], np.float32)
-    _call(_module().conv_pack, np.ascontiguousarray(w.reshape(cout, -1), dtype=np.float32), packed, geometry)
+    _call(_module().conv_pack, np.ascontiguousarray(w.reshape(w.shape[0], -1), dtype=np.float32), packed, geometry)
     return packed
 
 

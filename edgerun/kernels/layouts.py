@@ -1,0 +1,104 @@
+"""The weight layouts the native kernels read (transposed block weights, packed GEMM panels): made once
+per weight, or taken from a bundle that stores them.
+
+Every layout a kernel derives from a constant goes through `layout(weight name, kind, shape, build)`:
+- inside `stored_layouts(mapping)` (edgerun.bundle opens a session so) a layout the bundle stores
+  under the same key is used in place (a read-only view of the mapped file: no second copy), after its
+  dtype and shape are checked; a key the bundle lacks (another ISA variant's packing) is built.
+- inside `recording()` (edgerun.compiler) every layout made or taken is collected, so that a bundle can
+  store it.
+Keys name the weight and everything the layout depends on: "T" (a transpose) depends on nothing else;
+packed panels name the ISA variant and a fingerprint of its packing (`packing_key`), so a bundle built
+on one variant, or by an edgerun whose GEMM tiles differ, is repacked rather than misread.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from contextvars import ContextVar
+
+import numpy as np
+
+from edgerun.errors import BundleError
+
+TRANSPOSE = "T"
+
+_stored: ContextVar = ContextVar("edgerun_stored_layouts", default=None)
+_recorder: ContextVar = ContextVar("edgerun_layout_recorder", default=None)
+
+
+def layout_key(kind: str, weight: str) -> str:
+    return f"{kind}:{weight}"
+
+
+def weight_of(key: str) -> str:
+    """The constant a layout key (layout_key) derives from."""
+    return key.split(":", 1)[1]
+
+
+@contextlib.contextmanager
+def stored_layouts(layouts: dict):
+    """Kernels prepared inside take the layouts in `layouts` ({layout_key: array}) instead of building them."""
+    token = _stored.set(dict(layouts))
+    try:
+        yield
+    finally:
+        _stored.reset(token)
+
+
+@contextlib.contextmanager
+def recording():
+    """Collects {layout_key: array} of every layout the kernels prepared inside make or take."""
+    made: dict = {}
+    token = _recorder.set(made)
+    try:
+        yield made
+    finally:
+        _recorder.reset(token)
+
+
+def layout(weight: str, kind: str, shape: tuple, build) -> np.ndarray:
+    """The float32 layout `kind` of the constant named `weight`: the stored one when a bundle gives it
+    (BundleError when its dtype or shape is not `shape`), else build()."""
+    key = layout_key(kind, weight)
+    stored = _stored.get()
+    array = stored.get(key) if stored else None
+    if array is not None:
+        _check_stored(key, array, tuple(shape))
+    else:
+        array = build()
+    made = _recorder.get()
+    if made is not None:
+        made[key] = array
+    return array
+
+
+def _check_stored(key: str, array, shape: tuple) -> None:
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or not array.flags.c_contiguous:
+        raise BundleError(f"malformed bundle: kernel layout {key!r} is not a C-contiguous float32 array")
+    if array.shape != shape:
+        raise BundleError(f"malformed bundle: kernel layout {key!r} has shape {list(array.shape)}, "
+                          f"the kernel reads {list(shape)}")
+
+
+def transposed(weight: str, matrix: np.ndarray) -> np.ndarray:
+    """matrix.T, C-contiguous float32 (ISA-independent)."""
+    rows, cols = matrix.shape
+    return layout(weight, TRANSPOSE, (cols, rows),
+                  lambda: np.ascontiguousarray(matrix.T, dtype=np.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def packing_key() -> str:
+    """The running variant and a fingerprint of its packed layouts: the packing of probe weights whose
+    sizes are no multiple of any tile, so that any change of a GEMM tile changes the key."""
+    from edgerun.kernels import native
+
+    digest = hashlib.sha256(native.isa().encode())
+    probe = np.arange(67 * 13, dtype=np.float32).reshape(67, 13)
+    digest.update(native.pack_pointwise_weights(probe).tobytes())
+    for group, cin in ((1, 5), (2, 6)):
+        w = np.arange(34 * cin // group * 9, dtype=np.float32).reshape(34, cin // group, 3, 3)
+        digest.update(native.pack_conv_weights(w, group).tobytes())
+    return f"{native.isa()}-{digest.hexdigest()[:16]}"
