@@ -138,6 +138,7 @@ class BundleSession(Session):
         self.replan = bool(replan)
         stored_plan = _plan_from_header(header, max_arena_bytes, self.threads)
         self.replanned = self.backend != self.planned_backend
+        self._note_other_isa(header)
         if self.replanned:
             self._last = self._replanned(header, max_arena_bytes)
         else:
@@ -152,6 +153,22 @@ class BundleSession(Session):
     @property
     def weights_bytes(self) -> int:
         return int(self.weights.size)
+
+    def _note_other_isa(self, header: dict) -> None:
+        """A bundle compiled on another ISA variant (header.kernel_isa: layouts.packing_key there) runs here
+        too: its packed weights are packed again for this variant, and its plan is made again for the same
+        budget where this variant's scratch differs (the GEMM tiles size the edge and cols scratch)."""
+        planned = header.get("kernel_isa")
+        require(planned is None or isinstance(planned, str), f"header.kernel_isa: expected null or a string, "
+                                                             f"got {type(planned).__name__}")
+        if planned is None or self.backend != "native" or self.planned_backend != "native":
+            return
+        here = layouts.packing_key()
+        if planned != here:
+            self.replan = True
+            self.notices.append(f"bundle was compiled for the {planned} kernels, {here} run here: its packed "
+                                f"weights are packed again, and the plan is made again for the same budget if "
+                                f"this variant's scratch differs")
 
     def _with_stored_plan(self, plan):
         try:

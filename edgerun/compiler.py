@@ -52,6 +52,7 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_pro
         "graph": graph,
         "kernel_layouts": add_kernel_layouts(graph, tensors, kernel_layouts,
                                              {layouts.weight_of(key) for key in kernel_layouts}),
+        "kernel_isa": layouts.packing_key() if session.backend == "native" else None,
         "plan": session.plan.to_dict(),
         "arena_bytes": session.plan.peak_bytes,
         "memory_budget": session.memory_budget,
