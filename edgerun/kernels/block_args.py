@@ -3,7 +3,6 @@ checks of arrays and scratch against a geometry and a contract (scheduler.Kernel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -21,10 +20,9 @@ class BlockWeights:
     """Weights of one inverted-residual block, plus layouts the kernels want.
 
     we (E, Cin, ke, ke) or None, be (E,), wd (E, kd, kd), bd (E,), wp (Cout, E), bp (Cout,).
-    Derived: we_t (Cin*ke*ke, E) and wp_t (E, Cout), which the C block reads (given, e.g. a bundle's
-    stored layouts via from_node, or made here), and wd_taps (kd*kd, E), which only the numpy block reads
-    (made on first use): any chunk of hidden channels is a contiguous slice of the taps / rows the
-    kernels walk.
+    Derived: we_t (Cin*ke*ke, E) and wp_t (E, Cout), which the C block reads, and wd_taps (kd*kd, E),
+    which the numpy block reads (each given, e.g. a bundle's stored layouts via from_node, or made here):
+    any chunk of hidden channels is a contiguous slice of the taps / rows the kernels walk.
     """
 
     we: np.ndarray | None
@@ -37,6 +35,7 @@ class BlockWeights:
     dw_act: Activation = Activation()
     we_t: np.ndarray | None = None
     wp_t: np.ndarray | None = None
+    wd_taps: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -60,10 +59,7 @@ class BlockWeights:
             raise EdgerunError(f"projection weights {self.wp.shape} / bias {self.bp.shape} do not match "
                                f"{hidden} hidden channels")
         put("wp_t", _derived("wp_t", self.wp_t, self.wp))
-
-    @cached_property
-    def wd_taps(self) -> np.ndarray:
-        return _f32(self.wd.reshape(self.hidden_channels, -1).T)
+        put("wd_taps", _derived("wd_taps", self.wd_taps, self.wd.reshape(hidden, -1)))
 
     @property
     def hidden_channels(self) -> int:
@@ -79,10 +75,10 @@ class BlockWeights:
 
     @classmethod
     def from_arrays(cls, we, be, wd, bd, wp, bp, expand_act=Activation(), dw_act=Activation(), we_t=None,
-                    wp_t=None):
+                    wp_t=None, wd_taps=None):
         """From ONNX-layout arrays: We (E,Cin,ke,ke) or None, Wd (E,1,kd,kd), Wp (Cout,E,1,1)."""
         return cls(we=we, be=be, wd=wd, bd=bd, wp=wp, bp=bp, expand_act=expand_act, dw_act=dw_act, we_t=we_t,
-                   wp_t=wp_t)
+                   wp_t=wp_t, wd_taps=wd_taps)
 
     @classmethod
     def from_node(cls, node, arrays: dict[str, np.ndarray]) -> "BlockWeights":
@@ -99,11 +95,11 @@ class BlockWeights:
             return Activation(node.attrs.get(f"{prefix}_activation", ""),
                               tuple(node.attrs.get(f"{prefix}_activation_params", ())))
 
-        def transposed(i):   # the C block's layout of a weight: layouts.transposed (a bundle may store it)
+        def transposed(i, original_read=False):   # a kernel's layout of a weight (a bundle may store it)
             array = tensor(i)
             if array is None or np.asarray(array).dtype != np.float32:
                 return None
-            return layouts.transposed(node.input(i), np.reshape(array, (np.shape(array)[0], -1)))
+            return layouts.transposed(node.input(i), np.reshape(array, (np.shape(array)[0], -1)), original_read)
 
         wd, bd, wp, bp = tensor(3), tensor(4), tensor(5), tensor(6)
         if bd is None:
@@ -111,7 +107,8 @@ class BlockWeights:
         if bp is None:
             bp = np.zeros(np.shape(wp)[0], np.float32)
         return cls.from_arrays(tensor(1), tensor(2), wd, bd, wp, bp,
-                               activation("expand"), activation("dw"), we_t=transposed(1), wp_t=transposed(5))
+                               activation("expand"), activation("dw"), we_t=transposed(1), wp_t=transposed(5),
+                               wd_taps=transposed(3, original_read=True))   # the C block reads wd itself
 
 
 def _derived(name: str, given, matrix: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ Every layout a kernel derives from a constant goes through `layout(weight name, 
   under the same key is used in place (a read-only view of the mapped file: no second copy), after its
   dtype and shape are checked; a key the bundle lacks (another ISA variant's packing) is built.
 - inside `recording()` (edgerun.compiler) every layout made or taken is collected, so that a bundle can
-  store it.
+  store it, with the weights some kernel also reads in their own layout (`original_read`): the others
+  are read through their layouts only.
 Keys name the weight and everything the layout depends on: "T" (a transpose) depends on nothing else;
 packed panels name the ISA variant and a fingerprint of its packing (`packing_key`), so a bundle built
 on one variant, or by an edgerun whose GEMM tiles differ, is repacked rather than misread.
@@ -47,10 +48,23 @@ def stored_layouts(layouts: dict):
         _stored.reset(token)
 
 
+class Recorded:
+    """What the kernels prepared inside `recording()` read: `layouts` {layout_key: array}, and the weights
+    also read in their own layout (`originals_read`, by name)."""
+
+    def __init__(self):
+        self.layouts: dict[str, np.ndarray] = {}
+        self.originals_read: set[str] = set()
+
+    def superseded(self) -> set[str]:
+        """The weights read through a layout only."""
+        return {weight_of(key) for key in self.layouts} - self.originals_read
+
+
 @contextlib.contextmanager
 def recording():
-    """Collects {layout_key: array} of every layout the kernels prepared inside make or take."""
-    made: dict = {}
+    """A Recorded of every layout the kernels prepared inside make or take."""
+    made = Recorded()
     token = _recorder.set(made)
     try:
         yield made
@@ -58,9 +72,11 @@ def recording():
         _recorder.reset(token)
 
 
-def layout(weight: str, kind: str, shape: tuple, build) -> np.ndarray:
+def layout(weight: str, kind: str, shape: tuple, build, original_read: bool = False) -> np.ndarray:
     """The float32 layout `kind` of the constant named `weight`: the stored one when a bundle gives it
-    (BundleError when its dtype or shape is not `shape`), else build()."""
+    (BundleError when its dtype or shape is not `shape`), else build(). original_read: some kernel reads
+    the weight in its own layout too (the native depthwise reads the taps the numpy block reads
+    transposed)."""
     key = layout_key(kind, weight)
     stored = _stored.get()
     array = stored.get(key) if stored else None
@@ -70,7 +86,9 @@ def layout(weight: str, kind: str, shape: tuple, build) -> np.ndarray:
         array = build()
     made = _recorder.get()
     if made is not None:
-        made[key] = array
+        made.layouts[key] = array
+        if original_read:
+            made.originals_read.add(weight)
     return array
 
 
@@ -82,11 +100,11 @@ def _check_stored(key: str, array, shape: tuple) -> None:
                           f"the kernel reads {list(shape)}")
 
 
-def transposed(weight: str, matrix: np.ndarray) -> np.ndarray:
+def transposed(weight: str, matrix: np.ndarray, original_read: bool = False) -> np.ndarray:
     """matrix.T, C-contiguous float32 (ISA-independent)."""
     rows, cols = matrix.shape
     return layout(weight, TRANSPOSE, (cols, rows),
-                  lambda: np.ascontiguousarray(matrix.T, dtype=np.float32))
+                  lambda: np.ascontiguousarray(matrix.T, dtype=np.float32), original_read)
 
 
 @functools.lru_cache(maxsize=None)
