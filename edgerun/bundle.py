@@ -19,7 +19,7 @@ from edgerun.bundle_format import (FORMAT_MAJOR, FORMAT_MINOR, MAGIC, PREFIX, MA
                                    read_bundle, require)
 from edgerun.errors import BundleError, EdgerunError, PlanMismatchError, ResourceLimitError
 from edgerun.executor import CompiledModel
-from edgerun.kernels import layouts
+from edgerun.kernels import layouts, native
 from edgerun.ir import Graph
 from edgerun.session_base import Session, checked_backend, checked_threads
 from edgerun.shape_inference import infer_shapes
@@ -155,7 +155,7 @@ class BundleSession(Session):
         return int(self.weights.size)
 
     def _note_other_isa(self, header: dict) -> None:
-        """A bundle compiled on another ISA variant (header.kernel_isa: layouts.packing_key there) runs here
+        """A bundle compiled on another ISA variant (header.kernel_isa: native.packing_key there) runs here
         too: its packed weights are packed again for this variant, and its plan is made again for the same
         budget where this variant's scratch differs (the GEMM tiles size the edge and cols scratch)."""
         planned = header.get("kernel_isa")
@@ -163,7 +163,7 @@ class BundleSession(Session):
                                                              f"got {type(planned).__name__}")
         if planned is None or self.backend != "native" or self.planned_backend != "native":
             return
-        here = layouts.packing_key()
+        here = native.packing_key()
         if planned != here:
             self.replan = True
             self.notices.append(f"bundle was compiled for the {planned} kernels, {here} run here: its packed "

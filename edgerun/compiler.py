@@ -12,7 +12,7 @@ from edgerun import __version__
 from edgerun.bundle_format import FLAG_C_PROGRAM, TensorTable, add_kernel_layouts, graph_header, write_bundle
 from edgerun.c_program import add_c_program
 from edgerun.errors import InvalidOptionError
-from edgerun.kernels import layouts
+from edgerun.kernels import layouts, native
 from edgerun.session import InferenceSession
 
 
@@ -51,7 +51,7 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_pro
         "producer": _producer(),
         "graph": graph,
         "kernel_layouts": add_kernel_layouts(graph, tensors, kernel_layouts.layouts, kernel_layouts.superseded()),
-        "kernel_isa": layouts.packing_key() if session.backend == "native" else None,
+        "kernel_isa": native.packing_key() if session.backend == "native" else None,
         "plan": session.plan.to_dict(),
         "arena_bytes": session.plan.peak_bytes,
         "memory_budget": session.memory_budget,

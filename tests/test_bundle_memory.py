@@ -25,7 +25,7 @@ from edgerun.bundle import load
 from edgerun.bundle_format import read_bundle
 from edgerun.compiler import compile_bundle
 from edgerun.errors import BundleError
-from edgerun.kernels import isa, layouts
+from edgerun.kernels import isa, layouts, native
 from edgerun.zoo.mobilenet_v2 import mobilenet_v2
 from test_bundle import read_parts, rewrite_header
 
@@ -185,7 +185,7 @@ def test_packed_layouts_of_another_packing_are_made_again(compiled, tmp_path):
     other.write_bytes(path.read_bytes())
 
     def as_if_another_variant(header):
-        header["kernel_layouts"] = {key.replace(layouts.packing_key(), "avx512-0000000000000000"): index
+        header["kernel_layouts"] = {key.replace(native.packing_key(), "avx512-0000000000000000"): index
                                     for key, index in header["kernel_layouts"].items()}
         header["kernel_isa"] = "avx512-0000000000000000"
 

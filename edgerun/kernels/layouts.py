@@ -9,14 +9,12 @@ Every layout a kernel derives from a constant goes through `layout(weight name, 
   store it, with the weights some kernel also reads in their own layout (`original_read`): the others
   are read through their layouts only.
 Keys name the weight and everything the layout depends on: "T" (a transpose) depends on nothing else;
-packed panels name the ISA variant and a fingerprint of its packing (`packing_key`), so a bundle built
+packed panels name the ISA variant and a fingerprint of its packing (native.packing_key), so a bundle built
 on one variant, or by an edgerun whose GEMM tiles differ, is repacked rather than misread.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 from contextvars import ContextVar
 
 import numpy as np
@@ -105,18 +103,3 @@ def transposed(weight: str, matrix: np.ndarray, original_read: bool = False) -> 
     rows, cols = matrix.shape
     return layout(weight, TRANSPOSE, (cols, rows),
                   lambda: np.ascontiguousarray(matrix.T, dtype=np.float32), original_read)
-
-
-@functools.lru_cache(maxsize=None)
-def packing_key() -> str:
-    """The running variant and a fingerprint of its packed layouts: the packing of probe weights whose
-    sizes are no multiple of any tile, so that any change of a GEMM tile changes the key."""
-    from edgerun.kernels import native
-
-    digest = hashlib.sha256(native.isa().encode())
-    probe = np.arange(67 * 13, dtype=np.float32).reshape(67, 13)
-    digest.update(native.pack_pointwise_weights(probe).tobytes())
-    for group, cin in ((1, 5), (2, 6)):
-        w = np.arange(34 * cin // group * 9, dtype=np.float32).reshape(34, cin // group, 3, 3)
-        digest.update(native.pack_conv_weights(w, group).tobytes())
-    return f"{native.isa()}-{digest.hexdigest()[:16]}"

@@ -6,6 +6,9 @@ releases the GIL while it computes.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import numpy as np
 
 from edgerun.errors import EdgerunError
@@ -170,6 +173,20 @@ def isa() -> str:
     this CPU supports, or EDGERUN_ISA's), generic elsewhere, native for an -march=native build.
     Everything ISA-dependent (vector width, packed weight layouts) comes from this variant."""
     return _module().ISA
+
+
+@functools.lru_cache(maxsize=None)
+def packing_key() -> str:
+    """The running variant and a fingerprint of its packed weight layouts (edgerun.kernels.layouts keys
+    packed panels by it): the packing of probe weights whose sizes are no multiple of any tile, so that
+    any change of a GEMM tile changes the key."""
+    digest = hashlib.sha256(isa().encode())
+    probe = np.arange(67 * 13, dtype=np.float32).reshape(67, 13)
+    digest.update(pack_pointwise_weights(probe).tobytes())
+    for group, cin in ((1, 5), (2, 6)):
+        w = np.arange(34 * cin // group * 9, dtype=np.float32).reshape(34, cin // group, 3, 3)
+        digest.update(pack_conv_weights(w, group).tobytes())
+    return f"{isa()}-{digest.hexdigest()[:16]}"
 
 
 def vector_floats() -> int:

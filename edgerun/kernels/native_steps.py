@@ -99,12 +99,12 @@ class NativeFusedConvKernel(StepKernel):
         kind = self._native_kind(node, cin_per_group * group, cout)
         name = node.inputs[1]
         if kind == "pointwise":
-            layout = layouts.layout(name, f"pointwise@{layouts.packing_key()}",
+            layout = layouts.layout(name, f"pointwise@{native.packing_key()}",
                                     (native.packed_pointwise_floats(cout, cin_per_group),),
                                     lambda: native.pack_pointwise_weights(w.reshape(cout, -1)))
         elif kind == "conv":
             dilations = [int(d) for d in node.attrs.get("dilations", [1, 1])]
-            layout = layouts.layout(name, f"conv@{layouts.packing_key()}/g{group}/d{dilations[0]}x{dilations[1]}",
+            layout = layouts.layout(name, f"conv@{native.packing_key()}/g{group}/d{dilations[0]}x{dilations[1]}",
                                     (native.packed_conv_floats(w.shape, group, dilations),),
                                     lambda: native.pack_conv_weights(w, group, dilations))
         elif kind == "depthwise":
