@@ -15,10 +15,11 @@ import numpy as np
 
 from edgerun import kernels, ops
 from edgerun.bundle_format import (FORMAT_MAJOR, FORMAT_MINOR, MAGIC, PREFIX, MAX_TENSOR_BYTES,  # noqa: F401
-                                   RawBundle, graph_from_header, header_field, int_field, is_bundle, read_bundle,
-                                   require)
+                                   RawBundle, graph_from_header, header_field, int_field, is_bundle, kernel_layouts,
+                                   read_bundle, require)
 from edgerun.errors import BundleError, EdgerunError, PlanMismatchError, ResourceLimitError
 from edgerun.executor import CompiledModel
+from edgerun.kernels import layouts, native
 from edgerun.ir import Graph
 from edgerun.session_base import Session, checked_backend, checked_threads
 from edgerun.shape_inference import infer_shapes
@@ -128,6 +129,7 @@ class BundleSession(Session):
         self.file_bytes = raw.file_bytes
         self.weights = raw.weights
         self._graph = checked_graph(header, raw.tensors)
+        self._layouts = kernel_layouts(header, raw.tensors)   # the kernels read these in place
         self.planned_backend = header_field(header, "backend", str, "header")
         require(self.planned_backend in kernels.BACKENDS, f"header.backend: unknown backend {self.planned_backend!r}")
         self.memory_budget = header.get("memory_budget")
@@ -136,6 +138,7 @@ class BundleSession(Session):
         self.replan = bool(replan)
         stored_plan = _plan_from_header(header, max_arena_bytes, self.threads)
         self.replanned = self.backend != self.planned_backend
+        self._note_other_isa(header)
         if self.replanned:
             self._last = self._replanned(header, max_arena_bytes)
         else:
@@ -151,10 +154,27 @@ class BundleSession(Session):
     def weights_bytes(self) -> int:
         return int(self.weights.size)
 
+    def _note_other_isa(self, header: dict) -> None:
+        """A bundle compiled on another ISA variant (header.kernel_isa: native.packing_key there) runs here
+        too: its packed weights are packed again for this variant, and its plan is made again for the same
+        budget where this variant's scratch differs (the GEMM tiles size the edge and cols scratch)."""
+        planned = header.get("kernel_isa")
+        require(planned is None or isinstance(planned, str), f"header.kernel_isa: expected null or a string, "
+                                                             f"got {type(planned).__name__}")
+        if planned is None or self.backend != "native" or self.planned_backend != "native":
+            return
+        here = native.packing_key()
+        if planned != here:
+            self.replan = True
+            self.notices.append(f"bundle was compiled for the {planned} kernels, {here} run here: its packed "
+                                f"weights are packed again, and the plan is made again for the same budget if "
+                                f"this variant's scratch differs")
+
     def _with_stored_plan(self, plan):
         try:
-            compiled = CompiledModel(self._graph, budget=self.memory_budget, backend=self.backend, threads=self.threads,
-                                     plan=plan, replan=self.replan)
+            with layouts.stored_layouts(self._layouts):
+                compiled = CompiledModel(self._graph, budget=self.memory_budget, backend=self.backend,
+                                         threads=self.threads, plan=plan, replan=self.replan)
         except (PlanMismatchError, ResourceLimitError):
             raise
         except EdgerunError as exc:
@@ -176,8 +196,9 @@ class BundleSession(Session):
         warnings.warn(notice, RuntimeWarning, stacklevel=4)
         budget = self.memory_budget if self.memory_budget is not None else max_arena_bytes
         try:
-            return CompiledModel(self._graph, budget=budget, backend=self.backend, planner=planner, max_t=max_t,
-                                 threads=self.threads)
+            with layouts.stored_layouts(self._layouts):
+                return CompiledModel(self._graph, budget=budget, backend=self.backend, planner=planner, max_t=max_t,
+                                     threads=self.threads)
         except EdgerunError:
             raise
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:

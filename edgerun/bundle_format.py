@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -88,16 +89,38 @@ class TensorTable:
     def section_bytes(self) -> int:
         return _align_up(self.size)
 
+    def place_last(self, indices) -> None:
+        """Move the arrays at `indices` (table indices, which stay valid) to the end of the section, in
+        table order: arrays a session never reads (weights whose kernel layout the bundle also stores)
+        then share no page with the ones it reads, so a session maps only the pages it uses."""
+        last = set(indices)
+        order = [i for i in range(len(self.entries)) if i not in last] + sorted(last)
+        self.size = 0
+        for i in order:
+            self.entries[i]["offset"] = _align_up(self.size)
+            self.size = self.entries[i]["offset"] + self.entries[i]["nbytes"]
+
     def chunks(self):
         """The weights section as byte chunks (padding included), in file order."""
         position = 0
-        for entry, array in zip(self.entries, self.arrays):
+        placed = sorted(zip(self.entries, self.arrays), key=lambda pair: pair[0]["offset"])
+        for entry, array in placed:
             if entry["offset"] > position:
                 yield bytes(entry["offset"] - position)
             yield memoryview(array.reshape(-1).view(np.uint8))
             position = entry["offset"] + entry["nbytes"]
         if self.section_bytes > position:
             yield bytes(self.section_bytes - position)
+
+
+def add_kernel_layouts(graph: dict, tensors: TensorTable, layouts: dict, superseded: set) -> dict:
+    """Add the kernels' weight layouts ({key: float32 array}, edgerun.kernels.layouts) to the table and
+    place the graph's initializers named in `superseded` (read through a layout only) at the end of the
+    section; header.kernel_layouts ({key: table index}). `graph` is graph_header's result."""
+    table = {key: tensors.add(f"layout:{key}", layouts[key]) for key in sorted(layouts)}
+    initializers = graph["initializers"]
+    tensors.place_last({initializers[name] for name in superseded if name in initializers})
+    return table
 
 
 def stored_dtype_name(dtype, what: str) -> str:
@@ -276,9 +299,23 @@ def _map_weights(path: str, header: dict, offset: int, file_bytes: int, verify: 
         weights.flags.writeable = False
     else:
         weights = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(length,))
-    if verify and _sha256_hex(weights) != expected_digest:
-        raise BundleError("bundle weights checksum mismatch: the weights section is corrupted")
+    if verify:
+        matches = _sha256_hex(weights) == expected_digest
+        _unmap_pages(weights)
+        if not matches:
+            raise BundleError("bundle weights checksum mismatch: the weights section is corrupted")
     return weights
+
+
+def _unmap_pages(weights: np.ndarray) -> None:
+    """Drop the pages hashing mapped from this process (they stay in the page cache): a session's RSS
+    then holds only the weight pages its kernels read, not the bundle's stored originals beside them."""
+    mapping = getattr(weights, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except OSError:   # advice only: the pages stay mapped
+            pass
 
 
 def _sha256_hex(data: np.ndarray) -> str:
@@ -309,6 +346,17 @@ def _tensor_view(entry, weights: np.ndarray, where: str) -> np.ndarray:
     array = weights[offset:offset + nbytes].view(np.ndarray).view(dtype).reshape(shape)
     array.flags.writeable = False
     return array
+
+
+def kernel_layouts(header: dict, tensors: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """header.kernel_layouts (optional): {layout key (edgerun.kernels.layouts): tensor index} -> {key: array}."""
+    table = header.get("kernel_layouts", {})
+    require(isinstance(table, dict), "header.kernel_layouts: expected an object")
+    layouts = {}
+    for key, index in table.items():
+        require(isinstance(key, str), f"header.kernel_layouts: key {key!r} is not a string")
+        layouts[key] = _tensor_ref(index, tensors, f"header.kernel_layouts[{key!r}]")
+    return layouts
 
 
 # ---- small checkers: each names where in the header the problem is

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgerun import __version__
-from edgerun.bundle_format import FLAG_C_PROGRAM, TensorTable, graph_header, write_bundle
+from edgerun.bundle_format import FLAG_C_PROGRAM, TensorTable, add_kernel_layouts, graph_header, write_bundle
 from edgerun.c_program import add_c_program
 from edgerun.errors import InvalidOptionError
+from edgerun.kernels import layouts, native
 from edgerun.session import InferenceSession
 
 
@@ -40,13 +41,17 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_pro
     the weight layouts its kernels read (they add to the file, not to what a Python session maps).
     session_options: passed to InferenceSession (kernels_backend, planner, schedule, max_t, ...).
     """
-    session = InferenceSession(model, memory_budget=memory_budget, **session_options)
-    session.prepare(_static_input_shapes(session.get_inputs(), input_shapes))
+    with layouts.recording() as kernel_layouts:   # the weight layouts the kernels make: stored, used in place
+        session = InferenceSession(model, memory_budget=memory_budget, **session_options)
+        session.prepare(_static_input_shapes(session.get_inputs(), input_shapes))
     tensors = TensorTable()
+    graph = graph_header(session.graph, tensors)
     header = {
         "format": "edgerun-bundle",
         "producer": _producer(),
-        "graph": graph_header(session.graph, tensors),
+        "graph": graph,
+        "kernel_layouts": add_kernel_layouts(graph, tensors, kernel_layouts.layouts, kernel_layouts.superseded()),
+        "kernel_isa": native.packing_key() if session.backend == "native" else None,
         "plan": session.plan.to_dict(),
         "arena_bytes": session.plan.peak_bytes,
         "memory_budget": session.memory_budget,

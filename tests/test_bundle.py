@@ -153,8 +153,12 @@ def test_bundle_sizes_are_reported(tiny_bundle):
     model, path, info = tiny_bundle
     weight_bytes = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name in ("W", "B", "Wf",
                                                                                                           "Bf"))
+    header = read_parts(path)[1]
+    stored = [header["tensors"][index] for index in header["kernel_layouts"].values()]
+    layout_bytes = sum(entry["nbytes"] for entry in stored)   # the kernels' layouts of W and Wf, read in place
+    assert layout_bytes > 0 and all(entry["dtype"] == "float32" for entry in stored)
     assert info.file_bytes == path.stat().st_size
-    assert weight_bytes <= info.weights_bytes < weight_bytes + 64 * 8
+    assert weight_bytes + layout_bytes <= info.weights_bytes < weight_bytes + layout_bytes + 64 * 8
     assert load(path).weights_bytes == info.weights_bytes
 
 

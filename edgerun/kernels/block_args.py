@@ -2,11 +2,12 @@
 checks of arrays and scratch against a geometry and a contract (scheduler.KernelContract)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgerun.errors import EdgerunError
+from edgerun.kernels import layouts
 from edgerun.kernels.activations import Activation
 
 
@@ -19,9 +20,9 @@ class BlockWeights:
     """Weights of one inverted-residual block, plus layouts the kernels want.
 
     we (E, Cin, ke, ke) or None, be (E,), wd (E, kd, kd), bd (E,), wp (Cout, E), bp (Cout,).
-    Derived (weights are not activation memory, so copies are fine):
-    we_t (Cin*ke*ke, E), wd_taps (kd*kd, E), wp_t (E, Cout): any chunk of hidden channels is
-    a contiguous slice of the taps / rows the kernels walk.
+    Derived: we_t (Cin*ke*ke, E) and wp_t (E, Cout), which the C block reads, and wd_taps (kd*kd, E),
+    which the numpy block reads (each given, e.g. a bundle's stored layouts via from_node, or made here):
+    any chunk of hidden channels is a contiguous slice of the taps / rows the kernels walk.
     """
 
     we: np.ndarray | None
@@ -32,9 +33,9 @@ class BlockWeights:
     bp: np.ndarray
     expand_act: Activation = Activation()
     dw_act: Activation = Activation()
-    we_t: np.ndarray | None = field(init=False, repr=False)
-    wd_taps: np.ndarray = field(init=False, repr=False)
-    wp_t: np.ndarray = field(init=False, repr=False)
+    we_t: np.ndarray | None = None
+    wp_t: np.ndarray | None = None
+    wd_taps: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -44,7 +45,7 @@ class BlockWeights:
             put("be", _f32(self.be if self.be is not None else np.zeros(hidden)))
             if self.we.ndim != 4 or self.we.shape[0] != hidden or self.be.shape != (hidden,):
                 raise EdgerunError(f"expansion weights {self.we.shape} do not match {hidden} hidden channels")
-            put("we_t", _f32(self.we.reshape(hidden, -1).T))
+            put("we_t", _derived("we_t", self.we_t, self.we.reshape(hidden, -1)))
         else:
             put("be", None)
             put("we_t", None)
@@ -57,8 +58,8 @@ class BlockWeights:
         if self.wp.shape[1] != hidden or self.bp.shape != (self.wp.shape[0],):
             raise EdgerunError(f"projection weights {self.wp.shape} / bias {self.bp.shape} do not match "
                                f"{hidden} hidden channels")
-        put("wd_taps", _f32(self.wd.reshape(hidden, -1).T))
-        put("wp_t", _f32(self.wp.T))
+        put("wp_t", _derived("wp_t", self.wp_t, self.wp))
+        put("wd_taps", _derived("wd_taps", self.wd_taps, self.wd.reshape(hidden, -1)))
 
     @property
     def hidden_channels(self) -> int:
@@ -73,9 +74,11 @@ class BlockWeights:
         return 0 if self.we is None else self.we.shape[2]
 
     @classmethod
-    def from_arrays(cls, we, be, wd, bd, wp, bp, expand_act=Activation(), dw_act=Activation()):
+    def from_arrays(cls, we, be, wd, bd, wp, bp, expand_act=Activation(), dw_act=Activation(), we_t=None,
+                    wp_t=None, wd_taps=None):
         """From ONNX-layout arrays: We (E,Cin,ke,ke) or None, Wd (E,1,kd,kd), Wp (Cout,E,1,1)."""
-        return cls(we=we, be=be, wd=wd, bd=bd, wp=wp, bp=bp, expand_act=expand_act, dw_act=dw_act)
+        return cls(we=we, be=be, wd=wd, bd=bd, wp=wp, bp=bp, expand_act=expand_act, dw_act=dw_act, we_t=we_t,
+                   wp_t=wp_t, wd_taps=wd_taps)
 
     @classmethod
     def from_node(cls, node, arrays: dict[str, np.ndarray]) -> "BlockWeights":
@@ -92,13 +95,28 @@ class BlockWeights:
             return Activation(node.attrs.get(f"{prefix}_activation", ""),
                               tuple(node.attrs.get(f"{prefix}_activation_params", ())))
 
+        def transposed(i, original_read=False):   # a kernel's layout of a weight (a bundle may store it)
+            array = tensor(i)
+            if array is None or np.asarray(array).dtype != np.float32:
+                return None
+            return layouts.transposed(node.input(i), np.reshape(array, (np.shape(array)[0], -1)), original_read)
+
         wd, bd, wp, bp = tensor(3), tensor(4), tensor(5), tensor(6)
         if bd is None:
             bd = np.zeros(np.shape(wd)[0], np.float32)
         if bp is None:
             bp = np.zeros(np.shape(wp)[0], np.float32)
         return cls.from_arrays(tensor(1), tensor(2), wd, bd, wp, bp,
-                               activation("expand"), activation("dw"))
+                               activation("expand"), activation("dw"), we_t=transposed(1), wp_t=transposed(5),
+                               wd_taps=transposed(3, original_read=True))   # the C block reads wd itself
+
+
+def _derived(name: str, given, matrix: np.ndarray) -> np.ndarray:
+    """matrix.T as C-contiguous float32: `given` when it is that layout (checked), else made here."""
+    if given is None:
+        return _f32(matrix.T)
+    _check_array(name, given, matrix.shape[::-1])
+    return given
 
 
 def _check_array(name: str, array, shape: tuple[int, ...]) -> None:

@@ -6,6 +6,9 @@ releases the GIL while it computes.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import numpy as np
 
 from edgerun.errors import EdgerunError
@@ -172,6 +175,20 @@ def isa() -> str:
     return _module().ISA
 
 
+@functools.lru_cache(maxsize=None)
+def packing_key() -> str:
+    """The running variant and a fingerprint of its packed weight layouts (edgerun.kernels.layouts keys
+    packed panels by it): the packing of probe weights whose sizes are no multiple of any tile, so that
+    any change of a GEMM tile changes the key."""
+    digest = hashlib.sha256(isa().encode())
+    probe = np.arange(67 * 13, dtype=np.float32).reshape(67, 13)
+    digest.update(pack_pointwise_weights(probe).tobytes())
+    for group, cin in ((1, 5), (2, 6)):
+        w = np.arange(34 * cin // group * 9, dtype=np.float32).reshape(34, cin // group, 3, 3)
+        digest.update(pack_conv_weights(w, group).tobytes())
+    return f"{isa()}-{digest.hexdigest()[:16]}"
+
+
 def vector_floats() -> int:
     """Floats per vector (ER_VL) of the running variant: the packed pointwise layouts depend on it."""
     return _module().VECTOR_FLOATS
@@ -188,10 +205,15 @@ def packed_pointwise_sizes(cout: int, pixels: int, cin: int) -> tuple[int, int]:
     return _call(_module().pw_info, int(cout), int(pixels), int(cin))
 
 
+def packed_pointwise_floats(cout: int, cin: int) -> int:
+    """Floats of a (Cout, Cin) weight packed for pointwise_conv_packed."""
+    return packed_pointwise_sizes(cout, 1, cin)[0]
+
+
 def pack_pointwise_weights(w: np.ndarray) -> np.ndarray:
     """A (Cout, Cin) weight in the panels pointwise_conv_packed reads (weights, not activations)."""
     cout, cin = w.shape
-    packed = np.empty(packed_pointwise_sizes(cout, 1, cin)[0], np.float32)
+    packed = np.empty(packed_pointwise_floats(cout, cin), np.float32)
     _call(_module().pw_pack, np.ascontiguousarray(w, dtype=np.float32), packed, cout, cin)
     return packed
 
@@ -262,15 +284,23 @@ def conv_sizes(geometry: tuple) -> tuple[int, int, int]:
     return _call(_module().conv_info, geometry)
 
 
+def _packing_geometry(w_shape, group: int, dilations) -> tuple:
+    # packing depends only on the weight's shape: a one-pixel output of the kernel's own extent
+    cout, cg, kh, kw = (int(v) for v in w_shape)
+    eh, ew = int(dilations[0]) * (kh - 1) + 1, int(dilations[1]) * (kw - 1) + 1
+    return conv_geometry((cg * group, eh, ew), (cout, 1, 1), w_shape, group, (1, 1), dilations, (0, 0, 0, 0), 1)
+
+
+def packed_conv_floats(w_shape, group: int, dilations=(1, 1)) -> int:
+    """Floats of a (Cout, Cin/group, kh, kw) weight packed for conv_run."""
+    return conv_sizes(_packing_geometry(w_shape, group, dilations))[0]
+
+
 def pack_conv_weights(w: np.ndarray, group: int, dilations=(1, 1)) -> np.ndarray:
     """A (Cout, Cin/group, kh, kw) weight in the panels conv_run reads (weights, not activations)."""
-    cout, cg, kh, kw = w.shape
-    # packing depends only on the weight's shape: a one-pixel output of the kernel's own extent
-    eh, ew = int(dilations[0]) * (kh - 1) + 1, int(dilations[1]) * (kw - 1) + 1
-    geometry = conv_geometry((cg * group, eh, ew), (cout, 1, 1), w.shape, group, (1, 1), dilations,
-                             (0, 0, 0, 0), 1)
+    geometry = _packing_geometry(w.shape, group, dilations)
     packed = np.empty(conv_sizes(geometry)[0], np.float32)
-    _call(_module().conv_pack, np.ascontiguousarray(w.reshape(cout, -1), dtype=np.float32), packed, geometry)
+    _call(_module().conv_pack, np.ascontiguousarray(w.reshape(w.shape[0], -1), dtype=np.float32), packed, geometry)
     return packed
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.ir import Node
-from edgerun.kernels import Activation, native, native_fused
+from edgerun.kernels import Activation, layouts, native, native_fused
 from edgerun.kernels.numpy_steps import (ITEMSIZE, ActivationKernel, FusedConvKernel, GemmKernel,
                                          GlobalAveragePoolKernel, StepKernel, _is_depthwise, _is_pointwise,
                                          conv_band_rows)
@@ -98,10 +98,16 @@ class NativeFusedConvKernel(StepKernel):
         group = node.attrs.get("group", 1)
         self._act = _activation(node)
         kind = self._native_kind(node, cin_per_group * group, cout)
+        name = node.inputs[1]
         if kind == "pointwise":
-            layout = native.pack_pointwise_weights(w.reshape(cout, -1))
+            layout = layouts.layout(name, f"pointwise@{native.packing_key()}",
+                                    (native.packed_pointwise_floats(cout, cin_per_group),),
+                                    lambda: native.pack_pointwise_weights(w.reshape(cout, -1)))
         elif kind == "conv":
-            layout = native.pack_conv_weights(w, group, node.attrs.get("dilations", [1, 1]))
+            dilations = [int(d) for d in node.attrs.get("dilations", [1, 1])]
+            layout = layouts.layout(name, f"conv@{native.packing_key()}/g{group}/d{dilations[0]}x{dilations[1]}",
+                                    (native.packed_conv_floats(w.shape, group, dilations),),
+                                    lambda: native.pack_conv_weights(w, group, dilations))
         elif kind == "depthwise":
             layout = np.ascontiguousarray(w.reshape(cout, *w.shape[2:]), dtype=np.float32)
         else:
@@ -190,8 +196,8 @@ class NativeGemmKernel(StepKernel):
         b = constants.get(node.inputs[1])
         if b is None or b.ndim != 2 or b.dtype != np.float32 or node.attrs.get("transA", 0):
             return
-        layout = b if node.attrs.get("transB", 0) else b.T
-        self._prepared = (b, np.ascontiguousarray(layout))
+        layout = np.ascontiguousarray(b) if node.attrs.get("transB", 0) else layouts.transposed(node.inputs[1], b)
+        self._prepared = (b, layout)
 
     def _bias(self, node, inputs, rows: int):
         """The vector C adds to every row (None: no C or beta == 0), or False when it is not one."""
