@@ -5,7 +5,7 @@
 #   make CC=aarch64-linux-gnu-gcc BUILD=build/aarch64
 #   make ARCH_FLAGS="-mavx2 -mfma"   # instruction sets beyond the portable baseline
 #
-# The defaults are portable. Bit-identical results with the Python extension need the same ARCH_FLAGS
+# Every kernel source is built without its Python bindings (-DER_NO_PYTHON). The defaults are portable. Bit-identical results with the Python extension need the same ARCH_FLAGS
 # it was compiled with (edgerun.kernels.native.build_info() says which; tests/test_c_runtime.py
 # passes them).
 
@@ -19,13 +19,13 @@ EXTRA_CFLAGS ?=
 LDFLAGS ?=
 LDLIBS ?= -lm
 
-ALL_CFLAGS = $(CFLAGS) $(ARCH_FLAGS) $(EXTRA_CFLAGS) -pthread -fPIC -Iinclude
+ALL_CFLAGS = $(CFLAGS) $(ARCH_FLAGS) $(EXTRA_CFLAGS) -pthread -fPIC -Iinclude -DER_NO_PYTHON
 KERNELS = edgerun/kernels/native
-SOURCES = runtime/edgerun.c runtime/sha256.c runtime/steps_kernels.c \
-          $(KERNELS)/gemm.c $(KERNELS)/depthwise.c $(KERNELS)/block.c $(KERNELS)/activation.c \
+SOURCES = runtime/edgerun.c runtime/sha256.c runtime/steps_kernels.c runtime/fused_kernels.c \
+          $(KERNELS)/gemm.c $(KERNELS)/depthwise.c $(KERNELS)/block.c $(KERNELS)/conv.c $(KERNELS)/activation.c \
           $(KERNELS)/threadpool.c
 HEADERS = include/edgerun.h runtime/runtime_kernels.h runtime/sha256.h $(KERNELS)/kernels.h \
-          $(KERNELS)/threadpool.h $(KERNELS)/steps.c
+          $(KERNELS)/threadpool.h $(KERNELS)/steps.c $(KERNELS)/fused_steps.c
 OBJECTS = $(patsubst %.c,$(BUILD)/obj/%.o,$(SOURCES))
 
 .PHONY: all lib clean

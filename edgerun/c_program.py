@@ -1,7 +1,8 @@
 """The C program of a bundle: every step as the C runtime (runtime/edgerun.c) runs it.
 
 The Python session derives every kernel argument (block bands, chunk sizes, thread split, scratch offsets,
-packed weight layouts) from the plan; this module writes exactly those arguments down, step by step, in a
+packed weight layouts) from the plan; each kernel says what it hands its C kernel (StepKernel.c_arguments),
+and this module writes exactly those arguments down, step by step, in a
 small binary blob, so that the C runtime needs neither a JSON reader nor its own copy of the planning
 rules and computes the same bits. Weight layouts the kernels read that the graph does not store (transposed
 block weights, packed 1x1 panels) are added to the weights section, with copies of the small arrays; large arrays already in the kernels'
@@ -27,9 +28,10 @@ TRAILER_MAGIC = b"ERPROGND"
 PROGRAM_VERSION = 1
 TRAILER = struct.Struct("<QQQ8s")
 
-# opcodes (enum er_op in runtime/program.h)
-OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY, \
-    OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU = range(13)
+# opcodes (the enum at the top of runtime/edgerun.c; OP_IM2COL is read but no longer written)
+(OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY,
+ OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU, OP_CONV, OP_SQUEEZE_EXCITE, OP_SHUFFLE, OP_BINARY,
+ OP_ACTIVATION) = range(18)
 # tensor reference regions
 REGION_NONE, REGION_ARENA, REGION_WEIGHTS, REGION_INPUT = range(4)
 # Graph arrays of at least this size that already have the kernels' layout are read in place; smaller ones
@@ -177,6 +179,8 @@ class ProgramBuilder:
             raise _Unsupported(f"the plan is for the {self.compiled.backend} kernels")
         if step.kind == "block":
             return self._block(step)
+        if step.kind == "segment":
+            raise _Unsupported("a streamed segment (the plan for this budget streams rows) has no C step yet")
         if step.kind != "kernel":
             raise _Unsupported("it runs on the reference implementation")
         handler = getattr(self, "_kernel_" + type(step.kernel).__name__, None)
@@ -216,55 +220,53 @@ class ProgramBuilder:
                     self._scratch_ref(step, "depthwise", sizes["depthwise"] // 4)]
             self._emit(OP_BLOCK, step, ints, refs, floats)
 
+    def _c_arguments(self, step) -> dict:
+        """The kernel's own account of what it hands the C kernels (StepKernel.c_arguments)."""
+        node = step.node
+        shapes = [[self._shape(n) if n else () for n in names] for names in (node.inputs, node.outputs)]
+        arguments = step.kernel.c_arguments(node, self.compiled.constants, *shapes)
+        if arguments is None:
+            raise _Unsupported(f"this {node.op_type} runs on the numpy kernel")
+        return arguments
+
     def _kernel_NativeFusedConvKernel(self, step) -> None:
         node, kernel = step.node, step.kernel
-        x_name, w_name, y_name = node.inputs[0], node.inputs[1], node.outputs[0]
+        args = self._c_arguments(step)
+        x_name, y_name = node.inputs[0], node.outputs[0]
         xs, ys = self._shape(x_name), self._shape(y_name)
-        kind = kernel._native_kind(node, xs[1], ys[1])
-        w = self.compiled.constants.get(w_name)
-        if kind is None or kernel._prepared is None or kernel._prepared[0] is not w or len(xs) != 4:
-            raise _Unsupported("the convolution runs on the numpy kernel")
-        layout, zero_bias = kernel._prepared[1], kernel._prepared[2]
-        code, a, b = native._act(kernel._act)
+        kind, layout = args["kind"], args["weights"]
+        code, a, b = native._act(args["act"])
         bias = self._value_ref(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else \
-            self._weights_ref(zero_bias, f"{node.name}/zero_bias")
+            self._weights_ref(args["zero_bias"], f"{node.name}/zero_bias")
         threads = kernel.threads
-        if kind == "depthwise":
-            stride = node.attrs.get("strides", [1, 1])[0]
-            pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
-            wref = self._weights_ref(layout, f"{node.name}/w")
-            for n in range(xs[0]):
-                self._emit(OP_DEPTHWISE, step, [xs[1], xs[2], xs[3], layout.shape[-1], stride, *pads, code, threads],
-                           [self._value_ref(x_name, n), wref, bias, self._value_ref(y_name, n)], [a, b])
-            return
-        if kind == "conv":
-            raise _Unsupported("dense and grouped convolutions (conv.c) have no C-runtime step yet")
-        sizes = kernel.scratch_bytes(node, [xs], [ys])
-        pixels = ys[2] * ys[3]
-        edge = self._scratch_ref(step, "edge", sizes["edge"] // 4) if "edge" in sizes else NO_REF
-        if kind == "im2col":
-            (kh, kw), cin = node.attrs["kernel_shape"], xs[1]
-            cols = self._scratch_ref(step, "im2col", cin * kh * kw * pixels)
-            sh, sw = node.attrs.get("strides", [1, 1])
-            dh, dw = node.attrs.get("dilations", [1, 1])
-            pt, pl = node.attrs.get("pads", [0, 0, 0, 0])[:2]
-            packed = self._weights_ref(layout[0], f"{node.name}/packed")
-            for n in range(xs[0]):
-                self._emit(OP_IM2COL, step, [cin, xs[2], xs[3], kh, kw, sh, sw, dh, dw, pt, pl, ys[2], ys[3]],
-                           [self._value_ref(x_name, n), cols])
-                self._emit(OP_POINTWISE, step, [ys[1], pixels, cin * kh * kw, code, threads],
-                           [cols, packed, bias, self._value_ref(y_name, n), edge], [a, b])
-            return
-        layout = [layout] if kind == "pointwise" else layout   # one packed matrix: group 1
-        group = len(layout)
-        cg, og = xs[1] // group, ys[1] // group
-        packed = [self._weights_ref(p, f"{node.name}/packed{g}") for g, p in enumerate(layout)]
+        wref = self._weights_ref(layout, f"{node.name}/w")
         for n in range(xs[0]):
             x, y = self._value_ref(x_name, n), self._value_ref(y_name, n)
-            for g in range(group):
-                self._emit(OP_POINTWISE, step, [og, pixels, cg, code, threads],
-                           [self._slice(x, g * cg * pixels, cg * pixels), packed[g], self._slice(bias, g * og, og),
-                            self._slice(y, g * og * pixels, og * pixels), edge], [a, b])
+            if kind == "depthwise":
+                stride = node.attrs.get("strides", [1, 1])[0]
+                pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+                self._emit(OP_DEPTHWISE, step, [xs[1], xs[2], xs[3], layout.shape[-1], stride, *pads, code, threads],
+                           [x, wref, bias, y], [a, b])
+            elif kind == "conv":
+                geometry = args["geometry"]
+                flat = [*geometry[:11], *geometry[11], *geometry[12:]]
+                has_sum = len(node.inputs) > 3 and node.inputs[3]
+                total = self._scratch_bytes(step)["cols"] // 4
+                self._emit(OP_CONV, step, [*flat, code, threads],
+                           [x, wref, bias, self._value_ref(node.inputs[3], n) if has_sum else NO_REF, y,
+                            self._scratch_ref(step, "cols", total)], [a, b])
+            elif kind == "pointwise":
+                sizes = self._scratch_bytes(step)
+                edge = self._scratch_ref(step, "edge", sizes["edge"] // 4) if "edge" in sizes else NO_REF
+                self._emit(OP_POINTWISE, step, [ys[1], ys[2] * ys[3], xs[1], code, threads],
+                           [x, wref, bias, y, edge], [a, b])
+            else:
+                raise _Unsupported(f"the {kind!r} convolution has no C step")
+
+    def _scratch_bytes(self, step) -> dict:
+        node = step.node
+        return step.kernel.scratch_bytes(node, [self._shape(n) if n else () for n in node.inputs],
+                                         [self._shape(n) for n in node.outputs])
 
     def _kernel_NativeGlobalAveragePoolKernel(self, step) -> None:
         xs = self._shape(step.node.inputs[0])
@@ -276,13 +278,8 @@ class ProgramBuilder:
 
     def _kernel_NativeGemmKernel(self, step) -> None:
         node, kernel = step.node, step.kernel
-        a_name, b_name, y_name = node.inputs[0], node.inputs[1], node.outputs[0]
-        prepared = kernel._prepared
-        a_shape = self._shape(a_name)
-        if (prepared is None or prepared[0] is not self.compiled.constants.get(b_name)
-                or node.attrs.get("alpha", 1.0) != 1.0 or len(a_shape) != 2):
-            raise _Unsupported("this Gemm runs on the numpy kernel")
-        weight = prepared[1]
+        a_name, y_name = node.inputs[0], node.outputs[0]
+        weight = self._c_arguments(step)["weight"]
         rows, k = weight.shape
         bias = NO_REF
         if len(node.inputs) > 2 and node.inputs[2] and node.attrs.get("beta", 1.0) != 0.0:
@@ -291,9 +288,46 @@ class ProgramBuilder:
                 raise _Unsupported("this Gemm's C is not a vector it adds once")
             bias = self._value_ref(node.inputs[2])
         wref = self._weights_ref(weight, f"{node.name}/w")
-        for n in range(a_shape[0]):
+        for n in range(self._shape(a_name)[0]):
             self._emit(OP_GEMV, step, [rows, k, kernel.threads],
                        [wref, self._value_ref(a_name, n), bias, self._value_ref(y_name, n)])
+
+    def _kernel_NativeSqueezeExciteKernel(self, step) -> None:
+        node, kernel = step.node, step.kernel
+        args = self._c_arguments(step)
+        xs = self._shape(node.inputs[0])
+        channels, squeeze = xs[1], args["w1"].shape[0]
+        pixels = int(np.prod(xs[2:], dtype=np.int64))
+        (code1, a1, b1), (code2, a2, b2) = (native._act(act) for act in args["acts"])
+        w1 = self._weights_ref(args["w1"], f"{node.name}/w1")
+        w2 = self._weights_ref(args["w2"], f"{node.name}/w2")
+        scratch = self._scratch_ref(step, "se", self._scratch_bytes(step)["se"] // 4)
+        for n in range(xs[0]):
+            self._emit(OP_SQUEEZE_EXCITE, step, [channels, pixels, squeeze, code1, code2, kernel.threads],
+                       [self._value_ref(node.inputs[0], n), self._value_ref(node.outputs[0], n), w1,
+                        self._value_ref(node.inputs[2]), w2, self._value_ref(node.inputs[4]), scratch],
+                       [a1, b1, a2, b2])
+
+    def _kernel_NativeChannelShuffleKernel(self, step) -> None:
+        node = step.node
+        groups = self._c_arguments(step)["groups"]
+        xs = self._shape(node.inputs[0])
+        pixels = int(np.prod(xs[2:], dtype=np.int64))
+        for n in range(xs[0]):
+            self._emit(OP_SHUFFLE, step, [xs[1], pixels, groups, step.kernel.threads],
+                       [self._value_ref(node.inputs[0], n), self._value_ref(node.outputs[0], n)])
+
+    def _kernel_NativeBinaryKernel(self, step) -> None:
+        kind = self._c_arguments(step)["kind"]
+        names = (*step.node.inputs[:2], step.node.outputs[0])
+        self._emit(OP_BINARY, step, [kind, step.kernel.threads], [self._value_ref(n) for n in names])
+
+    _kernel_NativeSumKernel = _kernel_NativeBinaryKernel
+
+    def _kernel_NativeActivationKernel(self, step) -> None:
+        code, a, b = native._act(self._c_arguments(step)["act"])
+        self._emit(OP_ACTIVATION, step, [code, step.kernel.threads],
+                   [self._value_ref(step.node.inputs[0]), self._value_ref(step.node.outputs[0])], [a, b])
 
     def _kernel_NativePoolKernel(self, step) -> None:
         node, kernel = step.node, step.kernel

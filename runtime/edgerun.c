@@ -29,7 +29,8 @@
 #endif
 
 enum { OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY,
-       OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU, OP_COUNT };
+       OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU, OP_CONV, OP_SQUEEZE_EXCITE, OP_SHUFFLE, OP_BINARY, OP_ACTIVATION,
+       OP_COUNT };
 enum { REGION_NONE, REGION_ARENA, REGION_WEIGHTS, REGION_INPUT };
 
 #define PREFIX_BYTES 64
@@ -65,9 +66,11 @@ typedef struct {
     int threads;
     er_act act, act2;
     er_block_geom geom;
+    er_conv_geom conv;
     er_block_split split;
     er_band *bands;
     int nbands, chunk;
+    int kind; /* OP_BINARY: add 0, sub 1, mul 2, div 3 */
 } er_step;
 
 typedef struct {
@@ -443,6 +446,76 @@ static int check_pool(checker *c, er_step *s)
     return want(c, 0, ANY_SOURCE, (uint64_t)C * h * w, 0) || want(c, 1, ARENA_ONLY, (uint64_t)C * ho * wo, 0) ? -1 : 0;
 }
 
+static int check_conv(checker *c, er_step *s)
+{
+    er_conv_geom *g = &s->conv;
+    int v[19], threads;
+    if (counts(c, 21, 6, 2)) return -1;
+    for (int i = 0; i < 19; i++)
+        if (get_int(c, i, i >= 11 && i <= 14 ? 0 : 1, BIG, &v[i])) return -1;
+    if (get_act(c, 19, 0, &s->act) || get_int(c, 20, 1, ER_MAX_THREADS, &threads)) return -1;
+    *g = (er_conv_geom){.cin = v[0], .height = v[1], .width = v[2], .cout = v[3], .group = v[4], .kh = v[5],
+                        .kw = v[6], .sh = v[7], .sw = v[8], .dh = v[9], .dw = v[10],
+                        .pads = {v[11], v[12], v[13], v[14]}, .out_height = v[15], .out_width = v[16],
+                        .band_rows = v[17], .slab_groups = v[18]};
+    const char *problem = er_conv_check(g);
+    if (problem) return bad(c, "conv: %s", problem);
+    uint64_t in = (uint64_t)g->cin * g->height * g->width, out = (uint64_t)g->cout * g->out_height * g->out_width;
+    if (in > MAX_FLOATS || out > MAX_FLOATS) return bad(c, "conv: tensors too large");
+    if (want(c, 0, ANY_SOURCE, in, 0) || want(c, 1, WEIGHTS_ONLY, (uint64_t)er_conv_packed_floats(g), 0) ||
+        want(c, 2, ANY_SOURCE | OPTIONAL, (uint64_t)g->cout, 0) || want(c, 3, ANY_SOURCE | OPTIONAL, out, 0) ||
+        want(c, 4, ARENA_ONLY, out, 0) || want(c, 5, ARENA_ONLY, (uint64_t)er_conv_scratch_floats(g), 1))
+        return -1;
+    s->threads = threads;
+    return 0;
+}
+
+static int check_squeeze_excite(checker *c, er_step *s)
+{
+    int C, pixels, S, threads;
+    if (counts(c, 6, 7, 4) || get_int(c, 0, 1, BIG, &C) || get_int(c, 1, 1, BIG, &pixels) ||
+        get_int(c, 2, 1, BIG, &S) || get_act(c, 3, 0, &s->act) || get_act(c, 4, 2, &s->act2) ||
+        get_int(c, 5, 1, ER_MAX_THREADS, &threads))
+        return -1;
+    uint64_t plane = (uint64_t)C * pixels;
+    if (plane > MAX_FLOATS) return bad(c, "squeeze-excite: too large");
+    if (want(c, 0, ANY_SOURCE, plane, 0) || want(c, 1, ARENA_ONLY, plane, 0) ||
+        want(c, 2, ANY_SOURCE, (uint64_t)S * C, 0) || want(c, 3, ANY_SOURCE, (uint64_t)S, 0) ||
+        want(c, 4, ANY_SOURCE, (uint64_t)C * S, 0) || want(c, 5, ANY_SOURCE, (uint64_t)C, 0) ||
+        want(c, 6, ARENA_ONLY, (uint64_t)C + S, 1))
+        return -1;
+    s->threads = threads;
+    return 0;
+}
+
+static int check_shuffle(checker *c, er_step *s)
+{
+    int C, pixels, groups, threads;
+    if (counts(c, 4, 2, 0) || get_int(c, 0, 1, BIG, &C) || get_int(c, 1, 1, BIG, &pixels) ||
+        get_int(c, 2, 1, C, &groups) || get_int(c, 3, 1, ER_MAX_THREADS, &threads))
+        return -1;
+    if (C % groups) return bad(c, "shuffle: %d groups do not divide %d channels", groups, C);
+    uint64_t plane = (uint64_t)C * pixels;
+    if (plane > MAX_FLOATS || want(c, 0, ANY_SOURCE, plane, 0) || want(c, 1, ARENA_ONLY, plane, 0)) return -1;
+    s->threads = threads;
+    return 0;
+}
+
+/* binary (kind, threads; a, b, y) and activation (act, threads; x, y): every reference of y's size. */
+static int check_elementwise(checker *c, er_step *s, int nrefs)
+{
+    int threads;
+    if (counts(c, 2, nrefs, nrefs == 3 ? 0 : 2)) return -1;
+    if (nrefs == 3 ? get_int(c, 0, 0, 3, &s->kind) : get_act(c, 0, 0, &s->act)) return -1;
+    if (get_int(c, 1, 1, ER_MAX_THREADS, &threads)) return -1;
+    uint64_t n = c->step->refs[nrefs - 1].count;
+    if (n < 1) return bad(c, "an elementwise step of no elements");
+    for (int i = 0; i < nrefs; i++)
+        if (want(c, i, i == nrefs - 1 ? ARENA_ONLY : ANY_SOURCE, n, 0)) return -1;
+    s->threads = threads;
+    return 0;
+}
+
 static int check_same_count(checker *c, int nrefs)
 {
     if (counts(c, 0, nrefs, 0)) return -1;
@@ -498,6 +571,11 @@ static int check_step(checker *c, er_step *s)
     case OP_CONCAT: return check_concat(c, s);
     case OP_ADD: return check_same_count(c, 3);
     case OP_RELU: return check_same_count(c, 2);
+    case OP_CONV: return check_conv(c, s);
+    case OP_SQUEEZE_EXCITE: return check_squeeze_excite(c, s);
+    case OP_SHUFFLE: return check_shuffle(c, s);
+    case OP_BINARY: return check_elementwise(c, s, 3);
+    case OP_ACTIVATION: return check_elementwise(c, s, 2);
     default: return bad(c, "unknown opcode %d", s->op);
     }
 }
@@ -1057,6 +1135,22 @@ static const char *run_step(const run_env *env, const er_step *s)
         er_apply_activation(y, (long)n, &relu);
         return NULL;
     }
+    case OP_CONV:
+        return er_conv_run(&s->conv, at(env, &s->refs[1]), at(env, &s->refs[0]), at(env, &s->refs[2]),
+                           at(env, &s->refs[3]), at(env, &s->refs[4]), at(env, &s->refs[5]), &s->act, s->threads);
+    case OP_SQUEEZE_EXCITE:
+        return er_rt_squeeze_excite(at(env, &s->refs[0]), at(env, &s->refs[1]), (int)v[0], (long)v[1], (int)v[2],
+                                    at(env, &s->refs[2]), at(env, &s->refs[3]), &s->act, at(env, &s->refs[4]),
+                                    at(env, &s->refs[5]), &s->act2, at(env, &s->refs[6]), s->threads);
+    case OP_SHUFFLE:
+        return er_rt_channel_shuffle(at(env, &s->refs[0]), at(env, &s->refs[1]), (int)v[0], (long)v[1], (int)v[2],
+                                     s->threads);
+    case OP_BINARY:
+        return er_rt_binary(s->kind, at(env, &s->refs[0]), at(env, &s->refs[1]), at(env, &s->refs[2]),
+                            (long)s->refs[2].count, s->threads);
+    case OP_ACTIVATION:
+        return er_rt_activation(at(env, &s->refs[0]), at(env, &s->refs[1]), (long)s->refs[1].count, &s->act,
+                                s->threads);
     default: return "unknown step";
     }
 }

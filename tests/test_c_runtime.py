@@ -192,10 +192,11 @@ def c_logits(build_dir: Path, bundle: Path, threads: int, x: np.ndarray, tmp: Pa
 
 
 # ============================================================================ tests
-# MobileNetV1's and ShuffleNet's 3x3 stems now run on the banded conv kernel (conv.c), which has no C-runtime
-# step yet: their bundles are refused at open (test_a_step_without_c_kernel_is_refused_at_open_naming_it covers a refusal).
+# Every zoo classifier: MobileNetV1 and ShuffleNet (banded conv.c stems, grouped 1x1 convolutions, channel
+# shuffles, residual Adds fused into convolutions), the MobileNetV3-like model (squeeze-excitation, HardSwish).
 MODELS = [("mobilenet_v2", 1_500_000), ("mobilenet_v2:width=0.35,resolution=96", 300_000),
-          ("mobilenet_v2:width=0.5,resolution=128", None)]
+          ("mobilenet_v2:width=0.5,resolution=128", None), ("mobilenet_v1:width=0.5,resolution=128", None),
+          ("shufflenet_v1:resolution=96", None), ("mobilenet_v3_small_like:resolution=96", None)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -284,10 +285,10 @@ def test_every_api_failure_has_its_error_code(c_build, bundles):
 
 
 def test_a_step_without_c_kernel_is_refused_at_open_naming_it(c_build, bundles, tmp_path):
-    bundle = bundles("mobilenet_v3_small_like:resolution=96", 1)
+    bundle = bundles("mobile_deeplabv3:resolution=96", 1)
     header = read_bundle(bundle).header
     unsupported = header["c_program"]["unsupported"]
-    assert unsupported   # Mul and HardSwish steps have no C kernel
+    assert list(unsupported.values()) == ["ResizeKernel has no C counterpart"]   # the segmentation head's Resize
     result = ertest(c_build, "open", bundle)
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
