@@ -20,6 +20,7 @@ import struct
 
 import numpy as np
 
+from edgerun.errors import InvalidOptionError
 from edgerun.kernels import native
 from scheduler.blocks import chunk_channels
 
@@ -91,7 +92,8 @@ class _Unsupported(Exception):
 class ProgramBuilder:
     """Builds the blob from a CompiledModel whose arrays are (or will be) in `tensors` (a TensorTable)."""
 
-    def __init__(self, compiled, tensors):
+    def __init__(self, compiled, tensors, target: str | None = None):
+        self.tiles = target_tiles(target)
         self.compiled = compiled
         self.tensors = tensors
         self.plan = compiled.plan
@@ -111,8 +113,8 @@ class ProgramBuilder:
         found = self._copies.get(key)
         if found is None and (in_place or array.nbytes >= IN_PLACE_MIN_BYTES):
             found = self._in_table(array)
-        if found is None:
-            index = self.tensors.add(f"c:{name}", array)
+        if found is None:   # a copy: the table would return an array it holds already (in place) as is
+            index = self.tensors.add(f"c:{name}", np.array(array, copy=True))
             found = self.tensors.entries[index]["offset"]
             self._copies[key] = found
         return (REGION_WEIGHTS, 0, found, int(array.size))
@@ -256,6 +258,9 @@ class ProgramBuilder:
                            [x, wref, bias, self._value_ref(node.inputs[3], n) if has_sum else NO_REF, y,
                             self._scratch_ref(step, "cols", total)], [a, b])
             elif kind == "pointwise":
+                if n == 0 and self.tiles != host_tiles():   # packed for the target's panels instead
+                    w = np.asarray(self.compiled.constants[node.inputs[1]], np.float32).reshape(ys[1], -1)
+                    wref = self._weights_ref(pack_panels(w, self.tiles[0]), f"{node.name}/w")
                 sizes = self._scratch_bytes(step)
                 edge = self._scratch_ref(step, "edge", sizes["edge"] // 4) if "edge" in sizes else NO_REF
                 self._emit(OP_POINTWISE, step, [ys[1], ys[2] * ys[3], xs[1], code, threads],
@@ -403,7 +408,7 @@ class ProgramBuilder:
         out.u32(len(graph.inputs))
         out.u32(len(graph.outputs))
         out.u32(len(self.steps))
-        out.u32(_tile_shape())
+        out.u32(self.tiles[0] | self.tiles[1] << 16)
         self._io(out, graph.inputs, outputs=False)
         self._io(out, graph.outputs, outputs=True)
         for opcode, name, op, ints, refs, floats in self.steps:
@@ -421,19 +426,50 @@ class ProgramBuilder:
         return body + TRAILER.pack(word_checksum(body), length, weights_checksum, TRAILER_MAGIC)
 
 
-def _tile_shape() -> int:
-    """The GEMM tile of the extension that packed the 1x1 weights and sized their edge scratch: panel rows
-    | tile columns << 16 (they follow the instruction set it was built for; a C runtime built for other
-    tiles refuses the bundle)."""
-    panel_rows = native.packed_pointwise_sizes(1, 1, 1)[0]
-    tile_columns = native.packed_pointwise_sizes(1, 1, 1)[1]
-    return panel_rows | tile_columns << 16
+# The GEMM tiles (panel rows, tile columns) of the C runtime built for each target: the ISA section of
+# edgerun/kernels/native/kernels.h (ER_PW_MR, 2 * ER_VL). A runtime refuses a bundle made for other tiles,
+# so a wrong entry here cannot go unnoticed (tests_toolchain/test_c_runtime_cross.py opens each).
+TARGET_TILES = {"aarch64": (12, 8), "armv7": (6, 8), "x86-avx512": (8, 32), "x86-avx2": (6, 16), "x86-sse2": (6, 8)}
 
 
-def add_c_program(compiled, tensors) -> dict:
+def host_tiles() -> tuple[int, int]:
+    """The tiles of the running extension, which packed the 1x1 weights and sized their edge scratch."""
+    panel_rows, tile_columns = native.packed_pointwise_sizes(1, 1, 1)
+    return panel_rows, tile_columns
+
+
+def target_tiles(target: str | None) -> tuple[int, int]:
+    """The tiles of `target` (None or "host": this extension's). The plan's scratch was sized for the host's
+    tile columns: a target whose columns divide them reads within it (the edge and `cols` scratch hold a
+    whole number of the host's tiles), any other is refused."""
+    host = host_tiles()
+    if target in (None, "host"):
+        return host
+    if target not in TARGET_TILES:
+        raise InvalidOptionError(f"--c-target {target!r}: expected host or one of {', '.join(TARGET_TILES)}")
+    tiles = TARGET_TILES[target]
+    if host[1] % tiles[1]:
+        raise InvalidOptionError(f"--c-target {target}: its GEMM tiles of {tiles[1]} columns do not divide this "
+                                 f"extension's {host[1]} (the plan's scratch is sized for those): compile under the EDGERUN_ISA "
+                                 f"variant the target matches")
+    return tiles
+
+
+def pack_panels(w: np.ndarray, panel_rows: int) -> np.ndarray:
+    """A (M, K) 1x1 weight in the panels steps.c's GEMM reads with `panel_rows` rows: packed[(p K + k) rows
+    + i] = w[p rows + i, k], rows past M zero (er_pw_pack, for a panel height other than this build's)."""
+    m, k = w.shape
+    panels = -(-m // panel_rows)
+    padded = np.zeros((panels * panel_rows, k), np.float32)
+    padded[:m] = w
+    return np.ascontiguousarray(padded.reshape(panels, panel_rows, k).transpose(0, 2, 1)).reshape(-1)
+
+
+def add_c_program(compiled, tensors, target: str | None = None) -> dict:
     """Adds the C program (and the weight layouts it reads) to `tensors` as its last entry; returns the
-    header field that names it: {"version", "tensor", "unsupported": {step: reason}}."""
-    builder = ProgramBuilder(compiled, tensors)
+    header field that names it: {"version", "tensor", "unsupported": {step: reason}}. target: the C runtime's
+    build the 1x1 weights are packed for (TARGET_TILES; None: this extension's)."""
+    builder = ProgramBuilder(compiled, tensors, target)
     builder.add_steps()
     section = b"".join(bytes(chunk) for chunk in tensors.chunks())
     blob = builder.blob(len(section), word_checksum(section))

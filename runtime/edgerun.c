@@ -604,15 +604,21 @@ static void free_model(edgerun_model *m)
 void edgerun_close(edgerun_model *model) { free_model(model); }
 
 /* Drops the file pages of [p, p + n) from this process's memory (mapped files only): the checksums read
- * every byte once, and pages the kernels never read should not stay resident. */
+ * every byte once, and pages the kernels never read should not stay resident. Pages partly inside count
+ * too (the caller releases from the section's start each time: a page a chunk boundary splits, and the
+ * pages the kernel maps around each fault, up to 64 KiB before it, into a part released already, go with
+ * the next chunk). */
 static void release_pages(const edgerun_model *m, const uint8_t *p, size_t n)
 {
 #ifdef ER_HAVE_MMAP
     if (!m->mapping) return;
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0) return;
-    uintptr_t start = ((uintptr_t)p + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
-    uintptr_t end = ((uintptr_t)p + n) / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t first = (uintptr_t)m->mapping, last = first + m->file_size;
+    uintptr_t start = (uintptr_t)p / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t end = ((uintptr_t)p + n + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    if (start < first) start = first;
+    if (end > last) end = last;
     if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
 #else
     (void)m, (void)p, (void)n;
@@ -838,7 +844,7 @@ static edgerun_status check_file(edgerun_model *m, unsigned flags, edgerun_error
         for (uint64_t at = 0; at < m->weights_size; at += chunk) {
             uint64_t n = m->weights_size - at < chunk ? m->weights_size - at : chunk;
             sum += word_checksum(m->weights + at, n / 8, at / 8);
-            release_pages(m, m->weights + at, (size_t)n);
+            release_pages(m, m->weights, (size_t)(at + n)); /* from the start: see release_pages */
         }
         if (sum != weights_checksum) return fail(error, EDGERUN_E_CORRUPT, "corrupt bundle: weights checksum mismatch");
     }
