@@ -24,7 +24,7 @@ LDLIBS ?= -lm
 ALL_CFLAGS = $(CFLAGS) $(ARCH_FLAGS) $(EXTRA_CFLAGS) -pthread -fPIC -Iinclude -DER_NO_PYTHON
 KERNELS = edgerun/kernels/native
 SOURCES = runtime/edgerun.c runtime/sha256.c runtime/steps_kernels.c runtime/fused_kernels.c \
-          $(KERNELS)/gemm.c $(KERNELS)/depthwise.c $(KERNELS)/block.c $(KERNELS)/conv.c $(KERNELS)/activation.c \
+          $(KERNELS)/gemm.c $(KERNELS)/depthwise.c $(KERNELS)/block.c $(KERNELS)/conv.c $(KERNELS)/segment.c $(KERNELS)/activation.c \
           $(KERNELS)/threadpool.c
 HEADERS = include/edgerun.h runtime/runtime_kernels.h runtime/sha256.h $(KERNELS)/kernels.h \
           $(KERNELS)/threadpool.h $(KERNELS)/steps.c $(KERNELS)/fused_steps.c

@@ -32,7 +32,7 @@ TRAILER = struct.Struct("<QQQ8s")
 # opcodes (the enum at the top of runtime/edgerun.c; OP_IM2COL is read but no longer written)
 (OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY,
  OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU, OP_CONV, OP_SQUEEZE_EXCITE, OP_SHUFFLE, OP_BINARY,
- OP_ACTIVATION) = range(18)
+ OP_ACTIVATION, OP_SEGMENT) = range(19)
 # tensor reference regions
 REGION_NONE, REGION_ARENA, REGION_WEIGHTS, REGION_INPUT = range(4)
 # Graph arrays of at least this size that already have the kernels' layout are read in place; smaller ones
@@ -182,13 +182,30 @@ class ProgramBuilder:
         if step.kind == "block":
             return self._block(step)
         if step.kind == "segment":
-            raise _Unsupported("a streamed segment (the plan for this budget streams rows) has no C step yet")
+            return self._segment(step)
         if step.kind != "kernel":
             raise _Unsupported("it runs on the reference implementation")
         handler = getattr(self, "_kernel_" + type(step.kernel).__name__, None)
         if handler is None:
             raise _Unsupported(f"{type(step.kernel).__name__} has no C counterpart")
         handler(step)
+
+    def _segment(self, step) -> None:
+        """A streamed segment: the runner's tables as they are (their arena offsets are the segment
+        scratch's), the params among the weights; one step per image."""
+        node = step.node
+        args = step.kernel.c_arguments()
+        if args is None:
+            raise _Unsupported("part of this streamed segment runs on the numpy row kernels (a fused block's rows)")
+        tensors, steps, calls = args["tensors"], args["steps"], args["calls"]
+        ints = [step.kernel.threads, len(tensors), len(steps), len(calls), int(args["gap_scale"] is not None),
+                *tensors.reshape(-1).tolist(), *steps.reshape(-1).tolist(), *calls.reshape(-1).tolist()]
+        params = self._weights_ref(args["params"], f"{node.name}/params")
+        arena = self._scratch_ref(step, "segment", step.kernel.arena_bytes // 4)   # the plan's, checked at bind
+        for n in range(self._shape(node.inputs[0])[0]):
+            self._emit(OP_SEGMENT, step, ints,
+                       [self._value_ref(node.inputs[0], n), self._value_ref(node.outputs[0], n), arena, params],
+                       [args["gap_scale"] or 0.0])
 
     def _shape(self, name):
         return tuple(self.compiled.graph.value_info[name].shape)

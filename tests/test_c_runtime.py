@@ -193,10 +193,13 @@ def c_logits(build_dir: Path, bundle: Path, threads: int, x: np.ndarray, tmp: Pa
 
 # ============================================================================ tests
 # Every zoo classifier: MobileNetV1 and ShuffleNet (banded conv.c stems, grouped 1x1 convolutions, channel
-# shuffles, residual Adds fused into convolutions), the MobileNetV3-like model (squeeze-excitation, HardSwish).
+# shuffles, residual Adds fused into convolutions), the MobileNetV3-like model (squeeze-excitation, HardSwish),
+# and plans that stream rows through segments.
 MODELS = [("mobilenet_v2", 1_500_000), ("mobilenet_v2:width=0.35,resolution=96", 300_000),
           ("mobilenet_v2:width=0.5,resolution=128", None), ("mobilenet_v1:width=0.5,resolution=128", None),
-          ("shufflenet_v1:resolution=96", None), ("mobilenet_v3_small_like:resolution=96", None)]
+          ("shufflenet_v1:resolution=96", None), ("mobilenet_v3_small_like:resolution=96", None),
+          # budgets that stream rows: segments (segment.c) in the C program
+          ("mobilenet_v1:width=0.5,resolution=128", 300_000), ("mobilenet_v3_small_like:resolution=96", 120_000)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -344,6 +347,24 @@ def test_bad_bundles_return_an_error_code_and_never_crash(c_build, bundles, tmp_
     bundle = bundles("mobilenet_v2:width=0.35,resolution=96", 1, 300_000)
     seen = check_bad_bundles(c_build, bundle, tmp_path, count=60, seed=1)
     assert seen.get("EDGERUN_E_CORRUPT", 0) > 50
+
+
+def test_segment_plans_are_in_the_c_program(bundles):
+    """The budgeted bundles above stream rows: their segments are C steps, none refused."""
+    for model, budget in MODELS[-2:]:
+        header = read_bundle(bundles(model, 1, budget)).header
+        assert any(step["name"].startswith("segment[") for step in header["plan"]["steps"]), model
+        assert header["c_program"]["unsupported"] == {}
+
+
+def test_a_segment_with_numpy_rows_is_refused_naming_it(c_build, bundles):
+    """MobileNetV2 under 1 MB streams fused blocks, whose rows run on numpy in the Python session too."""
+    bundle = bundles("mobilenet_v2", 1, 1_000_000)
+    unsupported = read_bundle(bundle).header["c_program"]["unsupported"]
+    assert unsupported and all(name.startswith("segment[") and "numpy row kernels" in why
+                               for name, why in unsupported.items())
+    line = ertest(c_build, "open", bundle).stdout
+    assert "open=EDGERUN_E_UNSUPPORTED" in line and f"step '{next(iter(unsupported))}'" in line
 
 
 def test_python_still_loads_a_bundle_with_a_c_program_and_ignores_it(bundles):
