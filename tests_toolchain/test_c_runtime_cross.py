@@ -1,5 +1,6 @@
 """The C runtime (the library, examples/classify.c and runtime/test/ertest.c) cross-built for aarch64 and
-armv7-a (NEON, hard float) and run under qemu-user, and built with clang for this machine.
+armv7-a (NEON, hard float) and run under qemu-user, and built with clang for this machine (portable x86-64:
+the SSE2 kernels, whose GEMM tiles the bundle is compiled for with `--c-target x86-sse2`).
 
 Each build goes through the top-level Makefile with the target's compiler and flags (cbuild.make_variables:
 the programs link statically, so qemu needs no ARM sysroot; the allocation counter of ertest interposes
@@ -26,31 +27,19 @@ MODEL, BUDGET = "mobilenet_v2_pretrained", "1.5MB"
 TOP = re.compile(r"^\s+\d\.\s+([0-9.]+)\s+(.+?)\s+\(class (\d+)\)$", re.M)
 
 
-def _extension_arch_flags() -> str:
-    """The -m flags of the extension's variant (a host build then packs and tiles like it)."""
-    from edgerun.kernels import native
-    info = native.build_info()
-    if info.get("avx512f"):
-        return "-mavx2 -mfma -mavx512f -mprefer-vector-width=256"
-    if info.get("avx2") and info.get("fma"):
-        return "-mavx2 -mfma"
-    return ""
-
-
-# target name -> (cbuild target, --c-target of its bundles, ARCH_FLAGS)
-BUILDS = {"aarch64": ("aarch64", "aarch64", ""), "armv7": ("armv7", "armv7", ""),
-          "host-clang": ("host-clang", None, None)}
+# build -> (cbuild target, --c-target of its bundles); every build portable (no ARCH_FLAGS)
+BUILDS = {"aarch64": ("aarch64", "aarch64"), "armv7": ("armv7", "armv7"),
+          "host-clang": ("host-clang", "x86-sse2")}   # portable x86-64: the SSE2 tiles
 
 
 def make(name: str, out_dir):
-    target_name, _, arch_flags = BUILDS[name]
+    target_name = BUILDS[name][0]
     target = cbuild.TARGETS[target_name]
     missing = cbuild.missing_tools(target)
     assert not missing, f"{', '.join(missing)} not installed (.ci/run installs them with apt-get)"
-    flags = _extension_arch_flags() if arch_flags is None else arch_flags
     extra = "-DER_NO_ALLOC_COUNT" if "-static" in target.flags else ""
     command = ["make", "-s", "-j2", "-C", str(ROOT), f"BUILD={out_dir}", *cbuild.make_variables(target),
-               f"ARCH_FLAGS={flags}", f"EXTRA_CFLAGS={extra}", "all"]
+               "ARCH_FLAGS=", f"EXTRA_CFLAGS={extra}", "all"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     for name_ in ("libedgerun.a", "libedgerun.so", "classify", "ertest"):
