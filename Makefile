@@ -2,10 +2,11 @@
 # runtime's test program, built from the same kernel sources as the Python extension.
 #
 #   make                         # build/c/libedgerun.a, build/c/libedgerun.so, build/c/classify
-#   make CC=aarch64-linux-gnu-gcc BUILD=build/aarch64
+#   make CC=aarch64-linux-gnu-gcc BUILD=build/aarch64 PROGRAM_LDFLAGS=-static
+#   (ARM CFLAGS: tests_toolchain/cbuild.py; bundles for it: edgerun compile --c-target aarch64)
 #   make ARCH_FLAGS="-mavx2 -mfma"   # instruction sets beyond the portable baseline
 #
-# The defaults are portable. Bit-identical results with the Python extension need the same ARCH_FLAGS
+# Every kernel source is built without its Python bindings (-DER_NO_PYTHON). The defaults are portable. Bit-identical results with the Python extension need the same ARCH_FLAGS
 # it was compiled with (edgerun.kernels.native.build_info() says which; tests/test_c_runtime.py
 # passes them).
 
@@ -17,15 +18,16 @@ ARCH_FLAGS ?=
 CFLAGS ?= $(OPT_FLAGS) -std=c99 -ffp-contract=fast -fno-math-errno -fno-trapping-math -Wall
 EXTRA_CFLAGS ?=
 LDFLAGS ?=
+PROGRAM_LDFLAGS ?=   # the example and the test program only (e.g. -static for qemu-user)
 LDLIBS ?= -lm
 
-ALL_CFLAGS = $(CFLAGS) $(ARCH_FLAGS) $(EXTRA_CFLAGS) -pthread -fPIC -Iinclude
+ALL_CFLAGS = $(CFLAGS) $(ARCH_FLAGS) $(EXTRA_CFLAGS) -pthread -fPIC -Iinclude -DER_NO_PYTHON
 KERNELS = edgerun/kernels/native
-SOURCES = runtime/edgerun.c runtime/sha256.c runtime/steps_kernels.c \
-          $(KERNELS)/gemm.c $(KERNELS)/depthwise.c $(KERNELS)/block.c $(KERNELS)/activation.c \
+SOURCES = runtime/edgerun.c runtime/sha256.c runtime/steps_kernels.c runtime/fused_kernels.c \
+          $(KERNELS)/gemm.c $(KERNELS)/depthwise.c $(KERNELS)/block.c $(KERNELS)/conv.c $(KERNELS)/segment.c $(KERNELS)/activation.c \
           $(KERNELS)/threadpool.c
 HEADERS = include/edgerun.h runtime/runtime_kernels.h runtime/sha256.h $(KERNELS)/kernels.h \
-          $(KERNELS)/threadpool.h $(KERNELS)/steps.c
+          $(KERNELS)/threadpool.h $(KERNELS)/steps.c $(KERNELS)/fused_steps.c
 OBJECTS = $(patsubst %.c,$(BUILD)/obj/%.o,$(SOURCES))
 
 .PHONY: all lib clean
@@ -45,10 +47,10 @@ $(BUILD)/libedgerun.so: $(OBJECTS)
 
 # the example and the test program link the static library: one self-contained binary each
 $(BUILD)/classify: examples/classify.c $(BUILD)/libedgerun.a
-	$(CC) $(ALL_CFLAGS) -o $@ examples/classify.c $(BUILD)/libedgerun.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ examples/classify.c $(BUILD)/libedgerun.a $(LDFLAGS) $(PROGRAM_LDFLAGS) $(LDLIBS)
 
 $(BUILD)/ertest: runtime/test/ertest.c $(BUILD)/libedgerun.a
-	$(CC) $(ALL_CFLAGS) -o $@ runtime/test/ertest.c $(BUILD)/libedgerun.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ runtime/test/ertest.c $(BUILD)/libedgerun.a $(LDFLAGS) $(PROGRAM_LDFLAGS) $(LDLIBS)
 
 clean:
 	rm -rf $(BUILD)

@@ -1,7 +1,8 @@
 """The C program of a bundle: every step as the C runtime (runtime/edgerun.c) runs it.
 
 The Python session derives every kernel argument (block bands, chunk sizes, thread split, scratch offsets,
-packed weight layouts) from the plan; this module writes exactly those arguments down, step by step, in a
+packed weight layouts) from the plan; each kernel says what it hands its C kernel (StepKernel.c_arguments),
+and this module writes exactly those arguments down, step by step, in a
 small binary blob, so that the C runtime needs neither a JSON reader nor its own copy of the planning
 rules and computes the same bits. Weight layouts the kernels read that the graph does not store (transposed
 block weights, packed 1x1 panels) are added to the weights section, with copies of the small arrays; large arrays already in the kernels'
@@ -19,6 +20,7 @@ import struct
 
 import numpy as np
 
+from edgerun.errors import InvalidOptionError
 from edgerun.kernels import native
 from scheduler.blocks import chunk_channels
 
@@ -27,9 +29,10 @@ TRAILER_MAGIC = b"ERPROGND"
 PROGRAM_VERSION = 1
 TRAILER = struct.Struct("<QQQ8s")
 
-# opcodes (enum er_op in runtime/program.h)
-OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY, \
-    OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU = range(13)
+# opcodes (the enum at the top of runtime/edgerun.c; OP_IM2COL is read but no longer written)
+(OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY,
+ OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU, OP_CONV, OP_SQUEEZE_EXCITE, OP_SHUFFLE, OP_BINARY,
+ OP_ACTIVATION, OP_SEGMENT) = range(19)
 # tensor reference regions
 REGION_NONE, REGION_ARENA, REGION_WEIGHTS, REGION_INPUT = range(4)
 # Graph arrays of at least this size that already have the kernels' layout are read in place; smaller ones
@@ -89,7 +92,8 @@ class _Unsupported(Exception):
 class ProgramBuilder:
     """Builds the blob from a CompiledModel whose arrays are (or will be) in `tensors` (a TensorTable)."""
 
-    def __init__(self, compiled, tensors):
+    def __init__(self, compiled, tensors, target: str | None = None):
+        self.tiles = target_tiles(target)
         self.compiled = compiled
         self.tensors = tensors
         self.plan = compiled.plan
@@ -109,8 +113,8 @@ class ProgramBuilder:
         found = self._copies.get(key)
         if found is None and (in_place or array.nbytes >= IN_PLACE_MIN_BYTES):
             found = self._in_table(array)
-        if found is None:
-            index = self.tensors.add(f"c:{name}", array)
+        if found is None:   # a copy: the table would return an array it holds already (in place) as is
+            index = self.tensors.add(f"c:{name}", np.array(array, copy=True))
             found = self.tensors.entries[index]["offset"]
             self._copies[key] = found
         return (REGION_WEIGHTS, 0, found, int(array.size))
@@ -177,12 +181,31 @@ class ProgramBuilder:
             raise _Unsupported(f"the plan is for the {self.compiled.backend} kernels")
         if step.kind == "block":
             return self._block(step)
+        if step.kind == "segment":
+            return self._segment(step)
         if step.kind != "kernel":
             raise _Unsupported("it runs on the reference implementation")
         handler = getattr(self, "_kernel_" + type(step.kernel).__name__, None)
         if handler is None:
             raise _Unsupported(f"{type(step.kernel).__name__} has no C counterpart")
         handler(step)
+
+    def _segment(self, step) -> None:
+        """A streamed segment: the runner's tables as they are (their arena offsets are the segment
+        scratch's), the params among the weights; one step per image."""
+        node = step.node
+        args = step.kernel.c_arguments()
+        if args is None:
+            raise _Unsupported("part of this streamed segment runs on the numpy row kernels (a fused block's rows)")
+        tensors, steps, calls = args["tensors"], args["steps"], args["calls"]
+        ints = [step.kernel.threads, len(tensors), len(steps), len(calls), int(args["gap_scale"] is not None),
+                *tensors.reshape(-1).tolist(), *steps.reshape(-1).tolist(), *calls.reshape(-1).tolist()]
+        params = self._weights_ref(args["params"], f"{node.name}/params")
+        arena = self._scratch_ref(step, "segment", step.kernel.arena_bytes // 4)   # the plan's, checked at bind
+        for n in range(self._shape(node.inputs[0])[0]):
+            self._emit(OP_SEGMENT, step, ints,
+                       [self._value_ref(node.inputs[0], n), self._value_ref(node.outputs[0], n), arena, params],
+                       [args["gap_scale"] or 0.0])
 
     def _shape(self, name):
         return tuple(self.compiled.graph.value_info[name].shape)
@@ -216,55 +239,56 @@ class ProgramBuilder:
                     self._scratch_ref(step, "depthwise", sizes["depthwise"] // 4)]
             self._emit(OP_BLOCK, step, ints, refs, floats)
 
+    def _c_arguments(self, step) -> dict:
+        """The kernel's own account of what it hands the C kernels (StepKernel.c_arguments)."""
+        node = step.node
+        shapes = [[self._shape(n) if n else () for n in names] for names in (node.inputs, node.outputs)]
+        arguments = step.kernel.c_arguments(node, self.compiled.constants, *shapes)
+        if arguments is None:
+            raise _Unsupported(f"this {node.op_type} runs on the numpy kernel")
+        return arguments
+
     def _kernel_NativeFusedConvKernel(self, step) -> None:
         node, kernel = step.node, step.kernel
-        x_name, w_name, y_name = node.inputs[0], node.inputs[1], node.outputs[0]
+        args = self._c_arguments(step)
+        x_name, y_name = node.inputs[0], node.outputs[0]
         xs, ys = self._shape(x_name), self._shape(y_name)
-        kind = kernel._native_kind(node, xs[1], ys[1])
-        w = self.compiled.constants.get(w_name)
-        if kind is None or kernel._prepared is None or kernel._prepared[0] is not w or len(xs) != 4:
-            raise _Unsupported("the convolution runs on the numpy kernel")
-        layout, zero_bias = kernel._prepared[1], kernel._prepared[2]
-        code, a, b = native._act(kernel._act)
+        kind, layout = args["kind"], args["weights"]
+        code, a, b = native._act(args["act"])
         bias = self._value_ref(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else \
-            self._weights_ref(zero_bias, f"{node.name}/zero_bias")
+            self._weights_ref(args["zero_bias"], f"{node.name}/zero_bias")
         threads = kernel.threads
-        if kind == "depthwise":
-            stride = node.attrs.get("strides", [1, 1])[0]
-            pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
-            wref = self._weights_ref(layout, f"{node.name}/w")
-            for n in range(xs[0]):
-                self._emit(OP_DEPTHWISE, step, [xs[1], xs[2], xs[3], layout.shape[-1], stride, *pads, code, threads],
-                           [self._value_ref(x_name, n), wref, bias, self._value_ref(y_name, n)], [a, b])
-            return
-        if kind == "conv":
-            raise _Unsupported("dense and grouped convolutions (conv.c) have no C-runtime step yet")
-        sizes = kernel.scratch_bytes(node, [xs], [ys])
-        pixels = ys[2] * ys[3]
-        edge = self._scratch_ref(step, "edge", sizes["edge"] // 4) if "edge" in sizes else NO_REF
-        if kind == "im2col":
-            (kh, kw), cin = node.attrs["kernel_shape"], xs[1]
-            cols = self._scratch_ref(step, "im2col", cin * kh * kw * pixels)
-            sh, sw = node.attrs.get("strides", [1, 1])
-            dh, dw = node.attrs.get("dilations", [1, 1])
-            pt, pl = node.attrs.get("pads", [0, 0, 0, 0])[:2]
-            packed = self._weights_ref(layout[0], f"{node.name}/packed")
-            for n in range(xs[0]):
-                self._emit(OP_IM2COL, step, [cin, xs[2], xs[3], kh, kw, sh, sw, dh, dw, pt, pl, ys[2], ys[3]],
-                           [self._value_ref(x_name, n), cols])
-                self._emit(OP_POINTWISE, step, [ys[1], pixels, cin * kh * kw, code, threads],
-                           [cols, packed, bias, self._value_ref(y_name, n), edge], [a, b])
-            return
-        layout = [layout] if kind == "pointwise" else layout   # one packed matrix: group 1
-        group = len(layout)
-        cg, og = xs[1] // group, ys[1] // group
-        packed = [self._weights_ref(p, f"{node.name}/packed{g}") for g, p in enumerate(layout)]
+        wref = self._weights_ref(layout, f"{node.name}/w")
         for n in range(xs[0]):
             x, y = self._value_ref(x_name, n), self._value_ref(y_name, n)
-            for g in range(group):
-                self._emit(OP_POINTWISE, step, [og, pixels, cg, code, threads],
-                           [self._slice(x, g * cg * pixels, cg * pixels), packed[g], self._slice(bias, g * og, og),
-                            self._slice(y, g * og * pixels, og * pixels), edge], [a, b])
+            if kind == "depthwise":
+                stride = node.attrs.get("strides", [1, 1])[0]
+                pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+                self._emit(OP_DEPTHWISE, step, [xs[1], xs[2], xs[3], layout.shape[-1], stride, *pads, code, threads],
+                           [x, wref, bias, y], [a, b])
+            elif kind == "conv":
+                geometry = args["geometry"]
+                flat = [*geometry[:11], *geometry[11], *geometry[12:]]
+                has_sum = len(node.inputs) > 3 and node.inputs[3]
+                total = self._scratch_bytes(step)["cols"] // 4
+                self._emit(OP_CONV, step, [*flat, code, threads],
+                           [x, wref, bias, self._value_ref(node.inputs[3], n) if has_sum else NO_REF, y,
+                            self._scratch_ref(step, "cols", total)], [a, b])
+            elif kind == "pointwise":
+                if n == 0 and self.tiles != host_tiles():   # packed for the target's panels instead
+                    w = np.asarray(self.compiled.constants[node.inputs[1]], np.float32).reshape(ys[1], -1)
+                    wref = self._weights_ref(pack_panels(w, self.tiles[0]), f"{node.name}/w")
+                sizes = self._scratch_bytes(step)
+                edge = self._scratch_ref(step, "edge", sizes["edge"] // 4) if "edge" in sizes else NO_REF
+                self._emit(OP_POINTWISE, step, [ys[1], ys[2] * ys[3], xs[1], code, threads],
+                           [x, wref, bias, y, edge], [a, b])
+            else:
+                raise _Unsupported(f"the {kind!r} convolution has no C step")
+
+    def _scratch_bytes(self, step) -> dict:
+        node = step.node
+        return step.kernel.scratch_bytes(node, [self._shape(n) if n else () for n in node.inputs],
+                                         [self._shape(n) for n in node.outputs])
 
     def _kernel_NativeGlobalAveragePoolKernel(self, step) -> None:
         xs = self._shape(step.node.inputs[0])
@@ -276,13 +300,8 @@ class ProgramBuilder:
 
     def _kernel_NativeGemmKernel(self, step) -> None:
         node, kernel = step.node, step.kernel
-        a_name, b_name, y_name = node.inputs[0], node.inputs[1], node.outputs[0]
-        prepared = kernel._prepared
-        a_shape = self._shape(a_name)
-        if (prepared is None or prepared[0] is not self.compiled.constants.get(b_name)
-                or node.attrs.get("alpha", 1.0) != 1.0 or len(a_shape) != 2):
-            raise _Unsupported("this Gemm runs on the numpy kernel")
-        weight = prepared[1]
+        a_name, y_name = node.inputs[0], node.outputs[0]
+        weight = self._c_arguments(step)["weight"]
         rows, k = weight.shape
         bias = NO_REF
         if len(node.inputs) > 2 and node.inputs[2] and node.attrs.get("beta", 1.0) != 0.0:
@@ -291,9 +310,46 @@ class ProgramBuilder:
                 raise _Unsupported("this Gemm's C is not a vector it adds once")
             bias = self._value_ref(node.inputs[2])
         wref = self._weights_ref(weight, f"{node.name}/w")
-        for n in range(a_shape[0]):
+        for n in range(self._shape(a_name)[0]):
             self._emit(OP_GEMV, step, [rows, k, kernel.threads],
                        [wref, self._value_ref(a_name, n), bias, self._value_ref(y_name, n)])
+
+    def _kernel_NativeSqueezeExciteKernel(self, step) -> None:
+        node, kernel = step.node, step.kernel
+        args = self._c_arguments(step)
+        xs = self._shape(node.inputs[0])
+        channels, squeeze = xs[1], args["w1"].shape[0]
+        pixels = int(np.prod(xs[2:], dtype=np.int64))
+        (code1, a1, b1), (code2, a2, b2) = (native._act(act) for act in args["acts"])
+        w1 = self._weights_ref(args["w1"], f"{node.name}/w1")
+        w2 = self._weights_ref(args["w2"], f"{node.name}/w2")
+        scratch = self._scratch_ref(step, "se", self._scratch_bytes(step)["se"] // 4)
+        for n in range(xs[0]):
+            self._emit(OP_SQUEEZE_EXCITE, step, [channels, pixels, squeeze, code1, code2, kernel.threads],
+                       [self._value_ref(node.inputs[0], n), self._value_ref(node.outputs[0], n), w1,
+                        self._value_ref(node.inputs[2]), w2, self._value_ref(node.inputs[4]), scratch],
+                       [a1, b1, a2, b2])
+
+    def _kernel_NativeChannelShuffleKernel(self, step) -> None:
+        node = step.node
+        groups = self._c_arguments(step)["groups"]
+        xs = self._shape(node.inputs[0])
+        pixels = int(np.prod(xs[2:], dtype=np.int64))
+        for n in range(xs[0]):
+            self._emit(OP_SHUFFLE, step, [xs[1], pixels, groups, step.kernel.threads],
+                       [self._value_ref(node.inputs[0], n), self._value_ref(node.outputs[0], n)])
+
+    def _kernel_NativeBinaryKernel(self, step) -> None:
+        kind = self._c_arguments(step)["kind"]
+        names = (*step.node.inputs[:2], step.node.outputs[0])
+        self._emit(OP_BINARY, step, [kind, step.kernel.threads], [self._value_ref(n) for n in names])
+
+    _kernel_NativeSumKernel = _kernel_NativeBinaryKernel
+
+    def _kernel_NativeActivationKernel(self, step) -> None:
+        code, a, b = native._act(self._c_arguments(step)["act"])
+        self._emit(OP_ACTIVATION, step, [code, step.kernel.threads],
+                   [self._value_ref(step.node.inputs[0]), self._value_ref(step.node.outputs[0])], [a, b])
 
     def _kernel_NativePoolKernel(self, step) -> None:
         node, kernel = step.node, step.kernel
@@ -369,7 +425,7 @@ class ProgramBuilder:
         out.u32(len(graph.inputs))
         out.u32(len(graph.outputs))
         out.u32(len(self.steps))
-        out.u32(_tile_shape())
+        out.u32(self.tiles[0] | self.tiles[1] << 16)
         self._io(out, graph.inputs, outputs=False)
         self._io(out, graph.outputs, outputs=True)
         for opcode, name, op, ints, refs, floats in self.steps:
@@ -387,19 +443,50 @@ class ProgramBuilder:
         return body + TRAILER.pack(word_checksum(body), length, weights_checksum, TRAILER_MAGIC)
 
 
-def _tile_shape() -> int:
-    """The GEMM tile of the extension that packed the 1x1 weights and sized their edge scratch: panel rows
-    | tile columns << 16 (they follow the instruction set it was built for; a C runtime built for other
-    tiles refuses the bundle)."""
-    panel_rows = native.packed_pointwise_sizes(1, 1, 1)[0]
-    tile_columns = native.packed_pointwise_sizes(1, 1, 1)[1]
-    return panel_rows | tile_columns << 16
+# The GEMM tiles (panel rows, tile columns) of the C runtime built for each target: the ISA section of
+# edgerun/kernels/native/kernels.h (ER_PW_MR, 2 * ER_VL). A runtime refuses a bundle made for other tiles,
+# so a wrong entry here cannot go unnoticed (tests_toolchain/test_c_runtime_cross.py opens each).
+TARGET_TILES = {"aarch64": (12, 8), "armv7": (6, 8), "x86-avx512": (8, 32), "x86-avx2": (6, 16), "x86-sse2": (6, 8)}
 
 
-def add_c_program(compiled, tensors) -> dict:
+def host_tiles() -> tuple[int, int]:
+    """The tiles of the running extension, which packed the 1x1 weights and sized their edge scratch."""
+    panel_rows, tile_columns = native.packed_pointwise_sizes(1, 1, 1)
+    return panel_rows, tile_columns
+
+
+def target_tiles(target: str | None) -> tuple[int, int]:
+    """The tiles of `target` (None or "host": this extension's). The plan's scratch was sized for the host's
+    tile columns: a target whose columns divide them reads within it (the edge and `cols` scratch hold a
+    whole number of the host's tiles), any other is refused."""
+    host = host_tiles()
+    if target in (None, "host"):
+        return host
+    if target not in TARGET_TILES:
+        raise InvalidOptionError(f"--c-target {target!r}: expected host or one of {', '.join(TARGET_TILES)}")
+    tiles = TARGET_TILES[target]
+    if host[1] % tiles[1]:
+        raise InvalidOptionError(f"--c-target {target}: its GEMM tiles of {tiles[1]} columns do not divide this "
+                                 f"extension's {host[1]} (the plan's scratch is sized for those): compile under the EDGERUN_ISA "
+                                 f"variant the target matches")
+    return tiles
+
+
+def pack_panels(w: np.ndarray, panel_rows: int) -> np.ndarray:
+    """A (M, K) 1x1 weight in the panels steps.c's GEMM reads with `panel_rows` rows: packed[(p K + k) rows
+    + i] = w[p rows + i, k], rows past M zero (er_pw_pack, for a panel height other than this build's)."""
+    m, k = w.shape
+    panels = -(-m // panel_rows)
+    padded = np.zeros((panels * panel_rows, k), np.float32)
+    padded[:m] = w
+    return np.ascontiguousarray(padded.reshape(panels, panel_rows, k).transpose(0, 2, 1)).reshape(-1)
+
+
+def add_c_program(compiled, tensors, target: str | None = None) -> dict:
     """Adds the C program (and the weight layouts it reads) to `tensors` as its last entry; returns the
-    header field that names it: {"version", "tensor", "unsupported": {step: reason}}."""
-    builder = ProgramBuilder(compiled, tensors)
+    header field that names it: {"version", "tensor", "unsupported": {step: reason}}. target: the C runtime's
+    build the 1x1 weights are packed for (TARGET_TILES; None: this extension's)."""
+    builder = ProgramBuilder(compiled, tensors, target)
     builder.add_steps()
     section = b"".join(bytes(chunk) for chunk in tensors.chunks())
     blob = builder.blob(len(section), word_checksum(section))

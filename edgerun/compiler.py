@@ -33,12 +33,14 @@ class BundleInfo:
 
 
 def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_program: bool = False,
-                   **session_options) -> BundleInfo:
+                   c_target: str | None = None, **session_options) -> BundleInfo:
     """Compile `model` (path, bytes or onnx.ModelProto) for fixed input shapes into a bundle file.
 
     input_shapes: {input name: shape} for inputs with dynamic dimensions (required for those).
     c_program: also write the program the C runtime runs (include/edgerun.h; edgerun/c_program.py), with
-    the weight layouts its kernels read (they add to the file, not to what a Python session maps).
+    the weight layouts its kernels read (they add to the file, not to what a Python session maps);
+    c_target: the C runtime's build it is for ("aarch64", "armv7", ...: edgerun.c_program.TARGET_TILES;
+    None: one built like this extension).
     session_options: passed to InferenceSession (kernels_backend, planner, schedule, max_t, ...).
     """
     with layouts.recording() as kernel_layouts:   # the weight layouts the kernels make: stored, used in place
@@ -60,7 +62,7 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_pro
         "max_t": session.max_t,
     }
     if c_program:   # last: it ends the weights section
-        header["c_program"] = add_c_program(session.compiled, tensors)
+        header["c_program"] = add_c_program(session.compiled, tensors, c_target)
     header["tensors"] = tensors.entries
     file_bytes, header_bytes = write_bundle(Path(out_path), header, tensors,
                                             flags=FLAG_C_PROGRAM if c_program else 0)

@@ -29,7 +29,8 @@
 #endif
 
 enum { OP_UNSUPPORTED, OP_BLOCK, OP_POINTWISE, OP_IM2COL, OP_DEPTHWISE, OP_GAP, OP_GEMV, OP_POOL, OP_COPY,
-       OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU, OP_COUNT };
+       OP_TRANSPOSE, OP_CONCAT, OP_ADD, OP_RELU, OP_CONV, OP_SQUEEZE_EXCITE, OP_SHUFFLE, OP_BINARY, OP_ACTIVATION,
+       OP_SEGMENT, OP_COUNT };
 enum { REGION_NONE, REGION_ARENA, REGION_WEIGHTS, REGION_INPUT };
 
 #define PREFIX_BYTES 64
@@ -53,6 +54,16 @@ typedef struct {
     uint64_t offset, count; /* bytes, floats */
 } er_ref;
 
+/* A streamed segment's tables (segment.c), made at open; the arena pointers are set by each run. */
+typedef struct {
+    int ntensors, nsteps, ncalls, gap;
+    er_seg_tensor *tensors;
+    er_seg_step *steps;
+    er_seg_call *calls;
+    int64_t *ring_at;    /* per tensor: its ring's float offset in the segment arena, or one of SEG_* */
+    int64_t *scratch_at; /* per step: its scratch's float offset in the segment arena, or -1 */
+} er_segment;
+
 typedef struct {
     int op;
     const char *name, *op_type;
@@ -65,9 +76,12 @@ typedef struct {
     int threads;
     er_act act, act2;
     er_block_geom geom;
+    er_conv_geom conv;
     er_block_split split;
     er_band *bands;
     int nbands, chunk;
+    int kind; /* OP_BINARY: add 0, sub 1, mul 2, div 3 */
+    er_segment *segment;
 } er_step;
 
 typedef struct {
@@ -443,6 +457,182 @@ static int check_pool(checker *c, er_step *s)
     return want(c, 0, ANY_SOURCE, (uint64_t)C * h * w, 0) || want(c, 1, ARENA_ONLY, (uint64_t)C * ho * wo, 0) ? -1 : 0;
 }
 
+static int check_conv(checker *c, er_step *s)
+{
+    er_conv_geom *g = &s->conv;
+    int v[19], threads;
+    if (counts(c, 21, 6, 2)) return -1;
+    for (int i = 0; i < 19; i++)
+        if (get_int(c, i, i >= 11 && i <= 14 ? 0 : 1, BIG, &v[i])) return -1;
+    if (get_act(c, 19, 0, &s->act) || get_int(c, 20, 1, ER_MAX_THREADS, &threads)) return -1;
+    *g = (er_conv_geom){.cin = v[0], .height = v[1], .width = v[2], .cout = v[3], .group = v[4], .kh = v[5],
+                        .kw = v[6], .sh = v[7], .sw = v[8], .dh = v[9], .dw = v[10],
+                        .pads = {v[11], v[12], v[13], v[14]}, .out_height = v[15], .out_width = v[16],
+                        .band_rows = v[17], .slab_groups = v[18]};
+    const char *problem = er_conv_check(g);
+    if (problem) return bad(c, "conv: %s", problem);
+    uint64_t in = (uint64_t)g->cin * g->height * g->width, out = (uint64_t)g->cout * g->out_height * g->out_width;
+    if (in > MAX_FLOATS || out > MAX_FLOATS) return bad(c, "conv: tensors too large");
+    if (want(c, 0, ANY_SOURCE, in, 0) || want(c, 1, WEIGHTS_ONLY, (uint64_t)er_conv_packed_floats(g), 0) ||
+        want(c, 2, ANY_SOURCE | OPTIONAL, (uint64_t)g->cout, 0) || want(c, 3, ANY_SOURCE | OPTIONAL, out, 0) ||
+        want(c, 4, ARENA_ONLY, out, 0) || want(c, 5, ARENA_ONLY, (uint64_t)er_conv_scratch_floats(g), 1))
+        return -1;
+    s->threads = threads;
+    return 0;
+}
+
+static int check_squeeze_excite(checker *c, er_step *s)
+{
+    int C, pixels, S, threads;
+    if (counts(c, 6, 7, 4) || get_int(c, 0, 1, BIG, &C) || get_int(c, 1, 1, BIG, &pixels) ||
+        get_int(c, 2, 1, BIG, &S) || get_act(c, 3, 0, &s->act) || get_act(c, 4, 2, &s->act2) ||
+        get_int(c, 5, 1, ER_MAX_THREADS, &threads))
+        return -1;
+    uint64_t plane = (uint64_t)C * pixels;
+    if (plane > MAX_FLOATS) return bad(c, "squeeze-excite: too large");
+    if (want(c, 0, ANY_SOURCE, plane, 0) || want(c, 1, ARENA_ONLY, plane, 0) ||
+        want(c, 2, ANY_SOURCE, (uint64_t)S * C, 0) || want(c, 3, ANY_SOURCE, (uint64_t)S, 0) ||
+        want(c, 4, ANY_SOURCE, (uint64_t)C * S, 0) || want(c, 5, ANY_SOURCE, (uint64_t)C, 0) ||
+        want(c, 6, ARENA_ONLY, (uint64_t)C + S, 1))
+        return -1;
+    s->threads = threads;
+    return 0;
+}
+
+static int check_shuffle(checker *c, er_step *s)
+{
+    int C, pixels, groups, threads;
+    if (counts(c, 4, 2, 0) || get_int(c, 0, 1, BIG, &C) || get_int(c, 1, 1, BIG, &pixels) ||
+        get_int(c, 2, 1, C, &groups) || get_int(c, 3, 1, ER_MAX_THREADS, &threads))
+        return -1;
+    if (C % groups) return bad(c, "shuffle: %d groups do not divide %d channels", groups, C);
+    uint64_t plane = (uint64_t)C * pixels;
+    if (plane > MAX_FLOATS || want(c, 0, ANY_SOURCE, plane, 0) || want(c, 1, ARENA_ONLY, plane, 0)) return -1;
+    s->threads = threads;
+    return 0;
+}
+
+/* binary (kind, threads; a, b, y) and activation (act, threads; x, y): every reference of y's size. */
+static int check_elementwise(checker *c, er_step *s, int nrefs)
+{
+    int threads;
+    if (counts(c, 2, nrefs, nrefs == 3 ? 0 : 2)) return -1;
+    if (nrefs == 3 ? get_int(c, 0, 0, 3, &s->kind) : get_act(c, 0, 0, &s->act)) return -1;
+    if (get_int(c, 1, 1, ER_MAX_THREADS, &threads)) return -1;
+    uint64_t n = c->step->refs[nrefs - 1].count;
+    if (n < 1) return bad(c, "an elementwise step of no elements");
+    for (int i = 0; i < nrefs; i++)
+        if (want(c, i, i == nrefs - 1 ? ARENA_ONLY : ANY_SOURCE, n, 0)) return -1;
+    s->threads = threads;
+    return 0;
+}
+
+/* OP_SEGMENT: ints threads, ntensors, nsteps, ncalls, gap (1: the last step is a global average pool:
+ * the output starts at 0 and is scaled by floats[0] after the calls), then the tensors (place 0 absent,
+ * 1 the input, 2 the output, 3 a ring; ring offset in floats, ring rows, C, H, W), the steps (the 24
+ * fields of SEG_FIELDS in edgerun/kernels/native_segment.py: offsets into the params, the scratch's into
+ * the segment arena) and the calls (step, lo, hi); refs x, out, the segment arena, the params. */
+#define SEG_TENSOR_FIELDS 6
+#define SEG_STEP_FIELDS 24
+enum { SEG_ABSENT = -1, SEG_INPUT = -2, SEG_OUTPUT = -3 };
+
+static int seg_param(checker *c, int64_t offset, int64_t count, int optional, const float **out)
+{
+    const er_ref *params = &c->step->refs[3];
+    *out = NULL;
+    if (offset == -1 && optional) return 0;
+    if (offset < 0 || count < 0 || (uint64_t)offset > params->count || (uint64_t)count > params->count - offset)
+        return bad(c, "segment: weights, bias, scales or activation outside the params");
+    *out = (const float *)(uintptr_t)(c->model->weights + params->offset) + offset;
+    return 0;
+}
+
+static int check_segment(checker *c, er_step *s)
+{
+    int threads, nt, ns, nc, gap;
+    if (get_int(c, 0, 1, ER_MAX_THREADS, &threads) || get_int(c, 1, 2, 1 << 16, &nt) ||
+        get_int(c, 2, 1, 1 << 16, &ns) || get_int(c, 3, 1, 1 << 24, &nc) || get_int(c, 4, 0, 1, &gap) ||
+        counts(c, 5 + SEG_TENSOR_FIELDS * nt + SEG_STEP_FIELDS * ns + 3 * nc, 4, 1))
+        return -1;
+    er_segment *g = (er_segment *)calloc(1, sizeof *g);
+    if (!g) return bad(c, "out of memory");
+    s->segment = g;
+    g->ntensors = nt, g->nsteps = ns, g->ncalls = nc, g->gap = gap;
+    g->tensors = (er_seg_tensor *)calloc((size_t)nt, sizeof *g->tensors);
+    g->steps = (er_seg_step *)calloc((size_t)ns, sizeof *g->steps);
+    g->calls = (er_seg_call *)calloc((size_t)nc, sizeof *g->calls);
+    g->ring_at = (int64_t *)calloc((size_t)nt, sizeof *g->ring_at);
+    g->scratch_at = (int64_t *)calloc((size_t)ns, sizeof *g->scratch_at);
+    if (!g->tensors || !g->steps || !g->calls || !g->ring_at || !g->scratch_at) return bad(c, "out of memory");
+    const int64_t *v = s->ints + 5;
+    uint64_t arena = c->step->refs[2].count, sizes[3] = {0, 0, 0};
+    /* open checks with stand-in bases (any non-NULL address): every run sets the real ones */
+    float *stand_in = (float *)(uintptr_t)c->model->weights;
+    for (int i = 0; i < nt; i++, v += SEG_TENSOR_FIELDS) {
+        er_seg_tensor *t = &g->tensors[i];
+        for (int j = 1; j < 6; j++)
+            if (v[j] < (j == 1 ? -1 : 0) || v[j] > BIG) return bad(c, "segment: tensor %d is out of range", i);
+        if (v[0] < 0 || v[0] > 3) return bad(c, "segment: tensor %d has no place", i);
+        t->ring = (int)v[2], t->channels = (int)v[3], t->height = (int)v[4], t->width = (int)v[5];
+        g->ring_at[i] = SEG_ABSENT;
+        if (v[0] == 1 || v[0] == 2) {
+            g->ring_at[i] = v[0] == 1 ? SEG_INPUT : SEG_OUTPUT;
+            uint64_t n = (uint64_t)v[3] * (uint64_t)v[4] * (uint64_t)v[5];
+            if (v[2] != 0 || (sizes[v[0]] && sizes[v[0]] != n)) return bad(c, "segment: the input and output are whole");
+            sizes[v[0]] = n;
+            t->base = stand_in;
+        } else if (v[0] == 3) {
+            uint64_t floats = (uint64_t)v[2] * (uint64_t)v[3] * (uint64_t)v[5];
+            if (v[1] < 0 || (uint64_t)v[1] > arena || floats > arena - (uint64_t)v[1])
+                return bad(c, "segment: a ring is not inside the segment arena");
+            g->ring_at[i] = v[1];
+            t->base = stand_in;
+            if (v[2] == 0) t->ring = -1; /* a ring of no rows: every row reads as padding */
+        }
+    }
+    if (!sizes[1] || !sizes[2]) return bad(c, "segment: an input and an output are needed");
+    for (int i = 0; i < ns; i++, v += SEG_STEP_FIELDS) {
+        er_seg_step *t = &g->steps[i];
+        g->scratch_at[i] = -1;
+        for (int j = 0; j < 17; j++)
+            if (v[j] < -1 || v[j] > BIG) return bad(c, "segment: step %d is out of range", i);
+        int *fields[17] = {&t->kind, &t->src, &t->skip, &t->dst, &t->out_channels, &t->out_height, &t->out_width,
+                           &t->kh, &t->kw, &t->sh, &t->sw, &t->dh, &t->dw, &t->pad_top, &t->pad_left, &t->group,
+                           &t->include_pad};
+        for (int j = 0; j < 17; j++) *fields[j] = (int)v[j];
+        if (t->kind == 0) continue; /* an activation its producer applies (calls of numpy steps are not written) */
+        if (t->src < 0 || t->src >= nt || !g->tensors[t->src].base) return bad(c, "segment: step %d has no input", i);
+        int64_t cin = g->tensors[t->src].channels, m = v[4], kk = v[7] * v[8], group = v[15] > 0 ? v[15] : 1;
+        int64_t weights = t->kind == ER_SEG_POINTWISE || t->kind == ER_SEG_IM2COL ? cin / group * kk * m :
+                          t->kind == ER_SEG_DEPTHWISE ? m * kk : 0;
+        const float *act;
+        if ((weights && seg_param(c, v[17], weights, 0, &t->weights)) || seg_param(c, v[18], v[4], 1, &t->bias) ||
+            seg_param(c, v[19], v[6], 1, &t->aux) || seg_param(c, v[23], 2, 1, &act))
+            return -1;
+        if (v[20] != -1) {
+            if (v[20] < 0 || v[21] < 0 || (uint64_t)v[20] > arena || (uint64_t)v[21] > arena - (uint64_t)v[20])
+                return bad(c, "segment: a step's scratch is not inside the segment arena");
+            g->scratch_at[i] = v[20];
+            t->scratch = stand_in;
+            t->scratch_floats = (long)v[21];
+        }
+        if (v[22] < 0 || v[22] >= ER_ACT_COUNT) return bad(c, "segment: step %d has an unknown activation", i);
+        t->act = (er_act){(int)v[22], act ? act[0] : 0.0f, act ? act[1] : 0.0f};
+    }
+    for (int i = 0; i < nc; i++, v += 3) {
+        if (v[0] < 0 || v[0] >= ns || v[1] < 0 || v[2] < 0 || v[1] > BIG || v[2] > BIG)
+            return bad(c, "segment: call %d is out of range", i);
+        g->calls[i] = (er_seg_call){(int)v[0], (int)v[1], (int)v[2]};
+    }
+    const char *problem = er_seg_check(g->tensors, nt, g->steps, ns, g->calls, nc);
+    if (problem) return bad(c, "segment: %s", problem);
+    if (want(c, 0, ANY_SOURCE, sizes[1], 0) || want(c, 1, ARENA_ONLY, sizes[2], 0) || want(c, 2, ARENA_ONLY, 0, 1) ||
+        want(c, 3, WEIGHTS_ONLY, 0, 1))
+        return -1;
+    s->threads = threads;
+    return 0;
+}
+
 static int check_same_count(checker *c, int nrefs)
 {
     if (counts(c, 0, nrefs, 0)) return -1;
@@ -498,6 +688,12 @@ static int check_step(checker *c, er_step *s)
     case OP_CONCAT: return check_concat(c, s);
     case OP_ADD: return check_same_count(c, 3);
     case OP_RELU: return check_same_count(c, 2);
+    case OP_CONV: return check_conv(c, s);
+    case OP_SQUEEZE_EXCITE: return check_squeeze_excite(c, s);
+    case OP_SHUFFLE: return check_shuffle(c, s);
+    case OP_BINARY: return check_elementwise(c, s, 3);
+    case OP_ACTIVATION: return check_elementwise(c, s, 2);
+    case OP_SEGMENT: return check_segment(c, s);
     default: return bad(c, "unknown opcode %d", s->op);
     }
 }
@@ -513,6 +709,15 @@ static void free_model(edgerun_model *m)
             free(m->steps[i].ints);
             free(m->steps[i].refs);
             free(m->steps[i].bands);
+            er_segment *g = m->steps[i].segment;
+            if (g) {
+                free(g->tensors);
+                free(g->steps);
+                free(g->calls);
+                free(g->ring_at);
+                free(g->scratch_at);
+                free(g);
+            }
         }
         free(m->steps);
     }
@@ -526,15 +731,21 @@ static void free_model(edgerun_model *m)
 void edgerun_close(edgerun_model *model) { free_model(model); }
 
 /* Drops the file pages of [p, p + n) from this process's memory (mapped files only): the checksums read
- * every byte once, and pages the kernels never read should not stay resident. */
+ * every byte once, and pages the kernels never read should not stay resident. Pages partly inside count
+ * too (the caller releases from the section's start each time: a page a chunk boundary splits, and the
+ * pages the kernel maps around each fault, up to 64 KiB before it, into a part released already, go with
+ * the next chunk). */
 static void release_pages(const edgerun_model *m, const uint8_t *p, size_t n)
 {
 #ifdef ER_HAVE_MMAP
     if (!m->mapping) return;
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0) return;
-    uintptr_t start = ((uintptr_t)p + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
-    uintptr_t end = ((uintptr_t)p + n) / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t first = (uintptr_t)m->mapping, last = first + m->file_size;
+    uintptr_t start = (uintptr_t)p / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t end = ((uintptr_t)p + n + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    if (start < first) start = first;
+    if (end > last) end = last;
     if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
 #else
     (void)m, (void)p, (void)n;
@@ -760,7 +971,7 @@ static edgerun_status check_file(edgerun_model *m, unsigned flags, edgerun_error
         for (uint64_t at = 0; at < m->weights_size; at += chunk) {
             uint64_t n = m->weights_size - at < chunk ? m->weights_size - at : chunk;
             sum += word_checksum(m->weights + at, n / 8, at / 8);
-            release_pages(m, m->weights + at, (size_t)n);
+            release_pages(m, m->weights, (size_t)(at + n)); /* from the start: see release_pages */
         }
         if (sum != weights_checksum) return fail(error, EDGERUN_E_CORRUPT, "corrupt bundle: weights checksum mismatch");
     }
@@ -1011,6 +1222,26 @@ static void run_concat(const run_env *env, const er_step *s)
     }
 }
 
+static const char *run_segment(const run_env *env, const er_step *s)
+{
+    er_segment *g = s->segment;
+    float *x = at(env, &s->refs[0]), *out = at(env, &s->refs[1]), *arena = at(env, &s->refs[2]);
+    for (int i = 0; i < g->ntensors; i++) {
+        er_seg_tensor *t = &g->tensors[i];
+        if (g->ring_at[i] >= 0) t->base = arena + g->ring_at[i];
+        else if (g->ring_at[i] == SEG_INPUT) t->base = x;
+        else if (g->ring_at[i] == SEG_OUTPUT) t->base = out;
+    }
+    for (int i = 0; i < g->nsteps; i++)
+        if (g->scratch_at[i] >= 0) g->steps[i].scratch = arena + g->scratch_at[i];
+    uint64_t n = s->refs[1].count;
+    if (g->gap) memset(out, 0, (size_t)n * sizeof(float));
+    const char *problem = er_seg_run(g->tensors, g->steps, g->calls, g->ncalls, s->threads);
+    if (g->gap)
+        for (uint64_t i = 0; i < n; i++) out[i] *= s->floats[0];
+    return problem;
+}
+
 static const char *run_step(const run_env *env, const er_step *s)
 {
     const int64_t *v = s->ints;
@@ -1057,6 +1288,23 @@ static const char *run_step(const run_env *env, const er_step *s)
         er_apply_activation(y, (long)n, &relu);
         return NULL;
     }
+    case OP_CONV:
+        return er_conv_run(&s->conv, at(env, &s->refs[1]), at(env, &s->refs[0]), at(env, &s->refs[2]),
+                           at(env, &s->refs[3]), at(env, &s->refs[4]), at(env, &s->refs[5]), &s->act, s->threads);
+    case OP_SQUEEZE_EXCITE:
+        return er_rt_squeeze_excite(at(env, &s->refs[0]), at(env, &s->refs[1]), (int)v[0], (long)v[1], (int)v[2],
+                                    at(env, &s->refs[2]), at(env, &s->refs[3]), &s->act, at(env, &s->refs[4]),
+                                    at(env, &s->refs[5]), &s->act2, at(env, &s->refs[6]), s->threads);
+    case OP_SHUFFLE:
+        return er_rt_channel_shuffle(at(env, &s->refs[0]), at(env, &s->refs[1]), (int)v[0], (long)v[1], (int)v[2],
+                                     s->threads);
+    case OP_BINARY:
+        return er_rt_binary(s->kind, at(env, &s->refs[0]), at(env, &s->refs[1]), at(env, &s->refs[2]),
+                            (long)s->refs[2].count, s->threads);
+    case OP_SEGMENT: return run_segment(env, s);
+    case OP_ACTIVATION:
+        return er_rt_activation(at(env, &s->refs[0]), at(env, &s->refs[1]), (long)s->refs[1].count, &s->act,
+                                s->threads);
     default: return "unknown step";
     }
 }

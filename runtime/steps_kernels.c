@@ -1,6 +1,8 @@
 /* The non-block kernels of edgerun/kernels/native/steps.c, built without their Python bindings
  * (ER_NO_PYTHON), and entry points for the two the bindings keep static. */
+#ifndef ER_NO_PYTHON /* the Makefile defines it for every source */
 #define ER_NO_PYTHON
+#endif
 #include "../edgerun/kernels/native/steps.c"
 
 #include "runtime_kernels.h"

@@ -50,8 +50,12 @@ def missing_tools(target: Target) -> list[str]:
 
 
 def make_variables(target: Target) -> list[str]:
-    """CC=... CFLAGS=... for `make` (the C bundle runtime's Makefile)."""
-    return [f"CC={' '.join(target.compiler)}", f"CFLAGS={' '.join(COMMON_FLAGS + list(target.flags))}"]
+    """CC=... CFLAGS=... PROGRAM_LDFLAGS=... for `make` (the C bundle runtime's Makefile): -static links the
+    example and the test program (not the shared library)."""
+    flags = [flag for flag in target.flags if flag != "-static"]
+    static = "-static" if "-static" in target.flags else ""
+    return [f"CC={' '.join(target.compiler)}", f"CFLAGS={' '.join(COMMON_FLAGS + flags)}",
+            f"PROGRAM_LDFLAGS={static}"]
 
 
 def _compile(target: Target, source: Path, obj: Path, defines: tuple[str, ...]) -> None:

@@ -57,7 +57,8 @@ def test_api_error_paths_run_clean(asan_build, bundles):
 
 
 @pytest.mark.parametrize("model,budget,seed", [("mobilenet_v2:width=0.35,resolution=96", 300_000, 11),
-                                               ("shufflenet_v1:width=0.5,resolution=96", None, 12)])
+                                               ("shufflenet_v1:width=0.5,resolution=96", None, 12),
+                                               ("mobilenet_v3_small_like:resolution=96", 120_000, 13)])
 def test_bad_bundles_never_crash_under_the_sanitizers(asan_build, bundles, model, budget, seed, tmp_path):
     seen = harness.check_bad_bundles(asan_build, bundles(model, 1, budget), tmp_path, count=160, seed=seed)
     assert seen.get("EDGERUN_E_CORRUPT", 0) > 100

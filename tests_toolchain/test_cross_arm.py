@@ -6,9 +6,9 @@ and both ARM targets (cbuild.TARGETS; .ci/run installs the cross compilers and q
 check passes on each, the ARM objects hold NEON vector arithmetic (not only scalar code), and the chain's
 logits equal the host's within 1e-5 relative. Missing tools are a failure, not a skip.
 
-Hook for the C bundle runtime (branch c-runtime): its cross test builds the runtime with
+The C bundle runtime's cross test (tests_toolchain/test_c_runtime_cross.py) builds the runtime with
 `make <cbuild.make_variables(target)>` for "aarch64" and "armv7", runs its test program and the example
-app under target.runner, and compares the MobileNetV2 bundle's logits and top-5 with the host's the same way.
+app under target.runner, and compares the MobileNetV2 bundle's logits and top-5 with x86's.
 """
 import re
 

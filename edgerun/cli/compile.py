@@ -23,7 +23,8 @@ def compile_main(argv=None) -> int:
         if args.threads is not None:
             options["threads"] = args.threads
         info = compile_bundle(model, args.output, memory_budget=budget, input_shapes=shapes,
-                              planner=args.planner, c_program=args.c_runtime, **options)
+                              planner=args.planner, c_program=args.c_runtime or args.c_target is not None,
+                              c_target=args.c_target, **options)
     except EdgerunError as exc:
         print(f"edgerun compile: error: {exc}", file=sys.stderr)
         return EXIT_BUDGET if isinstance(exc, MemoryBudgetError) else EXIT_USAGE
@@ -59,6 +60,9 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--c-runtime", action="store_true",
                         help="also write the program the C runtime runs (include/edgerun.h, docs/c-api.md); "
                              "adds the weight layouts its kernels read to the file")
+    parser.add_argument("--c-target", default=None, metavar="TARGET",
+                        help="the C runtime's build the program is for (implies --c-runtime): host (default), "
+                             "aarch64, armv7, x86-avx512, x86-avx2, x86-sse2 (their GEMM tiles differ)")
     return parser
 
 

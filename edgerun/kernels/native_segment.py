@@ -254,6 +254,17 @@ class NativeSegmentRunner:
         """Row kernel calls of one run (numpy_segment.SegmentRunner.row_calls: the same schedule; a
         fused block runs each output row slice by slice here too)."""
         return self.plan.row_calls
+    def c_arguments(self, node=None, constants=None, in_shapes=None, out_shapes=None) -> dict | None:
+        """What run() hands segment_run, for the C runtime's program (edgerun/c_program.py; the arguments of
+        StepKernel.c_arguments are not needed): {"tensors", "steps", "calls" (all of them, in order), "params",
+        "gap_scale" (the float32 factor of a final global average pool, else None)}; None when part of the
+        segment runs on the numpy row kernels."""
+        if not all(native for native, _ in self.program):
+            return None
+        last = self.plan.kernels[-1]
+        scale = float(np.float32(1.0 / (last.in_height * last.in_width))) if self._gap else None
+        return {"tensors": self.tensors, "steps": self.step_table, "params": self.params, "gap_scale": scale,
+                "calls": np.concatenate([calls for _, calls in self.program]).reshape(-1, 3)}
 
     # ------------------------------------------------------------ running
     def run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:

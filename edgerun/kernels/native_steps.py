@@ -114,6 +114,20 @@ class NativeFusedConvKernel(StepKernel):
             return
         self._prepared = (w, layout, np.zeros(cout, np.float32))
 
+    def c_arguments(self, node, constants, in_shapes, out_shapes):
+        """{"kind": "pointwise" | "depthwise" | "conv", "weights": the layout prepare() made (packed 1x1 panels,
+        (Cout, kh, kw) depthwise taps, conv.c's packed groups), "zero_bias": the bias used when the node has
+        none, "act": the fused activation, "geometry": conv.c's tuple for one image ("conv" only)}."""
+        x_shape, y_shape = in_shapes[0], out_shapes[0]
+        kind = self._native_kind(node, x_shape[1], y_shape[1])
+        w = constants.get(node.inputs[1])
+        if kind is None or self._prepared is None or self._prepared[0] is not w or len(x_shape) != 4:
+            return None
+        arguments = {"kind": kind, "weights": self._prepared[1], "zero_bias": self._prepared[2], "act": self._act}
+        if kind == "conv":
+            arguments["geometry"] = self._geometry(node, x_shape[1:], y_shape[1:], w.shape)
+        return arguments
+
     def run(self, node, inputs, outputs, scratch):
         x, w = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) > 2 else None
@@ -199,6 +213,15 @@ class NativeGemmKernel(StepKernel):
         layout = np.ascontiguousarray(b) if node.attrs.get("transB", 0) else layouts.transposed(node.inputs[1], b)
         self._prepared = (b, layout)
 
+    def c_arguments(self, node, constants, in_shapes, out_shapes):
+        """{"weight": the (N, K) layout gemv reads}, for a row-major 2-D A and alpha 1 (the bias is checked
+        by the caller, as run() does with _bias)."""
+        prepared = self._prepared
+        if (prepared is None or prepared[0] is not constants.get(node.inputs[1])
+                or node.attrs.get("alpha", 1.0) != 1.0 or len(in_shapes[0]) != 2):
+            return None
+        return {"weight": prepared[1]}
+
     def _bias(self, node, inputs, rows: int):
         """The vector C adds to every row (None: no C or beta == 0), or False when it is not one."""
         c = inputs[2] if len(inputs) > 2 else None
@@ -251,6 +274,14 @@ class NativeBinaryKernel(StepKernel):
             return self.fallback.run(node, inputs, outputs, scratch)
         native_fused.binary(kind, a, b, y, self.threads)
 
+    def c_arguments(self, node, constants, in_shapes, out_shapes):
+        """{"kind": add 0, sub 1, mul 2, div 3} for two operands of the output's shape."""
+        kind = self.KINDS.get(node.op_type)
+        shapes = {tuple(s) for s in (*in_shapes[:2], out_shapes[0])}
+        if kind is None or len(in_shapes) != 2 or len(shapes) != 1 or 0 in out_shapes[0]:
+            return None
+        return {"kind": kind}
+
 
 class NativeActivationKernel(StepKernel):
     """A standalone activation of the table in C (activation.c's loops), threads taking ranges of elements."""
@@ -273,6 +304,14 @@ class NativeActivationKernel(StepKernel):
         native_fused.activation(x, y, Activation(self.fallback.kind.name, tuple(float(p) for p in params)),
                                 self.threads)
 
+    def c_arguments(self, node, constants, in_shapes, out_shapes):
+        """{"act": the activation}, when its parameters are constants (Clip's bounds may be inputs)."""
+        inputs = [constants.get(name) if name else None for name in node.inputs]
+        params = self.fallback.params(node, inputs)
+        if 0 in out_shapes[0] or any(p is None for p in params):
+            return None
+        return {"act": Activation(self.fallback.kind.name, tuple(float(p) for p in params))}
+
 
 class NativeSumKernel(NativeBinaryKernel):
     """Sum of two float32 operands of the output's shape (ResNet's residual Sum) as the C Add; others on numpy."""
@@ -284,3 +323,9 @@ class NativeSumKernel(NativeBinaryKernel):
         if a.shape != y.shape or b.shape != y.shape or y.size == 0 or not _float32_contiguous(a, b, y):
             return self.fallback.run(node, inputs, outputs, scratch)
         native_fused.binary(self.KINDS["Add"], a, b, y, self.threads)
+
+    def c_arguments(self, node, constants, in_shapes, out_shapes):
+        shapes = {tuple(s) for s in (*in_shapes, out_shapes[0])}
+        if len(in_shapes) != 2 or len(shapes) != 1 or 0 in out_shapes[0]:
+            return None
+        return {"kind": self.KINDS["Add"]}

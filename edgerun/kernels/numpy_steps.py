@@ -64,6 +64,12 @@ class StepKernel:
     def run(self, node: Node, inputs: list, outputs: list, scratch: dict) -> None:
         raise NotImplementedError
 
+    def c_arguments(self, node: Node, constants: dict, in_shapes: list, out_shapes: list) -> dict | None:
+        """What run() hands the C kernels for inputs of these shapes, for the C runtime's program
+        (edgerun/c_program.py): the weight layouts prepare() made, the activation, the geometry. None when
+        run() would not call a C kernel (the numpy path); a kernel without a C counterpart keeps None."""
+        return None
+
 
 def _needs_act_tmp(node: Node) -> bool:
     return KINDS[node.attrs.get("activation", "")].needs_tmp

@@ -65,6 +65,14 @@ class NativeSqueezeExciteKernel(StepKernel):
         self._prepared = (w1, w2, np.ascontiguousarray(w1.reshape(w1.shape[0], -1), np.float32),
                           np.ascontiguousarray(w2.reshape(w2.shape[0], -1), np.float32))
 
+    def c_arguments(self, node, constants, in_shapes, out_shapes):
+        """{"w1": (S, C), "w2": (C, S) layouts, "acts": (activation, gate)}."""
+        prepared = self._prepared
+        if (prepared is None or prepared[0] is not constants.get(node.inputs[1])
+                or prepared[1] is not constants.get(node.inputs[3])):
+            return None
+        return {"w1": prepared[2], "w2": prepared[3], "acts": se_activations(node)}
+
     def run(self, node, inputs, outputs, scratch):
         x, w1, b1, w2, b2 = inputs[:5]
         prepared = self._prepared

@@ -25,6 +25,10 @@ class NativeChannelShuffleKernel(StepKernel):
         self.fallback = fallback or ChannelShuffleKernel()
         self.threads = threads
 
+    def c_arguments(self, node, constants, in_shapes, out_shapes):
+        """{"groups": the shuffle's groups}, for an input of rank 3 or more."""
+        return {"groups": int(node.attrs["groups"])} if len(in_shapes[0]) >= 3 else None
+
     def run(self, node, inputs, outputs, scratch):
         x, y = inputs[0], outputs[0]
         if x.dtype != np.float32 or x.ndim < 3:

@@ -20,13 +20,17 @@
  * Threads: per slab of a band, the pixel tiles are shared out for the packing, then the (group, panel)
  * units for the GEMM; every output element is computed by one thread in the same order whatever the
  * thread count (same bits). Nothing here allocates memory. */
+#ifndef ER_NO_PYTHON /* C programs (runtime/) build the kernels without their Python bindings */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <string.h>
 
 #define ER_VECTOR_HELPERS
 #include "kernels.h"
+#ifndef ER_NO_PYTHON
 #include "pybuffers.h"
+#endif
 #include "threadpool.h"
 
 #define CKC 256 /* taps per k-block: a CKC x CNR tile of cols stays in L1 */
@@ -554,6 +558,7 @@ const char *er_conv_run(const er_conv_geom *g, const float *packed, const float 
 }
 
 /* ---------------------------------------------------------------- Python bindings */
+#ifndef ER_NO_PYTHON
 
 /* geom = (cin, h, w, cout, group, kh, kw, sh, sw, dh, dw, (top, left, bottom, right), ho, wo, band_rows,
  *         slab_groups) */
@@ -635,3 +640,4 @@ PyObject *er_py_conv_run(PyObject *self, PyObject *args)
     if (error) return PyErr_Format(PyExc_RuntimeError, "conv: %s", error);
     Py_RETURN_NONE;
 }
+#endif /* ER_NO_PYTHON */

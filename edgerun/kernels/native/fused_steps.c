@@ -8,13 +8,17 @@
  * Threads take ranges of channels; every value is computed the same way whatever the thread count
  * (the two small matrix-vector products run on one thread), so the bits do not depend on it. Nothing
  * here allocates: outputs and scratch come from the caller (the arena). */
+#ifndef ER_NO_PYTHON /* C programs (runtime/) build the kernels without their Python bindings */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <string.h>
 
 #define ER_VECTOR_HELPERS
 #include "kernels.h"
+#ifndef ER_NO_PYTHON
 #include "pybuffers.h"
+#endif
 #include "threadpool.h"
 
 /* ---------------------------------------------------------------- squeeze-excitation */
@@ -91,6 +95,7 @@ static const char *er_squeeze_excite(const float *x, float *y, int channels, lon
     return er_run_parts(se_scale_item, &job, job.parts);
 }
 
+#ifndef ER_NO_PYTHON
 PyObject *er_py_squeeze_excite(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -127,6 +132,7 @@ PyObject *er_py_squeeze_excite(PyObject *self, PyObject *args)
     if (error) return PyErr_Format(PyExc_RuntimeError, "squeeze_excite: %s", error);
     Py_RETURN_NONE;
 }
+#endif
 
 /* ---------------------------------------------------------------- channel shuffle */
 typedef struct {
@@ -149,6 +155,7 @@ static void shuffle_item(void *ctx, int part)
     }
 }
 
+#ifndef ER_NO_PYTHON
 PyObject *er_py_channel_shuffle(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -179,6 +186,7 @@ PyObject *er_py_channel_shuffle(PyObject *self, PyObject *args)
     if (error) return PyErr_Format(PyExc_RuntimeError, "channel_shuffle: %s", error);
     Py_RETURN_NONE;
 }
+#endif
 
 /* ---------------------------------------------------------------- plain elementwise steps, threaded */
 /* Every element is computed by the same expression whatever the thread count: threads take ranges. */
@@ -233,6 +241,7 @@ static int ew_parts(long n, int threads)
     return er_worth_parts((double)n, threads, (int)(blocks < threads ? blocks : threads));
 }
 
+#ifndef ER_NO_PYTHON
 /* y = a (op) b, all of n floats (no broadcast). */
 PyObject *er_py_binary(PyObject *self, PyObject *args)
 {
@@ -293,3 +302,4 @@ PyObject *er_py_activation(PyObject *self, PyObject *args)
     if (error) return PyErr_Format(PyExc_RuntimeError, "activation: %s", error);
     Py_RETURN_NONE;
 }
+#endif
