@@ -18,6 +18,7 @@ import numpy as np
 from edgerun.errors import UnsupportedOperatorError
 from edgerun.ir import TensorInfo
 from edgerun.kernels import steps_quant as sq
+from edgerun.kernels.native_quant import NativeQInvertedResidualKernel
 from edgerun.ops import lookup as ops_lookup
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, attr_ints, broadcast_shapes, invalid, require_inputs
@@ -578,5 +579,5 @@ register("QLinearAveragePool", _qavgpool_infer, _qavgpool_compute, domain=MS,
 register("QMaxPool", _qmaxpool_infer, _qmaxpool_compute, domain="edgerun",
          step=sq.PerChannelKernel(lambda node, inputs: _qmaxpool_compute(node, inputs, 19)[0]), any_dtype=True)
 register("QInvertedResidual", _qblock_infer, _qblock_compute, domain="edgerun", macs=_qblock_macs,
-         step=sq.QInvertedResidualKernel(), any_dtype=True)
+         step=sq.QInvertedResidualKernel(), native=NativeQInvertedResidualKernel, any_dtype=True)
 register("QLookup", _lookup_infer, _lookup_compute, domain="edgerun", step=sq.LookupKernel(), any_dtype=True)
