@@ -16,6 +16,7 @@ from edgerun.kernels.native import _call, _module
 from edgerun.kernels.numpy_steps import StepKernel
 
 MAX_WIDTH = 1024     # Q_MAX_WIDTH in quant.c
+MAX_SPAN = 2 * MAX_WIDTH + 64   # Q_MAX_SPAN
 PAD_ROWS = 8         # Q_VNNI_ROWS_PAD in quant.c
 
 # quant.c's geometry fields, in its order (enum G_*)
@@ -111,24 +112,22 @@ class NativeQInvertedResidualKernel(StepKernel):
         x, y = inputs[0], outputs[0]
         shapes = [None if v is None else np.shape(v) for v in inputs]
         g = sq.block_geometry(node, shapes[0], shapes[3] if node.inputs[3] else None, shapes[9], shapes[15])
-        rows, chunk = g.schedule()
-        if chunk < g.hidden:
-            chunk -= chunk % 4
+        rows, planned_chunk = g.schedule()
         x_float = x.dtype == np.float32
-        if (chunk < 4 or g.out_width > MAX_WIDTH or x.dtype.itemsize > 1 and not x_float
+        if (g.out_width > MAX_WIDTH or (g.out_width - 1) * g.dw.strides[0] + g.dw.kernel[0] > MAX_SPAN or x.dtype.itemsize > 1 and not x_float
                 or x_float and (g.expand is None or g.residual or not node.attrs.get("quantize_input", 0))):
             return None
         has_expand = g.expand is not None
-        hidden_rows = g.hidden_rows(rows)
-        need = {"hidden": chunk * hidden_rows * g.hidden_width if has_expand else 0,
-                "dw": kpad(chunk) * rows * g.out_width, "proj": g.cout * rows * g.out_width if g.residual else 0,
-                "pacc": g.cout * rows * g.out_width * 4 if chunk < g.hidden else 0}
+        e_kpad = kpad(g.cin * g.expand.kernel[0] ** 2) if has_expand else 4
+        layout = scratch_layout(g, rows, e_kpad, scratch, planned_chunk < g.hidden)
+        if layout is None:
+            return None
+        chunk, places, tile_pixels = layout
+        need = {"proj": g.cout * rows * g.out_width if g.residual else 0,
+                "pacc": g.cout * rows * g.out_width * 4 if chunk < g.hidden else 0,
+                "xq": g.cin * g.input_rows(rows) * g.width if x_float else 0}
         if any(size and (name not in scratch or scratch[name].nbytes < size) for name, size in need.items()):
             return None
-        e_kpad = kpad(g.cin * g.expand.kernel[0] ** 2) if has_expand else 4
-        tile_pixels = max(1, scratch["a"].nbytes // e_kpad) if has_expand else 1
-        if tile_pixels >= 32:
-            tile_pixels -= tile_pixels % 32
         xs, xz = inputs[1], inputs[2]
         hidden_scale, hidden_zero = (inputs[6], inputs[7]) if has_expand else (xs, xz)
         hidden_dtype = np.asarray(hidden_zero).dtype
@@ -163,10 +162,160 @@ class NativeQInvertedResidualKernel(StepKernel):
         fixed = (geometry, scales, *expand, self._depthwise(inputs[9], inputs[11]), dw_bias,
                  _f32(dw_req.mult, g.hidden), p8, p16, folded_bias(inputs[20], p_sums, d_zero),
                  _f32(proj_req.mult, g.cout))
-        buffers = tuple(scratch[name].view(np.uint8) if size else None for name, size in need.items())
-        buffers += (scratch["a"].view(np.uint8) if has_expand else None,)
+        def place(name):
+            return None if name is None else scratch[name].view(np.uint8)
+        buffers = (place(places["hidden"]), place(places["dw"]), place("proj" if g.residual else None),
+                   place("pacc" if chunk < g.hidden else None), place(places["tile"]), place("xq" if x_float else None))
         return fixed, buffers
+
+
+POOLED_SCRATCH = ("hidden", "dw", "a", "b", "c")   # the numpy kernel's band and tile buffers
+
+
+def scratch_layout(g, rows: int, e_kpad: int, scratch: dict, accumulates: bool):
+    """(hidden channels per chunk, the scratch buffer holding each of "hidden", "dw", "tile", pixels of one
+    packing tile) for the C block, or None. The numpy kernel's band and tile buffers are pooled: the expanded
+    rows, the depthwise rows and the packed expansion input each take one, chosen for the fewest chunks
+    (a multiple of 4 channels, or all of them; more than one only when the plan has the accumulator) and
+    the expansion input packed once per band when it fits."""
+    sizes = {name: scratch[name].nbytes for name in POOLED_SCRATCH if name in scratch}
+    hidden_pixels = g.hidden_rows(rows) * g.hidden_width if g.expand is not None else 0
+    out_pixels = rows * g.out_width
+    best = None
+    for tile in (list(sizes) if g.expand is not None else [None]):
+        rest = [name for name in sizes if name != tile]
+        tile_pixels = sizes[tile] // e_kpad if tile else 1
+        if tile and tile_pixels < 1:
+            continue
+        packed_once = tile is None or tile_pixels >= hidden_pixels
+        for hidden in (rest if g.expand is not None else [None]):
+            for dw in (name for name in rest if name != hidden):
+                chunk = _largest_chunk(g.hidden, sizes[hidden] // hidden_pixels if hidden else g.hidden,
+                                       sizes[dw] // out_pixels, accumulates)
+                if chunk is None:
+                    continue
+                cost = -(-g.hidden // chunk) * (1 if packed_once else 2)
+                if best is None or cost < best[0]:
+                    best = (cost, chunk, {"hidden": hidden, "dw": dw, "tile": tile}, tile_pixels)
+    if best is None:
+        return None
+    _, chunk, places, tile_pixels = best
+    if tile_pixels >= 32:
+        tile_pixels -= tile_pixels % 32
+    return chunk, places, max(1, tile_pixels)
+
+
+def _largest_chunk(hidden: int, hidden_room: int, dw_room: int, accumulates: bool):
+    """The most hidden channels a chunk may hold: `hidden_room` expanded channels and `dw_room` depthwise
+    channels (held in whole groups of 4); all of them, else a multiple of 4 when the plan accumulates."""
+    if hidden_room >= hidden and dw_room >= kpad(hidden):
+        return hidden
+    chunk = min(hidden_room, dw_room) // 4 * 4
+    return chunk if accumulates and chunk >= 4 else None
 
 
 def _scalar_f32(value) -> float:
     return float(np.float32(np.asarray(value).reshape(())))
+
+
+def _tile_pixels(tile_bytes: int, k_padded: int) -> int:
+    pixels = max(1, tile_bytes // k_padded)
+    return pixels - pixels % 32 if pixels >= 32 else pixels
+
+
+class NativeQLinearConvKernel(StepKernel):
+    """1x1 QLinearConv (stride 1, no padding, one group) in C, the pixels packed tile by tile into the numpy
+    kernel's `a` scratch; every other convolution runs on the numpy kernel."""
+
+    def __init__(self, fallback: StepKernel, threads: int = 1):
+        self.fallback = fallback
+        self.threads = threads
+        self._derived = sq.DerivedWeights()
+
+    def supports(self, node):
+        return self.fallback.supports(node)
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+
+    def prepare(self, node, constants):
+        self.fallback.prepare(node, constants)
+        w, wzp = constants.get(node.inputs[3]), constants.get(node.inputs[5])
+        if w is not None and wzp is not None:
+            self._weights(w, wzp)
+
+    def _weights(self, w, wzp):
+        return self._derived.get(w, ("gemm", np.asarray(wzp).tobytes()), lambda: gemm_weights(w, wzp))
+
+    def run(self, node, inputs, outputs, scratch):
+        x, xs, xzp, w, ws, wzp, ys, yzp = inputs[:8]
+        y = outputs[0]
+        spec = self.fallback.spec(node, x.shape, w.shape)
+        if (spec.kind(x.shape[1], y.shape[1]) != "pointwise" or x.dtype.itemsize != 1 or y.dtype.itemsize != 1
+                or "a" not in scratch):
+            self.fallback.run(node, inputs, outputs, scratch)
+            return
+        bias = inputs[8] if len(inputs) > 8 else None
+        w8, w16, sums = self._weights(w, wzp)
+        cin, cout, pixels = x.shape[1], y.shape[1], int(np.prod(x.shape[2:]))
+        req = sq.requant_of(xs, ws, ys, yzp, cout, y.dtype, node)
+        tile = scratch["a"].view(np.uint8)
+        geometry = np.array([cin, cout, pixels, kpad(cin), _signed(np.asarray(xzp).dtype), _scalar(xzp), 0,
+                             _tile_pixels(tile.nbytes, kpad(cin))], dtype=np.int32)
+        scalars = np.array([float(req.zero), req.low, req.high], dtype=np.float32)
+        run = _module().qgemm_run
+        folded = folded_bias(bias, sums, xzp)
+        mult = _f32(req.mult, cout)
+        for n in range(x.shape[0]):
+            _call(run, x[n], y[n].view(np.uint8), w8, w16, folded, mult, geometry, scalars, tile)
+
+
+class NativeQMatMulKernel(StepKernel):
+    """QGemm / QLinearMatMul of int8 rows by a constant 2-D int8 matrix to int8, in C (one packed row at a
+    time through the `cols` scratch); a float output (QGemm without y_scale) runs on the numpy kernel."""
+
+    def __init__(self, fallback: StepKernel, threads: int = 1):
+        self.fallback = fallback
+        self.threads = threads
+        self._derived = sq.DerivedWeights()
+
+    def supports(self, node):
+        return self.fallback.supports(node)
+
+    def scratch_bytes(self, node, in_shapes, out_shapes):
+        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+
+    def prepare(self, node, constants):
+        self.fallback.prepare(node, constants)
+        b, bzp = constants.get(node.inputs[3]), constants.get(node.inputs[5])
+        if b is not None and bzp is not None and b.ndim == 2:
+            self._weights(node, b, bzp)
+
+    def _weights(self, node, b, bzp):
+        transposed = node.op_type == "QGemm" and bool(node.attrs.get("transB", 0))
+
+        def make():
+            return gemm_weights(b if transposed else np.ascontiguousarray(b.T), bzp)
+        return self._derived.get(b, ("gemm", transposed, np.asarray(bzp).tobytes()), make)
+
+    def run(self, node, inputs, outputs, scratch):
+        ia, ias, iaz, ib, ibs, ibz, ibias, iys, iyz = sq.QMatMulKernel._operands(node)
+        a, b, y = inputs[ia], inputs[ib], outputs[0]
+        y_scale = sq._input(inputs, iys)
+        if (y_scale is None or b.ndim != 2 or a.dtype.itemsize != 1 or y.dtype.itemsize != 1 or "cols" not in scratch
+                or not a.flags.c_contiguous):
+            self.fallback.run(node, inputs, outputs, scratch)
+            return
+        w8, w16, sums = self._weights(node, b, inputs[ibz])
+        k = a.shape[-1]
+        n = w16.shape[0] - PAD_ROWS
+        rows = a.size // k
+        mult = _f32(sq.multiplier(inputs[ias], inputs[ibs], y_scale), n)
+        zero = sq._input(inputs, iyz)
+        low, high = sq._range(y.dtype)
+        geometry = np.array([k, n, rows, kpad(k), _signed(np.asarray(inputs[iaz]).dtype), _scalar(inputs[iaz]), 1, 1],
+                            dtype=np.int32)
+        scalars = np.array([0.0 if zero is None else _scalar(zero), low, high], dtype=np.float32)
+        folded = folded_bias(sq._input(inputs, ibias), sums, inputs[iaz])
+        _call(_module().qgemm_run, a.reshape(-1), y.reshape(-1).view(np.uint8), w8, w16, folded, mult, geometry,
+              scalars, scratch["cols"].view(np.uint8))
