@@ -76,6 +76,8 @@ class NativeQInvertedResidualKernel(StepKernel):
         self.fallback = fallback or sq.QInvertedResidualKernel()
         self.threads = threads
         self._derived = sq.DerivedWeights()
+        self._layouts = {}
+        self._calls = {}
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
         return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
@@ -97,37 +99,49 @@ class NativeQInvertedResidualKernel(StepKernel):
         return self._derived.get(w, ("dw", np.asarray(wzp).tobytes()), make)
 
     def run(self, node, inputs, outputs, scratch):
-        call = self._call_arguments(node, inputs, outputs, scratch)
+        call = self._cached_call(node, inputs, outputs, scratch)
         if call is None:
             self.fallback.run(node, inputs, outputs, scratch)
             return
-        fixed, buffers = call
+        fixed, places = call
+        buffers = tuple(None if place is None else scratch[place].view(np.uint8) for place in places)
         x, y = inputs[0], outputs[0]
         function = _module().qblock_run
         for n in range(x.shape[0]):
             _call(function, x[n], y[n].view(np.uint8), *fixed, *buffers)
 
+    def _cached_call(self, node, inputs, outputs, scratch):
+        """_call_arguments, derived once per node while its constant inputs, dtypes and scratch stay the same
+        (the entry holds those inputs, so their ids cannot be reused while it lives)."""
+        key = (inputs[0].shape, inputs[0].dtype, outputs[0].dtype, tuple(map(id, inputs[1:])),
+               tuple(sorted((name, view.nbytes) for name, view in scratch.items())))
+        entry = self._calls.get(node.name)
+        if entry is None or entry[0] != key:
+            entry = (key, self._call_arguments(node, inputs, outputs, scratch), list(inputs[1:]))
+            self._calls[node.name] = entry
+        return entry[1]
+
     def _call_arguments(self, node, inputs, outputs, scratch):
-        """(the weight and geometry arguments, the scratch buffers) of qblock_run, or None (numpy runs)."""
+        """(the weight and geometry arguments, the scratch buffer names in qblock_run's order) of qblock_run, or
+        None (numpy runs)."""
         x, y = inputs[0], outputs[0]
         shapes = [None if v is None else np.shape(v) for v in inputs]
         g = sq.block_geometry(node, shapes[0], shapes[3] if node.inputs[3] else None, shapes[9], shapes[15])
-        rows, planned_chunk = g.schedule()
         x_float = x.dtype == np.float32
-        if (g.out_width > MAX_WIDTH or (g.out_width - 1) * g.dw.strides[0] + g.dw.kernel[0] > MAX_SPAN or x.dtype.itemsize > 1 and not x_float
+        if (g.out_width > MAX_WIDTH or (g.out_width - 1) * g.dw.strides[0] + g.dw.kernel[0] > MAX_SPAN
+                or x.dtype.itemsize > 1 and not x_float
                 or x_float and (g.expand is None or g.residual or not node.attrs.get("quantize_input", 0))):
             return None
         has_expand = g.expand is not None
         e_kpad = kpad(g.cin * g.expand.kernel[0] ** 2) if has_expand else 4
-        layout = scratch_layout(g, rows, e_kpad, scratch, planned_chunk < g.hidden)
+        sizes = tuple(sorted((name, view.nbytes) for name, view in scratch.items()))
+        key = (node.name, g, sizes, x_float)
+        if key not in self._layouts:
+            self._layouts[key] = scratch_layout(g, e_kpad, dict(sizes), x_float)
+        layout = self._layouts[key]
         if layout is None:
             return None
-        chunk, places, tile_pixels = layout
-        need = {"proj": g.cout * rows * g.out_width if g.residual else 0,
-                "pacc": g.cout * rows * g.out_width * 4 if chunk < g.hidden else 0,
-                "xq": g.cin * g.input_rows(rows) * g.width if x_float else 0}
-        if any(size and (name not in scratch or scratch[name].nbytes < size) for name, size in need.items()):
-            return None
+        rows, chunk, places, tile_pixels = layout
         xs, xz = inputs[1], inputs[2]
         hidden_scale, hidden_zero = (inputs[6], inputs[7]) if has_expand else (xs, xz)
         hidden_dtype = np.asarray(hidden_zero).dtype
@@ -162,56 +176,106 @@ class NativeQInvertedResidualKernel(StepKernel):
         fixed = (geometry, scales, *expand, self._depthwise(inputs[9], inputs[11]), dw_bias,
                  _f32(dw_req.mult, g.hidden), p8, p16, folded_bias(inputs[20], p_sums, d_zero),
                  _f32(proj_req.mult, g.cout))
-        def place(name):
-            return None if name is None else scratch[name].view(np.uint8)
-        buffers = (place(places["hidden"]), place(places["dw"]), place("proj" if g.residual else None),
-                   place("pacc" if chunk < g.hidden else None), place(places["tile"]), place("xq" if x_float else None))
+        buffers = tuple(places.get(need) for need in ("hidden", "dw", "proj", "pacc", "tile", "xq"))
         return fixed, buffers
 
 
-POOLED_SCRATCH = ("hidden", "dw", "a", "b", "c")   # the numpy kernel's band and tile buffers
+# the C block's cost model for choosing its band rows and chunk (relative units): a (band, chunk) step's fixed
+# cost, in multiply-adds
+STEP_MACS = 20000
 
 
-def scratch_layout(g, rows: int, e_kpad: int, scratch: dict, accumulates: bool):
-    """(hidden channels per chunk, the scratch buffer holding each of "hidden", "dw", "tile", pixels of one
-    packing tile) for the C block, or None. The numpy kernel's band and tile buffers are pooled: the expanded
-    rows, the depthwise rows and the packed expansion input each take one, chosen for the fewest chunks
-    (a multiple of 4 channels, or all of them; more than one only when the plan has the accumulator) and
-    the expansion input packed once per band when it fits."""
-    sizes = {name: scratch[name].nbytes for name in POOLED_SCRATCH if name in scratch}
-    hidden_pixels = g.hidden_rows(rows) * g.hidden_width if g.expand is not None else 0
-    out_pixels = rows * g.out_width
+def _needs(g, rows: int, chunk: int, x_float: bool) -> dict:
+    """Bytes of every buffer the C block needs with bands of `rows` output rows and chunks of `chunk` hidden
+    channels (quant.c's sizes), the packing tile apart."""
+    pixels = rows * g.out_width
+    needs = {"dw": kpad(chunk) * pixels}
+    if g.expand is not None:
+        needs["hidden"] = chunk * g.hidden_rows(rows) * g.hidden_width
+    if g.residual:
+        needs["proj"] = g.cout * pixels
+    if chunk < g.hidden:
+        needs["pacc"] = g.cout * pixels * 4
+    if x_float:
+        needs["xq"] = g.cin * g.input_rows(rows) * g.width
+    return needs
+
+
+def _best_fit(needs: dict, sizes: dict):
+    """Each need in its own scratch buffer, the largest need first into the smallest buffer that holds it; the
+    buffers left over; or None."""
+    free = dict(sizes)
+    places = {}
+    for need, size in sorted(needs.items(), key=lambda item: -item[1]):
+        fits = [name for name, room in free.items() if room >= size]
+        if not fits:
+            return None
+        name = min(fits, key=lambda n: (free[n], n))
+        places[need] = name
+        del free[name]
+    return places, free
+
+
+def _fit(g, rows: int, chunk: int, e_kpad: int, sizes: dict, x_float: bool):
+    """(places, tile buffer, tile pixels) for this band and chunk, or None."""
+    fitted = _best_fit(_needs(g, rows, chunk, x_float), sizes)
+    if fitted is None:
+        return None
+    places, free = fitted
+    if g.expand is None:
+        return places, None, 1
+    tile = max(free, key=lambda n: (free[n], n), default=None)
+    if tile is None or free[tile] < e_kpad:
+        return None
+    return places, tile, free[tile] // e_kpad
+
+
+def _cost(g, rows: int, chunk: int, tile_pixels: int, e_kpad: int) -> float:
+    """Multiply-adds the C block spends (expanded rows recomputed where bands overlap, pixel vectors of 16
+    lanes), plus STEP_MACS per (band, chunk) step and the repacking of an expansion input that is not packed
+    once per band."""
+    bands = -(-g.out_height // rows)
+    chunks = -(-g.hidden // chunk)
+    pixels = rows * g.out_width
+    lanes = pixels / (-(-pixels // 16) * 16)
+    hidden_pixels = g.hidden_rows(rows) * g.hidden_width
+    cost = bands * chunks * STEP_MACS
+    cost += bands * g.hidden * g.cout * pixels / lanes
+    if g.expand is not None:
+        cost += bands * g.hidden * e_kpad * hidden_pixels / (hidden_pixels / (-(-hidden_pixels // 16) * 16))
+        if tile_pixels < hidden_pixels:
+            cost += bands * chunks * e_kpad * hidden_pixels
+    return cost
+
+
+def scratch_layout(g, e_kpad: int, sizes: dict, x_float: bool):
+    """(band rows, hidden channels per chunk, the scratch buffer of every need, packing tile pixels) of the C
+    block, or None: the numpy kernel's scratch buffers are pooled, each of the C block's buffers taking one,
+    and the band and chunk the cheapest (_cost) that fit. A chunk is all hidden channels or a multiple of 4."""
     best = None
-    for tile in (list(sizes) if g.expand is not None else [None]):
-        rest = [name for name in sizes if name != tile]
-        tile_pixels = sizes[tile] // e_kpad if tile else 1
-        if tile and tile_pixels < 1:
+    for rows in range(1, g.out_height + 1):
+        candidates = [g.hidden] + list(range((g.hidden - 1) // 4 * 4, 3, -4))
+        low, high = 0, len(candidates) - 1     # candidates[low] is the largest chunk that fits, if any
+        if _fit(g, rows, candidates[high], e_kpad, sizes, x_float) is None:
             continue
-        packed_once = tile is None or tile_pixels >= hidden_pixels
-        for hidden in (rest if g.expand is not None else [None]):
-            for dw in (name for name in rest if name != hidden):
-                chunk = _largest_chunk(g.hidden, sizes[hidden] // hidden_pixels if hidden else g.hidden,
-                                       sizes[dw] // out_pixels, accumulates)
-                if chunk is None:
-                    continue
-                cost = -(-g.hidden // chunk) * (1 if packed_once else 2)
-                if best is None or cost < best[0]:
-                    best = (cost, chunk, {"hidden": hidden, "dw": dw, "tile": tile}, tile_pixels)
+        while low < high:
+            mid = (low + high) // 2
+            if _fit(g, rows, candidates[mid], e_kpad, sizes, x_float) is None:
+                low = mid + 1
+            else:
+                high = mid
+        chunk = candidates[low]
+        places, tile, tile_pixels = _fit(g, rows, chunk, e_kpad, sizes, x_float)
+        cost = _cost(g, rows, chunk, tile_pixels, e_kpad)
+        if best is None or cost < best[0]:
+            best = (cost, rows, chunk, dict(places, tile=tile), tile_pixels)
     if best is None:
         return None
-    _, chunk, places, tile_pixels = best
-    if tile_pixels >= 32:
+    _, rows, chunk, places, tile_pixels = best
+    hidden_pixels = g.hidden_rows(rows) * g.hidden_width
+    if tile_pixels < hidden_pixels and tile_pixels >= 32:
         tile_pixels -= tile_pixels % 32
-    return chunk, places, max(1, tile_pixels)
-
-
-def _largest_chunk(hidden: int, hidden_room: int, dw_room: int, accumulates: bool):
-    """The most hidden channels a chunk may hold: `hidden_room` expanded channels and `dw_room` depthwise
-    channels (held in whole groups of 4); all of them, else a multiple of 4 when the plan accumulates."""
-    if hidden_room >= hidden and dw_room >= kpad(hidden):
-        return hidden
-    chunk = min(hidden_room, dw_room) // 4 * 4
-    return chunk if accumulates and chunk >= 4 else None
+    return rows, chunk, places, max(1, tile_pixels)
 
 
 def _scalar_f32(value) -> float:

@@ -151,42 +151,51 @@ static inline __mmask16 pixel_mask(int left)
     return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
 }
 
-/* Rows of weights past co1 are read (the caller pads the weight rows by Q_VNNI_ROWS_PAD) but not stored. */
-Q_VNNI_TARGET static inline __attribute__((always_inline)) void
-qgemm_vnni_rows(const q_stage *s, const q_gemm_call *c, int co_begin, int co_end, const int R)
-{
-    for (int p = 0; p < c->n; p += 32) {
-        __mmask16 m0 = pixel_mask(c->n - p), m1 = pixel_mask(c->n - p - 16);
-        for (int co = co_begin; co < co_end; co += R) {
-            __m512i acc0[Q_VNNI_ROWS], acc1[Q_VNNI_ROWS];
-            for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_si512();
-            const int8_t *w = s->w8 + (ptrdiff_t)co * s->ldw + c->col0;
-            for (int g = 0; g < c->groups; g++) {
-                const uint8_t *x = c->xp + ((ptrdiff_t)g * c->P + p) * 4;
-                __m512i x0 = _mm512_maskz_loadu_epi32(m0, x), x1 = _mm512_maskz_loadu_epi32(m1, x + 64);
-                for (int r = 0; r < R; r++) {
-                    int32_t word;
-                    memcpy(&word, w + (ptrdiff_t)r * s->ldw + 4 * g, 4);
-                    __m512i wv = _mm512_set1_epi32(word);
-                    acc0[r] = _mm512_dpbusd_epi32(acc0[r], x0, wv);
-                    acc1[r] = _mm512_dpbusd_epi32(acc1[r], x1, wv);
-                }
-            }
-            int rows = co_end - co < R ? co_end - co : R;
-            for (int r = 0; r < rows; r++) {
-                vnni_finish(s, c, co + r, p, acc0[r], m0);
-                vnni_finish(s, c, co + r, p + 16, acc1[r], m1);
-            }
-        }
+/* Rows of weights past co1 are read (the caller pads the weight rows by Q_VNNI_ROWS_PAD) but not stored.
+ * R rows of weights by V vectors of 16 pixels: R * V accumulators, unrolled. */
+#define Q_VNNI_KERNEL(NAME, R, V)                                                                              \
+    Q_VNNI_TARGET static void NAME(const q_stage *s, const q_gemm_call *c, int co_begin, int co_end)          \
+    {                                                                                                           \
+        for (int p = 0; p < c->n; p += 16 * (V)) {                                                              \
+            __mmask16 mask[2] = {pixel_mask(c->n - p), pixel_mask(c->n - p - 16)};                              \
+            for (int co = co_begin; co < co_end; co += (R)) {                                                  \
+                __m512i acc[R][V];                                                                              \
+                _Pragma("GCC unroll 16") for (int r = 0; r < (R); r++)                                          \
+                    _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++) acc[r][v] = _mm512_setzero_si512();   \
+                const int8_t *w = s->w8 + (ptrdiff_t)co * s->ldw + c->col0;                                     \
+                const uint8_t *x = c->xp + (ptrdiff_t)p * 4;                                                   \
+                ptrdiff_t xstep = (ptrdiff_t)c->P * 4;                                                          \
+                for (int g = 0; g < c->groups; g++, x += xstep) {                                               \
+                    __m512i xv[V];                                                                              \
+                    _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                                       \
+                        xv[v] = _mm512_maskz_loadu_epi32(mask[v], x + 64 * v);                                  \
+                    _Pragma("GCC unroll 16") for (int r = 0; r < (R); r++) {                                    \
+                        int32_t word;                                                                           \
+                        memcpy(&word, w + (ptrdiff_t)r * s->ldw + 4 * g, 4);                                    \
+                        __m512i wv = _mm512_set1_epi32(word);                                                   \
+                        _Pragma("GCC unroll 2") for (int v = 0; v < (V); v++)                                   \
+                            acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], xv[v], wv);                              \
+                    }                                                                                           \
+                }                                                                                               \
+                int rows = co_end - co < (R) ? co_end - co : (R);                                               \
+                for (int r = 0; r < rows; r++)                                                                  \
+                    for (int v = 0; v < (V); v++) vnni_finish(s, c, co + r, p + 16 * v, acc[r][v], mask[v]);   \
+            }                                                                                                   \
+        }                                                                                                       \
     }
-}
+
+Q_VNNI_KERNEL(qgemm_vnni_8x2, 8, 2)
+Q_VNNI_KERNEL(qgemm_vnni_4x2, 4, 2)
+Q_VNNI_KERNEL(qgemm_vnni_8x1, 8, 1)
+Q_VNNI_KERNEL(qgemm_vnni_4x1, 4, 1)
 
 Q_VNNI_TARGET static void qgemm_vnni(const q_stage *s, const q_gemm_call *c)
 {
     int channels = c->co1 - c->co0, tail = channels % Q_VNNI_ROWS;
     int split = tail && tail <= 4 ? c->co1 - tail : c->co1;
-    if (split > c->co0) qgemm_vnni_rows(s, c, c->co0, split, Q_VNNI_ROWS);
-    if (split < c->co1) qgemm_vnni_rows(s, c, split, c->co1, 4);
+    int narrow = c->n <= 16;
+    if (split > c->co0) (narrow ? qgemm_vnni_8x1 : qgemm_vnni_8x2)(s, c, c->co0, split);
+    if (split < c->co1) (narrow ? qgemm_vnni_4x1 : qgemm_vnni_4x2)(s, c, split, c->co1);
 }
 #endif
 
