@@ -76,19 +76,37 @@ class NativeQInvertedResidualKernel(StepKernel):
         self.fallback = fallback or sq.QInvertedResidualKernel()
         self.threads = threads
         self._derived = sq.DerivedWeights()
-        self._layouts = {}
         self._calls = {}
+        self._constants = {}
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
-        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+        sizes = self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+        self._derive_call(node, in_shapes, out_shapes, sizes)
+        return sizes
 
     def prepare(self, node, constants):
         self.fallback.prepare(node, constants)
+        self._constants[node.name] = constants
         for w, zp in ((3, 5), (15, 17)):
             if node.inputs[w] and node.inputs[w] in constants and node.inputs[zp] in constants:
                 self._gemm(constants[node.inputs[w]], constants[node.inputs[zp]])
         if node.inputs[9] in constants and node.inputs[11] in constants:
             self._depthwise(constants[node.inputs[9]], constants[node.inputs[11]])
+
+    def _derive_call(self, node, in_shapes, out_shapes, sizes) -> None:
+        """When the plan asks for the scratch (shapes known, after prepare: constants known), derive the call
+        arguments then, so that a (measured) run allocates none of them."""
+        constants = self._constants.get(node.name)
+        if constants is None or not all(name in constants for name in node.inputs[1:] if name):
+            return
+        inputs = [None] + [constants[name] if name else None for name in node.inputs[1:]]
+        x_dtype = np.float32 if node.attrs.get("quantize_input", 0) else np.asarray(inputs[2]).dtype
+        y_dtype = np.asarray(inputs[22] if node.attrs.get("residual", 0) else inputs[19]).dtype
+        key = (tuple(in_shapes[0]), np.dtype(x_dtype), y_dtype, tuple(map(id, inputs[1:])))
+        entry = self._calls.get(node.name)
+        if entry is None or entry[0] != key:
+            arguments = self._call_arguments(node, inputs, in_shapes[0], np.dtype(x_dtype), y_dtype, sizes)
+            self._calls[node.name] = (key, arguments, inputs)
 
     def _gemm(self, w, wzp):
         return self._derived.get(w, ("gemm", np.asarray(wzp).tobytes()), lambda: gemm_weights(w, wzp))
@@ -111,34 +129,33 @@ class NativeQInvertedResidualKernel(StepKernel):
             _call(function, x[n], y[n].view(np.uint8), *fixed, *buffers)
 
     def _cached_call(self, node, inputs, outputs, scratch):
-        """_call_arguments, derived once per node while its constant inputs, dtypes and scratch stay the same
-        (the entry holds those inputs, so their ids cannot be reused while it lives)."""
-        key = (inputs[0].shape, inputs[0].dtype, outputs[0].dtype, tuple(map(id, inputs[1:])),
-               tuple(sorted((name, view.nbytes) for name, view in scratch.items())))
+        """_call_arguments, derived once per node (at planning, see _derive_call) while its constant inputs and
+        dtypes stay the same (the entry holds those inputs, so their ids cannot be reused while it lives)."""
+        x, y = inputs[0], outputs[0]
+        key = (x.shape, x.dtype, y.dtype, tuple(map(id, inputs[1:])))
         entry = self._calls.get(node.name)
         if entry is None or entry[0] != key:
-            entry = (key, self._call_arguments(node, inputs, outputs, scratch), list(inputs[1:]))
+            sizes = {name: view.nbytes for name, view in scratch.items()}
+            entry = (key, self._call_arguments(node, inputs, x.shape, x.dtype, y.dtype, sizes), list(inputs[1:]))
             self._calls[node.name] = entry
-        return entry[1]
+        call = entry[1]
+        if call is not None and any(place is not None and place not in scratch for place in call[1]):
+            return None
+        return call
 
-    def _call_arguments(self, node, inputs, outputs, scratch):
+    def _call_arguments(self, node, inputs, x_shape, x_dtype, y_dtype, sizes):
         """(the weight and geometry arguments, the scratch buffer names in qblock_run's order) of qblock_run, or
-        None (numpy runs)."""
-        x, y = inputs[0], outputs[0]
-        shapes = [None if v is None else np.shape(v) for v in inputs]
+        None (numpy runs); `sizes`: bytes of the scratch buffers the plan gives the step."""
+        shapes = [tuple(x_shape)] + [None if v is None else np.shape(v) for v in inputs[1:]]
         g = sq.block_geometry(node, shapes[0], shapes[3] if node.inputs[3] else None, shapes[9], shapes[15])
-        x_float = x.dtype == np.float32
+        x_float = x_dtype == np.float32
         if (g.out_width > MAX_WIDTH or (g.out_width - 1) * g.dw.strides[0] + g.dw.kernel[0] > MAX_SPAN
-                or x.dtype.itemsize > 1 and not x_float
+                or x_dtype.itemsize > 1 and not x_float
                 or x_float and (g.expand is None or g.residual or not node.attrs.get("quantize_input", 0))):
             return None
         has_expand = g.expand is not None
         e_kpad = kpad(g.cin * g.expand.kernel[0] ** 2) if has_expand else 4
-        sizes = tuple(sorted((name, view.nbytes) for name, view in scratch.items()))
-        key = (node.name, g, sizes, x_float)
-        if key not in self._layouts:
-            self._layouts[key] = scratch_layout(g, e_kpad, dict(sizes), x_float)
-        layout = self._layouts[key]
+        layout = scratch_layout(g, e_kpad, sizes, x_float)
         if layout is None:
             return None
         rows, chunk, places, tile_pixels = layout
@@ -158,14 +175,14 @@ class NativeQInvertedResidualKernel(StepKernel):
         else:
             expand, e_scalars = (None, None, None, None), (0.0, 0.0, 0.0)
         y_zero = inputs[22] if g.residual else p_zero
-        y_low, y_high = sq._range(y.dtype)
+        y_low, y_high = sq._range(y_dtype)
         ek, es, ep = (g.expand.kernel[0], g.expand.strides[0], g.expand.pads) if has_expand else (1, 1, (0, 0))
         geometry = dict(cin=g.cin, h=g.height, w=g.width, hidden=g.hidden, cout=g.cout, has_expand=int(has_expand),
                         ek=ek, es=es, ept=ep[0], epl=ep[1], hh=g.hidden_height, hw=g.hidden_width,
                         dk=g.dw.kernel[0], ds=g.dw.strides[0], dpt=g.dw.pads[0], dpl=g.dw.pads[1], ho=g.out_height,
                         wo=g.out_width, residual=int(g.residual), rows=rows, chunk=chunk, x_float=int(x_float),
                         x_signed=_signed(np.asarray(xz).dtype), h_signed=_signed(hidden_dtype),
-                        d_signed=_signed(d_dtype), p_signed=_signed(p_dtype), y_signed=_signed(y.dtype),
+                        d_signed=_signed(d_dtype), p_signed=_signed(p_dtype), y_signed=_signed(y_dtype),
                         e_kpad=e_kpad, p_kpad=kpad(g.hidden), x_zero=_scalar(xz), h_zero=_scalar(hidden_zero),
                         d_zero=_scalar(d_zero), p_zero=_scalar(p_zero), y_zero=_scalar(y_zero), d_lo=dw_req.low,
                         d_hi=dw_req.high, y_lo=y_low, y_hi=y_high, tile_pixels=tile_pixels)

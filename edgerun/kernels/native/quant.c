@@ -579,7 +579,8 @@ static const char *check_geometry(const int *g)
     if (g[G_ROWS] < 1 || g[G_CHUNK] < 1 || g[G_TILE_PIXELS] < 1) return "rows, chunk and tile pixels must be positive";
     if (g[G_CHUNK] < g[G_HIDDEN] && g[G_CHUNK] % 4) return "a chunk must be a multiple of 4 channels";
     if (g[G_WO] > Q_MAX_WIDTH || (g[G_WO] - 1) * g[G_DS] + g[G_DK] > Q_MAX_SPAN) return "output rows are too wide";
-    if (g[G_E_KPAD] != (g[G_CIN] * g[G_EK] * g[G_EK] + 3) / 4 * 4 || g[G_P_KPAD] != (g[G_HIDDEN] + 3) / 4 * 4)
+    if ((g[G_HAS_EXPAND] && g[G_E_KPAD] != (g[G_CIN] * g[G_EK] * g[G_EK] + 3) / 4 * 4) ||
+        g[G_P_KPAD] != (g[G_HIDDEN] + 3) / 4 * 4)
         return "kpad does not match the weights";
     if (!g[G_HAS_EXPAND] && (g[G_CIN] != g[G_HIDDEN] || g[G_HH] != g[G_H] || g[G_HW] != g[G_W] || g[G_X_FLOAT]))
         return "a block without expansion reads its integer input as the hidden tensor";
