@@ -41,6 +41,7 @@ NATIVE_SOURCE_NAMES = [
     "segment.c",
     "conv.c",
     "fused_steps.c",
+    "quant.c",
 ]
 NATIVE_HEADERS = ["kernels.h", "pybuffers.h", "threadpool.h"]
 # -fno-trapping-math lets GCC if-convert (vectorise) selects such as leaky ReLU; edgerun never

@@ -62,7 +62,7 @@ for ISA in $ISAS; do
             tests/test_native_segment_block.py::test_bad_block_tables_are_refused \
             tests/test_native_conv.py::test_native_conv_matches_the_reference_with_the_same_bits_on_two_threads \
             tests/test_native_conv.py::test_a_bad_geometry_is_a_clear_error tests/test_native_conv_rows.py \
-            tests/test_fused_steps.py "$@")
+            tests/test_fused_steps.py tests/test_quant_native.py "$@")
     (cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" EDGERUN_ISA="$ISA" \
         "$PY" -c "from edgerun.kernels import native; print('   ran', native.build_info())")
 done

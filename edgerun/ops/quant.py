@@ -18,6 +18,7 @@ import numpy as np
 from edgerun.errors import UnsupportedOperatorError
 from edgerun.ir import TensorInfo
 from edgerun.kernels import steps_quant as sq
+from edgerun.kernels.native_quant import NativeQInvertedResidualKernel, NativeQLinearConvKernel, NativeQMatMulKernel
 from edgerun.ops import lookup as ops_lookup
 from edgerun.ops import register
 from edgerun.ops._common import attr_float, attr_int, attr_ints, broadcast_shapes, invalid, require_inputs
@@ -556,15 +557,16 @@ def _qconv_macs(node, in_shapes, out_shapes) -> int:
 register("QuantizeLinear", _quantize_infer, _quantize_compute, step=sq.QuantizeKernel(), any_dtype=True)
 register("DequantizeLinear", _dequantize_infer, _dequantize_compute, step=sq.DequantizeKernel(), any_dtype=True)
 _QCONV_KERNEL = sq.QLinearConvKernel(_conv_params, _conv_pads)
-register("QLinearConv", _qconv_infer, _qconv_compute, macs=_qconv_macs, step=_QCONV_KERNEL, any_dtype=True)
+register("QLinearConv", _qconv_infer, _qconv_compute, macs=_qconv_macs, step=_QCONV_KERNEL,
+         native=NativeQLinearConvKernel, any_dtype=True)
 register("QLinearConv", _qconv_infer, _qconv_compute, domain="edgerun", macs=_qconv_macs, step=_QCONV_KERNEL,
-         any_dtype=True)
+         native=NativeQLinearConvKernel, any_dtype=True)
 register("ConvInteger", _conv_integer_infer, _conv_integer_compute, macs=weight_macs)
 register("MatMulInteger", _matmul_integer_infer, _matmul_integer_compute, macs=_matmul_macs)
 register("QLinearMatMul", _qmatmul_infer, _qmatmul_compute, macs=_matmul_macs, step=sq.QMatMulKernel(),
-         any_dtype=True)
+         native=NativeQMatMulKernel, any_dtype=True)
 register("QGemm", _qgemm_infer, _qgemm_compute, domain=MS, macs=_matmul_macs, step=sq.QMatMulKernel(),
-         any_dtype=True)
+         native=NativeQMatMulKernel, any_dtype=True)
 for _op in ("QLinearAdd", "QLinearMul"):
     register(_op, _qbinary_infer, _qbinary_compute, domain=MS, step=sq.QBinaryKernel(), any_dtype=True)
 register("QLinearGlobalAveragePool", _qgap_infer, _qgap_compute, domain=MS, step=sq.QGlobalAveragePoolKernel(),
@@ -578,5 +580,5 @@ register("QLinearAveragePool", _qavgpool_infer, _qavgpool_compute, domain=MS,
 register("QMaxPool", _qmaxpool_infer, _qmaxpool_compute, domain="edgerun",
          step=sq.PerChannelKernel(lambda node, inputs: _qmaxpool_compute(node, inputs, 19)[0]), any_dtype=True)
 register("QInvertedResidual", _qblock_infer, _qblock_compute, domain="edgerun", macs=_qblock_macs,
-         step=sq.QInvertedResidualKernel(), any_dtype=True)
+         step=sq.QInvertedResidualKernel(), native=NativeQInvertedResidualKernel, any_dtype=True)
 register("QLookup", _lookup_infer, _lookup_compute, domain="edgerun", step=sq.LookupKernel(), any_dtype=True)

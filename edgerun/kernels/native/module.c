@@ -381,6 +381,11 @@ PyObject *er_py_conv_info(PyObject *self, PyObject *args);
 PyObject *er_py_conv_pack(PyObject *self, PyObject *args);
 PyObject *er_py_conv_run(PyObject *self, PyObject *args);
 /* ---- end conv.c */
+/* ---- quant.c: the int8 inverted-residual block (int8-native) */
+PyObject *er_py_qblock_run(PyObject *self, PyObject *args);
+PyObject *er_py_qgemm_info(PyObject *self, PyObject *args);
+PyObject *er_py_qgemm_run(PyObject *self, PyObject *args);
+/* ---- end quant.c */
 
 static PyMethodDef methods[] = {
     {"run_block", py_run_block, METH_VARARGS, run_block_doc},
@@ -425,6 +430,14 @@ static PyMethodDef methods[] = {
      "conv_run(x, packed, bias, sum, out, cols, geom, act, threads=1): out = act(conv(x) + bias + sum),\n"
      "band by band (geom's band_rows) through the cols scratch."},
     /* ---- end conv.c */
+    /* ---- quant.c */
+    {"qblock_run", er_py_qblock_run, METH_VARARGS,
+     "qblock_run(x, y, geometry, scales, expand w8, w16, bias, mult, dw w, bias, mult, proj w8, w16, bias, mult,\n"
+     "hidden, dw, projected, accumulator, tile, xq): one image of the int8 block (see quant.c)."},
+    {"qgemm_run", er_py_qgemm_run, METH_VARARGS,
+     "qgemm_run(x, y, w8, w16, bias, mult, geometry, scalars, tile): a 1x1 QLinearConv or QGemm (see quant.c)."},
+    {"qgemm_info", er_py_qgemm_info, METH_NOARGS, "qgemm_info() -> (uses AVX-512 VNNI, weight rows of padding)."},
+    /* ---- end quant.c */
     {NULL, NULL, 0, NULL},
 };
 
