@@ -1,0 +1,104 @@
+"""Float16 activation storage: the arena holds float16, the arithmetic runs in float32.
+
+One decision lives here: which tensors a plan stores in float16 (`storage_dtype`: every float32 activation
+when the session's activation_dtype is "float16"; caller inputs and returned outputs stay float32). The rest
+are the two ways a step reads and writes float16 storage while computing in float32:
+
+- in bounded pieces (`matmul_into`; numpy ufuncs with `out=` convert through their small iterator buffers):
+  the fused block (numpy_block) runs this way with every one of its scratch buffers in float16 too;
+- through planned float32 staging (`StagedKernel`): a step whose kernel knows only float32 gets a float32
+  copy of each float16 input and a float32 output buffer, both planned scratch of the step (their bytes are in
+  the plan as `f16.in<i>` / `f16.out<j>`), converted on entry and exit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgerun.kernels.numpy_steps import StepKernel
+
+ACTIVATION_DTYPES = ("float32", "float16")
+FLOAT16 = np.dtype(np.float16)
+FLOAT32 = np.dtype(np.float32)
+# float32 bytes a matmul over float16 operands may hold outside the arena at once (one column piece of
+# its right operand and of its result): well inside the 64 KiB measured-versus-planned allowance
+PIECE_BYTES = 16 * 1024
+
+
+def storage_dtype(dtype, activation_dtype: str) -> np.dtype:
+    """The dtype an activation of graph dtype `dtype` is stored in for a plan of `activation_dtype`."""
+    dtype = np.dtype(dtype)
+    if activation_dtype == "float16" and dtype == FLOAT32:
+        return FLOAT16
+    return dtype
+
+
+def matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b (2-D) computed in float32. All float32: one np.matmul. Otherwise (float16 `b` or `out`)
+    column pieces of at most PIECE_BYTES float32 bytes: numpy's own mixed-dtype matmul would copy the
+    whole of `b` and `out` to float32 outside the arena."""
+    if a.dtype == b.dtype == out.dtype == FLOAT32:
+        np.matmul(a, b, out=out)
+        return
+    a32 = a if a.dtype == FLOAT32 else a.astype(np.float32)
+    rows, inner = a32.shape
+    columns = out.shape[1]
+    step = max(1, min(columns, PIECE_BYTES // (4 * (rows + inner))))
+    for c0 in range(0, columns, step):
+        c1 = min(columns, c0 + step)
+        piece = b[:, c0:c1] if b.dtype == FLOAT32 else b[:, c0:c1].astype(np.float32)
+        if out.dtype == FLOAT32:
+            np.matmul(a32, piece, out=out[:, c0:c1])
+        else:
+            out[:, c0:c1] = np.matmul(a32, piece)
+
+
+def staging_names(count: int, prefix: str) -> list[str]:
+    return [f"f16.{prefix}{i}" for i in range(count)]
+
+
+class StagedKernel(StepKernel):
+    """A float32 arena kernel run on float16 storage: each float16 input is converted into a float32
+    scratch copy, the kernel writes float32 scratch outputs, which are converted into the float16 outputs.
+    `staged_in` / `staged_out`: which inputs / outputs are stored in float16 (others pass through)."""
+
+    def __init__(self, inner: StepKernel, staged_in: list[bool], staged_out: list[bool]):
+        self.inner = inner
+        self.staged_in = list(staged_in)
+        self.staged_out = list(staged_out)
+
+    def supports(self, node) -> bool:
+        return self.inner.supports(node)
+
+    def prepare(self, node, constants) -> None:
+        self.inner.prepare(node, constants)
+
+    def scratch_bytes(self, node, in_shapes, out_shapes) -> dict[str, int]:
+        sizes = dict(self.inner.scratch_bytes(node, in_shapes, out_shapes) or {})
+        for name, shape, staged in zip(staging_names(len(in_shapes), "in"), in_shapes, self.staged_in):
+            if staged and shape is not None:
+                sizes[name] = int(np.prod(shape, dtype=np.int64)) * 4
+        for name, shape, staged in zip(staging_names(len(out_shapes), "out"), out_shapes, self.staged_out):
+            if staged:
+                sizes[name] = int(np.prod(shape, dtype=np.int64)) * 4
+        return sizes
+
+    def run(self, node, inputs, outputs, scratch) -> None:
+        staged_inputs = [self._float32_copy(x, scratch[name]) if staged and x is not None else x
+                         for x, name, staged in zip(inputs, staging_names(len(inputs), "in"), self.staged_in)]
+        names = staging_names(len(outputs), "out")
+        staged_outputs = [_shaped(scratch[name], y.shape) if staged else y
+                          for y, name, staged in zip(outputs, names, self.staged_out)]
+        self.inner.run(node, staged_inputs, staged_outputs, scratch)
+        for y, y32, staged in zip(outputs, staged_outputs, self.staged_out):
+            if staged:
+                np.copyto(y, y32, casting="same_kind")
+
+    @staticmethod
+    def _float32_copy(x: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+        copy = _shaped(buffer, x.shape)
+        np.copyto(copy, x)
+        return copy
+
+
+def _shaped(buffer: np.ndarray, shape) -> np.ndarray:
+    return buffer[:int(np.prod(shape, dtype=np.int64))].reshape(shape)
