@@ -146,7 +146,7 @@ class CompiledModel:
         self.problem = self._problem()
         # Concat inputs written in place: {input: (Concat output, byte offset)} (edgerun/concat_alias.py)
         self._plain_problem = self.problem
-        self._found_aliases = self._stored_offsets(concat_alias.concat_parts(graph, self.activations))
+        self._found_aliases = concat_alias.concat_parts(graph, self.activations)   # offsets in stored bytes
         self._use_aliases(plan is None or not any(part in plan.offsets for part in self._found_aliases))
         if plan is not None and not self._plan_fits(plan, replan):
             budget = budget if budget is not None else plan.budget
@@ -189,14 +189,6 @@ class CompiledModel:
         """What a step reads or writes for `name`: its arena dtype, or the graph's for a fed input."""
         return self.storage.get(name, self.graph.value_info[name].dtype if name in self.graph.value_info else None)
 
-    def _stored_offsets(self, aliases: dict) -> dict:
-        """Concat parts' byte offsets (counted in graph dtypes) in the stored dtypes."""
-        scaled = {}
-        for part, (host, offset) in aliases.items():
-            graph_size = np.dtype(self.graph.value_info[host].dtype).itemsize
-            scaled[part] = (host, offset // graph_size * self.storage[host].itemsize)
-        return scaled
-
     def _exec_step(self, node: Node) -> ExecStep:
         vi = self.graph.value_info
         if node.op_type == "InvertedResidual" and node.domain == "edgerun":
@@ -222,6 +214,11 @@ class CompiledModel:
         as_stored = ops.arena_kernel(node, stored_in, stored_out, self.backend, self.threads)
         if as_stored is not None:
             return as_stored
+        vi = self.graph.value_info
+        direct = f16.half_kernel(ops.definition(node.op_type, node.domain).step, node,
+                                 [vi[i].shape if i in vi else None for i in node.inputs])
+        if direct is not None:
+            return direct
         return f16.StagedKernel(kernel, [s is not None and s != d for s, d in zip(stored_in, in_dtypes)],
                                 [s != d for s, d in zip(stored_out, out_dtypes)])
 
@@ -415,7 +412,8 @@ class CompiledModel:
         for step in self.steps:
             step_plan = self.plan.step(step.node.name)
             sizes = self._scratch_sizes(step, step_plan)
-            scratch_dtype = np.float16 if step.kind == "block" and self.half else np.float32
+            scratch_dtype = np.float16 if step.kind == "block" and self.half else \
+                getattr(step.kernel, "scratch_dtype", np.float32)
             step.scratch = {key: arena[step_plan.scratch_offsets[key]:step_plan.scratch_offsets[key] + size]
                             .view(scratch_dtype) for key, size in sizes.items()}
             if step.kind == "segment":
