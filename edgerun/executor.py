@@ -122,7 +122,7 @@ class CompiledModel:
     segments, e.g. for scheduler.minimum_peak).
     activation_dtype: "float16" stores every float32 activation (and the blocks' scratch) in float16; the
     kernels compute in float32 (edgerun.kernels.f16). Fed inputs and returned outputs stay float32. Segments
-    (streaming) do not run on float16 storage yet: such a plan has none."""
+    on float16 storage run the numpy segment runner (float16 rings and row scratch) on either backend."""
 
     def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
                  fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None,
@@ -140,7 +140,7 @@ class CompiledModel:
         self.activations = self._activation_buffers()
         _import_kernel_modules(backend)
         self.steps = [self._exec_step(n) for n in graph.nodes if not self._is_constant_node(n)]
-        self.segment_candidates = {} if self.half else {c.name: c for c in segments_graph.segment_candidates(
+        self.segment_candidates = {c.name: c for c in segments_graph.segment_candidates(
             graph, [s.node for s in self.steps], self.constants)}
         self.streams = segments
         self.problem = self._problem()
@@ -265,9 +265,13 @@ class CompiledModel:
         in_shape = tuple(self.graph.value_info[candidate.input].shape[1:])
         out_shape = tuple(self.graph.value_info[candidate.output].shape[1:])
         try:
-            runner = segment_runner_class(self.backend)(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT,
-                                                        chunks=segment_chunks(chunking, len(ops_), band_rows),
-                                                        arena=arena)
+            chunks = segment_chunks(chunking, len(ops_), band_rows)
+            if self.half:
+                runner = SegmentRunner(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT, chunks=chunks,
+                                       arena=arena, itemsize=2)
+            else:
+                runner = segment_runner_class(self.backend)(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT,
+                                                            chunks=chunks, arena=arena)
         except (EdgerunError, scheduler.SchedulerError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise ValueError(f"{candidate.name} cannot stream: {exc}") from None
         if tuple(runner.out_shape) != out_shape:
@@ -412,7 +416,7 @@ class CompiledModel:
         for step in self.steps:
             step_plan = self.plan.step(step.node.name)
             sizes = self._scratch_sizes(step, step_plan)
-            scratch_dtype = np.float16 if step.kind == "block" and self.half else \
+            scratch_dtype = np.float16 if step.kind in ("block", "segment") and self.half else \
                 getattr(step.kernel, "scratch_dtype", np.float32)
             step.scratch = {key: arena[step_plan.scratch_offsets[key]:step_plan.scratch_offsets[key] + size]
                             .view(scratch_dtype) for key, size in sizes.items()}

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 import tracemalloc
 
 import numpy as np
@@ -138,37 +136,36 @@ def test_float16_plan_stores_every_activation_in_two_bytes(small_v2):
             assert all(view.dtype == np.float16 for view in step.scratch.values())
 
 
-def test_float16_session_matches_float32_run_and_measures_its_plan(small_v2):
-    rng = np.random.default_rng(0)
-    full = InferenceSession(small_v2, kernels_backend="numpy")
-    feeds = _feeds(full, rng)
-    expected = full.run(None, feeds)[0]
-    for budget in (None, 200_000):
-        half = InferenceSession(small_v2, kernels_backend="numpy", activation_dtype="float16", memory_budget=budget)
-        actual = half.run(None, feeds, profile=True)[0]
-        assert actual.dtype == np.float32
-        # ~60 stored layers, a few float16 roundings each relative to the network's largest values
-        assert np.abs(actual - expected).max() <= 60 * 4 * UNIT * np.abs(expected).max()
-        assert half.last_run.measured_peak_bytes - half.last_run.planned_peak_bytes <= MEASURED_SLACK
-        assert half.plan.peak_bytes <= (budget or half.plan.peak_bytes)
-
-
-def _per_block_minimum(graph, dtype: str) -> int:
+def _minimum(graph, dtype: str, segments: bool) -> int:
     with pytest.raises(MemoryBudgetError) as info:
-        CompiledModel(graph, budget=1, backend="numpy", threads=1, segments=False, activation_dtype=dtype)
+        CompiledModel(graph, budget=1, backend="numpy", threads=1, segments=segments, activation_dtype=dtype)
     return info.value.minimum_bytes
 
 
-def test_mobilenet_v2_float16_minimum_is_half_the_float32_one_and_runs_within_it():
-    model = zoo.mobilenet_v2()
-    graph = InferenceSession(model, kernels_backend="numpy", threads=1).graph
-    full, half = _per_block_minimum(graph, "float32"), _per_block_minimum(graph, "float16")
-    assert half <= full // 2 + 16 * 1024
-    sess = InferenceSession(model, kernels_backend="numpy", threads=1, activation_dtype="float16",
-                            memory_budget=half)
-    sess.run(None, _feeds(sess, np.random.default_rng(1)), profile=True)
-    assert sess.last_run.planned_peak_bytes == half
-    assert sess.last_run.measured_peak_bytes - half <= MEASURED_SLACK
+def test_float16_session_matches_float32_run_and_measures_its_plan(small_v2):
+    rng = np.random.default_rng(0)
+    full = InferenceSession(small_v2, kernels_backend="numpy", threads=1)
+    feeds = _feeds(full, rng)
+    expected = full.run(None, feeds)[0]
+    per_block, streamed = (_minimum(full.graph, "float16", segments) for segments in (False, True))
+    assert streamed < per_block
+    for budget in (None, per_block, streamed):
+        half = InferenceSession(small_v2, kernels_backend="numpy", threads=1, activation_dtype="float16",
+                                memory_budget=budget)
+        actual = half.run(None, feeds, profile=True)[0]
+        assert actual.dtype == np.float32
+        assert bool(half.plan.segments) == (budget == streamed)
+        # ~60 stored layers, a few float16 roundings each relative to the network's largest values
+        assert np.abs(actual - expected).max() <= 60 * 4 * UNIT * np.abs(expected).max()
+        assert half.last_run.planned_peak_bytes == (budget or half.plan.peak_bytes)
+        assert half.last_run.measured_peak_bytes - half.last_run.planned_peak_bytes <= MEASURED_SLACK
+
+
+def test_mobilenet_v2_float16_minima_are_half_the_float32_ones():
+    graph = InferenceSession(zoo.mobilenet_v2(), kernels_backend="numpy", threads=1).graph
+    for segments in (False, True):
+        full, half = _minimum(graph, "float32", segments), _minimum(graph, "float16", segments)
+        assert half <= full // 2 + 16 * 1024
 
 
 @pytest.mark.parametrize("builder", [lambda: zoo.shufflenet_v1(), lambda: zoo.mobilenet_v3_small_like(),
@@ -234,21 +231,20 @@ def test_bundle_keeps_float16_storage(small_v2, tmp_path):
     np.testing.assert_array_equal(bundle.run(None, feeds)[0], session.run(None, feeds)[0])
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "edgerun", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_cli_plan_states_the_float16_peak(small_v2, tmp_path):
+def test_cli_plan_states_the_float16_peak(small_v2, tmp_path, capsys):
+    from edgerun import cli
     path = tmp_path / "v2.onnx"
     onnx.save(small_v2, path)
-    done = _cli("plan", str(path), "--kernels", "numpy", "--threads", "1", "--activation-dtype", "float16", "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    common = ["plan", str(path), "--kernels", "numpy", "--threads", "1", "--activation-dtype", "float16"]
+    assert cli.main(common + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     expected = InferenceSession(small_v2, kernels_backend="numpy", threads=1, activation_dtype="float16").plan
     assert report["activation_dtype"] == "float16" and report["planned_peak_bytes"] == expected.peak_bytes
-    text = _cli("plan", str(path), "--kernels", "numpy", "--threads", "1", "--activation-dtype", "float16")
-    assert f"planned peak: {expected.peak_bytes:,} B" in text.stdout and "float16 activations" in text.stdout
-    assert _cli("plan", str(path), "--activation-dtype", "int4").returncode != 0
+    assert cli.main(common) == 0
+    text = capsys.readouterr().out
+    assert f"planned peak: {expected.peak_bytes:,} B" in text and "float16 activations" in text
+    with pytest.raises(SystemExit):
+        cli.main(["plan", str(path), "--activation-dtype", "int4"])
 
 
 # ---------------------------------------------------------------- float16 ONNX models
