@@ -9,8 +9,8 @@ streamed minimum (over segmentations: runs of steps streamed row by row through 
 at the streamed minimum.  The caller's input and the weights are not counted (docs/architecture.md,
 "one definition of memory").  Every row states the dtype the arena stores activations in (the `dtype`
 column): float32, then float16 (activation_dtype="float16": every activation and block scratch buffer in
-float16, arithmetic in float32), whose rows compare to the float32 fastest plan and end with its per-block
-minimum (float16 plans do not stream) and a run at it.
+float16, arithmetic in float32), whose rows compare to the float32 fastest plan and end with runs at its
+per-block and streamed minima.
 """
 from __future__ import annotations
 
@@ -51,16 +51,20 @@ def report(backend: str, threads: int, dtypes=("float32", "float16")) -> None:
 
 
 def _report_float16(model, image, backend: str, threads: int, reference) -> None:
-    """The float16 rows: the fastest plan, its per-block minimum and a run at it (diffs against the float32
-    fastest plan's output when it ran)."""
+    """The float16 rows: the fastest plan, then runs at its per-block and streamed minima (diffs against the
+    float32 fastest plan's output when it ran)."""
     reference = _report_budget(model, image, None, backend, threads, reference, "float16")
     graph = InferenceSession(model, kernels_backend=backend, threads=threads, activation_dtype="float16").graph
-    try:
-        CompiledModel(graph, budget=1, backend=backend, threads=threads, segments=False, activation_dtype="float16")
-    except MemoryBudgetError as exc:
-        print(f"float16 per-block minimum: {exc.minimum_bytes:,} B, set by {exc.limiting_step} "
-              f"(float16 plans do not stream)")
-        _report_budget(model, image, exc.minimum_bytes, backend, threads, reference, "float16")
+    minima = []
+    for segments, label in ((False, "per-block minimum (no segments)"), (True, "streamed minimum")):
+        try:
+            CompiledModel(graph, budget=1, backend=backend, threads=threads, segments=segments,
+                          activation_dtype="float16")
+        except MemoryBudgetError as exc:
+            print(f"float16 {label}: {exc.minimum_bytes:,} B, set by {exc.limiting_step}")
+            minima.append(exc.minimum_bytes)
+    for budget in sorted(set(minima)):
+        _report_budget(model, image, budget, backend, threads, reference, "float16")
 
 
 def _top5(out) -> list[int]:
@@ -80,8 +84,8 @@ def _report_budget(model, image, budget, backend: str, threads: int, reference, 
     stats = sess.last_run
     segments = ", ".join(f"{len(s.steps)} steps band {s.band_rows} rings {s.ring_bytes:,} B"
                          for s in sess.plan.segments) or "-"
-    print(f"{budget or 'none':>8} {sess.plan.activation_dtype:>7} {stats.planned_peak_bytes:>12,} {stats.measured_peak_bytes:>12,} "
-          f"{stats.escaped_bytes:>10,} {float(np.max(np.abs(out - reference))):>11.2e} {int(out.argmax()):>5} "
+    print(f"{budget or 'none':>8} {sess.plan.activation_dtype:>7} {stats.planned_peak_bytes:>12,} "
+          f"{stats.measured_peak_bytes:>12,} {stats.escaped_bytes:>10,} {float(np.max(np.abs(out - reference))):>11.2e} {int(out.argmax()):>5} "
           f"{str(_top5(out) == _top5(reference)):>10}  {segments}")
     return reference
 
