@@ -280,3 +280,21 @@ def test_float16_models_run_on_float32_kernels(cast_wrapped, activation_dtype):
     assert all(np.asarray(v).dtype != np.float16 for v in sess.compiled.graph.initializers.values())
     # onnxruntime computes in float16 (its rounding of every stored value) where edgerun computes in float32
     assert_close_to_ort(actual.astype(np.float32), expected.astype(np.float32), rel=8 * UNIT)
+
+
+# ---------------------------------------------------------------- the pretrained model on the sample photos
+@pytest.fixture(scope="module")
+def pretrained():
+    return zoo.mobilenet_v2(pretrained=True)
+
+
+@pytest.mark.parametrize("photo,classes", [("chelsea", range(281, 286)), ("coffee", (967, 968))])
+def test_pretrained_top5_is_unchanged_by_float16_storage(pretrained, photo, classes):
+    import skimage.data
+    model = pretrained
+    feeds = {"input": zoo.preprocess_imagenet(getattr(skimage.data, photo)())}
+    expected = InferenceSession(model, threads=1).run(None, feeds)[0][0]
+    actual = InferenceSession(model, threads=1, activation_dtype="float16").run(None, feeds)[0][0]
+    assert int(actual.argmax()) == int(expected.argmax()) and int(actual.argmax()) in classes
+    assert set(np.argsort(actual)[-5:]) == set(np.argsort(expected)[-5:])
+    assert np.abs(actual - expected).max() <= 60 * 4 * UNIT * np.abs(expected).max()
