@@ -212,7 +212,7 @@ class CompiledModel:
         if stored_in == in_dtypes and stored_out == out_dtypes:
             return kernel
         as_stored = ops.arena_kernel(node, stored_in, stored_out, self.backend, self.threads)
-        if as_stored is not None:
+        if as_stored is not None and node.op_type in f16.MOVES_BYTES and node.domain in ("", "edgerun"):
             return as_stored
         vi = self.graph.value_info
         direct = f16.half_kernel(ops.definition(node.op_type, node.domain).step, node,

@@ -6,8 +6,9 @@ are the two ways a step reads and writes float16 storage while computing in floa
 
 - in bounded pieces (`matmul_into`; numpy ufuncs with `out=` convert through their small iterator buffers):
   the fused block (numpy_block) runs this way with every one of its scratch buffers in float16 too;
-- 2-D FusedConv (`HalfFusedConvKernel`, scratch in float16 too), GlobalAveragePool (float32 sums), the pools
-  and the binary ufuncs run on float16 directly (`half_kernel` picks them);
+- 2-D FusedConv (`HalfFusedConvKernel`, scratch in float16 too), GlobalAveragePool (float32 sums), the pools,
+  SqueezeExcite and the binary ufuncs run on float16 directly (`half_kernel` picks them), and so do the kernels
+  that only move bytes (`MOVES_BYTES`);
 - through planned float32 staging (`StagedKernel`): a step whose kernel knows only float32 gets a float32
   copy of each float16 input and a float32 output buffer, both planned scratch of the step (their bytes are in
   the plan as `f16.in<i>` / `f16.out<j>`), converted on entry and exit.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgerun.kernels.activations import Activation, apply_inplace
+from edgerun.kernels.steps_se import SqueezeExciteKernel
 from edgerun.kernels.numpy_steps import (AveragePoolKernel, BinaryKernel, FusedConvKernel, GlobalAveragePoolKernel,
                                          MaxPoolKernel, StepKernel, _depthwise, _im2col_fill, _is_depthwise,
                                          _is_grouped_pointwise, _is_pointwise, conv_band_rows)
@@ -27,6 +29,10 @@ FLOAT32 = np.dtype(np.float32)
 # float32 bytes a matmul over float16 operands may hold outside the arena at once (one column piece of
 # its right operand and of its result): well inside the 64 KiB measured-versus-planned allowance
 PIECE_BYTES = 16 * 1024
+# ops whose any-dtype arena kernels only move bytes (or cast them): they run on float16 storage as they are.
+# Other any-dtype kernels (Resize, ReduceMean, the quantised ops) compute, and are staged.
+MOVES_BYTES = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Transpose", "Concat", "Split", "Slice",
+                         "Squeeze", "Unsqueeze", "Gather", "Cast", "ConstantOfShape", "Pad", "ChannelShuffle"})
 
 
 def storage_dtype(dtype, activation_dtype: str) -> np.dtype:
@@ -183,6 +189,8 @@ def half_kernel(numpy_step, node, in_shapes) -> StepKernel | None:
         return HalfFusedConvKernel()
     if type(numpy_step) is GlobalAveragePoolKernel:
         return HalfGlobalAveragePoolKernel()
+    if type(numpy_step) is SqueezeExciteKernel:   # float32 scratch; np.mean of float16 sums in float32
+        return numpy_step
     if type(numpy_step) in (BinaryKernel, MaxPoolKernel, AveragePoolKernel) and numpy_step.supports(node):
         return numpy_step
     return None
