@@ -298,3 +298,12 @@ def test_pretrained_top5_is_unchanged_by_float16_storage(pretrained, photo, clas
     assert int(actual.argmax()) == int(expected.argmax()) and int(actual.argmax()) in classes
     assert set(np.argsort(actual)[-5:]) == set(np.argsort(expected)[-5:])
     assert np.abs(actual - expected).max() <= 60 * 4 * UNIT * np.abs(expected).max()
+
+
+def test_table3_measures_the_float16_plan_at_its_minimum(small_v2):
+    from edgerun.cli import table3
+    run = table3.measured_half_run(small_v2, "numpy")
+    graph = InferenceSession(small_v2, kernels_backend="numpy", threads=1).graph
+    assert run.minimum_bytes == run.planned_bytes == _minimum(graph, "float16", True)
+    assert 0 <= run.measured_bytes - run.planned_bytes <= MEASURED_SLACK
+    assert "float16" in table3.format_measured_half({"v2": run})[0]

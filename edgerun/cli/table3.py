@@ -356,8 +356,8 @@ def true_peaks(model, backend: str = "native") -> list[PeakRow]:
 
 @dataclass
 class MeasuredHalfRun:
-    """The 16-bit plan run for real (activation_dtype="float16"): its per-block minimum as the budget, the
-    arena it planned and the peak measured while it ran (arena + tracemalloc)."""
+    """The 16-bit plan run for real (activation_dtype="float16"): its smallest peak (streamed where that is
+    smaller) as the budget, the arena it planned and the peak measured while it ran (arena + tracemalloc)."""
     minimum_bytes: int
     planned_bytes: int
     measured_bytes: int
@@ -365,12 +365,12 @@ class MeasuredHalfRun:
 
 
 def measured_half_run(model, backend: str = "native") -> MeasuredHalfRun:
-    """Plan `model` (batch 1) with float16 activation storage at its smallest per-block peak and run it once
-    on seeded random input, measuring the peak. Float16 plans run the numpy block kernel on either backend
-    (edgerun.kernels.f16), so its scratch is the numpy block's."""
+    """Plan `model` (batch 1) with float16 activation storage at its smallest peak and run it once on seeded
+    random input, measuring the peak. Float16 plans run the numpy block and segment kernels on either backend
+    (edgerun.kernels.f16), so their scratch is the numpy kernels'."""
     probe = InferenceSession(model, kernels_backend=backend, threads=1, activation_dtype="float16")
     try:
-        CompiledModel(probe.graph, budget=1, backend=backend, threads=1, segments=False, activation_dtype="float16")
+        CompiledModel(probe.graph, budget=1, backend=backend, threads=1, activation_dtype="float16")
         raise AssertionError("a one-byte budget cannot fit")
     except MemoryBudgetError as exc:
         minimum, step = exc.minimum_bytes, exc.limiting_step
@@ -384,7 +384,7 @@ def measured_half_run(model, backend: str = "native") -> MeasuredHalfRun:
 
 def format_measured_half(runs: dict[str, MeasuredHalfRun]) -> list[str]:
     lines = ["Measured 16-bit runs (activation_dtype='float16': every activation and block scratch buffer stored in "
-             "float16, arithmetic in float32; per-block minimum as the budget, batch 1)",
+             "float16, arithmetic in float32; its smallest peak as the budget, batch 1)",
              f"{'model':<22} {'planned bytes':>14} {'measured bytes':>15} {'measured Kb':>12}  limiting step"]
     lines.append("-" * len(lines[-1]))
     for label, run in runs.items():
