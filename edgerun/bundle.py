@@ -119,6 +119,13 @@ def checked_graph(header: dict, tensors: list[np.ndarray]) -> Graph:
     return graph
 
 
+def _stored_activation_dtype(plan) -> str:
+    """How the bundle's plan stores float activations ("int8" plans store their floats as float32)."""
+    require(plan.activation_dtype in ("float32", "float16", "int8"),
+            f"header.plan.activation_dtype: unknown dtype {plan.activation_dtype!r}")
+    return "float16" if plan.activation_dtype == "float16" else "float32"
+
+
 class BundleSession(Session):
     """A compiled bundle ready to run: onnxruntime-style run / get_inputs / get_outputs (edgerun.session_base)."""
 
@@ -137,6 +144,7 @@ class BundleSession(Session):
         self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
         self.replan = bool(replan)
         stored_plan = _plan_from_header(header, max_arena_bytes, self.threads)
+        self.activation_dtype = _stored_activation_dtype(stored_plan)
         self.replanned = self.backend != self.planned_backend
         self._note_other_isa(header)
         if self.replanned:
@@ -174,7 +182,8 @@ class BundleSession(Session):
         try:
             with layouts.stored_layouts(self._layouts):
                 compiled = CompiledModel(self._graph, budget=self.memory_budget, backend=self.backend,
-                                         threads=self.threads, plan=plan, replan=self.replan)
+                                         threads=self.threads, plan=plan, replan=self.replan,
+                                         activation_dtype=self.activation_dtype)
         except (PlanMismatchError, ResourceLimitError):
             raise
         except EdgerunError as exc:
@@ -198,7 +207,7 @@ class BundleSession(Session):
         try:
             with layouts.stored_layouts(self._layouts):
                 return CompiledModel(self._graph, budget=budget, backend=self.backend, planner=planner, max_t=max_t,
-                                     threads=self.threads)
+                                     threads=self.threads, activation_dtype=self.activation_dtype)
         except EdgerunError:
             raise
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:

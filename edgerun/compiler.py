@@ -43,6 +43,9 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_pro
     None: one built like this extension).
     session_options: passed to InferenceSession (kernels_backend, planner, schedule, max_t, ...).
     """
+    if c_program and session_options.get("activation_dtype") == "float16":
+        raise InvalidOptionError("c_program=True (the C runtime) runs float32 activations only; compile the "
+                                 "float16 plan without it")
     with layouts.recording() as kernel_layouts:   # the weight layouts the kernels make: stored, used in place
         session = InferenceSession(model, memory_budget=memory_budget, **session_options)
         session.prepare(_static_input_shapes(session.get_inputs(), input_shapes))

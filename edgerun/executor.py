@@ -21,12 +21,13 @@ import scheduler
 from edgerun import concat_alias, kernels, limits, ops, segments_graph
 from edgerun.errors import EdgerunError, InvalidModelError, InvalidOptionError, MemoryBudgetError, PlanMismatchError
 from edgerun.ir import Graph, Node
+from edgerun.kernels import f16
 from edgerun.kernels.numpy_segment import SegmentRunner
 from scheduler.alias import merge_buffers
 from scheduler.blocks import BlockGeometry, BlockSchedule
 
 ARENA_ALIGNMENT = 64
-ACTIVATION_DTYPE = "float32"  # what the plan records: the float activations' dtype
+ACTIVATION_DTYPE = "float32"  # what the plan records by default: the float activations' dtype
 
 
 @dataclass
@@ -52,7 +53,7 @@ class StepProfile:
     run_bytes: int                 # the same peak, counted from the start of run()
 
 
-def block_geometry(node: Node, graph: Graph) -> BlockGeometry:
+def block_geometry(node: Node, graph: Graph, itemsize: int = 4) -> BlockGeometry:
     a = node.attrs
     x_shape = graph.value_info[node.inputs[0]].shape
     wd_shape = graph.value_info[node.inputs[3]].shape
@@ -65,7 +66,7 @@ def block_geometry(node: Node, graph: Graph) -> BlockGeometry:
         expand_stride=a.get("expand_stride", 1) if has_expand else 1,
         expand_pads=tuple(a.get("expand_pads", [0, 0, 0, 0])) if has_expand else (0, 0, 0, 0),
         dw_kernel=a["dw_kernel"], dw_stride=a["dw_stride"], dw_pads=tuple(a["dw_pads"]),
-        out_channels=wp_shape[0], residual=bool(a.get("residual", 0)),
+        out_channels=wp_shape[0], residual=bool(a.get("residual", 0)), itemsize=itemsize,
     )
 
 
@@ -118,14 +119,20 @@ class CompiledModel:
     model's. If they differ, replan=True plans again for the plan's budget (and says so in `notices`
     and with a warning); otherwise PlanMismatchError says what differs.
     segments: False plans without streaming (the per-block plans of before; `problem` still offers the
-    segments, e.g. for scheduler.minimum_peak)."""
+    segments, e.g. for scheduler.minimum_peak).
+    activation_dtype: "float16" stores every float32 activation (and the blocks' scratch) in float16; the
+    kernels compute in float32 (edgerun.kernels.f16). Fed inputs and returned outputs stay float32. Segments
+    on float16 storage run the numpy segment runner (float16 rings and row scratch) on either backend."""
 
     def __init__(self, graph: Graph, *, budget: int | None, backend: str, planner: str = "greedy",
                  fixed: dict | None = None, max_t: int = 5, threads: int = 1, cost_model=None,
-                 plan: scheduler.Plan | None = None, replan: bool = False, segments: bool = True):
+                 plan: scheduler.Plan | None = None, replan: bool = False, segments: bool = True,
+                 activation_dtype: str = ACTIVATION_DTYPE):
         self.graph = graph
         self.backend = backend
         self.threads = threads
+        self.activation_dtype = activation_dtype
+        self.storage = {}              # activation name -> the dtype its arena view holds
         self.notices: list[str] = []
         self.constants = dict(graph.initializers)
         self.constants.update({n: i.value for n, i in graph.value_info.items()
@@ -139,7 +146,7 @@ class CompiledModel:
         self.problem = self._problem()
         # Concat inputs written in place: {input: (Concat output, byte offset)} (edgerun/concat_alias.py)
         self._plain_problem = self.problem
-        self._found_aliases = concat_alias.concat_parts(graph, self.activations)
+        self._found_aliases = concat_alias.concat_parts(graph, self.activations)   # offsets in stored bytes
         self._use_aliases(plan is None or not any(part in plan.offsets for part in self._found_aliases))
         if plan is not None and not self._plan_fits(plan, replan):
             budget = budget if budget is not None else plan.budget
@@ -159,26 +166,61 @@ class CompiledModel:
     def _is_constant_node(self, node: Node) -> bool:
         return all(o in self.constants or not o for o in node.outputs)
 
+    @property
+    def half(self) -> bool:
+        return self.activation_dtype == "float16"
+
+    @property
+    def block_backend(self) -> str:
+        """The backend of the blocks: float16 storage runs the numpy block (no native float16 block yet)."""
+        return "numpy" if self.half else self.backend
+
     def _activation_buffers(self) -> dict[str, int]:
         buffers = {}
         for node in self.graph.nodes:
             for name in node.outputs:
                 if name and name not in self.constants:
-                    buffers[name] = _nbytes(self.graph.value_info[name])
+                    info = self.graph.value_info[name]
+                    self.storage[name] = f16.storage_dtype(info.dtype, self.activation_dtype)
+                    buffers[name] = int(np.prod(info.shape, dtype=np.int64)) * self.storage[name].itemsize
         return buffers
+
+    def _stored_dtype(self, name: str):
+        """What a step reads or writes for `name`: its arena dtype, or the graph's for a fed input."""
+        return self.storage.get(name, self.graph.value_info[name].dtype if name in self.graph.value_info else None)
 
     def _exec_step(self, node: Node) -> ExecStep:
         vi = self.graph.value_info
         if node.op_type == "InvertedResidual" and node.domain == "edgerun":
-            geom = block_geometry(node, self.graph)
+            geom = block_geometry(node, self.graph, 2 if self.half else 4)
             weights = kernels.BlockWeights.from_node(node, self.constants)
             return ExecStep(node, "block", geometry=geom, weights=weights)
         in_dtypes = [vi[i].dtype if i else None for i in node.inputs]
         out_dtypes = [vi[o].dtype for o in node.outputs if o]
         kernel = ops.arena_kernel(node, in_dtypes, out_dtypes, self.backend, self.threads)
+        if kernel is not None and self.half:
+            kernel = self._half_kernel(node, kernel, in_dtypes, out_dtypes)
         if kernel is not None:
             kernel.prepare(node, self.constants)
         return ExecStep(node, "kernel" if kernel else "reference", kernel=kernel)
+
+    def _half_kernel(self, node: Node, kernel, in_dtypes, out_dtypes):
+        """The kernel of a step on float16 storage: a kernel that moves bytes of any dtype runs on it as it is;
+        a float32 kernel runs through planned float32 staging of its float16 inputs and outputs."""
+        stored_in = [self._stored_dtype(i) if i else None for i in node.inputs]
+        stored_out = [self._stored_dtype(o) for o in node.outputs if o]
+        if stored_in == in_dtypes and stored_out == out_dtypes:
+            return kernel
+        as_stored = ops.arena_kernel(node, stored_in, stored_out, self.backend, self.threads)
+        if as_stored is not None and node.op_type in f16.MOVES_BYTES and node.domain in ("", "edgerun"):
+            return as_stored
+        vi = self.graph.value_info
+        direct = f16.half_kernel(ops.definition(node.op_type, node.domain).step, node,
+                                 [vi[i].shape if i in vi else None for i in node.inputs])
+        if direct is not None:
+            return direct
+        return f16.StagedKernel(kernel, [s is not None and s != d for s, d in zip(stored_in, in_dtypes)],
+                                [s != d for s, d in zip(stored_out, out_dtypes)])
 
     def _step_scratch(self, step: ExecStep) -> dict[str, int] | None:
         if step.kind != "kernel":
@@ -188,7 +230,7 @@ class CompiledModel:
                                          [vi[o].shape for o in step.node.outputs if o])
 
     def _problem(self) -> scheduler.Problem:
-        contract = kernels.block_kernel(self.backend).block_contract
+        contract = kernels.block_kernel(self.block_backend).block_contract
         sched_steps = []
         for step in self.steps:
             node = step.node
@@ -207,7 +249,7 @@ class CompiledModel:
         """The label the plan records: "int8" when 8-bit integer tensors are among the activations (a quantised
         model, float only at its edges), else the float activations' dtype."""
         dtypes = {np.dtype(self.graph.value_info[name].dtype) for name in self.activations}
-        return "int8" if dtypes & {np.dtype(np.int8), np.dtype(np.uint8)} else ACTIVATION_DTYPE
+        return "int8" if dtypes & {np.dtype(np.int8), np.dtype(np.uint8)} else self.activation_dtype
 
     # ---- segments
     def _segment_option(self, candidate: segments_graph.Candidate) -> scheduler.SegmentOption:
@@ -223,9 +265,13 @@ class CompiledModel:
         in_shape = tuple(self.graph.value_info[candidate.input].shape[1:])
         out_shape = tuple(self.graph.value_info[candidate.output].shape[1:])
         try:
-            runner = segment_runner_class(self.backend)(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT,
-                                                        chunks=segment_chunks(chunking, len(ops_), band_rows),
-                                                        arena=arena)
+            chunks = segment_chunks(chunking, len(ops_), band_rows)
+            if self.half:
+                runner = SegmentRunner(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT, chunks=chunks,
+                                       arena=arena, itemsize=2)
+            else:
+                runner = segment_runner_class(self.backend)(ops_, in_shape, band_rows, alignment=ARENA_ALIGNMENT,
+                                                            chunks=chunks, arena=arena)
         except (EdgerunError, scheduler.SchedulerError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise ValueError(f"{candidate.name} cannot stream: {exc}") from None
         if tuple(runner.out_shape) != out_shape:
@@ -365,12 +411,14 @@ class CompiledModel:
                 offset = self.plan.offsets[name]
             else:
                 continue        # an inner tensor of a segment: only its ring exists
-            views[name] = arena[offset:offset + self.activations[name]].view(info.dtype).reshape(info.shape)
+            views[name] = arena[offset:offset + self.activations[name]].view(self.storage[name]).reshape(info.shape)
         for step in self.steps:
             step_plan = self.plan.step(step.node.name)
             sizes = self._scratch_sizes(step, step_plan)
+            scratch_dtype = np.float16 if step.kind in ("block", "segment") and self.half else \
+                getattr(step.kernel, "scratch_dtype", np.float32)
             step.scratch = {key: arena[step_plan.scratch_offsets[key]:step_plan.scratch_offsets[key] + size]
-                            .view(np.float32) for key, size in sizes.items()}
+                            .view(scratch_dtype) for key, size in sizes.items()}
             if step.kind == "segment":
                 self._bind_segment(step)
         self._raw = raw
@@ -408,16 +456,20 @@ class CompiledModel:
         if not profile:
             for step in self.steps:
                 self._run_step(step, env)
-            return [np.array(env[name], copy=True) for name in output_names], []
+            return [self._output_copy(env, name) for name in output_names], []
         records = self._profile_records
         for index, step in enumerate(self.steps):
             self._run_profiled(step, env, trace_base, records, index)
         # the returned outputs are reported apart (docs/architecture.md, "Memory"): the peak is read before
         # they are copied out of the arena
         self.profiled_peak_bytes = tracemalloc.get_traced_memory()[1] - trace_base
-        outputs = [np.array(env[name], copy=True) for name in output_names]
+        outputs = [self._output_copy(env, name) for name in output_names]
         return outputs, [StepProfile(step.node.name, step.node.op_type, float(seconds), int(extra), int(total))
                          for step, (seconds, extra, total) in zip(self.steps, records.tolist())]
+
+    def _output_copy(self, env, name: str) -> np.ndarray:
+        """A returned output: a copy out of the arena, in the graph's dtype (float32 for float16 storage)."""
+        return np.array(env[name], dtype=self.graph.value_info[name].dtype, copy=True)
 
     def _run_profiled(self, step: ExecStep, env, trace_base: int, records, index: int) -> None:
         start = tracemalloc.get_traced_memory()[0]
@@ -440,7 +492,7 @@ class CompiledModel:
         (arena views always are; a fed input may be a new array each run)."""
         if not step.bound or step.bound[0] is not x or step.bound[1] is not out:
             calls = [kernels.block_call(x[n], out[n], step.weights, step.geometry, step.schedule, step.scratch,
-                                        backend=self.backend, threads=self.threads, contract=step.contract)
+                                        backend=self.block_backend, threads=self.threads, contract=step.contract)
                      for n in range(x.shape[0])]
             step.bound = (x, out, calls)
         return step.bound[2]
@@ -459,6 +511,9 @@ class CompiledModel:
                 for x, out in zip(args[0], outs[0]):
                     step.kernel.run(np.ascontiguousarray(x), out)
             else:
+                if self.half:   # the reference op computes on the graph's dtypes
+                    args = [None if a is None else np.asarray(a, dtype=self.graph.value_info[n].dtype)
+                            for n, a in zip(node.inputs, args)]
                 results = ops.lookup(node, self.graph.opset).compute(node, args, self.graph.opset)
                 for name, result in zip(node.outputs, results):
                     if name:

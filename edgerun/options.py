@@ -3,6 +3,7 @@ option before any work is done (not a ValueError from deep inside the scheduler)
 from __future__ import annotations
 
 from edgerun.errors import InvalidOptionError
+from edgerun.kernels.f16 import ACTIVATION_DTYPES
 from scheduler.planner import PLANNERS
 
 MAX_SPLIT = 1024  # the largest split factor t a plan may consider (also the bundle header's bound)
@@ -22,3 +23,13 @@ def checked_max_t(max_t) -> int:
         raise InvalidOptionError(f"max_t must be an integer from 1 to {MAX_SPLIT} (the largest split factor t "
                                  f"of a block), got {max_t!r}")
     return max_t
+
+
+def checked_activation_dtype(activation_dtype) -> str:
+    """The dtype the arena stores float activations in: "float32" (default) or "float16" (kernels still
+    compute in float32; the caller's inputs and the returned outputs stay float32)."""
+    if activation_dtype is None:
+        return "float32"
+    if isinstance(activation_dtype, str) and activation_dtype in ACTIVATION_DTYPES:
+        return activation_dtype
+    raise InvalidOptionError(f"activation_dtype must be one of {list(ACTIVATION_DTYPES)}, got {activation_dtype!r}")

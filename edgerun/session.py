@@ -12,7 +12,7 @@ from edgerun import kernels
 from edgerun.errors import InvalidOptionError, MemoryBudgetError
 from edgerun.executor import CompiledModel
 from edgerun.loader import load_model
-from edgerun.options import checked_max_t, checked_planner
+from edgerun.options import checked_activation_dtype, checked_max_t, checked_planner
 from edgerun.passes import optimize
 from edgerun.session_base import (ONNX_TYPE_NAMES, NodeArg, RunStats, Session,  # noqa: F401 (re-exported)
                                   checked_backend, checked_feeds, checked_output_names,
@@ -32,12 +32,16 @@ class InferenceSession(Session):
     block's split (t above 5 allowed here). optimize_graph=False runs the graph as loaded; disabled_passes
     names passes to skip (see edgerun.passes). cost_model: a scheduler.CostModel; by default the one
     `edgerun calibrate` stored for this backend, else the scheduler's built-in coefficients.
+    activation_dtype: "float32" (default) or "float16": the arena stores every float activation in float16
+    (half the bytes; kernels compute in float32, inputs and outputs stay float32; no streaming segments).
+    See edgerun.kernels.f16.
     Thread-safe: see edgerun.session_base.
     """
 
     def __init__(self, model, sess_options=None, providers=None, *, memory_budget=None, threads=None,
                  kernels_backend=None, planner: str = "greedy", schedule: dict | None = None,
-                 optimize_graph: bool = True, disabled_passes=None, max_t: int = 5, cost_model=None):
+                 optimize_graph: bool = True, disabled_passes=None, max_t: int = 5, cost_model=None,
+                 activation_dtype: str = "float32"):
         super().__init__()
         self._graph = load_model(model)
         self.memory_budget = parse_bytes(memory_budget)
@@ -46,6 +50,7 @@ class InferenceSession(Session):
         self.backend = kernels.backend() if kernels_backend is None else checked_backend(kernels_backend)
         self.planner = checked_planner(planner)
         self.max_t = checked_max_t(max_t)
+        self.activation_dtype = checked_activation_dtype(activation_dtype)
         self.optimize_graph = optimize_graph
         self.disabled_passes = disabled_passes
         self.cost_model = cost_model if cost_model is not None else load_calibrated(self.backend)
@@ -113,7 +118,7 @@ class InferenceSession(Session):
     def _compiled_model(self, graph, threads: int, segments: bool = True) -> CompiledModel:
         return CompiledModel(graph, budget=self.memory_budget, backend=self.backend, planner=self.planner,
                              fixed=self._fixed, max_t=self.max_t, threads=threads, cost_model=self.cost_model,
-                             segments=segments)
+                             segments=segments, activation_dtype=self.activation_dtype)
 
     def _fewer_threads(self, graph, segments: bool = True) -> CompiledModel:
         """The plan for the most threads below the default that fits the budget, tried from the most down

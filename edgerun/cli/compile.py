@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from edgerun.compiler import compile_bundle
+from edgerun.kernels.f16 import ACTIVATION_DTYPES
 from edgerun.errors import EdgerunError, InvalidOptionError, MemoryBudgetError
 from edgerun.models import resolve_model
 from edgerun.units import format_bytes, parse_bytes
@@ -22,6 +23,8 @@ def compile_main(argv=None) -> int:
         options = {} if args.kernels is None else {"kernels_backend": args.kernels}
         if args.threads is not None:
             options["threads"] = args.threads
+        if args.activation_dtype is not None:
+            options["activation_dtype"] = args.activation_dtype
         info = compile_bundle(model, args.output, memory_budget=budget, input_shapes=shapes,
                               planner=args.planner, c_program=args.c_runtime or args.c_target is not None,
                               c_target=args.c_target, **options)
@@ -34,7 +37,7 @@ def compile_main(argv=None) -> int:
     print(f"  weights       {info.weights_bytes:>12,} bytes ({format_bytes(info.weights_bytes)})")
     print(f"  arena         {info.arena_bytes:>12,} bytes ({format_bytes(info.arena_bytes)})")
     print(f"  budget        {budget}")
-    print(f"  planned for   {info.backend} kernels, {info.threads} thread(s)")
+    print(f"  planned for   {info.backend} kernels, {info.threads} thread(s), {info.plan.activation_dtype} activations")
     for notice in info.notices:
         print(f"edgerun: note: {notice}", file=sys.stderr)
     return 0
@@ -57,6 +60,8 @@ def _compile_parser() -> argparse.ArgumentParser:
                         help="native threads to plan for (default: the CPUs this process may use; fewer when "
                              "the budget does not fit that many)")
     parser.add_argument("--planner", choices=("greedy", "noreuse"), default="greedy")
+    parser.add_argument("--activation-dtype", choices=ACTIVATION_DTYPES, default=None,
+                        help="dtype the arena stores activations in (float32; float16 halves the bytes)")
     parser.add_argument("--c-runtime", action="store_true",
                         help="also write the program the C runtime runs (include/edgerun.h, docs/c-api.md); "
                              "adds the weight layouts its kernels read to the file")

@@ -27,6 +27,7 @@ from edgerun.cli.outputs import (json_safe, output_lines, read_labels, summarise
                                  top_k)  # noqa: F401 (top_k is edgerun.cli API)
 from edgerun.cli.plot import plot_memory, require_matplotlib, table3_reference
 from edgerun.errors import EdgerunError, MemoryBudgetError
+from edgerun.kernels.f16 import ACTIVATION_DTYPES
 from edgerun.models import DEFAULT_MODEL, UsageError, batch_one_shapes, resolve_model, zoo_names
 from edgerun.progress import progress
 from edgerun.session import InferenceSession
@@ -57,7 +58,8 @@ def open_session(args, compile_now: bool = True):
         return _open_bundle(args, budget)
     model, label = resolve_model(args.model)
     sess = InferenceSession(model, memory_budget=budget, threads=getattr(args, "threads", None),
-                            kernels_backend=getattr(args, "kernels", None))
+                            kernels_backend=getattr(args, "kernels", None),
+                            activation_dtype=getattr(args, "activation_dtype", None))
     if compile_now and sess.compiled is None:
         sess.prepare(batch_one_shapes(sess))
     return sess, label, budget
@@ -65,6 +67,10 @@ def open_session(args, compile_now: bool = True):
 
 def _open_bundle(args, budget):
     sess = load(args.model, threads=getattr(args, "threads", None), kernels_backend=getattr(args, "kernels", None))
+    wanted = getattr(args, "activation_dtype", None)
+    if wanted is not None and wanted != activation_dtype(sess):
+        raise UsageError(f"--activation-dtype {wanted}: the bundle {args.model!r} was compiled for "
+                         f"{activation_dtype(sess)} activations; compile it again with --activation-dtype {wanted}")
     if budget is not None:
         if sess.plan.peak_bytes > budget:
             raise UsageError(f"--budget {args.budget}: the bundle {args.model!r} was compiled for an arena of "
@@ -79,6 +85,15 @@ def kernels_text(sess) -> str:
     """The kernels and native threads the session's plan is for, e.g. "native, 2 threads"."""
     threads = sess.planned_threads
     return f"{sess.backend}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def activation_dtype(sess) -> str:
+    """The dtype the session's plan stores activations in ("float32", "float16" or "int8")."""
+    return sess.plan.activation_dtype
+
+
+def _peak_dtype_text(sess) -> str:
+    return f"{activation_dtype(sess)} activations"
 
 
 def print_notices(sess) -> None:
@@ -118,7 +133,8 @@ def command_run(args) -> int:
     report = {"model": label, "inputs": sources, "preprocess": settings.as_dict() if images else None,
               "outputs": summaries, "planned_peak_bytes": stats.planned_peak_bytes,
               "measured_peak_bytes": profiler.measured_peak_bytes(stats), "budget_bytes": budget,
-              "kernels": sess.backend, "threads": sess.planned_threads, "runs": len(runs), "notices": notices}
+              "kernels": sess.backend, "threads": sess.planned_threads, "runs": len(runs), "notices": notices,
+              "activation_dtype": activation_dtype(sess)}
     if args.json:
         print(json.dumps(json_safe(report), indent=2, allow_nan=False))
     else:
@@ -142,7 +158,7 @@ def _print_run(report: dict, kernels: str) -> None:
     print(f"input: {sources[0]}" if len(sources) == 1 else f"input: {len(sources)} items: {', '.join(sources)}")
     for summary in report["outputs"]:
         print("\n".join(output_lines(summary, sources)))
-    print(f"planned peak:  {_bytes_text(report['planned_peak_bytes'])}")
+    print(f"planned peak:  {_bytes_text(report['planned_peak_bytes'])}, {report['activation_dtype']} activations")
     print(f"measured peak: {_bytes_text(report['measured_peak_bytes'])}")
     print(f"budget:        {_budget_text(report['budget_bytes'])}")
     print(f"kernels:       {kernels}")
@@ -189,10 +205,10 @@ def _profile_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _totals_lines(totals: dict, budget, kernels: str, runs: int) -> list[str]:
+def _totals_lines(totals: dict, budget, kernels: str, runs: int, dtype: str) -> list[str]:
     return [
         f"planned peak:   {_bytes_text(totals['planned_peak_bytes'])}  "
-        f"(largest step {totals['max_step_planned_bytes']:,} B)",
+        f"(largest step {totals['max_step_planned_bytes']:,} B), {dtype} activations",
         f"measured peak:  {_bytes_text(totals['measured_peak_bytes'])}  (escaped {totals['escaped_bytes']:,} B)",
         f"weights:        {_bytes_text(totals['weights_bytes'])}, {totals['params']:,} parameters",
         f"multiply-adds:  {totals['macs']:,}",
@@ -214,7 +230,7 @@ def command_profile(args) -> int:
     report = profiler.profile_report(sess, feeds, args.runs,
                                      iterate=lambda r: progress(r, label="profiling runs"))
     header = {"model": label, "input": source, "budget_bytes": budget, "kernels": sess.backend,
-              "threads": sess.planned_threads, "runs": args.runs}
+              "threads": sess.planned_threads, "runs": args.runs, "activation_dtype": activation_dtype(sess)}
     _print_profile(args.format, header, report, kernels_text(sess))
     print_notices(sess)
     if args.plot:
@@ -231,7 +247,8 @@ def _print_profile(fmt: str, header: dict, report: dict, kernels: str) -> None:
     else:
         print(f"model: {header['model']}   input: {header['input']}")
         print(_profile_table(report["rows"]))
-        print("\n".join(_totals_lines(report["totals"], header["budget_bytes"], kernels, header["runs"])))
+        print("\n".join(_totals_lines(report["totals"], header["budget_bytes"], kernels, header["runs"],
+                                     header["activation_dtype"])))
 
 
 def _totals_summary(totals: dict) -> str:
@@ -285,13 +302,14 @@ def command_plan(args) -> int:
     segments = [segment.to_dict() for segment in sess.plan.segments]
     if args.json:
         print(json.dumps(dict({"model": label, "budget_bytes": budget, "kernels": sess.backend,
-                               "threads": sess.planned_threads}, **report, segments=segments), indent=2))
+                               "threads": sess.planned_threads, "activation_dtype": activation_dtype(sess)},
+                              **report, segments=segments), indent=2))
         return EXIT_OK
     print(f"model: {label}")
     print(_plan_table(report))
     for line in _segments_text(segments):
         print(line)
-    print(f"planned peak: {_bytes_text(report['planned_peak_bytes'])}   "
+    print(f"planned peak: {_bytes_text(report['planned_peak_bytes'])}, {_peak_dtype_text(sess)}   "
           f"estimated {report['estimated_seconds'] * 1e3:.3f} ms")
     print(f"budget:       {_budget_text(budget)}")
     print(f"kernels:      {kernels_text(sess)}")
@@ -336,6 +354,12 @@ def _add_budget(parser, help_text="activation memory budget, e.g. 1200000, 512Ki
     parser.add_argument("--budget", metavar="SIZE", help=help_text)
 
 
+def add_activation_dtype(parser) -> None:
+    parser.add_argument("--activation-dtype", choices=list(ACTIVATION_DTYPES), default=None,
+                        help="dtype the arena stores activations in (float32; float16 halves the bytes, kernels "
+                             "compute in float32, inputs and outputs stay float32)")
+
+
 def _add_preprocessing(parser) -> None:
     group = parser.add_argument_group(
         "image preprocessing", "a photo is resized (shorter side), center-cropped to the model's H x W, put in "
@@ -378,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON document (docs/json-schemas.md)")
     run.add_argument("--threads", type=_positive_int("--threads"), metavar="N", help="native kernel threads")
     run.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend (default: native if built)")
+    add_activation_dtype(run)
     _add_preprocessing(run)
     run.set_defaults(handler=command_run)
 
@@ -390,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--plot", metavar="FILE.png", help="draw memory over execution steps (needs matplotlib)")
     profile.add_argument("--threads", type=_positive_int("--threads"), metavar="N", help="native kernel threads")
     profile.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend")
+    add_activation_dtype(profile)
     profile.set_defaults(handler=command_profile)
 
     plan = commands.add_parser("plan", help="the schedule for a budget: per-block t, bands, live bytes, peak")
@@ -399,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--kernels", choices=["numpy", "native"], help="kernel backend the plan is for")
     plan.add_argument("--threads", type=_positive_int("--threads"), metavar="N",
                       help="native threads the plan is for (each banded block gets a scratch slice per thread)")
+    add_activation_dtype(plan)
     plan.set_defaults(handler=command_plan)
 
     for name, (_, _, description) in EXTERNAL_COMMANDS.items():

@@ -119,15 +119,22 @@ def _derived(name: str, given, matrix: np.ndarray) -> np.ndarray:
     return given
 
 
-def _check_array(name: str, array, shape: tuple[int, ...]) -> None:
+def _check_array(name: str, array, shape: tuple[int, ...], dtypes=(np.float32,)) -> None:
     if not isinstance(array, np.ndarray):
         raise EdgerunError(f"{name}: expected a numpy array, got {type(array).__name__}")
-    if array.dtype != np.float32:
-        raise EdgerunError(f"{name}: expected float32, got {array.dtype}")
+    if array.dtype not in dtypes:
+        raise EdgerunError(f"{name}: expected {' or '.join(np.dtype(d).name for d in dtypes)}, got {array.dtype}")
     if not array.flags.c_contiguous:
         raise EdgerunError(f"{name}: must be C-contiguous")
     if array.shape != shape:
         raise EdgerunError(f"{name}: expected shape {shape}, got {array.shape}")
+
+
+def _stored_dtype(geom):
+    """The block's storage: float16 for geom.itemsize 2 (a float16 plan; the input may be a float32 feed)."""
+    if geom.itemsize not in (2, 4):
+        raise EdgerunError(f"block geometry itemsize {geom.itemsize}: expected 4 (float32) or 2 (float16)")
+    return np.float16 if geom.itemsize == 2 else np.float32
 
 
 def holds_scratch(scratch, contract) -> bool:
@@ -144,8 +151,9 @@ def holds_scratch(scratch, contract) -> bool:
 def check_block_args(x, out, weights, geom, contract, scratch) -> None:
     """Raise EdgerunError unless the arrays match the geometry and the scratch holds every buffer the
     contract (scheduler.KernelContract) declares, big enough (all its per-thread slices)."""
-    _check_array("x", x, (geom.in_channels, geom.in_height, geom.in_width))
-    _check_array("out", out, (geom.out_channels, geom.out_height, geom.out_width))
+    stored = _stored_dtype(geom)
+    _check_array("x", x, (geom.in_channels, geom.in_height, geom.in_width), (stored, np.float32))
+    _check_array("out", out, (geom.out_channels, geom.out_height, geom.out_width), (stored,))
     if np.may_share_memory(x, out):
         raise EdgerunError("x and out must not overlap")
     if not isinstance(weights, BlockWeights):
@@ -160,9 +168,9 @@ def check_block_args(x, out, weights, geom, contract, scratch) -> None:
         view = scratch.get(buf.name) if isinstance(scratch, dict) else None
         if view is None:
             raise EdgerunError(f"scratch {buf.name!r} ({buf.nbytes} bytes) is missing")
-        if not isinstance(view, np.ndarray) or view.dtype != np.float32 or view.ndim != 1 \
+        if not isinstance(view, np.ndarray) or view.dtype != stored or view.ndim != 1 \
                 or not view.flags.c_contiguous:
-            raise EdgerunError(f"scratch {buf.name!r}: expected a 1-D C-contiguous float32 array")
+            raise EdgerunError(f"scratch {buf.name!r}: expected a 1-D C-contiguous {np.dtype(stored).name} array")
         if view.nbytes < buf.nbytes:
             slices = f" ({buf.slices} slices of {buf.slice_bytes})" if buf.slices > 1 else ""
             raise EdgerunError(f"scratch {buf.name!r} holds {view.nbytes} bytes, the block needs "

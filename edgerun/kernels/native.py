@@ -126,6 +126,8 @@ def block_call(x, out, weights, geom, contract: KernelContract, scratch):
     checked now, run by calling the result. block.c receives the derived geometry, the chunk size,
     every band's rows and the thread split, asserts them and checks every buffer's size again on
     each call."""
+    if geom.itemsize != 4:
+        raise EdgerunError("the native block kernel runs on float32 storage only (float16 plans run the numpy block)")
     check_block_args(x, out, weights, geom, contract, scratch)
     args = (x, out, weights.we, weights.we_t, weights.be, weights.wd, weights.bd, weights.wp_t, weights.bp,
             scratch.get("expanded"), scratch["depthwise"], _geometry_tuple(geom),

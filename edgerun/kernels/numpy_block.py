@@ -3,6 +3,9 @@
 Every intermediate lives in the scratch views `block_contract(geom, sched, threads)` names;
 all work is numpy ufuncs / matmul with out= into those views, so no activation-sized
 temporary is ever allocated. One thread, whatever the caller's thread count.
+With geom.itemsize 2 (float16 storage) the output and every scratch view hold float16 and the input
+float16 or float32: ufuncs compute in float32 and round on store, matmuls run in bounded float32
+pieces (edgerun.kernels.f16.matmul_into).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import math
 import numpy as np
 
 from edgerun.kernels.activations import apply_inplace
+from edgerun.kernels.f16 import matmul_into
 from edgerun.kernels.block_args import check_block_args
 from scheduler.blocks import band_hidden_rows, band_row_ranges, chunk_channels, chunk_ranges, input_rows_for
 from scheduler.contract import SINGLE, KernelContract, ScratchBuffer, ThreadSplit
@@ -40,8 +44,10 @@ def block_contract(geom, sched, threads: int = 1) -> KernelContract:
                           ThreadSplit(SINGLE, threads, 1))
 
 # ufuncs on strided views otherwise allocate iterator buffers of 8192 elements per operand
-# (~100 KB per call, seen by tracemalloc); 64 elements costs little speed.
+# (~100 KB per call, seen by tracemalloc); 64 elements costs little speed. On float16 storage every
+# ufunc converts through these buffers: 1024 elements (4 KB an operand) keep the conversions fast.
 UFUNC_BUFFER_ELEMENTS = 64
+HALF_UFUNC_BUFFER_ELEMENTS = 1024
 
 
 def run_block(x, out, weights, geom, sched, scratch) -> None:
@@ -55,8 +61,10 @@ def block_call(x, out, weights, geom, contract: KernelContract, scratch):
     check_block_args(x, out, weights, geom, contract, scratch)
     sched = contract.schedule
 
+    elements = HALF_UFUNC_BUFFER_ELEMENTS if geom.itemsize == 2 else UFUNC_BUFFER_ELEMENTS
+
     def run() -> None:
-        previous = np.setbufsize(UFUNC_BUFFER_ELEMENTS)
+        previous = np.setbufsize(elements)
         try:
             _run_bands_and_chunks(x, out, weights, geom, sched, scratch)
         finally:
@@ -133,11 +141,11 @@ def _hidden_rows(x, weights, geom, scratch, c0, c1, h0, h1) -> np.ndarray:
     we_rows = weights.we.reshape(geom.hidden_channels, -1)[c0:c1]
     if geom.expand_kernel > 1:
         im2col = _view(scratch["im2col"], (we_rows.shape[1], rows * width))
-        np.matmul(we_rows, im2col, out=expanded.reshape(count, rows * width))
+        matmul_into(we_rows, im2col, expanded.reshape(count, rows * width))
     elif geom.expand_stride == 1 and not any(geom.expand_pads):
         i0, i1 = input_rows_for(geom, h0, h1)
         inputs = _reshape_in_place(x[:, i0:i1, :], (geom.in_channels, (i1 - i0) * width))
-        np.matmul(we_rows, inputs, out=expanded.reshape(count, rows * width))
+        matmul_into(we_rows, inputs, expanded.reshape(count, rows * width))
     else:
         _pointwise_rows_padded(x, we_rows, geom, expanded, h0, h1)
     np.add(expanded, weights.be[c0:c1, None, None], out=expanded)
@@ -155,8 +163,7 @@ def _pointwise_rows_padded(x, we_rows, geom, expanded, h0, h1) -> None:
         if (j0, j1) != (0, geom.hidden_width) or not 0 <= source_row < geom.in_height:
             row.fill(0.0)
         if 0 <= source_row < geom.in_height and j0 < j1:
-            np.matmul(we_rows, x[:, source_row, _strided(j0 * stride - pad_left, j1 - j0, stride)],
-                      out=row[:, j0:j1])
+            matmul_into(we_rows, x[:, source_row, _strided(j0 * stride - pad_left, j1 - j0, stride)], row[:, j0:j1])
 
 
 def _depthwise(hidden, weights, geom, scratch, c0, c1, o0, o1, h0) -> np.ndarray:
@@ -190,7 +197,7 @@ def _project_into(out, depthwise, weights, scratch, c0, c1, o0, o1) -> None:
     """out[:, o0:o1] += Wp[:, c0:c1] @ depthwise chunk."""
     channels, pixels = out.shape[0], (o1 - o0) * out.shape[2]
     partial = _view(scratch["proj_tmp"], (channels, pixels))
-    np.matmul(weights.wp[:, c0:c1], depthwise.reshape(c1 - c0, pixels), out=partial)
+    matmul_into(weights.wp[:, c0:c1], depthwise.reshape(c1 - c0, pixels), partial)
     band = _reshape_in_place(out[:, o0:o1, :], (channels, pixels))
     np.add(band, partial, out=band)
 

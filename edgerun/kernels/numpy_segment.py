@@ -27,6 +27,7 @@ import numpy as np
 
 from edgerun.errors import InvalidInputError, InvalidModelError
 from edgerun.kernels.activations import KINDS
+from edgerun.kernels.f16 import matmul_into
 from scheduler.planner import GreedyBySizePlanner
 from scheduler.segments import (SEGMENT_INPUT, RowStep, SegmentError, block_geometry,
                                 block_row_step, plan_segment)
@@ -329,7 +330,7 @@ class _ConvRows(_WindowKernel):
         self.fill_columns(out_row, src, scratch)
         cols3 = scratch.reshape(self.group, self.taps, self.out_width)
         out3 = dst.reshape(self.group, self.out_channels // self.group, self.out_width)
-        np.matmul(self.w3, cols3, out=out3)
+        _matmul_groups(self.w3, cols3, out3)
         np.add(dst, self.bias, out=dst)
         self.macs += self.out_channels * self.taps * self.out_width
 
@@ -370,6 +371,15 @@ class _ConvRows(_WindowKernel):
                 cols[:, ky, kx, :first].fill(0.0)
                 cols[:, ky, kx, stop:].fill(0.0)
                 np.copyto(cols[:, ky, kx, first:stop], taps)
+
+
+def _matmul_groups(w3: np.ndarray, cols3: np.ndarray, out3: np.ndarray) -> None:
+    """out3[g] = w3[g] @ cols3[g]: one batched matmul in float32, group by group on float16 storage."""
+    if cols3.dtype == out3.dtype == np.float32:
+        np.matmul(w3, cols3, out=out3)
+        return
+    for g in range(w3.shape[0]):
+        matmul_into(w3[g], cols3[g], out3[g])
 
 
 class _PoolRows(_WindowKernel):
@@ -774,7 +784,7 @@ class _BlockRows(_RowKernel):
         wh = g.hidden_shape[2]
         hidden = views["hidden"][:(c1 - c0) * wh].reshape(c1 - c0, wh)
         if g.direct_expansion:
-            np.matmul(self.we2[c0:c1], src.row(h), out=hidden)
+            matmul_into(self.we2[c0:c1], src.row(h), hidden)
         else:
             self._expand_by_taps(h, c0, c1, src, hidden, views)
         self.macs += (c1 - c0) * self.we2.shape[1] * wh
@@ -800,7 +810,7 @@ class _BlockRows(_RowKernel):
                 tap[:, :lo].fill(0.0)
                 tap[:, hi:].fill(0.0)
                 np.copyto(tap[:, lo:hi], row[:, x0:x0 + (hi - lo - 1) * stride + 1:stride])
-                np.matmul(self.we_taps[ky, kx, c0:c1], tap, out=product)
+                matmul_into(self.we_taps[ky, kx, c0:c1], tap, product)
                 np.add(hidden, product, out=hidden)
 
     def _scatter(self, hidden, slot, c0, c1, ky, first, views) -> None:
@@ -823,10 +833,10 @@ class _BlockRows(_RowKernel):
         kd = self.geometry.dw[0]
         self.macs += (c1 - c0) * (kd * kd + dst.shape[0]) * dst.shape[1]   # depthwise + projection
         if c0 == 0:
-            np.matmul(self.wp2[:, c0:c1], slot, out=dst)
+            matmul_into(self.wp2[:, c0:c1], slot, dst)
         else:
             projection = views["projection"].reshape(dst.shape)
-            np.matmul(self.wp2[:, c0:c1], slot, out=projection)
+            matmul_into(self.wp2[:, c0:c1], slot, projection)
             np.add(dst, projection, out=dst)
 
 
@@ -868,10 +878,10 @@ class _SqueezeExciteRows(_RowKernel):
         np.multiply(sums, np.float32(1.0 / (self.in_height * self.in_width)), out=sums)
         tmp = scratch[c + hidden:]
         inner = scratch[c:c + hidden].reshape(hidden, 1)
-        np.matmul(self.w1, sums, out=inner)
+        matmul_into(self.w1, sums, inner)
         np.add(inner, self.b1, out=inner)
         _activate(self.act1, inner, tmp)
-        np.matmul(self.w2, inner, out=dst)
+        matmul_into(self.w2, inner, dst)
         np.add(dst, self.b2, out=dst)
         _activate(self.act2, dst, tmp)
 
@@ -958,10 +968,17 @@ class SegmentRunner:
     per call of each step (scheduler.segments.row_schedule; default its steady chunks).
     `arena`: a 1-D float32 view of at least `arena_bytes` to run in (e.g. the executor's
     arena at the segment's offset); by default the runner allocates its own.
+    `itemsize` 2: float16 storage (edgerun.kernels.f16): the arena, every ring, state and row scratch
+    hold float16 (the arena is a float16 view), the output is float16, the input float16 or float32;
+    the arithmetic is float32 (ufuncs round on store, matmuls in bounded float32 pieces).
     """
 
     def __init__(self, ops, in_shape, band_rows: int, alignment: int = 64, chunks=None,
-                 arena: np.ndarray | None = None) -> None:
+                 arena: np.ndarray | None = None, itemsize: int = ITEMSIZE) -> None:
+        if itemsize not in (2, ITEMSIZE):
+            raise InvalidInputError(f"segment itemsize must be 4 (float32) or 2 (float16), got {itemsize!r}")
+        self.itemsize = itemsize
+        self.dtype = np.dtype(np.float16 if itemsize == 2 else np.float32)
         if len(in_shape) != 3 or min(in_shape) < 1:
             raise InvalidInputError(f"segment input shape must be (C, H, W), got {tuple(in_shape)}")
         if not ops:
@@ -982,9 +999,11 @@ class SegmentRunner:
             raise InvalidModelError(str(exc)) from None
         self._layout(shapes, alignment, arena)
 
-    @staticmethod
-    def _row_step(kernel, name: str) -> RowStep:
+    def _row_step(self, kernel, name: str) -> RowStep:
         step = kernel.row_step(name)
+        if self.itemsize != step.itemsize:    # the kernels state their bytes in float32
+            step = replace(step, itemsize=self.itemsize, state_bytes=step.state_bytes * self.itemsize // ITEMSIZE,
+                           scratch_bytes=step.scratch_bytes * self.itemsize // ITEMSIZE)
         return step if kernel.source is None else replace(step, source=kernel.source)
 
     def _layout(self, shapes, alignment: int, arena) -> None:
@@ -995,7 +1014,8 @@ class SegmentRunner:
             if ring.name not in buffers:
                 buffers[ring.name] = planner.add_buffer(ring.bytes, 0, last, f"ring:{ring.name}")
         ring_ids = {ring.tensor: buffers[ring.name] for ring in self.schedule.rings}
-        state_ids = {index: planner.add_buffer(kernel.state_items * ITEMSIZE, 0, last,
+        size = self.itemsize
+        state_ids = {index: planner.add_buffer(kernel.state_items * size, 0, last,
                                                f"state:{self.steps[index].name}")
                      for index, kernel in enumerate(self.kernels) if kernel.state_items}
         scratch_ids = {}
@@ -1004,22 +1024,22 @@ class SegmentRunner:
             if index == last and not isinstance(kernel, _GlobalAverageRows):
                 items += self.out_shape[0] * self.out_shape[2]   # the row before it goes out
             if items:
-                scratch_ids[index] = planner.add_buffer(items * ITEMSIZE, index, index,
+                scratch_ids[index] = planner.add_buffer(items * size, index, index,
                                                         f"scratch:{self.steps[index].name}")
         planner.check()
         self.planner = planner
         self.arena_bytes = planner.peak()
-        items = self.arena_bytes // ITEMSIZE
+        items = self.arena_bytes // size
         if arena is None:
-            arena = np.empty(items, np.float32)
-        elif not (isinstance(arena, np.ndarray) and arena.dtype == np.float32 and arena.ndim == 1
+            arena = np.empty(items, self.dtype)
+        elif not (isinstance(arena, np.ndarray) and arena.dtype == self.dtype and arena.ndim == 1
                   and arena.flags.c_contiguous and arena.flags.writeable and arena.size >= items):
-            raise InvalidInputError(f"segment arena must be a writeable contiguous 1-D float32 "
+            raise InvalidInputError(f"segment arena must be a writeable contiguous 1-D {self.dtype.name} "
                                     f"array of at least {items} items")
         self.arena = arena[:items]
 
         def view(buffer: int, items: int) -> np.ndarray:
-            start = planner.offset(buffer) // ITEMSIZE
+            start = planner.offset(buffer) // size
             return self.arena[start:start + items]
 
         self.sources = {SEGMENT_INPUT: _WholeRows()}
@@ -1031,7 +1051,7 @@ class SegmentRunner:
             self.kernels[index].bind_state(view(buffer, self.kernels[index].state_items))
         self.scratch = {}
         for index, buffer in scratch_ids.items():
-            self.scratch[index] = view(buffer, planner.aligned_size(buffer) // ITEMSIZE)
+            self.scratch[index] = view(buffer, planner.aligned_size(buffer) // size)
 
     def run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         self._check_io(x, out)
@@ -1087,10 +1107,11 @@ class SegmentRunner:
         return sum(getattr(kernel, "macs", 0) for kernel in self.kernels)
 
     def _check_io(self, x, out) -> None:
-        for name, array, shape in (("input", x, self.in_shape), ("output", out, self.out_shape)):
-            if not isinstance(array, np.ndarray) or array.dtype != np.float32 \
+        for name, array, shape, dtypes in (("input", x, self.in_shape, (np.float32, self.dtype)),
+                                           ("output", out, self.out_shape, (self.dtype,))):
+            if not isinstance(array, np.ndarray) or array.dtype not in dtypes \
                     or tuple(array.shape) != shape or not array.flags.c_contiguous:
-                raise InvalidInputError(f"segment {name} must be a C-contiguous float32 array of "
+                raise InvalidInputError(f"segment {name} must be a C-contiguous {self.dtype.name} array of "
                                         f"shape {shape}, got {getattr(array, 'shape', type(array))}")
         if not out.flags.writeable:
             raise InvalidInputError("segment output must be writeable")

@@ -21,12 +21,13 @@ from typing import Callable, Iterable
 
 from edgerun.errors import EdgerunError
 from edgerun.ir import Graph
-from edgerun.passes import (blocks, bnfold, constfold, declutter, fold_affine, fuse_activation, fuse_add, fuse_pad,
-                            fuse_se, fuse_shuffle, fuse_silu, quantize)
+from edgerun.passes import (blocks, bnfold, constfold, declutter, float16, fold_affine, fuse_activation, fuse_add,
+                            fuse_pad, fuse_se, fuse_shuffle, fuse_silu, quantize)
 from edgerun.passes.graph_edit import prune_unused
 from edgerun.shape_inference import topological_order
 
 PASSES: tuple[tuple[str, Callable[[Graph], bool]], ...] = (
+    ("float16", float16.run),       # first: every later pass and kernel sees float32 weights and values
     ("quantize", quantize.run),     # first: constant folding would turn the weights' DequantizeLinear to float
     ("declutter", declutter.run),
     ("constfold", constfold.run),
