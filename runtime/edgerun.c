@@ -54,14 +54,14 @@ typedef struct {
     uint64_t offset, count; /* bytes, floats */
 } er_ref;
 
-/* A streamed segment's tables (segment.c), made at open; the arena pointers are set by each run. */
+/* A streamed segment's tables (segment.c): bound at open to check them, and again by each run to the
+ * run's arena (er_seg_bind: pointers only, no allocation). */
 typedef struct {
     int ntensors, nsteps, ncalls, gap;
+    const int64_t *tensor_rows, *step_rows; /* in the step's integers */
     er_seg_tensor *tensors;
     er_seg_step *steps;
     er_seg_call *calls;
-    int64_t *ring_at;    /* per tensor: its ring's float offset in the segment arena, or one of SEG_* */
-    int64_t *scratch_at; /* per step: its scratch's float offset in the segment arena, or -1 */
 } er_segment;
 
 typedef struct {
@@ -528,23 +528,20 @@ static int check_elementwise(checker *c, er_step *s, int nrefs)
 }
 
 /* OP_SEGMENT: ints threads, ntensors, nsteps, ncalls, gap (1: the last step is a global average pool:
- * the output starts at 0 and is scaled by floats[0] after the calls), then the tensors (place 0 absent,
- * 1 the input, 2 the output, 3 a ring; ring offset in floats, ring rows, C, H, W), the steps (the 24
- * fields of SEG_FIELDS in edgerun/kernels/native_segment.py: offsets into the params, the scratch's into
- * the segment arena) and the calls (step, lo, hi); refs x, out, the segment arena, the params. */
-#define SEG_TENSOR_FIELDS 6
-#define SEG_STEP_FIELDS 24
-enum { SEG_ABSENT = -1, SEG_INPUT = -2, SEG_OUTPUT = -3 };
-
-static int seg_param(checker *c, int64_t offset, int64_t count, int optional, const float **out)
+ * the output starts at 0 and is scaled by floats[0] after the calls), then the tensor rows and the step
+ * rows of segment.c's tables (ER_SEG_TENSOR_FIELDS / ER_SEG_STEP_FIELDS each: offsets into the params
+ * and into the segment arena) and the calls (step, lo, hi); refs x, out, the segment arena, the params. */
+static const float *segment_params(const edgerun_model *m, const er_step *s)
 {
-    const er_ref *params = &c->step->refs[3];
-    *out = NULL;
-    if (offset == -1 && optional) return 0;
-    if (offset < 0 || count < 0 || (uint64_t)offset > params->count || (uint64_t)count > params->count - offset)
-        return bad(c, "segment: weights, bias, scales or activation outside the params");
-    *out = (const float *)(uintptr_t)(c->model->weights + params->offset) + offset;
-    return 0;
+    return (const float *)(uintptr_t)(m->weights + s->refs[3].offset);
+}
+
+static const char *bind_segment(const er_step *s, const float *x, float *out, float *arena, const float *params)
+{
+    const er_segment *g = s->segment;
+    return er_seg_bind(g->tensor_rows, g->ntensors, g->step_rows, g->nsteps, x, (long)s->refs[0].count, out,
+                       (long)s->refs[1].count, arena, (long)s->refs[2].count, params, (long)s->refs[3].count,
+                       g->tensors, g->steps);
 }
 
 static int check_segment(checker *c, er_step *s)
@@ -552,83 +549,32 @@ static int check_segment(checker *c, er_step *s)
     int threads, nt, ns, nc, gap;
     if (get_int(c, 0, 1, ER_MAX_THREADS, &threads) || get_int(c, 1, 2, 1 << 16, &nt) ||
         get_int(c, 2, 1, 1 << 16, &ns) || get_int(c, 3, 1, 1 << 24, &nc) || get_int(c, 4, 0, 1, &gap) ||
-        counts(c, 5 + SEG_TENSOR_FIELDS * nt + SEG_STEP_FIELDS * ns + 3 * nc, 4, 1))
+        counts(c, 5 + ER_SEG_TENSOR_FIELDS * nt + ER_SEG_STEP_FIELDS * ns + 3 * nc, 4, 1))
+        return -1;
+    if (want(c, 0, ANY_SOURCE, s->refs[0].count, 0) || want(c, 1, ARENA_ONLY, s->refs[1].count, 0) ||
+        want(c, 2, ARENA_ONLY, 0, 1) || want(c, 3, WEIGHTS_ONLY, 0, 1))
         return -1;
     er_segment *g = (er_segment *)calloc(1, sizeof *g);
     if (!g) return bad(c, "out of memory");
     s->segment = g;
     g->ntensors = nt, g->nsteps = ns, g->ncalls = nc, g->gap = gap;
+    g->tensor_rows = s->ints + 5;
+    g->step_rows = g->tensor_rows + (long)ER_SEG_TENSOR_FIELDS * nt;
     g->tensors = (er_seg_tensor *)calloc((size_t)nt, sizeof *g->tensors);
     g->steps = (er_seg_step *)calloc((size_t)ns, sizeof *g->steps);
     g->calls = (er_seg_call *)calloc((size_t)nc, sizeof *g->calls);
-    g->ring_at = (int64_t *)calloc((size_t)nt, sizeof *g->ring_at);
-    g->scratch_at = (int64_t *)calloc((size_t)ns, sizeof *g->scratch_at);
-    if (!g->tensors || !g->steps || !g->calls || !g->ring_at || !g->scratch_at) return bad(c, "out of memory");
-    const int64_t *v = s->ints + 5;
-    uint64_t arena = c->step->refs[2].count, sizes[3] = {0, 0, 0};
-    /* open checks with stand-in bases (any non-NULL address): every run sets the real ones */
-    float *stand_in = (float *)(uintptr_t)c->model->weights;
-    for (int i = 0; i < nt; i++, v += SEG_TENSOR_FIELDS) {
-        er_seg_tensor *t = &g->tensors[i];
-        for (int j = 1; j < 6; j++)
-            if (v[j] < (j == 1 ? -1 : 0) || v[j] > BIG) return bad(c, "segment: tensor %d is out of range", i);
-        if (v[0] < 0 || v[0] > 3) return bad(c, "segment: tensor %d has no place", i);
-        t->ring = (int)v[2], t->channels = (int)v[3], t->height = (int)v[4], t->width = (int)v[5];
-        g->ring_at[i] = SEG_ABSENT;
-        if (v[0] == 1 || v[0] == 2) {
-            g->ring_at[i] = v[0] == 1 ? SEG_INPUT : SEG_OUTPUT;
-            uint64_t n = (uint64_t)v[3] * (uint64_t)v[4] * (uint64_t)v[5];
-            if (v[2] != 0 || (sizes[v[0]] && sizes[v[0]] != n)) return bad(c, "segment: the input and output are whole");
-            sizes[v[0]] = n;
-            t->base = stand_in;
-        } else if (v[0] == 3) {
-            uint64_t floats = (uint64_t)v[2] * (uint64_t)v[3] * (uint64_t)v[5];
-            if (v[1] < 0 || (uint64_t)v[1] > arena || floats > arena - (uint64_t)v[1])
-                return bad(c, "segment: a ring is not inside the segment arena");
-            g->ring_at[i] = v[1];
-            t->base = stand_in;
-            if (v[2] == 0) t->ring = -1; /* a ring of no rows: every row reads as padding */
-        }
-    }
-    if (!sizes[1] || !sizes[2]) return bad(c, "segment: an input and an output are needed");
-    for (int i = 0; i < ns; i++, v += SEG_STEP_FIELDS) {
-        er_seg_step *t = &g->steps[i];
-        g->scratch_at[i] = -1;
-        for (int j = 0; j < 17; j++)
-            if (v[j] < -1 || v[j] > BIG) return bad(c, "segment: step %d is out of range", i);
-        int *fields[17] = {&t->kind, &t->src, &t->skip, &t->dst, &t->out_channels, &t->out_height, &t->out_width,
-                           &t->kh, &t->kw, &t->sh, &t->sw, &t->dh, &t->dw, &t->pad_top, &t->pad_left, &t->group,
-                           &t->include_pad};
-        for (int j = 0; j < 17; j++) *fields[j] = (int)v[j];
-        if (t->kind == 0) continue; /* an activation its producer applies (calls of numpy steps are not written) */
-        if (t->src < 0 || t->src >= nt || !g->tensors[t->src].base) return bad(c, "segment: step %d has no input", i);
-        int64_t cin = g->tensors[t->src].channels, m = v[4], kk = v[7] * v[8], group = v[15] > 0 ? v[15] : 1;
-        int64_t weights = t->kind == ER_SEG_POINTWISE || t->kind == ER_SEG_IM2COL ? cin / group * kk * m :
-                          t->kind == ER_SEG_DEPTHWISE ? m * kk : 0;
-        const float *act;
-        if ((weights && seg_param(c, v[17], weights, 0, &t->weights)) || seg_param(c, v[18], v[4], 1, &t->bias) ||
-            seg_param(c, v[19], v[6], 1, &t->aux) || seg_param(c, v[23], 2, 1, &act))
-            return -1;
-        if (v[20] != -1) {
-            if (v[20] < 0 || v[21] < 0 || (uint64_t)v[20] > arena || (uint64_t)v[21] > arena - (uint64_t)v[20])
-                return bad(c, "segment: a step's scratch is not inside the segment arena");
-            g->scratch_at[i] = v[20];
-            t->scratch = stand_in;
-            t->scratch_floats = (long)v[21];
-        }
-        if (v[22] < 0 || v[22] >= ER_ACT_COUNT) return bad(c, "segment: step %d has an unknown activation", i);
-        t->act = (er_act){(int)v[22], act ? act[0] : 0.0f, act ? act[1] : 0.0f};
-    }
+    if (!g->tensors || !g->steps || !g->calls) return bad(c, "out of memory");
+    const int64_t *v = g->step_rows + (long)ER_SEG_STEP_FIELDS * ns;
     for (int i = 0; i < nc; i++, v += 3) {
         if (v[0] < 0 || v[0] >= ns || v[1] < 0 || v[2] < 0 || v[1] > BIG || v[2] > BIG)
             return bad(c, "segment: call %d is out of range", i);
         g->calls[i] = (er_seg_call){(int)v[0], (int)v[1], (int)v[2]};
     }
-    const char *problem = er_seg_check(g->tensors, nt, g->steps, ns, g->calls, nc);
+    /* checked with stand-in bases (any non-NULL address, never read here): every run binds the real ones */
+    float *stand_in = (float *)(uintptr_t)c->model->weights;
+    const char *problem = bind_segment(s, stand_in, stand_in, stand_in, segment_params(c->model, s));
+    if (!problem) problem = er_seg_check(g->tensors, nt, g->steps, ns, g->calls, nc);
     if (problem) return bad(c, "segment: %s", problem);
-    if (want(c, 0, ANY_SOURCE, sizes[1], 0) || want(c, 1, ARENA_ONLY, sizes[2], 0) || want(c, 2, ARENA_ONLY, 0, 1) ||
-        want(c, 3, WEIGHTS_ONLY, 0, 1))
-        return -1;
     s->threads = threads;
     return 0;
 }
@@ -714,8 +660,6 @@ static void free_model(edgerun_model *m)
                 free(g->tensors);
                 free(g->steps);
                 free(g->calls);
-                free(g->ring_at);
-                free(g->scratch_at);
                 free(g);
             }
         }
@@ -1224,19 +1168,13 @@ static void run_concat(const run_env *env, const er_step *s)
 
 static const char *run_segment(const run_env *env, const er_step *s)
 {
-    er_segment *g = s->segment;
+    const er_segment *g = s->segment;
     float *x = at(env, &s->refs[0]), *out = at(env, &s->refs[1]), *arena = at(env, &s->refs[2]);
-    for (int i = 0; i < g->ntensors; i++) {
-        er_seg_tensor *t = &g->tensors[i];
-        if (g->ring_at[i] >= 0) t->base = arena + g->ring_at[i];
-        else if (g->ring_at[i] == SEG_INPUT) t->base = x;
-        else if (g->ring_at[i] == SEG_OUTPUT) t->base = out;
-    }
-    for (int i = 0; i < g->nsteps; i++)
-        if (g->scratch_at[i] >= 0) g->steps[i].scratch = arena + g->scratch_at[i];
+    const char *problem = bind_segment(s, x, out, arena, segment_params(env->model, s));
+    if (problem) return problem;
     uint64_t n = s->refs[1].count;
     if (g->gap) memset(out, 0, (size_t)n * sizeof(float));
-    const char *problem = er_seg_run(g->tensors, g->steps, g->calls, g->ncalls, s->threads);
+    problem = er_seg_run(g->tensors, g->steps, g->calls, g->ncalls, s->threads);
     if (g->gap)
         for (uint64_t i = 0; i < n; i++) out[i] *= s->floats[0];
     return problem;

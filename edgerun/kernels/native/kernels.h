@@ -4,6 +4,7 @@
 #define EDGERUN_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Activation codes: the table in edgerun/kernels/activations.py, in its order (do not edit by hand). */
 /* BEGIN GENERATED from the table in edgerun/kernels/activations.py by activations.write_header() */
@@ -351,6 +352,20 @@ typedef struct {
  * rows), else a message. Every read and write then stays inside the tensors and the scratch. */
 const char *er_seg_check(const er_seg_tensor *tensors, int ntensors, const er_seg_step *steps, int nsteps,
                          const er_seg_call *calls, int ncalls);
+
+/* The binding's tables (edgerun/kernels/native_segment.py SEG_FIELDS): a tensor row is (place 0 absent,
+ * 1 the input, 2 the output, 3 a ring; ring offset in floats into the arena; ring rows; C; H; W), a step
+ * row the SEG_STEP_FIELDS fields of SEG_FIELDS (weights, bias, scales, activation params as float offsets
+ * into params, scratch and block state as float offsets into the arena). */
+#define ER_SEG_TENSOR_FIELDS 6
+#define ER_SEG_STEP_FIELDS 43
+
+/* Fills tensors and steps from the tables, pointing into x (x_floats), out, arena and params; NULL, or
+ * what is out of range. Pointers only: the Python binding and the C runtime (which binds once at open to
+ * check, then at every run with the run's arena) share it; er_seg_check then checks the geometry. */
+const char *er_seg_bind(const int64_t *tensor_rows, int ntensors, const int64_t *step_rows, int nsteps,
+                        const float *x, long x_floats, float *out, long out_floats, float *arena, long arena_floats,
+                        const float *params, long nparams, er_seg_tensor *tensors, er_seg_step *steps);
 
 /* Runs the calls in order on a team of `threads` (after er_seg_check); NULL, or the pool's error. */
 const char *er_seg_run(const er_seg_tensor *tensors, const er_seg_step *steps, const er_seg_call *calls,

@@ -373,8 +373,8 @@ PyDoc_STRVAR(segment_run_doc,
 "Runs calls of a streamed segment on the native row kernels (edgerun/kernels/native_segment.py).\n"
 "arena: float32 (rings and scratch); x / out: the segment's whole input and output; params: float32\n"
 "(weights, biases, pooling scales, activation parameters); tensors: int64 (n, 6) rows (place 0 absent /\n"
-"1 x / 2 out / 3 ring in the arena, arena offset, ring rows, C, H, W); steps: int64 (n, 24) rows (see\n"
-"SEG_FIELDS in native_segment.py, 43 columns); calls: int32 (n, 3) rows (step, lo, hi). Everything is checked\n"
+"1 x / 2 out / 3 ring in the arena, arena offset, ring rows, C, H, W); steps: int64 (n, 43) rows (see\n"
+"SEG_FIELDS in native_segment.py); calls: int32 (n, 3) rows (step, lo, hi). Everything is checked\n"
 "(ValueError) before the calls run.");
 /* ---- conv.c: banded dense and grouped convolution (dense-conv) */
 PyObject *er_py_conv_info(PyObject *self, PyObject *args);
@@ -465,8 +465,8 @@ PyMODINIT_FUNC ER_CAT(PyInit_, ER_MODULE)(void)
 }
 
 /* ---------------------------------------------------------------- streamed segments (segment.c) */
-#define SEG_TENSOR_FIELDS 6
-#define SEG_STEP_FIELDS 43
+#define SEG_TENSOR_FIELDS ER_SEG_TENSOR_FIELDS
+#define SEG_STEP_FIELDS ER_SEG_STEP_FIELDS
 
 /* A C-contiguous table of `columns` items of itemsize bytes per row ('i' int32 or 'q' int64). */
 static int get_table(PyObject *obj, Py_buffer *view, int itemsize, int columns, const char *name)
@@ -484,73 +484,6 @@ static int get_table(PyObject *obj, Py_buffer *view, int itemsize, int columns, 
     }
     return 0;
 }
-
-/* params[offset .. offset + count) when inside params (offset -1: NULL if allowed), else set *bad. */
-static const float *param_span(const float *params, Py_ssize_t nparams, long long offset, long long count,
-                               int optional, int *bad)
-{
-    if (offset == -1 && optional) return NULL;
-    if (offset < 0 || count < 0 || offset > nparams || count > nparams - offset) {
-        *bad = 1;
-        return NULL;
-    }
-    return params + offset;
-}
-
-static int fits_int(long long v) { return v >= -1 && v <= 0x7fffffff; }
-
-/* Weight floats a step reads, from its kind and input channels. */
-static long long seg_weight_floats(const long long *r, int in_channels)
-{
-    long long m = r[4], kk = r[7] * r[8], group = r[15] > 0 ? r[15] : 1;
-    if (r[0] == ER_SEG_POINTWISE || r[0] == ER_SEG_IM2COL) return in_channels / group * kk * m;
-    if (r[0] == ER_SEG_DEPTHWISE) return m * kk;
-    if (r[0] == ER_SEG_BLOCK) return r[24] * m;
-    return 0;
-}
-
-/* An activation from its kind and params offset (-1: none), as the step's own. */
-static er_act seg_act(const float *params, Py_ssize_t nparams, long long kind, long long offset, int *bad)
-{
-    er_act act = {.kind = 0};
-    const float *ap = param_span(params, nparams, offset, 2, 1, bad);
-    if (kind < 0 || kind >= ER_ACT_COUNT) *bad = 1;
-    act.kind = (int)kind;
-    act.a = ap ? ap[0] : 0.0f;
-    act.b = ap ? ap[1] : 0.0f;
-    return act;
-}
-
-/* The block fields (24..42) of a step row: sizes, weights, activations, accumulator state. */
-static void seg_block_fields(const long long *r, er_seg_step *s, int in_channels, const float *params,
-                             Py_ssize_t nparams, float *arena, Py_ssize_t arena_n, int *bad)
-{
-    er_seg_block *k = &s->block;
-    for (int j = 24; j < 33; j++)
-        if (!fits_int(r[j])) *bad = 1;
-    if (*bad) return;
-    int *fields[9] = {&k->hidden, &k->chunk, &k->state_rows, &k->hidden_height, &k->hidden_width,
-                      &k->ek, &k->es, &k->epad_top, &k->epad_left};
-    for (int j = 0; j < 9; j++) *fields[j] = (int)r[24 + j];
-    long long hidden = k->hidden, kd = (long long)s->kh * s->kw, ek = k->ek;
-    if (hidden < 1 || ek < 0) {
-        *bad = 1;
-        return;
-    }
-    k->we = ek ? param_span(params, nparams, r[33], hidden * in_channels * ek * ek, 0, bad) : NULL;
-    k->be = param_span(params, nparams, r[34], hidden, 1, bad);
-    k->wd = param_span(params, nparams, r[35], hidden * kd, 0, bad);
-    k->bd = param_span(params, nparams, r[36], hidden, 1, bad);
-    k->expand_act = seg_act(params, nparams, r[37], r[38], bad);
-    k->dw_act = seg_act(params, nparams, r[39], r[40], bad);
-    if (r[41] < 0 || r[42] < 0 || r[41] > arena_n || r[42] > arena_n - r[41])
-        *bad = 1;
-    else {
-        k->state = arena + r[41];
-        k->state_floats = (long)r[42];
-    }
-}
-
 
 static PyObject *py_segment_run(PyObject *self, PyObject *args)
 {
@@ -610,57 +543,8 @@ static PyObject *py_segment_run(PyObject *self, PyObject *args)
     const float *params_p = out_p ? er_acquire(&set, params, "params", 0, 1, 0) : NULL;
     if (!params_p || er_check_no_overlap(&set) != 0) goto fail;
     Py_ssize_t nparams = set.views[set.count - 1].len / 4;
-    for (int i = 0; i < ntensors && !problem; i++) {
-        const long long *r = tt + (long)i * SEG_TENSOR_FIELDS;
-        er_seg_tensor *t = &tensors[i];
-        t->ring = (int)r[2];
-        t->channels = (int)r[3];
-        t->height = (int)r[4];
-        t->width = (int)r[5];
-        if (r[0] == 1) t->base = (float *)x_p;
-        if (r[0] == 2) t->base = out_p;
-        if (r[0] == 3) {
-            long long floats = r[2] * r[3] * r[5];
-            if (r[2] < 0 || r[1] < 0 || r[1] > arena_n || floats > arena_n - r[1])
-                problem = "a ring is not inside the arena";
-            else
-                t->base = arena_p + r[1];
-            if (r[2] == 0) t->ring = -1; /* a ring of no rows: every row reads as padding */
-        }
-    }
-    for (int i = 0; i < nsteps && !problem; i++) {
-        const long long *r = st + (long)i * SEG_STEP_FIELDS;
-        er_seg_step *s = &steps[i];
-        for (int j = 0; j < 17; j++)
-            if (!fits_int(r[j])) problem = "step fields must be int32";
-        if (problem) break;
-        int *fields[17] = {&s->kind, &s->src, &s->skip, &s->dst, &s->out_channels, &s->out_height, &s->out_width,
-                           &s->kh, &s->kw, &s->sh, &s->sw, &s->dh, &s->dw, &s->pad_top, &s->pad_left, &s->group,
-                           &s->include_pad};
-        for (int j = 0; j < 17; j++) *fields[j] = (int)r[j];
-        if (s->kind == 0) continue; /* a step that does not run here (numpy, or fused into another) */
-        if (s->src < 0 || s->src >= ntensors || !tensors[s->src].base) {
-            problem = "a step's input tensor is missing";
-            break;
-        }
-        int bad = 0;
-        long long wf = seg_weight_floats(r, tensors[s->src].channels);
-        s->weights = wf ? param_span(params_p, nparams, r[17], wf, 0, &bad) : NULL;
-        s->bias = param_span(params_p, nparams, r[18], r[4], 1, &bad);
-        s->aux = param_span(params_p, nparams, r[19], r[6], 1, &bad);
-        if (r[20] != -1) {
-            if (r[20] < 0 || r[21] < 0 || r[20] > arena_n || r[21] > arena_n - r[20])
-                bad = 1;
-            else {
-                s->scratch = arena_p + r[20];
-                s->scratch_floats = (long)r[21];
-            }
-        }
-        s->act = seg_act(params_p, nparams, r[22], r[23], &bad);
-        if (s->kind == ER_SEG_BLOCK)
-            seg_block_fields(r, s, tensors[s->src].channels, params_p, nparams, arena_p, arena_n, &bad);
-        if (bad) problem = "a step's weights, bias, scales, scratch or activation are out of bounds";
-    }
+    problem = er_seg_bind((const int64_t *)tt, ntensors, (const int64_t *)st, nsteps, x_p, (long)sizes[1], out_p,
+                          (long)sizes[2], arena_p, (long)arena_n, params_p, (long)nparams, tensors, steps);
     const er_seg_call *calls = (const er_seg_call *)cv.buf;
     if (!problem) problem = er_seg_check(tensors, ntensors, steps, nsteps, calls, ncalls);
     if (problem) {

@@ -913,3 +913,134 @@ const char *er_seg_run(const er_seg_tensor *tensors, const er_seg_step *steps, c
     er_team_end(team);
     return NULL;
 }
+
+/* ---------------------------------------------------------------- binding the tables */
+static int fits_int(int64_t v) { return v >= -1 && v <= 0x7fffffff; }
+
+/* params[offset .. offset + count) when inside params (offset -1: NULL if optional), else *bad = 1. */
+static const float *param_span(const float *params, long nparams, int64_t offset, int64_t count, int optional,
+                               int *bad)
+{
+    if (offset == -1 && optional) return NULL;
+    if (offset < 0 || count < 0 || offset > nparams || count > nparams - offset) {
+        *bad = 1;
+        return NULL;
+    }
+    return params + offset;
+}
+
+/* Weight floats a step reads, from its kind and input channels. */
+static int64_t step_weight_floats(const int64_t *r, int in_channels)
+{
+    int64_t m = r[4], kk = r[7] * r[8], group = r[15] > 0 ? r[15] : 1;
+    if (r[0] == ER_SEG_POINTWISE || r[0] == ER_SEG_IM2COL) return in_channels / group * kk * m;
+    if (r[0] == ER_SEG_DEPTHWISE) return m * kk;
+    if (r[0] == ER_SEG_BLOCK) return r[24] * m;
+    return 0;
+}
+
+/* An activation from its kind and params offset (-1: none). */
+static er_act step_act(const float *params, long nparams, int64_t kind, int64_t offset, int *bad)
+{
+    const float *ap = param_span(params, nparams, offset, 2, 1, bad);
+    if (kind < 0 || kind >= ER_ACT_COUNT) *bad = 1;
+    return (er_act){.kind = (int)kind, .a = ap ? ap[0] : 0.0f, .b = ap ? ap[1] : 0.0f};
+}
+
+/* Arena floats [offset, offset + count), or *bad = 1. */
+static float *arena_span(float *arena, long arena_floats, int64_t offset, int64_t count, int *bad)
+{
+    if (offset < 0 || count < 0 || offset > arena_floats || count > arena_floats - offset) {
+        *bad = 1;
+        return NULL;
+    }
+    return arena + offset;
+}
+
+/* The block fields (24..42) of a step row: sizes, weights, activations, accumulator state. */
+static void bind_block(const int64_t *r, er_seg_step *s, int in_channels, const float *params, long nparams,
+                       float *arena, long arena_floats, int *bad)
+{
+    er_seg_block *k = &s->block;
+    for (int j = 24; j < 33; j++)
+        if (!fits_int(r[j])) *bad = 1;
+    if (*bad) return;
+    int *fields[9] = {&k->hidden, &k->chunk, &k->state_rows, &k->hidden_height, &k->hidden_width,
+                      &k->ek, &k->es, &k->epad_top, &k->epad_left};
+    for (int j = 0; j < 9; j++) *fields[j] = (int)r[24 + j];
+    int64_t hidden = k->hidden, kd = (int64_t)s->kh * s->kw, ek = k->ek;
+    if (hidden < 1 || ek < 0) {
+        *bad = 1;
+        return;
+    }
+    k->we = ek ? param_span(params, nparams, r[33], hidden * in_channels * ek * ek, 0, bad) : NULL;
+    k->be = param_span(params, nparams, r[34], hidden, 1, bad);
+    k->wd = param_span(params, nparams, r[35], hidden * kd, 0, bad);
+    k->bd = param_span(params, nparams, r[36], hidden, 1, bad);
+    k->expand_act = step_act(params, nparams, r[37], r[38], bad);
+    k->dw_act = step_act(params, nparams, r[39], r[40], bad);
+    k->state = arena_span(arena, arena_floats, r[41], r[42], bad);
+    k->state_floats = (long)r[42];
+}
+
+static const char *bind_tensors(const int64_t *rows, int ntensors, const float *x, long x_floats, float *out,
+                                long out_floats, float *arena, long arena_floats, er_seg_tensor *tensors)
+{
+    int inputs = 0, outputs = 0;
+    for (int i = 0; i < ntensors; i++) {
+        const int64_t *r = rows + (long)i * ER_SEG_TENSOR_FIELDS;
+        er_seg_tensor *t = &tensors[i];
+        for (int j = 2; j < 6; j++)
+            if (r[j] < 0 || r[j] > 0x7fffffff) return "tensor sizes must be non-negative int32";
+        if (r[0] < 0 || r[0] > 3) return "tensor place must be 0..3";
+        *t = (er_seg_tensor){.ring = (int)r[2], .channels = (int)r[3], .height = (int)r[4], .width = (int)r[5]};
+        int64_t whole = r[3] * r[4] * r[5];
+        if (r[0] == 1 || r[0] == 2) {
+            if (r[2] != 0 || whole != (r[0] == 1 ? x_floats : out_floats))
+                return "the segment input and output are whole, of the sizes given";
+            t->base = r[0] == 1 ? (float *)x : out;
+            inputs += r[0] == 1, outputs += r[0] == 2;
+        } else if (r[0] == 3) {
+            int bad = 0;
+            t->base = arena_span(arena, arena_floats, r[1], r[2] * r[3] * r[5], &bad);
+            if (bad) return "a ring is not inside the arena";
+            if (r[2] == 0) t->ring = -1; /* a ring of no rows: every row reads as padding */
+        }
+    }
+    return inputs && outputs ? NULL : "a segment input and output are needed";
+}
+
+const char *er_seg_bind(const int64_t *tensor_rows, int ntensors, const int64_t *step_rows, int nsteps,
+                        const float *x, long x_floats, float *out, long out_floats, float *arena, long arena_floats,
+                        const float *params, long nparams, er_seg_tensor *tensors, er_seg_step *steps)
+{
+    const char *problem = bind_tensors(tensor_rows, ntensors, x, x_floats, out, out_floats, arena, arena_floats,
+                                       tensors);
+    if (problem) return problem;
+    for (int i = 0; i < nsteps; i++) {
+        const int64_t *r = step_rows + (long)i * ER_SEG_STEP_FIELDS;
+        er_seg_step *s = &steps[i];
+        memset(s, 0, sizeof *s);
+        for (int j = 0; j < 17; j++)
+            if (!fits_int(r[j])) return "step fields must be int32";
+        int *fields[17] = {&s->kind, &s->src, &s->skip, &s->dst, &s->out_channels, &s->out_height, &s->out_width,
+                           &s->kh, &s->kw, &s->sh, &s->sw, &s->dh, &s->dw, &s->pad_top, &s->pad_left, &s->group,
+                           &s->include_pad};
+        for (int j = 0; j < 17; j++) *fields[j] = (int)r[j];
+        if (s->kind == 0) continue; /* a step that does not run here (numpy, or fused into another) */
+        if (s->src < 0 || s->src >= ntensors || !tensors[s->src].base) return "a step's input tensor is missing";
+        int bad = 0, in_channels = tensors[s->src].channels;
+        int64_t weight_floats = step_weight_floats(r, in_channels);
+        s->weights = weight_floats ? param_span(params, nparams, r[17], weight_floats, 0, &bad) : NULL;
+        s->bias = param_span(params, nparams, r[18], r[4], 1, &bad);
+        s->aux = param_span(params, nparams, r[19], r[6], 1, &bad);
+        if (r[20] != -1) {
+            s->scratch = arena_span(arena, arena_floats, r[20], r[21], &bad);
+            s->scratch_floats = (long)r[21];
+        }
+        s->act = step_act(params, nparams, r[22], r[23], &bad);
+        if (s->kind == ER_SEG_BLOCK) bind_block(r, s, in_channels, params, nparams, arena, arena_floats, &bad);
+        if (bad) return "a step's weights, bias, scales, scratch, state or activation are out of bounds";
+    }
+    return NULL;
+}
