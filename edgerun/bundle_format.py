@@ -94,9 +94,12 @@ class TensorTable:
         table order: arrays a session never reads (weights whose kernel layout the bundle also stores)
         then share no page with the ones it reads, so a session maps only the pages it uses."""
         last = set(indices)
-        order = [i for i in range(len(self.entries)) if i not in last] + sorted(last)
+        self.order_by(lambda index: index in last)
+
+    def order_by(self, group) -> None:
+        """Lay the arrays out again by group(table index), a stable sort: table indices stay valid."""
         self.size = 0
-        for i in order:
+        for i in sorted(range(len(self.entries)), key=group):
             self.entries[i]["offset"] = _align_up(self.size)
             self.size = self.entries[i]["offset"] + self.entries[i]["nbytes"]
 

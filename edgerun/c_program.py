@@ -17,6 +17,7 @@ section, a multiple of 64 bytes, so it ends where the file ends; its last 32 byt
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,6 +53,13 @@ def word_checksum(data) -> int:
         return int(np.sum(words * factors, dtype=np.uint64))
 
 
+class _TableSpot(NamedTuple):
+    """A weight reference's place: bytes `delta` into table entry `index`, whose offset in the weights
+    section is known only once the section is ordered (add_c_program)."""
+    index: int
+    delta: int
+
+
 class _Writer:
     def __init__(self):
         self.parts: list[bytes] = []
@@ -77,8 +85,10 @@ class _Writer:
         self.u32(len(values))
         self.parts.append(struct.pack(f"<{len(values)}f", *values))
 
-    def ref(self, ref) -> None:
+    def ref(self, ref, entries=()) -> None:
         region, index, offset, count = ref
+        if isinstance(offset, _TableSpot):
+            offset = entries[offset.index]["offset"] + offset.delta
         self.parts.append(struct.pack("<IIQQ", region, index, offset, count))
 
     def bytes(self) -> bytes:
@@ -99,7 +109,7 @@ class ProgramBuilder:
         self.plan = compiled.plan
         self.inputs = [v.name for v in compiled.graph.inputs]
         self.steps: list[tuple] = []   # (opcode, name, op, ints, refs, floats)
-        self._copies: dict = {}        # (address, bytes) of an array -> its copy's offset
+        self._copies: dict = {}        # (address, bytes) of an array -> its copy's _TableSpot
         self.reasons: dict[str, str] = {}   # step -> why it has no C kernel
 
     # ---- references
@@ -114,22 +124,25 @@ class ProgramBuilder:
         if found is None and (in_place or array.nbytes >= IN_PLACE_MIN_BYTES):
             found = self._in_table(array)
         if found is None:   # a copy: the table would return an array it holds already (in place) as is
-            index = self.tensors.add(f"c:{name}", np.array(array, copy=True))
-            found = self.tensors.entries[index]["offset"]
+            found = _TableSpot(self.tensors.add(f"c:{name}", np.array(array, copy=True)), 0)
             self._copies[key] = found
         return (REGION_WEIGHTS, 0, found, int(array.size))
 
     def _in_table(self, array):
-        """The weights-section offset of `array`'s bytes when an array already in the table holds them."""
+        """Where in the table `array`'s bytes are when an array already in the table holds them."""
         start, size = array.ctypes.data, array.nbytes
-        for entry, original in zip(self.tensors.entries, self.tensors._originals):
+        for index, original in enumerate(self.tensors._originals):
             stored = np.asarray(original)
             if stored.dtype != np.float32 or not stored.flags.c_contiguous:
                 continue
             base = stored.ctypes.data
             if base <= start and start + size <= base + stored.nbytes and (start - base) % 4 == 0:
-                return entry["offset"] + (start - base)
+                return _TableSpot(index, start - base)
         return None
+
+    def table_entries_read(self) -> set[int]:
+        """The weights-table entries the program reads."""
+        return {ref[2].index for *_, refs, _ in self.steps for ref in refs if isinstance(ref[2], _TableSpot)}
 
     def _value_ref(self, name: str, image: int | None = None):
         """An activation, graph input or constant by value name; `image` selects one image of the batch."""
@@ -196,7 +209,8 @@ class ProgramBuilder:
         node = step.node
         args = step.kernel.c_arguments()
         if args is None:
-            raise _Unsupported("part of this streamed segment runs on the numpy row kernels (a fused block's rows)")
+            members = ", ".join(getattr(step.kernel, "numpy_members", [])) or "some rows"
+            raise _Unsupported(f"part of this streamed segment runs on the numpy row kernels ({members})")
         tensors, steps, calls = args["tensors"], args["steps"], args["calls"]
         ints = [step.kernel.threads, len(tensors), len(steps), len(calls), int(args["gap_scale"] is not None),
                 *tensors.reshape(-1).tolist(), *steps.reshape(-1).tolist(), *calls.reshape(-1).tolist()]
@@ -435,7 +449,7 @@ class ProgramBuilder:
             out.ints(ints)
             out.u32(len(refs))
             for ref in refs:
-                out.ref(ref)
+                out.ref(ref, self.tensors.entries)
             out.floats(floats)
         body = out.bytes()
         body += bytes((-(len(body) + TRAILER.size)) % 64)
@@ -482,12 +496,26 @@ def pack_panels(w: np.ndarray, panel_rows: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(panels, panel_rows, k).transpose(0, 2, 1)).reshape(-1)
 
 
-def add_c_program(compiled, tensors, target: str | None = None) -> dict:
+def add_c_program(compiled, tensors, target: str | None = None, python_unread=frozenset()) -> dict:
     """Adds the C program (and the weight layouts it reads) to `tensors` as its last entry; returns the
     header field that names it: {"version", "tensor", "unsupported": {step: reason}}. target: the C runtime's
-    build the 1x1 weights are packed for (TARGET_TILES; None: this extension's)."""
+    build the 1x1 weights are packed for (TARGET_TILES; None: this extension's). python_unread: the table
+    entries a Python session never reads. The section is ordered so that each runtime's arrays are
+    contiguous (Python's, then those both read, then the C program's own): a page fault maps up to 64 KB
+    around it, and arrays only the other runtime reads would be mapped with them."""
     builder = ProgramBuilder(compiled, tensors, target)
     builder.add_steps()
+    c_reads = builder.table_entries_read()
+    python_unread = set(python_unread) | {i for i, entry in enumerate(tensors.entries)
+                                          if entry["name"].startswith("c:")}
+
+    def readers(index: int) -> int:   # 0 Python only, 1 both, 2 the C program only, 3 neither
+        python = index not in python_unread
+        if index in c_reads:
+            return 1 if python else 2
+        return 0 if python else 3
+
+    tensors.order_by(readers)
     section = b"".join(bytes(chunk) for chunk in tensors.chunks())
     blob = builder.blob(len(section), word_checksum(section))
     index = tensors.add("c_program", np.frombuffer(blob, dtype=np.uint8))

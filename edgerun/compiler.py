@@ -51,11 +51,12 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_pro
         session.prepare(_static_input_shapes(session.get_inputs(), input_shapes))
     tensors = TensorTable()
     graph = graph_header(session.graph, tensors)
+    superseded = kernel_layouts.superseded()
     header = {
         "format": "edgerun-bundle",
         "producer": _producer(),
         "graph": graph,
-        "kernel_layouts": add_kernel_layouts(graph, tensors, kernel_layouts.layouts, kernel_layouts.superseded()),
+        "kernel_layouts": add_kernel_layouts(graph, tensors, kernel_layouts.layouts, superseded),
         "kernel_isa": native.packing_key() if session.backend == "native" else None,
         "plan": session.plan.to_dict(),
         "arena_bytes": session.plan.peak_bytes,
@@ -65,7 +66,8 @@ def compile_bundle(model, out_path, memory_budget=None, input_shapes=None, c_pro
         "max_t": session.max_t,
     }
     if c_program:   # last: it ends the weights section
-        header["c_program"] = add_c_program(session.compiled, tensors, c_target)
+        python_unread = {graph["initializers"][name] for name in superseded if name in graph["initializers"]}
+        header["c_program"] = add_c_program(session.compiled, tensors, c_target, python_unread)
     header["tensors"] = tensors.entries
     file_bytes, header_bytes = write_bundle(Path(out_path), header, tensors,
                                             flags=FLAG_C_PROGRAM if c_program else 0)

@@ -254,6 +254,12 @@ class NativeSegmentRunner:
         """Row kernel calls of one run (numpy_segment.SegmentRunner.row_calls: the same schedule; a
         fused block runs each output row slice by slice here too)."""
         return self.plan.row_calls
+    @property
+    def numpy_members(self) -> list[str]:
+        """The kinds of the steps that run on their numpy row kernels (no native member kind)."""
+        return sorted({type(op).__name__ for index, op in enumerate(self.ops)
+                       if index not in self.native_steps and index not in self.fused})
+
     def c_arguments(self, node=None, constants=None, in_shapes=None, out_shapes=None) -> dict | None:
         """What run() hands segment_run, for the C runtime's program (edgerun/c_program.py; the arguments of
         StepKernel.c_arguments are not needed): {"tensors", "steps", "calls" (all of them, in order), "params",
