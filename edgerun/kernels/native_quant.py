@@ -304,9 +304,9 @@ def _tile_pixels(tile_bytes: int, k_padded: int) -> int:
     return pixels - pixels % 32 if pixels >= 32 else pixels
 
 
-class NativeQLinearConvKernel(StepKernel):
-    """1x1 QLinearConv (stride 1, no padding, one group) in C, the pixels packed tile by tile into the numpy
-    kernel's `a` scratch; every other convolution runs on the numpy kernel."""
+class _NativeQuantStep(StepKernel):
+    """A native int8 step with the numpy kernel it falls back to: same support and scratch as that kernel,
+    weights derived once per weight (and zero point)."""
 
     def __init__(self, fallback: StepKernel, threads: int = 1):
         self.fallback = fallback
@@ -318,6 +318,11 @@ class NativeQLinearConvKernel(StepKernel):
 
     def scratch_bytes(self, node, in_shapes, out_shapes):
         return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
+
+
+class NativeQLinearConvKernel(_NativeQuantStep):
+    """1x1 QLinearConv (stride 1, no padding, one group) in C, the pixels packed tile by tile into the numpy
+    kernel's `a` scratch; every other convolution runs on the numpy kernel."""
 
     def prepare(self, node, constants):
         self.fallback.prepare(node, constants)
@@ -351,20 +356,9 @@ class NativeQLinearConvKernel(StepKernel):
             _call(run, x[n], y[n].view(np.uint8), w8, w16, folded, mult, geometry, scalars, tile)
 
 
-class NativeQMatMulKernel(StepKernel):
+class NativeQMatMulKernel(_NativeQuantStep):
     """QGemm / QLinearMatMul of int8 rows by a constant 2-D int8 matrix to int8, in C (one packed row at a
     time through the `cols` scratch); a float output (QGemm without y_scale) runs on the numpy kernel."""
-
-    def __init__(self, fallback: StepKernel, threads: int = 1):
-        self.fallback = fallback
-        self.threads = threads
-        self._derived = sq.DerivedWeights()
-
-    def supports(self, node):
-        return self.fallback.supports(node)
-
-    def scratch_bytes(self, node, in_shapes, out_shapes):
-        return self.fallback.scratch_bytes(node, in_shapes, out_shapes)
 
     def prepare(self, node, constants):
         self.fallback.prepare(node, constants)
