@@ -65,3 +65,22 @@ def test_ratio_table_has_one_line_per_model_and_the_geometric_mean():
     assert bench.geometric_mean([2.0, 0.5]) == pytest.approx(1.0)
     lines = bench.format_ratios(results, 1)
     assert lines[-1].split()[-2:] == ["1.00", f"{1.5 ** 0.5:.2f}"]
+
+
+def test_budgets_add_the_plan_for_each_budget_between_the_minimum_and_the_fastest():
+    from edgerun import zoo
+    from edgerun.errors import EdgerunError
+
+    assert bench.parse_args(["--budgets", "400KB, 1000000"]).budgets == [400_000, 1_000_000]
+    with pytest.raises(EdgerunError, match="--budgets"):
+        bench.parse_args(["--budgets", "lots"])
+    model = zoo.mobilenet_v2(width=0.35, resolution=96)
+    smallest = bench.minimum_budget(model, "numpy", 1)
+    configs, _ = bench.configurations(model, 1, ["numpy"], [smallest - 1, smallest + 20_000, 10 ** 9])
+    plans = {config.plan: config for config in configs}
+    fastest = plans["fastest"].planned_peak_bytes
+    assert smallest + 20_000 < fastest   # the budget lies between: its plan is timed, the other two are not
+    budgeted = plans[f"budget {smallest + 20_000:,} B"]
+    assert smallest <= budgeted.planned_peak_bytes <= smallest + 20_000 and budgeted.budget_bytes == smallest + 20_000
+    assert [c.plan for c in configs].count(f"budget {10 ** 9:,} B") == 0 and len(configs) == 4
+    assert budgeted.max_abs_diff <= 1e-4 * max(1.0, float(np.abs(configs[0].run()[0]).max()))

@@ -35,6 +35,7 @@ from edgerun.cli.bench_models import DEFAULT_MODELS, resolve_bench_model, split_
 from edgerun.models import UsageError, batch_one_shapes
 from edgerun.progress import progress
 from edgerun.session import InferenceSession
+from edgerun.units import parse_bytes
 from scheduler.cost import load_calibrated
 
 DEFAULT_RUNS = 30
@@ -50,7 +51,7 @@ class Config:
 
     name: str               # "onnxruntime", "edgerun numpy fastest", ...
     backend: str            # "onnxruntime", "numpy" or "native"
-    plan: str               # "-", "fastest" or "memory-minimal"
+    plan: str               # "-", "fastest", "memory-minimal" or "budget N B"
     run: object = field(repr=False)
     planned_peak_bytes: int | None = None
     estimated_seconds: float | None = None
@@ -164,9 +165,10 @@ def available_backends() -> list[str]:
     return ["numpy", "native"] if kernels.native_available() else ["numpy"]
 
 
-def configurations(model, threads: int, backends: list[str]) -> tuple[list[Config], dict]:
-    """onnxruntime first, then edgerun per backend: fastest and memory-minimal. Each Config gets a
-    `run` closure over its own session and the shared feed; max_abs_diff is checked once here."""
+def configurations(model, threads: int, backends: list[str], budgets=()) -> tuple[list[Config], dict]:
+    """onnxruntime first, then edgerun per backend: fastest, memory-minimal and a plan per budget in
+    `budgets` (bytes) that lies between them. Each Config gets a `run` closure over its own session and the
+    shared feed; max_abs_diff is checked once here."""
     ort_config, ort_session = onnxruntime_config(model_bytes(model), threads)
     configs = []
     feeds = None
@@ -179,6 +181,9 @@ def configurations(model, threads: int, backends: list[str]) -> tuple[list[Confi
             pairs.append(edgerun_config(model, backend, "memory-minimal", threads, smallest))
         else:   # nothing to split: the fastest plan is already the smallest one
             fastest.plan = "fastest = memory-minimal"
+        for budget in budgets:
+            if smallest <= budget < fastest.planned_peak_bytes:
+                pairs.append(edgerun_config(model, backend, f"budget {budget:,} B", threads, budget))
         if feeds is None:
             feeds = bench_input(fast_sess)
         for config, sess in pairs:
@@ -327,13 +332,18 @@ def parse_args(argv):
                         help="onnxruntime intra-op threads and edgerun native threads (default 1)")
     parser.add_argument("--kernels", choices=("numpy", "native", "both"), default="both",
                         help="edgerun backends to time (default both; native only when it loads)")
+    parser.add_argument("--budgets", default="", metavar="SIZE,SIZE",
+                        help="also time the plan for each of these memory budgets (e.g. 400KB), where it lies "
+                             "between the memory-minimal and the fastest plan's peak")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.budgets = [parse_bytes(text.strip(), option="--budgets") for text in args.budgets.split(",") if text.strip()]
+    return args
 
 
 def bench_model(spec: str, args, backends: list[str]) -> dict:
     model, label = resolve_bench_model(spec)
-    configs, _ = configurations(model, args.threads, backends)
+    configs, _ = configurations(model, args.threads, backends, args.budgets)
     time_interleaved(configs, args.runs, args.warmup, label=label)
     return summary(label, configs)
 
