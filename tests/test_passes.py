@@ -456,6 +456,17 @@ def test_nodes_whose_results_nobody_uses_are_removed():
     assert op_types(graph) == ["FusedConv"]
 
 
+@pytest.mark.parametrize("opset", [7, 14])
+def test_a_sum_of_two_is_an_add_that_fuses_into_the_conv_and_a_sum_of_one_goes(opset):
+    """ResNet50 of the onnx wheel adds its residuals with Sum: as an Add it goes into the conv feeding it."""
+    b = ModelBuilder(seed=28, opset=opset)
+    y = b.conv("x", 3, 4, 3, act="relu")
+    z = b.conv(y, 4, 4, 3)
+    out = b.node("Relu", [b.node("Sum", [b.node("Sum", [z]), y])])
+    graph = optimised_and_checked(b.model({"x": (1, 3, 6, 6)}, {out: 4}), {"x": (1, 3, 6, 6)})
+    assert op_types(graph) == ["FusedConv", "FusedConv"] and len(graph.nodes[1].inputs) == 4
+
+
 def test_identity_between_graph_input_and_output_is_kept():
     b = ModelBuilder(seed=17)
     y = b.node("Identity", ["x"])

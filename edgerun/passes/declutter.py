@@ -1,4 +1,5 @@
-"""Remove nodes that do nothing at inference: Identity, inference-mode Dropout, and dead nodes."""
+"""Remove nodes that do nothing at inference: Identity, inference-mode Dropout, a Sum of one input, and dead
+nodes; a Sum of two inputs becomes the Add it is (so the passes that fuse Adds see it)."""
 from __future__ import annotations
 
 from edgerun.ir import Graph, Node
@@ -8,11 +9,24 @@ from edgerun.passes.graph_edit import (constant_value, is_graph_output, is_op, p
 
 def run(graph: Graph) -> bool:
     changed = rewrite_each(graph, lambda node: _is_pass_through(graph, node), _bypass)
+    changed = rewrite_each(graph, _is_sum_of_two, _sum_to_add) or changed
     return _remove_dead_nodes(graph) or changed
+
+
+def _is_sum_of_two(node: Node) -> bool:
+    return is_op(node, "Sum") and len(node.inputs) == 2 and all(node.inputs)
+
+
+def _sum_to_add(graph: Graph, node: Node) -> bool:
+    # Sum and Add broadcast alike from opset 8 (Add from 7); before that both need equal shapes
+    node.op_type = "Add"
+    return True
 
 
 def _is_pass_through(graph: Graph, node: Node) -> bool:
     if is_op(node, "Identity"):
+        return len(node.inputs) == 1 and bool(node.inputs[0])
+    if is_op(node, "Sum"):
         return len(node.inputs) == 1 and bool(node.inputs[0])
     if is_op(node, "Dropout"):
         return bool(node.input(0)) and _dropout_is_inference(graph, node) and not _mask_is_used(graph, node)
