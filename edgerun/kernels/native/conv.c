@@ -347,10 +347,10 @@ static void shift_phase_row(float *restrict dst, const float *restrict src, int 
         if (lo > hi) lo = hi;
     }
     for (int i = 0; i < lo; i++) dst[i] = 0.0f;
-    if (sw == 1) {
-        const float *from = src + ph - left;
-        for (int i = lo; i < hi; i++) dst[i] = from[i];
-    } else {
+    if (src && sw == 1) {   /* from: the first column read (a pointer inside the row, never before it) */
+        const float *from = src + (ph + lo - left);
+        for (int i = lo; i < hi; i++) dst[i] = from[i - lo];
+    } else if (src) {
         for (int i = lo; i < hi; i++) dst[i] = src[ph + i * sw - left];
     }
     for (int i = hi; i < wq; i++) dst[i] = 0.0f;

@@ -526,7 +526,12 @@ static PyObject *py_segment_run(PyObject *self, PyObject *args)
         if (r[0] < 0 || r[0] > 3) problem = "tensor place must be 0..3";
         if (problem) break;
         if (r[0] == 1 || r[0] == 2) {
-            long long n = r[3] * r[4] * r[5];
+            long long n = r[3] * r[4]; /* each is at most 2^31 - 1: this fits, the next product may not */
+            if (r[5] && n > LLONG_MAX / r[5]) {
+                problem = "tensor sizes overflow";
+                break;
+            }
+            n *= r[5];
             if (r[2] != 0 || (sizes[r[0]] != -1 && sizes[r[0]] != n)) problem = "the segment input and output are whole, "
                                                                             "one size each";
             sizes[r[0]] = n;

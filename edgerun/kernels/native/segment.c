@@ -917,6 +917,13 @@ const char *er_seg_run(const er_seg_tensor *tensors, const er_seg_step *steps, c
 /* ---------------------------------------------------------------- binding the tables */
 static int fits_int(int64_t v) { return v >= -1 && v <= 0x7fffffff; }
 
+/* a * b for non-negative a and b, INT64_MAX when that overflows (a bad table then fails its bounds check
+ * instead of overflowing) */
+static int64_t product(int64_t a, int64_t b)
+{
+    return b != 0 && a > INT64_MAX / b ? INT64_MAX : a * b;
+}
+
 /* params[offset .. offset + count) when inside params (offset -1: NULL if optional), else *bad = 1. */
 static const float *param_span(const float *params, long nparams, int64_t offset, int64_t count, int optional,
                                int *bad)
@@ -932,10 +939,11 @@ static const float *param_span(const float *params, long nparams, int64_t offset
 /* Weight floats a step reads, from its kind and input channels. */
 static int64_t step_weight_floats(const int64_t *r, int in_channels)
 {
-    int64_t m = r[4], kk = r[7] * r[8], group = r[15] > 0 ? r[15] : 1;
-    if (r[0] == ER_SEG_POINTWISE || r[0] == ER_SEG_IM2COL) return in_channels / group * kk * m;
-    if (r[0] == ER_SEG_DEPTHWISE) return m * kk;
-    if (r[0] == ER_SEG_BLOCK) return r[24] * m;
+    int64_t m = r[4] > 0 ? r[4] : 0, kk = product(r[7] > 0 ? r[7] : 0, r[8] > 0 ? r[8] : 0);
+    int64_t group = r[15] > 0 ? r[15] : 1;
+    if (r[0] == ER_SEG_POINTWISE || r[0] == ER_SEG_IM2COL) return product(product(in_channels / group, kk), m);
+    if (r[0] == ER_SEG_DEPTHWISE) return product(m, kk);
+    if (r[0] == ER_SEG_BLOCK) return product(r[24] > 0 ? r[24] : 0, m);
     return 0;
 }
 
@@ -968,14 +976,15 @@ static void bind_block(const int64_t *r, er_seg_step *s, int in_channels, const 
     int *fields[9] = {&k->hidden, &k->chunk, &k->state_rows, &k->hidden_height, &k->hidden_width,
                       &k->ek, &k->es, &k->epad_top, &k->epad_left};
     for (int j = 0; j < 9; j++) *fields[j] = (int)r[24 + j];
-    int64_t hidden = k->hidden, kd = (int64_t)s->kh * s->kw, ek = k->ek;
+    int64_t hidden = k->hidden, kd = product(s->kh > 0 ? s->kh : 0, s->kw > 0 ? s->kw : 0), ek = k->ek;
     if (hidden < 1 || ek < 0) {
         *bad = 1;
         return;
     }
-    k->we = ek ? param_span(params, nparams, r[33], hidden * in_channels * ek * ek, 0, bad) : NULL;
+    k->we = ek ? param_span(params, nparams, r[33], product(product(hidden, in_channels), product(ek, ek)), 0, bad)
+               : NULL;
     k->be = param_span(params, nparams, r[34], hidden, 1, bad);
-    k->wd = param_span(params, nparams, r[35], hidden * kd, 0, bad);
+    k->wd = param_span(params, nparams, r[35], product(hidden, kd), 0, bad);
     k->bd = param_span(params, nparams, r[36], hidden, 1, bad);
     k->expand_act = step_act(params, nparams, r[37], r[38], bad);
     k->dw_act = step_act(params, nparams, r[39], r[40], bad);
@@ -994,15 +1003,14 @@ static const char *bind_tensors(const int64_t *rows, int ntensors, const float *
             if (r[j] < 0 || r[j] > 0x7fffffff) return "tensor sizes must be non-negative int32";
         if (r[0] < 0 || r[0] > 3) return "tensor place must be 0..3";
         *t = (er_seg_tensor){.ring = (int)r[2], .channels = (int)r[3], .height = (int)r[4], .width = (int)r[5]};
-        int64_t whole = r[3] * r[4] * r[5];
         if (r[0] == 1 || r[0] == 2) {
-            if (r[2] != 0 || whole != (r[0] == 1 ? x_floats : out_floats))
+            if (r[2] != 0 || product(product(r[3], r[4]), r[5]) != (r[0] == 1 ? x_floats : out_floats))
                 return "the segment input and output are whole, of the sizes given";
             t->base = r[0] == 1 ? (float *)x : out;
             inputs += r[0] == 1, outputs += r[0] == 2;
         } else if (r[0] == 3) {
             int bad = 0;
-            t->base = arena_span(arena, arena_floats, r[1], r[2] * r[3] * r[5], &bad);
+            t->base = arena_span(arena, arena_floats, r[1], product(product(r[2], r[3]), r[5]), &bad);
             if (bad) return "a ring is not inside the arena";
             if (r[2] == 0) t->ring = -1; /* a ring of no rows: every row reads as padding */
         }
