@@ -51,8 +51,8 @@ ISAS=$(cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPAT
 for ISA in $ISAS; do
     echo "== running the kernel tests under the sanitizers, EDGERUN_ISA=$ISA"
     (cd "$WORK" && LD_PRELOAD="$PRELOAD" \
-        ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" \
-        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:log_path=$WORK/report" \
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/report" \
         PYTHONPATH="$WORK" EDGERUN_KERNELS=native EDGERUN_ISA="$ISA" PYTHONDONTWRITEBYTECODE=1 \
         "$PY" -m pytest -q -p no:cacheprovider tests/test_native_block.py tests/test_native_backend.py \
             tests/test_kernels_block.py tests/test_step_kernels.py tests/test_native_threads.py \
@@ -62,7 +62,12 @@ for ISA in $ISAS; do
             tests/test_native_segment_block.py::test_bad_block_tables_are_refused \
             tests/test_native_conv.py::test_native_conv_matches_the_reference_with_the_same_bits_on_two_threads \
             tests/test_native_conv.py::test_a_bad_geometry_is_a_clear_error tests/test_native_conv_rows.py \
-            tests/test_fused_steps.py tests/test_quant_native.py "$@")
+            tests/test_fused_steps.py tests/test_quant_native.py "$@") || {
+        # pytest captures the test's stderr, so a sanitizer that stops the process would leave no message:
+        # the reports go to files instead, shown here
+        cat "$WORK"/report.* 2>/dev/null | head -60 >&2
+        exit 1
+    }
     (cd "$WORK" && LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" EDGERUN_ISA="$ISA" \
         "$PY" -c "from edgerun.kernels import native; print('   ran', native.build_info())")
 done
